@@ -1,0 +1,1 @@
+"""Wharf's services: the HTTP gateway (api), blob store, metadata and auth services."""

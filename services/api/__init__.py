@@ -1,0 +1,1 @@
+"""The HTTP gateway: the registry API in Flask, backed by the gRPC services."""

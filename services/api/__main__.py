@@ -1,0 +1,50 @@
+"""`wharf-gateway`: serves the registry HTTP API with gunicorn (gthread workers)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from services.api.app import create_app
+from services.api.settings import GatewaySettings
+from services.common import logs
+from services.common.settings import load
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, app: Any, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self._app
+
+
+def main() -> None:
+    settings = load(GatewaySettings, os.environ)
+    logs.configure(settings.log_level)
+    options = {
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": settings.workers,
+        "threads": settings.threads,
+        "worker_class": "gthread",
+        # Long blob transfers run in worker threads; the heartbeat keeps flowing.
+        "timeout": 120,
+        "graceful_timeout": 30,
+        "keepalive": 75,
+        "loglevel": settings.log_level,
+        "accesslog": None,
+        "proc_name": "wharf-gateway",
+    }
+    _Gunicorn(create_app(settings), options).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Builds the Flask application: one dispatcher over the route table, one error renderer."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from flask import Flask, Response, g, request
+
+from services.api import routes
+from services.api.clients import Clients
+from services.api.settings import GatewaySettings
+from services.api.views import blobs, catalog, manifests, referrers, tags, uploads
+from services.common.errors import INTERNAL, NAME_INVALID, UNSUPPORTED, RegistryError
+from services.common.names import is_valid_name
+
+log = logging.getLogger("wharf.gateway")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    settings: GatewaySettings
+    clients: Clients
+
+
+View = Callable[..., Response]
+
+VIEWS: dict[tuple[str, str], View] = {
+    ("catalog", "GET"): catalog.list_repositories,
+    ("tags", "GET"): tags.list_tags,
+    ("uploads", "POST"): uploads.start,
+    ("upload", "GET"): uploads.status,
+    ("upload", "PATCH"): uploads.patch,
+    ("upload", "PUT"): uploads.finish,
+    ("upload", "DELETE"): uploads.cancel,
+    ("blob", "GET"): blobs.get,
+    ("blob", "HEAD"): blobs.head,
+    ("blob", "DELETE"): blobs.delete,
+    ("manifest", "GET"): manifests.get,
+    ("manifest", "HEAD"): manifests.get,
+    ("manifest", "PUT"): manifests.put,
+    ("manifest", "DELETE"): manifests.delete,
+    ("referrers", "GET"): referrers.list_referrers,
+}
+
+
+def _current_request_id() -> str:
+    return str(g.get("request_id", "")) or uuid.uuid4().hex
+
+
+def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Flask:
+    app = Flask("wharf")
+    ctx = Context(settings, clients or Clients(settings, _current_request_id))
+
+    @app.before_request
+    def _begin() -> None:
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        if settings.access_log:
+            log.info("http", extra={"fields": {
+                "request_id": g.get("request_id"), "method": request.method, "path": request.path,
+                "status": response.status_code, "ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 2),
+                "remote": request.remote_addr}})
+        return response
+
+    @app.errorhandler(RegistryError)
+    def _registry_error(err: RegistryError) -> Response:
+        body = b"" if request.method == "HEAD" else err.body()
+        response = Response(body, status=err.http_status, content_type="application/json", headers=err.headers)
+        if request.method == "HEAD":
+            response.headers["Content-Length"] = str(len(err.body()))
+        return response
+
+    @app.errorhandler(404)
+    def _not_found(_: Exception) -> Response:
+        return _registry_error(RegistryError(UNSUPPORTED, "no such endpoint", http_status=404))
+
+    @app.errorhandler(405)
+    def _not_allowed(_: Exception) -> Response:
+        return _registry_error(RegistryError(UNSUPPORTED, "method not allowed on this endpoint"))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"fields": {"request_id": g.get("request_id")}})
+        return _registry_error(RegistryError(INTERNAL))
+
+    def dispatch(subpath: str = "") -> Response:
+        path = request.path
+        if path in ("/v2", "/v2/"):
+            return Response(b"{}", status=200, content_type="application/json")
+        found = routes.match(path)
+        if found is None:
+            raise RegistryError(UNSUPPORTED, "no such endpoint", http_status=404)
+        route, params = found
+        view = VIEWS.get((route.endpoint, request.method))
+        if view is None:
+            raise RegistryError(UNSUPPORTED, f"{request.method} is not supported on this endpoint")
+        if "name" in params and not is_valid_name(params["name"]):
+            raise RegistryError(NAME_INVALID, f"invalid repository name {params['name'][:300]!r}")
+        return view(ctx, **params)
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)
+    app.add_url_rule("/v2/<path:subpath>", "registry", dispatch, methods=methods)
+    return app

@@ -1,0 +1,186 @@
+"""gRPC clients the views use: deadlines, request ids and error translation in one place.
+
+Channels are opened lazily in the process that uses them, because gunicorn
+forks workers after the app is built and a gRPC channel does not survive a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+
+from services.api.settings import GatewaySettings
+from services.common.errors import from_rpc_error
+from services.common.grpcserver import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
+from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
+from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
+from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
+from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as mpb_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ("grpc.enable_retries", 1),
+]
+
+
+def _target(address: str) -> str:
+    """A comma-separated list of host:port becomes an ipv4:/ipv6: multi-address target."""
+    if "," not in address:
+        return address
+    return "ipv4:" + ",".join(part.strip() for part in address.split(",") if part.strip())
+
+
+class _Lazy:
+    def __init__(self, target: str, make_stub: Callable[[grpc.Channel], Any]) -> None:
+        self._target = _target(target)
+        self._make_stub = make_stub
+        self._pid = -1
+        self._stub: Any = None
+        self._lock = threading.Lock()
+
+    def stub(self) -> Any:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    channel = grpc.insecure_channel(self._target, options=CHANNEL_OPTIONS)
+                    self._stub = self._make_stub(channel)
+                    self._pid = os.getpid()
+        return self._stub
+
+
+class _Caller:
+    """Calls a stub method with a deadline and the request id; raises RegistryError."""
+
+    def __init__(self, lazy: _Lazy, settings: GatewaySettings, request_id: Callable[[], str]) -> None:
+        self._lazy = lazy
+        self._settings = settings
+        self._request_id = request_id
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((REQUEST_ID_KEY, self._request_id()),)
+
+    def unary(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._lazy.stub(), method)(request, timeout=self._settings.rpc_timeout,
+                                                      metadata=self._metadata())
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def client_stream(self, method: str, requests: Iterator[Any]) -> Any:
+        try:
+            return getattr(self._lazy.stub(), method)(requests, timeout=self._settings.transfer_timeout,
+                                                      metadata=self._metadata())
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def server_stream(self, method: str, request: Any) -> Any:
+        """Returns the call object; the first message is awaited so errors surface before any byte is sent."""
+        try:
+            return getattr(self._lazy.stub(), method)(request, timeout=self._settings.transfer_timeout,
+                                                      metadata=self._metadata())
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+
+class BlobStoreClient:
+    def __init__(self, caller: _Caller) -> None:
+        self._c = caller
+
+    def stat(self, digest: str, want_location: bool = False) -> bpb.BlobInfo:
+        return self._c.unary("Stat", bpb.StatRequest(digest=digest, want_location=want_location))
+
+    def read(self, digest: str, offset: int, length: int) -> tuple[bytes, Iterator[bytes], Callable[[], None]]:
+        """Returns the first chunk (so errors surface early), an iterator over the rest, and a cancel."""
+        call = self._c.server_stream("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length))
+        try:
+            first = next(call, None)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+        def rest() -> Iterator[bytes]:
+            for chunk in call:
+                yield chunk.data
+        return (first.data if first is not None else b""), rest(), call.cancel
+
+    def put(self, digest: str, chunks: Iterable[bytes]) -> bpb.BlobInfo:
+        def requests() -> Iterator[bpb.PutRequest]:
+            yield bpb.PutRequest(digest=digest)
+            for data in chunks:
+                yield bpb.PutRequest(data=data)
+        return self._c.client_stream("Put", requests())
+
+    def create_upload(self, repository: str) -> bpb.UploadStatus:
+        return self._c.unary("CreateUpload", bpb.CreateUploadRequest(repository=repository))
+
+    def append(self, repository: str, upload_id: str, offset: int, chunks: Iterable[bytes],
+               commit_digest: str = "") -> bpb.AppendResponse:
+        def requests() -> Iterator[bpb.AppendRequest]:
+            yield bpb.AppendRequest(upload=bpb.UploadRef(upload_id=upload_id, repository=repository),
+                                    offset=offset, commit_digest=commit_digest)
+            for data in chunks:
+                yield bpb.AppendRequest(data=data)
+        return self._c.client_stream("AppendUpload", requests())
+
+    def get_upload(self, repository: str, upload_id: str) -> bpb.UploadStatus:
+        return self._c.unary("GetUpload", bpb.UploadRef(upload_id=upload_id, repository=repository))
+
+    def commit(self, repository: str, upload_id: str, digest: str) -> bpb.BlobInfo:
+        ref = bpb.UploadRef(upload_id=upload_id, repository=repository)
+        return self._c.unary("CommitUpload", bpb.CommitUploadRequest(upload=ref, digest=digest))
+
+    def cancel(self, repository: str, upload_id: str) -> None:
+        self._c.unary("CancelUpload", bpb.UploadRef(upload_id=upload_id, repository=repository))
+
+
+class MetadataClient:
+    def __init__(self, caller: _Caller) -> None:
+        self._c = caller
+
+    def link_blob(self, repository: str, digest: str, size: int) -> None:
+        self._c.unary("LinkBlob", mpb.LinkBlobRequest(repository=repository, digest=digest, size=size))
+
+    def unlink_blob(self, repository: str, digest: str) -> None:
+        self._c.unary("UnlinkBlob", mpb.BlobRef(repository=repository, digest=digest))
+
+    def blob_size(self, repository: str, digest: str) -> int:
+        return int(self._c.unary("GetBlobLink", mpb.BlobRef(repository=repository, digest=digest)).size)
+
+    def put_manifest(self, request: mpb.PutManifestRequest) -> None:
+        self._c.unary("PutManifest", request)
+
+    def get_manifest(self, repository: str, reference: str) -> mpb.Manifest:
+        return self._c.unary("GetManifest", mpb.ManifestRef(repository=repository, reference=reference))
+
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        self._c.unary("DeleteManifest", mpb.ManifestRef(repository=repository, reference=digest))
+
+    def delete_tag(self, repository: str, tag: str) -> None:
+        self._c.unary("DeleteTag", mpb.ManifestRef(repository=repository, reference=tag))
+
+    def list_tags(self, repository: str, last: str, limit: int) -> mpb.ListResponse:
+        return self._c.unary("ListTags", mpb.ListRequest(repository=repository, last=last, limit=limit))
+
+    def list_repositories(self, last: str, limit: int) -> mpb.ListResponse:
+        return self._c.unary("ListRepositories", mpb.ListRequest(last=last, limit=limit))
+
+    def list_referrers(self, repository: str, subject: str, artifact_type: str) -> list[mpb.Descriptor]:
+        request = mpb.ListReferrersRequest(repository=repository, subject=subject, artifact_type=artifact_type)
+        return list(self._c.unary("ListReferrers", request).referrers)
+
+
+class Clients:
+    """Everything the views call, built once per app."""
+
+    def __init__(self, settings: GatewaySettings, request_id: Callable[[], str]) -> None:
+        self.blobs = BlobStoreClient(_Caller(_Lazy(settings.blobstore_addr, bpb_grpc.BlobStoreStub), settings,
+                                             request_id))
+        self.metadata = MetadataClient(_Caller(_Lazy(settings.metadata_addr, mpb_grpc.MetadataStub), settings,
+                                               request_id))

@@ -1,0 +1,53 @@
+"""Small response and request helpers the views share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, request
+
+from services.common import digests
+from services.common.errors import DIGEST_INVALID, RegistryError
+
+# Bytes per read from a request body and per streamed response chunk.
+IO_CHUNK = 1024 * 1024
+
+
+def empty(status: int, headers: dict[str, str] | None = None) -> Response:
+    response = Response(b"", status=status, headers=headers or {})
+    response.headers["Content-Length"] = "0"
+    return response
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> Response:
+    body = json.dumps(payload).encode()
+    return Response(body, status=status, headers=headers or {}, content_type=content_type)
+
+
+def body_chunks() -> Iterator[bytes]:
+    """The request body in bounded pieces; never the whole body in memory."""
+    stream = request.stream
+    while True:
+        data = stream.read(IO_CHUNK)
+        if not data:
+            return
+        yield data
+
+
+def read_body(limit: int) -> bytes | None:
+    """The whole body, or None when it is larger than ``limit``."""
+    length = request.content_length
+    if length is not None and length > limit:
+        return None
+    data = request.stream.read(limit + 1)
+    return None if len(data) > limit else data
+
+
+def digest_arg(name: str = "digest") -> str:
+    value = request.args.get(name, "")
+    if not value:
+        raise RegistryError(DIGEST_INVALID, f"the {name} query parameter is required")
+    return digests.validate(value)

@@ -1,0 +1,131 @@
+"""What a pushed manifest must look like, and what it references.
+
+Parses the four manifest media types Wharf accepts (OCI image manifest and
+index, Docker schema2 manifest and manifest list) and returns the blobs and
+manifests that must already be in the repository, the subject, and the
+descriptor the referrers API lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from typing import Any
+
+from services.common import digests, mediatypes
+from services.common.errors import MANIFEST_INVALID, RegistryError
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedManifest:
+    media_type: str
+    blob_refs: list[str]
+    manifest_refs: list[str]
+    subject: str
+    artifact_type: str
+    annotations: dict[str, str]
+
+
+def _invalid(message: str) -> RegistryError:
+    return RegistryError(MANIFEST_INVALID, message)
+
+
+def _descriptor(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(f"{where}: descriptor must be an object")
+    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not media_type:
+        raise _invalid(f"{where}: mediaType is required")
+    if not isinstance(digest, str):
+        raise _invalid(f"{where}: digest is required")
+    try:
+        digests.parse(digest)
+    except RegistryError:
+        raise _invalid(f"{where}: invalid digest {digest[:150]!r}") from None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _invalid(f"{where}: size must be a non-negative integer")
+    data = value.get("data")
+    if data is not None:
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise _invalid(f"{where}: data is not base64") from None
+        if len(raw) != size or digests.of(raw, digest.split(":", 1)[0]) != digest:
+            raise _invalid(f"{where}: data does not match size and digest")
+    return value
+
+
+def _annotations(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise _invalid("annotations must map strings to strings")
+    return dict(value)
+
+
+def _media_type(content_type: str, body: dict[str, Any]) -> str:
+    declared = body.get("mediaType")
+    content_type = content_type.split(";", 1)[0].strip()
+    if declared is not None and not isinstance(declared, str):
+        raise _invalid("mediaType must be a string")
+    if content_type in mediatypes.MANIFESTS:
+        if declared and declared != content_type:
+            raise _invalid(f"mediaType {declared} does not match Content-Type {content_type}")
+        return content_type
+    if declared in mediatypes.MANIFESTS:
+        return str(declared)
+    if declared:
+        raise _invalid(f"unsupported manifest media type {declared}")
+    if content_type and content_type not in {"application/json", "application/octet-stream"}:
+        raise _invalid(f"unsupported manifest media type {content_type}")
+    # An OCI manifest may omit mediaType; tell image from index by shape.
+    if "manifests" in body:
+        return mediatypes.OCI_INDEX
+    if "config" in body:
+        return mediatypes.OCI_MANIFEST
+    raise _invalid("cannot tell the manifest's media type")
+
+
+def parse(content: bytes, content_type: str) -> ParsedManifest:
+    try:
+        body = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        raise _invalid("manifest is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _invalid("manifest must be a JSON object")
+    if body.get("schemaVersion") != 2:
+        raise _invalid("schemaVersion must be 2")
+    media_type = _media_type(content_type, body)
+    artifact_type = body.get("artifactType") or ""
+    if not isinstance(artifact_type, str):
+        raise _invalid("artifactType must be a string")
+    subject = ""
+    if body.get("subject") is not None:
+        subject = _descriptor(body["subject"], "subject")["digest"]
+    annotations = _annotations(body.get("annotations"))
+    blob_refs: list[str] = []
+    manifest_refs: list[str] = []
+    if media_type in mediatypes.IMAGE_MANIFESTS:
+        config = _descriptor(body.get("config"), "config")
+        blob_refs.append(config["digest"])
+        layers = body.get("layers", [])
+        if not isinstance(layers, list):
+            raise _invalid("layers must be a list")
+        for i, layer in enumerate(layers):
+            layer = _descriptor(layer, f"layers[{i}]")
+            # Non-distributable layers live elsewhere; the registry need not hold them.
+            if layer["mediaType"] not in mediatypes.NONDISTRIBUTABLE_LAYERS:
+                blob_refs.append(layer["digest"])
+        if not artifact_type and media_type == mediatypes.OCI_MANIFEST:
+            artifact_type = config["mediaType"]
+    else:
+        children = body.get("manifests")
+        if not isinstance(children, list):
+            raise _invalid("manifests must be a list")
+        for i, child in enumerate(children):
+            child = _descriptor(child, f"manifests[{i}]")
+            manifest_refs.append(child["digest"])
+    return ParsedManifest(media_type, list(dict.fromkeys(blob_refs)), list(dict.fromkeys(manifest_refs)),
+                          subject, artifact_type, annotations)

@@ -1,0 +1,27 @@
+"""Gateway settings, read once from the environment in main."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.common.settings import env
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewaySettings:
+    host: str = env("WHARF_HOST", "127.0.0.1", "address the registry listens on")
+    port: int = env("WHARF_PORT", 5000, "port the registry listens on")
+    blobstore_addr: str = env("WHARF_BLOBSTORE_ADDR", "127.0.0.1:50051",
+                              "blob store gRPC target: host:port, a comma-separated list, or dns:///name:port")
+    metadata_addr: str = env("WHARF_METADATA_ADDR", "127.0.0.1:50052", "metadata gRPC target")
+    rpc_timeout: float = env("WHARF_RPC_TIMEOUT", 10.0, "deadline in seconds of a unary gRPC call")
+    transfer_timeout: float = env("WHARF_TRANSFER_TIMEOUT", 3600.0,
+                                  "deadline in seconds of a streamed blob transfer")
+    local_blob_root: str = env("WHARF_LOCAL_BLOB_ROOT", "",
+                               "when set, blobs whose blob-store path lies under this directory are sent "
+                               "straight from disk (sendfile) instead of over gRPC")
+    max_manifest_bytes: int = env("WHARF_MAX_MANIFEST_BYTES", 4 * 1024 * 1024, "largest manifest accepted")
+    workers: int = env("WHARF_GATEWAY_WORKERS", 2, "gunicorn worker processes")
+    threads: int = env("WHARF_GATEWAY_THREADS", 16, "threads per gunicorn worker")
+    access_log: bool = env("WHARF_ACCESS_LOG", True, "log one line per HTTP request")
+    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")

@@ -1,0 +1,1 @@
+"""One module per registry resource; each view parses, calls a service and formats."""

@@ -1,0 +1,127 @@
+"""GET/HEAD/DELETE /v2/<name>/blobs/<digest>."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from flask import Response, request
+
+from services.api.http import IO_CHUNK, empty
+from services.common import digests
+from services.common.errors import RANGE_INVALID, RegistryError
+
+if TYPE_CHECKING:
+    from services.api.app import Context
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _headers(digest: str, size: int) -> dict[str, str]:
+    return {"Docker-Content-Digest": digest, "ETag": f'"{digest}"', "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream", "Content-Length": str(size),
+            "Cache-Control": "max-age=31536000"}
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) inclusive for a single satisfiable range; None for no Range; 416 otherwise."""
+    if not header:
+        return None
+    found = _RANGE_RE.match(header.strip())
+    if not found or (not found.group(1) and not found.group(2)):
+        # Multi-range and malformed ranges are ignored, as RFC 9110 allows.
+        return None
+    first_s, last_s = found.groups()
+    if first_s:
+        first = int(first_s)
+        last = min(int(last_s), size - 1) if last_s else size - 1
+        if first >= size or (last_s and int(last_s) < first):
+            raise _unsatisfiable(size)
+    else:
+        suffix = int(last_s)
+        if suffix == 0 or size == 0:
+            raise _unsatisfiable(size)
+        first, last = max(size - suffix, 0), size - 1
+    return first, last
+
+
+def _unsatisfiable(size: int) -> RegistryError:
+    return RegistryError(RANGE_INVALID, headers={"Content-Range": f"bytes */{size}"})
+
+
+def head(ctx: Context, name: str, digest: str) -> Response:
+    digests.validate(digest)
+    size = ctx.clients.metadata.blob_size(name, digest)
+    response = empty(200, _headers(digest, size))
+    response.headers["Content-Length"] = str(size)
+    return response
+
+
+def _file_response(path: str, first: int, length: int) -> Iterator[bytes] | object:
+    handle = open(path, "rb")  # noqa: SIM115 - the WSGI server closes the wrapper
+    handle.seek(first)
+    wrapper = request.environ.get("wsgi.file_wrapper")
+    if wrapper is not None:
+        # gunicorn sends from the current offset for Content-Length bytes with sendfile().
+        return wrapper(handle, IO_CHUNK)
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            remaining = length
+            while remaining > 0 and (data := handle.read(min(IO_CHUNK, remaining))):
+                remaining -= len(data)
+                yield data
+    return chunks()
+
+
+def _stream(first_chunk: bytes, rest: Iterator[bytes], cancel: Callable[[], None]) -> Iterator[bytes]:
+    try:
+        if first_chunk:
+            yield first_chunk
+        yield from rest
+    finally:
+        cancel()
+
+
+def _local_path(ctx: Context, digest: str) -> str | None:
+    root = ctx.settings.local_blob_root
+    if not root:
+        return None
+    path = ctx.clients.blobs.stat(digest, want_location=True).local_path
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
+        return None
+    return real
+
+
+def get(ctx: Context, name: str, digest: str) -> Response:
+    digests.validate(digest)
+    size = ctx.clients.metadata.blob_size(name, digest)
+    span = parse_range(request.headers.get("Range"), size)
+    first, last = span if span else (0, size - 1)
+    length = max(last - first + 1, 0)
+    headers = _headers(digest, length)
+    status = 200
+    if span:
+        status = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    if length == 0:
+        return empty(status, headers)
+    path = _local_path(ctx, digest)
+    if path is not None:
+        body = _file_response(path, first, length)
+    else:
+        first_chunk, rest, cancel = ctx.clients.blobs.read(digest, first, length)
+        body = _stream(first_chunk, rest, cancel)
+    response = Response(body, status=status, headers=headers, direct_passthrough=True)
+    return response
+
+
+def delete(ctx: Context, name: str, digest: str) -> Response:
+    digests.validate(digest)
+    ctx.clients.metadata.unlink_blob(name, digest)
+    return empty(202, {"Docker-Content-Digest": digest})

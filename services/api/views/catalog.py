@@ -1,0 +1,18 @@
+"""GET /v2/_catalog with n/last pagination."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Response, request
+
+from services.api.views.tags import page_args, paged
+
+if TYPE_CHECKING:
+    from services.api.app import Context
+
+
+def list_repositories(ctx: Context) -> Response:
+    limit, last, _ = page_args()
+    result = ctx.clients.metadata.list_repositories(last, limit)
+    return paged(request.path, "repositories", {}, list(result.names), result.more, limit)

@@ -1,0 +1,116 @@
+"""GET/HEAD/PUT/DELETE /v2/<name>/manifests/<reference>."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Response, request
+
+from services.api import manifest_rules
+from services.api.http import empty, read_body
+from services.common import digests, mediatypes
+from services.common.errors import (
+    BLOB_UNKNOWN,
+    DIGEST_INVALID,
+    MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
+    MANIFEST_UNKNOWN,
+    RegistryError,
+)
+from services.common.names import validate_tag
+from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
+
+if TYPE_CHECKING:
+    from services.api.app import Context
+
+# Clients that send no Accept (or a wildcard) get whatever was pushed.
+_WILDCARDS = {"*/*", "application/*"}
+
+
+def _accepted(media_type: str) -> bool:
+    values = request.headers.getlist("Accept")
+    offered = {part.split(";", 1)[0].strip() for value in values for part in value.split(",")}
+    offered.discard("")
+    if not offered or offered & _WILDCARDS or media_type in offered:
+        return True
+    # A client that names no manifest type at all did not mean to negotiate.
+    return not (offered & mediatypes.MANIFESTS)
+
+
+def get(ctx: Context, name: str, reference: str) -> Response:
+    manifest = ctx.clients.metadata.get_manifest(name, reference)
+    if not _accepted(manifest.media_type):
+        raise RegistryError(MANIFEST_UNKNOWN, f"manifest is {manifest.media_type}, which the Accept header "
+                                              "does not list")
+    headers = {"Docker-Content-Digest": manifest.digest, "ETag": f'"{manifest.digest}"',
+               "Content-Type": manifest.media_type}
+    if manifest.subject:
+        headers["OCI-Subject"] = manifest.subject
+    if request.method == "HEAD":
+        response = Response(b"", status=200, headers=headers)
+        response.headers["Content-Length"] = str(len(manifest.content))
+        return response
+    return Response(manifest.content, status=200, headers=headers)
+
+
+def _tags_to_apply(reference: str, is_digest: bool) -> list[str]:
+    tags = [] if is_digest else [reference]
+    tags += request.args.getlist("tag")
+    return list(dict.fromkeys(validate_tag(t, for_manifest_put=True) for t in tags))
+
+
+def _link_mountable(ctx: Context, name: str, missing: list[str]) -> bool:
+    """Links referenced blobs that the blob store already holds; False if any is truly absent."""
+    for digest in missing:
+        try:
+            size = ctx.clients.blobs.stat(digest).size
+        except RegistryError as err:
+            if err.error is BLOB_UNKNOWN:
+                return False
+            raise
+        ctx.clients.metadata.link_blob(name, digest, size)
+    return True
+
+
+def put(ctx: Context, name: str, reference: str) -> Response:
+    is_digest = digests.looks_like_digest(reference)
+    tags = _tags_to_apply(reference, is_digest)
+    content = read_body(ctx.settings.max_manifest_bytes)
+    if content is None:
+        raise RegistryError(MANIFEST_INVALID, f"manifest exceeds {ctx.settings.max_manifest_bytes} bytes",
+                            http_status=413)
+    algorithm = digests.parse(reference)[0] if is_digest else "sha256"
+    digest = digests.of(content, algorithm)
+    if is_digest and digest != reference:
+        raise RegistryError(DIGEST_INVALID, f"manifest digest is {digest}, not {reference}")
+    parsed = manifest_rules.parse(content, request.headers.get("Content-Type", ""))
+    descriptor = mpb.Descriptor(media_type=parsed.media_type, digest=digest, size=len(content),
+                                artifact_type=parsed.artifact_type, annotations=parsed.annotations)
+    put_request = mpb.PutManifestRequest(
+        repository=name, digest=digest, media_type=parsed.media_type, content=content, tags=tags,
+        blob_references=parsed.blob_refs, manifest_references=parsed.manifest_refs, subject=parsed.subject,
+        descriptor=descriptor)
+    try:
+        ctx.clients.metadata.put_manifest(put_request)
+    except RegistryError as err:
+        missing = (err.detail or {}).get("missing", []) if isinstance(err.detail, dict) else []
+        blobs_missing = [d for d in missing if d in set(parsed.blob_refs)]
+        if err.error is not MANIFEST_BLOB_UNKNOWN or len(blobs_missing) != len(missing) \
+                or not _link_mountable(ctx, name, blobs_missing):
+            raise
+        ctx.clients.metadata.put_manifest(put_request)
+    headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+    if parsed.subject:
+        headers["OCI-Subject"] = parsed.subject
+    response = empty(201, headers)
+    for tag in tags:
+        response.headers.add("OCI-Tag", tag)
+    return response
+
+
+def delete(ctx: Context, name: str, reference: str) -> Response:
+    if digests.looks_like_digest(reference):
+        ctx.clients.metadata.delete_manifest(name, digests.validate(reference))
+    else:
+        ctx.clients.metadata.delete_tag(name, validate_tag(reference))
+    return empty(202)

@@ -1,0 +1,29 @@
+"""GET /v2/<name>/referrers/<digest>: the referrers of a subject as an OCI index."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flask import Response, request
+
+from services.api.http import json_response
+from services.common import digests, mediatypes
+
+if TYPE_CHECKING:
+    from services.api.app import Context
+
+
+def list_referrers(ctx: Context, name: str, digest: str) -> Response:
+    digests.validate(digest)
+    artifact_type = request.args.get("artifactType", "")
+    manifests: list[dict[str, Any]] = []
+    for d in ctx.clients.metadata.list_referrers(name, digest, artifact_type):
+        entry: dict[str, Any] = {"mediaType": d.media_type, "digest": d.digest, "size": d.size}
+        if d.artifact_type:
+            entry["artifactType"] = d.artifact_type
+        if d.annotations:
+            entry["annotations"] = dict(d.annotations)
+        manifests.append(entry)
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
+    index = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": manifests}
+    return json_response(index, headers=headers, content_type=mediatypes.OCI_INDEX)

@@ -1,0 +1,143 @@
+"""Blob uploads: POST (session, monolithic, mount), PATCH, PUT, GET status, DELETE.
+
+An upload's Location is ``/v2/<name>/blobs/uploads/<id>``; the blob store
+keeps the bytes and the offset, so any gateway can continue any session.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from flask import Response, request
+
+from services.api.http import body_chunks, digest_arg, empty
+from services.common import digests
+from services.common.errors import (
+    BLOB_UNKNOWN,
+    BLOB_UPLOAD_INVALID,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    RegistryError,
+)
+from services.common.names import is_valid_name
+
+if TYPE_CHECKING:
+    from services.api.app import Context
+    from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
+
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def _location(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
+
+
+def _range_header(size: int) -> str:
+    # Inclusive end of what was received; an empty session reports 0-0 as Distribution does.
+    return f"0-{max(size - 1, 0)}"
+
+
+def _session_headers(name: str, status: bpb.UploadStatus) -> dict[str, str]:
+    return {"Location": _location(name, status.upload_id), "Range": _range_header(status.size),
+            "Docker-Upload-UUID": status.upload_id, "OCI-Chunk-Min-Length": "0"}
+
+
+def _created(ctx: Context, name: str, digest: str, size: int) -> Response:
+    ctx.clients.metadata.link_blob(name, digest, size)
+    return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
+
+
+def _try_mount(ctx: Context, name: str, digest: str, source: str | None) -> Response | None:
+    """Links an existing blob into ``name``; None when it cannot be mounted."""
+    try:
+        if source:
+            if not is_valid_name(source):
+                return None
+            size = ctx.clients.metadata.blob_size(source, digest)
+        else:
+            size = ctx.clients.blobs.stat(digest).size
+    except RegistryError as err:
+        if err.error is BLOB_UNKNOWN:
+            return None
+        raise
+    return _created(ctx, name, digest, size)
+
+
+def _declared_length() -> int | None:
+    return request.content_length
+
+
+def start(ctx: Context, name: str) -> Response:
+    mount = request.args.get("mount")
+    if mount:
+        digests.validate(mount)
+        mounted = _try_mount(ctx, name, mount, request.args.get("from"))
+        if mounted is not None:
+            return mounted
+    elif "digest" in request.args:
+        digest = digest_arg()
+        blob = ctx.clients.blobs.put(digest, body_chunks())
+        _check_length(blob.size)
+        return _created(ctx, name, digest, blob.size)
+    status = ctx.clients.blobs.create_upload(name)
+    return empty(202, _session_headers(name, status))
+
+
+def _check_length(received: int) -> None:
+    declared = _declared_length()
+    if declared is not None and declared != received:
+        raise RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {declared}")
+
+
+def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
+    """The offset a chunk claims via Content-Range, or -1 for "append at the end"."""
+    header = request.headers.get("Content-Range")
+    if not header:
+        return -1
+    found = _CONTENT_RANGE_RE.match(header.strip())
+    if not found:
+        raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {header[:100]!r}")
+    first, last = int(found.group(1)), int(found.group(2))
+    length = _declared_length()
+    if last < first or (length is not None and length != last - first + 1):
+        status = ctx.clients.blobs.get_upload(name, upload_id)
+        raise RegistryError(RANGE_INVALID, "Content-Range does not match the body",
+                            headers=_session_headers(name, status))
+    return first
+
+
+def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "") -> bpb.AppendResponse:
+    offset = _offset_from_content_range(ctx, name, upload_id)
+    try:
+        return ctx.clients.blobs.append(name, upload_id, offset, body_chunks(), commit_digest)
+    except RegistryError as err:
+        if err.error is RANGE_INVALID:
+            status = ctx.clients.blobs.get_upload(name, upload_id)
+            raise RegistryError(RANGE_INVALID, err.message, headers=_session_headers(name, status)) from None
+        raise
+
+
+def patch(ctx: Context, name: str, upload_id: str) -> Response:
+    result = _append(ctx, name, upload_id)
+    return empty(202, _session_headers(name, result.status))
+
+
+def finish(ctx: Context, name: str, upload_id: str) -> Response:
+    digest = digest_arg()
+    has_body = (_declared_length() or 0) > 0 or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    if has_body:
+        blob = _append(ctx, name, upload_id, commit_digest=digest).blob
+    else:
+        blob = ctx.clients.blobs.commit(name, upload_id, digest)
+    return _created(ctx, name, digest, blob.size)
+
+
+def status(ctx: Context, name: str, upload_id: str) -> Response:
+    result = ctx.clients.blobs.get_upload(name, upload_id)
+    return empty(204, _session_headers(name, result))
+
+
+def cancel(ctx: Context, name: str, upload_id: str) -> Response:
+    ctx.clients.blobs.cancel(name, upload_id)
+    return empty(204)

@@ -1,0 +1,1 @@
+"""The blob store service: content-addressed blobs and resumable upload sessions over gRPC."""

@@ -1,0 +1,209 @@
+"""Blob store domain logic over a storage driver: uploads, digest checks, reads.
+
+The digest of an upload is computed incrementally while bytes are appended by
+this process (the same bytes that were written and fsynced). When a session was
+appended to by another replica or before a restart, the commit re-reads the
+stored bytes instead, so a commit always verifies exactly what is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from services.blobstore import layout
+from services.blobstore.storage.base import StorageDriver, UploadBusyError
+from services.common import digests
+from services.common.errors import (
+    BLOB_UNKNOWN,
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
+    DIGEST_INVALID,
+    RANGE_INVALID,
+    RegistryError,
+)
+
+log = logging.getLogger("wharf.blobstore")
+_HASH_READ = 4 * 1024 * 1024
+# Algorithm tracked while appending; others are computed at commit time.
+_STREAMING_ALGORITHM = "sha256"
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    upload_id: str
+    repository: str
+    size: int
+    started_at: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+    local_path: str = ""
+    redirect_url: str = ""
+
+
+@dataclasses.dataclass
+class _HashState:
+    size: int
+    hasher: digests.Hasher
+
+
+class BlobService:
+    def __init__(self, driver: StorageDriver, upload_ttl: int) -> None:
+        self._driver = driver
+        self._upload_ttl = upload_ttl
+        self._hashes: dict[str, _HashState] = {}
+        self._lock = threading.Lock()
+
+    # -- committed blobs ---------------------------------------------------
+
+    def stat(self, digest: str, want_location: bool = False) -> Blob:
+        key = layout.blob_key(digest)
+        info = self._driver.stat(key)
+        if info is None:
+            raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown")
+        if not want_location:
+            return Blob(digest, info.size)
+        return Blob(digest, info.size, self._driver.local_path(key) or "", self._driver.redirect_url(key) or "")
+
+    def read(self, digest: str, offset: int, length: int, chunk_size: int) -> Iterator[bytes]:
+        size = self.stat(digest).size
+        if offset < 0 or length < 0 or (offset > size) or (offset == size and size > 0):
+            raise RegistryError(RANGE_INVALID, f"range starts at {offset} of a {size}-byte blob")
+        remaining = size - offset if length == 0 else min(length, size - offset)
+        with self._driver.reader(layout.blob_key(digest), offset) as handle:
+            while remaining > 0:
+                data = handle.read(min(chunk_size, remaining))
+                if not data:
+                    break
+                remaining -= len(data)
+                yield data
+
+    def delete(self, digest: str) -> bool:
+        key = layout.blob_key(digest)
+        return self._driver.delete(key.rsplit("/", 1)[0])
+
+    # -- upload sessions ---------------------------------------------------
+
+    def create_upload(self, repository: str) -> Upload:
+        upload_id = layout.new_upload_id()
+        started = int(time.time())
+        self._driver.put_content(layout.upload_info_key(upload_id),
+                                 json.dumps({"repository": repository, "started_at": started}).encode())
+        with self._driver.writer(layout.upload_data_key(upload_id), append=False) as writer:
+            writer.commit()
+        with self._lock:
+            self._hashes[upload_id] = _HashState(0, digests.hasher(_STREAMING_ALGORITHM))
+        return Upload(upload_id, repository, 0, started)
+
+    def _info(self, upload_id: str, repository: str) -> dict[str, object]:
+        try:
+            info = json.loads(self._driver.get_content(layout.upload_info_key(upload_id)))
+        except (FileNotFoundError, ValueError):
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired") from None
+        if repository and info.get("repository") != repository:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload belongs to another repository")
+        return info
+
+    def get_upload(self, upload_id: str, repository: str) -> Upload:
+        info = self._info(upload_id, repository)
+        stat = self._driver.stat(layout.upload_data_key(upload_id))
+        if stat is None:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+        return Upload(upload_id, str(info["repository"]), stat.size, int(info.get("started_at", 0)))  # type: ignore[call-overload]
+
+    def append(self, upload_id: str, repository: str, offset: int, chunks: Iterable[bytes]) -> Upload:
+        upload = self.get_upload(upload_id, repository)
+        try:
+            writer = self._driver.writer(layout.upload_data_key(upload_id), append=True)
+        except UploadBusyError:
+            raise RegistryError(BLOB_UPLOAD_INVALID, "another request is writing to this upload") from None
+        with writer:
+            # A negative offset appends wherever the session is (a PATCH without Content-Range).
+            if offset >= 0 and offset != writer.size:
+                raise RegistryError(RANGE_INVALID, f"upload is at offset {writer.size}, not {offset}",
+                                    detail={"size": writer.size})
+            with self._lock:
+                state = self._hashes.pop(upload_id, None)
+            if state is not None and state.size != writer.size:
+                state = None
+            for data in chunks:
+                if not data:
+                    continue
+                writer.write(data)
+                if state is not None:
+                    state.hasher.update(data)
+            writer.commit()
+            size = writer.size
+        if state is not None:
+            state.size = size
+            with self._lock:
+                self._hashes[upload_id] = state
+        return Upload(upload_id, upload.repository, size, upload.started_at)
+
+    def _stored_digest(self, upload_id: str, algorithm: str, size: int) -> str:
+        with self._lock:
+            state = self._hashes.get(upload_id)
+        if state is not None and state.size == size and algorithm == _STREAMING_ALGORITHM:
+            return f"{algorithm}:{state.hasher.hexdigest()}"
+        hasher = digests.hasher(algorithm)
+        with self._driver.reader(layout.upload_data_key(upload_id)) as handle:
+            while data := handle.read(_HASH_READ):
+                hasher.update(data)
+        return f"{algorithm}:{hasher.hexdigest()}"
+
+    def commit(self, upload_id: str, repository: str, digest: str) -> Blob:
+        algorithm, _ = digests.parse(digest)
+        upload = self.get_upload(upload_id, repository)
+        try:
+            actual = self._stored_digest(upload_id, algorithm, upload.size)
+            if actual != digest:
+                raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
+            existing = self._driver.stat(layout.blob_key(digest))
+            if existing is None:
+                self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
+        finally:
+            # Success or a digest mismatch: the session is over either way, nothing half-done stays.
+            self.cancel(upload_id, repository)
+        return Blob(digest, upload.size)
+
+    def cancel(self, upload_id: str, repository: str) -> None:
+        self._info(upload_id, repository)
+        with self._lock:
+            self._hashes.pop(upload_id, None)
+        self._driver.delete(layout.upload_dir(upload_id))
+
+    def put(self, repository: str, digest: str, chunks: Iterable[bytes]) -> Blob:
+        digests.parse(digest)
+        upload = self.create_upload(repository)
+        try:
+            self.append(upload.upload_id, repository, 0, chunks)
+        except BaseException:
+            self.cancel(upload.upload_id, repository)
+            raise
+        return self.commit(upload.upload_id, repository, digest)
+
+    def expire_uploads(self, now: float | None = None) -> int:
+        """Deletes sessions idle for longer than the TTL; returns how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        for upload_id in list(self._driver.list(layout.UPLOADS)):
+            if not layout.upload_id_ok(upload_id):
+                continue
+            info = self._driver.stat(layout.upload_data_key(upload_id)) or \
+                self._driver.stat(layout.upload_info_key(upload_id))
+            if info is None or now - info.modified_at > self._upload_ttl:
+                with self._lock:
+                    self._hashes.pop(upload_id, None)
+                self._driver.delete(layout.upload_dir(upload_id))
+                removed += 1
+        if removed:
+            log.info("expired uploads", extra={"fields": {"removed": removed}})
+        return removed

@@ -1,0 +1,107 @@
+"""The storage driver interface every blob store backend implements.
+
+Modelled on the small interface CNCF Distribution uses: whole-object get/put,
+readers at an offset, appendable writers, stat, list, move, delete, and an
+optional direct location. Keys are relative "/"-separated paths produced by
+:mod:`services.blobstore.layout`; :func:`check_key` guards every entry point.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+from collections.abc import Iterator
+from typing import BinaryIO
+
+_KEY_RE = re.compile(r"^[a-z0-9]+(?:/[A-Za-z0-9._-]+)*$")
+
+
+class StorageError(Exception):
+    """The backend failed (I/O error, object store unreachable)."""
+
+
+class UploadBusyError(StorageError):
+    """Another writer holds the upload."""
+
+
+def check_key(key: str) -> str:
+    if not _KEY_RE.match(key) or any(part in {".", ".."} for part in key.split("/")):
+        raise ValueError(f"refusing storage key {key!r}")
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    key: str
+    size: int
+    modified_at: float
+
+
+class FileWriter(abc.ABC):
+    """Appends to one object; nothing is durable until :meth:`commit`."""
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Bytes in the object, including what this writer appended."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Makes everything written durable (fsync, or the backend's equivalent)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases the writer; uncommitted bytes may or may not survive."""
+
+    def __enter__(self) -> FileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StorageDriver(abc.ABC):
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def get_content(self, key: str) -> bytes:
+        """Whole small object; FileNotFoundError when absent."""
+
+    @abc.abstractmethod
+    def put_content(self, key: str, data: bytes) -> None:
+        """Atomically replaces a small object."""
+
+    @abc.abstractmethod
+    def reader(self, key: str, offset: int = 0) -> BinaryIO:
+        """A stream positioned at ``offset``; FileNotFoundError when absent."""
+
+    @abc.abstractmethod
+    def writer(self, key: str, append: bool) -> FileWriter:
+        """A writer that appends to (or, with append=False, replaces) an object."""
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> FileInfo | None: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """Names of the direct children of ``prefix``."""
+
+    @abc.abstractmethod
+    def move(self, source: str, dest: str) -> None:
+        """Atomically makes ``dest`` hold ``source``'s bytes and removes ``source``."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Removes an object or a whole prefix; False when nothing was there."""
+
+    def local_path(self, key: str) -> str | None:
+        """An absolute path a co-located process may read, when the backend has one."""
+        return None
+
+    def redirect_url(self, key: str) -> str | None:
+        """A short-lived URL clients may read the object from, when the backend has one."""
+        return None

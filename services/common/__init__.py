@@ -1,0 +1,1 @@
+"""Code every Wharf service shares: errors, digests, names, settings, gRPC plumbing."""

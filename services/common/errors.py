@@ -1,0 +1,133 @@
+"""The one error catalogue: every registry error code with its HTTP and gRPC status.
+
+Services raise :class:`RegistryError`; the gRPC interceptor carries the code in
+trailing metadata; the gateway turns it back into a :class:`RegistryError` and
+renders the OCI ``{"errors": [...]}`` body. Nothing else maps codes to statuses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import grpc
+
+# Trailing-metadata keys that carry an error across a gRPC hop.
+ERROR_CODE_KEY = "wharf-error-code"
+ERROR_DETAIL_KEY = "wharf-error-detail"
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    message: str
+    http_status: int
+    grpc_status: grpc.StatusCode
+
+
+_CATALOGUE: dict[str, ErrorCode] = {}
+
+
+def _register(code: str, message: str, http_status: int, grpc_status: grpc.StatusCode) -> ErrorCode:
+    entry = ErrorCode(code, message, http_status, grpc_status)
+    if code in _CATALOGUE:
+        raise RuntimeError(f"error code {code} registered twice")
+    _CATALOGUE[code] = entry
+    return entry
+
+
+S = grpc.StatusCode
+BLOB_UNKNOWN = _register("BLOB_UNKNOWN", "blob unknown to registry", 404, S.NOT_FOUND)
+BLOB_UPLOAD_INVALID = _register("BLOB_UPLOAD_INVALID", "blob upload invalid", 400, S.INVALID_ARGUMENT)
+BLOB_UPLOAD_UNKNOWN = _register("BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", 404, S.NOT_FOUND)
+DIGEST_INVALID = _register("DIGEST_INVALID", "provided digest did not match uploaded content", 400,
+                           S.INVALID_ARGUMENT)
+MANIFEST_BLOB_UNKNOWN = _register("MANIFEST_BLOB_UNKNOWN", "manifest references a manifest or blob unknown to "
+                                  "registry", 400, S.FAILED_PRECONDITION)
+MANIFEST_INVALID = _register("MANIFEST_INVALID", "manifest invalid", 400, S.INVALID_ARGUMENT)
+MANIFEST_UNKNOWN = _register("MANIFEST_UNKNOWN", "manifest unknown to registry", 404, S.NOT_FOUND)
+NAME_INVALID = _register("NAME_INVALID", "invalid repository name", 400, S.INVALID_ARGUMENT)
+NAME_UNKNOWN = _register("NAME_UNKNOWN", "repository name not known to registry", 404, S.NOT_FOUND)
+SIZE_INVALID = _register("SIZE_INVALID", "provided length did not match content length", 400, S.INVALID_ARGUMENT)
+UNAUTHORIZED = _register("UNAUTHORIZED", "authentication required", 401, S.UNAUTHENTICATED)
+DENIED = _register("DENIED", "requested access to the resource is denied", 403, S.PERMISSION_DENIED)
+UNSUPPORTED = _register("UNSUPPORTED", "the operation is unsupported", 405, S.UNIMPLEMENTED)
+TOOMANYREQUESTS = _register("TOOMANYREQUESTS", "too many requests", 429, S.RESOURCE_EXHAUSTED)
+# Not in the OCI list, but used by Distribution and understood by clients.
+TAG_INVALID = _register("TAG_INVALID", "manifest tag did not match URI", 400, S.INVALID_ARGUMENT)
+RANGE_INVALID = _register("RANGE_INVALID", "requested range not satisfiable", 416, S.OUT_OF_RANGE)
+UNAVAILABLE = _register("UNAVAILABLE", "service unavailable", 503, S.UNAVAILABLE)
+INTERNAL = _register("INTERNAL", "internal server error", 500, S.INTERNAL)
+PAGINATION_NUMBER_INVALID = _register("PAGINATION_NUMBER_INVALID", "invalid number of results requested", 400,
+                                      S.INVALID_ARGUMENT)
+
+_BY_GRPC_STATUS: dict[grpc.StatusCode, ErrorCode] = {
+    S.UNAVAILABLE: UNAVAILABLE,
+    S.DEADLINE_EXCEEDED: UNAVAILABLE,
+    S.RESOURCE_EXHAUSTED: TOOMANYREQUESTS,
+    S.UNAUTHENTICATED: UNAUTHORIZED,
+    S.PERMISSION_DENIED: DENIED,
+}
+
+
+class RegistryError(Exception):
+    """An error a client should see, with its catalogue entry."""
+
+    def __init__(self, error: ErrorCode, message: str | None = None, detail: Any = None,
+                 headers: dict[str, str] | None = None, http_status: int | None = None) -> None:
+        super().__init__(message or error.message)
+        self.error = error
+        self.message = message or error.message
+        self.detail = detail
+        self.headers = dict(headers or {})
+        # Only for the few cases where the spec pairs a code with another status (413 for a
+        # manifest over the size limit).
+        self._http_status = http_status
+
+    @property
+    def code(self) -> str:
+        return self.error.code
+
+    @property
+    def http_status(self) -> int:
+        return self._http_status or self.error.http_status
+
+    def body(self) -> bytes:
+        entry: dict[str, Any] = {"code": self.error.code, "message": self.message}
+        if self.detail is not None:
+            entry["detail"] = self.detail
+        return json.dumps({"errors": [entry]}).encode()
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        meta: list[tuple[str, str]] = [(ERROR_CODE_KEY, self.error.code)]
+        if self.detail is not None:
+            meta.append((ERROR_DETAIL_KEY, json.dumps(self.detail)))
+        return tuple(meta)
+
+
+def lookup(code: str) -> ErrorCode | None:
+    return _CATALOGUE.get(code)
+
+
+def from_rpc_error(err: grpc.RpcError) -> RegistryError:
+    """Rebuilds the registry error a service raised, or classifies a transport failure."""
+    code_fn = getattr(err, "code", None)
+    status = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details_fn = getattr(err, "details", None)
+    message = details_fn() if callable(details_fn) else None
+    meta_fn = getattr(err, "trailing_metadata", None)
+    meta = dict(meta_fn() or ()) if callable(meta_fn) else {}
+    entry = lookup(meta.get(ERROR_CODE_KEY, ""))
+    detail = None
+    if ERROR_DETAIL_KEY in meta:
+        try:
+            detail = json.loads(meta[ERROR_DETAIL_KEY])
+        except ValueError:
+            detail = None
+    if entry is not None:
+        return RegistryError(entry, message or None, detail)
+    entry = _BY_GRPC_STATUS.get(status, INTERNAL)
+    if entry is UNAVAILABLE:
+        return RegistryError(UNAVAILABLE, "a backend service is unavailable, retry later")
+    return RegistryError(entry)

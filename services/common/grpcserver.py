@@ -1,0 +1,145 @@
+"""Server side gRPC plumbing shared by the blob store, metadata and auth services.
+
+One interceptor does three things for every call: adopts the caller's request
+id, turns a :class:`RegistryError` into a status plus trailing metadata, and
+writes one structured log line.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.errors import INTERNAL, RegistryError
+
+REQUEST_ID_KEY = "x-request-id"
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+log = logging.getLogger("wharf.rpc")
+
+
+def _request_id_from(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or details.method.startswith("/grpc.health"):
+            return handler
+        method = details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
+        return handler
+
+    def _log(self, method: str, started: float, code: str, error: str = "") -> None:
+        fields = {"service": self._service, "method": method, "request_id": request_id.get(),
+                  "code": code, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        if error:
+            fields["error"] = error
+        log.info("rpc", extra={"fields": fields})
+
+    def _abort(self, context: grpc.ServicerContext, err: RegistryError) -> None:
+        context.set_trailing_metadata(err.trailing_metadata())
+        context.abort(err.error.grpc_status, err.message)
+
+    def _wrap_unary(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = request_id.set(_request_id_from(context))
+            try:
+                result = fn(request, context)
+                self._log(method, started, "OK")
+                return result
+            except RegistryError as err:
+                self._log(method, started, err.code, err.message)
+                self._abort(context, err)
+            except Exception as exc:  # noqa: BLE001 - the client gets a clean INTERNAL
+                if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
+                    raise
+                log.exception("unhandled error", extra={"fields": {"method": method,
+                                                                   "request_id": request_id.get()}})
+                self._log(method, started, "INTERNAL", type(exc).__name__)
+                self._abort(context, RegistryError(INTERNAL))
+            finally:
+                request_id.reset(token)
+        return wrapper
+
+    def _wrap_stream(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Iterable[Any]:
+            started = time.perf_counter()
+            token = request_id.set(_request_id_from(context))
+            try:
+                yield from fn(request, context)
+                self._log(method, started, "OK")
+            except RegistryError as err:
+                self._log(method, started, err.code, err.message)
+                self._abort(context, err)
+            except Exception as exc:  # noqa: BLE001
+                if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
+                    raise
+                log.exception("unhandled error", extra={"fields": {"method": method}})
+                self._log(method, started, "INTERNAL", type(exc).__name__)
+                self._abort(context, RegistryError(INTERNAL))
+            finally:
+                request_id.reset(token)
+        return wrapper
+
+
+# Bounded message size: data streams use 1 MiB chunks, manifests are at most 4 MiB.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def create_server(service: str, address: str, register: Callable[[grpc.Server], Iterable[str]],
+                  max_workers: int = 32) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Builds a server with health checking; returns it unstarted with its bound port.
+
+    ``register`` adds the servicers and returns their full service names, which
+    are then reported SERVING by the standard health service.
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
+                         interceptors=[ServiceInterceptor(service)], options=SERVER_OPTIONS)
+    names = list(register(server))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"{service}: cannot bind {address}")
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+def serve_until_signal(server: grpc.Server, health_servicer: health.HealthServicer, grace: float = 10.0) -> None:
+    """Runs until SIGTERM/SIGINT, then reports NOT_SERVING and drains in-flight calls."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    stop.wait()
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace).wait()

@@ -1,0 +1,67 @@
+"""Typed settings read from environment variables, once, in each service's main.
+
+Each service declares a frozen dataclass whose fields carry their variable name
+and default in ``env(...)``; :func:`load` builds it from a mapping and fails
+fast on a malformed value. Nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A variable is missing or malformed; the message names it."""
+
+
+def env(var: str, default: Any = dataclasses.MISSING, doc: str = "") -> Any:
+    """Declares a settings field read from ``var``."""
+    kwargs: dict[str, Any] = {"metadata": {"env": var, "doc": doc}}
+    if default is not dataclasses.MISSING:
+        kwargs["default"] = default
+    return dataclasses.field(**kwargs)
+
+
+def _convert(var: str, raw: str, kind: Any) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise SettingsError(f"{var}={raw!r}: expected true or false")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r}: expected a number") from None
+    if kind is pathlib.Path:
+        return pathlib.Path(raw)
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def load(cls: type[T], environ: Mapping[str, str]) -> T:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        var = field.metadata.get("env")
+        if var is None:
+            continue
+        if var in environ:
+            values[field.name] = _convert(var, environ[var], hints[field.name])
+        elif field.default is dataclasses.MISSING:
+            raise SettingsError(f"{var} must be set")
+    return cls(**values)
+
+
+def variables(cls: type) -> dict[str, str]:
+    """Variable name -> documentation, for READMEs and the deploy checks."""
+    return {f.metadata["env"]: f.metadata.get("doc", "") for f in dataclasses.fields(cls) if "env" in f.metadata}

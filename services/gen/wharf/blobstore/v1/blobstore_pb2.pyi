@@ -1,0 +1,120 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StatRequest(_message.Message):
+    __slots__ = ("digest", "want_location")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    WANT_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    want_location: bool
+    def __init__(self, digest: _Optional[str] = ..., want_location: _Optional[bool] = ...) -> None: ...
+
+class BlobInfo(_message.Message):
+    __slots__ = ("digest", "size", "local_path", "redirect_url")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PATH_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_URL_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size: int
+    local_path: str
+    redirect_url: str
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., local_path: _Optional[str] = ..., redirect_url: _Optional[str] = ...) -> None: ...
+
+class ReadRequest(_message.Message):
+    __slots__ = ("digest", "offset", "length")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    offset: int
+    length: int
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class PutRequest(_message.Message):
+    __slots__ = ("digest", "data")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    data: bytes
+    def __init__(self, digest: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class CreateUploadRequest(_message.Message):
+    __slots__ = ("repository",)
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    repository: str
+    def __init__(self, repository: _Optional[str] = ...) -> None: ...
+
+class UploadRef(_message.Message):
+    __slots__ = ("upload_id", "repository")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    repository: str
+    def __init__(self, upload_id: _Optional[str] = ..., repository: _Optional[str] = ...) -> None: ...
+
+class UploadStatus(_message.Message):
+    __slots__ = ("upload_id", "repository", "size", "started_at")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    repository: str
+    size: int
+    started_at: int
+    def __init__(self, upload_id: _Optional[str] = ..., repository: _Optional[str] = ..., size: _Optional[int] = ..., started_at: _Optional[int] = ...) -> None: ...
+
+class AppendRequest(_message.Message):
+    __slots__ = ("upload", "offset", "commit_digest", "data")
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    upload: UploadRef
+    offset: int
+    commit_digest: str
+    data: bytes
+    def __init__(self, upload: _Optional[_Union[UploadRef, _Mapping]] = ..., offset: _Optional[int] = ..., commit_digest: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AppendResponse(_message.Message):
+    __slots__ = ("status", "blob")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    status: UploadStatus
+    blob: BlobInfo
+    def __init__(self, status: _Optional[_Union[UploadStatus, _Mapping]] = ..., blob: _Optional[_Union[BlobInfo, _Mapping]] = ...) -> None: ...
+
+class CommitUploadRequest(_message.Message):
+    __slots__ = ("upload", "digest")
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    upload: UploadRef
+    digest: str
+    def __init__(self, upload: _Optional[_Union[UploadRef, _Mapping]] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class CancelUploadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The metadata service: repositories, tags, manifests, blob links and referrers over Redis."""

@@ -1,0 +1,175 @@
+"""Repository metadata operations over Redis, each a single atomic step."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import redis
+
+from services.common import digests
+from services.common.errors import (
+    BLOB_UNKNOWN,
+    MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
+    UNAVAILABLE,
+    RegistryError,
+)
+from services.common.names import validate_name, validate_tag
+from services.metadata import keys
+
+# Upper bound on a single listing page, whatever the client asks for.
+MAX_PAGE = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    content: bytes
+    subject: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str = ""
+    annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"mediaType": self.media_type, "digest": self.digest, "size": self.size,
+                           "artifactType": self.artifact_type, "annotations": self.annotations})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Descriptor:
+        data = json.loads(raw)
+        return cls(data["mediaType"], data["digest"], int(data["size"]), data.get("artifactType", ""),
+                   dict(data.get("annotations") or {}))
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class MetadataStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+        self._put_manifest = client.register_script(keys.PUT_MANIFEST)
+        self._get_manifest = client.register_script(keys.GET_MANIFEST)
+        self._delete_manifest = client.register_script(keys.DELETE_MANIFEST)
+        self._delete_tag = client.register_script(keys.DELETE_TAG)
+        self._unlink_blob = client.register_script(keys.UNLINK_BLOB)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._r.ping())
+        except redis.RedisError:
+            return False
+
+    # -- blob links --------------------------------------------------------
+
+    def link_blob(self, name: str, digest: str, size: int) -> None:
+        validate_name(name)
+        digests.validate(digest)
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.blobs(name), digest, size)
+            pipe.zadd(keys.CATALOG, {name: 0})
+            pipe.execute()
+
+    def blob_size(self, name: str, digest: str) -> int:
+        validate_name(name)
+        digests.validate(digest)
+        size = self._r.hget(keys.blobs(name), digest)
+        if size is None:
+            raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
+        return int(size)
+
+    def unlink_blob(self, name: str, digest: str) -> None:
+        validate_name(name)
+        digests.validate(digest)
+        if not self._unlink_blob(args=[keys.repo_prefix(name), keys.CATALOG, name, digest]):
+            raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
+
+    # -- manifests and tags ------------------------------------------------
+
+    def put_manifest(self, name: str, digest: str, media_type: str, content: bytes, tags: list[str],
+                     blob_refs: list[str], manifest_refs: list[str], subject: str,
+                     descriptor: Descriptor | None) -> None:
+        validate_name(name)
+        digests.validate(digest)
+        for tag in tags:
+            validate_tag(tag, for_manifest_put=True)
+        for ref in [*blob_refs, *manifest_refs, *([subject] if subject else [])]:
+            digests.validate(ref)
+        args: list[str | bytes | int] = [keys.repo_prefix(name), keys.CATALOG, name, digest, media_type, content,
+                                         subject, descriptor.to_json() if descriptor else ""]
+        args += [len(blob_refs), *blob_refs, len(manifest_refs), *manifest_refs, len(tags), *tags]
+        result = [_s(v) for v in self._put_manifest(args=args)]
+        if result[0] == "missing":
+            missing = result[1:]
+            raise RegistryError(MANIFEST_BLOB_UNKNOWN, f"manifest references unknown content {missing[0]}",
+                                detail={"missing": missing})
+
+    def get_manifest(self, name: str, reference: str) -> StoredManifest:
+        validate_name(name)
+        is_digest = digests.looks_like_digest(reference)
+        if is_digest:
+            digests.validate(reference)
+        else:
+            validate_tag(reference)
+        found = self._get_manifest(args=[keys.repo_prefix(name), reference, "0" if is_digest else "1"])
+        if not found:
+            raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} unknown to repository {name}")
+        digest, media_type, body, subject = found
+        return StoredManifest(_s(digest), _s(media_type), bytes(body), _s(subject or b""))
+
+    def delete_manifest(self, name: str, digest: str) -> None:
+        validate_name(name)
+        digests.validate(digest)
+        if not self._delete_manifest(args=[keys.repo_prefix(name), keys.CATALOG, name, digest]):
+            raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} unknown to repository {name}")
+
+    def delete_tag(self, name: str, tag: str) -> None:
+        validate_name(name)
+        validate_tag(tag)
+        if not self._delete_tag(args=[keys.repo_prefix(name), tag]):
+            raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} unknown to repository {name}")
+
+    # -- listings ----------------------------------------------------------
+
+    def _page(self, key: str, last: str, limit: int) -> tuple[list[str], bool]:
+        limit = MAX_PAGE if limit < 0 else min(limit, MAX_PAGE)
+        if limit == 0:
+            return [], False
+        start = f"({last}" if last else "-"
+        names = [_s(v) for v in self._r.zrangebylex(key, start, "+", start=0, num=limit + 1)]
+        return names[:limit], len(names) > limit
+
+    def list_tags(self, name: str, last: str, limit: int) -> tuple[list[str], bool]:
+        validate_name(name)
+        with self._r.pipeline(transaction=False) as pipe:
+            pipe.zscore(keys.CATALOG, name)
+            pipe.exists(keys.taglist(name))
+            in_catalog, has_tags = pipe.execute()
+        if in_catalog is None and not has_tags:
+            raise RegistryError(NAME_UNKNOWN, f"repository {name} not known to registry")
+        return self._page(keys.taglist(name), last, limit)
+
+    def list_repositories(self, last: str, limit: int) -> tuple[list[str], bool]:
+        return self._page(keys.CATALOG, last, limit)
+
+    def list_referrers(self, name: str, subject: str, artifact_type: str) -> list[Descriptor]:
+        validate_name(name)
+        digests.validate(subject)
+        raw = self._r.hgetall(keys.referrers(name, subject))
+        found = [Descriptor.from_json(value) for _, value in sorted(raw.items())]
+        if artifact_type:
+            found = [d for d in found if d.artifact_type == artifact_type]
+        return found
+
+
+def redis_errors_as_unavailable(exc: redis.RedisError) -> RegistryError:
+    return RegistryError(UNAVAILABLE, f"metadata store unavailable: {type(exc).__name__}")

@@ -1,0 +1,111 @@
+"""Runs Redis, the metadata service, the blob store and the gateway on one machine.
+
+Every service is a separate process on loopback, as in a real deployment;
+Redis persists with AOF under ``$WHARF_DATA_DIR/redis`` and blobs live under
+``$WHARF_DATA_DIR/blobstore``, so data survives a restart. Ctrl-C or SIGTERM
+stops every process this started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from services.common import logs
+from services.common.settings import load
+from services.stack.processes import (
+    Child,
+    free_port,
+    grpc_serving,
+    http_ok,
+    python_module,
+    redis_binary,
+    redis_ready,
+    wait_until,
+)
+from services.stack.settings import StackSettings
+
+log = logging.getLogger("wharf.stack")
+
+
+def _start_redis(settings: StackSettings, deadline: float) -> tuple[Child, str]:
+    redis_dir = (settings.data_dir / "redis").resolve()
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [redis_binary(settings.redis_server), "--bind", "127.0.0.1", "--port", str(port),
+            "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--save", "", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
+    child = Child("redis", argv, os.environ)
+    wait_until(lambda: redis_ready("127.0.0.1", port), child, deadline, "redis")
+    return child, f"redis://127.0.0.1:{port}/0"
+
+
+def start(settings: StackSettings) -> list[Child]:
+    deadline = time.monotonic() + settings.start_timeout
+    data_dir = settings.data_dir.resolve()
+    children: list[Child] = []
+    try:
+        redis_url = settings.redis_url
+        if not redis_url:
+            redis_child, redis_url = _start_redis(settings, deadline)
+            children.append(redis_child)
+        base = dict(os.environ, WHARF_DATA_DIR=str(data_dir))
+        metadata_addr = f"127.0.0.1:{free_port()}"
+        metadata = Child("metadata", python_module("services.metadata"),
+                         dict(base, WHARF_METADATA_LISTEN=metadata_addr, WHARF_REDIS_URL=redis_url))
+        children.append(metadata)
+        blobstore_addr = f"127.0.0.1:{free_port()}"
+        blobstore = Child("blobstore", python_module("services.blobstore"),
+                          dict(base, WHARF_BLOBSTORE_LISTEN=blobstore_addr, WHARF_BLOBSTORE_EXPOSE_PATHS="true"))
+        children.append(blobstore)
+        wait_until(lambda: grpc_serving(metadata_addr), metadata, deadline, "metadata service")
+        wait_until(lambda: grpc_serving(blobstore_addr), blobstore, deadline, "blob store")
+        gateway = Child("gateway", python_module("services.api"),
+                        dict(base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
+                             WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
+                             WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore")))
+        children.append(gateway)
+        url = f"http://{settings.host}:{settings.port}/v2/"
+        wait_until(lambda: http_ok(url), gateway, deadline, "gateway")
+    except BaseException:
+        stop(children)
+        raise
+    return children
+
+
+def stop(children: list[Child]) -> None:
+    for child in reversed(children):
+        child.stop()
+
+
+def main() -> None:
+    settings = load(StackSettings, os.environ)
+    logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        children = start(settings)
+    except RuntimeError as exc:
+        log.error("start failed", extra={"fields": {"error": str(exc)}})
+        sys.exit(1)
+    print(f"Wharf is serving the registry at http://{settings.host}:{settings.port} "
+          f"(data in {settings.data_dir.resolve()}); Ctrl-C stops it.", flush=True)
+    status = 0
+    while not stopping.wait(0.5):
+        dead = [c for c in children if not c.alive()]
+        if dead:
+            log.error("a service exited", extra={"fields": {"service": dead[0].name,
+                                                            "status": dead[0].process.returncode}})
+            status = 1
+            break
+    stop(children)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

