@@ -42,6 +42,8 @@ def main() -> None:
         "loglevel": settings.log_level,
         "accesslog": None,
         "proc_name": "wharf-gateway",
+        # gunicorn's control socket lives at one fixed path per user; two gateways would collide.
+        "control_socket_disable": True,
     }
     _Gunicorn(create_app(settings), options).run()
 

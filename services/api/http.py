@@ -42,8 +42,16 @@ def read_body(limit: int) -> bytes | None:
     length = request.content_length
     if length is not None and length > limit:
         return None
-    data = request.stream.read(limit + 1)
-    return None if len(data) > limit else data
+    parts: list[bytes] = []
+    received = 0
+    stream = request.stream
+    while received <= limit:
+        data = stream.read(min(IO_CHUNK, limit + 1 - received))
+        if not data:
+            break
+        parts.append(data)
+        received += len(data)
+    return None if received > limit else b"".join(parts)
 
 
 def digest_arg(name: str = "digest") -> str:

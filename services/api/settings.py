@@ -21,6 +21,9 @@ class GatewaySettings:
                                "when set, blobs whose blob-store path lies under this directory are sent "
                                "straight from disk (sendfile) instead of over gRPC")
     max_manifest_bytes: int = env("WHARF_MAX_MANIFEST_BYTES", 4 * 1024 * 1024, "largest manifest accepted")
+    allow_sparse_manifests: bool = env("WHARF_ALLOW_SPARSE_MANIFESTS", False,
+                                       "accept manifests whose layers or child manifests are not in the "
+                                       "repository (the spec's optional sparse manifests)")
     workers: int = env("WHARF_GATEWAY_WORKERS", 2, "gunicorn worker processes")
     threads: int = env("WHARF_GATEWAY_THREADS", 16, "threads per gunicorn worker")
     access_log: bool = env("WHARF_ACCESS_LOG", True, "log one line per HTTP request")

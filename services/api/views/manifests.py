@@ -86,9 +86,11 @@ def put(ctx: Context, name: str, reference: str) -> Response:
     parsed = manifest_rules.parse(content, request.headers.get("Content-Type", ""))
     descriptor = mpb.Descriptor(media_type=parsed.media_type, digest=digest, size=len(content),
                                 artifact_type=parsed.artifact_type, annotations=parsed.annotations)
+    sparse = ctx.settings.allow_sparse_manifests
     put_request = mpb.PutManifestRequest(
         repository=name, digest=digest, media_type=parsed.media_type, content=content, tags=tags,
-        blob_references=parsed.blob_refs, manifest_references=parsed.manifest_refs, subject=parsed.subject,
+        blob_references=[] if sparse else parsed.blob_refs,
+        manifest_references=[] if sparse else parsed.manifest_refs, subject=parsed.subject,
         descriptor=descriptor)
     try:
         ctx.clients.metadata.put_manifest(put_request)
