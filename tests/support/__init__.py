@@ -1,0 +1,1 @@
+"""Shared test support: locating outside tools, starting real servers."""

@@ -1,0 +1,64 @@
+"""Starts the real Wharf stack (Redis + services + gateway) as processes on free ports."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from services.stack.processes import free_port, http_ok
+
+
+class RunningStack:
+    def __init__(self, data_dir: pathlib.Path, env: dict[str, str] | None = None, port: int | None = None,
+                 log_path: pathlib.Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+        self.extra_env = dict(env or {})
+        self.log_path = log_path or data_dir.parent / f"stack-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> RunningStack:
+        environ = dict(os.environ, WHARF_PORT=str(self.port), WHARF_DATA_DIR=str(self.data_dir),
+                       WHARF_ACCESS_LOG="false", **self.extra_env)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "services.stack"], env=environ,
+                                        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"stack exited early; log: {self.log_path}\n{self.log_tail()}")
+            if http_ok(f"{self.url}/v2/"):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"stack not ready in {timeout}s; log: {self.log_path}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+        self._log.close()
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return bytes(response.read())

@@ -1,0 +1,39 @@
+"""Outside tools (skopeo, the conformance suite, docker-registry, ...).
+
+A missing tool skips its test locally with the reason, but fails the test when
+CI=true: CI installs every tool (.ci/run), so a skip there would hide a gap.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# .ci/run installs Go tools here (GOBIN), so they never depend on a user's PATH.
+TOOLS_BIN = ROOT / ".tools" / "bin"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def find_tool(name: str) -> str | None:
+    local = TOOLS_BIN / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which(name)
+
+
+def require_tool(name: str, hint: str = "") -> str:
+    """The tool's path; skips (locally) or fails (CI=true) when it is missing."""
+    found = find_tool(name)
+    if found:
+        return found
+    reason = f"{name} is not installed" + (f" ({hint})" if hint else "") + "; .ci/run installs it"
+    if in_ci():
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
