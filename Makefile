@@ -19,7 +19,7 @@ gen: $(STAMP)
 run: gen
 	$(VENV)/bin/wharf-stack
 
-test: gen
+test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
