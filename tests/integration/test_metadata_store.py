@@ -1,0 +1,111 @@
+"""The metadata store against a real Redis server."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from services.common import digests
+from services.common.errors import RegistryError
+from services.metadata.store import Descriptor, MetadataStore
+
+CONFIG, LAYER = digests.of(b"config"), digests.of(b"layer")
+
+
+@pytest.fixture()
+def store(redis_client: redis.Redis) -> MetadataStore:
+    return MetadataStore(redis_client)
+
+
+def _put(store: MetadataStore, body: bytes, tags: list[str], subject: str = "", blobs: list[str] | None = None,
+         manifests: list[str] | None = None, name: str = "repo") -> str:
+    digest = digests.of(body)
+    descriptor = Descriptor("application/vnd.oci.image.manifest.v1+json", digest, len(body), "application/x.a",
+                            {"k": "v"}) if subject else None
+    store.put_manifest(name, digest, "application/vnd.oci.image.manifest.v1+json", body, tags,
+                       blobs if blobs is not None else [CONFIG, LAYER], manifests or [], subject, descriptor)
+    return digest
+
+
+def _link(store: MetadataStore, name: str = "repo") -> None:
+    store.link_blob(name, CONFIG, 6)
+    store.link_blob(name, LAYER, 5)
+
+
+def test_missing_blobs_refuse_the_manifest_and_write_nothing(store: MetadataStore, redis_client: redis.Redis) -> None:
+    store.link_blob("repo", CONFIG, 6)
+    with pytest.raises(RegistryError) as info:
+        _put(store, b"m1", ["latest"])
+    assert info.value.code == "MANIFEST_BLOB_UNKNOWN" and info.value.detail == {"missing": [LAYER]}
+    with pytest.raises(RegistryError):
+        store.get_manifest("repo", "latest")
+    assert not redis_client.exists("wharf:repo:{repo}:tags")
+
+
+def test_tags_move_and_follow_deletes(store: MetadataStore) -> None:
+    _link(store)
+    first = _put(store, b"m1", ["latest", "v1"])
+    second = _put(store, b"m2", ["latest"])
+    assert store.get_manifest("repo", "latest").digest == second
+    assert store.get_manifest("repo", "v1").digest == first
+    store.delete_manifest("repo", second)
+    with pytest.raises(RegistryError) as info:
+        store.get_manifest("repo", "latest")
+    assert info.value.code == "MANIFEST_UNKNOWN"
+    assert store.list_tags("repo", "", -1) == (["v1"], False)
+    store.delete_tag("repo", "v1")
+    assert store.get_manifest("repo", first).content == b"m1"
+    with pytest.raises(RegistryError):
+        store.delete_tag("repo", "v1")
+
+
+def test_tag_and_catalog_pages_are_lexical(store: MetadataStore) -> None:
+    _link(store)
+    digest = _put(store, b"m", [f"t{i:02d}" for i in range(12)])
+    assert digest
+    assert store.list_tags("repo", "", 5) == ([f"t{i:02d}" for i in range(5)], True)
+    assert store.list_tags("repo", "t04", 5) == ([f"t{i:02d}" for i in range(5, 10)], True)
+    assert store.list_tags("repo", "t09", 5) == (["t10", "t11"], False)
+    assert store.list_tags("repo", "", 0) == ([], False)
+    for name in ["b/x", "a", "c"]:
+        store.link_blob(name, CONFIG, 6)
+    assert store.list_repositories("", 2) == (["a", "b/x"], True)
+    assert store.list_repositories("b/x", 10) == (["c", "repo"], False)
+
+
+def test_unknown_repository_tags(store: MetadataStore) -> None:
+    with pytest.raises(RegistryError) as info:
+        store.list_tags("nothing/here", "", -1)
+    assert info.value.code == "NAME_UNKNOWN"
+
+
+def test_referrers_follow_the_referrer_lifecycle(store: MetadataStore) -> None:
+    _link(store)
+    subject = _put(store, b"subject", [])
+    referrer = _put(store, b"sig", [], subject=subject)
+    found = store.list_referrers("repo", subject, "")
+    assert [(d.digest, d.artifact_type, d.annotations) for d in found] == [(referrer, "application/x.a", {"k": "v"})]
+    assert store.list_referrers("repo", subject, "application/x.other") == []
+    store.delete_manifest("repo", referrer)
+    assert store.list_referrers("repo", subject, "") == []
+
+
+def test_blob_links_are_per_repository(store: MetadataStore) -> None:
+    store.link_blob("one", CONFIG, 6)
+    assert store.blob_size("one", CONFIG) == 6
+    with pytest.raises(RegistryError) as info:
+        store.blob_size("two", CONFIG)
+    assert info.value.code == "BLOB_UNKNOWN"
+    store.unlink_blob("one", CONFIG)
+    with pytest.raises(RegistryError):
+        store.unlink_blob("one", CONFIG)
+    assert store.list_repositories("", 10) == ([], False)
+
+
+def test_invalid_input_never_reaches_redis(store: MetadataStore) -> None:
+    with pytest.raises(RegistryError) as info:
+        store.link_blob("Bad/Name", CONFIG, 1)
+    assert info.value.code == "NAME_INVALID"
+    with pytest.raises(RegistryError) as info:
+        store.get_manifest("repo", "sha256:baddigeststring")
+    assert info.value.code == "DIGEST_INVALID"

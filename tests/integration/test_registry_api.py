@@ -1,0 +1,150 @@
+"""The HTTP API against the real stack: error bodies, validation, no partial state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from services.api.app import create_app
+from services.api.settings import GatewaySettings
+from services.common import digests, mediatypes
+from services.stack.processes import free_port
+from tests.support.stack import RunningStack
+
+OCI = mediatypes.OCI_MANIFEST
+
+
+def _error_code(response: requests.Response) -> str:
+    assert response.headers["Content-Type"].startswith("application/json")
+    return str(response.json()["errors"][0]["code"])
+
+
+def _push_blob(url: str, name: str, data: bytes) -> str:
+    digest = digests.of(data)
+    response = requests.post(f"{url}/v2/{name}/blobs/uploads/", params={"digest": digest}, data=data, timeout=10)
+    assert response.status_code == 201, response.text
+    return digest
+
+
+def _manifest(config: str, layers: list[str], **extra: object) -> bytes:
+    body = {"schemaVersion": 2, "mediaType": OCI,
+            "config": {"mediaType": mediatypes.OCI_CONFIG, "digest": config, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": 5} for d in layers],
+            **extra}
+    return json.dumps(body).encode()
+
+
+def test_base_and_request_id(stack: RunningStack) -> None:
+    response = requests.get(f"{stack.url}/v2/", headers={"X-Request-Id": "abc-123"}, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert response.headers["X-Request-Id"] == "abc-123"
+
+
+@pytest.mark.parametrize("path,status,code", [
+    ("/v2/Upper/tags/list", 400, "NAME_INVALID"),
+    ("/v2/a/blobs/sha256:nothex", 400, "DIGEST_INVALID"),
+    ("/v2/a/blobs/" + digests.of(b"nothing"), 404, "BLOB_UNKNOWN"),
+    ("/v2/a/manifests/" + digests.of(b"nothing"), 404, "MANIFEST_UNKNOWN"),
+    ("/v2/a/manifests/no-such-tag", 404, "MANIFEST_UNKNOWN"),
+    ("/v2/never/pushed/tags/list", 404, "NAME_UNKNOWN"),
+    ("/v2/a/blobs/uploads/" + "0" * 32, 404, "BLOB_UPLOAD_UNKNOWN"),
+    ("/v2/_catalog?n=-1", 400, "PAGINATION_NUMBER_INVALID"),
+])
+def test_errors_use_the_oci_envelope(stack: RunningStack, path: str, status: int, code: str) -> None:
+    response = requests.get(stack.url + path, timeout=10)
+    assert response.status_code == status
+    assert _error_code(response) == code
+
+
+def test_manifest_with_unknown_blob_leaves_no_tag(stack: RunningStack) -> None:
+    config = _push_blob(stack.url, "strict/a", b"{}")
+    missing = digests.of(b"never pushed")
+    response = requests.put(f"{stack.url}/v2/strict/a/manifests/v1", data=_manifest(config, [missing]),
+                            headers={"Content-Type": OCI}, timeout=10)
+    assert response.status_code == 400 and _error_code(response) == "MANIFEST_BLOB_UNKNOWN"
+    assert requests.get(f"{stack.url}/v2/strict/a/manifests/v1", timeout=10).status_code == 404
+
+
+def test_blob_held_by_another_repository_is_mounted_for_a_manifest(stack: RunningStack) -> None:
+    config = _push_blob(stack.url, "mount/src", b"{}")
+    layer = _push_blob(stack.url, "mount/src", b"layer")
+    body = _manifest(config, [layer])
+    response = requests.put(f"{stack.url}/v2/mount/dst/manifests/v1", data=body, headers={"Content-Type": OCI},
+                            timeout=10)
+    assert response.status_code == 201, response.text
+    assert requests.head(f"{stack.url}/v2/mount/dst/blobs/{layer}", timeout=10).status_code == 200
+
+
+def test_digest_mismatch_is_not_visible(stack: RunningStack) -> None:
+    claimed = digests.of(b"claimed")
+    response = requests.post(f"{stack.url}/v2/bad/digest/blobs/uploads/", params={"digest": claimed},
+                             data=b"other", timeout=10)
+    assert response.status_code == 400 and _error_code(response) == "DIGEST_INVALID"
+    assert requests.head(f"{stack.url}/v2/bad/digest/blobs/{claimed}", timeout=10).status_code == 404
+    assert requests.post(f"{stack.url}/v2/bad/digest/blobs/uploads/", params={"mount": claimed},
+                         timeout=10).status_code == 202
+
+
+def test_oversized_manifest_is_refused(stack: RunningStack) -> None:
+    body = b"{" + b" " * (4 * 1024 * 1024) + b"}"
+    response = requests.put(f"{stack.url}/v2/big/manifests/v1", data=body, headers={"Content-Type": OCI},
+                            timeout=30)
+    assert response.status_code == 413 and _error_code(response) == "MANIFEST_INVALID"
+
+
+def test_accept_negotiation_and_headers(stack: RunningStack) -> None:
+    config = _push_blob(stack.url, "neg/a", b"{}")
+    body = _manifest(config, [])
+    put = requests.put(f"{stack.url}/v2/neg/a/manifests/v1", data=body, headers={"Content-Type": OCI}, timeout=10)
+    assert put.status_code == 201 and put.headers["Docker-Content-Digest"] == digests.of(body)
+    assert put.headers["Location"] == f"/v2/neg/a/manifests/{digests.of(body)}"
+    ok = requests.get(f"{stack.url}/v2/neg/a/manifests/v1", headers={"Accept": f"{OCI}, {mediatypes.OCI_INDEX}"},
+                      timeout=10)
+    assert ok.status_code == 200 and ok.content == body and ok.headers["Content-Type"] == OCI
+    refused = requests.get(f"{stack.url}/v2/neg/a/manifests/v1", headers={"Accept": mediatypes.DOCKER_MANIFEST},
+                           timeout=10)
+    assert refused.status_code == 404 and _error_code(refused) == "MANIFEST_UNKNOWN"
+    head = requests.head(f"{stack.url}/v2/neg/a/manifests/v1", timeout=10)
+    assert head.headers["Content-Length"] == str(len(body)) and head.content == b""
+
+
+def test_tag_pages_carry_a_link(stack: RunningStack) -> None:
+    config = _push_blob(stack.url, "pages/a", b"{}")
+    body = _manifest(config, [])
+    for i in range(5):
+        requests.put(f"{stack.url}/v2/pages/a/manifests/t{i}", data=body, headers={"Content-Type": OCI}, timeout=10)
+    first = requests.get(f"{stack.url}/v2/pages/a/tags/list", params={"n": 2}, timeout=10)
+    assert first.json() == {"name": "pages/a", "tags": ["t0", "t1"]}
+    assert first.headers["Link"] == '</v2/pages/a/tags/list?n=2&last=t1>; rel="next"'
+    last = requests.get(f"{stack.url}/v2/pages/a/tags/list", params={"n": 2, "last": "t3"}, timeout=10)
+    assert last.json()["tags"] == ["t4"] and "Link" not in last.headers
+
+
+def test_chunked_upload_out_of_order_gets_416_with_range(stack: RunningStack) -> None:
+    start = requests.post(f"{stack.url}/v2/chunks/a/blobs/uploads/", timeout=10)
+    location = stack.url + start.headers["Location"]
+    first = requests.patch(location, data=b"abc", headers={"Content-Range": "0-2"}, timeout=10)
+    assert first.status_code == 202 and first.headers["Range"] == "0-2"
+    skipped = requests.patch(stack.url + first.headers["Location"], data=b"xyz", headers={"Content-Range": "5-7"},
+                             timeout=10)
+    assert skipped.status_code == 416 and skipped.headers["Range"] == "0-2"
+    done = requests.put(location, params={"digest": digests.of(b"abcdef")}, data=b"def",
+                        headers={"Content-Range": "3-5"}, timeout=10)
+    assert done.status_code == 201, done.text
+    got = requests.get(f"{stack.url}/v2/chunks/a/blobs/{digests.of(b'abcdef')}", headers={"Range": "bytes=1-3"},
+                       timeout=10)
+    assert got.status_code == 206 and got.content == b"bcd" and got.headers["Content-Range"] == "bytes 1-3/6"
+
+
+def test_unavailable_backends_give_503_json() -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    settings = GatewaySettings(blobstore_addr=dead, metadata_addr=dead, rpc_timeout=2.0, access_log=False)
+    client = create_app(settings).test_client()
+    response = client.get("/v2/some/repo/manifests/latest")
+    assert response.status_code == 503
+    assert response.get_json()["errors"][0]["code"] == "UNAVAILABLE"
+    upload = client.post("/v2/some/repo/blobs/uploads/")
+    assert upload.status_code == 503 and b"Traceback" not in upload.data
