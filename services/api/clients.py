@@ -67,27 +67,18 @@ class _Caller:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return ((REQUEST_ID_KEY, self._request_id()),)
 
+    def _invoke(self, method: str, request: Any, timeout: float) -> Any:
+        try:
+            return getattr(self._lazy.stub(), method)(request, timeout=timeout, metadata=self._metadata())
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
     def unary(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self._lazy.stub(), method)(request, timeout=self._settings.rpc_timeout,
-                                                      metadata=self._metadata())
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        return self._invoke(method, request, self._settings.rpc_timeout)
 
-    def client_stream(self, method: str, requests: Iterator[Any]) -> Any:
-        try:
-            return getattr(self._lazy.stub(), method)(requests, timeout=self._settings.transfer_timeout,
-                                                      metadata=self._metadata())
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-
-    def server_stream(self, method: str, request: Any) -> Any:
-        """Returns the call object; the first message is awaited so errors surface before any byte is sent."""
-        try:
-            return getattr(self._lazy.stub(), method)(request, timeout=self._settings.transfer_timeout,
-                                                      metadata=self._metadata())
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+    def streaming(self, method: str, request: Any) -> Any:
+        """A call whose request or response is a stream of data, under the longer transfer deadline."""
+        return self._invoke(method, request, self._settings.transfer_timeout)
 
 
 class BlobStoreClient:
@@ -99,7 +90,7 @@ class BlobStoreClient:
 
     def read(self, digest: str, offset: int, length: int) -> tuple[bytes, Iterator[bytes], Callable[[], None]]:
         """Returns the first chunk (so errors surface early), an iterator over the rest, and a cancel."""
-        call = self._c.server_stream("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length))
+        call = self._c.streaming("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length))
         try:
             first = next(call, None)
         except grpc.RpcError as err:
@@ -115,7 +106,7 @@ class BlobStoreClient:
             yield bpb.PutRequest(digest=digest)
             for data in chunks:
                 yield bpb.PutRequest(data=data)
-        return self._c.client_stream("Put", requests())
+        return self._c.streaming("Put", requests())
 
     def create_upload(self, repository: str) -> bpb.UploadStatus:
         return self._c.unary("CreateUpload", bpb.CreateUploadRequest(repository=repository))
@@ -127,7 +118,7 @@ class BlobStoreClient:
                                     offset=offset, commit_digest=commit_digest)
             for data in chunks:
                 yield bpb.AppendRequest(data=data)
-        return self._c.client_stream("AppendUpload", requests())
+        return self._c.streaming("AppendUpload", requests())
 
     def get_upload(self, repository: str, upload_id: str) -> bpb.UploadStatus:
         return self._c.unary("GetUpload", bpb.UploadRef(upload_id=upload_id, repository=repository))

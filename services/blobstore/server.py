@@ -89,7 +89,7 @@ def _janitor(blobs: BlobService, interval: int, stop: threading.Event) -> None:
     while not stop.wait(interval):
         try:
             blobs.expire_uploads()
-        except Exception:  # noqa: BLE001 - the sweep retries next round
+        except Exception:
             log.exception("upload sweep failed")
 
 

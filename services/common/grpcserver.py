@@ -7,13 +7,14 @@ writes one structured log line.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -62,46 +63,35 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         context.set_trailing_metadata(err.trailing_metadata())
         context.abort(err.error.grpc_status, err.message)
 
+    @contextlib.contextmanager
+    def _scope(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
+        started = time.perf_counter()
+        token = request_id.set(_request_id_from(context))
+        try:
+            yield
+            self._log(method, started, "OK")
+        except RegistryError as err:
+            self._log(method, started, err.code, err.message)
+            self._abort(context, err)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
+                raise
+            log.exception("unhandled error", extra={"fields": {"method": method, "request_id": request_id.get()}})
+            self._log(method, started, "INTERNAL", type(exc).__name__)
+            self._abort(context, RegistryError(INTERNAL))
+        finally:
+            request_id.reset(token)
+
     def _wrap_unary(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            token = request_id.set(_request_id_from(context))
-            try:
-                result = fn(request, context)
-                self._log(method, started, "OK")
-                return result
-            except RegistryError as err:
-                self._log(method, started, err.code, err.message)
-                self._abort(context, err)
-            except Exception as exc:  # noqa: BLE001 - the client gets a clean INTERNAL
-                if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
-                    raise
-                log.exception("unhandled error", extra={"fields": {"method": method,
-                                                                   "request_id": request_id.get()}})
-                self._log(method, started, "INTERNAL", type(exc).__name__)
-                self._abort(context, RegistryError(INTERNAL))
-            finally:
-                request_id.reset(token)
+            with self._scope(method, context):
+                return fn(request, context)
         return wrapper
 
     def _wrap_stream(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Iterable[Any]:
-            started = time.perf_counter()
-            token = request_id.set(_request_id_from(context))
-            try:
+            with self._scope(method, context):
                 yield from fn(request, context)
-                self._log(method, started, "OK")
-            except RegistryError as err:
-                self._log(method, started, err.code, err.message)
-                self._abort(context, err)
-            except Exception as exc:  # noqa: BLE001
-                if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
-                    raise
-                log.exception("unhandled error", extra={"fields": {"method": method}})
-                self._log(method, started, "INTERNAL", type(exc).__name__)
-                self._abort(context, RegistryError(INTERNAL))
-            finally:
-                request_id.reset(token)
         return wrapper
 
 

@@ -37,7 +37,7 @@ def _start_redis(settings: StackSettings, deadline: float) -> tuple[Child, str]:
     redis_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [redis_binary(settings.redis_server), "--bind", "127.0.0.1", "--port", str(port),
-            "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
     child = Child("redis", argv, os.environ)
     wait_until(lambda: redis_ready("127.0.0.1", port), child, deadline, "redis")

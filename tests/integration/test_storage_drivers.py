@@ -43,9 +43,8 @@ def test_writer_appends_across_writers(driver: StorageDriver) -> None:
 
 
 def test_second_writer_on_same_object_is_refused(driver: StorageDriver) -> None:
-    with driver.writer("up/data", append=True):
-        with pytest.raises(UploadBusyError):
-            driver.writer("up/data", append=True)
+    with driver.writer("up/data", append=True), pytest.raises(UploadBusyError):
+        driver.writer("up/data", append=True)
 
 
 def test_move_replaces_and_removes_source(driver: StorageDriver) -> None:

@@ -12,7 +12,7 @@ import abc
 import dataclasses
 import re
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 _KEY_RE = re.compile(r"^[a-z0-9]+(?:/[A-Za-z0-9._-]+)*$")
 
@@ -57,7 +57,7 @@ class FileWriter(abc.ABC):
     def close(self) -> None:
         """Releases the writer; uncommitted bytes may or may not survive."""
 
-    def __enter__(self) -> FileWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
