@@ -12,9 +12,10 @@ from collections.abc import Callable
 from flask import Flask, Response, g, request
 
 from services.api import routes
+from services.api.access import TokenVerifier, authorize
 from services.api.clients import Clients
 from services.api.settings import GatewaySettings
-from services.api.views import blobs, catalog, manifests, referrers, tags, uploads
+from services.api.views import blobs, catalog, manifests, referrers, tags, token, uploads
 from services.common.errors import INTERNAL, NAME_INVALID, UNSUPPORTED, RegistryError
 from services.common.names import is_valid_name
 
@@ -54,8 +55,11 @@ def _current_request_id() -> str:
 
 
 def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Flask:
+    if settings.auth not in ("none", "token"):
+        raise ValueError(f"WHARF_AUTH={settings.auth!r}: expected none or token")
     app = Flask("wharf")
     ctx = Context(settings, clients or Clients(settings, _current_request_id))
+    verifier = TokenVerifier(settings, ctx.clients.auth) if settings.auth == "token" else None
 
     @app.before_request
     def _begin() -> None:
@@ -96,19 +100,24 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
         return _registry_error(RegistryError(INTERNAL))
 
     def dispatch(subpath: str = "") -> Response:
-        path = request.path
-        if path in ("/v2", "/v2/"):
-            return Response(b"{}", status=200, content_type="application/json")
-        found = routes.match(path)
+        found = routes.match(request.path)
         if found is None:
             raise RegistryError(UNSUPPORTED, "no such endpoint", http_status=404)
         route, params = found
         view = VIEWS.get((route.endpoint, request.method))
-        if view is None:
+        if view is None and route.endpoint != "base":
             raise RegistryError(UNSUPPORTED, f"{request.method} is not supported on this endpoint")
         if "name" in params and not is_valid_name(params["name"]):
             raise RegistryError(NAME_INVALID, f"invalid repository name {params['name'][:300]!r}")
+        if verifier is not None:
+            g.claims = authorize(settings, verifier, route.endpoint, request.method, params)
+        if view is None:
+            return Response(b"{}", status=200, content_type="application/json")
         return view(ctx, **params)
+
+    if verifier is not None:
+        app.add_url_rule("/token", "token_get", lambda: token.get_token(ctx), methods=["GET"])
+        app.add_url_rule("/token", "token_post", lambda: token.post_token(ctx), methods=["POST"])
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)

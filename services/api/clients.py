@@ -17,6 +17,8 @@ import grpc
 from services.api.settings import GatewaySettings
 from services.common.errors import from_rpc_error
 from services.common.grpcserver import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
+from services.gen.wharf.auth.v1 import auth_pb2 as apb
+from services.gen.wharf.auth.v1 import auth_pb2_grpc as apb_grpc
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
@@ -144,6 +146,9 @@ class MetadataClient:
     def blob_size(self, repository: str, digest: str) -> int:
         return int(self._c.unary("GetBlobLink", mpb.BlobRef(repository=repository, digest=digest)).size)
 
+    def blob_repositories(self, digest: str, limit: int = 100) -> mpb.BlobRepositoriesResponse:
+        return self._c.unary("BlobRepositories", mpb.BlobRepositoriesRequest(digest=digest, limit=limit))
+
     def put_manifest(self, request: mpb.PutManifestRequest) -> None:
         self._c.unary("PutManifest", request)
 
@@ -167,10 +172,26 @@ class MetadataClient:
         return list(self._c.unary("ListReferrers", request).referrers)
 
 
+class AuthClient:
+    def __init__(self, caller: _Caller) -> None:
+        self._c = caller
+
+    def public_keys(self) -> list[apb.PublicKey]:
+        return list(self._c.unary("ListPublicKeys", apb.ListPublicKeysRequest()).keys)
+
+    def issue_token(self, request: apb.IssueTokenRequest) -> apb.IssueTokenResponse:
+        return self._c.unary("IssueToken", request)
+
+    def pullable(self, account: str, repositories: list[str]) -> list[str]:
+        request = apb.FilterRepositoriesRequest(account=account, repositories=repositories)
+        return list(self._c.unary("FilterRepositories", request).repositories)
+
+
 class Clients:
     """Everything the views call, built once per app."""
 
     def __init__(self, settings: GatewaySettings, request_id: Callable[[], str]) -> None:
+        self.auth = AuthClient(_Caller(_Lazy(settings.auth_addr, apb_grpc.AuthStub), settings, request_id))
         self.blobs = BlobStoreClient(_Caller(_Lazy(settings.blobstore_addr, bpb_grpc.BlobStoreStub), settings,
                                              request_id))
         self.metadata = MetadataClient(_Caller(_Lazy(settings.metadata_addr, mpb_grpc.MetadataStub), settings,

@@ -24,6 +24,13 @@ class GatewaySettings:
     allow_sparse_manifests: bool = env("WHARF_ALLOW_SPARSE_MANIFESTS", False,
                                        "accept manifests whose layers or child manifests are not in the "
                                        "repository (the spec's optional sparse manifests)")
+    auth: str = env("WHARF_AUTH", "none", "none (no authentication; keep it on loopback) or token")
+    auth_addr: str = env("WHARF_AUTH_ADDR", "127.0.0.1:50053", "auth service gRPC target (token mode)")
+    token_service: str = env("WHARF_AUTH_SERVICE", "wharf", "service name in challenges and the tokens' aud")
+    token_issuer: str = env("WHARF_AUTH_ISSUER", "wharf-auth", "expected iss claim of tokens")
+    public_url: str = env("WHARF_PUBLIC_URL", "",
+                          "external base URL of the registry, for the token realm (default: from the request)")
+    key_refresh: float = env("WHARF_AUTH_KEY_REFRESH", 60.0, "seconds between refreshes of the token keys")
     workers: int = env("WHARF_GATEWAY_WORKERS", 2, "gunicorn worker processes")
     threads: int = env("WHARF_GATEWAY_THREADS", 16, "threads per gunicorn worker")
     access_log: bool = env("WHARF_ACCESS_LOG", True, "log one line per HTTP request")

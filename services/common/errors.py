@@ -59,6 +59,10 @@ TAG_INVALID = _register("TAG_INVALID", "manifest tag did not match URI", 400, S.
 RANGE_INVALID = _register("RANGE_INVALID", "requested range not satisfiable", 416, S.OUT_OF_RANGE)
 UNAVAILABLE = _register("UNAVAILABLE", "service unavailable", 503, S.UNAVAILABLE)
 INTERNAL = _register("INTERNAL", "internal server error", 500, S.INTERNAL)
+# Administrative errors of the auth service (never sent by the registry API).
+ACCOUNT_EXISTS = _register("ACCOUNT_EXISTS", "account already exists", 409, S.ALREADY_EXISTS)
+ACCOUNT_UNKNOWN = _register("ACCOUNT_UNKNOWN", "account unknown", 404, S.NOT_FOUND)
+REQUEST_INVALID = _register("REQUEST_INVALID", "invalid request", 400, S.INVALID_ARGUMENT)
 PAGINATION_NUMBER_INVALID = _register("PAGINATION_NUMBER_INVALID", "invalid number of results requested", 400,
                                       S.INVALID_ARGUMENT)
 
@@ -126,7 +130,10 @@ def from_rpc_error(err: grpc.RpcError) -> RegistryError:
         except ValueError:
             detail = None
     if entry is not None:
-        return RegistryError(entry, message or None, detail)
+        headers = {}
+        if isinstance(detail, dict) and isinstance(detail.get("retry_after"), int):
+            headers["Retry-After"] = str(detail["retry_after"])
+        return RegistryError(entry, message or None, detail, headers=headers)
     entry = _BY_GRPC_STATUS.get(status, INTERNAL)
     if entry is UNAVAILABLE:
         return RegistryError(UNAVAILABLE, "a backend service is unavailable, retry later")

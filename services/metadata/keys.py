@@ -51,6 +51,10 @@ def referrers(name: str, subject: str) -> str:
     return repo_prefix(name) + "referrers:" + subject
 
 
+def blob_repos(digest: str) -> str:
+    return f"wharf:blob:{digest}:repos"
+
+
 # The scripts below receive repo_prefix(name) as ARGV[1] and build the same
 # suffixes as the functions above ("manifest:", "tags", "tagsof:", ...).
 
@@ -141,10 +145,11 @@ redis.call('SREM', p .. 'tagsof:' .. digest, ARGV[2])
 return 1
 """
 
-# ARGV: prefix, catalog, name, digest. Returns 0 when the link did not exist.
+# ARGV: prefix, catalog, name, digest, blob_repos key. Returns 0 when the link did not exist.
 UNLINK_BLOB = """
 local p = ARGV[1]
 if redis.call('HDEL', p .. 'blobs', ARGV[4]) == 0 then return 0 end
+redis.call('HDEL', ARGV[5], ARGV[3])
 if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
   redis.call('ZREM', ARGV[2], ARGV[3])
 end

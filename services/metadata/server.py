@@ -53,6 +53,12 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         return pb.BlobLink(digest=request.digest, size=self._store.blob_size(request.repository, request.digest))
 
     @_redis_guard
+    def BlobRepositories(self, request: pb.BlobRepositoriesRequest,
+                         context: grpc.ServicerContext) -> pb.BlobRepositoriesResponse:
+        names, size = self._store.blob_repositories(request.digest, max(1, min(request.limit or 100, 1000)))
+        return pb.BlobRepositoriesResponse(repositories=names, size=size)
+
+    @_redis_guard
     def PutManifest(self, request: pb.PutManifestRequest, context: grpc.ServicerContext) -> pb.PutManifestResponse:
         d = request.descriptor
         descriptor = Descriptor(d.media_type, d.digest, d.size, d.artifact_type, dict(d.annotations)) \

@@ -76,6 +76,7 @@ class MetadataStore:
         digests.validate(digest)
         with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(keys.blobs(name), digest, size)
+            pipe.hset(keys.blob_repos(digest), name, size)
             pipe.zadd(keys.CATALOG, {name: 0})
             pipe.execute()
 
@@ -90,8 +91,20 @@ class MetadataStore:
     def unlink_blob(self, name: str, digest: str) -> None:
         validate_name(name)
         digests.validate(digest)
-        if not self._unlink_blob(args=[keys.repo_prefix(name), keys.CATALOG, name, digest]):
+        if not self._unlink_blob(args=[keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)]):
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
+
+    def blob_repositories(self, digest: str, limit: int) -> tuple[list[str], int]:
+        """Up to ``limit`` repositories linking the blob, and its size (0 when none)."""
+        digests.validate(digest)
+        found: list[str] = []
+        size = 0
+        for name, value in self._r.hscan_iter(keys.blob_repos(digest), count=max(limit, 10)):
+            found.append(_s(name))
+            size = int(value)
+            if len(found) >= limit:
+                break
+        return found, size
 
     # -- manifests and tags ------------------------------------------------
 

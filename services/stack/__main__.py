@@ -62,12 +62,22 @@ def start(settings: StackSettings) -> list[Child]:
         blobstore = Child("blobstore", python_module("services.blobstore"),
                           dict(base, WHARF_BLOBSTORE_LISTEN=blobstore_addr, WHARF_BLOBSTORE_EXPOSE_PATHS="true"))
         children.append(blobstore)
+        gateway_env = dict(base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
+                           WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
+                           WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth)
+        if settings.auth == "token":
+            auth_addr = f"127.0.0.1:{free_port()}"
+            auth = Child("auth", python_module("services.auth"),
+                         dict(base, WHARF_AUTH_LISTEN=auth_addr, WHARF_AUTH_REDIS_URL=redis_url,
+                              WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys")), address=auth_addr)
+            children.append(auth)
+            wait_until(lambda: grpc_serving(auth_addr), auth, deadline, "auth service")
+            # wharf-admin finds the auth service through this file when run from the same directory.
+            (data_dir / "auth" / "address").write_text(auth_addr + "\n")
+            gateway_env["WHARF_AUTH_ADDR"] = auth_addr
         wait_until(lambda: grpc_serving(metadata_addr), metadata, deadline, "metadata service")
         wait_until(lambda: grpc_serving(blobstore_addr), blobstore, deadline, "blob store")
-        gateway = Child("gateway", python_module("services.api"),
-                        dict(base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
-                             WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
-                             WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore")))
+        gateway = Child("gateway", python_module("services.api"), gateway_env)
         children.append(gateway)
         url = f"http://{settings.host}:{settings.port}/v2/"
         wait_until(lambda: http_ok(url), gateway, deadline, "gateway")
@@ -95,6 +105,16 @@ def main() -> None:
         sys.exit(1)
     print(f"Wharf is serving the registry at http://{settings.host}:{settings.port} "
           f"(data in {settings.data_dir.resolve()}); Ctrl-C stops it.", flush=True)
+    if settings.auth == "none":
+        print("Authentication is off (WHARF_AUTH=none), fine on loopback only. To require tokens: "
+              "WHARF_AUTH=token WHARF_ADMIN_PASSWORD=<secret> make run, then "
+              "`.venv/bin/wharf-admin --auth-addr <printed auth address> user add alice` "
+              "(see README, Authentication).", flush=True)
+    else:
+        auth_child = next(c for c in children if c.name == "auth")
+        print(f"Token authentication is on; the auth service listens on {auth_child.address}. "
+              "Manage accounts with `.venv/bin/wharf-admin --auth-addr "
+              f"{auth_child.address} user add <name>`.", flush=True)
     status = 0
     while not stopping.wait(0.5):
         dead = [c for c in children if not c.alive()]

@@ -38,8 +38,9 @@ def redis_binary(explicit: str = "") -> str:
 
 
 class Child:
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], address: str = "") -> None:
         self.name = name
+        self.address = address
         self.process = subprocess.Popen(argv, env=dict(env), start_new_session=True)
 
     def alive(self) -> bool:
@@ -83,9 +84,12 @@ def grpc_serving(address: str) -> bool:
 
 
 def http_ok(url: str) -> bool:
+    """True once the gateway answers /v2/: 200, or 401 when it requires tokens."""
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)
+    except urllib.error.HTTPError as err:
+        return err.code == 401
     except (urllib.error.URLError, OSError):
         return False
 

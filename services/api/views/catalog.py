@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from flask import Response, request
 
+from services.api.access import pullable
 from services.api.views.tags import page_args, paged
 
 if TYPE_CHECKING:
@@ -15,4 +16,7 @@ if TYPE_CHECKING:
 def list_repositories(ctx: Context) -> Response:
     limit, last, _ = page_args()
     result = ctx.clients.metadata.list_repositories(last, limit)
-    return paged(request.path, "repositories", {}, list(result.names), result.more, limit)
+    names = list(result.names)
+    visible = pullable(ctx.settings, ctx.clients.auth, names)
+    # The page may shrink after filtering; `last` still moves on from the last name examined.
+    return paged(request.path, "repositories", {}, visible, result.more, limit, last_seen=names[-1] if names else "")

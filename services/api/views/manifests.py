@@ -8,9 +8,9 @@ from flask import Response, request
 
 from services.api import manifest_rules
 from services.api.http import empty, read_body
+from services.api.views.uploads import mountable_size
 from services.common import digests, mediatypes
 from services.common.errors import (
-    BLOB_UNKNOWN,
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
@@ -60,15 +60,12 @@ def _tags_to_apply(reference: str, is_digest: bool) -> list[str]:
 
 
 def _link_mountable(ctx: Context, name: str, missing: list[str]) -> bool:
-    """Links referenced blobs that the blob store already holds; False if any is truly absent."""
-    for digest in missing:
-        try:
-            size = ctx.clients.blobs.stat(digest).size
-        except RegistryError as err:
-            if err.error is BLOB_UNKNOWN:
-                return False
-            raise
-        ctx.clients.metadata.link_blob(name, digest, size)
+    """Mounts referenced blobs the caller may pull from other repositories; False if any is out of reach."""
+    sizes = [mountable_size(ctx, digest) for digest in missing]
+    if any(size is None for size in sizes):
+        return False
+    for digest, size in zip(missing, sizes, strict=True):
+        ctx.clients.metadata.link_blob(name, digest, int(size or 0))
     return True
 
 

@@ -28,11 +28,13 @@ def page_args() -> tuple[int, str, bool]:
     return min(int(raw), DEFAULT_PAGE), last, True
 
 
-def paged(path: str, key: str, payload: dict[str, object], names: list[str], more: bool, limit: int) -> Response:
+def paged(path: str, key: str, payload: dict[str, object], names: list[str], more: bool, limit: int,
+          last_seen: str = "") -> Response:
     payload[key] = names
     headers = {}
-    if more and names:
-        headers["Link"] = f'<{path}?{urlencode({"n": limit, "last": names[-1]})}>; rel="next"'
+    last_seen = last_seen or (names[-1] if names else "")
+    if more and last_seen:
+        headers["Link"] = f'<{path}?{urlencode({"n": limit, "last": last_seen})}>; rel="next"'
     return json_response(payload, headers=headers)
 
 

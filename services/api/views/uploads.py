@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from flask import Response, request
 
+from services.api.access import pullable
 from services.api.http import body_chunks, digest_arg, empty
 from services.common import digests
 from services.common.errors import (
@@ -48,20 +49,28 @@ def _created(ctx: Context, name: str, digest: str, size: int) -> Response:
     return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
 
 
+def mountable_size(ctx: Context, digest: str, source: str | None = None) -> int | None:
+    """The blob's size when the caller may mount it (from ``source``, or from any repository
+    linking it that the caller may pull); None otherwise."""
+    if source:
+        if not is_valid_name(source) or not pullable(ctx.settings, ctx.clients.auth, [source]):
+            return None
+        try:
+            return ctx.clients.metadata.blob_size(source, digest)
+        except RegistryError as err:
+            if err.error is BLOB_UNKNOWN:
+                return None
+            raise
+    holders = ctx.clients.metadata.blob_repositories(digest)
+    if not pullable(ctx.settings, ctx.clients.auth, list(holders.repositories)):
+        return None
+    return int(holders.size)
+
+
 def _try_mount(ctx: Context, name: str, digest: str, source: str | None) -> Response | None:
     """Links an existing blob into ``name``; None when it cannot be mounted."""
-    try:
-        if source:
-            if not is_valid_name(source):
-                return None
-            size = ctx.clients.metadata.blob_size(source, digest)
-        else:
-            size = ctx.clients.blobs.stat(digest).size
-    except RegistryError as err:
-        if err.error is BLOB_UNKNOWN:
-            return None
-        raise
-    return _created(ctx, name, digest, size)
+    size = mountable_size(ctx, digest, source)
+    return None if size is None else _created(ctx, name, digest, size)
 
 
 def _declared_length() -> int | None:

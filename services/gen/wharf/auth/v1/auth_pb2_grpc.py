@@ -39,14 +39,149 @@ class AuthStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysResponse.FromString,
                 _registered_method=True)
+        self.IssueToken = channel.unary_unary(
+                '/wharf.auth.v1.Auth/IssueToken',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.IssueTokenRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.IssueTokenResponse.FromString,
+                _registered_method=True)
+        self.FilterRepositories = channel.unary_unary(
+                '/wharf.auth.v1.Auth/FilterRepositories',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.FilterRepositoriesRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.FilterRepositoriesResponse.FromString,
+                _registered_method=True)
+        self.CreateAccount = channel.unary_unary(
+                '/wharf.auth.v1.Auth/CreateAccount',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.CreateAccountRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+                _registered_method=True)
+        self.SetPassword = channel.unary_unary(
+                '/wharf.auth.v1.Auth/SetPassword',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetPasswordRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+                _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/wharf.auth.v1.Auth/DeleteAccount',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.DeleteAccountResponse.FromString,
+                _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/wharf.auth.v1.Auth/ListAccounts',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.Grant = channel.unary_unary(
+                '/wharf.auth.v1.Auth/Grant',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.GrantRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/wharf.auth.v1.Auth/Revoke',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+                _registered_method=True)
+        self.SetVisibility = channel.unary_unary(
+                '/wharf.auth.v1.Auth/SetVisibility',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetVisibilityRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetVisibilityResponse.FromString,
+                _registered_method=True)
+        self.ListPublic = channel.unary_unary(
+                '/wharf.auth.v1.Auth/ListPublic',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicResponse.FromString,
+                _registered_method=True)
+        self.RevokeRefreshTokens = channel.unary_unary(
+                '/wharf.auth.v1.Auth/RevokeRefreshTokens',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.FromString,
+                _registered_method=True)
+        self.RotateSigningKey = channel.unary_unary(
+                '/wharf.auth.v1.Auth/RotateSigningKey',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListPublicKeys(self, request, context):
-        """Public keys the gateway verifies tokens with, current and still-valid old ones.
+        """Public keys the gateway verifies tokens with: the current one and older
+        ones whose tokens may still be valid.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueToken(self, request, context):
+        """Issues a token for the scopes the caller may have (silently reduced).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FilterRepositories(self, request, context):
+        """The subset of `repositories` the account may pull (catalog filtering).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPassword(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Grant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetVisibility(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPublic(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeRefreshTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateSigningKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -57,6 +192,66 @@ def add_AuthServicer_to_server(servicer, server):
             'ListPublicKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPublicKeys,
                     request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysResponse.SerializeToString,
+            ),
+            'IssueToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueToken,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.IssueTokenRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.IssueTokenResponse.SerializeToString,
+            ),
+            'FilterRepositories': grpc.unary_unary_rpc_method_handler(
+                    servicer.FilterRepositories,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.FilterRepositoriesRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.FilterRepositoriesResponse.SerializeToString,
+            ),
+            'CreateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAccount,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.CreateAccountRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'SetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPassword,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetPasswordRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.DeleteAccountResponse.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListAccountsRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'Grant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Grant,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.GrantRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'SetVisibility': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVisibility,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetVisibilityRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetVisibilityResponse.SerializeToString,
+            ),
+            'ListPublic': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPublic,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicResponse.SerializeToString,
+            ),
+            'RevokeRefreshTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeRefreshTokens,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.SerializeToString,
+            ),
+            'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSigningKey,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysResponse.SerializeToString,
             ),
     }
@@ -86,6 +281,330 @@ class Auth:
             target,
             '/wharf.auth.v1.Auth/ListPublicKeys',
             services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/IssueToken',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.IssueTokenRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.IssueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FilterRepositories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/FilterRepositories',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.FilterRepositoriesRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.FilterRepositoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/CreateAccount',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.CreateAccountRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/SetPassword',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetPasswordRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/DeleteAccount',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.DeleteAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/ListAccounts',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListAccountsRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Grant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/Grant',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.GrantRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/Revoke',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVisibility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/SetVisibility',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetVisibilityRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.SetVisibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPublic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/ListPublic',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeRefreshTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/RevokeRefreshTokens',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/RotateSigningKey',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.SerializeToString,
             services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.ListPublicKeysResponse.FromString,
             options,
             channel_credentials,

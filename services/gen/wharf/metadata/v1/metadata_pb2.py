@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-services/gen/wharf/metadata/v1/metadata.proto\x12\x11wharf.metadata.v1\"C\n\x0fLinkBlobRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x12\n\x10LinkBlobResponse\"-\n\x07\x42lobRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"(\n\x08\x42lobLink\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x14\n\x12UnlinkBlobResponse\"\xce\x01\n\nDescriptor\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x15\n\rartifact_type\x18\x04 \x01(\t\x12\x43\n\x0b\x61nnotations\x18\x05 \x03(\x0b\x32..wharf.metadata.v1.Descriptor.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\x12PutManifestRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x17\n\x0f\x62lob_references\x18\x06 \x03(\t\x12\x1b\n\x13manifest_references\x18\x07 \x03(\t\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x31\n\ndescriptor\x18\t \x01(\x0b\x32\x1d.wharf.metadata.v1.Descriptor\"\x15\n\x13PutManifestResponse\"4\n\x0bManifestRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"P\n\x08Manifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0f\n\x07subject\x18\x04 \x01(\t\"\x18\n\x16\x44\x65leteManifestResponse\"\x13\n\x11\x44\x65leteTagResponse\">\n\x0bListRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0c\n\x04last\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"+\n\x0cListResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04more\x18\x02 \x01(\x08\"R\n\x14ListReferrersRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x15\n\rartifact_type\x18\x03 \x01(\t\"I\n\x15ListReferrersResponse\x12\x30\n\treferrers\x18\x01 \x03(\x0b\x32\x1d.wharf.metadata.v1.Descriptor2\xd8\x06\n\x08Metadata\x12S\n\x08LinkBlob\x12\".wharf.metadata.v1.LinkBlobRequest\x1a#.wharf.metadata.v1.LinkBlobResponse\x12O\n\nUnlinkBlob\x12\x1a.wharf.metadata.v1.BlobRef\x1a%.wharf.metadata.v1.UnlinkBlobResponse\x12\x46\n\x0bGetBlobLink\x12\x1a.wharf.metadata.v1.BlobRef\x1a\x1b.wharf.metadata.v1.BlobLink\x12\\\n\x0bPutManifest\x12%.wharf.metadata.v1.PutManifestRequest\x1a&.wharf.metadata.v1.PutManifestResponse\x12J\n\x0bGetManifest\x12\x1e.wharf.metadata.v1.ManifestRef\x1a\x1b.wharf.metadata.v1.Manifest\x12[\n\x0e\x44\x65leteManifest\x12\x1e.wharf.metadata.v1.ManifestRef\x1a).wharf.metadata.v1.DeleteManifestResponse\x12Q\n\tDeleteTag\x12\x1e.wharf.metadata.v1.ManifestRef\x1a$.wharf.metadata.v1.DeleteTagResponse\x12K\n\x08ListTags\x12\x1e.wharf.metadata.v1.ListRequest\x1a\x1f.wharf.metadata.v1.ListResponse\x12S\n\x10ListRepositories\x12\x1e.wharf.metadata.v1.ListRequest\x1a\x1f.wharf.metadata.v1.ListResponse\x12\x62\n\rListReferrers\x12\'.wharf.metadata.v1.ListReferrersRequest\x1a(.wharf.metadata.v1.ListReferrersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-services/gen/wharf/metadata/v1/metadata.proto\x12\x11wharf.metadata.v1\"C\n\x0fLinkBlobRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x12\n\x10LinkBlobResponse\"-\n\x07\x42lobRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"(\n\x08\x42lobLink\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x14\n\x12UnlinkBlobResponse\"8\n\x17\x42lobRepositoriesRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\">\n\x18\x42lobRepositoriesResponse\x12\x14\n\x0crepositories\x18\x01 \x03(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\xce\x01\n\nDescriptor\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x15\n\rartifact_type\x18\x04 \x01(\t\x12\x43\n\x0b\x61nnotations\x18\x05 \x03(\x0b\x32..wharf.metadata.v1.Descriptor.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\x12PutManifestRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x17\n\x0f\x62lob_references\x18\x06 \x03(\t\x12\x1b\n\x13manifest_references\x18\x07 \x03(\t\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x31\n\ndescriptor\x18\t \x01(\x0b\x32\x1d.wharf.metadata.v1.Descriptor\"\x15\n\x13PutManifestResponse\"4\n\x0bManifestRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"P\n\x08Manifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0f\n\x07subject\x18\x04 \x01(\t\"\x18\n\x16\x44\x65leteManifestResponse\"\x13\n\x11\x44\x65leteTagResponse\">\n\x0bListRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0c\n\x04last\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"+\n\x0cListResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04more\x18\x02 \x01(\x08\"R\n\x14ListReferrersRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x15\n\rartifact_type\x18\x03 \x01(\t\"I\n\x15ListReferrersResponse\x12\x30\n\treferrers\x18\x01 \x03(\x0b\x32\x1d.wharf.metadata.v1.Descriptor2\xc5\x07\n\x08Metadata\x12S\n\x08LinkBlob\x12\".wharf.metadata.v1.LinkBlobRequest\x1a#.wharf.metadata.v1.LinkBlobResponse\x12O\n\nUnlinkBlob\x12\x1a.wharf.metadata.v1.BlobRef\x1a%.wharf.metadata.v1.UnlinkBlobResponse\x12\x46\n\x0bGetBlobLink\x12\x1a.wharf.metadata.v1.BlobRef\x1a\x1b.wharf.metadata.v1.BlobLink\x12k\n\x10\x42lobRepositories\x12*.wharf.metadata.v1.BlobRepositoriesRequest\x1a+.wharf.metadata.v1.BlobRepositoriesResponse\x12\\\n\x0bPutManifest\x12%.wharf.metadata.v1.PutManifestRequest\x1a&.wharf.metadata.v1.PutManifestResponse\x12J\n\x0bGetManifest\x12\x1e.wharf.metadata.v1.ManifestRef\x1a\x1b.wharf.metadata.v1.Manifest\x12[\n\x0e\x44\x65leteManifest\x12\x1e.wharf.metadata.v1.ManifestRef\x1a).wharf.metadata.v1.DeleteManifestResponse\x12Q\n\tDeleteTag\x12\x1e.wharf.metadata.v1.ManifestRef\x1a$.wharf.metadata.v1.DeleteTagResponse\x12K\n\x08ListTags\x12\x1e.wharf.metadata.v1.ListRequest\x1a\x1f.wharf.metadata.v1.ListResponse\x12S\n\x10ListRepositories\x12\x1e.wharf.metadata.v1.ListRequest\x1a\x1f.wharf.metadata.v1.ListResponse\x12\x62\n\rListReferrers\x12\'.wharf.metadata.v1.ListReferrersRequest\x1a(.wharf.metadata.v1.ListReferrersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,30 +43,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLOBLINK']._serialized_end=244
   _globals['_UNLINKBLOBRESPONSE']._serialized_start=246
   _globals['_UNLINKBLOBRESPONSE']._serialized_end=266
-  _globals['_DESCRIPTOR']._serialized_start=269
-  _globals['_DESCRIPTOR']._serialized_end=475
-  _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_start=425
-  _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_end=475
-  _globals['_PUTMANIFESTREQUEST']._serialized_start=478
-  _globals['_PUTMANIFESTREQUEST']._serialized_end=707
-  _globals['_PUTMANIFESTRESPONSE']._serialized_start=709
-  _globals['_PUTMANIFESTRESPONSE']._serialized_end=730
-  _globals['_MANIFESTREF']._serialized_start=732
-  _globals['_MANIFESTREF']._serialized_end=784
-  _globals['_MANIFEST']._serialized_start=786
-  _globals['_MANIFEST']._serialized_end=866
-  _globals['_DELETEMANIFESTRESPONSE']._serialized_start=868
-  _globals['_DELETEMANIFESTRESPONSE']._serialized_end=892
-  _globals['_DELETETAGRESPONSE']._serialized_start=894
-  _globals['_DELETETAGRESPONSE']._serialized_end=913
-  _globals['_LISTREQUEST']._serialized_start=915
-  _globals['_LISTREQUEST']._serialized_end=977
-  _globals['_LISTRESPONSE']._serialized_start=979
-  _globals['_LISTRESPONSE']._serialized_end=1022
-  _globals['_LISTREFERRERSREQUEST']._serialized_start=1024
-  _globals['_LISTREFERRERSREQUEST']._serialized_end=1106
-  _globals['_LISTREFERRERSRESPONSE']._serialized_start=1108
-  _globals['_LISTREFERRERSRESPONSE']._serialized_end=1181
-  _globals['_METADATA']._serialized_start=1184
-  _globals['_METADATA']._serialized_end=2040
+  _globals['_BLOBREPOSITORIESREQUEST']._serialized_start=268
+  _globals['_BLOBREPOSITORIESREQUEST']._serialized_end=324
+  _globals['_BLOBREPOSITORIESRESPONSE']._serialized_start=326
+  _globals['_BLOBREPOSITORIESRESPONSE']._serialized_end=388
+  _globals['_DESCRIPTOR']._serialized_start=391
+  _globals['_DESCRIPTOR']._serialized_end=597
+  _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_start=547
+  _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_end=597
+  _globals['_PUTMANIFESTREQUEST']._serialized_start=600
+  _globals['_PUTMANIFESTREQUEST']._serialized_end=829
+  _globals['_PUTMANIFESTRESPONSE']._serialized_start=831
+  _globals['_PUTMANIFESTRESPONSE']._serialized_end=852
+  _globals['_MANIFESTREF']._serialized_start=854
+  _globals['_MANIFESTREF']._serialized_end=906
+  _globals['_MANIFEST']._serialized_start=908
+  _globals['_MANIFEST']._serialized_end=988
+  _globals['_DELETEMANIFESTRESPONSE']._serialized_start=990
+  _globals['_DELETEMANIFESTRESPONSE']._serialized_end=1014
+  _globals['_DELETETAGRESPONSE']._serialized_start=1016
+  _globals['_DELETETAGRESPONSE']._serialized_end=1035
+  _globals['_LISTREQUEST']._serialized_start=1037
+  _globals['_LISTREQUEST']._serialized_end=1099
+  _globals['_LISTRESPONSE']._serialized_start=1101
+  _globals['_LISTRESPONSE']._serialized_end=1144
+  _globals['_LISTREFERRERSREQUEST']._serialized_start=1146
+  _globals['_LISTREFERRERSREQUEST']._serialized_end=1228
+  _globals['_LISTREFERRERSRESPONSE']._serialized_start=1230
+  _globals['_LISTREFERRERSRESPONSE']._serialized_end=1303
+  _globals['_METADATA']._serialized_start=1306
+  _globals['_METADATA']._serialized_end=2271
 # @@protoc_insertion_point(module_scope)

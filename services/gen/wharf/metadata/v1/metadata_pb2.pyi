@@ -40,6 +40,22 @@ class UnlinkBlobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class BlobRepositoriesRequest(_message.Message):
+    __slots__ = ("digest", "limit")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    limit: int
+    def __init__(self, digest: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class BlobRepositoriesResponse(_message.Message):
+    __slots__ = ("repositories", "size")
+    REPOSITORIES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    repositories: _containers.RepeatedScalarFieldContainer[str]
+    size: int
+    def __init__(self, repositories: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ...) -> None: ...
+
 class Descriptor(_message.Message):
     __slots__ = ("media_type", "digest", "size", "artifact_type", "annotations")
     class AnnotationsEntry(_message.Message):

@@ -49,6 +49,11 @@ class MetadataStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobLink.FromString,
                 _registered_method=True)
+        self.BlobRepositories = channel.unary_unary(
+                '/wharf.metadata.v1.Metadata/BlobRepositories',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRepositoriesRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRepositoriesResponse.FromString,
+                _registered_method=True)
         self.PutManifest = channel.unary_unary(
                 '/wharf.metadata.v1.Metadata/PutManifest',
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.PutManifestRequest.SerializeToString,
@@ -104,6 +109,13 @@ class MetadataServicer:
 
     def GetBlobLink(self, request, context):
         """NOT_FOUND / BLOB_UNKNOWN when the repository has no link to the blob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BlobRepositories(self, request, context):
+        """Repositories that link a blob (at most `limit`), for mounts without a source.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +187,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.GetBlobLink,
                     request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobLink.SerializeToString,
+            ),
+            'BlobRepositories': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlobRepositories,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRepositoriesRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRepositoriesResponse.SerializeToString,
             ),
             'PutManifest': grpc.unary_unary_rpc_method_handler(
                     servicer.PutManifest,
@@ -293,6 +310,33 @@ class Metadata:
             '/wharf.metadata.v1.Metadata/GetBlobLink',
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.SerializeToString,
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobLink.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlobRepositories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.metadata.v1.Metadata/BlobRepositories',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRepositoriesRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRepositoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

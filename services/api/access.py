@@ -1,0 +1,176 @@
+"""Token authorization in the gateway: which scope a request needs, and whether its token has it.
+
+Tokens are verified locally against the auth service's public keys, fetched
+over gRPC and cached per process (refreshed periodically, and early when a
+token names a key id not seen yet), so no request waits on an RPC to be
+authorized. Only ES256 is accepted: ``alg: none`` and HMAC-with-a-public-key
+tokens fail verification.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from flask import g, request
+
+from services.api.clients import AuthClient
+from services.api.settings import GatewaySettings
+from services.common import scopes
+from services.common.errors import DENIED, UNAUTHORIZED, RegistryError
+from services.common.scopes import Scope
+
+log = logging.getLogger("wharf.gateway.auth")
+ALGORITHMS = ["ES256"]
+LEEWAY_SECONDS = 30
+# An unknown kid triggers a key refresh at most this often.
+_MISS_REFRESH_SECONDS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Claims:
+    subject: str
+    access: dict[tuple[str, str], frozenset[str]]
+
+    def allows(self, scope: Scope) -> bool:
+        granted = self.access.get((scope.type, scope.name), frozenset())
+        return "*" in granted or all(a in granted for a in scope.actions)
+
+    def mentions(self, scope: Scope) -> bool:
+        return (scope.type, scope.name) in self.access
+
+
+class KeyCache:
+    def __init__(self, auth: AuthClient, refresh_every: float) -> None:
+        self._auth = auth
+        self._refresh_every = refresh_every
+        self._keys: dict[str, object] = {}
+        self._fetched_at = 0.0
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        try:
+            fetched = self._auth.public_keys()
+        except RegistryError:
+            if not self._keys:
+                raise
+            # Keep verifying with the keys we have; try again shortly.
+            log.warning("token key refresh failed; using cached keys")
+            self._fetched_at = time.monotonic() - self._refresh_every + _MISS_REFRESH_SECONDS
+            return
+        self._keys = {k.kid: load_pem_public_key(k.pem.encode()) for k in fetched if k.algorithm in ALGORITHMS}
+        self._fetched_at = time.monotonic()
+
+    def get(self, kid: str) -> object | None:
+        if self._stale(kid):
+            with self._lock:
+                if self._stale(kid):  # another thread may have refreshed meanwhile
+                    self._refresh()
+        return self._keys.get(kid)
+
+    def _stale(self, kid: str) -> bool:
+        age = time.monotonic() - self._fetched_at
+        return age > self._refresh_every or (kid not in self._keys and age > _MISS_REFRESH_SECONDS)
+
+
+class TokenVerifier:
+    def __init__(self, settings: GatewaySettings, auth: AuthClient) -> None:
+        self._settings = settings
+        self._keys = KeyCache(auth, settings.key_refresh)
+
+    def verify(self, token: str) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise RegistryError(UNAUTHORIZED, "malformed token") from None
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None or header.get("alg") not in ALGORITHMS:
+            raise RegistryError(UNAUTHORIZED, "token signed by an unknown key")
+        try:
+            payload = jwt.decode(token, key, algorithms=ALGORITHMS,  # type: ignore[arg-type]
+                                 audience=self._settings.token_service, issuer=self._settings.token_issuer,
+                                 leeway=LEEWAY_SECONDS,
+                                 options={"require": ["exp", "nbf", "iat", "iss", "aud", "jti"]})
+        except jwt.PyJWTError as exc:
+            raise RegistryError(UNAUTHORIZED, f"invalid token: {type(exc).__name__}") from None
+        access: dict[tuple[str, str], frozenset[str]] = {}
+        for entry in payload.get("access") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("actions"), list):
+                key_ = (str(entry.get("type", "")), str(entry.get("name", "")))
+                access[key_] = access.get(key_, frozenset()) | frozenset(str(a) for a in entry["actions"])
+        return Claims(str(payload.get("sub") or ""), access)
+
+
+def required_scopes(endpoint: str, method: str, params: dict[str, str]) -> list[Scope]:
+    """The scopes a request needs; an empty list means "any valid token"."""
+    name = params.get("name", "")
+    if endpoint == "catalog":
+        return [Scope(scopes.REGISTRY, scopes.CATALOG, ("*",))]
+    if not name:
+        return []
+    if method in ("GET", "HEAD") and endpoint != "upload":
+        return [Scope(scopes.REPOSITORY, name, ("pull",))]
+    if method == "DELETE" and endpoint in ("blob", "manifest"):
+        return [Scope(scopes.REPOSITORY, name, ("delete",))]
+    return [Scope(scopes.REPOSITORY, name, ("pull", "push"))]
+
+
+def _challenge_scopes(needed: list[Scope]) -> list[Scope]:
+    """What to ask for: the needed scopes, plus pull on a mount's source repository."""
+    extra = []
+    source = request.args.get("from", "")
+    if source and request.args.get("mount"):
+        extra.append(Scope(scopes.REPOSITORY, source, ("pull",)))
+    return needed + extra
+
+
+def _realm(settings: GatewaySettings) -> str:
+    base = settings.public_url.rstrip("/") if settings.public_url else request.host_url.rstrip("/")
+    return f"{base}/token"
+
+
+def challenge(settings: GatewaySettings, needed: list[Scope], error: str = "") -> RegistryError:
+    parts = [f'realm="{_realm(settings)}"', f'service="{settings.token_service}"']
+    wanted = _challenge_scopes(needed)
+    if wanted:
+        parts.append(f'scope="{" ".join(str(s) for s in wanted)}"')
+    if error:
+        parts.append(f'error="{error}"')
+    detail = [s.claim() for s in wanted] or None
+    return RegistryError(UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer " + ",".join(parts)})
+
+
+def authorize(settings: GatewaySettings, verifier: TokenVerifier, endpoint: str, method: str,
+              params: dict[str, str]) -> Claims:
+    needed = required_scopes(endpoint, method, params)
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise challenge(settings, needed)
+    try:
+        claims = verifier.verify(header[7:].strip())
+    except RegistryError as err:
+        if err.error is not UNAUTHORIZED:
+            raise
+        raise challenge(settings, needed, "invalid_token") from None
+    for scope in needed:
+        if claims.allows(scope):
+            continue
+        if claims.mentions(scope):
+            # The token was issued for this resource and the right was refused: asking again will not help.
+            raise RegistryError(DENIED, f"{claims.subject or 'anonymous'} may not {','.join(scope.actions)} "
+                                        f"{scope.name}")
+        raise challenge(settings, needed, "insufficient_scope")
+    return claims
+
+
+def pullable(settings: GatewaySettings, auth: AuthClient, repositories: list[str]) -> list[str]:
+    """The repositories the caller may pull (all of them without token auth)."""
+    if settings.auth != "token" or not repositories:
+        return repositories
+    claims = g.get("claims")
+    return auth.pullable(claims.subject if claims else "", repositories)

@@ -1,0 +1,1 @@
+"""The auth service: accounts, repository policy and registry tokens (JWT) over gRPC."""

@@ -1,0 +1,190 @@
+"""Accounts, grants, public repositories, refresh tokens and login throttling in Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+import bcrypt
+import redis
+
+from services.auth import redis_keys as keys
+from services.auth.policy import Principal, normalise_actions
+from services.common.errors import (
+    ACCOUNT_EXISTS,
+    ACCOUNT_UNKNOWN,
+    REQUEST_INVALID,
+    TOOMANYREQUESTS,
+    UNAUTHORIZED,
+    RegistryError,
+)
+
+KINDS = ("user", "robot")
+MIN_PASSWORD = 8
+# bcrypt looks at 72 bytes at most; longer passwords are refused rather than silently cut.
+MAX_PASSWORD = 72
+
+
+def _s(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def validate_account_name(name: str) -> str:
+    if not (1 <= len(name) <= 64) or not keys.ACCOUNT_RE.match(name):
+        raise RegistryError(REQUEST_INVALID, f"invalid account name {name[:80]!r}: lowercase letters, digits, "
+                                             "'.', '_' and '-'")
+    return name
+
+
+def _check_password(password: str) -> bytes:
+    raw = password.encode()
+    if not MIN_PASSWORD <= len(raw) <= MAX_PASSWORD:
+        raise RegistryError(REQUEST_INVALID, f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} bytes")
+    return raw
+
+
+class AccountStore:
+    def __init__(self, client: redis.Redis, bcrypt_rounds: int, failure_limit: int, failure_window: int) -> None:
+        self._r = client
+        self._rounds = bcrypt_rounds
+        self._failure_limit = failure_limit
+        self._failure_window = failure_window
+        # Checked against when the account does not exist, so a miss costs as much as a hit.
+        self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(bcrypt_rounds))
+
+    # -- accounts ----------------------------------------------------------
+
+    def create(self, name: str, password: str, kind: str = "user", admin: bool = False) -> Principal:
+        validate_account_name(name)
+        if kind not in KINDS:
+            raise RegistryError(REQUEST_INVALID, f"kind must be one of {KINDS}")
+        hashed = bcrypt.hashpw(_check_password(password), bcrypt.gensalt(self._rounds))
+        fields = {"kind": kind, "admin": int(admin), "hash": hashed, "created_at": int(time.time())}
+        # HSETNX on the hash field makes creation race-free; the rest follows in one transaction.
+        if not self._r.hsetnx(keys.account(name), "hash", hashed):
+            raise RegistryError(ACCOUNT_EXISTS, f"account {name} already exists")
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.account(name), mapping=fields)
+            pipe.zadd(keys.ACCOUNTS, {name: 0})
+            pipe.execute()
+        return self.get(name)
+
+    def exists(self, name: str) -> bool:
+        return bool(self._r.exists(keys.account(validate_account_name(name))))
+
+    def get(self, name: str) -> Principal:
+        validate_account_name(name)
+        with self._r.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.account(name), "kind", "admin")
+            pipe.hgetall(keys.grants(name))
+            (kind, admin), grants = pipe.execute()
+        if kind is None:
+            raise RegistryError(ACCOUNT_UNKNOWN, f"account {name} does not exist")
+        parsed = tuple(sorted((_s(p), frozenset(_s(a).split(",")) - {""}) for p, a in grants.items()))
+        return Principal(name, _s(kind), _s(admin) == "1", parsed)
+
+    def set_password(self, name: str, password: str) -> Principal:
+        principal = self.get(name)
+        hashed = bcrypt.hashpw(_check_password(password), bcrypt.gensalt(self._rounds))
+        self._r.hset(keys.account(name), "hash", hashed)
+        self.revoke_refresh_tokens(name)
+        return principal
+
+    def delete(self, name: str) -> None:
+        self.get(name)
+        self.revoke_refresh_tokens(name)
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.account(name), keys.grants(name))
+            pipe.zrem(keys.ACCOUNTS, name)
+            pipe.execute()
+
+    def list(self) -> list[Principal]:
+        return [self.get(_s(n)) for n in self._r.zrange(keys.ACCOUNTS, 0, -1)]
+
+    def grant(self, name: str, pattern: str, actions: list[str]) -> Principal:
+        self.get(name)
+        try:
+            wanted = normalise_actions(actions)
+        except ValueError as exc:
+            raise RegistryError(REQUEST_INVALID, str(exc)) from None
+        if not pattern or len(pattern) > 255:
+            raise RegistryError(REQUEST_INVALID, "a grant needs a repository pattern")
+        self._r.hset(keys.grants(name), pattern, ",".join(sorted(wanted)))
+        return self.get(name)
+
+    def revoke(self, name: str, pattern: str) -> Principal:
+        self.get(name)
+        self._r.hdel(keys.grants(name), pattern)
+        return self.get(name)
+
+    # -- public repositories ----------------------------------------------
+
+    def set_public(self, pattern: str, public: bool) -> None:
+        if not pattern or len(pattern) > 255:
+            raise RegistryError(REQUEST_INVALID, "a repository name or pattern is required")
+        if public:
+            self._r.sadd(keys.PUBLIC, pattern)
+        else:
+            self._r.srem(keys.PUBLIC, pattern)
+
+    def public_patterns(self) -> list[str]:
+        return sorted(_s(p) for p in self._r.smembers(keys.PUBLIC))
+
+    # -- passwords ---------------------------------------------------------
+
+    def authenticate(self, name: str, password: str, address: str) -> Principal:
+        """The account when the password matches; UNAUTHORIZED or TOOMANYREQUESTS otherwise."""
+        if not keys.ACCOUNT_RE.match(name or "") or len(name) > 64:
+            raise RegistryError(UNAUTHORIZED, "invalid username or password")
+        counter = keys.failures(name, address or "-")
+        failures = int(self._r.get(counter) or 0)
+        if failures >= self._failure_limit:
+            retry = max(int(self._r.ttl(counter)), 1)
+            raise RegistryError(TOOMANYREQUESTS, "too many failed logins, retry later",
+                                detail={"retry_after": retry}, headers={"Retry-After": str(retry)})
+        stored = self._r.hget(keys.account(name), "hash")
+        raw = password.encode()
+        if len(raw) > MAX_PASSWORD:
+            raw = b""  # never matches: stored passwords are at most MAX_PASSWORD bytes
+        ok = bcrypt.checkpw(raw, stored or self._dummy_hash) and stored is not None
+        if not ok:
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.incr(counter)
+                pipe.expire(counter, self._failure_window)
+                pipe.execute()
+            raise RegistryError(UNAUTHORIZED, "invalid username or password")
+        if failures:
+            self._r.delete(counter)
+        return self.get(name)
+
+    # -- refresh tokens ----------------------------------------------------
+
+    def new_refresh_token(self, name: str, lifetime: int) -> str:
+        token = secrets.token_urlsafe(32)
+        token_id = hashlib.sha256(token.encode()).hexdigest()
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.refresh(token_id), mapping={"account": name, "expires_at": int(time.time()) + lifetime})
+            pipe.expire(keys.refresh(token_id), lifetime)
+            pipe.sadd(keys.refresh_of(name), token_id)
+            pipe.execute()
+        return token
+
+    def redeem_refresh_token(self, token: str) -> Principal:
+        token_id = hashlib.sha256(token.encode()).hexdigest()
+        account = self._r.hget(keys.refresh(token_id), "account")
+        if account is None:
+            raise RegistryError(UNAUTHORIZED, "refresh token is invalid, expired or revoked")
+        try:
+            return self.get(_s(account))
+        except RegistryError:
+            raise RegistryError(UNAUTHORIZED, "refresh token is invalid, expired or revoked") from None
+
+    def revoke_refresh_tokens(self, name: str) -> int:
+        ids = [_s(i) for i in self._r.smembers(keys.refresh_of(name))]
+        with self._r.pipeline(transaction=True) as pipe:
+            for token_id in ids:
+                pipe.delete(keys.refresh(token_id))
+            pipe.delete(keys.refresh_of(name))
+            pipe.execute()
+        return len(ids)

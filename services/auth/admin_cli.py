@@ -1,0 +1,222 @@
+"""`wharf-admin`: account and policy administration over the auth service's gRPC API.
+
+Every call authenticates as an admin (``--user``, default ``admin``; the
+password from WHARF_ADMIN_PASSWORD or a prompt).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import secrets
+import sys
+from typing import Any
+
+import click
+import grpc
+
+from services.common.errors import from_rpc_error
+from services.gen.wharf.auth.v1 import auth_pb2 as pb
+from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50053"
+TIMEOUT = 15.0
+
+
+def _default_address() -> str:
+    """WHARF_AUTH_ADDR, else the address `make run` recorded under WHARF_DATA_DIR, else the default port."""
+    if os.environ.get("WHARF_AUTH_ADDR"):
+        return os.environ["WHARF_AUTH_ADDR"]
+    recorded = pathlib.Path(os.environ.get("WHARF_DATA_DIR", "./data")) / "auth" / "address"
+    if recorded.is_file():
+        return recorded.read_text().strip()
+    return DEFAULT_ADDRESS
+
+
+class Admin:
+    def __init__(self, address: str, user: str, password: str) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.AuthStub(self._channel)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._metadata = (("authorization", f"Basic {token}"),)
+
+    def call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=TIMEOUT, metadata=self._metadata)
+        except grpc.RpcError as err:
+            error = from_rpc_error(err)
+            raise click.ClickException(f"{error.code}: {error.message}") from None
+
+
+def _new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(click.prompt("New password", hide_input=True, confirmation_prompt=True))
+
+
+def _show(account: pb.Account) -> dict[str, Any]:
+    return {"name": account.name, "kind": account.kind, "admin": account.admin,
+            "grants": {g.pattern: list(g.actions) for g in account.grants}}
+
+
+@click.group()
+@click.option("--auth-addr", default=_default_address, show_default="WHARF_AUTH_ADDR or ./data/auth/address",
+              help="auth service gRPC address")
+@click.option("--user", default="admin", show_default=True, help="admin account to act as")
+@click.pass_context
+def main(ctx: click.Context, auth_addr: str, user: str) -> None:
+    """Manage Wharf accounts, grants and public repositories."""
+    password = os.environ.get("WHARF_ADMIN_PASSWORD") or click.prompt(f"Password of {user}", hide_input=True,
+                                                                       err=True)
+    ctx.obj = Admin(auth_addr, user, password)
+
+
+@main.group()
+def user() -> None:
+    """User accounts."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", "make_admin", is_flag=True, help="make the account an administrator")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@click.pass_obj
+def user_add(admin: Admin, name: str, password_stdin: bool, make_admin: bool) -> None:
+    """Create a user, who owns the repositories under NAME/."""
+    account = admin.call("CreateAccount", pb.CreateAccountRequest(name=name, password=_new_password(password_stdin),
+                                                                  kind="user", admin=make_admin))
+    click.echo(f"created user {account.name}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@click.pass_obj
+def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
+    """Set a password (and revoke the account's refresh tokens)."""
+    admin.call("SetPassword", pb.SetPasswordRequest(name=name, password=_new_password(password_stdin)))
+    click.echo(f"password of {name} changed")
+
+
+@user.command("del")
+@click.argument("name")
+@click.pass_obj
+def user_del(admin: Admin, name: str) -> None:
+    """Delete an account (user or robot)."""
+    admin.call("DeleteAccount", pb.AccountRef(name=name))
+    click.echo(f"deleted {name}")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def user_list(admin: Admin, as_json: bool) -> None:
+    """List accounts with their grants."""
+    accounts = [_show(a) for a in admin.call("ListAccounts", pb.ListAccountsRequest()).accounts]
+    if as_json:
+        click.echo(json.dumps(accounts, indent=2))
+        return
+    for a in accounts:
+        grants = ", ".join(f"{p}={','.join(x)}" for p, x in a["grants"].items()) or "-"
+        click.echo(f"{a['name']:<24} {a['kind']:<6} {'admin' if a['admin'] else '':<6} {grants}")
+
+
+@main.group()
+def robot() -> None:
+    """Robot accounts (for CI): no namespace of their own, only grants."""
+
+
+@robot.command("add")
+@click.argument("name")
+@click.pass_obj
+def robot_add(admin: Admin, name: str) -> None:
+    """Create a robot with a generated password, printed once."""
+    password = secrets.token_urlsafe(32)[:40]
+    admin.call("CreateAccount", pb.CreateAccountRequest(name=name, password=password, kind="robot"))
+    click.echo(f"created robot {name}; its password (shown once): {password}")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("pattern")
+@click.argument("actions")
+@click.pass_obj
+def grant(admin: Admin, name: str, pattern: str, actions: str) -> None:
+    """Let NAME do ACTIONS (pull,push,delete or *) on repositories matching PATTERN (a glob)."""
+    account = admin.call("Grant", pb.GrantRequest(name=name, grant=pb.Grant(pattern=pattern,
+                                                                            actions=actions.split(","))))
+    click.echo(json.dumps(_show(account)))
+
+
+@main.command()
+@click.argument("name")
+@click.argument("pattern")
+@click.pass_obj
+def revoke(admin: Admin, name: str, pattern: str) -> None:
+    """Remove NAME's grant on PATTERN."""
+    account = admin.call("Revoke", pb.RevokeRequest(name=name, pattern=pattern))
+    click.echo(json.dumps(_show(account)))
+
+
+@main.group()
+def repo() -> None:
+    """Repository visibility."""
+
+
+@repo.command("public")
+@click.argument("pattern")
+@click.pass_obj
+def repo_public(admin: Admin, pattern: str) -> None:
+    """Let anyone, even anonymous clients, pull repositories matching PATTERN."""
+    admin.call("SetVisibility", pb.SetVisibilityRequest(pattern=pattern, public=True))
+    click.echo(f"{pattern} is public")
+
+
+@repo.command("private")
+@click.argument("pattern")
+@click.pass_obj
+def repo_private(admin: Admin, pattern: str) -> None:
+    """Undo `repo public PATTERN`."""
+    admin.call("SetVisibility", pb.SetVisibilityRequest(pattern=pattern, public=False))
+    click.echo(f"{pattern} is private")
+
+
+@repo.command("list-public")
+@click.pass_obj
+def repo_list_public(admin: Admin) -> None:
+    """List the public patterns."""
+    for pattern in admin.call("ListPublic", pb.ListPublicRequest()).patterns:
+        click.echo(pattern)
+
+
+@main.group()
+def token() -> None:
+    """Refresh tokens."""
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_obj
+def token_revoke(admin: Admin, name: str) -> None:
+    """Revoke every refresh token of NAME (access tokens expire on their own)."""
+    revoked = admin.call("RevokeRefreshTokens", pb.AccountRef(name=name)).revoked
+    click.echo(f"revoked {revoked} refresh token(s) of {name}")
+
+
+@main.group()
+def keys() -> None:
+    """Token signing keys."""
+
+
+@keys.command("rotate")
+@click.pass_obj
+def keys_rotate(admin: Admin) -> None:
+    """Start signing with a new key; the old one verifies until its tokens expire."""
+    for key in admin.call("RotateSigningKey", pb.RotateSigningKeyRequest()).keys:
+        click.echo(f"{key.kid} {key.algorithm}")
+
+
+if __name__ == "__main__":
+    main()

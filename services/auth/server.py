@@ -1,0 +1,190 @@
+"""gRPC face of the auth service."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import redis
+
+from services.auth import tokens
+from services.auth.accounts import AccountStore
+from services.auth.policy import ANONYMOUS, Principal, grant, repository_actions
+from services.auth.settings import AuthSettings
+from services.auth.signing import ALGORITHM, KeyRing
+from services.common import scopes
+from services.common.errors import DENIED, UNAUTHORIZED, UNAVAILABLE, RegistryError
+from services.common.grpcserver import create_server
+from services.gen.wharf.auth.v1 import auth_pb2 as pb
+from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
+
+log = logging.getLogger("wharf.auth")
+F = TypeVar("F", bound=Callable[..., Any])
+_MAX_SCOPES = 32
+_MAX_FILTER = 10000
+
+
+def _redis_guard(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise RegistryError(UNAVAILABLE, f"account store unavailable: {type(exc).__name__}") from exc
+    return wrapper  # type: ignore[return-value]
+
+
+def _account_pb(principal: Principal, created_at: int = 0) -> pb.Account:
+    return pb.Account(name=principal.name, kind=principal.kind, admin=principal.admin, created_at=created_at,
+                      grants=[pb.Grant(pattern=p, actions=sorted(a)) for p, a in principal.grants])
+
+
+class AuthServicer(pb_grpc.AuthServicer):
+    def __init__(self, settings: AuthSettings, store: AccountStore, keyring: KeyRing) -> None:
+        self._settings = settings
+        self._store = store
+        self._keys = keyring
+
+    def _require_admin(self, context: grpc.ServicerContext) -> Principal:
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if not isinstance(header, str) or not header.lower().startswith("basic "):
+            raise RegistryError(UNAUTHORIZED, "administrative calls need admin credentials")
+        try:
+            name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise RegistryError(UNAUTHORIZED, "malformed credentials") from None
+        principal = self._store.authenticate(name, password, context.peer() or "")
+        if not principal.admin:
+            raise RegistryError(DENIED, "administrative calls need an admin account")
+        return principal
+
+    def ListPublicKeys(self, request: pb.ListPublicKeysRequest,
+                       context: grpc.ServicerContext) -> pb.ListPublicKeysResponse:
+        return pb.ListPublicKeysResponse(keys=[pb.PublicKey(kid=k.kid, algorithm=ALGORITHM, pem=k.public_pem())
+                                               for k in self._keys.verifying()])
+
+    @_redis_guard
+    def IssueToken(self, request: pb.IssueTokenRequest, context: grpc.ServicerContext) -> pb.IssueTokenResponse:
+        if request.refresh_token:
+            principal = self._store.redeem_refresh_token(request.refresh_token)
+        elif request.username:
+            principal = self._store.authenticate(request.username, request.password, request.client_address)
+        else:
+            principal = ANONYMOUS
+        requested = scopes.parse_many(list(request.scopes)[:_MAX_SCOPES])
+        access = grant(principal, self._store.public_patterns(), requested)
+        service = request.service or self._settings.service
+        if service != self._settings.service:
+            raise RegistryError(DENIED, f"tokens are issued for service {self._settings.service!r} only")
+        issued = tokens.issue(self._keys, self._settings.issuer, service, principal.name, access,
+                              self._settings.token_ttl)
+        refresh = ""
+        if request.offline and not principal.anonymous:
+            refresh = request.refresh_token or self._store.new_refresh_token(principal.name,
+                                                                             self._settings.refresh_ttl)
+        log.info("token issued", extra={"fields": {"subject": principal.name or "<anonymous>",
+                                                   "client_id": request.client_id[:64],
+                                                   "access": [str(s) for s in access]}})
+        return pb.IssueTokenResponse(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at,
+                                     refresh_token=refresh, subject=principal.name)
+
+    @_redis_guard
+    def FilterRepositories(self, request: pb.FilterRepositoriesRequest,
+                           context: grpc.ServicerContext) -> pb.FilterRepositoriesResponse:
+        principal = self._store.get(request.account) if request.account else ANONYMOUS
+        public = self._store.public_patterns()
+        names = [n for n in list(request.repositories)[:_MAX_FILTER]
+                 if "pull" in repository_actions(principal, public, n)]
+        return pb.FilterRepositoriesResponse(repositories=names)
+
+    # -- administration (admin credentials required) -----------------------
+
+    @_redis_guard
+    def CreateAccount(self, request: pb.CreateAccountRequest, context: grpc.ServicerContext) -> pb.Account:
+        self._require_admin(context)
+        return _account_pb(self._store.create(request.name, request.password, request.kind or "user",
+                                              request.admin))
+
+    @_redis_guard
+    def SetPassword(self, request: pb.SetPasswordRequest, context: grpc.ServicerContext) -> pb.Account:
+        self._require_admin(context)
+        return _account_pb(self._store.set_password(request.name, request.password))
+
+    @_redis_guard
+    def DeleteAccount(self, request: pb.AccountRef, context: grpc.ServicerContext) -> pb.DeleteAccountResponse:
+        caller = self._require_admin(context)
+        if request.name == caller.name:
+            raise RegistryError(DENIED, "an admin cannot delete their own account")
+        self._store.delete(request.name)
+        return pb.DeleteAccountResponse()
+
+    @_redis_guard
+    def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.ServicerContext) -> pb.ListAccountsResponse:
+        self._require_admin(context)
+        return pb.ListAccountsResponse(accounts=[_account_pb(p) for p in self._store.list()])
+
+    @_redis_guard
+    def Grant(self, request: pb.GrantRequest, context: grpc.ServicerContext) -> pb.Account:
+        self._require_admin(context)
+        return _account_pb(self._store.grant(request.name, request.grant.pattern, list(request.grant.actions)))
+
+    @_redis_guard
+    def Revoke(self, request: pb.RevokeRequest, context: grpc.ServicerContext) -> pb.Account:
+        self._require_admin(context)
+        return _account_pb(self._store.revoke(request.name, request.pattern))
+
+    @_redis_guard
+    def SetVisibility(self, request: pb.SetVisibilityRequest,
+                      context: grpc.ServicerContext) -> pb.SetVisibilityResponse:
+        self._require_admin(context)
+        self._store.set_public(request.pattern, request.public)
+        return pb.SetVisibilityResponse()
+
+    @_redis_guard
+    def ListPublic(self, request: pb.ListPublicRequest, context: grpc.ServicerContext) -> pb.ListPublicResponse:
+        self._require_admin(context)
+        return pb.ListPublicResponse(patterns=self._store.public_patterns())
+
+    @_redis_guard
+    def RevokeRefreshTokens(self, request: pb.AccountRef,
+                            context: grpc.ServicerContext) -> pb.RevokeRefreshTokensResponse:
+        self._require_admin(context)
+        return pb.RevokeRefreshTokensResponse(revoked=self._store.revoke_refresh_tokens(request.name))
+
+    @_redis_guard
+    def RotateSigningKey(self, request: pb.RotateSigningKeyRequest,
+                         context: grpc.ServicerContext) -> pb.ListPublicKeysResponse:
+        self._require_admin(context)
+        self._keys.rotate()
+        return self.ListPublicKeys(pb.ListPublicKeysRequest(), context)
+
+
+def bootstrap_admin(settings: AuthSettings, store: AccountStore) -> None:
+    """Creates user ``admin`` from WHARF_ADMIN_PASSWORD(_FILE) at first start; never a default password."""
+    if store.exists("admin"):
+        return
+    password = settings.first_admin_password()
+    if not password:
+        log.warning("no admin account: set WHARF_ADMIN_PASSWORD or WHARF_ADMIN_PASSWORD_FILE and restart")
+        return
+    store.create("admin", password, "user", admin=True)
+    log.info("created the first admin account", extra={"fields": {"account": "admin"}})
+
+
+def build(settings: AuthSettings, address: str | None = None):  # type: ignore[no-untyped-def]
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                  health_check_interval=30, max_connections=settings.workers + 4)
+    store = AccountStore(client, settings.bcrypt_rounds, settings.login_failures, settings.login_window)
+    keyring = KeyRing(settings.keys_dir, settings.token_ttl, settings.key_publish_delay)
+    bootstrap_admin(settings, store)
+
+    def register(server: grpc.Server) -> list[str]:
+        pb_grpc.add_AuthServicer_to_server(AuthServicer(settings, store, keyring), server)
+        return [pb.DESCRIPTOR.services_by_name["Auth"].full_name]
+
+    return create_server("auth", address or settings.listen, register, settings.workers)

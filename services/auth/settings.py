@@ -1,0 +1,37 @@
+"""Auth service settings, read once from the environment in main."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from services.common.settings import env
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    listen: str = env("WHARF_AUTH_LISTEN", "127.0.0.1:50053", "gRPC address to bind (host:port)")
+    redis_url: str = env("WHARF_AUTH_REDIS_URL", "redis://127.0.0.1:6379/0",
+                         "Redis URL for accounts and refresh tokens (keys under wharf-auth:)")
+    keys_dir: pathlib.Path = env("WHARF_AUTH_KEYS_DIR", pathlib.Path("./data/auth/keys"),
+                                 "directory of the ES256 signing keys (PEM); created with a key when empty")
+    issuer: str = env("WHARF_AUTH_ISSUER", "wharf-auth", "the iss claim of the tokens")
+    service: str = env("WHARF_AUTH_SERVICE", "wharf", "the service name tokens are issued for (aud)")
+    token_ttl: int = env("WHARF_TOKEN_TTL", 300, "seconds an access token is valid")
+    key_publish_delay: int = env("WHARF_KEY_PUBLISH_DELAY", 90,
+                                 "seconds a rotated key is published before it signs; keep it above the "
+                                 "gateways' WHARF_AUTH_KEY_REFRESH")
+    refresh_ttl: int = env("WHARF_REFRESH_TOKEN_TTL", 30 * 86400, "seconds a refresh token is valid")
+    bcrypt_rounds: int = env("WHARF_BCRYPT_ROUNDS", 12, "bcrypt cost factor for new password hashes")
+    admin_password: str = env("WHARF_ADMIN_PASSWORD", "", "password of the first admin, used at first start only")
+    admin_password_file: str = env("WHARF_ADMIN_PASSWORD_FILE", "", "file holding that password")
+    login_failures: int = env("WHARF_LOGIN_FAILURES", 5,
+                              "failed logins per account and address before further attempts are refused")
+    login_window: int = env("WHARF_LOGIN_WINDOW", 300, "seconds failed logins are counted over (and locked)")
+    workers: int = env("WHARF_AUTH_WORKERS", 16, "gRPC worker threads")
+    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
+
+    def first_admin_password(self) -> str:
+        if self.admin_password_file:
+            return pathlib.Path(self.admin_password_file).read_text().strip()
+        return self.admin_password
