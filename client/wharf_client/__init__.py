@@ -1,0 +1,1 @@
+"""wharf_client: talk to any OCI Distribution registry, and the `wharf` command line."""
