@@ -11,11 +11,22 @@ from services.common.settings import env
 @dataclasses.dataclass(frozen=True)
 class BlobStoreSettings:
     listen: str = env("WHARF_BLOBSTORE_LISTEN", "127.0.0.1:50051", "gRPC address to bind (host:port)")
-    storage: str = env("WHARF_STORAGE", "filesystem", "storage driver: filesystem")
+    storage: str = env("WHARF_STORAGE", "filesystem", "storage driver: filesystem or s3")
     data_dir: pathlib.Path = env("WHARF_DATA_DIR", pathlib.Path("./data"), "root of local data")
     expose_paths: bool = env("WHARF_BLOBSTORE_EXPOSE_PATHS", False,
                              "report blob file paths to co-located gateways, which then serve them "
                              "with sendfile")
+    s3_endpoint: str = env("WHARF_S3_ENDPOINT", "", "S3 endpoint host:port (s3 driver)")
+    s3_bucket: str = env("WHARF_S3_BUCKET", "wharf", "bucket, created when missing")
+    s3_prefix: str = env("WHARF_S3_PREFIX", "", "key prefix inside the bucket")
+    s3_region: str = env("WHARF_S3_REGION", "us-east-1", "bucket region")
+    s3_access_key: str = env("WHARF_S3_ACCESS_KEY", "", "access key id")
+    s3_secret_key: str = env("WHARF_S3_SECRET_KEY", "", "secret key (prefer WHARF_S3_SECRET_KEY_FILE)")
+    s3_secret_key_file: str = env("WHARF_S3_SECRET_KEY_FILE", "", "file holding the secret key")
+    s3_secure: bool = env("WHARF_S3_SECURE", False, "use TLS to reach the S3 endpoint")
+    s3_redirect: bool = env("WHARF_S3_REDIRECT", True,
+                            "offer presigned URLs so the gateway answers blob GETs with a 307 redirect")
+    s3_redirect_ttl: int = env("WHARF_S3_REDIRECT_TTL", 600, "seconds a presigned blob URL stays valid")
     upload_ttl: int = env("WHARF_UPLOAD_TTL", 86400, "seconds an idle upload session lives")
     janitor_interval: int = env("WHARF_UPLOAD_JANITOR_INTERVAL", 600, "seconds between expired-upload sweeps")
     chunk_size: int = env("WHARF_READ_CHUNK", 1024 * 1024, "bytes per streamed read message")
