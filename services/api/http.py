@@ -18,6 +18,8 @@ IO_CHUNK = 1024 * 1024
 def empty(status: int, headers: dict[str, str] | None = None) -> Response:
     response = Response(b"", status=status, headers=headers or {})
     response.headers["Content-Length"] = "0"
+    if not headers or "Content-Type" not in headers:
+        del response.headers["Content-Type"]  # an empty body has no type (not Flask's text/html)
     return response
 
 

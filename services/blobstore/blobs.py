@@ -97,8 +97,7 @@ class BlobService:
         started = int(time.time())
         self._driver.put_content(layout.upload_info_key(upload_id),
                                  json.dumps({"repository": repository, "started_at": started}).encode())
-        with self._driver.writer(layout.upload_data_key(upload_id), append=False) as writer:
-            writer.commit()
+        self._driver.writer(layout.upload_data_key(upload_id), append=False).close()
         with self._lock:
             self._hashes[upload_id] = _HashState(0, digests.hasher(_STREAMING_ALGORITHM))
         return Upload(upload_id, repository, 0, started)
@@ -140,7 +139,6 @@ class BlobService:
                 writer.write(data)
                 if state is not None:
                     state.hasher.update(data)
-            writer.commit()
             size = writer.size
         if state is not None:
             state.size = size
@@ -159,9 +157,17 @@ class BlobService:
                 hasher.update(data)
         return f"{algorithm}:{hasher.hexdigest()}"
 
+    def _finish(self, upload_id: str) -> None:
+        """Ends the session's appends so its bytes can be read back (S3: completes the multipart upload)."""
+        try:
+            self._driver.writer(layout.upload_data_key(upload_id), append=True).commit()
+        except UploadBusyError:
+            raise RegistryError(BLOB_UPLOAD_INVALID, "another request is writing to this upload") from None
+
     def commit(self, upload_id: str, repository: str, digest: str) -> Blob:
         algorithm, _ = digests.parse(digest)
         upload = self.get_upload(upload_id, repository)
+        self._finish(upload_id)
         try:
             actual = self._stored_digest(upload_id, algorithm, upload.size)
             if actual != digest:

@@ -26,9 +26,16 @@ class BlobStoreSettings:
     s3_secure: bool = env("WHARF_S3_SECURE", False, "use TLS to reach the S3 endpoint")
     s3_redirect: bool = env("WHARF_S3_REDIRECT", True,
                             "offer presigned URLs so the gateway answers blob GETs with a 307 redirect")
+    s3_redirect_endpoint: str = env("WHARF_S3_REDIRECT_ENDPOINT", "",
+                                    "host:port clients reach S3 at, for presigned URLs (default: the endpoint)")
     s3_redirect_ttl: int = env("WHARF_S3_REDIRECT_TTL", 600, "seconds a presigned blob URL stays valid")
     upload_ttl: int = env("WHARF_UPLOAD_TTL", 86400, "seconds an idle upload session lives")
     janitor_interval: int = env("WHARF_UPLOAD_JANITOR_INTERVAL", 600, "seconds between expired-upload sweeps")
     chunk_size: int = env("WHARF_READ_CHUNK", 1024 * 1024, "bytes per streamed read message")
     workers: int = env("WHARF_BLOBSTORE_WORKERS", 32, "gRPC worker threads")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
+
+    def s3_secret(self) -> str:
+        if self.s3_secret_key_file:
+            return pathlib.Path(self.s3_secret_key_file).read_text().strip()
+        return self.s3_secret_key

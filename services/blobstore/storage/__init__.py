@@ -15,4 +15,14 @@ def create_driver(settings: BlobStoreSettings) -> StorageDriver:
         from services.blobstore.storage.filesystem import FilesystemDriver
 
         return FilesystemDriver(settings.data_dir / "blobstore", expose_paths=settings.expose_paths)
-    raise ValueError(f"WHARF_STORAGE={settings.storage!r}: unknown storage driver (known: filesystem)")
+    if settings.storage == "s3":
+        from services.blobstore.storage.s3 import S3Config, S3Driver
+
+        if not settings.s3_endpoint:
+            raise ValueError("WHARF_STORAGE=s3 needs WHARF_S3_ENDPOINT")
+        return S3Driver(S3Config(
+            endpoint=settings.s3_endpoint, bucket=settings.s3_bucket, access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret(), region=settings.s3_region, prefix=settings.s3_prefix,
+            secure=settings.s3_secure, redirect=settings.s3_redirect, redirect_ttl=settings.s3_redirect_ttl,
+            redirect_endpoint=settings.s3_redirect_endpoint))
+    raise ValueError(f"WHARF_STORAGE={settings.storage!r}: unknown storage driver (known: filesystem, s3)")

@@ -39,7 +39,12 @@ class FileInfo:
 
 
 class FileWriter(abc.ABC):
-    """Appends to one object; nothing is durable until :meth:`commit`."""
+    """Appends to one object across requests (and, on shared storage, across replicas).
+
+    :meth:`close` makes what was written durable and resumable by a later
+    ``writer(key, append=True)``; :meth:`commit` finishes the object so that
+    :meth:`StorageDriver.reader` can read it; :meth:`cancel` throws it away.
+    """
 
     @property
     @abc.abstractmethod
@@ -50,12 +55,13 @@ class FileWriter(abc.ABC):
     def write(self, data: bytes) -> None: ...
 
     @abc.abstractmethod
-    def commit(self) -> None:
-        """Makes everything written durable (fsync, or the backend's equivalent)."""
+    def close(self) -> None: ...
 
     @abc.abstractmethod
-    def close(self) -> None:
-        """Releases the writer; uncommitted bytes may or may not survive."""
+    def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def cancel(self) -> None: ...
 
     def __enter__(self) -> Self:
         return self
@@ -84,7 +90,8 @@ class StorageDriver(abc.ABC):
         """A writer that appends to (or, with append=False, replaces) an object."""
 
     @abc.abstractmethod
-    def stat(self, key: str) -> FileInfo | None: ...
+    def stat(self, key: str) -> FileInfo | None:
+        """Size and age of an object, including one a writer has not committed yet."""
 
     @abc.abstractmethod
     def list(self, prefix: str) -> Iterator[str]:

@@ -23,6 +23,7 @@ def _fsync_dir(path: pathlib.Path) -> None:
 
 class _FileWriter(FileWriter):
     def __init__(self, path: pathlib.Path, append: bool) -> None:
+        self._path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "ab" if append else "wb")  # noqa: SIM115 - closed in close()
         try:
@@ -41,13 +42,21 @@ class _FileWriter(FileWriter):
         self._file.write(data)
         self._size += len(data)
 
-    def commit(self) -> None:
-        self._file.flush()
-        os.fdatasync(self._file.fileno())
-
     def close(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.flush()
+                os.fdatasync(self._file.fileno())
+            finally:
+                self._file.close()
+
+    def commit(self) -> None:
+        # Appended bytes are readable as they land; finishing is making them durable.
+        self.close()
+
+    def cancel(self) -> None:
+        self._file.close()
+        self._path.unlink(missing_ok=True)
 
 
 class FilesystemDriver(StorageDriver):

