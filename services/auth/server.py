@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import grpc
 import redis
@@ -18,25 +15,15 @@ from services.auth.policy import ANONYMOUS, Principal, grant, refused, repositor
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
 from services.common import scopes
-from services.common.errors import DENIED, UNAUTHORIZED, UNAVAILABLE, RegistryError
+from services.common.errors import DENIED, UNAUTHORIZED, RegistryError
 from services.common.grpcserver import create_server
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
 
 log = logging.getLogger("wharf.auth")
-F = TypeVar("F", bound=Callable[..., Any])
 _MAX_SCOPES = 32
 _MAX_FILTER = 10000
 
-
-def _redis_guard(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except redis.RedisError as exc:
-            raise RegistryError(UNAVAILABLE, f"account store unavailable: {type(exc).__name__}") from exc
-    return wrapper  # type: ignore[return-value]
 
 
 def _account_pb(principal: Principal, created_at: int = 0) -> pb.Account:
@@ -68,7 +55,6 @@ class AuthServicer(pb_grpc.AuthServicer):
         return pb.ListPublicKeysResponse(keys=[pb.PublicKey(kid=k.kid, algorithm=ALGORITHM, pem=k.public_pem())
                                                for k in self._keys.verifying()])
 
-    @_redis_guard
     def IssueToken(self, request: pb.IssueTokenRequest, context: grpc.ServicerContext) -> pb.IssueTokenResponse:
         if request.refresh_token:
             principal = self._store.redeem_refresh_token(request.refresh_token)
@@ -93,7 +79,6 @@ class AuthServicer(pb_grpc.AuthServicer):
         return pb.IssueTokenResponse(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at,
                                      refresh_token=refresh, subject=principal.name)
 
-    @_redis_guard
     def FilterRepositories(self, request: pb.FilterRepositoriesRequest,
                            context: grpc.ServicerContext) -> pb.FilterRepositoriesResponse:
         principal = self._store.get(request.account) if request.account else ANONYMOUS
@@ -104,18 +89,15 @@ class AuthServicer(pb_grpc.AuthServicer):
 
     # -- administration (admin credentials required) -----------------------
 
-    @_redis_guard
     def CreateAccount(self, request: pb.CreateAccountRequest, context: grpc.ServicerContext) -> pb.Account:
         self._require_admin(context)
         return _account_pb(self._store.create(request.name, request.password, request.kind or "user",
                                               request.admin))
 
-    @_redis_guard
     def SetPassword(self, request: pb.SetPasswordRequest, context: grpc.ServicerContext) -> pb.Account:
         self._require_admin(context)
         return _account_pb(self._store.set_password(request.name, request.password))
 
-    @_redis_guard
     def DeleteAccount(self, request: pb.AccountRef, context: grpc.ServicerContext) -> pb.DeleteAccountResponse:
         caller = self._require_admin(context)
         if request.name == caller.name:
@@ -123,40 +105,33 @@ class AuthServicer(pb_grpc.AuthServicer):
         self._store.delete(request.name)
         return pb.DeleteAccountResponse()
 
-    @_redis_guard
     def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.ServicerContext) -> pb.ListAccountsResponse:
         self._require_admin(context)
         return pb.ListAccountsResponse(accounts=[_account_pb(p) for p in self._store.list()])
 
-    @_redis_guard
     def Grant(self, request: pb.GrantRequest, context: grpc.ServicerContext) -> pb.Account:
         self._require_admin(context)
         return _account_pb(self._store.grant(request.name, request.grant.pattern, list(request.grant.actions)))
 
-    @_redis_guard
     def Revoke(self, request: pb.RevokeRequest, context: grpc.ServicerContext) -> pb.Account:
         self._require_admin(context)
         return _account_pb(self._store.revoke(request.name, request.pattern))
 
-    @_redis_guard
     def SetVisibility(self, request: pb.SetVisibilityRequest,
                       context: grpc.ServicerContext) -> pb.SetVisibilityResponse:
         self._require_admin(context)
         self._store.set_public(request.pattern, request.public)
         return pb.SetVisibilityResponse()
 
-    @_redis_guard
     def ListPublic(self, request: pb.ListPublicRequest, context: grpc.ServicerContext) -> pb.ListPublicResponse:
         self._require_admin(context)
         return pb.ListPublicResponse(patterns=self._store.public_patterns())
 
-    @_redis_guard
     def RevokeRefreshTokens(self, request: pb.AccountRef,
                             context: grpc.ServicerContext) -> pb.RevokeRefreshTokensResponse:
         self._require_admin(context)
         return pb.RevokeRefreshTokensResponse(revoked=self._store.revoke_refresh_tokens(request.name))
 
-    @_redis_guard
     def RotateSigningKey(self, request: pb.RotateSigningKeyRequest,
                          context: grpc.ServicerContext) -> pb.ListPublicKeysResponse:
         self._require_admin(context)
@@ -187,4 +162,5 @@ def build(settings: AuthSettings, address: str | None = None):  # type: ignore[n
         pb_grpc.add_AuthServicer_to_server(AuthServicer(settings, store, keyring), server)
         return [pb.DESCRIPTOR.services_by_name["Auth"].full_name]
 
-    return create_server("auth", address or settings.listen, register, settings.workers)
+    return create_server("auth", address or settings.listen, register, settings.workers,
+                         backend_errors=(redis.RedisError,))

@@ -7,10 +7,12 @@ import threading
 from collections.abc import Iterable, Iterator
 
 import grpc
+from minio.error import MinioException
 
 from services.blobstore.blobs import Blob, BlobService, Upload
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
+from services.blobstore.storage.base import StorageError
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError
 from services.common.grpcserver import create_server
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
@@ -102,7 +104,8 @@ def build(settings: BlobStoreSettings, address: str | None = None):  # type: ign
         pb_grpc.add_BlobStoreServicer_to_server(BlobStoreServicer(blobs, settings.chunk_size), server)
         return [pb.DESCRIPTOR.services_by_name["BlobStore"].full_name]
 
-    server, port, health = create_server("blobstore", address or settings.listen, register, settings.workers)
+    server, port, health = create_server("blobstore", address or settings.listen, register, settings.workers,
+                                         backend_errors=(StorageError, MinioException, OSError))
     stop = threading.Event()
     threading.Thread(target=_janitor, args=(blobs, settings.janitor_interval, stop), daemon=True,
                      name="upload-janitor").start()

@@ -36,8 +36,10 @@ def _request_id_from(context: grpc.ServicerContext) -> str:
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, backend_errors: tuple[type[Exception], ...] = ()) -> None:
         self._service = service
+        # Failures of the service's own backend (Redis, S3, disk): the caller's 503, not a 500.
+        self._backend_errors = backend_errors
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -105,14 +107,15 @@ SERVER_OPTIONS = [
 
 
 def create_server(service: str, address: str, register: Callable[[grpc.Server], Iterable[str]],
-                  max_workers: int = 32) -> tuple[grpc.Server, int, health.HealthServicer]:
+                  max_workers: int = 32, backend_errors: tuple[type[Exception], ...] = ()
+                  ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds a server with health checking; returns it unstarted with its bound port.
 
     ``register`` adds the servicers and returns their full service names, which
     are then reported SERVING by the standard health service.
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
-                         interceptors=[ServiceInterceptor(service)], options=SERVER_OPTIONS)
+                         interceptors=[ServiceInterceptor(service, backend_errors)], options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

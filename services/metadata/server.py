@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import grpc
 import redis
 
@@ -13,20 +9,7 @@ from services.common.grpcserver import create_server
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from services.metadata.settings import MetadataSettings
-from services.metadata.store import Descriptor, MetadataStore, redis_errors_as_unavailable
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _redis_guard(fn: F) -> F:
-    """Redis being down is the client's 503, not an INTERNAL error."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except redis.RedisError as exc:
-            raise redis_errors_as_unavailable(exc) from exc
-    return wrapper  # type: ignore[return-value]
+from services.metadata.store import Descriptor, MetadataStore
 
 
 def _descriptor_pb(d: Descriptor) -> pb.Descriptor:
@@ -38,27 +21,22 @@ class MetadataServicer(pb_grpc.MetadataServicer):
     def __init__(self, store: MetadataStore) -> None:
         self._store = store
 
-    @_redis_guard
     def LinkBlob(self, request: pb.LinkBlobRequest, context: grpc.ServicerContext) -> pb.LinkBlobResponse:
         self._store.link_blob(request.repository, request.digest, request.size)
         return pb.LinkBlobResponse()
 
-    @_redis_guard
     def UnlinkBlob(self, request: pb.BlobRef, context: grpc.ServicerContext) -> pb.UnlinkBlobResponse:
         self._store.unlink_blob(request.repository, request.digest)
         return pb.UnlinkBlobResponse()
 
-    @_redis_guard
     def GetBlobLink(self, request: pb.BlobRef, context: grpc.ServicerContext) -> pb.BlobLink:
         return pb.BlobLink(digest=request.digest, size=self._store.blob_size(request.repository, request.digest))
 
-    @_redis_guard
     def BlobRepositories(self, request: pb.BlobRepositoriesRequest,
                          context: grpc.ServicerContext) -> pb.BlobRepositoriesResponse:
         names, size = self._store.blob_repositories(request.digest, max(1, min(request.limit or 100, 1000)))
         return pb.BlobRepositoriesResponse(repositories=names, size=size)
 
-    @_redis_guard
     def PutManifest(self, request: pb.PutManifestRequest, context: grpc.ServicerContext) -> pb.PutManifestResponse:
         d = request.descriptor
         descriptor = Descriptor(d.media_type, d.digest, d.size, d.artifact_type, dict(d.annotations)) \
@@ -68,32 +46,26 @@ class MetadataServicer(pb_grpc.MetadataServicer):
                                  list(request.manifest_references), request.subject, descriptor)
         return pb.PutManifestResponse()
 
-    @_redis_guard
     def GetManifest(self, request: pb.ManifestRef, context: grpc.ServicerContext) -> pb.Manifest:
         m = self._store.get_manifest(request.repository, request.reference)
         return pb.Manifest(digest=m.digest, media_type=m.media_type, content=m.content, subject=m.subject)
 
-    @_redis_guard
     def DeleteManifest(self, request: pb.ManifestRef, context: grpc.ServicerContext) -> pb.DeleteManifestResponse:
         self._store.delete_manifest(request.repository, request.reference)
         return pb.DeleteManifestResponse()
 
-    @_redis_guard
     def DeleteTag(self, request: pb.ManifestRef, context: grpc.ServicerContext) -> pb.DeleteTagResponse:
         self._store.delete_tag(request.repository, request.reference)
         return pb.DeleteTagResponse()
 
-    @_redis_guard
     def ListTags(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
         names, more = self._store.list_tags(request.repository, request.last, request.limit)
         return pb.ListResponse(names=names, more=more)
 
-    @_redis_guard
     def ListRepositories(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
         names, more = self._store.list_repositories(request.last, request.limit)
         return pb.ListResponse(names=names, more=more)
 
-    @_redis_guard
     def ListReferrers(self, request: pb.ListReferrersRequest,
                       context: grpc.ServicerContext) -> pb.ListReferrersResponse:
         found = self._store.list_referrers(request.repository, request.subject, request.artifact_type)
@@ -109,4 +81,5 @@ def build(settings: MetadataSettings, address: str | None = None):  # type: igno
         pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store), server)
         return [pb.DESCRIPTOR.services_by_name["Metadata"].full_name]
 
-    return create_server("metadata", address or settings.listen, register, settings.workers)
+    return create_server("metadata", address or settings.listen, register, settings.workers,
+                         backend_errors=(redis.RedisError,))

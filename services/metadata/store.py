@@ -13,7 +13,6 @@ from services.common.errors import (
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_UNKNOWN,
     NAME_UNKNOWN,
-    UNAVAILABLE,
     RegistryError,
 )
 from services.common.names import validate_name, validate_tag
@@ -183,6 +182,3 @@ class MetadataStore:
             found = [d for d in found if d.artifact_type == artifact_type]
         return found
 
-
-def redis_errors_as_unavailable(exc: redis.RedisError) -> RegistryError:
-    return RegistryError(UNAVAILABLE, f"metadata store unavailable: {type(exc).__name__}")

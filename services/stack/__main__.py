@@ -58,10 +58,14 @@ def start(settings: StackSettings) -> list[Child]:
         metadata = Child("metadata", python_module("services.metadata"),
                          dict(base, WHARF_METADATA_LISTEN=metadata_addr, WHARF_REDIS_URL=redis_url))
         children.append(metadata)
-        blobstore_addr = f"127.0.0.1:{free_port()}"
-        blobstore = Child("blobstore", python_module("services.blobstore"),
-                          dict(base, WHARF_BLOBSTORE_LISTEN=blobstore_addr, WHARF_BLOBSTORE_EXPOSE_PATHS="true"))
-        children.append(blobstore)
+        blobstores = []
+        for replica in range(max(settings.blobstore_replicas, 1)):
+            address = f"127.0.0.1:{free_port()}"
+            blobstores.append(Child(f"blobstore-{replica}", python_module("services.blobstore"),
+                                    dict(base, WHARF_BLOBSTORE_LISTEN=address, WHARF_BLOBSTORE_EXPOSE_PATHS="true"),
+                                    address=address))
+        children.extend(blobstores)
+        blobstore_addr = ",".join(b.address for b in blobstores)
         gateway_env = dict(base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
                            WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
                            WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth)
@@ -76,7 +80,8 @@ def start(settings: StackSettings) -> list[Child]:
             (data_dir / "auth" / "address").write_text(auth_addr + "\n")
             gateway_env["WHARF_AUTH_ADDR"] = auth_addr
         wait_until(lambda: grpc_serving(metadata_addr), metadata, deadline, "metadata service")
-        wait_until(lambda: grpc_serving(blobstore_addr), blobstore, deadline, "blob store")
+        for blobstore in blobstores:
+            wait_until(lambda b=blobstore: grpc_serving(b.address), blobstore, deadline, blobstore.name)
         gateway = Child("gateway", python_module("services.api"), gateway_env)
         children.append(gateway)
         url = f"http://{settings.host}:{settings.port}/v2/"

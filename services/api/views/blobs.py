@@ -85,17 +85,13 @@ def _stream(first_chunk: bytes, rest: Iterator[bytes], cancel: Callable[[], None
         cancel()
 
 
-def _local_path(ctx: Context, digest: str) -> str | None:
+def _local_path(ctx: Context, path: str) -> str | None:
+    """The blob store's path, if it lies under the directory this gateway may read."""
     root = ctx.settings.local_blob_root
-    if not root:
+    if not root or not path:
         return None
-    path = ctx.clients.blobs.stat(digest, want_location=True).local_path
-    if not path:
-        return None
-    real = os.path.realpath(path)
-    if os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
-        return None
-    return real
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real if os.path.commonpath([real, base]) == base else None
 
 
 def get(ctx: Context, name: str, digest: str) -> Response:
@@ -111,7 +107,12 @@ def get(ctx: Context, name: str, digest: str) -> Response:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     if length == 0:
         return empty(status, headers)
-    path = _local_path(ctx, digest)
+    location = ctx.clients.blobs.stat(digest, want_location=True)
+    if location.redirect_url:
+        # Object storage serves the bytes; the client follows the short-lived presigned URL.
+        return empty(307, {"Location": location.redirect_url, "Docker-Content-Digest": digest,
+                           "Cache-Control": "no-store"})
+    path = _local_path(ctx, location.local_path)
     if path is not None:
         body = _file_response(path, first, length)
     else:
