@@ -104,14 +104,15 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
         if found is None:
             raise RegistryError(UNSUPPORTED, "no such endpoint", http_status=404)
         route, params = found
-        view = VIEWS.get((route.endpoint, request.method))
-        if view is None and route.endpoint != "base":
+        if request.method not in route.methods:
             raise RegistryError(UNSUPPORTED, f"{request.method} is not supported on this endpoint")
+        # HEAD runs the GET view unless the resource has its own; Flask drops the body.
+        view = VIEWS.get((route.endpoint, request.method)) or VIEWS.get((route.endpoint, "GET"))
         if "name" in params and not is_valid_name(params["name"]):
             raise RegistryError(NAME_INVALID, f"invalid repository name {params['name'][:300]!r}")
         if verifier is not None:
             g.claims = authorize(settings, verifier, route.endpoint, request.method, params)
-        if view is None:
+        if view is None:  # the base endpoint: only says "this is a registry" (after auth)
             return Response(b"{}", status=200, content_type="application/json")
         return view(ctx, **params)
 

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from services.api.settings import GatewaySettings
-from services.common.errors import from_rpc_error
+from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError, from_rpc_error
 from services.common.grpcserver import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
 from services.gen.wharf.auth.v1 import auth_pb2 as apb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as apb_grpc
@@ -38,6 +38,26 @@ def _target(address: str) -> str:
     if "," not in address:
         return address
     return "ipv4:" + ",".join(part.strip() for part in address.split(",") if part.strip())
+
+
+class _RequestStream:
+    """Remembers why a streamed request body stopped, since gRPC only reports a cancellation."""
+
+    def __init__(self, messages: Iterator[Any]) -> None:
+        self._messages = messages
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._messages)
+        except StopIteration:
+            raise
+        except BaseException as exc:
+            self.error = exc
+            raise
 
 
 class _Lazy:
@@ -70,9 +90,15 @@ class _Caller:
         return ((REQUEST_ID_KEY, self._request_id()),)
 
     def _invoke(self, method: str, request: Any, timeout: float) -> Any:
+        body = _RequestStream(request) if isinstance(request, Iterator) else None
         try:
-            return getattr(self._lazy.stub(), method)(request, timeout=timeout, metadata=self._metadata())
+            return getattr(self._lazy.stub(), method)(body or request, timeout=timeout, metadata=self._metadata())
         except grpc.RpcError as err:
+            if body is not None and body.error is not None:
+                # The call was cancelled because reading the client's body failed: report that.
+                if isinstance(body.error, RegistryError):
+                    raise body.error from None
+                raise RegistryError(BLOB_UPLOAD_INVALID, "the request body could not be read") from None
             raise from_rpc_error(err) from None
 
     def unary(self, method: str, request: Any) -> Any:

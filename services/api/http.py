@@ -9,7 +9,7 @@ from typing import Any
 from flask import Response, request
 
 from services.common import digests
-from services.common.errors import DIGEST_INVALID, RegistryError
+from services.common.errors import DIGEST_INVALID, SIZE_INVALID, RegistryError
 
 # Bytes per read from a request body and per streamed response chunk.
 IO_CHUNK = 1024 * 1024
@@ -30,13 +30,22 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 def body_chunks() -> Iterator[bytes]:
-    """The request body in bounded pieces; never the whole body in memory."""
+    """The request body in bounded pieces; never the whole body in memory.
+
+    A body shorter than its Content-Length (a dropped connection) raises before
+    the last piece is handed on, so a single-request upload is never committed.
+    """
     stream = request.stream
+    declared = request.content_length
+    received = 0
     while True:
         data = stream.read(IO_CHUNK)
         if not data:
-            return
+            break
+        received += len(data)
         yield data
+    if declared is not None and received != declared:
+        raise RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {declared}")
 
 
 def read_body(limit: int) -> bytes | None:

@@ -157,28 +157,27 @@ class BlobService:
                 hasher.update(data)
         return f"{algorithm}:{hasher.hexdigest()}"
 
-    def _finish(self, upload_id: str) -> None:
-        """Ends the session's appends so its bytes can be read back (S3: completes the multipart upload)."""
-        try:
-            self._driver.writer(layout.upload_data_key(upload_id), append=True).commit()
-        except UploadBusyError:
-            raise RegistryError(BLOB_UPLOAD_INVALID, "another request is writing to this upload") from None
-
     def commit(self, upload_id: str, repository: str, digest: str) -> Blob:
         algorithm, _ = digests.parse(digest)
-        upload = self.get_upload(upload_id, repository)
-        self._finish(upload_id)
+        self.get_upload(upload_id, repository)
         try:
-            actual = self._stored_digest(upload_id, algorithm, upload.size)
-            if actual != digest:
-                raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
-            existing = self._driver.stat(layout.blob_key(digest))
-            if existing is None:
-                self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
-        finally:
-            # Success or a digest mismatch: the session is over either way, nothing half-done stays.
-            self.cancel(upload_id, repository)
-        return Blob(digest, upload.size)
+            # The writer is held until the end, so no append can slip in between hashing and moving.
+            writer = self._driver.writer(layout.upload_data_key(upload_id), append=True)
+        except UploadBusyError:
+            raise RegistryError(BLOB_UPLOAD_INVALID, "another request is writing to this upload") from None
+        with writer:
+            size = writer.size
+            try:
+                writer.commit()  # S3: completes the multipart upload so the bytes can be read back
+                actual = self._stored_digest(upload_id, algorithm, size)
+                if actual != digest:
+                    raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
+                if self._driver.stat(layout.blob_key(digest)) is None:
+                    self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
+            finally:
+                # Success or a digest mismatch: the session is over either way, nothing half-done stays.
+                self.cancel(upload_id, repository)
+        return Blob(digest, size)
 
     def cancel(self, upload_id: str, repository: str) -> None:
         self._info(upload_id, repository)

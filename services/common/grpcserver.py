@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common.errors import INTERNAL, RegistryError
+from services.common.errors import INTERNAL, UNAVAILABLE, RegistryError
 
 REQUEST_ID_KEY = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -75,6 +75,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         except RegistryError as err:
             self._log(method, started, err.code, err.message)
             self._abort(context, err)
+        except self._backend_errors as exc:
+            self._log(method, started, UNAVAILABLE.code, f"{type(exc).__name__}: {exc}"[:300])
+            self._abort(context, RegistryError(UNAVAILABLE, f"{self._service} backend unavailable, retry later"))
         except Exception as exc:
             if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
                 raise

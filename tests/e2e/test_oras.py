@@ -47,8 +47,8 @@ def oras_client_module() -> ModuleType:
     return oras.client
 
 
-def fetch(url: str, accept: str = "*/*") -> tuple[bytes, HTTPMessage]:
-    request = urllib.request.Request(url, headers={"Accept": accept})
+def fetch(url: str, accept: str = "*/*", method: str = "GET") -> tuple[bytes, HTTPMessage]:
+    request = urllib.request.Request(url, headers={"Accept": accept}, method=method)
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.read(), response.headers
 
@@ -88,7 +88,9 @@ def test_artifact_push_pull_round_trip(stack: RunningStack, tmp_path: pathlib.Pa
     assert ANNOTATIONS.items() <= manifest["annotations"].items()
     assert [layer["mediaType"] for layer in manifest["layers"]] == [media for media, _ in files.values()]
     for descriptor in [manifest["config"], *manifest["layers"]]:
-        blob, blob_headers = fetch(f"{stack.url}/v2/{repository}/blobs/{descriptor['digest']}")
+        blob, _ = fetch(f"{stack.url}/v2/{repository}/blobs/{descriptor['digest']}")
         assert "sha256:" + hashlib.sha256(blob).hexdigest() == descriptor["digest"]
+        # HEAD is answered by the registry itself (a GET may be redirected to object storage).
+        _, blob_headers = fetch(f"{stack.url}/v2/{repository}/blobs/{descriptor['digest']}", method="HEAD")
         assert blob_headers["Docker-Content-Digest"] == descriptor["digest"]
         assert int(blob_headers["Content-Length"]) == descriptor["size"] == len(blob)

@@ -148,3 +148,28 @@ def test_unavailable_backends_give_503_json() -> None:
     assert response.get_json()["errors"][0]["code"] == "UNAVAILABLE"
     upload = client.post("/v2/some/repo/blobs/uploads/")
     assert upload.status_code == 503 and b"Traceback" not in upload.data
+
+
+def test_truncated_monolithic_upload_commits_nothing(stack: RunningStack) -> None:
+    """A body shorter than its Content-Length (the client went away) must not become a blob."""
+    import socket
+
+    data = b"x" * 4096
+    digest = digests.of(data)
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(f"POST /v2/trunc/a/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+                     f"Content-Length: {len(data) + 100}\r\n\r\n".encode() + data)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(4096)
+    assert requests.head(f"{stack.url}/v2/trunc/a/blobs/{digest}", timeout=10).status_code == 404
+    assert requests.post(f"{stack.url}/v2/other/a/blobs/uploads/", params={"mount": digest},
+                         timeout=10).status_code == 202
+
+
+@pytest.mark.parametrize("path", ["/v2/_catalog", "/v2/head/a/tags/list"])
+def test_head_works_wherever_get_does(stack: RunningStack, path: str) -> None:
+    _push_blob(stack.url, "head/a", b"{}")
+    body = _manifest(digests.of(b"{}"), [])
+    requests.put(f"{stack.url}/v2/head/a/manifests/v1", data=body, headers={"Content-Type": OCI}, timeout=10)
+    assert requests.head(stack.url + path, timeout=10).status_code == 200
+    assert requests.post(stack.url + "/v2/", timeout=10).status_code == 405

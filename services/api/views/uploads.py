@@ -18,7 +18,6 @@ from services.common.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
     RANGE_INVALID,
-    SIZE_INVALID,
     RegistryError,
 )
 from services.common.names import is_valid_name
@@ -87,16 +86,9 @@ def start(ctx: Context, name: str) -> Response:
     elif "digest" in request.args:
         digest = digest_arg()
         blob = ctx.clients.blobs.put(digest, body_chunks())
-        _check_length(blob.size)
         return _created(ctx, name, digest, blob.size)
     status = ctx.clients.blobs.create_upload(name)
     return empty(202, _session_headers(name, status))
-
-
-def _check_length(received: int) -> None:
-    declared = _declared_length()
-    if declared is not None and declared != received:
-        raise RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {declared}")
 
 
 def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:

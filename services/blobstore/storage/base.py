@@ -43,7 +43,8 @@ class FileWriter(abc.ABC):
 
     :meth:`close` makes what was written durable and resumable by a later
     ``writer(key, append=True)``; :meth:`commit` finishes the object so that
-    :meth:`StorageDriver.reader` can read it; :meth:`cancel` throws it away.
+    :meth:`StorageDriver.reader` can read it (the writer is still closed after);
+    :meth:`cancel` throws it away.
     """
 
     @property

@@ -45,14 +45,18 @@ class _FileWriter(FileWriter):
     def close(self) -> None:
         if not self._file.closed:
             try:
-                self._file.flush()
-                os.fdatasync(self._file.fileno())
+                self._sync()
             finally:
                 self._file.close()
 
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fdatasync(self._file.fileno())
+
     def commit(self) -> None:
-        # Appended bytes are readable as they land; finishing is making them durable.
-        self.close()
+        # Appended bytes are readable as they land; finishing is making them durable. The lock
+        # stays held until close(), so the caller can verify and move the file undisturbed.
+        self._sync()
 
     def cancel(self) -> None:
         self._file.close()

@@ -131,7 +131,7 @@ class _MultipartWriter(FileWriter):
     def commit(self) -> None:
         if self._done:
             raise StorageError("writer already closed")
-        self._done = True
+        self._done = True  # close() after commit has nothing left to do
         if not self._state["upload_id"]:
             self._d._put_bytes(self._key, bytes(self._buffer))
         else:

@@ -1,0 +1,18 @@
+"""The real-client tests run against every blob backend: filesystem, and S3 with and without redirects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.support.stack import RunningStack
+
+
+@pytest.fixture(scope="session", params=["filesystem", "s3-redirect", "s3-streamed"])
+def stack(request: pytest.FixtureRequest, start_stack: Callable[..., RunningStack]) -> RunningStack:
+    if request.param == "filesystem":
+        return start_stack()
+    server = request.getfixturevalue("seaweedfs")
+    redirect = "true" if request.param == "s3-redirect" else "false"
+    return start_stack(env={**server.env(), "WHARF_S3_REDIRECT": redirect})
