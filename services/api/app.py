@@ -17,6 +17,7 @@ from services.api.clients import Clients
 from services.api.settings import GatewaySettings
 from services.api.views import blobs, catalog, manifests, referrers, tags, token, uploads
 from services.common.errors import INTERNAL, NAME_INVALID, UNSUPPORTED, RegistryError
+from services.common.logs import AccessLog
 from services.common.names import is_valid_name
 
 log = logging.getLogger("wharf.gateway")
@@ -60,6 +61,7 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
     app = Flask("wharf")
     ctx = Context(settings, clients or Clients(settings, _current_request_id))
     verifier = TokenVerifier(settings, ctx.clients.auth) if settings.auth == "token" else None
+    access_log = AccessLog("wharf.gateway")
 
     @app.before_request
     def _begin() -> None:
@@ -72,10 +74,10 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
         response.headers["X-Request-Id"] = g.get("request_id", "")
         if settings.access_log:
-            log.info("http", extra={"fields": {
+            access_log.write("http", {
                 "request_id": g.get("request_id"), "method": request.method, "path": request.path,
                 "status": response.status_code, "ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 2),
-                "remote": request.remote_addr}})
+                "remote": request.remote_addr})
         return response
 
     @app.errorhandler(RegistryError)

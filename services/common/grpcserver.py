@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.errors import INTERNAL, UNAVAILABLE, RegistryError
+from services.common.logs import AccessLog
 
 REQUEST_ID_KEY = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -38,6 +39,7 @@ def _request_id_from(context: grpc.ServicerContext) -> str:
 class ServiceInterceptor(grpc.ServerInterceptor):
     def __init__(self, service: str, backend_errors: tuple[type[Exception], ...] = ()) -> None:
         self._service = service
+        self._access = AccessLog("wharf.rpc")
         # Failures of the service's own backend (Redis, S3, disk): the caller's 503, not a 500.
         self._backend_errors = backend_errors
 
@@ -59,7 +61,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                   "code": code, "ms": round((time.perf_counter() - started) * 1000, 2)}
         if error:
             fields["error"] = error
-        log.info("rpc", extra={"fields": fields})
+        self._access.write("rpc", fields)
 
     def _abort(self, context: grpc.ServicerContext, err: RegistryError) -> None:
         context.set_trailing_metadata(err.trailing_metadata())
