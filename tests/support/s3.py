@@ -60,7 +60,7 @@ def _ready(endpoint: str, access_key: str, secret_key: str) -> bool:
         client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=False, region="us-east-1")
         client.bucket_exists("wharf-probe")
         return True
-    except Exception:  # noqa: BLE001 - not up yet
+    except Exception:
         return False
 
 
