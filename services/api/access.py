@@ -129,13 +129,22 @@ def required_scopes(endpoint: str, method: str, params: dict[str, str]) -> list[
     return [Scope(scopes.REPOSITORY, name, ("pull", "push"))]
 
 
-def _challenge_scopes(needed: list[Scope]) -> list[Scope]:
-    """What to ask for: the needed scopes, plus pull on a mount's source repository."""
-    extra = []
+def _challenge_scopes(needed: list[Scope], endpoint: str) -> list[Scope]:
+    """What to ask for: the needed scopes, plus what the client is about to need.
+
+    A HEAD on a blob is how pushers check for a blob before uploading it, so its
+    challenge asks for push as well: clients that keep one token per repository
+    (oras-py) would otherwise be stuck with a pull-only token. The auth service
+    grants push only to those who have it, so nobody gains a right this way.
+    A mount names a source repository, which needs pull too.
+    """
+    wanted = list(needed)
+    if endpoint == "blob" and request.method == "HEAD" and wanted:
+        wanted[0] = Scope(wanted[0].type, wanted[0].name, ("pull", "push"))
     source = request.args.get("from", "")
     if source and request.args.get("mount"):
-        extra.append(Scope(scopes.REPOSITORY, source, ("pull",)))
-    return needed + extra
+        wanted.append(Scope(scopes.REPOSITORY, source, ("pull",)))
+    return wanted
 
 
 def _realm(settings: GatewaySettings) -> str:
@@ -143,9 +152,9 @@ def _realm(settings: GatewaySettings) -> str:
     return f"{base}/token"
 
 
-def challenge(settings: GatewaySettings, needed: list[Scope], error: str = "") -> RegistryError:
+def challenge(settings: GatewaySettings, needed: list[Scope], endpoint: str, error: str = "") -> RegistryError:
     parts = [f'realm="{_realm(settings)}"', f'service="{settings.token_service}"']
-    wanted = _challenge_scopes(needed)
+    wanted = _challenge_scopes(needed, endpoint)
     if wanted:
         parts.append(f'scope="{" ".join(str(s) for s in wanted)}"')
     if error:
@@ -159,13 +168,13 @@ def authorize(settings: GatewaySettings, verifier: TokenVerifier, endpoint: str,
     needed = required_scopes(endpoint, method, params)
     header = request.headers.get("Authorization", "")
     if not header.lower().startswith("bearer "):
-        raise challenge(settings, needed)
+        raise challenge(settings, needed, endpoint)
     try:
         claims = verifier.verify(header[7:].strip())
     except RegistryError as err:
         if err.error is not UNAUTHORIZED:
             raise
-        raise challenge(settings, needed, "invalid_token") from None
+        raise challenge(settings, needed, endpoint, "invalid_token") from None
     for scope in needed:
         if claims.allows(scope):
             continue
@@ -173,7 +182,7 @@ def authorize(settings: GatewaySettings, verifier: TokenVerifier, endpoint: str,
             # The caller asked for this right and was refused it: a new token will not help.
             raise RegistryError(DENIED, f"{claims.subject or 'anonymous'} may not {','.join(scope.actions)} "
                                         f"{scope.name}")
-        raise challenge(settings, needed, "insufficient_scope")
+        raise challenge(settings, needed, endpoint, "insufficient_scope")
     return claims
 
 
