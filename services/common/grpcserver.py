@@ -7,6 +7,7 @@ writes one structured log line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -36,13 +37,39 @@ def _request_id_from(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):
+class _CallAccounting:
+    """What both interceptors do around a call: adopt the request id, log one line, and
+    turn an exception into the registry error the caller receives (None: re-raise)."""
+
     def __init__(self, service: str, backend_errors: tuple[type[Exception], ...] = ()) -> None:
         self._service = service
         self._access = AccessLog("wharf.rpc")
         # Failures of the service's own backend (Redis, S3, disk): the caller's 503, not a 500.
         self._backend_errors = backend_errors
 
+    def _log(self, method: str, started: float, code: str, error: str = "") -> None:
+        fields = {"service": self._service, "method": method, "request_id": request_id.get(),
+                  "code": code, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        if error:
+            fields["error"] = error
+        self._access.write("rpc", fields)
+
+    def _failure(self, exc: Exception, method: str, started: float) -> RegistryError | None:
+        if isinstance(exc, RegistryError):
+            self._log(method, started, exc.code, exc.message)
+            return exc
+        if isinstance(exc, self._backend_errors):
+            self._log(method, started, UNAVAILABLE.code, f"{type(exc).__name__}: {exc}"[:300])
+            return RegistryError(UNAVAILABLE, f"{self._service} backend unavailable, retry later")
+        if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "AbortError":
+            return None  # already an abort, or a call of ours that failed: let gRPC report it
+        log.error("unhandled error", exc_info=exc, extra={"fields": {"method": method,
+                                                                      "request_id": request_id.get()}})
+        self._log(method, started, "INTERNAL", type(exc).__name__)
+        return RegistryError(INTERNAL)
+
+
+class ServiceInterceptor(_CallAccounting, grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None or details.method.startswith("/grpc.health"):
@@ -56,17 +83,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
         return handler
 
-    def _log(self, method: str, started: float, code: str, error: str = "") -> None:
-        fields = {"service": self._service, "method": method, "request_id": request_id.get(),
-                  "code": code, "ms": round((time.perf_counter() - started) * 1000, 2)}
-        if error:
-            fields["error"] = error
-        self._access.write("rpc", fields)
-
-    def _abort(self, context: grpc.ServicerContext, err: RegistryError) -> None:
-        context.set_trailing_metadata(err.trailing_metadata())
-        context.abort(err.error.grpc_status, err.message)
-
     @contextlib.contextmanager
     def _scope(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
         started = time.perf_counter()
@@ -74,18 +90,14 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         try:
             yield
             self._log(method, started, "OK")
-        except RegistryError as err:
-            self._log(method, started, err.code, err.message)
-            self._abort(context, err)
-        except self._backend_errors as exc:
-            self._log(method, started, UNAVAILABLE.code, f"{type(exc).__name__}: {exc}"[:300])
-            self._abort(context, RegistryError(UNAVAILABLE, f"{self._service} backend unavailable, retry later"))
         except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or context.code() not in (None, grpc.StatusCode.OK):
+            if context.code() not in (None, grpc.StatusCode.OK):
+                raise  # context.abort() was already called
+            err = self._failure(exc, method, started)
+            if err is None:
                 raise
-            log.exception("unhandled error", extra={"fields": {"method": method, "request_id": request_id.get()}})
-            self._log(method, started, "INTERNAL", type(exc).__name__)
-            self._abort(context, RegistryError(INTERNAL))
+            context.set_trailing_metadata(err.trailing_metadata())
+            context.abort(err.error.grpc_status, err.message)
         finally:
             request_id.reset(token)
 
@@ -102,12 +114,43 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         return wrapper
 
 
+class AioServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
+    """The same, for asyncio servers (unary calls, which is all the metadata service has)."""
+
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith("/grpc.health") or not handler.unary_unary:
+            return handler
+        fn, method = handler.unary_unary, details.method
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = request_id.set(_request_id_from(context))
+            try:
+                result = await fn(request, context)
+                self._log(method, started, "OK")
+                return result
+            except Exception as exc:
+                err = self._failure(exc, method, started)
+                if err is None:
+                    raise
+                context.set_trailing_metadata(err.trailing_metadata())
+                await context.abort(err.error.grpc_status, err.message)
+            finally:
+                request_id.reset(token)
+        return handler._replace(unary_unary=wrapper)
+
+
 # Bounded message size: data streams use 1 MiB chunks, manifests are at most 4 MiB.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # Clients reconnect (and re-resolve DNS) every few minutes, so replicas added by scaling
+    # out start receiving calls without restarting the gateways.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 3_600_000),
 ]
 
 
@@ -130,6 +173,33 @@ def create_server(service: str, address: str, register: Callable[[grpc.Server], 
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port, health_servicer
+
+
+async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Server], Iterable[str]],
+                    backend_errors: tuple[type[Exception], ...] = (), grace: float = 10.0,
+                    on_port: Callable[[int], None] | None = None) -> None:
+    """Runs an asyncio gRPC server with health checking until SIGTERM/SIGINT, then drains it."""
+    from grpc_health.v1._async import HealthServicer as AioHealthServicer
+
+    server = grpc.aio.server(interceptors=[AioServiceInterceptor(service, backend_errors)], options=SERVER_OPTIONS)
+    names = list(register(server))
+    health_servicer = AioHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"{service}: cannot bind {address}")
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await server.start()
+    if on_port:
+        on_port(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace)
 
 
 def serve_until_signal(server: grpc.Server, health_servicer: health.HealthServicer, grace: float = 10.0) -> None:

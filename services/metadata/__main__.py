@@ -6,18 +6,16 @@ import logging
 import os
 
 from services.common import logs
-from services.common.grpcserver import serve_until_signal
 from services.common.settings import load
-from services.metadata.server import build
+from services.metadata.server import run
 from services.metadata.settings import MetadataSettings
 
 
 def main() -> None:
     settings = load(MetadataSettings, os.environ)
     logs.configure(settings.log_level)
-    server, port, health = build(settings)
-    logging.getLogger("wharf.metadata").info("listening", extra={"fields": {"port": port}})
-    serve_until_signal(server, health)
+    run(settings, on_port=lambda port: logging.getLogger("wharf.metadata").info(
+        "listening", extra={"fields": {"port": port}}))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""Repository metadata operations over Redis, each a single atomic step."""
+"""Repository metadata operations over Redis (asyncio), each a single atomic step."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 
-import redis
+import redis.asyncio as aredis
 
 from services.common import digests
 from services.common.errors import (
@@ -54,7 +54,7 @@ def _s(value: bytes | str) -> str:
 
 
 class MetadataStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: aredis.Redis) -> None:
         self._r = client
         self._put_manifest = client.register_script(keys.PUT_MANIFEST)
         self._get_manifest = client.register_script(keys.GET_MANIFEST)
@@ -62,43 +62,38 @@ class MetadataStore:
         self._delete_tag = client.register_script(keys.DELETE_TAG)
         self._unlink_blob = client.register_script(keys.UNLINK_BLOB)
 
-    def ping(self) -> bool:
-        try:
-            return bool(self._r.ping())
-        except redis.RedisError:
-            return False
-
     # -- blob links --------------------------------------------------------
 
-    def link_blob(self, name: str, digest: str, size: int) -> None:
+    async def link_blob(self, name: str, digest: str, size: int) -> None:
         validate_name(name)
         digests.validate(digest)
-        with self._r.pipeline(transaction=True) as pipe:
+        async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(keys.blobs(name), digest, size)
             pipe.hset(keys.blob_repos(digest), name, size)
             pipe.zadd(keys.CATALOG, {name: 0})
-            pipe.execute()
+            await pipe.execute()
 
-    def blob_size(self, name: str, digest: str) -> int:
+    async def blob_size(self, name: str, digest: str) -> int:
         validate_name(name)
         digests.validate(digest)
-        size = self._r.hget(keys.blobs(name), digest)
+        size = await self._r.hget(keys.blobs(name), digest)
         if size is None:
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
         return int(size)
 
-    def unlink_blob(self, name: str, digest: str) -> None:
+    async def unlink_blob(self, name: str, digest: str) -> None:
         validate_name(name)
         digests.validate(digest)
-        if not self._unlink_blob(args=[keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)]):
+        args = [keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)]
+        if not await self._unlink_blob(args=args):
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
 
-    def blob_repositories(self, digest: str, limit: int) -> tuple[list[str], int]:
+    async def blob_repositories(self, digest: str, limit: int) -> tuple[list[str], int]:
         """Up to ``limit`` repositories linking the blob, and its size (0 when none)."""
         digests.validate(digest)
         found: list[str] = []
         size = 0
-        for name, value in self._r.hscan_iter(keys.blob_repos(digest), count=max(limit, 10)):
+        async for name, value in self._r.hscan_iter(keys.blob_repos(digest), count=max(limit, 10)):
             found.append(_s(name))
             size = int(value)
             if len(found) >= limit:
@@ -107,7 +102,7 @@ class MetadataStore:
 
     # -- manifests and tags ------------------------------------------------
 
-    def put_manifest(self, name: str, digest: str, media_type: str, content: bytes, tags: list[str],
+    async def put_manifest(self, name: str, digest: str, media_type: str, content: bytes, tags: list[str],
                      blob_refs: list[str], manifest_refs: list[str], subject: str,
                      descriptor: Descriptor | None) -> None:
         validate_name(name)
@@ -119,64 +114,64 @@ class MetadataStore:
         args: list[str | bytes | int] = [keys.repo_prefix(name), keys.CATALOG, name, digest, media_type, content,
                                          subject, descriptor.to_json() if descriptor else ""]
         args += [len(blob_refs), *blob_refs, len(manifest_refs), *manifest_refs, len(tags), *tags]
-        result = [_s(v) for v in self._put_manifest(args=args)]
+        result = [_s(v) for v in await self._put_manifest(args=args)]
         if result[0] == "missing":
             missing = result[1:]
             raise RegistryError(MANIFEST_BLOB_UNKNOWN, f"manifest references unknown content {missing[0]}",
                                 detail={"missing": missing})
 
-    def get_manifest(self, name: str, reference: str) -> StoredManifest:
+    async def get_manifest(self, name: str, reference: str) -> StoredManifest:
         validate_name(name)
         is_digest = digests.looks_like_digest(reference)
         if is_digest:
             digests.validate(reference)
         else:
             validate_tag(reference)
-        found = self._get_manifest(args=[keys.repo_prefix(name), reference, "0" if is_digest else "1"])
+        found = await self._get_manifest(args=[keys.repo_prefix(name), reference, "0" if is_digest else "1"])
         if not found:
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} unknown to repository {name}")
         digest, media_type, body, subject = found
         return StoredManifest(_s(digest), _s(media_type), bytes(body), _s(subject or b""))
 
-    def delete_manifest(self, name: str, digest: str) -> None:
+    async def delete_manifest(self, name: str, digest: str) -> None:
         validate_name(name)
         digests.validate(digest)
-        if not self._delete_manifest(args=[keys.repo_prefix(name), keys.CATALOG, name, digest]):
+        if not await self._delete_manifest(args=[keys.repo_prefix(name), keys.CATALOG, name, digest]):
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} unknown to repository {name}")
 
-    def delete_tag(self, name: str, tag: str) -> None:
+    async def delete_tag(self, name: str, tag: str) -> None:
         validate_name(name)
         validate_tag(tag)
-        if not self._delete_tag(args=[keys.repo_prefix(name), tag]):
+        if not await self._delete_tag(args=[keys.repo_prefix(name), tag]):
             raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} unknown to repository {name}")
 
     # -- listings ----------------------------------------------------------
 
-    def _page(self, key: str, last: str, limit: int) -> tuple[list[str], bool]:
+    async def _page(self, key: str, last: str, limit: int) -> tuple[list[str], bool]:
         limit = MAX_PAGE if limit < 0 else min(limit, MAX_PAGE)
         if limit == 0:
             return [], False
         start = f"({last}" if last else "-"
-        names = [_s(v) for v in self._r.zrangebylex(key, start, "+", start=0, num=limit + 1)]
+        names = [_s(v) for v in await self._r.zrangebylex(key, start, "+", start=0, num=limit + 1)]
         return names[:limit], len(names) > limit
 
-    def list_tags(self, name: str, last: str, limit: int) -> tuple[list[str], bool]:
+    async def list_tags(self, name: str, last: str, limit: int) -> tuple[list[str], bool]:
         validate_name(name)
-        with self._r.pipeline(transaction=False) as pipe:
+        async with self._r.pipeline(transaction=False) as pipe:
             pipe.zscore(keys.CATALOG, name)
             pipe.exists(keys.taglist(name))
-            in_catalog, has_tags = pipe.execute()
+            in_catalog, has_tags = await pipe.execute()
         if in_catalog is None and not has_tags:
             raise RegistryError(NAME_UNKNOWN, f"repository {name} not known to registry")
-        return self._page(keys.taglist(name), last, limit)
+        return await self._page(keys.taglist(name), last, limit)
 
-    def list_repositories(self, last: str, limit: int) -> tuple[list[str], bool]:
-        return self._page(keys.CATALOG, last, limit)
+    async def list_repositories(self, last: str, limit: int) -> tuple[list[str], bool]:
+        return await self._page(keys.CATALOG, last, limit)
 
-    def list_referrers(self, name: str, subject: str, artifact_type: str) -> list[Descriptor]:
+    async def list_referrers(self, name: str, subject: str, artifact_type: str) -> list[Descriptor]:
         validate_name(name)
         digests.validate(subject)
-        raw = self._r.hgetall(keys.referrers(name, subject))
+        raw = await self._r.hgetall(keys.referrers(name, subject))
         found = [Descriptor.from_json(value) for _, value in sorted(raw.items())]
         if artifact_type:
             found = [d for d in found if d.artifact_type == artifact_type]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import pytest
 import redis
+import redis.asyncio as aredis
 
 from services.common import digests
 from services.common.errors import RegistryError
@@ -12,12 +17,29 @@ from services.metadata.store import Descriptor, MetadataStore
 CONFIG, LAYER = digests.of(b"config"), digests.of(b"layer")
 
 
+class SyncStore:
+    """Runs the asyncio store's coroutines to completion, so the tests read as plain calls."""
+
+    def __init__(self, url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._store = MetadataStore(aredis.Redis.from_url(url))
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._store, name)
+        return lambda *args, **kwargs: self._loop.run_until_complete(method(*args, **kwargs))
+
+    def close(self) -> None:
+        self._loop.close()
+
+
 @pytest.fixture()
-def store(redis_client: redis.Redis) -> MetadataStore:
-    return MetadataStore(redis_client)
+def store(redis_client: redis.Redis, redis_url: str) -> Iterator[SyncStore]:
+    sync = SyncStore(redis_url)
+    yield sync
+    sync.close()
 
 
-def _put(store: MetadataStore, body: bytes, tags: list[str], subject: str = "", blobs: list[str] | None = None,
+def _put(store: SyncStore, body: bytes, tags: list[str], subject: str = "", blobs: list[str] | None = None,
          manifests: list[str] | None = None, name: str = "repo") -> str:
     digest = digests.of(body)
     descriptor = Descriptor("application/vnd.oci.image.manifest.v1+json", digest, len(body), "application/x.a",
@@ -27,12 +49,12 @@ def _put(store: MetadataStore, body: bytes, tags: list[str], subject: str = "", 
     return digest
 
 
-def _link(store: MetadataStore, name: str = "repo") -> None:
+def _link(store: SyncStore, name: str = "repo") -> None:
     store.link_blob(name, CONFIG, 6)
     store.link_blob(name, LAYER, 5)
 
 
-def test_missing_blobs_refuse_the_manifest_and_write_nothing(store: MetadataStore, redis_client: redis.Redis) -> None:
+def test_missing_blobs_refuse_the_manifest_and_write_nothing(store: SyncStore, redis_client: redis.Redis) -> None:
     store.link_blob("repo", CONFIG, 6)
     with pytest.raises(RegistryError) as info:
         _put(store, b"m1", ["latest"])
@@ -42,7 +64,7 @@ def test_missing_blobs_refuse_the_manifest_and_write_nothing(store: MetadataStor
     assert not redis_client.exists("wharf:repo:{repo}:tags")
 
 
-def test_tags_move_and_follow_deletes(store: MetadataStore) -> None:
+def test_tags_move_and_follow_deletes(store: SyncStore) -> None:
     _link(store)
     first = _put(store, b"m1", ["latest", "v1"])
     second = _put(store, b"m2", ["latest"])
@@ -59,7 +81,7 @@ def test_tags_move_and_follow_deletes(store: MetadataStore) -> None:
         store.delete_tag("repo", "v1")
 
 
-def test_tag_and_catalog_pages_are_lexical(store: MetadataStore) -> None:
+def test_tag_and_catalog_pages_are_lexical(store: SyncStore) -> None:
     _link(store)
     digest = _put(store, b"m", [f"t{i:02d}" for i in range(12)])
     assert digest
@@ -73,13 +95,13 @@ def test_tag_and_catalog_pages_are_lexical(store: MetadataStore) -> None:
     assert store.list_repositories("b/x", 10) == (["c", "repo"], False)
 
 
-def test_unknown_repository_tags(store: MetadataStore) -> None:
+def test_unknown_repository_tags(store: SyncStore) -> None:
     with pytest.raises(RegistryError) as info:
         store.list_tags("nothing/here", "", -1)
     assert info.value.code == "NAME_UNKNOWN"
 
 
-def test_referrers_follow_the_referrer_lifecycle(store: MetadataStore) -> None:
+def test_referrers_follow_the_referrer_lifecycle(store: SyncStore) -> None:
     _link(store)
     subject = _put(store, b"subject", [])
     referrer = _put(store, b"sig", [], subject=subject)
@@ -90,7 +112,7 @@ def test_referrers_follow_the_referrer_lifecycle(store: MetadataStore) -> None:
     assert store.list_referrers("repo", subject, "") == []
 
 
-def test_blob_links_are_per_repository(store: MetadataStore) -> None:
+def test_blob_links_are_per_repository(store: SyncStore) -> None:
     store.link_blob("one", CONFIG, 6)
     assert store.blob_size("one", CONFIG) == 6
     with pytest.raises(RegistryError) as info:
@@ -102,7 +124,7 @@ def test_blob_links_are_per_repository(store: MetadataStore) -> None:
     assert store.list_repositories("", 10) == ([], False)
 
 
-def test_invalid_input_never_reaches_redis(store: MetadataStore) -> None:
+def test_invalid_input_never_reaches_redis(store: SyncStore) -> None:
     with pytest.raises(RegistryError) as info:
         store.link_blob("Bad/Name", CONFIG, 1)
     assert info.value.code == "NAME_INVALID"

@@ -1,0 +1,1 @@
+"""Authentication: challenges, credentials (docker config.json and helpers), and bearer tokens."""

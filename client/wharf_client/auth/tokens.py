@@ -1,0 +1,197 @@
+"""The bearer token flow of the Docker registry token spec, with a cache per scope.
+
+A registry answers 401 with ``Bearer realm=...,service=...,scope=...``; the
+client asks the realm for a token that grants those scopes: with a GET and HTTP
+Basic credentials, or with the OAuth2 POST form when it holds a refresh
+(identity) token. Tokens are cached by the scopes they grant, so a push that
+needs ``pull,push`` on a repository asks once, and a later pull of the same
+repository reuses that token instead of asking again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import requests
+
+from wharf_client.auth.challenge import Challenge
+from wharf_client.auth.credentials import Credential
+from wharf_client.errors import AuthenticationError, TransportError, registry_error
+
+CLIENT_ID = "wharf"
+# The spec: a token without expires_in lasts 60 seconds, and none shorter should be assumed.
+DEFAULT_LIFETIME = 60
+# Refresh a little early, so a token does not expire between lookup and use.
+EARLY_REFRESH_SECONDS = 10
+MAX_CACHED_TOKENS = 256
+
+
+def merge_scopes(scopes: Iterable[str]) -> list[str]:
+    """``repository:a:pull`` + ``repository:a:push`` -> ``repository:a:pull,push``; sorted, one per resource."""
+    merged: dict[tuple[str, str], set[str]] = {}
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if not kind or not name:
+            continue
+        merged.setdefault((kind, name), set()).update(a for a in actions.split(",") if a)
+    return [f"{kind}:{name}:{','.join(sorted(actions))}" for (kind, name), actions in sorted(merged.items())]
+
+
+def _grants(scopes: Iterable[str]) -> dict[tuple[str, str], frozenset[str]]:
+    found: dict[tuple[str, str], frozenset[str]] = {}
+    for scope in merge_scopes(scopes):
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        found[(kind, name)] = frozenset(actions.split(","))
+    return found
+
+
+def covers(held: Iterable[str], wanted: Iterable[str]) -> bool:
+    """True when a token asked for ``held`` scopes was also asked for everything in ``wanted``."""
+    have = _grants(held)
+    return all(actions <= have.get(key, frozenset()) or "*" in have.get(key, frozenset())
+               for key, actions in _grants(wanted).items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    value: str
+    scopes: tuple[str, ...]
+    expires_at: float
+
+
+class TokenCache:
+    """Tokens per (realm, service, account), looked up by the scopes a request needs. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tokens: dict[tuple[str, str, str], list[Token]] = {}
+        self._lock = threading.Lock()
+
+    def find(self, key: tuple[str, str, str], scopes: Iterable[str]) -> Token | None:
+        wanted = list(scopes)
+        now = self._clock()
+        with self._lock:
+            live = [t for t in self._tokens.get(key, []) if t.expires_at > now]
+            self._tokens[key] = live
+            for token in reversed(live):
+                if covers(token.scopes, wanted):
+                    return token
+        return None
+
+    def add(self, key: tuple[str, str, str], token: Token) -> None:
+        with self._lock:
+            tokens = self._tokens.setdefault(key, [])
+            tokens.append(token)
+            del tokens[:-MAX_CACHED_TOKENS]
+
+    def discard(self, key: tuple[str, str, str], value: str) -> None:
+        with self._lock:
+            self._tokens[key] = [t for t in self._tokens.get(key, []) if t.value != value]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+
+class TokenClient:
+    """Asks token realms for tokens; one per client, shared by the registries it talks to."""
+
+    def __init__(self, session: requests.Session, timeout: tuple[float, float] = (15.0, 60.0),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._session = session
+        self._timeout = timeout
+        self._clock = clock
+        self.cache = TokenCache(clock)
+
+    @staticmethod
+    def cache_key(challenge: Challenge, credential: Credential) -> tuple[str, str, str]:
+        account = credential.username or ("identity" if credential.identity_token else "")
+        return (challenge.realm, challenge.service, account)
+
+    def token(self, challenge: Challenge, scopes: Iterable[str], credential: Credential, verify: bool = True) -> str:
+        wanted = merge_scopes([*scopes])
+        if credential.registry_token:
+            return credential.registry_token
+        key = self.cache_key(challenge, credential)
+        cached = self.cache.find(key, wanted)
+        if cached:
+            return cached.value
+        token = self.fetch(challenge, wanted, credential, verify)
+        self.cache.add(key, token)
+        return token.value
+
+    def fetch(self, challenge: Challenge, scopes: list[str], credential: Credential, verify: bool = True) -> Token:
+        """A new token from the realm: POST for refresh tokens (falling back to GET where POST is absent)."""
+        if not challenge.realm.startswith(("https://", "http://")):
+            raise AuthenticationError("GET", challenge.realm or "(no realm)", 401, [],
+                                      "the registry's Bearer challenge has no usable realm")
+        if credential.identity_token:
+            response = self._post(challenge, scopes, {"grant_type": "refresh_token",
+                                                      "refresh_token": credential.identity_token}, verify)
+            if response.status_code not in (404, 405):
+                return self._parse(response, scopes, "POST")
+        params: dict[str, Any] = {"scope": scopes} if scopes else {}
+        if challenge.service:
+            params["service"] = challenge.service
+        auth = None
+        if credential.username:
+            params["account"] = credential.username
+            auth = (credential.username, credential.password)
+        try:
+            response = self._session.get(challenge.realm, params=params, auth=auth, timeout=self._timeout,
+                                         verify=verify)
+        except requests.RequestException as exc:
+            raise TransportError(f"token request to {challenge.realm} failed: {exc}") from None
+        return self._parse(response, scopes, "GET")
+
+    def password_grant(self, challenge: Challenge, credential: Credential, verify: bool = True) -> Token | None:
+        """The OAuth2 password grant with ``access_type=offline``: what login uses to get a refresh token.
+
+        None when the realm has no POST form (404/405), so the caller falls back to GET.
+        """
+        response = self._post(challenge, [], {"grant_type": "password", "username": credential.username,
+                                              "password": credential.password, "access_type": "offline"}, verify)
+        if response.status_code in (404, 405):
+            return None
+        return self._parse(response, [], "POST")
+
+    def _post(self, challenge: Challenge, scopes: list[str], form: dict[str, str], verify: bool) -> requests.Response:
+        body = {**form, "client_id": CLIENT_ID, "scope": " ".join(scopes)}
+        if challenge.service:
+            body["service"] = challenge.service
+        try:
+            return self._session.post(challenge.realm, data=body, timeout=self._timeout, verify=verify)
+        except requests.RequestException as exc:
+            raise TransportError(f"token request to {challenge.realm} failed: {exc}") from None
+
+    def _parse(self, response: requests.Response, scopes: list[str], method: str) -> Token:
+        if response.status_code != 200:
+            error = registry_error(method, response.url.split("?", 1)[0], response.status_code, response.text[:4096])
+            if response.status_code in (400, 401, 403) and not isinstance(error, AuthenticationError):
+                error = AuthenticationError(error.method, error.url, error.status, error.errors, error.body_text)
+            raise error
+        try:
+            payload = response.json()
+            value = str(payload.get("token") or payload.get("access_token") or "")
+            lifetime = max(int(payload.get("expires_in") or DEFAULT_LIFETIME), DEFAULT_LIFETIME)
+        except (ValueError, TypeError, AttributeError):
+            value, lifetime, payload = "", DEFAULT_LIFETIME, {}
+        if not value:
+            raise AuthenticationError(method, response.url.split("?", 1)[0], 200, [],
+                                      "the token endpoint answered without a token")
+        refresh = str(payload.get("refresh_token") or "")
+        expires_at = self._clock() + max(lifetime - EARLY_REFRESH_SECONDS, 1)
+        return RefreshableToken(value, tuple(scopes), expires_at, refresh)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshableToken(Token):
+    """A token response that may carry a refresh token (offline access)."""
+
+    refresh_token: str = ""

@@ -1,0 +1,220 @@
+"""Streams of blob bytes: sources an upload can (re)open at any offset, and a verifying download reader.
+
+Uploads resume after a dropped connection from the offset the registry reports,
+so every source must reopen at an offset: files seek, tarball members seek
+inside the archive, and registry blobs reopen with an HTTP ``Range`` request.
+Nothing here holds a whole blob in memory.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import pathlib
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Protocol
+
+import requests
+import urllib3
+
+from wharf_client.digest import Verifier
+from wharf_client.errors import TransportError
+from wharf_client.manifest import Descriptor
+
+if TYPE_CHECKING:
+    from wharf_client.registry import Repository
+
+# Bytes per read when streaming: large enough that per-call overhead vanishes, small enough to stay flat in memory.
+IO_CHUNK = 1024 * 1024
+# How many times a download reopens at its offset after the connection drops.
+DOWNLOAD_RESUMES = 5
+
+Progress = Callable[[int], None]
+
+
+class BlobSource(Protocol):
+    """A blob an upload can read from any offset."""
+
+    @property
+    def descriptor(self) -> Descriptor: ...
+
+    def open(self, offset: int = 0) -> IO[bytes]: ...
+
+
+class BytesSource:
+    def __init__(self, data: bytes, descriptor: Descriptor) -> None:
+        self._data = data
+        self._descriptor = descriptor
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return self._descriptor
+
+    def open(self, offset: int = 0) -> IO[bytes]:
+        return io.BytesIO(memoryview(self._data)[offset:].tobytes())
+
+
+class FileSource:
+    """A blob stored in a file, whole or as a region (a member of an uncompressed tar)."""
+
+    def __init__(self, path: pathlib.Path, descriptor: Descriptor, start: int = 0) -> None:
+        self.path = path
+        self.start = start
+        self._descriptor = descriptor
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return self._descriptor
+
+    def open(self, offset: int = 0) -> IO[bytes]:
+        handle = open(self.path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+        handle.seek(self.start + offset)
+        return handle
+
+
+class LimitedReader:
+    """``length`` bytes of ``stream`` as a request body; requests sends it with that Content-Length.
+
+    A plain object with ``read`` and ``__len__`` on purpose: requests then sends it as a
+    sized body (no ``tell``, which would make it guess the length, no ``__iter__``, which
+    would make it chunk-encode). Closing it leaves the underlying stream open, so the
+    next chunk of a chunked upload continues where this one stopped.
+    """
+
+    def __init__(self, stream: IO[bytes], length: int, on_read: Progress | None = None, start: int = 0) -> None:
+        self._stream = stream
+        self._remaining = length
+        self._length = length
+        self._on_read = on_read
+        self._position = start
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        # http.client asks for 8-16 KiB at a time; reading more per call keeps Python overhead out of the way.
+        want = self._remaining if size is None or size < 0 else min(max(size, IO_CHUNK), self._remaining)
+        data = self._stream.read(want)
+        if not data:
+            raise TransportError(f"source ended {self._remaining} bytes early")
+        self._remaining -= len(data)
+        self._position += len(data)
+        if self._on_read:
+            self._on_read(self._position)
+        return data
+
+    def close(self) -> None:
+        """Nothing to release: the stream belongs to the caller."""
+
+
+class BlobReader(io.RawIOBase):
+    """A blob download: streams, resumes with Range after a dropped connection, and checks the digest at the end.
+
+    Reading from offset 0 to the end verifies size and digest; the last read raises
+    :class:`DigestMismatch` if the bytes were not the ones asked for.
+    """
+
+    def __init__(self, repository: Repository, descriptor: Descriptor, offset: int = 0) -> None:
+        super().__init__()
+        self.repository = repository
+        self.descriptor = descriptor
+        self._offset = offset
+        self._verifier = Verifier(descriptor.digest, descriptor.size, f"blob {descriptor.digest}") \
+            if offset == 0 else None
+        self._response: requests.Response | None = None
+        self._resumes = 0
+        self._open()
+
+    def _open(self) -> None:
+        self._response = self.repository.get_blob_response(self.descriptor.digest, self._offset)
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def position(self) -> int:
+        return self._offset
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(IO_CHUNK), b""))
+        remaining = self.descriptor.size - self._offset
+        if remaining <= 0:
+            self._finish()
+            return b""
+        while True:
+            assert self._response is not None
+            try:
+                data = self._response.raw.read(min(size, remaining), decode_content=True)
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    raise
+                if self._resumes >= DOWNLOAD_RESUMES:
+                    raise TransportError(f"download of {self.descriptor.digest} broke at byte {self._offset}: "
+                                         f"{type(exc).__name__}: {exc}") from None
+                data = b""
+            if data:
+                break
+            # A short body or a dropped connection: continue from where the bytes stopped.
+            if self._resumes >= DOWNLOAD_RESUMES:
+                raise TransportError(f"download of {self.descriptor.digest} ended at byte {self._offset} of "
+                                     f"{self.descriptor.size}")
+            self._resumes += 1
+            self._response.close()
+            self._open()
+        self._offset += len(data)
+        if self._verifier:
+            self._verifier.update(data)
+        if self._offset >= self.descriptor.size:
+            self._finish()
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _finish(self) -> None:
+        if self._verifier:
+            verifier, self._verifier = self._verifier, None
+            verifier.check()
+
+    def close(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+        super().close()
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
+                            http.client.IncompleteRead, ConnectionError, TimeoutError))
+
+
+class RegistrySource:
+    """A blob in a registry repository, as the source of a copy."""
+
+    def __init__(self, repository: Repository, descriptor: Descriptor) -> None:
+        self.repository = repository
+        self._descriptor = descriptor
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return self._descriptor
+
+    def open(self, offset: int = 0) -> IO[bytes]:
+        return BlobReader(self.repository, self._descriptor, offset)  # type: ignore[return-value]
+
+
+def copy_stream(reader: IO[bytes], writer: IO[bytes], progress: Progress | None = None, start: int = 0) -> int:
+    """Copies until EOF in bounded pieces; returns the number of bytes copied."""
+    done = start
+    while chunk := reader.read(IO_CHUNK):
+        writer.write(chunk)
+        done += len(chunk)
+        if progress:
+            progress(done)
+    return done - start

@@ -1,0 +1,136 @@
+"""What every command shares: the client built from the flags, output in text or JSON, exit codes.
+
+Errors become one line on stderr naming what failed and the registry's reason,
+and an exit code a script can branch on; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Any
+
+from wharf_client.auth.credentials import CredentialError, DockerConfig
+from wharf_client.cli.progress import BlobBars
+from wharf_client.errors import (
+    AuthenticationError,
+    DigestMismatch,
+    FormatError,
+    InvalidReference,
+    NotFoundError,
+    PlatformNotFound,
+    RegistryError,
+    TransportError,
+    WharfError,
+)
+from wharf_client.options import ClientOptions, RegistryOptions
+from wharf_client.reference import parse_registry
+from wharf_client.registry import Client
+
+# Exit codes (docs/client.md lists them): stable, so scripts can rely on them.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_NOT_FOUND = 4
+EXIT_UNREACHABLE = 5
+EXIT_INTEGRITY = 6
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(WharfError):
+    """Arguments that parse but do not make sense together."""
+
+
+class LoginFailed(WharfError):
+    """The registry refused the credentials given to ``wharf login``."""
+
+
+def exit_code(error: BaseException) -> int:
+    if isinstance(error, AuthenticationError | CredentialError | LoginFailed):
+        return EXIT_AUTH
+    if isinstance(error, NotFoundError | PlatformNotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(error, RegistryError) and error.code in ("MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"):
+        return EXIT_NOT_FOUND
+    if isinstance(error, TransportError):
+        return EXIT_UNREACHABLE
+    if isinstance(error, DigestMismatch | FormatError):
+        return EXIT_INTEGRITY
+    if isinstance(error, InvalidReference | UsageError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("common options")
+    group.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no summary")
+    group.add_argument("-v", "--verbose", action="store_true", help="log HTTP retries and resumes to stderr")
+    group.add_argument("--plain-http", action="store_true", help="speak HTTP, not HTTPS, to every registry")
+    group.add_argument("--insecure", action="store_true", help="skip TLS verification for every registry")
+    group.add_argument("--plain-http-registry", action="append", default=[], metavar="HOST",
+                       help="speak HTTP to this registry only (repeatable)")
+    group.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                       help="skip TLS verification for this registry only (repeatable)")
+    group.add_argument("--concurrency", type=int, default=4, metavar="N", help="blobs moved at once (default 4)")
+    group.add_argument("--docker-config", type=pathlib.Path, metavar="DIR",
+                       help="directory of the docker config.json (default $DOCKER_CONFIG or ~/.docker)")
+
+
+@dataclasses.dataclass
+class Context:
+    args: argparse.Namespace
+    client: Client
+    config: DockerConfig
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        if args.concurrency < 1 or args.concurrency > 64:
+            raise UsageError("--concurrency must be between 1 and 64")
+        registries: dict[str, RegistryOptions] = {}
+        for host in {*args.plain_http_registry, *args.insecure_registry}:
+            name = parse_registry(host)
+            registries[name] = RegistryOptions(plain_http=host in args.plain_http_registry or args.plain_http,
+                                               insecure=host in args.insecure_registry or args.insecure)
+        options = ClientOptions(registries=registries, concurrency=args.concurrency,
+                                default_registry_options=RegistryOptions(args.plain_http, args.insecure))
+        config = DockerConfig(args.docker_config / "config.json" if args.docker_config else None)
+        return cls(args, Client(options, config), config)
+
+    @property
+    def json(self) -> bool:
+        return bool(self.args.json)
+
+    def bars(self, verb: str = "copy") -> BlobBars:
+        enabled = sys.stderr.isatty() and not self.args.quiet and not self.args.json
+        return BlobBars(enabled, verb)
+
+    def emit(self, payload: Any, text: str | None = None) -> None:
+        """The command's result: JSON when asked, else ``text`` (skipped with --quiet)."""
+        if self.json:
+            print(json.dumps(payload, indent=2))
+        elif text is not None and not self.args.quiet:
+            print(text)
+
+    def info(self, text: str) -> None:
+        """A status line for a person (stderr): never mixed into stdout output."""
+        if not self.args.quiet and not self.json:
+            print(text, file=sys.stderr)
+
+
+def report_error(error: BaseException, as_json: bool) -> int:
+    code = exit_code(error)
+    message = str(error) or type(error).__name__
+    if isinstance(error, TransportError):
+        message = f"registry unreachable: {message}"
+    print(f"wharf: error: {message}", file=sys.stderr)
+    if as_json:
+        detail: dict[str, Any] = {"message": message, "exit_code": code, "kind": type(error).__name__}
+        if isinstance(error, RegistryError):
+            detail.update(status=error.status, codes=error.codes, url=error.url, method=error.method)
+        print(json.dumps({"error": detail}, indent=2))
+    return code

@@ -1,0 +1,42 @@
+"""Client settings: one object, passed in, never read from globals or the environment at import."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from collections.abc import Mapping
+
+MIB = 1024 * 1024
+
+try:
+    _VERSION = importlib.metadata.version("wharf")
+except importlib.metadata.PackageNotFoundError:  # vendored without its metadata: the version is cosmetic
+    _VERSION = "0"
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach one registry: ``plain_http`` speaks HTTP, ``insecure`` skips TLS verification."""
+
+    plain_http: bool = False
+    insecure: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientOptions:
+    """Tuning and per-registry transport settings of a :class:`wharf_client.Client`."""
+
+    registries: Mapping[str, RegistryOptions] = dataclasses.field(default_factory=dict)
+    default_registry_options: RegistryOptions = RegistryOptions()
+    retries: int = 5
+    backoff: float = 0.5            # seconds before the first retry, doubled each time
+    max_backoff: float = 20.0
+    max_retry_after: float = 120.0  # a Retry-After longer than this is cut to it
+    timeout: tuple[float, float] = (15.0, 300.0)  # connect, read
+    concurrency: int = 4            # blobs transferred at once
+    monolithic_limit: int = 16 * MIB  # blobs up to this size go in one request
+    chunk_size: int = 64 * MIB      # PATCH size of a chunked upload: the most a resumed upload resends
+    user_agent: str = f"wharf/{_VERSION}"
+
+    def for_registry(self, registry: str) -> RegistryOptions:
+        return self.registries.get(registry, self.default_registry_options)

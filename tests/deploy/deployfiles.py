@@ -1,0 +1,229 @@
+"""Reads what deploy/ declares: the compose model, the Dockerfile's stages, kustomize output.
+
+The checks compare these declarations with the code: which program each image or
+container runs, and which settings object (services/*/settings.py) that program loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+import shlex
+import subprocess
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from services.api.settings import GatewaySettings
+from services.auth.settings import AuthSettings
+from services.blobstore.settings import BlobStoreSettings
+from services.metadata.settings import MetadataSettings
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "compose.yaml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+K8S = DEPLOY / "k8s"
+OVERLAYS = ("dev", "production")
+
+# The program each image or container runs -> the settings object that program loads.
+SETTINGS: dict[str, type] = {
+    "wharf-gateway": GatewaySettings,
+    "wharf-blobstore": BlobStoreSettings,
+    "wharf-metadata": MetadataSettings,
+    "wharf-auth": AuthSettings,
+}
+
+
+def console_scripts() -> dict[str, str]:
+    """pyproject's [project.scripts]: program name -> "module:function"."""
+    return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def program_argv(program: str, *args: str) -> list[str]:
+    """How to run a console script from this checkout with the test interpreter."""
+    import sys
+
+    module, function = console_scripts()[program].split(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())", *args]
+
+
+# --- compose ------------------------------------------------------------------------------
+
+_VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+                       r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def compose_raw() -> dict[str, Any]:
+    """The compose file as YAML (anchors and merge keys resolved, variables not)."""
+    return dict(yaml.safe_load(COMPOSE_FILE.read_text()))
+
+
+def interpolate(value: str, environ: Mapping[str, str]) -> str:
+    """Compose's variable interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}."""
+    def substitute(match: re.Match[str]) -> str:
+        if match.group("escaped"):
+            return "$"
+        name = match.group("name") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        current = environ.get(name)
+        unset_or_empty = current is None or (current == "" and op is not None and op.startswith(":"))
+        if op in (":-", "-"):
+            return arg if unset_or_empty else str(current)
+        if op in (":?", "?"):
+            if unset_or_empty:
+                raise ValueError(f"{name} is required: {arg}")
+            return str(current)
+        if op in (":+", "+"):
+            return "" if unset_or_empty else arg
+        return current or ""
+    return _VARIABLE.sub(substitute, value)
+
+
+def interpolated(node: Any, environ: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, environ)
+    if isinstance(node, list):
+        return [interpolated(item, environ) for item in node]
+    if isinstance(node, dict):
+        return {key: interpolated(value, environ) for key, value in node.items()}
+    return node
+
+
+def compose_model(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The compose file as `docker compose` sees it with ``environ`` (default: nothing set)."""
+    return dict(interpolated(compose_raw(), environ or {}))
+
+
+def compose_variables() -> set[str]:
+    """Every variable the compose file interpolates."""
+    matches = _VARIABLE.finditer(COMPOSE_FILE.read_text())
+    return {name for m in matches if (name := m.group("name") or m.group("bare"))}
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """A compose service's environment (mapping or list form) as strings."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def wharf_services(model: Mapping[str, Any]) -> dict[str, str]:
+    """Compose services built from deploy/Dockerfile -> their build target."""
+    found = {}
+    for name, service in model["services"].items():
+        build = service.get("build")
+        if isinstance(build, dict) and build.get("dockerfile") == "deploy/Dockerfile":
+            found[name] = build["target"]
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+
+
+def mounts(service: Mapping[str, Any]) -> list[Mount]:
+    found = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            found.append(Mount(parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+        else:
+            found.append(Mount(volume["source"], volume["target"], bool(volume.get("read_only"))))
+    return found
+
+
+def listen_ports(env: Mapping[str, str]) -> set[int]:
+    """The ports a Wharf service listens on, from its settings."""
+    ports = {int(value.rsplit(":", 1)[1]) for key, value in env.items() if key.endswith("_LISTEN")}
+    if "WHARF_PORT" in env:
+        ports.add(int(env["WHARF_PORT"]))
+    return ports
+
+
+# --- Dockerfile ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    base: str
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    cmd: list[str] = dataclasses.field(default_factory=list)
+    user: str = ""
+    healthcheck: list[str] = dataclasses.field(default_factory=list)
+    expose: list[int] = dataclasses.field(default_factory=list)
+    instructions: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def dockerfile_instructions(text: str | None = None) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    lines: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (text if text is not None else DOCKERFILE.read_text()).splitlines():
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        keyword, _, rest = full.partition(" ")
+        lines.append((keyword.upper(), rest.strip()))
+    return lines
+
+
+def _exec_form(arguments: str) -> list[str]:
+    return list(json.loads(arguments)) if arguments.startswith("[") else ["/bin/sh", "-c", arguments]
+
+
+def dockerfile_stages() -> tuple[dict[str, str], dict[str, Stage]]:
+    """(global ARG defaults, stages by name); a stage starts with its parent's settings."""
+    args: dict[str, str] = {}
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "ARG" and current is None:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif keyword == "FROM":
+            words = rest.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], words[0])
+            name = words[2] if len(words) > 2 and words[1].upper() == "AS" else f"stage-{len(stages)}"
+            parent = stages.get(base)
+            current = Stage(name, base, dict(parent.env) if parent else {}, list(parent.cmd) if parent else [],
+                            parent.user if parent else "", list(parent.healthcheck) if parent else [])
+            stages[name] = current
+        elif current is not None:
+            current.instructions.append((keyword, rest))
+            if keyword == "ENV":
+                current.env.update(dict(pair.split("=", 1) for pair in shlex.split(rest)))
+            elif keyword == "CMD":
+                current.cmd = _exec_form(rest)
+            elif keyword == "USER":
+                current.user = rest
+            elif keyword == "EXPOSE":
+                current.expose = [int(port.split("/")[0]) for port in rest.split()]
+            elif keyword == "HEALTHCHECK":
+                current.healthcheck = _exec_form(rest[rest.index("CMD") + 3:].strip())
+    return args, stages
+
+
+# --- kustomize ----------------------------------------------------------------------------
+
+def render(kustomize: str, overlay: str) -> list[dict[str, Any]]:
+    """`kustomize build` of an overlay: every object it would apply."""
+    result = subprocess.run([kustomize, "build", str(K8S / "overlays" / overlay)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, f"kustomize build overlays/{overlay} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

@@ -1,0 +1,71 @@
+"""The command line's contract without a registry: usage errors, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+from wharf_client.cli import build_parser, run
+from wharf_client.cli.context import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_INTEGRITY,
+    EXIT_NOT_FOUND,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    exit_code,
+)
+from wharf_client.errors import (
+    AuthenticationError,
+    DigestMismatch,
+    ErrorEntry,
+    NotFoundError,
+    RegistryError,
+    TransportError,
+)
+
+
+def test_every_issue_command_is_there() -> None:
+    parser = build_parser()
+    for argv in (["login", "r"], ["logout", "r"], ["push", "p", "r"], ["pull", "r", "p"], ["copy", "a", "b"],
+                 ["tags", "r"], ["catalog", "r"], ["inspect", "r", "--raw"], ["digest", "r"], ["tag", "r", "t"],
+                 ["delete", "r"], ["blob", "get", "r"], ["blob", "put", "r", "f"],
+                 ["artifact", "push", "r", "f", "--artifact-type", "t", "--subject", "s"],
+                 ["artifact", "pull", "r"], ["referrers", "r"]):
+        assert parser.parse_args([*argv, "--json", "--plain-http"]).run is not None
+
+
+@pytest.mark.parametrize("argv", [["inspect", "Bad Ref"], ["frobnicate"], ["copy", "only-one"],
+                                  ["tags", "x", "--page-size", "0"], ["pull", "a", "b", "--platform", "linux"]])
+def test_usage_errors_exit_2_without_a_traceback(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    monkeypatch.chdir(tmp_path)  # a command may name a relative output path
+    with pytest.raises(SystemExit) as caught:
+        code = run(argv)
+        raise SystemExit(code)
+    assert caught.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+
+
+def test_login_without_a_password_on_a_pipe(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                             tmp_path: pathlib.Path) -> None:
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert run(["login", "localhost:1", "-u", "alice", "--docker-config", str(tmp_path)]) == EXIT_USAGE
+    assert "--password-stdin" in capsys.readouterr().err
+
+
+def test_json_errors_are_machine_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["inspect", "Bad Ref", "--json"]) == EXIT_USAGE
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["error"]["exit_code"] == EXIT_USAGE and "invalid reference" in payload["error"]["message"]
+
+
+def test_exit_codes() -> None:
+    assert exit_code(AuthenticationError("GET", "u", 401)) == EXIT_AUTH
+    assert exit_code(NotFoundError("GET", "u", 404)) == EXIT_NOT_FOUND
+    assert exit_code(RegistryError("GET", "u", 400, [ErrorEntry("MANIFEST_UNKNOWN", "")])) == EXIT_NOT_FOUND
+    assert exit_code(TransportError("down")) == EXIT_UNREACHABLE
+    assert exit_code(DigestMismatch("a", "b")) == EXIT_INTEGRITY
+    assert exit_code(RegistryError("PUT", "u", 500)) == EXIT_FAILED
