@@ -30,268 +30,38 @@ ratio within about +-20% of 1 is a tie (../shared/PERFORMANCE-NOTES.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import hashlib
-import http.client
 import json
 import os
-import re
-import shutil
-import signal
 import statistics
-import struct
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from proctree import Sampler, kill_leftovers, snapshot  # noqa: E402
-
-from services.stack.processes import free_port, http_ok  # noqa: E402
-from tests.support.stack import RunningStack  # noqa: E402
-
-MB = 1_000_000
-MIB = 1024 * 1024
-CHUNK = 16 * MIB
-READ_PIECE = 4 * MIB
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-RSS_LIMIT_MB = 150.0
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# -- the blob ---------------------------------------------------------------------------------
-
-class Payload:
-    """A ``size``-byte blob made of one shared random block, each chunk stamped (seed, index)."""
-
-    _block = bytearray()
-
-    def __init__(self, size: int, seed: int) -> None:
-        if not Payload._block:
-            Payload._block = bytearray(os.urandom(CHUNK))
-        self.size, self.seed = size, seed
-        hasher = hashlib.sha256()
-        for chunk in self.chunks():
-            hasher.update(chunk)
-        self.digest = f"sha256:{hasher.hexdigest()}"
-
-    def chunks(self) -> Iterator[memoryview]:
-        """Views over one buffer: consume each before asking for the next."""
-        for index, start in enumerate(range(0, self.size, CHUNK)):
-            struct.pack_into(">QQ", self._block, 0, self.seed, index)
-            yield memoryview(self._block)[: min(CHUNK, self.size - start)]
-
-
-# -- HTTP -------------------------------------------------------------------------------------
-
-def _path_of(location: str) -> str:
-    parts = urllib.parse.urlsplit(location)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-class Client:
-    """One keep-alive connection to a registry."""
-
-    def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=600)
-
-    def call(self, method: str, path: str, body: bytes | memoryview = b"", headers: dict[str, str] | None = None,
-             expect: int = 200) -> tuple[http.client.HTTPResponse, bytes]:
-        sent = {"Content-Length": str(len(body)), **(headers or {})}
-        self.conn.request(method, path, body=body, headers=sent)
-        response = self.conn.getresponse()
-        data = response.read()
-        if response.status != expect:
-            raise BenchError(f"{method} {path}: HTTP {response.status} (wanted {expect}): {data[:300]!r}")
-        return response, data
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _location(response: http.client.HTTPResponse) -> str:
-    location = response.getheader("Location")
-    if not location:
-        raise BenchError(f"no Location in HTTP {response.status}")
-    return _path_of(location)
-
-
-def push(client: Client, name: str, payload: Payload) -> float:
-    """Chunked upload; returns the seconds from POST to the committed blob."""
-    started = time.perf_counter()
-    response, _ = client.call("POST", f"/v2/{name}/blobs/uploads/", expect=202)
-    location, offset = _location(response), 0
-    for chunk in payload.chunks():
-        end = offset + len(chunk) - 1
-        response, _ = client.call("PATCH", location, chunk, {"Content-Type": "application/octet-stream",
-                                                             "Content-Range": f"{offset}-{end}"}, expect=202)
-        if response.getheader("Range") not in (None, f"0-{end}"):
-            raise BenchError(f"after bytes {offset}-{end} the registry reports Range {response.getheader('Range')}")
-        location, offset = _location(response), end + 1
-    separator = "&" if "?" in location else "?"
-    client.call("PUT", f"{location}{separator}digest={payload.digest}", expect=201)
-    return time.perf_counter() - started
-
-
-def push_small(client: Client, name: str, data: bytes) -> str:
-    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    response, _ = client.call("POST", f"/v2/{name}/blobs/uploads/", expect=202)
-    location = _location(response)
-    separator = "&" if "?" in location else "?"
-    client.call("PUT", f"{location}{separator}digest={digest}", data,
-                {"Content-Type": "application/octet-stream"}, expect=201)
-    return digest
-
-
-def pull(url: str, name: str, payload: Payload, verify: bool = False) -> float:
-    """GET of the blob (following redirects) read and discarded; returns seconds."""
-    started = time.perf_counter()
-    target = f"{url}/v2/{name}/blobs/{payload.digest}"
-    for _ in range(5):
-        client = Client(target)
-        client.conn.request("GET", _path_of(target))
-        response = client.conn.getresponse()
-        if response.status not in (301, 302, 303, 307, 308):
-            break
-        target = urllib.parse.urljoin(target, response.getheader("Location") or "")
-        client.close()
-    try:
-        if response.status != 200:
-            raise BenchError(f"GET blob: HTTP {response.status}: {response.read(300)!r}")
-        view, total = memoryview(bytearray(READ_PIECE)), 0
-        hasher = hashlib.sha256() if verify else None
-        while read := response.readinto(view):
-            total += read
-            if hasher:
-                hasher.update(view[:read])
-    finally:
-        client.close()
-    elapsed = time.perf_counter() - started
-    if total != payload.size:
-        raise BenchError(f"pulled {total} bytes, expected {payload.size}")
-    if hasher and f"sha256:{hasher.hexdigest()}" != payload.digest:
-        raise BenchError("pulled blob does not match its digest")
-    return elapsed
-
-
-def push_image(client: Client, name: str, tag: str) -> str:
-    """Config + one layer + OCI manifest under ``tag``; returns the manifest digest."""
-    layer = os.urandom(4096)
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]}})
-    config_digest, layer_digest = push_small(client, name, config.encode()), push_small(client, name, layer)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
-                   "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest,
-                    "size": len(layer)}]}).encode()
-    client.call("PUT", f"/v2/{name}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST}, expect=201)
-    _, body = client.call("GET", f"/v2/{name}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
-    if body != manifest:
-        raise BenchError("manifest GET returned other bytes than were pushed")
-    return f"sha256:{hashlib.sha256(manifest).hexdigest()}"
-
-
-def run_wrk(url: str, seconds: int) -> dict[str, float]:
-    argv = [shutil.which("wrk") or "/usr/bin/wrk", "-t2", "-c32", f"-d{seconds}s", "-H", f"Accept: {OCI_MANIFEST}", url]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    rate, total = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"(\d+) requests in", out)
-    if not rate or not total:
-        raise BenchError(f"cannot parse wrk output:\n{out}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result = {"rps": float(rate.group(1)), "requests": int(total.group(1)),
-              "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-              "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0}
-    if result["non_2xx"] + result["socket_errors"] > max(10, result["requests"] // 100):
-        raise BenchError(f"wrk saw too many failures at {url}:\n{out}")
-    return result
-
-
-# -- the servers ------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Server:
-    name: str
-    url: str
-    root_pid: int
-
-
-@contextlib.contextmanager
-def wharf(workdir: Path) -> Iterator[Server]:
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {"WHARF_LOG_LEVEL": "warning", "PYTHONPATH": pythonpath}
-    stack = RunningStack(workdir / "data", env=env, log_path=workdir / "wharf.log").start()
-    assert stack.process is not None
-    root = stack.process.pid
-    started = snapshot(root)
-    try:
-        yield Server("wharf", stack.url, root)
-    except Exception:
-        alive = stack.process.poll() is None
-        print(f"[wharf] stack process {'still running' if alive else 'has exited'}; log tail:\n{stack.log_tail()}",
-              file=sys.stderr)
-        raise
-    finally:
-        started.update(snapshot(root))
-        stack.stop()
-        kill_leftovers(started)
-
-
-DISTRIBUTION_CONFIG = """version: 0.1
-log: {{level: warn, accesslog: {{disabled: true}}}}
-storage:
-  filesystem: {{rootdirectory: {root}}}
-  delete: {{enabled: true}}
-  cache: {{blobdescriptor: inmemory}}
-http: {{addr: "127.0.0.1:{port}"}}
-"""
-
-
-@contextlib.contextmanager
-def distribution(workdir: Path, binary: str) -> Iterator[Server]:
-    port = free_port()
-    config = workdir / "config.yml"
-    config.write_text(DISTRIBUTION_CONFIG.format(root=workdir / "data", port=port))
-    with open(workdir / "distribution.log", "ab") as log:
-        process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not http_ok(f"http://127.0.0.1:{port}/v2/"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = (workdir / "distribution.log").read_text(errors="replace")[-2000:]
-                raise BenchError(f"docker-registry did not start:\n{tail}")
-            time.sleep(0.1)
-        yield Server("distribution", f"http://127.0.0.1:{port}", process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
+from common import (
+    CHUNK,
+    MB,
+    MIB,
+    RSS_LIMIT_MB,
+    BenchError,
+    Client,
+    Payload,
+    Server,
+    cell,
+    distribution,
+    exit_on_sigterm,
+    merge_max,
+    print_grid,
+    pull,
+    push,
+    push_image,
+    run_wrk,
+    wharf,
+)
+from proctree import Sampler
 
 # -- one registry, all measurements -----------------------------------------------------------
-
-def _merge_max(into: dict[str, float], new: dict[str, float]) -> None:
-    for key, value in new.items():
-        into[key] = max(into.get(key, 0.0), value)
-
 
 def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -> dict[str, Any]:
     def log(message: str) -> None:
@@ -305,8 +75,8 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
             with Sampler(server.root_pid) as sampler:
                 seconds = push(client, "bench/big", payload)
             result["push_mbps"].append(payload.size / seconds / MB)
-            _merge_max(result["rss_push_mb"], sampler.peak_mb)
-            _merge_max(result["cpu_push_s"], sampler.cpu_seconds())
+            merge_max(result["rss_push_mb"], sampler.peak_mb)
+            merge_max(result["cpu_push_s"], sampler.cpu_seconds())
             log(f"push {payload.size / MB:.0f} MB in {seconds:.2f} s: {result['push_mbps'][-1]:.0f} MB/s")
         blob = payloads[-1]
         pull(server.url, "bench/big", blob, verify=True)
@@ -314,8 +84,8 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
             with Sampler(server.root_pid) as sampler:
                 seconds = pull(server.url, "bench/big", blob)
             result["pull_mbps"].append(blob.size / seconds / MB)
-            _merge_max(result["rss_pull_mb"], sampler.peak_mb)
-            _merge_max(result["cpu_pull_s"], sampler.cpu_seconds())
+            merge_max(result["rss_pull_mb"], sampler.peak_mb)
+            merge_max(result["cpu_pull_s"], sampler.cpu_seconds())
             log(f"pull in {seconds:.2f} s: {result['pull_mbps'][-1]:.0f} MB/s")
         push_image(client, "bench/small", "latest")
     finally:
@@ -362,23 +132,12 @@ def build_rows(ours: dict[str, Any], theirs: dict[str, Any] | None) -> list[dict
     return rows
 
 
-def _cell(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = ["metric", "wharf", "distribution", "ratio", "target"]
-    lines = [[row["metric"], _cell(row["wharf"]), _cell(row["distribution"]), _cell(row["ratio"], 2),
+    lines = [[row["metric"], cell(row["wharf"]), cell(row["distribution"]), cell(row["ratio"], 2),
               f"{row['target']} {'' if row['met'] is None else ('ok' if row['met'] else 'MISS')}".strip()]
              for row in rows]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    for number, line in enumerate([header, *lines]):
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
-        print(" | ".join(cells))
-        if number == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_grid(header, lines)
 
 
 def main() -> int:
@@ -397,7 +156,7 @@ def main() -> int:
         parser.error("--blob-mib and --runs must be positive")
     if not args.skip_distribution and not os.access(args.distribution_bin, os.X_OK):
         parser.error(f"{args.distribution_bin} not found: install docker-registry or pass --skip-distribution")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind the with-blocks: stop servers, remove dirs
+    exit_on_sigterm()  # unwind the with-blocks: stop servers, remove dirs
 
     load_before = os.getloadavg()[0]
     print(f"hashing {args.runs} x {args.blob_mib} MiB payload(s)...", file=sys.stderr, flush=True)

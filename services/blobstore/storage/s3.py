@@ -33,8 +33,9 @@ from services.blobstore.storage.base import FileInfo, FileWriter, StorageDriver,
 
 log = logging.getLogger("wharf.blobstore.s3")
 MIN_PART = 5 * 1024 * 1024
-# Parts are sent once this much is buffered: big enough for throughput, small enough for memory.
-PART_TARGET = 16 * 1024 * 1024
+# Parts are sent once this much is buffered: big enough for throughput, small enough that an
+# upload in flight holds little memory (the blob store's RSS target is 150 MB).
+PART_TARGET = 8 * 1024 * 1024
 # S3 copies a single object of at most 5 GiB; larger ones are composed from ranges.
 MAX_COPY = 5 * 1024 * 1024 * 1024
 _MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchUpload", "ResourceNotFound"}
@@ -88,12 +89,16 @@ class _MultipartWriter(FileWriter):
         self._d = driver
         self._key = key
         self._state: dict[str, Any] = {"upload_id": "", "parts": [], "size": 0}
-        self._buffer = bytearray()
+        # Pending bytes as received; joined once per part, so each byte is copied once here.
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._done = False
         existing = driver._get_json(key + ".multipart")
         if append:
             self._state = existing or self._state
-            self._buffer += driver._get_bytes(key + ".tail") or b""
+            tail = driver._get_bytes(key + ".tail") or b""
+            if tail:
+                self._chunks, self._buffered = [tail], len(tail)
         else:
             if existing and existing.get("upload_id"):
                 driver._abort(key, existing["upload_id"])
@@ -101,21 +106,27 @@ class _MultipartWriter(FileWriter):
 
     @property
     def size(self) -> int:
-        return int(self._state["size"]) + len(self._buffer)
+        return int(self._state["size"]) + self._buffered
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= PART_TARGET:
-            self._send_part(len(self._buffer))
+        self._chunks.append(bytes(data))
+        self._buffered += len(data)
+        if self._buffered >= PART_TARGET:
+            self._send_part()
 
-    def _send_part(self, length: int) -> None:
+    def _take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        return data
+
+    def _send_part(self) -> None:
         if not self._state["upload_id"]:
             self._state["upload_id"] = self._d._create_multipart(self._key)
         number = len(self._state["parts"]) + 1
-        etag = self._d._upload_part(self._key, self._state["upload_id"], number, bytes(self._buffer[:length]))
-        self._state["parts"].append({"n": number, "etag": etag, "size": length})
-        self._state["size"] += length
-        del self._buffer[:length]
+        data = self._take()
+        etag = self._d._upload_part(self._key, self._state["upload_id"], number, data)
+        self._state["parts"].append({"n": number, "etag": etag, "size": len(data)})
+        self._state["size"] += len(data)
         # Saved after every part, so a crash loses at most the bytes still buffered.
         self._d._put_json(self._key + ".multipart", self._state)
 
@@ -123,20 +134,20 @@ class _MultipartWriter(FileWriter):
         if self._done:
             return
         self._done = True
-        if len(self._buffer) >= MIN_PART:
-            self._send_part(len(self._buffer))
+        if self._buffered >= MIN_PART:
+            self._send_part()
         self._d._put_json(self._key + ".multipart", self._state)
-        self._d._put_bytes(self._key + ".tail", bytes(self._buffer))
+        self._d._put_bytes(self._key + ".tail", self._take())
 
     def commit(self) -> None:
         if self._done:
             raise StorageError("writer already closed")
         self._done = True  # close() after commit has nothing left to do
         if not self._state["upload_id"]:
-            self._d._put_bytes(self._key, bytes(self._buffer))
+            self._d._put_bytes(self._key, self._take())
         else:
-            if self._buffer:
-                self._send_part(len(self._buffer))
+            if self._buffered:
+                self._send_part()
             parts = [Part(p["n"], p["etag"]) for p in self._state["parts"]]
             self._d._complete(self._key, self._state["upload_id"], parts)
         self._d._remove(self._key + ".multipart", self._key + ".tail")
