@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from flask import Response, request
 
@@ -29,23 +32,84 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status=status, headers=headers or {}, content_type=content_type)
 
 
-def body_chunks() -> Iterator[bytes]:
-    """The request body in bounded pieces; never the whole body in memory.
+# Pieces read ahead of the gRPC stream; bounds the memory an upload holds in the gateway.
+READ_AHEAD = 4
+_POLL = 0.5
 
-    A body shorter than its Content-Length (a dropped connection) raises before
-    the last piece is handed on, so a single-request upload is never committed.
+
+class BodyPieces:
+    """The request body as an iterator of bounded pieces, never whole in memory.
+
+    A thread reads the HTTP body while the gRPC stream sends what was already
+    read, so receiving and forwarding overlap instead of alternating. A body
+    shorter than its Content-Length (a dropped connection) raises before the
+    last piece is handed on, so a single-request upload is never committed.
+    :meth:`close` stops the reader before the response is sent: only one
+    thread may touch the connection then.
     """
-    stream = request.stream
-    declared = request.content_length
-    received = 0
-    while True:
-        data = stream.read(IO_CHUNK)
-        if not data:
-            break
-        received += len(data)
-        yield data
-    if declared is not None and received != declared:
-        raise RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {declared}")
+
+    def __init__(self, stream: BinaryIO, declared: int | None) -> None:
+        self._stream = stream
+        self._declared = declared
+        self._received = 0
+        self._pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+        self._stop = threading.Event()
+        self._done = False
+        self._reader = threading.Thread(target=self._read, daemon=True, name="body-reader")
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = self._stream.read(IO_CHUNK) or None
+                while not self._stop.is_set():
+                    try:
+                        self._pieces.put(item, timeout=_POLL)
+                        break
+                    except queue.Full:
+                        continue
+                if item is None:
+                    return
+        except BaseException as exc:
+            with contextlib.suppress(queue.Full):
+                self._pieces.put(exc, timeout=_POLL)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        while not self._done:
+            if self._stop.is_set():
+                raise StopIteration
+            try:
+                item = self._pieces.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if item is None:
+                self._done = True
+                if self._declared is not None and self._received != self._declared:
+                    raise RegistryError(SIZE_INVALID, f"received {self._received} bytes, "
+                                                      f"Content-Length said {self._declared}")
+                raise StopIteration
+            self._received += len(item)
+            return item
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join()
+
+
+@contextlib.contextmanager
+def request_body() -> Iterator[BodyPieces]:
+    body = BodyPieces(request.stream, request.content_length)
+    try:
+        yield body
+    finally:
+        body.close()
 
 
 def read_body(limit: int) -> bytes | None:

@@ -54,6 +54,11 @@ def start(settings: StackSettings) -> list[Child]:
             redis_child, redis_url = _start_redis(settings, deadline)
             children.append(redis_child)
         base = dict(os.environ, WHARF_DATA_DIR=str(data_dir))
+        # glibc hands freed megabyte buffers back to the kernel at once by default, and every
+        # 1 MiB message of a blob transfer then faults fresh pages in; keeping some slack
+        # measured about 1.3x the push throughput for a few MB more resident memory.
+        base.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 * 1024 * 1024))
+        base.setdefault("MALLOC_TOP_PAD_", str(32 * 1024 * 1024))
         metadata_addr = f"127.0.0.1:{free_port()}"
         metadata = Child("metadata", python_module("services.metadata"),
                          dict(base, WHARF_METADATA_LISTEN=metadata_addr, WHARF_REDIS_URL=redis_url))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from flask import Response, request
 
 from services.api.access import pullable
-from services.api.http import body_chunks, digest_arg, empty
+from services.api.http import digest_arg, empty, request_body
 from services.common import digests
 from services.common.errors import (
     BLOB_UNKNOWN,
@@ -85,7 +85,8 @@ def start(ctx: Context, name: str) -> Response:
             return mounted
     elif "digest" in request.args:
         digest = digest_arg()
-        blob = ctx.clients.blobs.put(digest, body_chunks())
+        with request_body() as body:
+            blob = ctx.clients.blobs.put(digest, body)
         return _created(ctx, name, digest, blob.size)
     status = ctx.clients.blobs.create_upload(name)
     return empty(202, _session_headers(name, status))
@@ -111,7 +112,8 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
 def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "") -> bpb.AppendResponse:
     offset = _offset_from_content_range(ctx, name, upload_id)
     try:
-        return ctx.clients.blobs.append(name, upload_id, offset, body_chunks(), commit_digest)
+        with request_body() as body:
+            return ctx.clients.blobs.append(name, upload_id, offset, body, commit_digest)
     except RegistryError as err:
         if err.error is RANGE_INVALID:
             status = ctx.clients.blobs.get_upload(name, upload_id)
