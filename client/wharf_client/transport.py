@@ -185,7 +185,8 @@ class Transport:
         if fresh is None:
             raise registry_error(response.request.method or "", response.url, 401, response.text[:MAX_ERROR_BODY])
         self._challenge = fresh
-        sent = response.request.headers.get("Authorization", "")
+        raw = response.request.headers.get("Authorization", "")
+        sent = raw.decode("latin-1") if isinstance(raw, bytes) else raw
         if fresh.scheme == "bearer":
             credential = self.credential()
             if sent.startswith("Bearer "):

@@ -7,7 +7,7 @@ import json
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from flask import Response, request
 
@@ -48,7 +48,7 @@ class BodyPieces:
     thread may touch the connection then.
     """
 
-    def __init__(self, stream: BinaryIO, declared: int | None) -> None:
+    def __init__(self, stream: IO[bytes], declared: int | None) -> None:
         self._stream = stream
         self._declared = declared
         self._received = 0

@@ -60,7 +60,7 @@ class AccountStore:
         if kind not in KINDS:
             raise RegistryError(REQUEST_INVALID, f"kind must be one of {KINDS}")
         hashed = bcrypt.hashpw(_check_password(password), bcrypt.gensalt(self._rounds))
-        fields = {"kind": kind, "admin": int(admin), "hash": hashed, "created_at": int(time.time())}
+        fields: dict[str | bytes, bytes | float | int | str] = {"kind": kind, "admin": int(admin), "hash": hashed, "created_at": int(time.time())}
         # HSETNX on the hash field makes creation race-free; the rest follows in one transaction.
         if not self._r.hsetnx(keys.account(name), "hash", hashed):
             raise RegistryError(ACCOUNT_EXISTS, f"account {name} already exists")
@@ -99,7 +99,7 @@ class AccountStore:
             pipe.zrem(keys.ACCOUNTS, name)
             pipe.execute()
 
-    def list(self) -> list[Principal]:
+    def all(self) -> list[Principal]:
         return [self.get(_s(n)) for n in self._r.zrange(keys.ACCOUNTS, 0, -1)]
 
     def grant(self, name: str, pattern: str, actions: list[str]) -> Principal:

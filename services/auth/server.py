@@ -107,7 +107,7 @@ class AuthServicer(pb_grpc.AuthServicer):
 
     def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.ServicerContext) -> pb.ListAccountsResponse:
         self._require_admin(context)
-        return pb.ListAccountsResponse(accounts=[_account_pb(p) for p in self._store.list()])
+        return pb.ListAccountsResponse(accounts=[_account_pb(p) for p in self._store.all()])
 
     def Grant(self, request: pb.GrantRequest, context: grpc.ServicerContext) -> pb.Account:
         self._require_admin(context)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from flask import Response, request
@@ -59,13 +59,13 @@ def head(ctx: Context, name: str, digest: str) -> Response:
     return response
 
 
-def _file_response(path: str, first: int, length: int) -> Iterator[bytes] | object:
+def _file_response(path: str, first: int, length: int) -> Iterable[bytes]:
     handle = open(path, "rb")  # noqa: SIM115 - the WSGI server closes the wrapper
     handle.seek(first)
     wrapper = request.environ.get("wsgi.file_wrapper")
     if wrapper is not None:
         # gunicorn sends from the current offset for Content-Length bytes with sendfile().
-        return wrapper(handle, IO_CHUNK)
+        return wrapper(handle, IO_CHUNK)  # type: ignore[no-any-return]
 
     def chunks() -> Iterator[bytes]:
         with handle:
