@@ -60,7 +60,8 @@ class AccountStore:
         if kind not in KINDS:
             raise RegistryError(REQUEST_INVALID, f"kind must be one of {KINDS}")
         hashed = bcrypt.hashpw(_check_password(password), bcrypt.gensalt(self._rounds))
-        fields: dict[str | bytes, bytes | float | int | str] = {"kind": kind, "admin": int(admin), "hash": hashed, "created_at": int(time.time())}
+        fields: dict[str | bytes, bytes | float | int | str]
+        fields = {"kind": kind, "admin": int(admin), "hash": hashed, "created_at": int(time.time())}
         # HSETNX on the hash field makes creation race-free; the rest follows in one transaction.
         if not self._r.hsetnx(keys.account(name), "hash", hashed):
             raise RegistryError(ACCOUNT_EXISTS, f"account {name} already exists")

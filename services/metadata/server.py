@@ -87,7 +87,8 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
 def redis_client(url: str, connections: int) -> aredis.Redis:
     # A blocking pool: past `connections` concurrent calls, callers wait for a connection instead of failing.
-    pool: aredis.BlockingConnectionPool = aredis.BlockingConnectionPool.from_url(url, max_connections=connections, timeout=5, socket_timeout=5,
+    pool: aredis.BlockingConnectionPool
+    pool = aredis.BlockingConnectionPool.from_url(url, max_connections=connections, timeout=5, socket_timeout=5,
                                                   socket_connect_timeout=2, health_check_interval=30)
     return aredis.Redis(connection_pool=pool)
 
