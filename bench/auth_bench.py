@@ -42,6 +42,7 @@ from common import (
     exit_on_sigterm,
     print_grid,
     push_image,
+    run_main,
     run_wrk,
     wharf,
 )
@@ -190,10 +191,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"benchmark failed: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

@@ -49,46 +49,16 @@ from wharf_client import (  # noqa: E402
 from wharf_client.blobio import BytesSource, FileSource  # noqa: E402
 from wharf_client.manifest import image_manifest  # noqa: E402
 
-from services.stack.processes import free_port, http_ok  # noqa: E402
+from tests.support.distribution import running_distribution  # noqa: E402
 from tests.support.stack import RunningStack  # noqa: E402
 
 MB = 1_000_000
-DISTRIBUTION_CONFIG = """\
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-"""
-
-
 @contextlib.contextmanager
 def distribution(workdir: pathlib.Path, binary: str) -> Iterator[str]:
-    port = free_port()
-    workdir.mkdir(parents=True)
-    (workdir / "config.yml").write_text(DISTRIBUTION_CONFIG.format(root=workdir / "data", port=port))
-    with open(workdir / "log", "ab") as log:
-        process = subprocess.Popen([binary, "serve", str(workdir / "config.yml")], stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while not http_ok(f"http://127.0.0.1:{port}/v2/"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("docker-registry did not start")
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        with running_distribution(workdir, binary, level="error") as host:
+            yield host
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

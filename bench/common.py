@@ -346,3 +346,15 @@ def print_grid(header: list[str], lines: list[list[str]]) -> None:
         print(" | ".join(cells))
         if number == 0:
             print("-+-".join("-" * w for w in widths))
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """The scripts' entry point: a BenchError (or a server that did not start) is one line on
+    stderr and exit status 1."""
+    try:
+        sys.exit(main())
+    except RuntimeError as err:
+        print(f"benchmark failed: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -44,7 +44,6 @@ from common import (
     MB,
     MIB,
     RSS_LIMIT_MB,
-    BenchError,
     Client,
     Payload,
     Server,
@@ -56,6 +55,7 @@ from common import (
     pull,
     push,
     push_image,
+    run_main,
     run_wrk,
     wharf,
 )
@@ -185,10 +185,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as err:
-        print(f"benchmark failed: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

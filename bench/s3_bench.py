@@ -54,6 +54,7 @@ from common import (
     print_grid,
     pull,
     push,
+    run_main,
     signals_held,
     wharf,
 )
@@ -283,10 +284,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RuntimeError as err:  # a BenchError, or a server that did not start
-        print(f"benchmark failed: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

@@ -13,29 +13,15 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from services.stack.processes import free_port, http_ok
+from tests.support.distribution import running_distribution
 from tests.support.stack import RunningStack
 from tests.support.tools import require_tool
-
-DISTRIBUTION_CONFIG = """\
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,27 +37,8 @@ class Registry:
 @pytest.fixture(scope="session")
 def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     binary = require_tool("docker-registry", "Debian package docker-registry")
-    workdir = tmp_path_factory.mktemp("distribution")
-    port = free_port()
-    config = workdir / "config.yml"
-    config.write_text(DISTRIBUTION_CONFIG.format(root=workdir / "data", port=port))
-    with open(workdir / "registry.log", "ab") as log:
-        process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not http_ok(f"http://127.0.0.1:{port}/v2/"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"docker-registry did not start: {(workdir / 'registry.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield Registry("distribution", f"127.0.0.1:{port}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_distribution(tmp_path_factory.mktemp("distribution"), binary) as host:
+        yield Registry("distribution", host)
 
 
 @pytest.fixture(scope="session")
