@@ -209,6 +209,7 @@ class BlobService:
                     self._hashes.pop(upload_id, None)
                 self._driver.delete(layout.upload_dir(upload_id))
                 removed += 1
+        removed += self._driver.sweep(older_than=now - self._upload_ttl)
         if removed:
             log.info("expired uploads", extra={"fields": {"removed": removed}})
         return removed

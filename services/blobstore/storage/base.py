@@ -106,6 +106,11 @@ class StorageDriver(abc.ABC):
     def delete(self, key: str) -> bool:
         """Removes an object or a whole prefix; False when nothing was there."""
 
+    def sweep(self, older_than: float) -> int:
+        """Removes backend leftovers no key refers to, started before ``older_than`` (Unix time):
+        for S3, multipart uploads a crash left unrecorded. Returns how many."""
+        return 0
+
     def local_path(self, key: str) -> str | None:
         """An absolute path a co-located process may read, when the backend has one."""
         return None

@@ -305,6 +305,30 @@ class S3Driver(StorageDriver):
             self._remove(child, child + ".multipart", child + ".tail")
         return found
 
+    def sweep(self, older_than: float) -> int:
+        """Aborts multipart uploads under our prefix started before ``older_than``. Recorded ones
+        are aborted with their session; this catches those a crash left between creating the
+        upload and saving its state."""
+        aborted, key_marker, id_marker = 0, None, None
+        prefix = f"{self._prefix}/" if self._prefix else None
+        for _ in range(1000):  # pages of up to 1000 uploads; bounded whatever the bucket holds
+            page = self._call(self._client._list_multipart_uploads, self._bucket, prefix=prefix,
+                              key_marker=key_marker, upload_id_marker=id_marker, max_uploads=1000)
+            for upload in page.uploads:
+                started = upload.initiated_time.timestamp() if upload.initiated_time else 0.0
+                if started < older_than and upload.upload_id:
+                    with contextlib.suppress(S3Error):
+                        self._call(self._client._abort_multipart_upload, self._bucket, upload.object_name,
+                                   upload.upload_id)
+                        aborted += 1
+            if not page.is_truncated:
+                break
+            # minio-py 7.2 stores the next upload id marker under a misspelt attribute name.
+            id_marker = getattr(page, "next_upload_id_marker", None) or getattr(page, "self._next_upload_id_marker",
+                                                                                None)
+            key_marker = page.next_key_marker
+        return aborted
+
     def redirect_url(self, key: str) -> str | None:
         if not self._config.redirect:
             return None
