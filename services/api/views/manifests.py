@@ -27,19 +27,41 @@ if TYPE_CHECKING:
 _WILDCARDS = {"*/*", "application/*"}
 
 
-def _accepted(media_type: str) -> bool:
-    values = request.headers.getlist("Accept")
-    offered = {part.split(";", 1)[0].strip() for value in values for part in value.split(",")}
-    offered.discard("")
-    if not offered or offered & _WILDCARDS or media_type in offered:
+def offered_types(values: list[str]) -> tuple[set[str], set[str]]:
+    """(types the client accepts, types it explicitly refuses with q=0) from Accept headers."""
+    accepted: set[str] = set()
+    refused: set[str] = set()
+    for value in values:
+        for part in value.split(","):
+            media_type, _, params = part.partition(";")
+            media_type = media_type.strip()
+            if not media_type:
+                continue
+            quality = 1.0
+            for param in params.split(";"):
+                key, _, raw = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        quality = float(raw.strip())
+                    except ValueError:
+                        quality = 1.0
+            (accepted if quality > 0 else refused).add(media_type)
+    return accepted, refused
+
+
+def accepts(values: list[str], media_type: str) -> bool:
+    accepted, refused = offered_types(values)
+    if media_type in refused:
+        return False
+    if not accepted or accepted & _WILDCARDS or media_type in accepted:
         return True
     # A client that names no manifest type at all did not mean to negotiate.
-    return not (offered & mediatypes.MANIFESTS)
+    return not (accepted & mediatypes.MANIFESTS)
 
 
 def get(ctx: Context, name: str, reference: str) -> Response:
     manifest = ctx.clients.metadata.get_manifest(name, reference)
-    if not _accepted(manifest.media_type):
+    if not accepts(request.headers.getlist("Accept"), manifest.media_type):
         raise RegistryError(MANIFEST_UNKNOWN, f"manifest is {manifest.media_type}, which the Accept header "
                                               "does not list")
     headers = {"Docker-Content-Digest": manifest.digest, "ETag": f'"{manifest.digest}"',
