@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from services.common.settings import env
+from services.common.settings import env, secret
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,4 @@ class AuthSettings:
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
 
     def first_admin_password(self) -> str:
-        if self.admin_password_file:
-            return pathlib.Path(self.admin_password_file).read_text().strip()
-        return self.admin_password
+        return secret(self.admin_password, self.admin_password_file)

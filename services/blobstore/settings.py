@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from services.common.settings import env
+from services.common.settings import env, secret
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,4 @@ class BlobStoreSettings:
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
 
     def s3_secret(self) -> str:
-        if self.s3_secret_key_file:
-            return pathlib.Path(self.s3_secret_key_file).read_text().strip()
-        return self.s3_secret_key
+        return secret(self.s3_secret_key, self.s3_secret_key_file)

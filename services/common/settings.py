@@ -62,6 +62,11 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
     return cls(**values)
 
 
+def secret(value: str, file: str) -> str:
+    """A secret given directly or, preferably, as a file (a mounted Secret); the file wins."""
+    return pathlib.Path(file).read_text().strip() if file else value
+
+
 def variables(cls: type) -> dict[str, str]:
     """Variable name -> documentation, for READMEs and the deploy checks."""
     return {f.metadata["env"]: f.metadata.get("doc", "") for f in dataclasses.fields(cls) if "env" in f.metadata}

@@ -64,6 +64,17 @@ def _ready(endpoint: str, access_key: str, secret_key: str) -> bool:
         return False
 
 
+def _when_ready(server: S3Server, timeout: float = 60.0) -> S3Server:
+    """Waits until the server answers S3 calls; stops it and raises if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while not _ready(server.endpoint, server.access_key, server.secret_key):
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"{server.kind} did not start; see {server.log_path}")
+        time.sleep(0.2)
+    return server
+
+
 def start_seaweedfs(directory: pathlib.Path, port: int | None = None, secret: str | None = None) -> S3Server:
     """Starts (or, with the same directory, port and secret, restarts) a SeaweedFS S3 server."""
     binary = weed_binary()
@@ -89,14 +100,7 @@ def start_seaweedfs(directory: pathlib.Path, port: int | None = None, secret: st
     log_path = directory / "weed.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"127.0.0.1:{s3_port}", ACCESS_KEY, secret, "seaweedfs", process, log_path)
-    deadline = time.monotonic() + 60
-    while not _ready(server.endpoint, ACCESS_KEY, secret):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"seaweedfs did not start; see {log_path}")
-        time.sleep(0.2)
-    return server
+    return _when_ready(S3Server(f"127.0.0.1:{s3_port}", ACCESS_KEY, secret, "seaweedfs", process, log_path))
 
 
 def start_minio(directory: pathlib.Path, binary: str, port: int | None = None) -> S3Server:
@@ -109,11 +113,4 @@ def start_minio(directory: pathlib.Path, binary: str, port: int | None = None) -
         process = subprocess.Popen([binary, "server", str(directory / "data"), "--address", f"127.0.0.1:{s3_port}",
                                     "--console-address", f"127.0.0.1:{free_port()}"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"127.0.0.1:{s3_port}", ACCESS_KEY, secret, "minio", process, log_path)
-    deadline = time.monotonic() + 60
-    while not _ready(server.endpoint, ACCESS_KEY, secret):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"minio did not start; see {log_path}")
-        time.sleep(0.2)
-    return server
+    return _when_ready(S3Server(f"127.0.0.1:{s3_port}", ACCESS_KEY, secret, "minio", process, log_path))

@@ -72,10 +72,6 @@ def _try_mount(ctx: Context, name: str, digest: str, source: str | None) -> Resp
     return None if size is None else _created(ctx, name, digest, size)
 
 
-def _declared_length() -> int | None:
-    return request.content_length
-
-
 def start(ctx: Context, name: str) -> Response:
     mount = request.args.get("mount")
     if mount:
@@ -101,7 +97,7 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
     if not found:
         raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {header[:100]!r}")
     first, last = int(found.group(1)), int(found.group(2))
-    length = _declared_length()
+    length = request.content_length
     if last < first or (length is not None and length != last - first + 1):
         status = ctx.clients.blobs.get_upload(name, upload_id)
         raise RegistryError(RANGE_INVALID, "Content-Range does not match the body",
@@ -128,7 +124,7 @@ def patch(ctx: Context, name: str, upload_id: str) -> Response:
 
 def finish(ctx: Context, name: str, upload_id: str) -> Response:
     digest = digest_arg()
-    has_body = (_declared_length() or 0) > 0 or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
     if has_body:
         blob = _append(ctx, name, upload_id, commit_digest=digest).blob
     else:
