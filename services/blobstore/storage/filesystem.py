@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import mmap
 import os
 import pathlib
 import shutil
@@ -21,45 +23,123 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
+# O_DIRECT wants block-aligned offsets, lengths and memory; 4 KiB suits every common device.
+_ALIGN = 4096
+# Bytes gathered before one direct write: large enough that a write costs one device round trip
+# per few MiB, small enough to be a fixed, modest part of the blob store's memory per upload.
+_DIRECT_BUFFER = 4 * 1024 * 1024
+
+
 class _FileWriter(FileWriter):
+    """Appends with O_DIRECT where the filesystem allows it, else through the page cache.
+
+    Upload data is written once and read back rarely (the digest is usually hashed as it
+    arrives), so caching it only costs: on the VMs we measured, buffered appends of a large
+    blob slowed to ~400 MB/s under page-cache writeback while direct writes held ~2 GB/s.
+    Direct I/O needs aligned writes, so bytes gather in an aligned buffer; the unaligned
+    tail at close() is written through the page cache, and a later writer reads that tail
+    back into its buffer and rewrites it from the block boundary.
+    """
+
     def __init__(self, path: pathlib.Path, append: bool) -> None:
         self._path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "ab" if append else "wb")  # noqa: SIM115 - closed in close()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if append else os.O_TRUNC)
+        self._direct = hasattr(os, "O_DIRECT")
+        try:
+            self._fd = os.open(path, flags | (os.O_DIRECT if self._direct else 0), 0o644)
+        except OSError as exc:
+            if not self._direct or exc.errno != errno.EINVAL:
+                raise
+            self._direct = False  # tmpfs and some network filesystems refuse O_DIRECT
+            self._fd = os.open(path, flags, 0o644)
+        self._closed = False
         try:
             # Two writers on one upload would interleave bytes; the second is refused.
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._file.close()
+            os.close(self._fd)
             raise UploadBusyError(str(path)) from None
-        self._size = self._file.seek(0, os.SEEK_END)
+        self._size = os.fstat(self._fd).st_size
+        self._buffer = mmap.mmap(-1, _DIRECT_BUFFER) if self._direct else None
+        # The buffer always holds the file's bytes from _base (block-aligned) up to _size.
+        self._base = self._size - self._size % _ALIGN if self._direct else self._size
+        if self._buffer is not None and self._size > self._base:
+            with open(path, "rb") as tail:
+                tail.seek(self._base)
+                self._buffer.write(tail.read(self._size - self._base))
+        self._dirty = False
 
     @property
     def size(self) -> int:
         return self._size
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._size += len(data)
+        if not data:
+            return
+        self._dirty = True
+        if self._buffer is None:
+            self._write_all(data, self._size)
+            self._size += len(data)
+            return
+        view = memoryview(data)
+        while view:
+            filled = self._size - self._base
+            take = min(len(view), _DIRECT_BUFFER - filled)
+            self._buffer[filled:filled + take] = view[:take]
+            self._size += take
+            view = view[take:]
+            if self._size - self._base == _DIRECT_BUFFER:
+                self._write_all(self._buffer, self._base)
+                self._base = self._size
+                self._buffer.seek(0)
+
+    def _write_all(self, data: bytes | memoryview | mmap.mmap, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def _flush(self) -> None:
+        """Everything written reaches the file and the device."""
+        if not self._dirty:
+            return
+        if self._buffer is not None:
+            filled = self._size - self._base
+            aligned = filled - filled % _ALIGN
+            if aligned:
+                self._write_all(memoryview(self._buffer)[:aligned], self._base)
+            if filled > aligned:
+                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                try:
+                    self._write_all(memoryview(self._buffer)[aligned:filled], self._base + aligned)
+                finally:
+                    fcntl.fcntl(self._fd, fcntl.F_SETFL, flags)
+        os.fdatasync(self._fd)
+        self._dirty = False
 
     def close(self) -> None:
-        if not self._file.closed:
+        if not self._closed:
             try:
-                self._sync()
+                self._flush()
             finally:
-                self._file.close()
+                self._release()
 
-    def _sync(self) -> None:
-        self._file.flush()
-        os.fdatasync(self._file.fileno())
+    def _release(self) -> None:
+        self._closed = True
+        os.close(self._fd)
+        if self._buffer is not None:
+            self._buffer.close()
 
     def commit(self) -> None:
-        # Appended bytes are readable as they land; finishing is making them durable. The lock
-        # stays held until close(), so the caller can verify and move the file undisturbed.
-        self._sync()
+        # Finishing is making the bytes durable and readable. The lock stays held until
+        # close(), so the caller can verify and move the file undisturbed.
+        self._flush()
 
     def cancel(self) -> None:
-        self._file.close()
+        if not self._closed:
+            self._release()
         self._path.unlink(missing_ok=True)
 
 
