@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from services.api.manifest_cache import ManifestCache
 from services.api.settings import GatewaySettings
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError, from_rpc_error
 from services.common.grpcserver import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
@@ -220,5 +221,6 @@ class Clients:
         self.auth = AuthClient(_Caller(_Lazy(settings.auth_addr, apb_grpc.AuthStub), settings, request_id))
         self.blobs = BlobStoreClient(_Caller(_Lazy(settings.blobstore_addr, bpb_grpc.BlobStoreStub), settings,
                                              request_id))
-        self.metadata = MetadataClient(_Caller(_Lazy(settings.metadata_addr, mpb_grpc.MetadataStub), settings,
-                                               request_id))
+        metadata = _Lazy(settings.metadata_addr, mpb_grpc.MetadataStub)
+        self.metadata = MetadataClient(_Caller(metadata, settings, request_id))
+        self.manifests = ManifestCache(metadata.stub, settings.manifest_cache_bytes, self.metadata.get_manifest)

@@ -20,6 +20,9 @@ class GatewaySettings:
     local_blob_root: str = env("WHARF_LOCAL_BLOB_ROOT", "",
                                "when set, blobs whose blob-store path lies under this directory are sent "
                                "straight from disk (sendfile) instead of over gRPC")
+    manifest_cache_bytes: int = env("WHARF_MANIFEST_CACHE_BYTES", 16 * 1024 * 1024,
+                                    "bytes of manifests each gateway worker caches, kept coherent by the "
+                                    "metadata service; 0 turns the cache off")
     max_manifest_bytes: int = env("WHARF_MAX_MANIFEST_BYTES", 4 * 1024 * 1024, "largest manifest accepted")
     allow_sparse_manifests: bool = env("WHARF_ALLOW_SPARSE_MANIFESTS", False,
                                        "accept manifests whose layers or child manifests are not in the "

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -177,8 +177,12 @@ def create_server(service: str, address: str, register: Callable[[grpc.Server], 
 
 async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Server], Iterable[str]],
                     backend_errors: tuple[type[Exception], ...] = (), grace: float = 10.0,
-                    on_port: Callable[[int], None] | None = None) -> None:
-    """Runs an asyncio gRPC server with health checking until SIGTERM/SIGINT, then drains it."""
+                    on_port: Callable[[int], None] | None = None,
+                    on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Runs an asyncio gRPC server with health checking until SIGTERM/SIGINT, then drains it.
+
+    ``on_stop`` runs before the drain: it ends long-lived streams, which would hold it up.
+    """
     from grpc_health.v1._async import HealthServicer as AioHealthServicer
 
     server = grpc.aio.server(interceptors=[AioServiceInterceptor(service, backend_errors)], options=SERVER_OPTIONS)
@@ -199,6 +203,8 @@ async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Ser
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
+    if on_stop is not None:
+        await on_stop()
     await server.stop(grace)
 
 

@@ -10,6 +10,9 @@
     wharf:repo:{<name>}:taglist                    ZSET  tags, score 0 (lexical order for paging)
     wharf:repo:{<name>}:tagsof:<digest>            SET   tags that point at a manifest (for deletes)
     wharf:repo:{<name>}:referrers:<subject digest> HASH  referrer digest -> descriptor JSON
+    wharf:invalidations                            pub/sub channel: {"id", "repositories"} per write
+    wharf:invalidation:<id>:acks                   LIST  one entry per replica that applied message <id>
+    wharf:lease-grantors                           ZSET  replica id, score = when its last lease ends (ms)
 
 Repository names and digests are validated by the gateway and again by the
 service before they reach a key. Every change that touches more than one key
@@ -21,6 +24,12 @@ The ``{<name>}`` hash tag keeps a repository's keys in one Redis Cluster slot.
 from __future__ import annotations
 
 CATALOG = "wharf:catalog"
+INVALIDATIONS = "wharf:invalidations"
+LEASE_GRANTORS = "wharf:lease-grantors"
+
+
+def invalidation_acks(message_id: str) -> str:
+    return f"wharf:invalidation:{message_id}:acks"
 
 
 def repo_prefix(name: str) -> str:
@@ -154,4 +163,25 @@ if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs
   redis.call('ZREM', ARGV[2], ARGV[3])
 end
 return 1
+"""
+
+
+# KEYS: lease-grantors. ARGV: replica id, how long (ms) its leases may run from now.
+# Redis's clock, so that every replica and writer compare times on one clock; entries
+# of replicas gone for a minute are dropped.
+REFRESH_GRANTOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+return now
+"""
+
+# KEYS: lease-grantors. Returns {now (ms), id, until, id, until, ...} of replicas whose leases may run.
+LIVE_GRANTORS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+table.insert(live, 1, now)
+return live
 """

@@ -9,7 +9,8 @@ thread-pool server on the same machine.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import redis
@@ -18,6 +19,7 @@ import redis.asyncio as aredis
 from services.common.grpcserver import serve_aio
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
+from services.metadata.invalidation import InvalidationHub
 from services.metadata.settings import MetadataSettings
 from services.metadata.store import Descriptor, MetadataStore
 
@@ -28,8 +30,30 @@ def _descriptor_pb(d: Descriptor) -> pb.Descriptor:
 
 
 class MetadataServicer(pb_grpc.MetadataServicer):
-    def __init__(self, store: MetadataStore) -> None:
+    def __init__(self, store: MetadataStore, hub: InvalidationHub) -> None:
         self._store = store
+        self._hub = hub
+
+    async def _change(self, repository: str, write: Awaitable[None]) -> None:
+        """Runs a write of a repository's manifests or tags, then invalidates the gateways' caches.
+
+        Shielded: a caller that gives up (deadline, disconnect) must not stop the invalidation
+        of a write that reached Redis. Invalidates even when the write failed, since nothing
+        guarantees a failed write changed nothing.
+        """
+        async def write_then_invalidate() -> None:
+            try:
+                await write
+            except BaseException:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await self._hub.publish([repository])
+                raise
+            try:
+                await self._hub.publish([repository])
+            except (redis.RedisError, OSError):
+                await self._hub.publish_failed()
+                raise
+        await asyncio.shield(asyncio.ensure_future(write_then_invalidate()))
 
     async def LinkBlob(self, request: pb.LinkBlobRequest, context: grpc.aio.ServicerContext) -> pb.LinkBlobResponse:
         await self._store.link_blob(request.repository, request.digest, request.size)
@@ -53,9 +77,9 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         d = request.descriptor
         descriptor = Descriptor(d.media_type, d.digest, d.size, d.artifact_type, dict(d.annotations)) \
             if request.subject else None
-        await self._store.put_manifest(request.repository, request.digest, request.media_type, request.content,
-                                       list(request.tags), list(request.blob_references),
-                                       list(request.manifest_references), request.subject, descriptor)
+        await self._change(request.repository, self._store.put_manifest(
+            request.repository, request.digest, request.media_type, request.content, list(request.tags),
+            list(request.blob_references), list(request.manifest_references), request.subject, descriptor))
         return pb.PutManifestResponse()
 
     async def GetManifest(self, request: pb.ManifestRef, context: grpc.aio.ServicerContext) -> pb.Manifest:
@@ -64,11 +88,11 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def DeleteManifest(self, request: pb.ManifestRef,
                              context: grpc.aio.ServicerContext) -> pb.DeleteManifestResponse:
-        await self._store.delete_manifest(request.repository, request.reference)
+        await self._change(request.repository, self._store.delete_manifest(request.repository, request.reference))
         return pb.DeleteManifestResponse()
 
     async def DeleteTag(self, request: pb.ManifestRef, context: grpc.aio.ServicerContext) -> pb.DeleteTagResponse:
-        await self._store.delete_tag(request.repository, request.reference)
+        await self._change(request.repository, self._store.delete_tag(request.repository, request.reference))
         return pb.DeleteTagResponse()
 
     async def ListTags(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
@@ -84,6 +108,11 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         found = await self._store.list_referrers(request.repository, request.subject, request.artifact_type)
         return pb.ListReferrersResponse(referrers=[_descriptor_pb(d) for d in found])
 
+    async def WatchManifests(self, request_iterator: AsyncIterator[pb.WatchRequest],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
+        async for event in self._hub.watch(request_iterator):
+            yield event
+
 
 def redis_client(url: str, connections: int) -> aredis.Redis:
     # A blocking pool: past `connections` concurrent calls, callers wait for a connection instead of failing.
@@ -95,14 +124,20 @@ def redis_client(url: str, connections: int) -> aredis.Redis:
 
 async def serve(settings: MetadataSettings, address: str | None = None,
                 on_port: Callable[[int], None] | None = None) -> None:
-    store = MetadataStore(redis_client(settings.redis_url, settings.workers + 4))
+    client = redis_client(settings.redis_url, settings.workers + 4)
+    store = MetadataStore(client)
+    hub = InvalidationHub(client, settings.cache_lease, settings.cache_ack_timeout)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store), server)
+        pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store, hub), server)
         return [pb.DESCRIPTOR.services_by_name["Metadata"].full_name]
 
-    await serve_aio("metadata", address or settings.listen, register, backend_errors=(redis.RedisError,),
-                    on_port=on_port)
+    subscription = asyncio.create_task(hub.run())
+    try:
+        await serve_aio("metadata", address or settings.listen, register, backend_errors=(redis.RedisError,),
+                        on_port=on_port, on_stop=hub.close)
+    finally:
+        subscription.cancel()
 
 
 def run(settings: MetadataSettings, on_port: Callable[[int], None] | None = None) -> None:

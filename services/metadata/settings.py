@@ -12,4 +12,10 @@ class MetadataSettings:
     listen: str = env("WHARF_METADATA_LISTEN", "127.0.0.1:50052", "gRPC address to bind (host:port)")
     redis_url: str = env("WHARF_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or unix://)")
     workers: int = env("WHARF_METADATA_WORKERS", 32, "Redis connections (plus 4) the asyncio server shares")
+    cache_lease: float = env("WHARF_CACHE_LEASE", 2.0,
+                             "seconds a gateway may serve cached manifests after its last answered ping; "
+                             "also the longest a write waits for a gateway that stopped answering")
+    cache_ack_timeout: float = env("WHARF_CACHE_ACK_TIMEOUT", 0.5,
+                                   "seconds a write waits for a gateway to acknowledge an invalidation "
+                                   "before it evicts that gateway's cache")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")

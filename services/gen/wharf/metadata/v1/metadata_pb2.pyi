@@ -6,6 +6,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WatchRequest(_message.Message):
+    __slots__ = ("ping", "ack")
+    PING_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ping: int
+    ack: int
+    def __init__(self, ping: _Optional[int] = ..., ack: _Optional[int] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("pong", "lease_ms", "seq", "repositories")
+    PONG_FIELD_NUMBER: _ClassVar[int]
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORIES_FIELD_NUMBER: _ClassVar[int]
+    pong: int
+    lease_ms: int
+    seq: int
+    repositories: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pong: _Optional[int] = ..., lease_ms: _Optional[int] = ..., seq: _Optional[int] = ..., repositories: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class LinkBlobRequest(_message.Message):
     __slots__ = ("repository", "digest", "size")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]

@@ -89,6 +89,11 @@ class MetadataStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.ListReferrersRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.ListReferrersResponse.FromString,
                 _registered_method=True)
+        self.WatchManifests = channel.stream_stream(
+                '/wharf.metadata.v1.Metadata/WatchManifests',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -170,6 +175,16 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchManifests(self, request_iterator, context):
+        """Keeps a gateway's manifest cache coherent. The gateway pings to hold a lease and may
+        serve cached manifests only while it holds one; every change to a repository's tags or
+        manifests is sent as an invalidation, and the write that made it returns only after every
+        lease holder acknowledged it or its lease ran out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +242,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.ListReferrers,
                     request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.ListReferrersRequest.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.ListReferrersResponse.SerializeToString,
+            ),
+            'WatchManifests': grpc.stream_stream_rpc_method_handler(
+                    servicer.WatchManifests,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +546,33 @@ class Metadata:
             '/wharf.metadata.v1.Metadata/ListReferrers',
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.ListReferrersRequest.SerializeToString,
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.ListReferrersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchManifests(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/wharf.metadata.v1.Metadata/WatchManifests',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

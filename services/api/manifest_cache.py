@@ -1,0 +1,180 @@
+"""Manifests cached in each gateway process, kept coherent by the metadata service.
+
+A manifest GET served from here costs the gateway a dictionary lookup instead of a gRPC
+call, which is most of a manifest request's cost. Entries are served only while this
+process holds a lease from the metadata service (services/metadata/invalidation.py says
+what a lease promises): a background thread keeps a ``WatchManifests`` stream open, pings
+to renew the lease, and drops a repository's entries — then acknowledges — when the
+service announces a change to it. Without a live lease every lookup misses.
+
+A fetch that raced with an invalidation must not store what it fetched: every change
+(an invalidation, a new stream, a lost stream) bumps ``generation``, and a fetched manifest
+is stored only if the generation it started under is still current.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
+
+log = logging.getLogger("wharf.api.manifest_cache")
+
+# An entry older than this is fetched again even with a live lease: a bound on staleness
+# should Redis be changed behind the metadata service's back (a restored backup, say).
+MAX_AGE = 60.0
+# How long one watch stream may live (every gRPC call carries a deadline); a new one follows.
+STREAM_DEADLINE = 600.0
+_RETRY_MIN, _RETRY_MAX = 0.2, 5.0
+
+
+class ManifestCache:
+    def __init__(self, stub: Callable[[], Any], max_bytes: int,
+                 fetch: Callable[[str, str], mpb.Manifest]) -> None:
+        self._stub = stub
+        self._max_bytes = max_bytes
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[mpb.Manifest, float]] = \
+            collections.OrderedDict()
+        self._bytes = 0
+        self._generation = 0
+        self._lease_until = 0.0
+        self._pid = -1
+
+    @property
+    def enabled(self) -> bool:
+        return self._max_bytes > 0
+
+    def get(self, repository: str, reference: str) -> mpb.Manifest:
+        """The manifest, from the cache while the lease holds, else from the metadata service."""
+        if not self.enabled:
+            return self._fetch(repository, reference)
+        self._ensure_watching()
+        key = (repository, reference)
+        now = time.monotonic()
+        with self._lock:
+            if now < self._lease_until:
+                entry = self._entries.get(key)
+                if entry is not None and now - entry[1] < MAX_AGE:
+                    self._entries.move_to_end(key)
+                    return entry[0]
+            generation = self._generation
+        manifest = self._fetch(repository, reference)
+        size = len(manifest.content)
+        with self._lock:
+            if generation == self._generation and time.monotonic() < self._lease_until \
+                    and size <= self._max_bytes // 8:
+                self._forget(key)
+                self._entries[key] = (manifest, time.monotonic())
+                self._bytes += size
+                while self._bytes > self._max_bytes:
+                    self._forget(next(iter(self._entries)))
+        return manifest
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry[0].content)
+
+    def _invalidate(self, repositories: list[str] | None) -> None:
+        """Drops these repositories' entries (every entry for None) and bumps the generation."""
+        with self._lock:
+            self._generation += 1
+            if repositories is None:
+                self._entries.clear()
+                self._bytes = 0
+                self._lease_until = 0.0
+                return
+            doomed = set(repositories)
+            for key in [k for k in self._entries if k[0] in doomed]:
+                self._forget(key)
+
+    # -- the watch stream ------------------------------------------------------------------
+
+    def _ensure_watching(self) -> None:
+        # One watcher per process: gunicorn forks workers after the app is built.
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._entries.clear()
+            self._bytes = 0
+            self._lease_until = 0.0
+        threading.Thread(target=self._watch_forever, daemon=True, name="manifest-cache-watch").start()
+
+    def _watch_forever(self) -> None:
+        delay = _RETRY_MIN
+        while True:
+            started = time.monotonic()
+            try:
+                self._watch_once()
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                    log.info("manifest cache watch ended", extra={"fields": {"status": str(err.code())}})
+            except Exception:
+                log.exception("manifest cache watch failed")
+            finally:
+                self._invalidate(None)
+            delay = _RETRY_MIN if time.monotonic() - started > 10 else min(delay * 2, _RETRY_MAX)
+            time.sleep(delay)
+
+    def _watch_once(self) -> None:
+        outbox: queue.Queue[mpb.WatchRequest | None] = queue.Queue()
+        sent: dict[int, float] = {}
+        # Until the first answer the service does not know this stream's lease: the interval
+        # is a guess, corrected by the lease it grants.
+        interval = [0.25]
+
+        def requests() -> Iterator[mpb.WatchRequest]:
+            number = 0
+            while True:
+                number += 1
+                sent[number] = time.monotonic()
+                yield mpb.WatchRequest(ping=number)
+                next_ping = time.monotonic() + interval[0]
+                while (remaining := next_ping - time.monotonic()) > 0:
+                    try:
+                        item = outbox.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        return
+                    yield item
+
+        call = self._stub().WatchManifests(requests(), timeout=STREAM_DEADLINE)
+        first = True
+        try:
+            for event in call:
+                if event.seq:
+                    self._invalidate(list(event.repositories))
+                    outbox.put(mpb.WatchRequest(ack=event.seq))
+                if event.pong:
+                    sent_at = sent.pop(event.pong, None)
+                    for stale in [n for n in list(sent) if n < event.pong]:
+                        sent.pop(stale, None)
+                    if sent_at is None or not event.lease_ms:
+                        continue
+                    lease = event.lease_ms / 1000
+                    interval[0] = lease / 4
+                    with self._lock:
+                        if first:
+                            # Fetches that began before the service knew this stream may have
+                            # missed an invalidation: none of them may be stored.
+                            self._generation += 1
+                            first = False
+                        self._lease_until = max(self._lease_until, sent_at + lease)
+        finally:
+            outbox.put(None)
+            call.cancel()
