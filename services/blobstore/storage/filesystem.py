@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -28,6 +30,9 @@ _ALIGN = 4096
 # Bytes gathered before one direct write: large enough that a write costs one device round trip
 # per few MiB, small enough to be a fixed, modest part of the blob store's memory per upload.
 _DIRECT_BUFFER = 4 * 1024 * 1024
+# A full buffer is written by one of these threads while the caller fills the other buffer,
+# so the device's latency overlaps with receiving and hashing the next bytes.
+_WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="direct-write")
 
 
 class _FileWriter(FileWriter):
@@ -38,7 +43,8 @@ class _FileWriter(FileWriter):
     blob slowed to ~400 MB/s under page-cache writeback while direct writes held ~2 GB/s.
     Direct I/O needs aligned writes, so bytes gather in an aligned buffer; the unaligned
     tail at close() is written through the page cache, and a later writer reads that tail
-    back into its buffer and rewrites it from the block boundary.
+    back into its buffer and rewrites it from the block boundary. Two buffers take turns:
+    one is written in the background while the other fills.
     """
 
     def __init__(self, path: pathlib.Path, append: bool) -> None:
@@ -62,6 +68,8 @@ class _FileWriter(FileWriter):
             raise UploadBusyError(str(path)) from None
         self._size = os.fstat(self._fd).st_size
         self._buffer = mmap.mmap(-1, _DIRECT_BUFFER) if self._direct else None
+        self._spare = mmap.mmap(-1, _DIRECT_BUFFER) if self._direct else None
+        self._pending: concurrent.futures.Future[None] | None = None
         # The buffer always holds the file's bytes from _base (block-aligned) up to _size.
         self._base = self._size - self._size % _ALIGN if self._direct else self._size
         if self._buffer is not None and self._size > self._base:
@@ -90,9 +98,11 @@ class _FileWriter(FileWriter):
             self._size += take
             view = view[take:]
             if self._size - self._base == _DIRECT_BUFFER:
-                self._write_all(self._buffer, self._base)
+                self._wait_pending()
+                assert self._spare is not None
+                self._pending = _WRITERS.submit(self._write_all, self._buffer, self._base)
+                self._buffer, self._spare = self._spare, self._buffer
                 self._base = self._size
-                self._buffer.seek(0)
 
     def _write_all(self, data: bytes | memoryview | mmap.mmap, offset: int) -> None:
         view = memoryview(data)
@@ -100,10 +110,16 @@ class _FileWriter(FileWriter):
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
 
+    def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def _flush(self) -> None:
         """Everything written reaches the file and the device."""
         if not self._dirty:
             return
+        self._wait_pending()
         if self._buffer is not None:
             filled = self._size - self._base
             aligned = filled - filled % _ALIGN
@@ -128,9 +144,13 @@ class _FileWriter(FileWriter):
 
     def _release(self) -> None:
         self._closed = True
-        os.close(self._fd)
-        if self._buffer is not None:
-            self._buffer.close()
+        try:
+            self._wait_pending()
+        finally:
+            os.close(self._fd)
+            for buffer in (self._buffer, self._spare):
+                if buffer is not None:
+                    buffer.close()
 
     def commit(self) -> None:
         # Finishing is making the bytes durable and readable. The lock stays held until
@@ -139,7 +159,8 @@ class _FileWriter(FileWriter):
 
     def cancel(self) -> None:
         if not self._closed:
-            self._release()
+            with contextlib.suppress(OSError):  # a failed background write: the file goes anyway
+                self._release()
         self._path.unlink(missing_ok=True)
 
 
