@@ -127,9 +127,14 @@ class InvalidationHub:
             await asyncio.sleep(1.0)
 
     async def _handle(self, raw: bytes) -> None:
-        message = json.loads(raw)
-        await self._fan_out(list(message["repositories"]))
-        ack_key = keys.invalidation_acks(message["id"])
+        try:
+            message = json.loads(raw)
+            repositories = [str(name) for name in message["repositories"]]
+            ack_key = keys.invalidation_acks(str(message["id"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed invalidation", extra={"fields": {"message": repr(raw)[:200]}})
+            return
+        await self._fan_out(repositories)
         await self._r.pipeline(transaction=False).rpush(ack_key, self._replica).expire(ack_key, _ACK_KEY_TTL) \
             .execute()
 
