@@ -1,0 +1,108 @@
+"""The gateway's manifest cache rules, without a metadata service (the lease is set by hand).
+
+tests/integration/test_manifest_cache.py runs the real thing across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from services.api.manifest_cache import ManifestCache
+from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
+
+
+def _cache(fetch: Callable[[str, str], mpb.Manifest], max_bytes: int = 1 << 20) -> ManifestCache:
+    cache = ManifestCache(lambda: None, max_bytes, fetch)
+    cache._pid = os.getpid()  # no watch thread: the tests play the metadata service
+    return cache
+
+
+def _lease(cache: ManifestCache, seconds: float = 60.0) -> None:
+    cache._lease_until = time.monotonic() + seconds
+
+
+class Fetcher:
+    def __init__(self, size: int = 10) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.size = size
+        self.during: Callable[[], None] | None = None
+
+    def __call__(self, repository: str, reference: str) -> mpb.Manifest:
+        self.calls.append((repository, reference))
+        if self.during is not None:
+            self.during()
+        return mpb.Manifest(digest=f"sha256:{len(self.calls):064x}", media_type="m", content=b"x" * self.size)
+
+
+def test_served_from_memory_only_under_a_lease() -> None:
+    fetch = Fetcher()
+    cache = _cache(fetch)
+    cache.get("r", "t")
+    cache.get("r", "t")
+    assert len(fetch.calls) == 2  # no lease: every read asks the service
+    _lease(cache)
+    first = cache.get("r", "t")
+    assert cache.get("r", "t") is first
+    assert len(fetch.calls) == 3
+    cache._lease_until = time.monotonic() - 0.001  # the lease ran out
+    assert cache.get("r", "t") is not first
+
+
+def test_an_invalidation_drops_only_its_repositories() -> None:
+    fetch = Fetcher()
+    cache = _cache(fetch)
+    _lease(cache)
+    cache.get("a", "t")
+    cache.get("b", "t")
+    cache._invalidate(["a"])
+    cache.get("a", "t")
+    cache.get("b", "t")
+    assert fetch.calls == [("a", "t"), ("b", "t"), ("a", "t")]
+
+
+def test_a_fetch_that_raced_an_invalidation_is_not_stored() -> None:
+    fetch = Fetcher()
+    cache = _cache(fetch)
+    _lease(cache)
+    fetch.during = lambda: cache._invalidate(["a"])
+    cache.get("a", "t")
+    fetch.during = None
+    cache.get("a", "t")
+    assert len(fetch.calls) == 2
+    cache.get("a", "t")
+    assert len(fetch.calls) == 2
+
+
+def test_a_lost_stream_empties_the_cache_and_ends_the_lease() -> None:
+    fetch = Fetcher()
+    cache = _cache(fetch)
+    _lease(cache)
+    cache.get("a", "t")
+    cache._invalidate(None)
+    assert cache._lease_until == 0.0 and not cache._entries and cache._bytes == 0
+
+
+def test_memory_is_bounded_least_recently_used_first() -> None:
+    fetch = Fetcher(size=100)
+    cache = _cache(fetch, max_bytes=1000)
+    _lease(cache)
+    for tag in range(10):
+        cache.get("r", str(tag))
+    cache.get("r", "0")  # touch the oldest
+    cache.get("r", "new")
+    assert cache._bytes <= 1000
+    assert ("r", "0") in cache._entries and ("r", "1") not in cache._entries
+    big = _cache(Fetcher(size=200), max_bytes=1000)  # larger than an eighth of the budget: not kept
+    _lease(big)
+    big.get("r", "t")
+    assert not big._entries
+
+
+def test_off_when_the_budget_is_zero() -> None:
+    fetch = Fetcher()
+    cache = ManifestCache(lambda: None, 0, fetch)
+    cache.get("r", "t")
+    cache.get("r", "t")
+    assert len(fetch.calls) == 2 and cache._pid == -1  # never started watching
