@@ -27,6 +27,7 @@ from wharf_client.errors import (
     PlatformNotFound,
     RegistryError,
     TransportError,
+    UnsupportedOperation,
     WharfError,
 )
 from wharf_client.layout import OciLayout
@@ -45,6 +46,7 @@ __all__ = [
     "CredentialStore", "Descriptor", "DigestMismatch", "DockerArchiveSource", "DockerArchiveTarget", "DockerConfig",
     "FormatError", "InvalidReference", "LayoutImageSource", "LayoutImageTarget", "Manifest", "NotFoundError",
     "OciLayout", "Outcome", "Platform", "PlatformNotFound", "Reference", "RegistryError", "RegistryImageSource",
-    "RegistryImageTarget", "RegistryOptions", "Repository", "StaticCredentials", "TransportError", "WharfError",
+    "RegistryImageTarget", "RegistryOptions", "Repository", "StaticCredentials", "TransportError",
+    "UnsupportedOperation", "WharfError",
     "copy_image", "parse_platform", "parse_reference", "pull_artifact", "push_artifact", "push_blob", "put_referrer",
 ]

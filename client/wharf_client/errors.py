@@ -42,6 +42,10 @@ class PlatformNotFound(WharfError):
     """An index has no manifest for the requested platform."""
 
 
+class UnsupportedOperation(WharfError):
+    """The source or target cannot do what was asked (referrers of an OCI layout, say)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ErrorEntry:
     """One entry of a registry's ``errors`` array."""

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import re
 from collections.abc import Mapping
 
-MIB = 1024 * 1024
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+# Binary for K/M/G, Ki/Mi/Gi and KiB/MiB/GiB (as docker's --memory reads them), decimal for KB/MB/GB.
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([kmgt])(ib|i|b)?|(b))?\s*$", re.IGNORECASE)
+_BINARY = {"k": KIB, "m": MIB, "g": GIB, "t": 1024 * GIB}
+_DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 try:
     _VERSION = importlib.metadata.version("wharf")
@@ -40,3 +47,14 @@ class ClientOptions:
 
     def for_registry(self, registry: str) -> RegistryOptions:
         return self.registries.get(registry, self.default_registry_options)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1048576``, ``512K``, ``16MiB``, ``5M`` (binary) or ``5MB`` (decimal); ValueError otherwise."""
+    found = _SIZE_RE.match(text)
+    if not found:
+        raise ValueError(f"{text!r} is not a size (examples: 1048576, 512KiB, 16MiB, 5M, 1G)")
+    number, unit, suffix = int(found.group(1)), (found.group(2) or "").lower(), (found.group(3) or "").lower()
+    if not unit:
+        return number
+    return number * (_DECIMAL[unit] if suffix == "b" else _BINARY[unit])

@@ -2,14 +2,17 @@
 
 The copy engine only sees these two small interfaces, so push (layout -> registry),
 pull (registry -> layout) and copy (registry -> registry) are one algorithm.
+Registries also list and accept referrers (:class:`ReferrerSource`,
+:class:`ReferrerTarget`); a copy with referrers needs both ends to.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from wharf_client.artifact import put_referrer
 from wharf_client.blobio import BlobSource, RegistrySource
 from wharf_client.layout import OciLayout
 from wharf_client.manifest import Descriptor, Manifest
@@ -41,6 +44,20 @@ class ImageTarget(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ReferrerSource(Protocol):
+    """A source that can list the manifests whose subject is a digest."""
+
+    def referrers(self, digest: str) -> list[Descriptor]: ...
+
+
+@runtime_checkable
+class ReferrerTarget(Protocol):
+    """A target that can store a manifest with a subject so its subject's referrers list it."""
+
+    def put_referrer(self, manifest: Manifest) -> None: ...
+
+
 class RegistryImageSource:
     def __init__(self, repository: Repository, identifier: str) -> None:
         self.repository = repository
@@ -55,6 +72,9 @@ class RegistryImageSource:
 
     def blob(self, descriptor: Descriptor) -> BlobSource:
         return RegistrySource(self.repository, descriptor)
+
+    def referrers(self, digest: str) -> list[Descriptor]:
+        return self.repository.referrers(digest)
 
     def close(self) -> None:
         """The client belongs to the caller."""
@@ -77,6 +97,10 @@ class RegistryImageTarget:
 
     def put_manifest(self, manifest: Manifest, tag: str | None, root: bool) -> None:
         self.repository.put_manifest(manifest, tag)
+
+    def put_referrer(self, manifest: Manifest) -> None:
+        """By digest; on a registry without the referrers API, also listed under the subject's fallback tag."""
+        put_referrer(self.repository, manifest)
 
     def close(self) -> None:
         """The client belongs to the caller."""

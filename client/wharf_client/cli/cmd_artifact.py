@@ -8,7 +8,7 @@ import pathlib
 from wharf_client import digest as digests
 from wharf_client import mediatypes
 from wharf_client.artifact import parse_file_argument, pull_artifact, push_artifact
-from wharf_client.cli.context import Context, UsageError
+from wharf_client.cli.context import Context, UsageError, add_upload_options
 from wharf_client.errors import NotFoundError
 from wharf_client.manifest import Descriptor
 from wharf_client.reference import Reference, parse
@@ -27,6 +27,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     push.add_argument("--subject", help="the manifest this artifact refers to (tag, @digest, or full reference)")
     push.add_argument("--config", type=pathlib.Path, help="config blob file (default: the empty config)")
     push.add_argument("--config-media-type", default=None, help="media type of --config")
+    add_upload_options(push)
     push.set_defaults(run=run_push)
     pull = actions.add_parser("pull", parents=[common], help="download an artifact's files")
     pull.add_argument("reference")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from wharf_client import digest as digests
 from wharf_client.blobio import IO_CHUNK, FileSource, copy_stream
-from wharf_client.cli.context import Context, UsageError
+from wharf_client.cli.context import Context, UsageError, add_upload_options
 from wharf_client.errors import NotFoundError
 from wharf_client.manifest import Descriptor
 from wharf_client.reference import parse
@@ -31,6 +31,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     put = actions.add_parser("put", parents=[common], help="upload a file as a blob; prints its digest")
     put.add_argument("repository")
     put.add_argument("file", help="file to upload, or - for standard input")
+    add_upload_options(put)
     put.set_defaults(run=run_put)
 
 

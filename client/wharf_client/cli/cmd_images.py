@@ -6,7 +6,7 @@ import argparse
 import pathlib
 
 from wharf_client import platform as platforms
-from wharf_client.cli.context import Context, UsageError
+from wharf_client.cli.context import Context, UsageError, add_upload_options
 from wharf_client.copy import CopyResult, copy_image
 from wharf_client.dockerarchive import DockerArchiveSource, DockerArchiveTarget
 from wharf_client.layout import OciLayout
@@ -29,6 +29,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     push.add_argument("reference", help="where to push, e.g. localhost:5000/app:1.0")
     push.add_argument("--name", help="which image of the source: a layout's ref name or a tarball's repo tag")
     push.add_argument("--platform", action="append", default=[], help="push only this platform (repeatable)")
+    add_upload_options(push)
     push.set_defaults(run=run_push)
 
     pull = commands.add_parser("pull", parents=[common], help="pull an image into an OCI layout or a docker tarball")
@@ -45,6 +46,10 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     copy.add_argument("source")
     copy.add_argument("destination", help="target reference; without a tag, the source's tag is kept")
     copy.add_argument("--platform", action="append", default=[], help="copy only this platform (repeatable)")
+    copy.add_argument("-r", "--referrers", action="store_true",
+                      help="also copy the manifests that refer to the image (signatures, SBOMs, attestations), "
+                           "recursively")
+    add_upload_options(copy)
     copy.set_defaults(run=run_copy)
 
 
@@ -66,21 +71,22 @@ _OUTCOME_WORDS = {"uploaded": "transferred", "exists": "already present", "mount
 def _summary(result: CopyResult) -> str:
     counts = ", ".join(f"{count} {_OUTCOME_WORDS.get(outcome, outcome)}"
                        for outcome, count in sorted(result.blobs.items())) or "no blobs"
-    return f"blobs: {counts}; {result.bytes_moved:,} bytes moved"
+    referrers = f"; {len(result.referrers)} referrers" if result.referrers else ""
+    return f"blobs: {counts}; {result.bytes_moved:,} bytes moved{referrers}"
 
 
 def _result(ref: Reference, result: CopyResult) -> dict[str, object]:
     return {"reference": str(ref), "digest": result.digest, "mediaType": result.media_type,
             "platforms": result.platforms, "blobs": result.blobs, "bytes": result.bytes_moved,
-            "manifests": result.manifests}
+            "manifests": result.manifests, "referrers": result.referrers}
 
 
 def _run(ctx: Context, source: ImageSource, target: ImageTarget, tag: str | None, platform_args: list[str],
-         verb: str) -> CopyResult:
+         verb: str, referrers: bool = False) -> CopyResult:
     try:
         with ctx.bars(verb) as bars:
             return copy_image(source, target, tag, platforms=_platforms(platform_args),
-                              concurrency=ctx.client.options.concurrency, progress=bars)
+                              concurrency=ctx.client.options.concurrency, progress=bars, referrers=referrers)
     finally:
         source.close()
         target.close()
@@ -137,7 +143,7 @@ def run_copy(ctx: Context) -> int:
     mount_from = [src.repository] if src.registry == dst.registry else []
     source = RegistryImageSource(source_repo, src.identifier)
     target = RegistryImageTarget(ctx.client.repository(dst), mount_from)
-    result = _run(ctx, source, target, tag, args.platform, "copy")
+    result = _run(ctx, source, target, tag, args.platform, "copy", referrers=args.referrers)
     if dst.digest and dst.digest != result.digest:
         raise UsageError(f"copied {result.digest}, which is not the digest {dst.digest} in the destination")
     copied = dst.with_tag(tag) if tag else dst.with_digest(result.digest)

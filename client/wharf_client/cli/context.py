@@ -24,9 +24,10 @@ from wharf_client.errors import (
     PlatformNotFound,
     RegistryError,
     TransportError,
+    UnsupportedOperation,
     WharfError,
 )
-from wharf_client.options import ClientOptions, RegistryOptions
+from wharf_client.options import GIB, KIB, ClientOptions, RegistryOptions, parse_size
 from wharf_client.reference import parse_registry
 from wharf_client.registry import Client
 
@@ -39,6 +40,10 @@ EXIT_NOT_FOUND = 4
 EXIT_UNREACHABLE = 5
 EXIT_INTEGRITY = 6
 EXIT_INTERRUPTED = 130
+
+# --chunk-size bounds: below, a blob becomes thousands of requests; above, a resend costs too much.
+MIN_CHUNK_SIZE = 64 * KIB
+MAX_CHUNK_SIZE = 4 * GIB
 
 
 class UsageError(WharfError):
@@ -60,7 +65,7 @@ def exit_code(error: BaseException) -> int:
         return EXIT_UNREACHABLE
     if isinstance(error, DigestMismatch | FormatError):
         return EXIT_INTEGRITY
-    if isinstance(error, InvalidReference | UsageError):
+    if isinstance(error, InvalidReference | UsageError | UnsupportedOperation):
         return EXIT_USAGE
     return EXIT_FAILED
 
@@ -81,6 +86,42 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                        help="directory of the docker config.json (default $DOCKER_CONFIG or ~/.docker)")
 
 
+def chunk_size(text: str) -> int:
+    """``--chunk-size``: a size such as 16MiB, 5M or 1048576; 0 keeps the library's default."""
+    try:
+        size = parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if size and not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: a chunk is 0 (the default) or "
+                                         "between 64KiB and 4GiB")
+    return size
+
+
+def add_upload_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that upload blobs (push, copy, blob put, artifact push)."""
+    parser.add_argument("--chunk-size", type=chunk_size, default=0, metavar="SIZE",
+                        help="upload blobs larger than SIZE in PATCH chunks of SIZE (e.g. 16MiB, 5M, 1048576); "
+                             "default: one request up to 16MiB, 64MiB chunks above")
+
+
+def client_options(args: argparse.Namespace) -> ClientOptions:
+    """The library settings the flags ask for."""
+    registries: dict[str, RegistryOptions] = {}
+    for host in {*args.plain_http_registry, *args.insecure_registry}:
+        name = parse_registry(host)
+        registries[name] = RegistryOptions(plain_http=host in args.plain_http_registry or args.plain_http,
+                                           insecure=host in args.insecure_registry or args.insecure)
+    options = ClientOptions(registries=registries, concurrency=args.concurrency,
+                            default_registry_options=RegistryOptions(args.plain_http, args.insecure))
+    chunk = int(getattr(args, "chunk_size", 0) or 0)
+    if chunk:
+        # A chunk size is a cap on one request: blobs above it are chunked even under the monolithic limit.
+        options = dataclasses.replace(options, chunk_size=chunk,
+                                      monolithic_limit=min(options.monolithic_limit, chunk))
+    return options
+
+
 @dataclasses.dataclass
 class Context:
     args: argparse.Namespace
@@ -91,13 +132,7 @@ class Context:
     def from_args(cls, args: argparse.Namespace) -> Context:
         if args.concurrency < 1 or args.concurrency > 64:
             raise UsageError("--concurrency must be between 1 and 64")
-        registries: dict[str, RegistryOptions] = {}
-        for host in {*args.plain_http_registry, *args.insecure_registry}:
-            name = parse_registry(host)
-            registries[name] = RegistryOptions(plain_http=host in args.plain_http_registry or args.plain_http,
-                                               insecure=host in args.insecure_registry or args.insecure)
-        options = ClientOptions(registries=registries, concurrency=args.concurrency,
-                                default_registry_options=RegistryOptions(args.plain_http, args.insecure))
+        options = client_options(args)
         config = DockerConfig(args.docker_config / "config.json" if args.docker_config else None)
         return cls(args, Client(options, config), config)
 

@@ -1,7 +1,7 @@
 """An in-memory registry behind a requests transport adapter: protocol tests without sockets.
 
 It speaks enough of the distribution API for the client's upload, manifest,
-listing and auth paths, and can misbehave on request (ignore monolithic POST
+listing, referrers and auth paths, and can misbehave on request (ignore monolithic POST
 bodies like Distribution 2.8, drop a PATCH midway, answer 429 with Retry-After,
 demand bearer tokens), so each client branch is exercised deterministically.
 """
@@ -32,6 +32,7 @@ class Behaviour:
     retry_after: str = "0"
     bearer: bool = False                     # demand tokens from /token
     password: str = "secret"
+    referrers_api: bool = False              # serve /referrers/ and answer OCI-Subject (else: tag schema only)
 
 
 class FakeRegistry(BaseAdapter):
@@ -97,10 +98,13 @@ class FakeRegistry(BaseAdapter):
                query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
         if path == "/v2/":
             return 200, {}, b"{}"
-        found = re.match(r"^/v2/(?P<name>.+?)/(?P<kind>blobs/uploads|blobs|manifests|tags)/?(?P<rest>[^/]*)$", path)
-        if not found:
+        found = re.match(r"^/v2/(?P<name>.+?)/(?P<kind>blobs/uploads|blobs|manifests|tags|referrers)/?"
+                         r"(?P<rest>[^/]*)$", path)
+        if not found or (found.group("kind") == "referrers" and not self.behaviour.referrers_api):
             return 404, {}, _errors("UNSUPPORTED", "no route")
         name, kind, rest = found.group("name"), found.group("kind"), found.group("rest")
+        if kind == "referrers":
+            return 200, {"Content-Type": "application/vnd.oci.image.index.v1+json"}, self._referrers(name, rest)
         if kind == "blobs/uploads":
             return self._upload(request, method, name, rest, query)
         if kind == "blobs":
@@ -163,13 +167,32 @@ class FakeRegistry(BaseAdapter):
             media_type = request.headers.get("Content-Type", "")
             self.manifests[(name, digest)] = (content, media_type)
             self.manifests[(name, reference)] = (content, media_type)
-            return 201, {"Docker-Content-Digest": digest}, b""
+            headers = {"Docker-Content-Digest": digest}
+            subject = json.loads(content).get("subject")
+            if subject and self.behaviour.referrers_api:
+                headers["OCI-Subject"] = subject["digest"]
+            return 201, headers, b""
         if (name, reference) not in self.manifests:
             return 404, {}, b"" if method == "HEAD" else _errors("MANIFEST_UNKNOWN", "manifest unknown")
         content, media_type = self.manifests[(name, reference)]
         headers = {"Content-Type": media_type, "Docker-Content-Digest": "sha256:" + hashlib.sha256(content).hexdigest(),
                    "Content-Length": str(len(content))}
         return 200, headers, b"" if method == "HEAD" else content
+
+    def _referrers(self, name: str, subject: str) -> bytes:
+        found = []
+        for (repo, reference), (content, media_type) in sorted(self.manifests.items()):
+            payload = json.loads(content)
+            if repo != name or not reference.startswith("sha256:") or \
+                    (payload.get("subject") or {}).get("digest") != subject:
+                continue
+            entry = {"mediaType": media_type, "digest": reference, "size": len(content),
+                     "artifactType": payload.get("artifactType") or payload.get("config", {}).get("mediaType", "")}
+            if payload.get("annotations"):
+                entry["annotations"] = payload["annotations"]
+            found.append(entry)
+        return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                           "manifests": found}).encode()
 
 
 def _errors(code: str, message: str) -> bytes:
