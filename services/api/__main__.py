@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -30,7 +31,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 def main() -> None:
     settings = load(GatewaySettings, os.environ)
     logs.configure(settings.log_level)
-    options = {
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        sys.exit("wharf-gateway: WHARF_TLS_CERT_FILE and WHARF_TLS_KEY_FILE go together")
+    options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
         "threads": settings.threads,
@@ -45,6 +48,9 @@ def main() -> None:
         # gunicorn's control socket lives at one fixed path per user; two gateways would collide.
         "control_socket_disable": True,
     }
+    if settings.tls_cert_file:
+        # Blobs then leave through the TLS socket in 1 MiB reads instead of sendfile.
+        options.update(certfile=settings.tls_cert_file, keyfile=settings.tls_key_file)
     _Gunicorn(create_app(settings), options).run()
 
 

@@ -27,6 +27,9 @@ class GatewaySettings:
     allow_sparse_manifests: bool = env("WHARF_ALLOW_SPARSE_MANIFESTS", False,
                                        "accept manifests whose layers or child manifests are not in the "
                                        "repository (the spec's optional sparse manifests)")
+    tls_cert_file: str = env("WHARF_TLS_CERT_FILE", "",
+                             "PEM certificate chain: the gateway serves HTTPS (with WHARF_TLS_KEY_FILE)")
+    tls_key_file: str = env("WHARF_TLS_KEY_FILE", "", "PEM private key of that certificate")
     auth: str = env("WHARF_AUTH", "none", "none (no authentication; keep it on loopback) or token")
     auth_addr: str = env("WHARF_AUTH_ADDR", "127.0.0.1:50053", "auth service gRPC target (token mode)")
     token_service: str = env("WHARF_AUTH_SERVICE", "wharf", "service name in challenges and the tokens' aud")

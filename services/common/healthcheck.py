@@ -1,7 +1,8 @@
 """`wharf-healthcheck ADDRESS`: exit 0 when a Wharf gRPC service reports SERVING.
 
 For container HEALTHCHECKs; Kubernetes probes the same health service natively.
-An ``http://`` address checks the gateway's /v2/ instead (200, or 401 in token mode).
+An ``http://`` or ``https://`` address checks the gateway's /v2/ instead (200, or 401 in token
+mode; a certificate is not verified: this is a liveness probe of our own process).
 """
 
 from __future__ import annotations

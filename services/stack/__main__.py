@@ -92,12 +92,16 @@ def start(settings: StackSettings) -> list[Child]:
             wait_until(lambda b=blobstore: grpc_serving(b.address), blobstore, deadline, blobstore.name)
         gateway = Child("gateway", python_module("services.api"), gateway_env)
         children.append(gateway)
-        url = f"http://{settings.host}:{settings.port}/v2/"
+        url = f"{base_url(settings)}/v2/"
         wait_until(lambda: http_ok(url), gateway, deadline, "gateway")
     except BaseException:
         stop(children)
         raise
     return children
+
+
+def base_url(settings: StackSettings) -> str:
+    return f"{'https' if settings.tls_cert_file else 'http'}://{settings.host}:{settings.port}"
 
 
 def stop(children: list[Child]) -> None:
@@ -116,7 +120,7 @@ def main() -> None:
     except RuntimeError as exc:
         log.error("start failed", extra={"fields": {"error": str(exc)}})
         sys.exit(1)
-    print(f"Wharf is serving the registry at http://{settings.host}:{settings.port} "
+    print(f"Wharf is serving the registry at {base_url(settings)} "
           f"(data in {settings.data_dir.resolve()}); Ctrl-C stops it.", flush=True)
     if settings.auth == "none":
         print("Authentication is off (WHARF_AUTH=none), fine on loopback only. To require tokens: "

@@ -19,8 +19,8 @@ class RunningStack:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
         self.extra_env = dict(env or {})
+        self.url = f"{'https' if self.extra_env.get('WHARF_TLS_CERT_FILE') else 'http'}://{self.host}"
         self.log_path = log_path or data_dir.parent / f"stack-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
