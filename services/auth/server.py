@@ -14,7 +14,7 @@ from services.auth.accounts import AccountStore
 from services.auth.policy import ANONYMOUS, Principal, grant, refused, repository_actions
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
-from services.common import scopes
+from services.common import redisconn, scopes
 from services.common.errors import DENIED, UNAUTHORIZED, RegistryError
 from services.common.grpcserver import create_server
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
@@ -152,8 +152,8 @@ def bootstrap_admin(settings: AuthSettings, store: AccountStore) -> None:
 
 
 def build(settings: AuthSettings, address: str | None = None):  # type: ignore[no-untyped-def]
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
-                                  health_check_interval=30, max_connections=settings.workers + 4)
+    client = redisconn.sync_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                   health_check_interval=30, max_connections=settings.workers + 4)
     store = AccountStore(client, settings.bcrypt_rounds, settings.login_failures, settings.login_window)
     keyring = KeyRing(settings.keys_dir, settings.token_ttl, settings.key_publish_delay)
     bootstrap_admin(settings, store)

@@ -12,7 +12,8 @@ from services.common.settings import env, secret
 class AuthSettings:
     listen: str = env("WHARF_AUTH_LISTEN", "127.0.0.1:50053", "gRPC address to bind (host:port)")
     redis_url: str = env("WHARF_AUTH_REDIS_URL", "redis://127.0.0.1:6379/0",
-                         "Redis URL for accounts and refresh tokens (keys under wharf-auth:)")
+                         "Redis URL for accounts and refresh tokens (keys under wharf-auth:); the same forms "
+                         "as WHARF_REDIS_URL, Sentinel included")
     keys_dir: pathlib.Path = env("WHARF_AUTH_KEYS_DIR", pathlib.Path("./data/auth/keys"),
                                  "directory of the ES256 signing keys (PEM); created with a key when empty")
     issuer: str = env("WHARF_AUTH_ISSUER", "wharf-auth", "the iss claim of the tokens")

@@ -16,6 +16,7 @@ import grpc
 import redis
 import redis.asyncio as aredis
 
+from services.common import redisconn
 from services.common.grpcserver import serve_aio
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
@@ -115,11 +116,8 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
 
 def redis_client(url: str, connections: int) -> aredis.Redis:
-    # A blocking pool: past `connections` concurrent calls, callers wait for a connection instead of failing.
-    pool: aredis.BlockingConnectionPool
-    pool = aredis.BlockingConnectionPool.from_url(url, max_connections=connections, timeout=5, socket_timeout=5,
-                                                  socket_connect_timeout=2, health_check_interval=30)
-    return aredis.Redis(connection_pool=pool)
+    return redisconn.async_client(url, connections, socket_timeout=5, socket_connect_timeout=2,
+                                  health_check_interval=30)
 
 
 async def serve(settings: MetadataSettings, address: str | None = None,

@@ -10,7 +10,7 @@ from services.common.settings import env
 @dataclasses.dataclass(frozen=True)
 class MetadataSettings:
     listen: str = env("WHARF_METADATA_LISTEN", "127.0.0.1:50052", "gRPC address to bind (host:port)")
-    redis_url: str = env("WHARF_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or unix://)")
+    redis_url: str = env("WHARF_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL: redis://, rediss://, unix://, or redis+sentinel://host:port[,host:port]/<primary>[/db]")
     workers: int = env("WHARF_METADATA_WORKERS", 32, "Redis connections (plus 4) the asyncio server shares")
     cache_lease: float = env("WHARF_CACHE_LEASE", 2.0,
                              "seconds a gateway may serve cached manifests after its last answered ping; "
