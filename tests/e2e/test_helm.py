@@ -4,7 +4,6 @@ template from the registry; and registry login in token mode."""
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import subprocess
 
@@ -12,7 +11,7 @@ import pytest
 
 from tests.e2e.test_token_clients import PASSWORD, USER, secure  # noqa: F401 - the token-mode stack fixture
 from tests.support.stack import RunningStack
-from tests.support.tools import require_tool
+from tests.support.tools import isolated_env, require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -21,11 +20,10 @@ HELM_MODULE = "helm.sh/helm/v3/cmd/helm@v3.22.0"
 
 class Helm:
     def __init__(self, binary: str, home: pathlib.Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
         self.binary = binary
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("HELM_", "DOCKER_"))}
-        self.env.update(HOME=str(home), HELM_CACHE_HOME=str(home / "cache"), HELM_CONFIG_HOME=str(home / "config"),
-                        HELM_DATA_HOME=str(home / "data"), DOCKER_CONFIG=str(home / "docker"))
+        self.env = isolated_env(home, "HELM_")
+        self.env.update(HELM_CACHE_HOME=str(home / "cache"), HELM_CONFIG_HOME=str(home / "config"),
+                        HELM_DATA_HOME=str(home / "data"))
 
     def run(self, *args: str, cwd: pathlib.Path, check: bool = True) -> str:
         result = subprocess.run([self.binary, *args], cwd=cwd, env=self.env, capture_output=True, text=True,

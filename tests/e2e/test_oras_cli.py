@@ -3,7 +3,6 @@ API, pull, list repositories and tags; and login in token mode."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 
@@ -11,17 +10,15 @@ import pytest
 
 from tests.e2e.test_token_clients import PASSWORD, USER, secure  # noqa: F401 - the token-mode stack fixture
 from tests.support.stack import RunningStack
-from tests.support.tools import require_tool
+from tests.support.tools import isolated_env, require_tool
 
 pytestmark = pytest.mark.e2e
 
 
 class Oras:
     def __init__(self, binary: str, home: pathlib.Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
         self.binary = binary
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        self.env.update(HOME=str(home), DOCKER_CONFIG=str(home / "docker"))
+        self.env = isolated_env(home)
 
     def run(self, *args: str, cwd: pathlib.Path, check: bool = True) -> str:
         result = subprocess.run([self.binary, *args, "--plain-http"], cwd=cwd, env=self.env, capture_output=True,

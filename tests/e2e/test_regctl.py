@@ -4,7 +4,6 @@ deletion, export, blob reads, and login in token mode."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import tarfile
@@ -13,7 +12,7 @@ import pytest
 
 from tests.e2e.test_token_clients import PASSWORD, USER, secure  # noqa: F401 - the token-mode stack fixture
 from tests.support.stack import RunningStack
-from tests.support.tools import require_tool
+from tests.support.tools import isolated_env, require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -22,10 +21,8 @@ REGCTL_MODULE = "github.com/regclient/regclient/cmd/regctl@v0.11.7"
 
 class Regctl:
     def __init__(self, binary: str, home: pathlib.Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
         self.binary = binary
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        self.env.update(HOME=str(home), DOCKER_CONFIG=str(home / "docker"))
+        self.env = isolated_env(home)
 
     def run(self, *args: str, cwd: pathlib.Path, check: bool = True, stdin: str | None = None) -> str:
         result = subprocess.run([self.binary, *args], cwd=cwd, env=self.env, capture_output=True, text=True,

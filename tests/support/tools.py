@@ -37,3 +37,12 @@ def require_tool(name: str, hint: str = "") -> str:
     if in_ci():
         pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
+
+
+def isolated_env(home: pathlib.Path, *drop_prefixes: str) -> dict[str, str]:
+    """The environment for a client tool with its own HOME and Docker config, so neither the
+    user's credentials nor a previous test's login change what a test does."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", *drop_prefixes))}
+    env.update(HOME=str(home), DOCKER_CONFIG=str(home / "docker"))
+    return env
