@@ -13,6 +13,8 @@
     wharf:invalidations                            pub/sub channel: {"id", "repositories"} per write
     wharf:invalidation:<id>:acks                   LIST  one entry per replica that applied message <id>
     wharf:lease-grantors                           ZSET  replica id, score = when its last lease ends (ms)
+    wharf:maintenance                              STRING set (with a TTL) while garbage collection runs:
+                                                         every write script refuses to run
 
 Repository names and digests are validated by the gateway and again by the
 service before they reach a key. Every change that touches more than one key
@@ -26,6 +28,12 @@ from __future__ import annotations
 CATALOG = "wharf:catalog"
 INVALIDATIONS = "wharf:invalidations"
 LEASE_GRANTORS = "wharf:lease-grantors"
+MAINTENANCE = "wharf:maintenance"
+# The error a write script returns while MAINTENANCE exists (store.py turns it into a 503).
+READ_ONLY = "WHARF_READ_ONLY"
+_GUARD = f"""
+if redis.call('EXISTS', '{MAINTENANCE}') == 1 then return redis.error_reply('{READ_ONLY}') end
+"""
 
 
 def invalidation_acks(message_id: str) -> str:
@@ -70,7 +78,7 @@ def blob_repos(digest: str) -> str:
 # ARGV: prefix, catalog, name, digest, type, body, subject, descriptor,
 #       nblobs, blobs..., nmanifests, manifests..., ntags, tags...
 # Returns {"ok"} or {"missing", digest...}.
-PUT_MANIFEST = """
+PUT_MANIFEST = _GUARD + """
 local p = ARGV[1]
 local i = 9
 local missing = {}
@@ -122,7 +130,7 @@ return {digest, v[1], v[2], v[3]}
 """
 
 # ARGV: prefix, catalog, name, digest. Returns 0 when the manifest was not stored.
-DELETE_MANIFEST = """
+DELETE_MANIFEST = _GUARD + """
 local p = ARGV[1]
 local digest = ARGV[4]
 local key = p .. 'manifest:' .. digest
@@ -144,7 +152,7 @@ return 1
 """
 
 # ARGV: prefix, tag. Returns 0 when the tag did not exist.
-DELETE_TAG = """
+DELETE_TAG = _GUARD + """
 local p = ARGV[1]
 local digest = redis.call('HGET', p .. 'tags', ARGV[2])
 if not digest then return 0 end
@@ -154,8 +162,17 @@ redis.call('SREM', p .. 'tagsof:' .. digest, ARGV[2])
 return 1
 """
 
+# ARGV: prefix, catalog, name, digest, size, blob_repos key.
+LINK_BLOB = _GUARD + """
+local p = ARGV[1]
+redis.call('HSET', p .. 'blobs', ARGV[4], ARGV[5])
+redis.call('HSET', ARGV[6], ARGV[3], ARGV[5])
+redis.call('ZADD', ARGV[2], 0, ARGV[3])
+return 1
+"""
+
 # ARGV: prefix, catalog, name, digest, blob_repos key. Returns 0 when the link did not exist.
-UNLINK_BLOB = """
+UNLINK_BLOB = _GUARD + """
 local p = ARGV[1]
 if redis.call('HDEL', p .. 'blobs', ARGV[4]) == 0 then return 0 end
 redis.call('HDEL', ARGV[5], ARGV[3])

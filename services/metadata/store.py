@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
+from typing import Any
 
+import redis
 import redis.asyncio as aredis
+from redis.commands.core import AsyncScript
 
 from services.common import digests
 from services.common.errors import (
@@ -13,6 +17,7 @@ from services.common.errors import (
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_UNKNOWN,
     NAME_UNKNOWN,
+    UNAVAILABLE,
     RegistryError,
 )
 from services.common.names import validate_name, validate_tag
@@ -61,17 +66,25 @@ class MetadataStore:
         self._delete_manifest = client.register_script(keys.DELETE_MANIFEST)
         self._delete_tag = client.register_script(keys.DELETE_TAG)
         self._unlink_blob = client.register_script(keys.UNLINK_BLOB)
+        self._link_blob = client.register_script(keys.LINK_BLOB)
+
+    async def _write(self, script: AsyncScript, args: Sequence[str | bytes | int]) -> Any:
+        """Runs a write script; while garbage collection holds the registry read-only, a 503."""
+        try:
+            return await script(args=args)
+        except redis.ResponseError as exc:
+            if str(exc).startswith(keys.READ_ONLY):
+                raise RegistryError(UNAVAILABLE, "the registry is read-only while garbage collection runs; "
+                                                 "retry later", detail={"retry_after": 30}) from None
+            raise
 
     # -- blob links --------------------------------------------------------
 
     async def link_blob(self, name: str, digest: str, size: int) -> None:
         validate_name(name)
         digests.validate(digest)
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.blobs(name), digest, size)
-            pipe.hset(keys.blob_repos(digest), name, size)
-            pipe.zadd(keys.CATALOG, {name: 0})
-            await pipe.execute()
+        await self._write(self._link_blob, [keys.repo_prefix(name), keys.CATALOG, name, digest, size,
+                                             keys.blob_repos(digest)])
 
     async def blob_size(self, name: str, digest: str) -> int:
         validate_name(name)
@@ -85,7 +98,7 @@ class MetadataStore:
         validate_name(name)
         digests.validate(digest)
         args = [keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)]
-        if not await self._unlink_blob(args=args):
+        if not await self._write(self._unlink_blob, args):
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
 
     async def blob_repositories(self, digest: str, limit: int) -> tuple[list[str], int]:
@@ -114,7 +127,7 @@ class MetadataStore:
         args: list[str | bytes | int] = [keys.repo_prefix(name), keys.CATALOG, name, digest, media_type, content,
                                          subject, descriptor.to_json() if descriptor else ""]
         args += [len(blob_refs), *blob_refs, len(manifest_refs), *manifest_refs, len(tags), *tags]
-        result = [_s(v) for v in await self._put_manifest(args=args)]
+        result = [_s(v) for v in await self._write(self._put_manifest, args)]
         if result[0] == "missing":
             missing = result[1:]
             raise RegistryError(MANIFEST_BLOB_UNKNOWN, f"manifest references unknown content {missing[0]}",
@@ -136,13 +149,13 @@ class MetadataStore:
     async def delete_manifest(self, name: str, digest: str) -> None:
         validate_name(name)
         digests.validate(digest)
-        if not await self._delete_manifest(args=[keys.repo_prefix(name), keys.CATALOG, name, digest]):
+        if not await self._write(self._delete_manifest, [keys.repo_prefix(name), keys.CATALOG, name, digest]):
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} unknown to repository {name}")
 
     async def delete_tag(self, name: str, tag: str) -> None:
         validate_name(name)
         validate_tag(tag)
-        if not await self._delete_tag(args=[keys.repo_prefix(name), tag]):
+        if not await self._write(self._delete_tag, [keys.repo_prefix(name), tag]):
             raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} unknown to repository {name}")
 
     # -- listings ----------------------------------------------------------
