@@ -174,6 +174,9 @@ class BlobService:
                     raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
                 if self._driver.stat(layout.blob_key(digest)) is None:
                     self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
+                else:
+                    # Already stored, and about to be linked again: young again for garbage collection.
+                    self._driver.touch(layout.blob_key(digest))
             finally:
                 # Success or a digest mismatch: the session is over either way, nothing half-done stays.
                 self.cancel(upload_id, repository)

@@ -172,7 +172,7 @@ return 1
 """
 
 # ARGV: prefix, catalog, name, digest, blob_repos key. Returns 0 when the link did not exist.
-UNLINK_BLOB = _GUARD + """
+_UNLINK_BLOB = """
 local p = ARGV[1]
 if redis.call('HDEL', p .. 'blobs', ARGV[4]) == 0 then return 0 end
 redis.call('HDEL', ARGV[5], ARGV[3])
@@ -181,6 +181,9 @@ if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs
 end
 return 1
 """
+UNLINK_BLOB = _GUARD + _UNLINK_BLOB
+# The same for garbage collection, which holds the maintenance key itself.
+GC_UNLINK_BLOB = _UNLINK_BLOB
 
 
 # KEYS: lease-grantors. ARGV: replica id, how long (ms) its leases may run from now.

@@ -41,7 +41,10 @@ def _start_redis(settings: StackSettings, deadline: float) -> tuple[Child, str]:
             "--save", "", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
     child = Child("redis", argv, os.environ)
     wait_until(lambda: redis_ready("127.0.0.1", port), child, deadline, "redis")
-    return child, f"redis://127.0.0.1:{port}/0"
+    url = f"redis://127.0.0.1:{port}/0"
+    # wharf-gc, run from the same directory, finds this Redis through the file.
+    (redis_dir / "url").write_text(url + "\n")
+    return child, url
 
 
 def start(settings: StackSettings) -> list[Child]:

@@ -106,6 +106,11 @@ class StorageDriver(abc.ABC):
     def delete(self, key: str) -> bool:
         """Removes an object or a whole prefix; False when nothing was there."""
 
+    @abc.abstractmethod
+    def touch(self, key: str) -> None:
+        """Makes an existing object's modification time now: garbage collection spares young blobs,
+        and a blob that an upload just found already stored is about to be linked again."""
+
     def sweep(self, older_than: float) -> int:
         """Removes backend leftovers no key refers to, started before ``older_than`` (Unix time):
         for S3, multipart uploads a crash left unrecorded. Returns how many."""

@@ -238,5 +238,8 @@ class FilesystemDriver(StorageDriver):
         except FileNotFoundError:
             return False
 
+    def touch(self, key: str) -> None:
+        os.utime(self._path(key))
+
     def local_path(self, key: str) -> str | None:
         return str(self._path(key)) if self._expose_paths else None

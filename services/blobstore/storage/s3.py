@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import urllib3
 from minio import Minio
-from minio.commonconfig import ComposeSource, CopySource
+from minio.commonconfig import REPLACE, ComposeSource, CopySource
 from minio.datatypes import Part
 from minio.error import S3Error
 
@@ -287,6 +287,15 @@ class S3Driver(StorageDriver):
             self._call(self._client.compose_object, self._bucket, self._name(dest),
                        [ComposeSource(self._bucket, self._name(source))])
         self._remove(source)
+
+    def touch(self, key: str) -> None:
+        # S3 has no "touch": copying an object onto itself with replaced metadata renews its
+        # Last-Modified. Larger objects cannot be copied in one call; they keep their age.
+        info = self.stat(key)
+        if info is None or info.size > MAX_COPY:
+            return
+        self._call(self._client.copy_object, self._bucket, self._name(key), CopySource(self._bucket, self._name(key)),
+                   metadata={"x-amz-meta-wharf-touched": str(int(time.time()))}, metadata_directive=REPLACE)
 
     def _relative(self, object_name: str) -> str:
         return object_name[len(self._prefix) + 1:] if self._prefix else object_name

@@ -1,0 +1,1 @@
+"""Garbage collection of blobs (``wharf-gc``)."""

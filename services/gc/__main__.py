@@ -1,0 +1,55 @@
+"""`wharf-gc`: one garbage collection run against the registry's Redis and blob storage.
+
+It reads the same environment as the services it works behind: the metadata service's
+``WHARF_REDIS_URL`` and the blob store's ``WHARF_STORAGE``, ``WHARF_DATA_DIR`` and
+``WHARF_S3_*``. Run it where both are reachable (a Kubernetes Job, a cron entry next to
+``make run``); the registry stays up, read-only for the duration of the run. Next to
+``make run`` (same directory, or the same ``WHARF_DATA_DIR``) it finds the stack's Redis
+by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from services.blobstore.settings import BlobStoreSettings
+from services.blobstore.storage import create_driver
+from services.common import logs, redisconn
+from services.common.settings import load
+from services.gc.collector import Collector, MaintenanceBusy
+from services.metadata.settings import MetadataSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wharf-gc", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grace", type=float, default=3600.0,
+                        help="seconds a blob must have been stored before it can be collected (default 3600)")
+    parser.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    parser.add_argument("--maintenance-ttl", type=float, default=3600.0,
+                        help="seconds after which the read-only mode lapses should this run die (default 3600)")
+    args = parser.parse_args(argv)
+    if args.grace < 0 or args.maintenance_ttl <= 0:
+        parser.error("--grace must be >= 0 and --maintenance-ttl > 0")
+    logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
+    metadata = load(MetadataSettings, os.environ)
+    storage = load(BlobStoreSettings, os.environ)
+    redis_url = metadata.redis_url
+    local = storage.data_dir / "redis" / "url"  # written by `make run` for the Redis it started
+    if "WHARF_REDIS_URL" not in os.environ and local.is_file():
+        redis_url = local.read_text().strip()
+    client = redisconn.sync_client(redis_url, socket_timeout=30, socket_connect_timeout=5)
+    collector = Collector(client, create_driver(storage), args.grace, args.dry_run, args.maintenance_ttl)
+    try:
+        report = collector.run()
+    except MaintenanceBusy as exc:
+        print(f"wharf-gc: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""wharf-gc against a running stack: what a deleted manifest left behind goes, what any manifest
+still needs stays (also when shared with another repository), the registry is read-only (503)
+while the run holds maintenance, and young blobs survive a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+import redis
+import requests
+
+from services.blobstore.settings import BlobStoreSettings
+from services.blobstore.storage import create_driver
+from services.common.settings import load
+from tests.support.pusher import OCI_MANIFEST, PushError, digest, push_blob, push_image, random_layers
+from tests.support.s3 import S3Server
+from tests.support.stack import RunningStack
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _gc(stack: RunningStack, *args: str) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if k != "WHARF_REDIS_URL"}
+    env.update(stack.extra_env, WHARF_DATA_DIR=str(stack.data_dir))  # Redis: from the file the stack wrote
+    result = subprocess.run([sys.executable, "-m", "services.gc", *args], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def _redis_url(stack: RunningStack) -> str:
+    return (stack.data_dir / "redis" / "url").read_text().strip()
+
+
+def _blob_files(stack: RunningStack) -> set[str]:
+    """The blobs the blob store holds, listed through its storage driver."""
+    driver = create_driver(load(BlobStoreSettings, {**stack.extra_env, "WHARF_DATA_DIR": str(stack.data_dir)}))
+    return {f"sha256:{encoded}" for shard in driver.list("blobs/sha256")
+            for encoded in driver.list(f"blobs/sha256/{shard}")}
+
+
+def _status(url: str) -> int:
+    return requests.get(url, headers={"Accept": OCI_MANIFEST}, timeout=30).status_code
+
+
+@pytest.fixture(params=["filesystem", "seaweedfs"])
+def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "filesystem":
+        return {}
+    server: S3Server = request.getfixturevalue("seaweedfs")
+    return {**server.env(), "WHARF_S3_REDIRECT": "false"}
+
+
+def test_collects_what_deleted_manifests_left(start_stack: Callable[..., RunningStack],
+                                              backend_env: dict[str, str]) -> None:
+    stack = start_stack(env=backend_env)
+    url = stack.url
+    shared = random_layers(1, 4096)[0]
+    doomed_layer, kept_layer = random_layers(2, 4096)
+    doomed = push_image([url], "gc/app", "old", [shared, doomed_layer])
+    kept = push_image([url], "gc/app", "new", [shared, kept_layer])
+    other = push_image([url], "gc/other", "v1", [doomed_layer])  # the same layer, needed elsewhere
+    stray = push_blob([url], "gc/app", b"uploaded, never used by a manifest")
+    assert requests.delete(f"{url}/v2/gc/app/manifests/{doomed}", timeout=30).status_code == 202
+    config_of_kept = json.loads(requests.get(f"{url}/v2/gc/app/manifests/{kept}", headers={
+        "Accept": OCI_MANIFEST}, timeout=30).content)["config"]["digest"]
+    before = _blob_files(stack)
+
+    young = _gc(stack)  # default grace: everything here is too young
+    assert young["blobs_deleted"] == 0 and young["links_removed"] == 0
+    dry = _gc(stack, "--grace", "0", "--dry-run")
+    assert dry["blobs_deleted"] and _blob_files(stack) == before
+
+    report = _gc(stack, "--grace", "0")
+    after = _blob_files(stack)
+    assert digest(doomed_layer) in after  # gc/other's manifest still needs it
+    assert stray not in after
+    assert digest(shared) in after and digest(kept_layer) in after and config_of_kept in after
+    assert report["blobs_deleted"] == len(before - after) >= 2  # the stray blob and the old image's config
+    # gc/app no longer serves the layer only the deleted manifest used; the others pull whole.
+    assert requests.head(f"{url}/v2/gc/app/blobs/{digest(doomed_layer)}", timeout=30).status_code == 404
+    for repository, reference in (("gc/app", "new"), ("gc/other", "v1")):
+        manifest = json.loads(requests.get(f"{url}/v2/{repository}/manifests/{reference}",
+                                           headers={"Accept": OCI_MANIFEST}, timeout=30).content)
+        for descriptor in [manifest["config"], *manifest["layers"]]:
+            blob = requests.get(f"{url}/v2/{repository}/blobs/{descriptor['digest']}", timeout=30)
+            assert blob.status_code == 200 and digest(blob.content) == descriptor["digest"]
+    assert other  # still tagged
+    # A second run finds nothing more.
+    assert _gc(stack, "--grace", "0")["blobs_deleted"] == 0
+
+
+def test_writes_get_503_while_maintenance_is_on(start_stack: Callable[..., RunningStack]) -> None:
+    stack = start_stack()
+    push_image([stack.url], "gc/ro", "v1", random_layers(1, 1024))
+    client = redis.Redis.from_url(_redis_url(stack))
+    client.set("wharf:maintenance", json.dumps({"gc": "test"}), px=60_000)
+    try:
+        with pytest.raises(PushError) as refused:
+            push_image([stack.url], "gc/ro", "v2", random_layers(1, 1024))
+        assert "503" in str(refused.value)
+        assert _status(f"{stack.url}/v2/gc/ro/manifests/v1") == 200  # reads go on
+        deleted = requests.delete(f"{stack.url}/v2/gc/ro/manifests/v1", timeout=30)
+        assert deleted.status_code == 503 and deleted.headers.get("Retry-After")
+        busy = subprocess.run([sys.executable, "-m", "services.gc"], cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, WHARF_DATA_DIR=str(stack.data_dir),
+                                       WHARF_REDIS_URL=_redis_url(stack)), timeout=60)
+        assert busy.returncode == 2 and "maintenance" in busy.stderr
+    finally:
+        client.delete("wharf:maintenance")
+    push_image([stack.url], "gc/ro", "v2", random_layers(1, 1024))
