@@ -19,7 +19,7 @@ from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.common import logs, redisconn
 from services.common.settings import load
-from services.gc.collector import Collector, MaintenanceBusy
+from services.gc.collector import Collector, MaintenanceBusy, MaintenanceLost
 from services.metadata.settings import MetadataSettings
 
 
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except MaintenanceBusy as exc:
         print(f"wharf-gc: {exc}", file=sys.stderr)
         return 2
+    except MaintenanceLost as exc:
+        print(f"wharf-gc: {exc}", file=sys.stderr)
+        return 3
     print(json.dumps(report.to_json()))
     return 0
 

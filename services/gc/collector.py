@@ -58,6 +58,10 @@ class MaintenanceBusy(RuntimeError):
     """Another collection holds the registry in maintenance."""
 
 
+class MaintenanceLost(RuntimeError):
+    """The maintenance key vanished or changed hands mid-run: deleting on would not be safe."""
+
+
 def referenced_blobs(body: bytes) -> set[str]:
     """The blob digests a stored manifest names: config and layers (and an artifact's blobs)."""
     try:
@@ -92,20 +96,32 @@ class Collector:
         self._dry_run = dry_run
         self._ttl = maintenance_ttl
         self._unlink = client.register_script(keys.GC_UNLINK_BLOB)
+        self._token = ""
+        self._renewed = 0.0
 
     def run(self) -> Report:
-        token = uuid.uuid4().hex
-        if not self._r.set(keys.MAINTENANCE, json.dumps({"gc": token, "since": int(time.time())}), nx=True,
+        self._token = uuid.uuid4().hex
+        if not self._r.set(keys.MAINTENANCE, json.dumps({"gc": self._token, "since": int(time.time())}), nx=True,
                            px=int(self._ttl * 1000)):
             raise MaintenanceBusy("the registry is already in maintenance (another garbage collection?)")
+        self._renewed = time.monotonic()
         log.info("maintenance on: the registry is read-only")
         try:
             return self._collect()
         finally:
             # Only our own key: a run that outlived its TTL must not end someone else's.
-            if _s(self._r.get(keys.MAINTENANCE) or b"").find(token) >= 0:
+            if self._token in _s(self._r.get(keys.MAINTENANCE) or b""):
                 self._r.delete(keys.MAINTENANCE)
             log.info("maintenance off")
+
+    def _hold_maintenance(self) -> None:
+        """Renews the key every third of its TTL; stops the run if it is no longer ours."""
+        if time.monotonic() - self._renewed < self._ttl / 3:
+            return
+        if self._token not in _s(self._r.get(keys.MAINTENANCE) or b""):
+            raise MaintenanceLost("the maintenance key expired or was removed during the run; stopping")
+        self._r.pexpire(keys.MAINTENANCE, int(self._ttl * 1000))
+        self._renewed = time.monotonic()
 
     def _collect(self) -> Report:
         report = Report(dry_run=self._dry_run)
@@ -113,6 +129,7 @@ class Collector:
         linked_anywhere: set[str] = set()
         unlinked: dict[str, set[str]] = {}  # digest -> repositories it was (or, dry, would be) unlinked from
         for name in (_s(n) for n in self._r.zrange(keys.CATALOG, 0, -1)):
+            self._hold_maintenance()
             report.repositories += 1
             referenced: set[str] = set()
             for digest in (_s(d) for d in self._r.smembers(keys.manifests(name))):
@@ -129,6 +146,7 @@ class Collector:
                     continue
                 self._unlink(args=[keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)])
         for digest in self._stored_blobs():
+            self._hold_maintenance()
             report.blobs_seen += 1
             if digest in referenced_anywhere or digest in linked_anywhere:
                 continue

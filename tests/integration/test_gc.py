@@ -17,7 +17,10 @@ import requests
 
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
+from services.blobstore.storage.filesystem import FilesystemDriver
 from services.common.settings import load
+from services.gc.collector import Collector, MaintenanceLost
+from services.metadata import keys
 from tests.support.pusher import OCI_MANIFEST, PushError, digest, push_blob, push_image, random_layers
 from tests.support.s3 import S3Server
 from tests.support.stack import RunningStack
@@ -115,3 +118,18 @@ def test_writes_get_503_while_maintenance_is_on(start_stack: Callable[..., Runni
     finally:
         client.delete("wharf:maintenance")
     push_image([stack.url], "gc/ro", "v2", random_layers(1, 1024))
+
+
+def test_a_run_stops_when_its_maintenance_key_is_lost(redis_client: redis.Redis, tmp_path: pathlib.Path) -> None:
+    """A run that outlives its key (or whose key someone removed) must not delete on without it."""
+    redis_client.zadd(keys.CATALOG, {"lost/repo": 0})
+    collector = Collector(redis_client, FilesystemDriver(tmp_path / "blobs"), grace=0, maintenance_ttl=0.3)
+    collector._renewed = 0.0  # as if the last renewal were long ago
+    redis_client.delete(keys.MAINTENANCE)
+    collector._token = "mine"
+    with pytest.raises(MaintenanceLost):
+        collector._collect()
+    redis_client.set(keys.MAINTENANCE, json.dumps({"gc": "mine"}))
+    collector._renewed = 0.0
+    collector._collect()  # ours again: renewed, and the run goes through
+    assert 0 < redis_client.pttl(keys.MAINTENANCE) <= 300
