@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+import redis
+
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.common import logs, redisconn
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except MaintenanceLost as exc:
         print(f"wharf-gc: {exc}", file=sys.stderr)
         return 3
+    except redis.ConnectionError as exc:
+        print(f"wharf-gc: cannot reach Redis at {redis_url}: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(report.to_json()))
     return 0
 
