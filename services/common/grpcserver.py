@@ -12,7 +12,6 @@ import contextlib
 import contextvars
 import logging
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -24,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.errors import INTERNAL, UNAVAILABLE, RegistryError
 from services.common.logs import AccessLog
+from services.common.signals import StopSignal
 
 REQUEST_ID_KEY = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -210,9 +210,7 @@ async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Ser
 
 def serve_until_signal(server: grpc.Server, health_servicer: health.HealthServicer, grace: float = 10.0) -> None:
     """Runs until SIGTERM/SIGINT, then reports NOT_SERVING and drains in-flight calls."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignal()
     server.start()
     stop.wait()
     health_servicer.enter_graceful_shutdown()

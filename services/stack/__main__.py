@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 
 from services.common import logs
 from services.common.settings import load
+from services.common.signals import StopSignal
 from services.stack.processes import (
     Child,
     free_port,
@@ -116,9 +115,7 @@ def stop(children: list[Child]) -> None:
 def main() -> None:
     settings = load(StackSettings, os.environ)
     logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
+    stopping = StopSignal()
     try:
         children = start(settings)
     except RuntimeError as exc:
