@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any
 
+import gunicorn.http.wsgi
 from gunicorn.app.base import BaseApplication
 
 from services.api.app import create_app
@@ -26,6 +27,15 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         return self._app
+
+
+# gunicorn sends a file with sendfile() calls of up to BLKSIZE bytes (1 GiB by default). In
+# 4 MiB calls, pulls of a 1 GiB blob over loopback measured a median of 4.3-4.9 GB/s instead of
+# 3.6 (10 pulls each, 2-core VM): the receiver's ACKs get processed between calls rather than
+# piling up behind one long send. A module constant, so checked rather than assumed.
+SENDFILE_CHUNK = 4 * 1024 * 1024
+if hasattr(gunicorn.http.wsgi, "BLKSIZE"):
+    gunicorn.http.wsgi.BLKSIZE = SENDFILE_CHUNK
 
 
 def main() -> None:
