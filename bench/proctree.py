@@ -7,9 +7,10 @@ workers), so its memory and CPU are only meaningful per process and summed over 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
-import threading
+from multiprocessing.connection import Connection
 
 MB = 1_000_000
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -63,6 +64,8 @@ class Sampler:
     """Peak VmRSS (MB) and CPU seconds per process under ``root`` while the ``with`` block runs.
 
     The tree is re-read every ``rescan`` samples (a /proc walk costs a few ms); RSS every sample.
+    Sampling runs in a forked process, not a thread: a thread would take the GIL from the
+    client being measured, and more so for a registry of many processes than for one.
     """
 
     def __init__(self, root: int, interval: float = 0.05, rescan: int = 10) -> None:
@@ -71,8 +74,8 @@ class Sampler:
         self.peak_mb: dict[str, float] = {}
         self._tree: dict[int, int] = {}
         self._ticks: dict[int, tuple[int, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="rss-sampler")
+        self._context = multiprocessing.get_context("fork")
+        self._stop = self._context.Event()
 
     def _name(self, pid: int, ppid: int) -> str:
         if pid not in self.names:
@@ -100,20 +103,27 @@ class Sampler:
         """CPU time (user + system) each process used between the first and the last sample."""
         return {self.names[pid]: (last - first) / TICKS for pid, (first, last) in self._ticks.items()}
 
-    def _loop(self) -> None:
+    def _loop(self, results: Connection) -> None:
         count = 0
         while not self._stop.wait(self.interval):
             count += 1
             self.sample(rescan=count % self.rescan == 0)
+        results.send((self.names, self.peak_mb, self._ticks, self._tree))
+        results.close()
 
     def __enter__(self) -> Sampler:
         self.sample()
-        self._thread.start()
+        self._results, results = self._context.Pipe(duplex=False)
+        self._process = self._context.Process(target=self._loop, args=(results,), daemon=True,
+                                              name="rss-sampler")
+        self._process.start()
+        results.close()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self.names, self.peak_mb, self._ticks, self._tree = self._results.recv()
+        self._process.join()
         self.sample()
 
 
