@@ -19,15 +19,12 @@ from services.common.errors import (
     UNAUTHORIZED,
     RegistryError,
 )
+from services.common.redisconn import text
 
 KINDS = ("user", "robot")
 MIN_PASSWORD = 8
 # bcrypt looks at 72 bytes at most; longer passwords are refused rather than silently cut.
 MAX_PASSWORD = 72
-
-
-def _s(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 def validate_account_name(name: str) -> str:
@@ -82,8 +79,8 @@ class AccountStore:
             (kind, admin), grants = pipe.execute()
         if kind is None:
             raise RegistryError(ACCOUNT_UNKNOWN, f"account {name} does not exist")
-        parsed = tuple(sorted((_s(p), frozenset(_s(a).split(",")) - {""}) for p, a in grants.items()))
-        return Principal(name, _s(kind), _s(admin) == "1", parsed)
+        parsed = tuple(sorted((text(p), frozenset(text(a).split(",")) - {""}) for p, a in grants.items()))
+        return Principal(name, text(kind), text(admin) == "1", parsed)
 
     def set_password(self, name: str, password: str) -> Principal:
         principal = self.get(name)
@@ -101,7 +98,7 @@ class AccountStore:
             pipe.execute()
 
     def all(self) -> list[Principal]:
-        return [self.get(_s(n)) for n in self._r.zrange(keys.ACCOUNTS, 0, -1)]
+        return [self.get(text(n)) for n in self._r.zrange(keys.ACCOUNTS, 0, -1)]
 
     def grant(self, name: str, pattern: str, actions: list[str]) -> Principal:
         self.get(name)
@@ -130,7 +127,7 @@ class AccountStore:
             self._r.srem(keys.PUBLIC, pattern)
 
     def public_patterns(self) -> list[str]:
-        return sorted(_s(p) for p in self._r.smembers(keys.PUBLIC))
+        return sorted(text(p) for p in self._r.smembers(keys.PUBLIC))
 
     # -- passwords ---------------------------------------------------------
 
@@ -177,12 +174,12 @@ class AccountStore:
         if account is None:
             raise RegistryError(UNAUTHORIZED, "refresh token is invalid, expired or revoked")
         try:
-            return self.get(_s(account))
+            return self.get(text(account))
         except RegistryError:
             raise RegistryError(UNAUTHORIZED, "refresh token is invalid, expired or revoked") from None
 
     def revoke_refresh_tokens(self, name: str) -> int:
-        ids = [_s(i) for i in self._r.smembers(keys.refresh_of(name))]
+        ids = [text(i) for i in self._r.smembers(keys.refresh_of(name))]
         with self._r.pipeline(transaction=True) as pipe:
             for token_id in ids:
                 pipe.delete(keys.refresh(token_id))

@@ -30,6 +30,11 @@ import redis.sentinel
 SENTINEL_SCHEME = "redis+sentinel"
 
 
+def text(value: bytes | str | None) -> str:
+    """A Redis reply as text (clients here do not decode replies; None, a missing value, is "")."""
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
 @dataclasses.dataclass(frozen=True)
 class SentinelTarget:
     sentinels: list[tuple[str, int]]
@@ -71,21 +76,19 @@ def parse_sentinel_url(url: str) -> SentinelTarget | None:
                           query.get("sentinel_password", [None])[0])
 
 
-def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(options for talking to sentinels, options for the primary's connections)."""
-    sentinel_options = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
-    return sentinel_options, options
+def _sentinel_kwargs(target: SentinelTarget, options: dict[str, Any]) -> dict[str, Any]:
+    """How to talk to the sentinels: the primary's timeouts, the sentinels' own password."""
+    timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
+    return {**timeouts, "password": target.sentinel_password}
 
 
 def sync_client(url: str, **options: Any) -> redis.Redis:
     target = parse_sentinel_url(url)
     if target is None:
         return redis.Redis.from_url(url, **options)
-    sentinel_options, primary_options = _split(options)
-    sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs={
-        **sentinel_options, "password": target.sentinel_password})
+    sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_kwargs(target, options))
     return sentinel.master_for(target.primary, db=target.db, username=target.username, password=target.password,
-                               **primary_options)
+                               **options)
 
 
 def async_client(url: str, max_connections: int, **options: Any) -> aredis.Redis:
@@ -95,8 +98,6 @@ def async_client(url: str, max_connections: int, **options: Any) -> aredis.Redis
         pool: aredis.BlockingConnectionPool = aredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=5, **options)
         return aredis.Redis(connection_pool=pool)
-    sentinel_options, primary_options = _split(options)
-    sentinel = asentinel.Sentinel(target.sentinels, sentinel_kwargs={
-        **sentinel_options, "password": target.sentinel_password})
+    sentinel = asentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_kwargs(target, options))
     return sentinel.master_for(target.primary, db=target.db, username=target.username, password=target.password,
-                               max_connections=max_connections, **primary_options)
+                               max_connections=max_connections, **options)

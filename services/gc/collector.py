@@ -31,9 +31,10 @@ from collections.abc import Iterator
 import redis
 
 from services.blobstore import layout
-from services.blobstore.storage.base import StorageDriver
+from services.blobstore.storage.base import FileInfo, StorageDriver
 from services.common import digests
 from services.common.errors import RegistryError
+from services.common.redisconn import text
 from services.metadata import keys
 
 log = logging.getLogger("wharf.gc")
@@ -83,10 +84,6 @@ def referenced_blobs(body: bytes) -> set[str]:
     return found
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Collector:
     def __init__(self, client: redis.Redis, driver: StorageDriver, grace: float, dry_run: bool = False,
                  maintenance_ttl: float = 3600.0) -> None:
@@ -110,7 +107,7 @@ class Collector:
             return self._collect()
         finally:
             # Only our own key: a run that outlived its TTL must not end someone else's.
-            if self._token in _s(self._r.get(keys.MAINTENANCE) or b""):
+            if self._token in text(self._r.get(keys.MAINTENANCE)):
                 self._r.delete(keys.MAINTENANCE)
             log.info("maintenance off")
 
@@ -118,7 +115,7 @@ class Collector:
         """Renews the key every third of its TTL; stops the run if it is no longer ours."""
         if time.monotonic() - self._renewed < self._ttl / 3:
             return
-        if self._token not in _s(self._r.get(keys.MAINTENANCE) or b""):
+        if self._token not in text(self._r.get(keys.MAINTENANCE)):
             raise MaintenanceLost("the maintenance key expired or was removed during the run; stopping")
         self._r.pexpire(keys.MAINTENANCE, int(self._ttl * 1000))
         self._renewed = time.monotonic()
@@ -128,16 +125,16 @@ class Collector:
         referenced_anywhere: set[str] = set()
         linked_anywhere: set[str] = set()
         unlinked: dict[str, set[str]] = {}  # digest -> repositories it was (or, dry, would be) unlinked from
-        for name in (_s(n) for n in self._r.zrange(keys.CATALOG, 0, -1)):
+        for name in (text(n) for n in self._r.zrange(keys.CATALOG, 0, -1)):
             self._hold_maintenance()
             report.repositories += 1
             referenced: set[str] = set()
-            for digest in (_s(d) for d in self._r.smembers(keys.manifests(name))):
+            for digest in (text(d) for d in self._r.smembers(keys.manifests(name))):
                 report.manifests += 1
                 referenced |= referenced_blobs(self._r.hget(keys.manifest(name, digest), "body") or b"")
             referenced_anywhere |= referenced
-            for digest in (_s(d) for d in self._r.hkeys(keys.blobs(name))):
-                if digest in referenced or not self._old_enough(digest):
+            for digest in (text(d) for d in self._r.hkeys(keys.blobs(name))):
+                if digest in referenced or not self._old_enough(self._driver.stat(layout.blob_key(digest))):
                     linked_anywhere.add(digest)
                     continue
                 report.links_removed += 1
@@ -150,10 +147,10 @@ class Collector:
             report.blobs_seen += 1
             if digest in referenced_anywhere or digest in linked_anywhere:
                 continue
-            if {_s(n) for n in self._r.hkeys(keys.blob_repos(digest))} - unlinked.get(digest, set()):
+            if {text(n) for n in self._r.hkeys(keys.blob_repos(digest))} - unlinked.get(digest, set()):
                 continue  # linked by a repository the catalog did not list
             info = self._driver.stat(layout.blob_key(digest))
-            if info is None or not self._old_enough(digest):
+            if info is None or not self._old_enough(info):
                 continue
             report.blobs_deleted += 1
             report.bytes_freed += info.size
@@ -162,8 +159,8 @@ class Collector:
         log.info("garbage collection done", extra={"fields": report.to_json()})
         return report
 
-    def _old_enough(self, digest: str) -> bool:
-        info = self._driver.stat(layout.blob_key(digest))
+    def _old_enough(self, info: FileInfo | None) -> bool:
+        """Stored longer than the grace period (a link to a blob that is not stored at all counts)."""
         return info is None or time.time() - info.modified_at >= self._grace
 
     def _stored_blobs(self) -> Iterator[str]:

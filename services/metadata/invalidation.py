@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Iterable
 import redis
 import redis.asyncio as aredis
 
+from services.common.redisconn import text
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.metadata import keys
 
@@ -47,10 +48,6 @@ log = logging.getLogger("wharf.metadata.invalidation")
 
 # How long an unconfirmed acknowledgement key lives in Redis (the writer deletes it when done).
 _ACK_KEY_TTL = 60
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class _Watcher:
@@ -191,15 +188,15 @@ class InvalidationHub:
                 # Short blocking calls: each must end well inside the connection's socket timeout.
                 item = await self._r.blpop([ack_key], timeout=min(remaining, 2.0))
                 if item is not None:
-                    confirmed.add(_s(item[1]))
+                    confirmed.add(text(item[1]))
         finally:
             with contextlib.suppress(redis.RedisError, OSError):
                 await self._r.delete(ack_key)
         while True:
             live = await self._live_grantors(keys=[keys.LEASE_GRANTORS])
             now_ms, entries = int(live[0]), live[1:]
-            pending = {_s(entries[i]): float(entries[i + 1]) for i in range(0, len(entries), 2)
-                       if _s(entries[i]) not in confirmed}
+            pending = {text(entries[i]): float(entries[i + 1]) for i in range(0, len(entries), 2)
+                       if text(entries[i]) not in confirmed}
             if not pending:
                 return
             remaining = deadline - time.monotonic()

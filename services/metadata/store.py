@@ -21,6 +21,7 @@ from services.common.errors import (
     RegistryError,
 )
 from services.common.names import validate_name, validate_tag
+from services.common.redisconn import text
 from services.metadata import keys
 
 # Upper bound on a single listing page, whatever the client asks for.
@@ -52,10 +53,6 @@ class Descriptor:
         data = json.loads(raw)
         return cls(data["mediaType"], data["digest"], int(data["size"]), data.get("artifactType", ""),
                    dict(data.get("annotations") or {}))
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class MetadataStore:
@@ -107,7 +104,7 @@ class MetadataStore:
         found: list[str] = []
         size = 0
         async for name, value in self._r.hscan_iter(keys.blob_repos(digest), count=max(limit, 10)):
-            found.append(_s(name))
+            found.append(text(name))
             size = int(value)
             if len(found) >= limit:
                 break
@@ -127,7 +124,7 @@ class MetadataStore:
         args: list[str | bytes | int] = [keys.repo_prefix(name), keys.CATALOG, name, digest, media_type, content,
                                          subject, descriptor.to_json() if descriptor else ""]
         args += [len(blob_refs), *blob_refs, len(manifest_refs), *manifest_refs, len(tags), *tags]
-        result = [_s(v) for v in await self._write(self._put_manifest, args)]
+        result = [text(v) for v in await self._write(self._put_manifest, args)]
         if result[0] == "missing":
             missing = result[1:]
             raise RegistryError(MANIFEST_BLOB_UNKNOWN, f"manifest references unknown content {missing[0]}",
@@ -144,7 +141,7 @@ class MetadataStore:
         if not found:
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} unknown to repository {name}")
         digest, media_type, body, subject = found
-        return StoredManifest(_s(digest), _s(media_type), bytes(body), _s(subject or b""))
+        return StoredManifest(text(digest), text(media_type), bytes(body), text(subject or b""))
 
     async def delete_manifest(self, name: str, digest: str) -> None:
         validate_name(name)
@@ -165,7 +162,7 @@ class MetadataStore:
         if limit == 0:
             return [], False
         start = f"({last}" if last else "-"
-        names = [_s(v) for v in await self._r.zrangebylex(key, start, "+", start=0, num=limit + 1)]
+        names = [text(v) for v in await self._r.zrangebylex(key, start, "+", start=0, num=limit + 1)]
         return names[:limit], len(names) > limit
 
     async def list_tags(self, name: str, last: str, limit: int) -> tuple[list[str], bool]:
