@@ -9,6 +9,7 @@ from typing import Any
 import gunicorn.http.wsgi
 from gunicorn.app.base import BaseApplication
 
+from services.api import wire_errors
 from services.api.app import create_app
 from services.api.settings import GatewaySettings
 from services.common import logs
@@ -43,6 +44,7 @@ def main() -> None:
     logs.configure(settings.log_level)
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         sys.exit("wharf-gateway: WHARF_TLS_CERT_FILE and WHARF_TLS_KEY_FILE go together")
+    wire_errors.install()
     options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
@@ -57,6 +59,8 @@ def main() -> None:
         "proc_name": "wharf-gateway",
         # gunicorn's control socket lives at one fixed path per user; two gateways would collide.
         "control_socket_disable": True,
+        # X-Forwarded-Proto is believed from these peers only (the same rule as the client address).
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies),
     }
     if settings.tls_cert_file:
         # Blobs then leave through the TLS socket in 1 MiB reads instead of sendfile.

@@ -22,6 +22,7 @@ from flask import g, request
 from services.api.clients import AuthClient
 from services.api.settings import GatewaySettings
 from services.common import scopes
+from services.common.client_address import valid_host
 from services.common.errors import DENIED, UNAUTHORIZED, RegistryError
 from services.common.scopes import Scope
 
@@ -175,8 +176,19 @@ def _challenge_scopes(needed: list[Scope], endpoint: str) -> list[Scope]:
 
 
 def _realm(settings: GatewaySettings) -> str:
-    base = settings.public_url.rstrip("/") if settings.public_url else request.host_url.rstrip("/")
-    return f"{base}/token"
+    """Where clients fetch tokens: WHARF_PUBLIC_URL, else what the request says, believed only as far
+    as the trusted-proxy rule allows (services/common/client_address.py); never an unchecked header."""
+    if settings.public_url:
+        return f"{settings.public_url.rstrip('/')}/token"
+    # gunicorn applies X-Forwarded-Proto to the scheme only for WHARF_TRUSTED_PROXIES (forwarded_allow_ips).
+    scheme = "https" if request.scheme == "https" else "http"
+    host = request.headers.get("Host", "")
+    if g.get("trusted_proxy"):
+        forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+        host = forwarded or host
+    if not valid_host(host):
+        host = f"{settings.host}:{settings.port}"
+    return f"{scheme}://{host}/token"
 
 
 def challenge(settings: GatewaySettings, needed: list[Scope], endpoint: str, error: str = "") -> RegistryError:

@@ -14,14 +14,36 @@ from flask import Flask, Response, g, request
 from services.api import routes
 from services.api.access import TokenVerifier, authorize
 from services.api.clients import Clients
+from services.api.http import empty
 from services.api.settings import GatewaySettings
 from services.api.views import blobs, catalog, manifests, referrers, tags, token, uploads
-from services.common.errors import INTERNAL, NAME_INVALID, UNSUPPORTED, RegistryError
+from services.common.client_address import client_address, is_trusted, parse_networks
+from services.common.errors import INTERNAL, NAME_INVALID, RANGE_INVALID, UNSUPPORTED, RegistryError, for_http
 from services.common.logs import AccessLog
 from services.common.names import is_valid_name
 
 log = logging.getLogger("wharf.gateway")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# An encoded "/" in the path would be decoded into a name separator: refuse it, never reinterpret it.
+_ENCODED_SLASH_RE = re.compile(r"%2f", re.IGNORECASE)
+
+
+def _check_raw_path() -> None:
+    """Refuses what the decoded path hides: ``%2F`` in the request line (``a/b%2Fc`` is not ``a/b/c``)."""
+    raw = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or "")
+    if _ENCODED_SLASH_RE.search(raw.split("?", 1)[0]):
+        raise RegistryError(NAME_INVALID, "an encoded '/' (%2F) is not allowed in a repository name")
+
+
+def _check_mount_source() -> None:
+    """``from`` names a repository: validate it before it reaches a challenge header or a service.
+
+    An empty ``from`` counts as absent (the spec lets a registry look for the blob in any
+    repository the caller may pull), both here and in the upload view.
+    """
+    source = request.args.get("from", "")
+    if source and request.args.get("mount") and not is_valid_name(source):
+        raise RegistryError(NAME_INVALID, "the from parameter is not a valid repository name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +80,12 @@ def _current_request_id() -> str:
 def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Flask:
     if settings.auth not in ("none", "token"):
         raise ValueError(f"WHARF_AUTH={settings.auth!r}: expected none or token")
+    trusted_proxies = parse_networks(settings.trusted_proxies)
     app = Flask("wharf")
     ctx = Context(settings, clients or Clients(settings, _current_request_id))
+    if settings.auth == "token" and not settings.public_url:
+        log.warning("WHARF_PUBLIC_URL is not set: the token realm is built from each request's Host header; "
+                    "set it to the registry's external URL")
     verifier = TokenVerifier(settings, ctx.clients.auth) if settings.auth == "token" else None
     access_log = AccessLog("wharf.gateway")
 
@@ -68,6 +94,9 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
+        peer = request.remote_addr or ""
+        g.trusted_proxy = is_trusted(peer, trusted_proxies)
+        g.client_address = client_address(peer, request.headers.get("X-Forwarded-For", ""), trusted_proxies)
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -77,11 +106,14 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
             access_log.write("http", {
                 "request_id": g.get("request_id"), "method": request.method, "path": request.path,
                 "status": response.status_code, "ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 2),
-                "remote": request.remote_addr})
+                "remote": g.get("client_address", request.remote_addr)})
         return response
 
     @app.errorhandler(RegistryError)
     def _registry_error(err: RegistryError) -> Response:
+        err = for_http(err)
+        if err.error is RANGE_INVALID:  # an unsatisfiable read: 416 with Content-Range and no body
+            return empty(416, {k: v for k, v in err.headers.items() if k != "Content-Type"})
         body = b"" if request.method == "HEAD" else err.body()
         response = Response(body, status=err.http_status, content_type="application/json", headers=err.headers)
         if request.method == "HEAD":
@@ -106,12 +138,14 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
         if found is None:
             raise RegistryError(UNSUPPORTED, "no such endpoint", http_status=404)
         route, params = found
+        _check_raw_path()
         if request.method not in route.methods:
             raise RegistryError(UNSUPPORTED, f"{request.method} is not supported on this endpoint")
         # HEAD runs the GET view unless the resource has its own; Flask drops the body.
         view = VIEWS.get((route.endpoint, request.method)) or VIEWS.get((route.endpoint, "GET"))
         if "name" in params and not is_valid_name(params["name"]):
             raise RegistryError(NAME_INVALID, f"invalid repository name {params['name'][:300]!r}")
+        _check_mount_source()
         if verifier is not None:
             g.claims = authorize(settings, verifier, route.endpoint, request.method, params)
         if view is None:  # the base endpoint: only says "this is a registry" (after auth)

@@ -18,6 +18,7 @@ from services.api.manifest_cache import ManifestCache
 from services.api.settings import GatewaySettings
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError, from_rpc_error
 from services.common.grpcserver import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
+from services.common.internal_auth import authenticated_channel, read_token
 from services.gen.wharf.auth.v1 import auth_pb2 as apb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as apb_grpc
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
@@ -62,9 +63,10 @@ class _RequestStream:
 
 
 class _Lazy:
-    def __init__(self, target: str, make_stub: Callable[[grpc.Channel], Any]) -> None:
+    def __init__(self, target: str, make_stub: Callable[[grpc.Channel], Any], internal_token: str) -> None:
         self._target = _target(target)
         self._make_stub = make_stub
+        self._token = internal_token
         self._pid = -1
         self._stub: Any = None
         self._lock = threading.Lock()
@@ -74,7 +76,7 @@ class _Lazy:
             with self._lock:
                 if self._pid != os.getpid():
                     channel = grpc.insecure_channel(self._target, options=CHANNEL_OPTIONS)
-                    self._stub = self._make_stub(channel)
+                    self._stub = self._make_stub(authenticated_channel(channel, self._token))
                     self._pid = os.getpid()
         return self._stub
 
@@ -218,9 +220,10 @@ class Clients:
     """Everything the views call, built once per app."""
 
     def __init__(self, settings: GatewaySettings, request_id: Callable[[], str]) -> None:
-        self.auth = AuthClient(_Caller(_Lazy(settings.auth_addr, apb_grpc.AuthStub), settings, request_id))
-        self.blobs = BlobStoreClient(_Caller(_Lazy(settings.blobstore_addr, bpb_grpc.BlobStoreStub), settings,
+        token = read_token(settings.internal_token_file)
+        self.auth = AuthClient(_Caller(_Lazy(settings.auth_addr, apb_grpc.AuthStub, token), settings, request_id))
+        self.blobs = BlobStoreClient(_Caller(_Lazy(settings.blobstore_addr, bpb_grpc.BlobStoreStub, token), settings,
                                              request_id))
-        metadata = _Lazy(settings.metadata_addr, mpb_grpc.MetadataStub)
+        metadata = _Lazy(settings.metadata_addr, mpb_grpc.MetadataStub, token)
         self.metadata = MetadataClient(_Caller(metadata, settings, request_id))
         self.manifests = ManifestCache(metadata.stub, settings.manifest_cache_bytes, self.metadata.get_manifest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from typing import IO, Any
@@ -12,7 +13,7 @@ from typing import IO, Any
 from flask import Response, request
 
 from services.common import digests
-from services.common.errors import DIGEST_INVALID, SIZE_INVALID, RegistryError
+from services.common.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INVALID, RegistryError
 
 # Bytes per read from a request body and per streamed response chunk.
 IO_CHUNK = 1024 * 1024
@@ -45,11 +46,16 @@ class BodyPieces:
     shorter than its Content-Length (a dropped connection) raises before the
     last piece is handed on, so a single-request upload is never committed.
     :meth:`close` stops the reader before the response is sent: only one
-    thread may touch the connection then.
+    thread may touch the connection then. A reader failure is kept on the object as
+    well as queued, so the consumer sees it even when the queue is full, and a reader
+    that is still blocked on a silent client when the request ends has the socket's
+    read side shut under it rather than being waited for.
     """
 
-    def __init__(self, stream: IO[bytes], declared: int | None) -> None:
+    def __init__(self, stream: IO[bytes], declared: int | None, sock: socket.socket | None = None) -> None:
         self._stream = stream
+        self._sock = sock
+        self._failure: BaseException | None = None
         self._declared = declared
         self._received = 0
         self._pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
@@ -71,8 +77,9 @@ class BodyPieces:
                 if item is None:
                     return
         except BaseException as exc:
+            self._failure = exc
             with contextlib.suppress(queue.Full):
-                self._pieces.put(exc, timeout=_POLL)
+                self._pieces.put_nowait(exc)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -84,7 +91,12 @@ class BodyPieces:
             try:
                 item = self._pieces.get(timeout=_POLL)
             except queue.Empty:
-                continue
+                if self._failure is not None:
+                    item = self._failure
+                elif not self._reader.is_alive() and self._pieces.empty():
+                    item = RegistryError(BLOB_UPLOAD_INVALID, "the request body could not be read")
+                else:
+                    continue
             if isinstance(item, BaseException):
                 self._done = True
                 raise item
@@ -100,12 +112,18 @@ class BodyPieces:
 
     def close(self) -> None:
         self._stop.set()
-        self._reader.join()
+        self._reader.join(_POLL * 2)
+        if self._reader.is_alive() and self._sock is not None:
+            # Blocked in a read from a client that sends nothing: end that read, so that no
+            # thread is left reading the connection (the response then closes it).
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RD)
+            self._reader.join(_POLL * 2)
 
 
 @contextlib.contextmanager
 def request_body() -> Iterator[BodyPieces]:
-    body = BodyPieces(request.stream, request.content_length)
+    body = BodyPieces(request.stream, request.content_length, request.environ.get("gunicorn.socket"))
     try:
         yield body
     finally:

@@ -23,6 +23,9 @@ class ParsedManifest:
     media_type: str
     blob_refs: list[str]
     manifest_refs: list[str]
+    # The sizes the descriptors declare, parallel to blob_refs and manifest_refs.
+    blob_sizes: list[int]
+    manifest_sizes: list[int]
     subject: str
     artifact_type: str
     annotations: dict[str, str]
@@ -88,9 +91,31 @@ def _media_type(content_type: str, body: dict[str, Any]) -> str:
     raise _invalid("cannot tell the manifest's media type")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuses an object with a key twice: a client that keeps the first would see a layer
+    (or a config, a subject) other than the one the registry checked, which keeps the last."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _invalid(f"manifest has the key {key[:100]!r} twice in one object")
+        found[key] = value
+    return found
+
+
+def _sized(descriptors: list[tuple[str, int]], where: str) -> tuple[list[str], list[int]]:
+    """Unique digests with their declared sizes; one digest declared with two sizes is invalid."""
+    sizes: dict[str, int] = {}
+    for digest, size in descriptors:
+        if sizes.setdefault(digest, size) != size:
+            raise _invalid(f"{where}: {digest} is declared with two different sizes")
+    return list(sizes), list(sizes.values())
+
+
 def parse(content: bytes, content_type: str) -> ParsedManifest:
     try:
-        body = json.loads(content)
+        body = json.loads(content, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise _invalid("manifest is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise _invalid("manifest is not valid JSON") from None
     if not isinstance(body, dict):
@@ -105,11 +130,11 @@ def parse(content: bytes, content_type: str) -> ParsedManifest:
     if body.get("subject") is not None:
         subject = _descriptor(body["subject"], "subject")["digest"]
     annotations = _annotations(body.get("annotations"))
-    blob_refs: list[str] = []
-    manifest_refs: list[str] = []
+    blob_refs: list[tuple[str, int]] = []
+    manifest_refs: list[tuple[str, int]] = []
     if media_type in mediatypes.IMAGE_MANIFESTS:
         config = _descriptor(body.get("config"), "config")
-        blob_refs.append(config["digest"])
+        blob_refs.append((config["digest"], config["size"]))
         layers = body.get("layers", [])
         if not isinstance(layers, list):
             raise _invalid("layers must be a list")
@@ -117,7 +142,7 @@ def parse(content: bytes, content_type: str) -> ParsedManifest:
             layer = _descriptor(layer, f"layers[{i}]")
             # Non-distributable layers live elsewhere; the registry need not hold them.
             if layer["mediaType"] not in mediatypes.NONDISTRIBUTABLE_LAYERS:
-                blob_refs.append(layer["digest"])
+                blob_refs.append((layer["digest"], layer["size"]))
         if not artifact_type and media_type == mediatypes.OCI_MANIFEST:
             artifact_type = config["mediaType"]
     else:
@@ -126,6 +151,8 @@ def parse(content: bytes, content_type: str) -> ParsedManifest:
             raise _invalid("manifests must be a list")
         for i, child in enumerate(children):
             child = _descriptor(child, f"manifests[{i}]")
-            manifest_refs.append(child["digest"])
-    return ParsedManifest(media_type, list(dict.fromkeys(blob_refs)), list(dict.fromkeys(manifest_refs)),
-                          subject, artifact_type, annotations)
+            manifest_refs.append((child["digest"], child["size"]))
+    blobs, blob_sizes = _sized(blob_refs, "blobs")
+    manifests, manifest_sizes = _sized(manifest_refs, "manifests")
+    return ParsedManifest(media_type, blobs, manifests, blob_sizes, manifest_sizes, subject, artifact_type,
+                          annotations)

@@ -36,8 +36,14 @@ class GatewaySettings:
     token_issuer: str = env("WHARF_AUTH_ISSUER", "wharf-auth", "expected iss claim of tokens")
     public_url: str = env("WHARF_PUBLIC_URL", "",
                           "external base URL of the registry, for the token realm (default: from the request)")
+    trusted_proxies: tuple[str, ...] = env("WHARF_TRUSTED_PROXIES", (),
+                                           "CIDRs of reverse proxies whose X-Forwarded-For/-Proto/-Host are "
+                                           "believed (empty: none)")
     key_refresh: float = env("WHARF_AUTH_KEY_REFRESH", 60.0, "seconds between refreshes of the token keys")
     workers: int = env("WHARF_GATEWAY_WORKERS", 2, "gunicorn worker processes")
     threads: int = env("WHARF_GATEWAY_THREADS", 16, "threads per gunicorn worker")
     access_log: bool = env("WHARF_ACCESS_LOG", True, "log one line per HTTP request")
+    internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
+                                   "file holding the secret every internal gRPC call carries (required; "
+                                   "make run generates one)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")

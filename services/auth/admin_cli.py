@@ -18,6 +18,8 @@ import click
 import grpc
 
 from services.common.errors import from_rpc_error
+from services.common.internal_auth import TOKEN_VARIABLE, authenticated_channel, read_token
+from services.common.settings import SettingsError
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
 
@@ -35,9 +37,19 @@ def _default_address() -> str:
     return DEFAULT_ADDRESS
 
 
+def _internal_token() -> str:
+    """The stack's internal secret: WHARF_INTERNAL_TOKEN_FILE, else the file `make run` keeps in WHARF_DATA_DIR."""
+    path = os.environ.get(TOKEN_VARIABLE) or str(pathlib.Path(os.environ.get("WHARF_DATA_DIR", "./data"))
+                                                  / "internal-token")
+    try:
+        return read_token(path)
+    except SettingsError as exc:
+        raise click.ClickException(f"{exc}; point {TOKEN_VARIABLE} (or WHARF_DATA_DIR) at the stack's") from None
+
+
 class Admin:
     def __init__(self, address: str, user: str, password: str) -> None:
-        self._channel = grpc.insecure_channel(address)
+        self._channel = authenticated_channel(grpc.insecure_channel(address), _internal_token())
         self._stub = pb_grpc.AuthStub(self._channel)
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self._metadata = (("authorization", f"Basic {token}"),)

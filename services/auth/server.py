@@ -17,6 +17,7 @@ from services.auth.signing import ALGORITHM, KeyRing
 from services.common import redisconn, scopes
 from services.common.errors import DENIED, UNAUTHORIZED, RegistryError
 from services.common.grpcserver import create_server
+from services.common.internal_auth import read_token
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
 
@@ -163,4 +164,4 @@ def build(settings: AuthSettings, address: str | None = None):  # type: ignore[n
         return [pb.DESCRIPTOR.services_by_name["Auth"].full_name]
 
     return create_server("auth", address or settings.listen, register, settings.workers,
-                         backend_errors=(redis.RedisError,))
+                         backend_errors=(redis.RedisError,), internal_token=read_token(settings.internal_token_file))

@@ -30,6 +30,9 @@ class AuthSettings:
                               "failed logins per account and address before further attempts are refused")
     login_window: int = env("WHARF_LOGIN_WINDOW", 300, "seconds failed logins are counted over (and locked)")
     workers: int = env("WHARF_AUTH_WORKERS", 16, "gRPC worker threads")
+    internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
+                                   "file holding the secret every internal gRPC call carries (required; "
+                                   "make run generates one)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
 
     def first_admin_password(self) -> str:

@@ -15,6 +15,7 @@ from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError
 from services.common.grpcserver import create_server
+from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 
@@ -105,7 +106,8 @@ def build(settings: BlobStoreSettings, address: str | None = None):  # type: ign
         return [pb.DESCRIPTOR.services_by_name["BlobStore"].full_name]
 
     server, port, health = create_server("blobstore", address or settings.listen, register, settings.workers,
-                                         backend_errors=(StorageError, MinioException, OSError))
+                                         backend_errors=(StorageError, MinioException, OSError),
+                                         internal_token=read_token(settings.internal_token_file))
     stop = threading.Event()
     threading.Thread(target=_janitor, args=(blobs, settings.janitor_interval, stop), daemon=True,
                      name="upload-janitor").start()

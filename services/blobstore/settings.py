@@ -33,6 +33,9 @@ class BlobStoreSettings:
     janitor_interval: int = env("WHARF_UPLOAD_JANITOR_INTERVAL", 600, "seconds between expired-upload sweeps")
     chunk_size: int = env("WHARF_READ_CHUNK", 1024 * 1024, "bytes per streamed read message")
     workers: int = env("WHARF_BLOBSTORE_WORKERS", 32, "gRPC worker threads")
+    internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
+                                   "file holding the secret every internal gRPC call carries (required; "
+                                   "make run generates one)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
 
     def s3_secret(self) -> str:

@@ -54,17 +54,24 @@ UNAUTHORIZED = _register("UNAUTHORIZED", "authentication required", 401, S.UNAUT
 DENIED = _register("DENIED", "requested access to the resource is denied", 403, S.PERMISSION_DENIED)
 UNSUPPORTED = _register("UNSUPPORTED", "the operation is unsupported", 405, S.UNIMPLEMENTED)
 TOOMANYREQUESTS = _register("TOOMANYREQUESTS", "too many requests", 429, S.RESOURCE_EXHAUSTED)
-# Not in the OCI list, but used by Distribution and understood by clients.
+# Internal codes between the services. The gateway never writes them into a body: it sends
+# TAG_INVALID as MANIFEST_INVALID and RANGE_INVALID as an empty 416 (blob reads) or as
+# BLOB_UPLOAD_INVALID with 416 (uploads), see for_http().
 TAG_INVALID = _register("TAG_INVALID", "manifest tag did not match URI", 400, S.INVALID_ARGUMENT)
 RANGE_INVALID = _register("RANGE_INVALID", "requested range not satisfiable", 416, S.OUT_OF_RANGE)
+# Failures the spec has no code for (a backend down, a bug): Distribution's codes for them.
 UNAVAILABLE = _register("UNAVAILABLE", "service unavailable", 503, S.UNAVAILABLE)
 INTERNAL = _register("INTERNAL", "internal server error", 500, S.INTERNAL)
 # Administrative errors of the auth service (never sent by the registry API).
 ACCOUNT_EXISTS = _register("ACCOUNT_EXISTS", "account already exists", 409, S.ALREADY_EXISTS)
 ACCOUNT_UNKNOWN = _register("ACCOUNT_UNKNOWN", "account unknown", 404, S.NOT_FOUND)
 REQUEST_INVALID = _register("REQUEST_INVALID", "invalid request", 400, S.INVALID_ARGUMENT)
-PAGINATION_NUMBER_INVALID = _register("PAGINATION_NUMBER_INVALID", "invalid number of results requested", 400,
-                                      S.INVALID_ARGUMENT)
+
+# The codes the OCI distribution specification lists; the registry API answers with these
+# (plus UNAVAILABLE and INTERNAL for failures the list has no code for).
+OCI_CODES = frozenset({"BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+                       "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
+                       "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS"})
 
 _BY_GRPC_STATUS: dict[grpc.StatusCode, ErrorCode] = {
     S.UNAVAILABLE: UNAVAILABLE,
@@ -108,6 +115,18 @@ class RegistryError(Exception):
         if self.detail is not None:
             meta.append((ERROR_DETAIL_KEY, json.dumps(self.detail)))
         return tuple(meta)
+
+
+def for_http(err: RegistryError) -> RegistryError:
+    """``err`` as the registry API may show it: only the spec's codes (and UNAVAILABLE/INTERNAL)."""
+    if err.code in OCI_CODES or err.error in (UNAVAILABLE, INTERNAL, RANGE_INVALID):
+        return err
+    if err.error is TAG_INVALID:
+        return RegistryError(MANIFEST_INVALID, err.message, err.detail, err.headers)
+    # Administrative codes (ACCOUNT_*, REQUEST_INVALID) keep their status with a spec code.
+    status = err.http_status
+    substitute = {401: UNAUTHORIZED, 403: DENIED, 404: NAME_UNKNOWN, 429: TOOMANYREQUESTS}.get(status, UNSUPPORTED)
+    return RegistryError(substitute, err.message, err.detail, err.headers, http_status=status)
 
 
 def lookup(code: str) -> ErrorCode | None:

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common import internal_auth
 from services.common.errors import INTERNAL, UNAVAILABLE, RegistryError
 from services.common.logs import AccessLog
 from services.common.signals import StopSignal
@@ -41,8 +42,9 @@ class _CallAccounting:
     """What both interceptors do around a call: adopt the request id, log one line, and
     turn an exception into the registry error the caller receives (None: re-raise)."""
 
-    def __init__(self, service: str, backend_errors: tuple[type[Exception], ...] = ()) -> None:
+    def __init__(self, service: str, internal_token: str, backend_errors: tuple[type[Exception], ...] = ()) -> None:
         self._service = service
+        self._token = internal_token
         self._access = AccessLog("wharf.rpc")
         # Failures of the service's own backend (Redis, S3, disk): the caller's 503, not a 500.
         self._backend_errors = backend_errors
@@ -53,6 +55,14 @@ class _CallAccounting:
         if error:
             fields["error"] = error
         self._access.write("rpc", fields)
+
+    def _trusted(self, details: grpc.HandlerCallDetails) -> bool:
+        """Whether the caller proved it is part of the stack (health checks need no proof)."""
+        if internal_auth.is_open(details.method) or internal_auth.is_authentic(details.invocation_metadata,
+                                                                                self._token):
+            return True
+        self._log(details.method, time.perf_counter(), "UNAUTHENTICATED", "caller without the internal token")
+        return False
 
     def _failure(self, exc: Exception, method: str, started: float) -> RegistryError | None:
         if isinstance(exc, RegistryError):
@@ -72,7 +82,11 @@ class _CallAccounting:
 class ServiceInterceptor(_CallAccounting, grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or details.method.startswith("/grpc.health"):
+        if handler is None:
+            return handler
+        if not self._trusted(details):
+            return _refusing(handler)
+        if details.method.startswith("/grpc.health"):
             return handler
         method = details.method
         if handler.unary_unary:
@@ -119,7 +133,11 @@ class AioServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or details.method.startswith("/grpc.health") or not handler.unary_unary:
+        if handler is None:
+            return handler
+        if not self._trusted(details):
+            return _refusing_aio(handler)
+        if details.method.startswith("/grpc.health") or not handler.unary_unary:
             return handler
         fn, method = handler.unary_unary, details.method
 
@@ -141,6 +159,35 @@ class AioServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
         return handler._replace(unary_unary=wrapper)
 
 
+_REFUSAL = "this service only answers callers that present the stack's internal token"
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that refuses the call (sync servers)."""
+    def refuse(_: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
+    return _same_shape(handler, refuse)
+
+
+def _refusing_aio(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same for asyncio servers."""
+    async def refuse(_: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
+    return _same_shape(handler, refuse)
+
+
+def _same_shape(handler: grpc.RpcMethodHandler, refuse: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
+
+
 # Bounded message size: data streams use 1 MiB chunks, manifests are at most 4 MiB.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS = [
@@ -155,15 +202,16 @@ SERVER_OPTIONS = [
 
 
 def create_server(service: str, address: str, register: Callable[[grpc.Server], Iterable[str]],
-                  max_workers: int = 32, backend_errors: tuple[type[Exception], ...] = ()
-                  ) -> tuple[grpc.Server, int, health.HealthServicer]:
+                  max_workers: int = 32, backend_errors: tuple[type[Exception], ...] = (), *,
+                  internal_token: str) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds a server with health checking; returns it unstarted with its bound port.
 
     ``register`` adds the servicers and returns their full service names, which
     are then reported SERVING by the standard health service.
     """
+    interceptor = ServiceInterceptor(service, internal_token, backend_errors)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
-                         interceptors=[ServiceInterceptor(service, backend_errors)], options=SERVER_OPTIONS)
+                         interceptors=[interceptor], options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -175,8 +223,8 @@ def create_server(service: str, address: str, register: Callable[[grpc.Server], 
     return server, port, health_servicer
 
 
-async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Server], Iterable[str]],
-                    backend_errors: tuple[type[Exception], ...] = (), grace: float = 10.0,
+async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Server], Iterable[str]], *,
+                    internal_token: str, backend_errors: tuple[type[Exception], ...] = (), grace: float = 10.0,
                     on_port: Callable[[int], None] | None = None,
                     on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
     """Runs an asyncio gRPC server with health checking until SIGTERM/SIGINT, then drains it.
@@ -185,7 +233,8 @@ async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Ser
     """
     from grpc_health.v1._async import HealthServicer as AioHealthServicer
 
-    server = grpc.aio.server(interceptors=[AioServiceInterceptor(service, backend_errors)], options=SERVER_OPTIONS)
+    interceptor = AioServiceInterceptor(service, internal_token, backend_errors)
+    server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = AioHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

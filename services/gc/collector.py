@@ -93,31 +93,31 @@ class Collector:
         self._dry_run = dry_run
         self._ttl = maintenance_ttl
         self._unlink = client.register_script(keys.GC_UNLINK_BLOB)
-        self._token = ""
+        self._release = client.register_script(keys.RELEASE_IF_HELD)
+        self._renew = client.register_script(keys.RENEW_IF_HELD)
+        self._held = ""
         self._renewed = 0.0
 
     def run(self) -> Report:
-        self._token = uuid.uuid4().hex
-        if not self._r.set(keys.MAINTENANCE, json.dumps({"gc": self._token, "since": int(time.time())}), nx=True,
-                           px=int(self._ttl * 1000)):
+        self._held = json.dumps({"gc": uuid.uuid4().hex, "since": int(time.time())})
+        if not self._r.set(keys.MAINTENANCE, self._held, nx=True, px=int(self._ttl * 1000)):
             raise MaintenanceBusy("the registry is already in maintenance (another garbage collection?)")
         self._renewed = time.monotonic()
         log.info("maintenance on: the registry is read-only")
         try:
             return self._collect()
         finally:
-            # Only our own key: a run that outlived its TTL must not end someone else's.
-            if self._token in text(self._r.get(keys.MAINTENANCE)):
-                self._r.delete(keys.MAINTENANCE)
+            # Only our own key (compared and deleted in one step): a run that outlived its TTL
+            # must not end someone else's.
+            self._release(keys=[keys.MAINTENANCE], args=[self._held])
             log.info("maintenance off")
 
     def _hold_maintenance(self) -> None:
         """Renews the key every third of its TTL; stops the run if it is no longer ours."""
         if time.monotonic() - self._renewed < self._ttl / 3:
             return
-        if self._token not in text(self._r.get(keys.MAINTENANCE)):
+        if not self._renew(keys=[keys.MAINTENANCE], args=[self._held, int(self._ttl * 1000)]):
             raise MaintenanceLost("the maintenance key expired or was removed during the run; stopping")
-        self._r.pexpire(keys.MAINTENANCE, int(self._ttl * 1000))
         self._renewed = time.monotonic()
 
     def _collect(self) -> Report:

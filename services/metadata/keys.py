@@ -76,22 +76,30 @@ def blob_repos(digest: str) -> str:
 # suffixes as the functions above ("manifest:", "tags", "tagsof:", ...).
 
 # ARGV: prefix, catalog, name, digest, type, body, subject, descriptor,
-#       nblobs, blobs..., nmanifests, manifests..., ntags, tags...
-# Returns {"ok"} or {"missing", digest...}.
+#       nblobs, (blob, declared size or "")..., nmanifests, (manifest, size or "")..., ntags, tags...
+# Returns {"ok"}, {"missing", digest...} or {"size", digest, declared, stored} (nothing written).
 PUT_MANIFEST = _GUARD + """
 local p = ARGV[1]
 local i = 9
 local missing = {}
+local wrong = nil
 local nblobs = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nblobs do
-  if redis.call('HEXISTS', p .. 'blobs', ARGV[i]) == 0 then missing[#missing + 1] = ARGV[i] end
-  i = i + 1
+  local stored = redis.call('HGET', p .. 'blobs', ARGV[i])
+  if not stored then missing[#missing + 1] = ARGV[i]
+  elseif ARGV[i + 1] ~= '' and stored ~= ARGV[i + 1] then wrong = wrong or {'size', ARGV[i], ARGV[i + 1], stored} end
+  i = i + 2
 end
 local nman = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nman do
-  if redis.call('EXISTS', p .. 'manifest:' .. ARGV[i]) == 0 then missing[#missing + 1] = ARGV[i] end
-  i = i + 1
+  local key = p .. 'manifest:' .. ARGV[i]
+  if redis.call('EXISTS', key) == 0 then missing[#missing + 1] = ARGV[i]
+  elseif ARGV[i + 1] ~= '' and tostring(redis.call('HSTRLEN', key, 'body')) ~= ARGV[i + 1] then
+    wrong = wrong or {'size', ARGV[i], ARGV[i + 1], tostring(redis.call('HSTRLEN', key, 'body'))}
+  end
+  i = i + 2
 end
+if wrong then return wrong end
 if #missing > 0 then
   table.insert(missing, 1, 'missing')
   return missing
@@ -184,6 +192,18 @@ return 1
 UNLINK_BLOB = _GUARD + _UNLINK_BLOB
 # The same for garbage collection, which holds the maintenance key itself.
 GC_UNLINK_BLOB = _UNLINK_BLOB
+
+# KEYS: a lock key. ARGV: the holder's value. Deletes the key only if it still holds that
+# value, in one step: a holder whose key expired and was taken over never ends another's.
+RELEASE_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: a lock key. ARGV: the holder's value, new TTL (ms). Renews only the holder's own key.
+RENEW_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 
 # KEYS: lease-grantors. ARGV: replica id, how long (ms) its leases may run from now.

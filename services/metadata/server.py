@@ -18,6 +18,7 @@ import redis.asyncio as aredis
 
 from services.common import redisconn
 from services.common.grpcserver import serve_aio
+from services.common.internal_auth import read_token
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from services.metadata.invalidation import InvalidationHub
@@ -80,7 +81,8 @@ class MetadataServicer(pb_grpc.MetadataServicer):
             if request.subject else None
         await self._change(request.repository, self._store.put_manifest(
             request.repository, request.digest, request.media_type, request.content, list(request.tags),
-            list(request.blob_references), list(request.manifest_references), request.subject, descriptor))
+            list(request.blob_references), list(request.manifest_references), request.subject, descriptor,
+            list(request.blob_reference_sizes) or None, list(request.manifest_reference_sizes) or None))
         return pb.PutManifestResponse()
 
     async def GetManifest(self, request: pb.ManifestRef, context: grpc.aio.ServicerContext) -> pb.Manifest:
@@ -122,6 +124,7 @@ def redis_client(url: str, connections: int) -> aredis.Redis:
 
 async def serve(settings: MetadataSettings, address: str | None = None,
                 on_port: Callable[[int], None] | None = None) -> None:
+    token = read_token(settings.internal_token_file)  # before anything starts: a bad file stops the service
     client = redis_client(settings.redis_url, settings.workers + 4)
     store = MetadataStore(client)
     hub = InvalidationHub(client, settings.cache_lease, settings.cache_ack_timeout)
@@ -133,7 +136,7 @@ async def serve(settings: MetadataSettings, address: str | None = None,
     subscription = asyncio.create_task(hub.run())
     try:
         await serve_aio("metadata", address or settings.listen, register, backend_errors=(redis.RedisError,),
-                        on_port=on_port, on_stop=hub.close)
+                        internal_token=token, on_port=on_port, on_stop=hub.close)
     finally:
         subscription.cancel()
 

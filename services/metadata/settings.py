@@ -18,4 +18,7 @@ class MetadataSettings:
     cache_ack_timeout: float = env("WHARF_CACHE_ACK_TIMEOUT", 0.5,
                                    "seconds a write waits for a gateway to acknowledge an invalidation "
                                    "before it evicts that gateway's cache")
+    internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
+                                   "file holding the secret every internal gRPC call carries (required; "
+                                   "make run generates one)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")

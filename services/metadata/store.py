@@ -15,6 +15,7 @@ from services.common import digests
 from services.common.errors import (
     BLOB_UNKNOWN,
     MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
     NAME_UNKNOWN,
     UNAVAILABLE,
@@ -26,6 +27,14 @@ from services.metadata import keys
 
 # Upper bound on a single listing page, whatever the client asks for.
 MAX_PAGE = 10000
+
+
+def _with_sizes(refs: list[str], sizes: list[int] | None) -> list[str]:
+    """digest, size, digest, size... for the put script; "" where no size is to be checked."""
+    if sizes is not None and len(sizes) != len(refs):
+        raise RegistryError(MANIFEST_INVALID, "reference sizes do not match the references")
+    checked = [str(s) for s in sizes] if sizes else [""] * len(refs)
+    return [item for pair in zip(refs, checked, strict=True) for item in pair]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +123,10 @@ class MetadataStore:
 
     async def put_manifest(self, name: str, digest: str, media_type: str, content: bytes, tags: list[str],
                      blob_refs: list[str], manifest_refs: list[str], subject: str,
-                     descriptor: Descriptor | None) -> None:
+                     descriptor: Descriptor | None, blob_sizes: list[int] | None = None,
+                     manifest_sizes: list[int] | None = None) -> None:
+        """Stores a manifest whose references are present (and, where sizes are given, of the
+        declared sizes) in one atomic script; nothing is written otherwise."""
         validate_name(name)
         digests.validate(digest)
         for tag in tags:
@@ -123,8 +135,13 @@ class MetadataStore:
             digests.validate(ref)
         args: list[str | bytes | int] = [keys.repo_prefix(name), keys.CATALOG, name, digest, media_type, content,
                                          subject, descriptor.to_json() if descriptor else ""]
-        args += [len(blob_refs), *blob_refs, len(manifest_refs), *manifest_refs, len(tags), *tags]
+        args += [len(blob_refs), *_with_sizes(blob_refs, blob_sizes), len(manifest_refs),
+                 *_with_sizes(manifest_refs, manifest_sizes), len(tags), *tags]
         result = [text(v) for v in await self._write(self._put_manifest, args)]
+        if result[0] == "size":
+            raise RegistryError(MANIFEST_INVALID, f"a descriptor gives {result[1]} a size of {result[2]} bytes; "
+                                                  f"the registry holds {result[3]} bytes",
+                                detail={"digest": result[1], "declared": int(result[2]), "stored": int(result[3])})
         if result[0] == "missing":
             missing = result[1:]
             raise RegistryError(MANIFEST_BLOB_UNKNOWN, f"manifest references unknown content {missing[0]}",

@@ -14,6 +14,7 @@ import sys
 import time
 
 from services.common import logs
+from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
 from services.common.settings import load
 from services.common.signals import StopSignal
 from services.stack.processes import (
@@ -30,6 +31,19 @@ from services.stack.settings import StackSettings
 
 log = logging.getLogger("wharf.stack")
 
+# Secrets only the named service needs; every other child is started without them, so a
+# crash dump or /proc/<pid>/environ of the gateway does not hold the admin password.
+_SECRETS: dict[str, tuple[str, ...]] = {
+    "auth": ("WHARF_ADMIN_PASSWORD", "WHARF_ADMIN_PASSWORD_FILE"),
+    "blobstore": ("WHARF_S3_ACCESS_KEY", "WHARF_S3_SECRET_KEY", "WHARF_S3_SECRET_KEY_FILE"),
+}
+
+
+def env_for(service: str, base: dict[str, str], **extra: str) -> dict[str, str]:
+    """``base`` plus ``extra``, without the secrets of the other services."""
+    foreign = {var for owner, names in _SECRETS.items() if owner != service for var in names}
+    return {k: v for k, v in {**base, **extra}.items() if k not in foreign}
+
 
 def _start_redis(settings: StackSettings, deadline: float) -> tuple[Child, str]:
     redis_dir = (settings.data_dir / "redis").resolve()
@@ -38,7 +52,7 @@ def _start_redis(settings: StackSettings, deadline: float) -> tuple[Child, str]:
     argv = [redis_binary(settings.redis_server), "--bind", "127.0.0.1", "--port", str(port),
             "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
-    child = Child("redis", argv, os.environ)
+    child = Child("redis", argv, env_for("redis", dict(os.environ)))
     wait_until(lambda: redis_ready("127.0.0.1", port), child, deadline, "redis")
     url = f"redis://127.0.0.1:{port}/0"
     # wharf-gc, run from the same directory, finds this Redis through the file.
@@ -56,6 +70,8 @@ def start(settings: StackSettings) -> list[Child]:
             redis_child, redis_url = _start_redis(settings, deadline)
             children.append(redis_child)
         base = dict(os.environ, WHARF_DATA_DIR=str(data_dir))
+        if not base.get(TOKEN_VARIABLE):
+            base[TOKEN_VARIABLE] = str(ensure_token_file(data_dir / "internal-token"))
         # glibc hands freed megabyte buffers back to the kernel at once by default, and every
         # 1 MiB message of a blob transfer then faults fresh pages in; keeping some slack
         # measured about 1.3x the push throughput for a few MB more resident memory.
@@ -67,24 +83,25 @@ def start(settings: StackSettings) -> list[Child]:
         base.setdefault("MALLOC_ARENA_MAX", "2")
         metadata_addr = f"127.0.0.1:{free_port()}"
         metadata = Child("metadata", python_module("services.metadata"),
-                         dict(base, WHARF_METADATA_LISTEN=metadata_addr, WHARF_REDIS_URL=redis_url))
+                         env_for("metadata", base, WHARF_METADATA_LISTEN=metadata_addr, WHARF_REDIS_URL=redis_url))
         children.append(metadata)
         blobstores = []
         for replica in range(max(settings.blobstore_replicas, 1)):
             address = f"127.0.0.1:{free_port()}"
             blobstores.append(Child(f"blobstore-{replica}", python_module("services.blobstore"),
-                                    dict(base, WHARF_BLOBSTORE_LISTEN=address, WHARF_BLOBSTORE_EXPOSE_PATHS="true"),
+                                    env_for("blobstore", base, WHARF_BLOBSTORE_LISTEN=address,
+                                            WHARF_BLOBSTORE_EXPOSE_PATHS="true"),
                                     address=address))
         children.extend(blobstores)
         blobstore_addr = ",".join(b.address for b in blobstores)
-        gateway_env = dict(base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
+        gateway_env = env_for("gateway", base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
                            WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
                            WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth)
         if settings.auth == "token":
             auth_addr = f"127.0.0.1:{free_port()}"
             auth = Child("auth", python_module("services.auth"),
-                         dict(base, WHARF_AUTH_LISTEN=auth_addr, WHARF_AUTH_REDIS_URL=redis_url,
-                              WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys")), address=auth_addr)
+                         env_for("auth", base, WHARF_AUTH_LISTEN=auth_addr, WHARF_AUTH_REDIS_URL=redis_url,
+                                 WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys")), address=auth_addr)
             children.append(auth)
             wait_until(lambda: grpc_serving(auth_addr), auth, deadline, "auth service")
             # wharf-admin finds the auth service through this file when run from the same directory.

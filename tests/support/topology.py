@@ -9,6 +9,7 @@ import signal
 import time
 from typing import IO
 
+from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
 from services.stack.processes import (
     Child,
     free_port,
@@ -24,7 +25,9 @@ from services.stack.processes import (
 class Topology:
     def __init__(self, directory: pathlib.Path, env: dict[str, str] | None = None) -> None:
         self.directory = directory
-        self.env = {**os.environ, "WHARF_DATA_DIR": str(directory), "WHARF_ACCESS_LOG": "false", **(env or {})}
+        token_file = ensure_token_file(directory / "internal-token")
+        self.env = {**os.environ, "WHARF_DATA_DIR": str(directory), "WHARF_ACCESS_LOG": "false",
+                    TOKEN_VARIABLE: str(token_file), **(env or {})}
         self.children: list[Child] = []
         self._logs: list[IO[bytes]] = []
 

@@ -1,22 +1,38 @@
-"""GET /v2/_catalog with n/last pagination."""
+"""GET /v2/_catalog with n/last pagination, filtered to what the caller may pull."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask import Response, request
+from flask import Response
 
 from services.api.access import pullable
-from services.api.views.tags import page_args, paged
+from services.api.pagination import page_args, paged
 
 if TYPE_CHECKING:
     from services.api.app import Context
 
+# Names examined per metadata call when filtering; the auth service filters at most 10,000 per call.
+_SCAN_BATCH = 1000
+_MAX_BATCH = 10000
+
 
 def list_repositories(ctx: Context) -> Response:
-    limit, last, _ = page_args()
-    result = ctx.clients.metadata.list_repositories(last, limit)
-    names = list(result.names)
-    visible = pullable(ctx.settings, ctx.clients.auth, names)
-    # The page may shrink after filtering; `last` still moves on from the last name examined.
-    return paged(request.path, "repositories", {}, visible, result.more, limit, last_seen=names[-1] if names else "")
+    """A page is built from what the caller may see: names are read in batches and filtered
+    until the page is full (plus one, to know whether another page exists) or the catalog
+    ends. The cost is bounded by the catalog's size; nothing invisible ever reaches the
+    body or the Link cursor."""
+    limit, last = page_args()
+    if limit == 0:
+        return paged("repositories", {}, [], False, limit)
+    batch = min(max(limit + 1, _SCAN_BATCH), _MAX_BATCH)
+    visible: list[str] = []
+    cursor, more = last, True
+    while more and len(visible) <= limit:
+        result = ctx.clients.metadata.list_repositories(cursor, batch)
+        names = list(result.names)
+        if not names:
+            break
+        visible.extend(pullable(ctx.settings, ctx.clients.auth, names))
+        cursor, more = names[-1], bool(result.more)
+    return paged("repositories", {}, visible[:limit], len(visible) > limit, limit)

@@ -110,7 +110,8 @@ def put(ctx: Context, name: str, reference: str) -> Response:
         repository=name, digest=digest, media_type=parsed.media_type, content=content, tags=tags,
         blob_references=[] if sparse else parsed.blob_refs,
         manifest_references=[] if sparse else parsed.manifest_refs, subject=parsed.subject,
-        descriptor=descriptor)
+        descriptor=descriptor, blob_reference_sizes=[] if sparse else parsed.blob_sizes,
+        manifest_reference_sizes=[] if sparse else parsed.manifest_sizes)
     try:
         ctx.clients.metadata.put_manifest(put_request)
     except RegistryError as err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask import Response, request
+from flask import Response, g, request
 
 from services.api.http import json_response
 from services.common.errors import REQUEST_INVALID, UNAUTHORIZED, RegistryError
@@ -23,7 +23,7 @@ _TRUE = {"true", "1", "yes"}
 
 
 def _issue(ctx: Context, message: apb.IssueTokenRequest, oauth: bool) -> Response:
-    message.client_address = request.remote_addr or ""
+    message.client_address = str(g.get("client_address") or request.remote_addr or "")
     issued = ctx.clients.auth.issue_token(message)
     body: dict[str, object] = {"token": issued.token, "access_token": issued.token,
                                "expires_in": issued.expires_in, "issued_at": issued.issued_at}
@@ -40,6 +40,9 @@ def get_token(ctx: Context) -> Response:
                                     offline=args.get("offline_token", "").lower() in _TRUE,
                                     client_id=args.get("client_id", ""))
     auth = request.authorization
+    if auth is None and request.headers.get("Authorization", "").strip():
+        # Credentials that cannot be decoded are a failed login, not an anonymous request.
+        raise RegistryError(UNAUTHORIZED, "the token endpoint takes Basic credentials")
     if auth is not None:
         if auth.type != "basic" or not auth.username:
             raise RegistryError(UNAUTHORIZED, "the token endpoint takes Basic credentials")

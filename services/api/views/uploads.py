@@ -100,8 +100,8 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
     length = request.content_length
     if last < first or (length is not None and length != last - first + 1):
         status = ctx.clients.blobs.get_upload(name, upload_id)
-        raise RegistryError(RANGE_INVALID, "Content-Range does not match the body",
-                            headers=_session_headers(name, status))
+        raise RegistryError(BLOB_UPLOAD_INVALID, "Content-Range does not match the body",
+                            headers=_session_headers(name, status), http_status=416)
     return first
 
 
@@ -113,7 +113,8 @@ def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "") ->
     except RegistryError as err:
         if err.error is RANGE_INVALID:
             status = ctx.clients.blobs.get_upload(name, upload_id)
-            raise RegistryError(RANGE_INVALID, err.message, headers=_session_headers(name, status)) from None
+            raise RegistryError(BLOB_UPLOAD_INVALID, err.message, headers=_session_headers(name, status),
+                                http_status=416) from None
         raise
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-services/gen/wharf/metadata/v1/metadata.proto\x12\x11wharf.metadata.v1\")\n\x0cWatchRequest\x12\x0c\n\x04ping\x18\x01 \x01(\x04\x12\x0b\n\x03\x61\x63k\x18\x02 \x01(\x04\"O\n\nWatchEvent\x12\x0c\n\x04pong\x18\x01 \x01(\x04\x12\x10\n\x08lease_ms\x18\x02 \x01(\r\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x14\n\x0crepositories\x18\x04 \x03(\t\"C\n\x0fLinkBlobRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x12\n\x10LinkBlobResponse\"-\n\x07\x42lobRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"(\n\x08\x42lobLink\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x14\n\x12UnlinkBlobResponse\"8\n\x17\x42lobRepositoriesRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\">\n\x18\x42lobRepositoriesResponse\x12\x14\n\x0crepositories\x18\x01 \x03(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\xce\x01\n\nDescriptor\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x15\n\rartifact_type\x18\x04 \x01(\t\x12\x43\n\x0b\x61nnotations\x18\x05 \x03(\x0b\x32..wharf.metadata.v1.Descriptor.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\x12PutManifestRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x17\n\x0f\x62lob_references\x18\x06 \x03(\t\x12\x1b\n\x13manifest_references\x18\x07 \x03(\t\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x31\n\ndescriptor\x18\t \x01(\x0b\x32\x1d.wharf.metadata.v1.Descriptor\"\x15\n\x13PutManifestResponse\"4\n\x0bManifestRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"P\n\x08Manifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0f\n\x07subject\x18\x04 \x01(\t\"\x18\n\x16\x44\x65leteManifestResponse\"\x13\n\x11\x44\x65leteTagResponse\">\n\x0bListRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0c\n\x04last\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"+\n\x0cListResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04more\x18\x02 \x01(\x08\"R\n\x14ListReferrersRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x15\n\rartifact_type\x18\x03 \x01(\t\"I\n\x15ListReferrersResponse\x12\x30\n\treferrers\x18\x01 \x03(\x0b\x32\x1d.wharf.metadata.v1.Descriptor2\x9b\x08\n\x08Metadata\x12S\n\x08LinkBlob\x12\".wharf.metadata.v1.LinkBlobRequest\x1a#.wharf.metadata.v1.LinkBlobResponse\x12O\n\nUnlinkBlob\x12\x1a.wharf.metadata.v1.BlobRef\x1a%.wharf.metadata.v1.UnlinkBlobResponse\x12\x46\n\x0bGetBlobLink\x12\x1a.wharf.metadata.v1.BlobRef\x1a\x1b.wharf.metadata.v1.BlobLink\x12k\n\x10\x42lobRepositories\x12*.wharf.metadata.v1.BlobRepositoriesRequest\x1a+.wharf.metadata.v1.BlobRepositoriesResponse\x12\\\n\x0bPutManifest\x12%.wharf.metadata.v1.PutManifestRequest\x1a&.wharf.metadata.v1.PutManifestResponse\x12J\n\x0bGetManifest\x12\x1e.wharf.metadata.v1.ManifestRef\x1a\x1b.wharf.metadata.v1.Manifest\x12[\n\x0e\x44\x65leteManifest\x12\x1e.wharf.metadata.v1.ManifestRef\x1a).wharf.metadata.v1.DeleteManifestResponse\x12Q\n\tDeleteTag\x12\x1e.wharf.metadata.v1.ManifestRef\x1a$.wharf.metadata.v1.DeleteTagResponse\x12K\n\x08ListTags\x12\x1e.wharf.metadata.v1.ListRequest\x1a\x1f.wharf.metadata.v1.ListResponse\x12S\n\x10ListRepositories\x12\x1e.wharf.metadata.v1.ListRequest\x1a\x1f.wharf.metadata.v1.ListResponse\x12\x62\n\rListReferrers\x12\'.wharf.metadata.v1.ListReferrersRequest\x1a(.wharf.metadata.v1.ListReferrersResponse\x12T\n\x0eWatchManifests\x12\x1f.wharf.metadata.v1.WatchRequest\x1a\x1d.wharf.metadata.v1.WatchEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-services/gen/wharf/metadata/v1/metadata.proto\x12\x11wharf.metadata.v1\")\n\x0cWatchRequest\x12\x0c\n\x04ping\x18\x01 \x01(\x04\x12\x0b\n\x03\x61\x63k\x18\x02 \x01(\x04\"O\n\nWatchEvent\x12\x0c\n\x04pong\x18\x01 \x01(\x04\x12\x10\n\x08lease_ms\x18\x02 \x01(\r\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x14\n\x0crepositories\x18\x04 \x03(\t\"C\n\x0fLinkBlobRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x12\n\x10LinkBlobResponse\"-\n\x07\x42lobRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"(\n\x08\x42lobLink\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x14\n\x12UnlinkBlobResponse\"8\n\x17\x42lobRepositoriesRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\">\n\x18\x42lobRepositoriesResponse\x12\x14\n\x0crepositories\x18\x01 \x03(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\xce\x01\n\nDescriptor\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x15\n\rartifact_type\x18\x04 \x01(\t\x12\x43\n\x0b\x61nnotations\x18\x05 \x03(\x0b\x32..wharf.metadata.v1.Descriptor.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x02\n\x12PutManifestRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x17\n\x0f\x62lob_references\x18\x06 \x03(\t\x12\x1b\n\x13manifest_references\x18\x07 \x03(\t\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x31\n\ndescriptor\x18\t \x01(\x0b\x32\x1d.wharf.metadata.v1.Descriptor\x12\x1c\n\x14\x62lob_reference_sizes\x18\n \x03(\x03\x12 \n\x18manifest_reference_sizes\x18\x0b \x03(\x03\"\x15\n\x13PutManifestResponse\"4\n\x0bManifestRef\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"P\n\x08Manifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0f\n\x07subject\x18\x04 \x01(\t\"\x18\n\x16\x44\x65leteManifestResponse\"\x13\n\x11\x44\x65leteTagResponse\">\n\x0bListRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0c\n\x04last\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"+\n\x0cListResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04more\x18\x02 \x01(\x08\"R\n\x14ListReferrersRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x15\n\rartifact_type\x18\x03 \x01(\t\"I\n\x15ListReferrersResponse\x12\x30\n\treferrers\x18\x01 \x03(\x0b\x32\x1d.wharf.metadata.v1.Descriptor2\x9b\x08\n\x08Metadata\x12S\n\x08LinkBlob\x12\".wharf.metadata.v1.LinkBlobRequest\x1a#.wharf.metadata.v1.LinkBlobResponse\x12O\n\nUnlinkBlob\x12\x1a.wharf.metadata.v1.BlobRef\x1a%.wharf.metadata.v1.UnlinkBlobResponse\x12\x46\n\x0bGetBlobLink\x12\x1a.wharf.metadata.v1.BlobRef\x1a\x1b.wharf.metadata.v1.BlobLink\x12k\n\x10\x42lobRepositories\x12*.wharf.metadata.v1.BlobRepositoriesRequest\x1a+.wharf.metadata.v1.BlobRepositoriesResponse\x12\\\n\x0bPutManifest\x12%.wharf.metadata.v1.PutManifestRequest\x1a&.wharf.metadata.v1.PutManifestResponse\x12J\n\x0bGetManifest\x12\x1e.wharf.metadata.v1.ManifestRef\x1a\x1b.wharf.metadata.v1.Manifest\x12[\n\x0e\x44\x65leteManifest\x12\x1e.wharf.metadata.v1.ManifestRef\x1a).wharf.metadata.v1.DeleteManifestResponse\x12Q\n\tDeleteTag\x12\x1e.wharf.metadata.v1.ManifestRef\x1a$.wharf.metadata.v1.DeleteTagResponse\x12K\n\x08ListTags\x12\x1e.wharf.metadata.v1.ListRequest\x1a\x1f.wharf.metadata.v1.ListResponse\x12S\n\x10ListRepositories\x12\x1e.wharf.metadata.v1.ListRequest\x1a\x1f.wharf.metadata.v1.ListResponse\x12\x62\n\rListReferrers\x12\'.wharf.metadata.v1.ListReferrersRequest\x1a(.wharf.metadata.v1.ListReferrersResponse\x12T\n\x0eWatchManifests\x12\x1f.wharf.metadata.v1.WatchRequest\x1a\x1d.wharf.metadata.v1.WatchEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,25 +56,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_start=671
   _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_end=721
   _globals['_PUTMANIFESTREQUEST']._serialized_start=724
-  _globals['_PUTMANIFESTREQUEST']._serialized_end=953
-  _globals['_PUTMANIFESTRESPONSE']._serialized_start=955
-  _globals['_PUTMANIFESTRESPONSE']._serialized_end=976
-  _globals['_MANIFESTREF']._serialized_start=978
-  _globals['_MANIFESTREF']._serialized_end=1030
-  _globals['_MANIFEST']._serialized_start=1032
-  _globals['_MANIFEST']._serialized_end=1112
-  _globals['_DELETEMANIFESTRESPONSE']._serialized_start=1114
-  _globals['_DELETEMANIFESTRESPONSE']._serialized_end=1138
-  _globals['_DELETETAGRESPONSE']._serialized_start=1140
-  _globals['_DELETETAGRESPONSE']._serialized_end=1159
-  _globals['_LISTREQUEST']._serialized_start=1161
-  _globals['_LISTREQUEST']._serialized_end=1223
-  _globals['_LISTRESPONSE']._serialized_start=1225
-  _globals['_LISTRESPONSE']._serialized_end=1268
-  _globals['_LISTREFERRERSREQUEST']._serialized_start=1270
-  _globals['_LISTREFERRERSREQUEST']._serialized_end=1352
-  _globals['_LISTREFERRERSRESPONSE']._serialized_start=1354
-  _globals['_LISTREFERRERSRESPONSE']._serialized_end=1427
-  _globals['_METADATA']._serialized_start=1430
-  _globals['_METADATA']._serialized_end=2481
+  _globals['_PUTMANIFESTREQUEST']._serialized_end=1017
+  _globals['_PUTMANIFESTRESPONSE']._serialized_start=1019
+  _globals['_PUTMANIFESTRESPONSE']._serialized_end=1040
+  _globals['_MANIFESTREF']._serialized_start=1042
+  _globals['_MANIFESTREF']._serialized_end=1094
+  _globals['_MANIFEST']._serialized_start=1096
+  _globals['_MANIFEST']._serialized_end=1176
+  _globals['_DELETEMANIFESTRESPONSE']._serialized_start=1178
+  _globals['_DELETEMANIFESTRESPONSE']._serialized_end=1202
+  _globals['_DELETETAGRESPONSE']._serialized_start=1204
+  _globals['_DELETETAGRESPONSE']._serialized_end=1223
+  _globals['_LISTREQUEST']._serialized_start=1225
+  _globals['_LISTREQUEST']._serialized_end=1287
+  _globals['_LISTRESPONSE']._serialized_start=1289
+  _globals['_LISTRESPONSE']._serialized_end=1332
+  _globals['_LISTREFERRERSREQUEST']._serialized_start=1334
+  _globals['_LISTREFERRERSREQUEST']._serialized_end=1416
+  _globals['_LISTREFERRERSRESPONSE']._serialized_start=1418
+  _globals['_LISTREFERRERSRESPONSE']._serialized_end=1491
+  _globals['_METADATA']._serialized_start=1494
+  _globals['_METADATA']._serialized_end=2545
 # @@protoc_insertion_point(module_scope)
