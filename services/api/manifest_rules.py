@@ -31,6 +31,10 @@ class ParsedManifest:
     annotations: dict[str, str]
 
 
+# Descriptor sizes are int64 in the image spec.
+_MAX_SIZE = 2**63 - 1
+
+
 def _invalid(message: str) -> RegistryError:
     return RegistryError(MANIFEST_INVALID, message)
 
@@ -47,8 +51,8 @@ def _descriptor(value: Any, where: str) -> dict[str, Any]:
         digests.parse(digest)
     except RegistryError:
         raise _invalid(f"{where}: invalid digest {digest[:150]!r}") from None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _invalid(f"{where}: size must be a non-negative integer")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= _MAX_SIZE:
+        raise _invalid(f"{where}: size must be an integer from 0 to 2^63-1")
     data = value.get("data")
     if data is not None:
         try:

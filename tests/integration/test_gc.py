@@ -126,10 +126,27 @@ def test_a_run_stops_when_its_maintenance_key_is_lost(redis_client: redis.Redis,
     collector = Collector(redis_client, FilesystemDriver(tmp_path / "blobs"), grace=0, maintenance_ttl=0.3)
     collector._renewed = 0.0  # as if the last renewal were long ago
     redis_client.delete(keys.MAINTENANCE)
-    collector._token = "mine"
+    collector._held = json.dumps({"gc": "mine"})
     with pytest.raises(MaintenanceLost):
         collector._collect()
     redis_client.set(keys.MAINTENANCE, json.dumps({"gc": "mine"}))
     collector._renewed = 0.0
     collector._collect()  # ours again: renewed, and the run goes through
     assert 0 < redis_client.pttl(keys.MAINTENANCE) <= 300
+
+
+def test_a_run_never_renews_or_ends_another_runs_key(redis_client: redis.Redis, tmp_path: pathlib.Path) -> None:
+    """Renewal and release compare the holder in the same step as they act (a Lua script): a run whose
+    key expired and was taken by another run neither extends nor deletes the other run's key. With a
+    GET followed by PEXPIRE/DEL, the key could change hands between the two calls."""
+    collector = Collector(redis_client, FilesystemDriver(tmp_path / "blobs"), grace=0, maintenance_ttl=0.3)
+    other = json.dumps({"gc": "another run", "since": 1})
+    # The other run's value contains this run's token as a substring: an `in` check would match it.
+    collector._held = json.dumps({"gc": "another run"})[:-2]
+    redis_client.set(keys.MAINTENANCE, other, px=60_000)
+    collector._renewed = 0.0
+    with pytest.raises(MaintenanceLost):
+        collector._hold_maintenance()
+    assert redis_client.pttl(keys.MAINTENANCE) > 300
+    collector._release(keys=[keys.MAINTENANCE], args=[collector._held])
+    assert redis_client.get(keys.MAINTENANCE) == other.encode()

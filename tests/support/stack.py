@@ -25,8 +25,8 @@ class RunningStack:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> RunningStack:
-        environ = dict(os.environ, WHARF_PORT=str(self.port), WHARF_DATA_DIR=str(self.data_dir),
-                       WHARF_ACCESS_LOG="false", **self.extra_env)
+        environ = {**os.environ, "WHARF_PORT": str(self.port), "WHARF_DATA_DIR": str(self.data_dir),
+                   "WHARF_ACCESS_LOG": "false", **self.extra_env}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([sys.executable, "-m", "services.stack"], env=environ,
                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
