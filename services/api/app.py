@@ -23,7 +23,7 @@ from services.common.logs import AccessLog
 from services.common.names import is_valid_name
 
 log = logging.getLogger("wharf.gateway")
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 # An encoded "/" in the path would be decoded into a name separator: refuse it, never reinterpret it.
 _ENCODED_SLASH_RE = re.compile(r"%2f", re.IGNORECASE)
 

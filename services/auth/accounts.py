@@ -9,16 +9,19 @@ import time
 import bcrypt
 import redis
 
+from services.auth import peers
 from services.auth import redis_keys as keys
 from services.auth.policy import Principal, normalise_actions
+from services.auth.throttle import Bucket, LoginThrottle
+from services.common import patterns
 from services.common.errors import (
     ACCOUNT_EXISTS,
     ACCOUNT_UNKNOWN,
     REQUEST_INVALID,
-    TOOMANYREQUESTS,
     UNAUTHORIZED,
     RegistryError,
 )
+from services.common.names import MAX_NAME_LENGTH
 from services.common.redisconn import text
 
 KINDS = ("user", "robot")
@@ -46,8 +49,7 @@ class AccountStore:
         self._r = client
         self._rounds = bcrypt_rounds
         self._failure_limit = failure_limit
-        self._failure_window = failure_window
-        # Checked against when the account does not exist, so a miss costs as much as a hit.
+        self._throttle = LoginThrottle(client, failure_window)
         self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(bcrypt_rounds))
 
     # -- accounts ----------------------------------------------------------
@@ -82,6 +84,16 @@ class AccountStore:
         parsed = tuple(sorted((text(p), frozenset(text(a).split(",")) - {""}) for p, a in grants.items()))
         return Principal(name, text(kind), text(admin) == "1", parsed)
 
+    def find(self, name: str) -> Principal | None:
+        """The account, or None when there is none of that name (or the name is invalid): for
+        callers that hold a name from a token, whose account may have been deleted since."""
+        try:
+            return self.get(name)
+        except RegistryError as err:
+            if err.error in (ACCOUNT_UNKNOWN, REQUEST_INVALID):
+                return None
+            raise
+
     def set_password(self, name: str, password: str) -> Principal:
         principal = self.get(name)
         hashed = bcrypt.hashpw(_check_password(password), bcrypt.gensalt(self._rounds))
@@ -106,12 +118,12 @@ class AccountStore:
             wanted = normalise_actions(actions)
         except ValueError as exc:
             raise RegistryError(REQUEST_INVALID, str(exc)) from None
-        if not pattern or len(pattern) > 255:
-            raise RegistryError(REQUEST_INVALID, "a grant needs a repository pattern")
+        patterns.validate_pattern(pattern)
         self._r.hset(keys.grants(name), pattern, ",".join(sorted(wanted)))
         return self.get(name)
 
     def revoke(self, name: str, pattern: str) -> Principal:
+        """Removes a grant; any stored pattern, so one saved before patterns were validated can go too."""
         self.get(name)
         self._r.hdel(keys.grants(name), pattern)
         return self.get(name)
@@ -119,10 +131,12 @@ class AccountStore:
     # -- public repositories ----------------------------------------------
 
     def set_public(self, pattern: str, public: bool) -> None:
-        if not pattern or len(pattern) > 255:
-            raise RegistryError(REQUEST_INVALID, "a repository name or pattern is required")
+        """Making public takes a valid pattern only; making private takes any stored pattern, so
+        one saved before patterns were validated can be removed."""
         if public:
-            self._r.sadd(keys.PUBLIC, pattern)
+            self._r.sadd(keys.PUBLIC, patterns.validate_pattern(pattern))
+        elif not pattern or len(pattern) > MAX_NAME_LENGTH:
+            raise RegistryError(REQUEST_INVALID, "a repository name or pattern is required")
         else:
             self._r.srem(keys.PUBLIC, pattern)
 
@@ -131,30 +145,34 @@ class AccountStore:
 
     # -- passwords ---------------------------------------------------------
 
-    def authenticate(self, name: str, password: str, address: str) -> Principal:
-        """The account when the password matches; UNAUTHORIZED or TOOMANYREQUESTS otherwise."""
+    def authenticate(self, name: str, password: str, address: str, *, account_limit: int | None = None) -> Principal:
+        """The account when the password matches; UNAUTHORIZED or TOOMANYREQUESTS otherwise.
+
+        Failures are counted per account and client address (IPv6 per /64); with
+        ``account_limit`` also per account from all addresses together (the admin API,
+        where rotating addresses must not buy unlimited guesses). The check-and-count is
+        atomic (:mod:`services.auth.throttle`), so concurrent guesses cannot overrun a limit.
+        """
         if not keys.ACCOUNT_RE.match(name or "") or len(name) > 64:
             raise RegistryError(UNAUTHORIZED, "invalid username or password")
-        counter = keys.failures(name, address or "-")
-        failures = int(self._r.get(counter) or 0)
-        if failures >= self._failure_limit:
-            retry = max(int(self._r.ttl(counter)), 1)
-            raise RegistryError(TOOMANYREQUESTS, "too many failed logins, retry later",
-                                detail={"retry_after": retry}, headers={"Retry-After": str(retry)})
-        stored = self._r.hget(keys.account(name), "hash")
+        bucket = peers.throttle_bucket(address)
+        buckets = [Bucket(keys.failures(name, bucket), keys.checking(name, bucket), self._failure_limit)]
+        if account_limit is not None:
+            buckets.append(Bucket(keys.failures(name, keys.ANY_ADDRESS), keys.checking(name, keys.ANY_ADDRESS),
+                                  account_limit))
         raw = password.encode()
         if len(raw) > MAX_PASSWORD:
             raw = b""  # never matches: stored passwords are at most MAX_PASSWORD bytes
-        ok = bcrypt.checkpw(raw, stored or self._dummy_hash) and stored is not None
-        if not ok:
-            with self._r.pipeline(transaction=True) as pipe:
-                pipe.incr(counter)
-                pipe.expire(counter, self._failure_window)
-                pipe.execute()
+
+        def verify() -> bool:
+            stored = self._r.hget(keys.account(name), "hash")
+            # Checked against a dummy hash when the account does not exist, so a miss costs as much as a hit.
+            return bcrypt.checkpw(raw, stored or self._dummy_hash) and stored is not None
+
+        principal = self.find(name) if self._throttle.check(buckets, verify) else None
+        if principal is None:  # a wrong password, or the account was deleted meanwhile
             raise RegistryError(UNAUTHORIZED, "invalid username or password")
-        if failures:
-            self._r.delete(counter)
-        return self.get(name)
+        return principal
 
     # -- refresh tokens ----------------------------------------------------
 

@@ -156,7 +156,11 @@ def robot_add(admin: Admin, name: str) -> None:
 @click.argument("actions")
 @click.pass_obj
 def grant(admin: Admin, name: str, pattern: str, actions: str) -> None:
-    """Let NAME do ACTIONS (pull,push,delete or *) on repositories matching PATTERN (a glob)."""
+    """Let NAME do ACTIONS (pull,push,delete or *) on repositories matching PATTERN.
+
+    In PATTERN, * matches within one path component and ** (a whole component) crosses "/":
+    team/* is team/app but not team/app/x; team/** is everything under team.
+    """
     account = admin.call("Grant", pb.GrantRequest(name=name, grant=pb.Grant(pattern=pattern,
                                                                             actions=actions.split(","))))
     click.echo(json.dumps(_show(account)))
@@ -181,7 +185,7 @@ def repo() -> None:
 @click.argument("pattern")
 @click.pass_obj
 def repo_public(admin: Admin, pattern: str) -> None:
-    """Let anyone, even anonymous clients, pull repositories matching PATTERN."""
+    """Let anyone, even anonymous clients, pull repositories matching PATTERN (globs as in `grant`)."""
     admin.call("SetVisibility", pb.SetVisibilityRequest(pattern=pattern, public=True))
     click.echo(f"{pattern} is public")
 

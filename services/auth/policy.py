@@ -1,15 +1,18 @@
 """Who may do what: deny by default, then admin, own namespace, grants, public pulls.
 
-Pure functions over an account's facts, so the rules are testable without Redis.
+Pure functions over an account's facts, so the rules are testable without Redis. A name
+that is not a canonical repository name (``b/../a/secret``, ``b/x;a/secret``, ``b/*``) is
+granted nothing, whoever asks: the namespace rule is a prefix test, which is only sound on
+canonical names, and the registry refuses such names anyway.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Iterable
 
-from services.common import scopes
+from services.common import patterns, scopes
+from services.common.names import is_valid_name
 from services.common.scopes import Scope
 
 ALL_ACTIONS = frozenset(scopes.ACTIONS)
@@ -32,7 +35,15 @@ class Principal:
 ANONYMOUS = Principal()
 
 
+def is_canonical(repository: str) -> bool:
+    """A valid repository name. (names.NAME_RE ends in "$", which also matches before a final
+    newline, so "b/x\n" would pass is_valid_name alone.)"""
+    return is_valid_name(repository) and not repository.endswith("\n")
+
+
 def repository_actions(principal: Principal, public_patterns: Iterable[str], repository: str) -> frozenset[str]:
+    if not is_canonical(repository):
+        return frozenset()
     if principal.admin:
         return ALL_ACTIONS
     allowed: set[str] = set()
@@ -40,9 +51,9 @@ def repository_actions(principal: Principal, public_patterns: Iterable[str], rep
     if principal.kind == "user" and principal.name and repository.startswith(principal.name + "/"):
         allowed |= ALL_ACTIONS
     for pattern, actions in principal.grants:
-        if fnmatch.fnmatchcase(repository, pattern):
+        if patterns.matches(pattern, repository):
             allowed |= actions
-    if any(fnmatch.fnmatchcase(repository, pattern) for pattern in public_patterns):
+    if patterns.matches_any(public_patterns, repository):
         allowed.add("pull")
     return frozenset(allowed)
 

@@ -9,17 +9,23 @@
     wharf-auth:refresh:<id>                HASH  account, expires_at            (TTL = refresh token lifetime)
     wharf-auth:refresh-of:<name>           SET   refresh token ids of an account (for revocation)
     wharf-auth:failures:<name>:<address>   STRING failed logins in the window   (TTL = window)
+    wharf-auth:checking:<name>:<address>   ZSET  password checks in flight: token -> start (ms)
 
-Account names are validated (:data:`ACCOUNT_RE`) before they reach a key.
+Account names are validated (:data:`ACCOUNT_RE`) before they reach a key. ``<address>`` is
+a throttling bucket (:func:`services.auth.peers.throttle_bucket`: an IPv4 address, an IPv6
+/64, ``unix`` or ``unknown``), or :data:`ANY_ADDRESS` for the admin API's count of an
+account's failures from every address together.
 """
 
 from __future__ import annotations
 
 import re
 
-ACCOUNT_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+# \Z, not $: "$" also matches before a final newline, and "alice\n" is not "alice".
+ACCOUNT_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
 ACCOUNTS = "wharf-auth:accounts"
 PUBLIC = "wharf-auth:public"
+ANY_ADDRESS = "*"
 
 
 def account(name: str) -> str:
@@ -40,3 +46,7 @@ def refresh_of(name: str) -> str:
 
 def failures(name: str, address: str) -> str:
     return f"wharf-auth:failures:{name}:{address}"
+
+
+def checking(name: str, address: str) -> str:
+    return f"wharf-auth:checking:{name}:{address}"

@@ -9,13 +9,13 @@ import logging
 import grpc
 import redis
 
-from services.auth import tokens
+from services.auth import peers, tokens
 from services.auth.accounts import AccountStore
 from services.auth.policy import ANONYMOUS, Principal, grant, refused, repository_actions
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
 from services.common import redisconn, scopes
-from services.common.errors import DENIED, UNAUTHORIZED, RegistryError
+from services.common.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, RegistryError
 from services.common.grpcserver import create_server
 from services.common.internal_auth import read_token
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
@@ -24,7 +24,10 @@ from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
 log = logging.getLogger("wharf.auth")
 _MAX_SCOPES = 32
 _MAX_FILTER = 10000
-
+# The admin API also counts an account's failures from every address together, so an
+# attacker who can vary addresses (any IPv6 host) gets this many guesses, not unlimited; a
+# multiple of the per-address limit, so a stranger's few failures do not lock the operator out.
+ADMIN_ACCOUNT_FAILURE_FACTOR = 4
 
 
 def _account_pb(principal: Principal, created_at: int = 0) -> pb.Account:
@@ -38,16 +41,39 @@ class AuthServicer(pb_grpc.AuthServicer):
         self._store = store
         self._keys = keyring
 
+    def _authenticate(self, name: str, password: str, address: str, via: str,
+                      account_limit: int | None = None) -> Principal:
+        """The store's authenticate, logging every refusal with the (sanitised) account name and
+        client address, never the password, so that guessing shows up in the logs."""
+        try:
+            return self._store.authenticate(name, password, address, account_limit=account_limit)
+        except RegistryError as err:
+            if err.error in (UNAUTHORIZED, TOOMANYREQUESTS):
+                fields: dict[str, object] = {"account": peers.printable(name), "address": peers.printable(address),
+                                             "via": via}
+                if err.error is TOOMANYREQUESTS:
+                    fields["retry_after"] = (err.detail or {}).get("retry_after")
+                log.warning("login locked out" if err.error is TOOMANYREQUESTS else "failed login",
+                            extra={"fields": fields})
+            raise
+
     def _require_admin(self, context: grpc.ServicerContext) -> Principal:
+        # Counted per client address *without* the source port, which changes with every connection.
+        address = peers.peer_address(context.peer() or "")
         header = dict(context.invocation_metadata() or ()).get("authorization", "")
         if not isinstance(header, str) or not header.lower().startswith("basic "):
             raise RegistryError(UNAUTHORIZED, "administrative calls need admin credentials")
         try:
             name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
+            log.warning("failed login", extra={"fields": {"account": "", "address": address, "via": "admin",
+                                                          "reason": "malformed credentials"}})
             raise RegistryError(UNAUTHORIZED, "malformed credentials") from None
-        principal = self._store.authenticate(name, password, context.peer() or "")
+        principal = self._authenticate(name, password, address, "admin",
+                                       self._settings.login_failures * ADMIN_ACCOUNT_FAILURE_FACTOR)
         if not principal.admin:
+            log.warning("administrative call by a non-admin account",
+                        extra={"fields": {"account": principal.name, "address": address}})
             raise RegistryError(DENIED, "administrative calls need an admin account")
         return principal
 
@@ -57,17 +83,18 @@ class AuthServicer(pb_grpc.AuthServicer):
                                                for k in self._keys.verifying()])
 
     def IssueToken(self, request: pb.IssueTokenRequest, context: grpc.ServicerContext) -> pb.IssueTokenResponse:
-        if request.refresh_token:
-            principal = self._store.redeem_refresh_token(request.refresh_token)
-        elif request.username:
-            principal = self._store.authenticate(request.username, request.password, request.client_address)
-        else:
-            principal = ANONYMOUS
-        requested = scopes.parse_many(list(request.scopes)[:_MAX_SCOPES])
-        access = grant(principal, self._store.public_patterns(), requested)
+        # The cheap checks first, so a malformed request costs no bcrypt and no login attempt.
         service = request.service or self._settings.service
         if service != self._settings.service:
             raise RegistryError(DENIED, f"tokens are issued for service {self._settings.service!r} only")
+        requested = scopes.parse_many(request.scopes, limit=_MAX_SCOPES)
+        if request.refresh_token:
+            principal = self._store.redeem_refresh_token(request.refresh_token)
+        elif request.username:
+            principal = self._authenticate(request.username, request.password, request.client_address, "token")
+        else:
+            principal = ANONYMOUS
+        access = grant(principal, self._store.public_patterns(), requested)
         issued = tokens.issue(self._keys, self._settings.issuer, service, principal.name, access,
                               self._settings.token_ttl, refused(requested, access))
         refresh = ""
@@ -75,14 +102,16 @@ class AuthServicer(pb_grpc.AuthServicer):
             refresh = request.refresh_token or self._store.new_refresh_token(principal.name,
                                                                              self._settings.refresh_ttl)
         log.info("token issued", extra={"fields": {"subject": principal.name or "<anonymous>",
-                                                   "client_id": request.client_id[:64],
+                                                   "client_id": peers.printable(request.client_id),
                                                    "access": [str(s) for s in access]}})
         return pb.IssueTokenResponse(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at,
                                      refresh_token=refresh, subject=principal.name)
 
     def FilterRepositories(self, request: pb.FilterRepositoriesRequest,
                            context: grpc.ServicerContext) -> pb.FilterRepositoriesResponse:
-        principal = self._store.get(request.account) if request.account else ANONYMOUS
+        # A token outlives its account: a deleted (or unknown) account sees what anyone sees,
+        # and gets no error code the registry API never sends.
+        principal = (self._store.find(request.account) if request.account else None) or ANONYMOUS
         public = self._store.public_patterns()
         names = [n for n in list(request.repositories)[:_MAX_FILTER]
                  if "pull" in repository_actions(principal, public, n)]

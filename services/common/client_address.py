@@ -16,7 +16,7 @@ from collections.abc import Iterable
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # host or IPv4, or a bracketed IPv6 literal, then an optional port: what a Host header may hold.
-_HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::[0-9]{1,5})?$")
+_HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::[0-9]{1,5})?\Z")
 # Bounds the work a hostile X-Forwarded-For can cause.
 _MAX_HOPS = 32
 

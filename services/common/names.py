@@ -8,14 +8,15 @@ from services.common.errors import MANIFEST_INVALID, NAME_INVALID, TAG_INVALID, 
 
 # <name> from the distribution spec: path components of lowercase alphanumerics
 # joined by separators, components joined by "/".
-NAME_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+NAME_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*\Z")
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
 # Many clients assume a name fits in 255 characters including the registry host.
 MAX_NAME_LENGTH = 255
 
 
 def is_valid_name(name: str) -> bool:
-    return len(name) <= MAX_NAME_LENGTH and bool(NAME_RE.match(name))
+    # fullmatch: "$" would also accept a trailing newline ("a/b\n").
+    return len(name) <= MAX_NAME_LENGTH and bool(NAME_RE.fullmatch(name))
 
 
 def validate_name(name: str) -> str:
@@ -25,7 +26,7 @@ def validate_name(name: str) -> str:
 
 
 def is_valid_tag(tag: str) -> bool:
-    return bool(TAG_RE.match(tag))
+    return bool(TAG_RE.fullmatch(tag))
 
 
 def validate_tag(tag: str, *, for_manifest_put: bool = False) -> str:

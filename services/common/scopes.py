@@ -8,11 +8,16 @@ the first and the last colon) and a comma-separated action list.
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Iterable
+
+from services.common.errors import REQUEST_INVALID, RegistryError
 
 REPOSITORY = "repository"
 REGISTRY = "registry"
 CATALOG = "catalog"
 ACTIONS = ("pull", "push", "delete")
+_PART_RE = re.compile(r"\S+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +46,25 @@ def parse(value: str) -> Scope | None:
     return Scope(kind, name, wanted)
 
 
-def parse_many(values: list[str]) -> list[Scope]:
-    """Scopes from repeated ``scope`` parameters, each possibly space-separated."""
+def parse_many(values: Iterable[str], limit: int | None = None) -> list[Scope]:
+    """Scopes from repeated ``scope`` parameters, each possibly space-separated.
+
+    ``limit`` caps the scopes *after* splitting: a cap on parameters alone let one
+    parameter carry a hundred scopes into a 14 KB token. Past the limit the request is
+    refused (REQUEST_INVALID) rather than cut, so a client never receives a token silently
+    missing what it asked for. Repeats count once; malformed scopes count too (and are then
+    dropped), so the work done is bounded by the limit either way.
+    """
+    seen: set[str] = set()
     found: list[Scope] = []
     for value in values:
-        for part in value.split():
+        for match in _PART_RE.finditer(value):
+            part = match.group()
+            if part in seen:
+                continue
+            seen.add(part)
+            if limit is not None and len(seen) > limit:
+                raise RegistryError(REQUEST_INVALID, f"at most {limit} scopes can be asked for at once")
             scope = parse(part)
             if scope is not None:
                 found.append(scope)

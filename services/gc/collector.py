@@ -38,7 +38,7 @@ from services.common.redisconn import text
 from services.metadata import keys
 
 log = logging.getLogger("wharf.gc")
-_SHARD = re.compile(r"^[0-9a-f]{2}$")
+_SHARD = re.compile(r"^[0-9a-f]{2}\Z")
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ from services.common.errors import RANGE_INVALID, RegistryError
 if TYPE_CHECKING:
     from services.api.app import Context
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 def _headers(digest: str, size: int) -> dict[str, str]:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from services.api.app import Context
     from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\Z")
 
 
 def _location(name: str, upload_id: str) -> str:
