@@ -8,9 +8,7 @@ import base64
 import logging
 import pathlib
 import secrets
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -28,44 +26,16 @@ from services.common.errors import RegistryError
 from services.common.internal_auth import authenticated_channel
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
-from services.stack.processes import free_port, redis_binary, redis_ready
 
 LIMIT = 5
 PASSWORD = "right-password-1"
 ADMIN_PASSWORD = "admin-password-1"
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis server for this module (tests/security/conftest.py starts a whole stack)."""
-    directory = tmp_path_factory.mktemp("auth-redis")
-    port = free_port()
-    process = subprocess.Popen([redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
-                                "--save", "", "--appendonly", "no", "--daemonize", "no"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not redis_ready("127.0.0.1", port):
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
-
-
 @pytest.fixture()
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_url)
-    conn.flushdb()
-    yield conn
-    conn.close()
-
-
-@pytest.fixture()
-def store(client: redis.Redis) -> AccountStore:
+def store(redis_client: redis.Redis) -> AccountStore:
     # bcrypt cost 8 (~20 ms): long enough for concurrent checks to overlap, as they do in production.
-    accounts = AccountStore(client, bcrypt_rounds=8, failure_limit=LIMIT, failure_window=120)
+    accounts = AccountStore(redis_client, bcrypt_rounds=8, failure_limit=LIMIT, failure_window=120)
     accounts.create("victim", PASSWORD)
     accounts.create("root", ADMIN_PASSWORD, admin=True)
     return accounts
@@ -124,12 +94,12 @@ def all_at_once(count: int, fn: Any) -> list[str]:
 
 # -- finding 1: concurrent guesses cannot overrun the lockout --------------------------------
 
-def test_concurrent_wrong_passwords_check_at_most_the_limit(store: AccountStore, client: redis.Redis) -> None:
+def test_concurrent_wrong_passwords_check_at_most_the_limit(store: AccountStore, redis_client: redis.Redis) -> None:
     """24 guesses at once used to give 19 x 401: all read "0 failures" before any was counted."""
     outcomes = all_at_once(24, lambda i: attempt(store, f"wrong-password-{i}"))
     assert 1 <= outcomes.count("UNAUTHORIZED") <= LIMIT, outcomes
     assert outcomes.count("UNAUTHORIZED") + outcomes.count("TOOMANYREQUESTS") == 24, outcomes
-    assert int(client.get(keys.failures("victim", "203.0.113.7")) or 0) <= LIMIT
+    assert int(redis_client.get(keys.failures("victim", "203.0.113.7")) or 0) <= LIMIT
     assert attempt(store, PASSWORD) == "TOOMANYREQUESTS"  # locked, even for the right password
 
 
@@ -160,7 +130,7 @@ def test_account_names_with_a_final_newline_are_not_accounts(store: AccountStore
 # -- finding 2: the admin API's lockout survives reconnecting --------------------------------
 
 @pytest.fixture()
-def admin_server(redis_url: str, tmp_path: pathlib.Path, client: redis.Redis) -> Iterator[tuple[str, str]]:
+def admin_server(redis_url: str, tmp_path: pathlib.Path, redis_client: redis.Redis) -> Iterator[tuple[str, str]]:
     settings = settings_for(redis_url, tmp_path, admin_password=ADMIN_PASSWORD)
     server, port, _health = build(settings, "127.0.0.1:0")
     server.start()
@@ -235,7 +205,7 @@ def test_the_catalog_filter_drops_non_canonical_names(servicer: AuthServicer) ->
 
 # -- finding 5: patterns are validated when an admin stores them -----------------------------
 
-def test_grants_and_public_patterns_are_validated(store: AccountStore, client: redis.Redis) -> None:
+def test_grants_and_public_patterns_are_validated(store: AccountStore, redis_client: redis.Redis) -> None:
     for bad in ["", "team/[ab]", "team**", "Team/*", "team/", "a" * 256]:
         with pytest.raises(RegistryError) as raised:
             store.grant("victim", bad, ["pull"])
@@ -244,8 +214,8 @@ def test_grants_and_public_patterns_are_validated(store: AccountStore, client: r
             store.set_public(bad, True)
     assert dict(store.grant("victim", "team/**", ["pull"]).grants)["team/**"] == {"pull"}
     # A pattern stored before validation existed can still be removed.
-    client.hset(keys.grants("victim"), "team/[ab]", "pull")
-    client.sadd(keys.PUBLIC, "team/[ab]")
+    redis_client.hset(keys.grants("victim"), "team/[ab]", "pull")
+    redis_client.sadd(keys.PUBLIC, "team/[ab]")
     assert "team/[ab]" not in dict(store.revoke("victim", "team/[ab]").grants)
     store.set_public("team/[ab]", False)
     assert store.public_patterns() == []

@@ -22,7 +22,7 @@ def test_digest_parse_accepts_registered_algorithms() -> None:
 
 @pytest.mark.parametrize("value", ["", "sha256:abc", "sha256:baddigeststring", "md5:" + "a" * 32,
                                    "sha256:" + "A" * 64, "sha256:" + "a" * 63, "sha256:../../etc/passwd",
-                                   "sha512:" + "a" * 64])
+                                   "sha512:" + "a" * 64, "sha256:" + "a" * 64 + "\n"])
 def test_digest_parse_rejects_invalid(value: str) -> None:
     with pytest.raises(errors.RegistryError) as info:
         digests.parse(value)
@@ -36,7 +36,7 @@ def test_valid_names(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["", "A", "a/", "/a", "a//b", "a..b", "-a", "a_", "a___b", "a/.b", "a" * 256,
-                                  "a/../b"])
+                                  "a/../b", "a/b\n", "a\n"])
 def test_invalid_names(name: str) -> None:
     assert not names.is_valid_name(name)
 
@@ -46,7 +46,7 @@ def test_valid_tags(tag: str) -> None:
     assert names.is_valid_tag(tag)
 
 
-@pytest.mark.parametrize("tag", ["", ".x", "-x", "a" * 129, "a/b", "a:b"])
+@pytest.mark.parametrize("tag", ["", ".x", "-x", "a" * 129, "a/b", "a:b", "v1\n"])
 def test_invalid_tags(tag: str) -> None:
     assert not names.is_valid_tag(tag)
 
