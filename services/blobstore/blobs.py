@@ -3,11 +3,19 @@
 The digest of an upload is computed incrementally while bytes are appended by
 this process (the same bytes that were written and fsynced). When a session was
 appended to by another replica or before a restart, the commit re-reads the
-stored bytes instead, so a commit always verifies exactly what is stored.
+stored bytes instead, so a commit always verifies exactly what is stored. That
+rests on the driver's one-writer-at-a-time contract (:class:`FileWriter`): no
+other writer can change the bytes between the hashing append and the commit.
+
+Running hashes are kept for a bounded number of sessions and forgotten when idle:
+with round-robin across replicas most sessions finish on another replica, which
+never tells this one. Forgetting one costs only a re-read at commit.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from services.blobstore import layout
-from services.blobstore.storage.base import StorageDriver, UploadBusyError
+from services.blobstore.storage.base import FileWriter, StorageDriver, UploadBusyError
 from services.common import digests
 from services.common.errors import (
     BLOB_UNKNOWN,
@@ -31,6 +39,10 @@ log = logging.getLogger("wharf.blobstore")
 _HASH_READ = 4 * 1024 * 1024
 # Algorithm tracked while appending; others are computed at commit time.
 _STREAMING_ALGORITHM = "sha256"
+# Running hashes kept at most; beyond, the least recently used is forgotten. A sha256 state
+# is a few hundred bytes, so this is ~1 MB, and far more sessions than one replica's workers
+# append to at once.
+MAX_HASH_STATES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +65,51 @@ class Blob:
 class _HashState:
     size: int
     hasher: digests.Hasher
+    used_at: float = 0.0
+
+
+@contextlib.contextmanager
+def _session_races() -> Iterator[None]:
+    """Turns what a concurrent request does to a session into the answers a client can act on:
+    another writer holding it (retry later), or the session deleted under us (start again)."""
+    try:
+        yield
+    except UploadBusyError:
+        raise RegistryError(BLOB_UPLOAD_INVALID, "another request is writing to this upload") from None
+    except FileNotFoundError:
+        raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired") from None
 
 
 class BlobService:
-    def __init__(self, driver: StorageDriver, upload_ttl: int) -> None:
+    def __init__(self, driver: StorageDriver, upload_ttl: int, max_hash_states: int = MAX_HASH_STATES) -> None:
         self._driver = driver
         self._upload_ttl = upload_ttl
-        self._hashes: dict[str, _HashState] = {}
+        self._max_hash_states = max_hash_states
+        # Least recently used first; every entry is for a session this process appended to.
+        self._hashes: collections.OrderedDict[str, _HashState] = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def hashed_uploads(self) -> int:
+        """How many sessions this process keeps a running hash for (bounded; for tests and metrics)."""
+        with self._lock:
+            return len(self._hashes)
+
+    def _keep_hash(self, upload_id: str, state: _HashState) -> None:
+        state.used_at = time.time()
+        with self._lock:
+            self._hashes[upload_id] = state
+            self._hashes.move_to_end(upload_id)
+            self._prune_hashes(state.used_at)
+
+    def _prune_hashes(self, now: float) -> None:
+        """Forgets hashes beyond the bound and those idle longer than a session lives (its session
+        has expired, or went on elsewhere). Called with the lock held."""
+        while self._hashes:
+            upload_id, oldest = next(iter(self._hashes.items()))
+            if len(self._hashes) <= self._max_hash_states and now - oldest.used_at <= self._upload_ttl:
+                break
+            del self._hashes[upload_id]
 
     # -- committed blobs ---------------------------------------------------
 
@@ -98,8 +147,7 @@ class BlobService:
         self._driver.put_content(layout.upload_info_key(upload_id),
                                  json.dumps({"repository": repository, "started_at": started}).encode())
         self._driver.writer(layout.upload_data_key(upload_id), append=False).close()
-        with self._lock:
-            self._hashes[upload_id] = _HashState(0, digests.hasher(_STREAMING_ALGORITHM))
+        self._keep_hash(upload_id, _HashState(0, digests.hasher(_STREAMING_ALGORITHM)))
         return Upload(upload_id, repository, 0, started)
 
     def _info(self, upload_id: str, repository: str) -> dict[str, object]:
@@ -118,13 +166,23 @@ class BlobService:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
         return Upload(upload_id, str(info["repository"]), stat.size, int(info.get("started_at", 0)))  # type: ignore[call-overload]
 
+    @contextlib.contextmanager
+    def _session_writer(self, upload_id: str) -> Iterator[FileWriter]:
+        """The session's writer, held exclusively, for a session that still exists once it is held.
+
+        A cancel, commit or expiry may end the session between the caller's look-up and the open,
+        and opening a writer recreates a missing object: that must not outlive this call as an
+        empty session (whose commit would hash nothing) or as an orphan directory."""
+        with _session_races(), self._driver.writer(layout.upload_data_key(upload_id), append=True) as writer:
+            if self._driver.stat(layout.upload_info_key(upload_id)) is None:
+                writer.cancel()
+                self._driver.delete(layout.upload_dir(upload_id))
+                raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+            yield writer
+
     def append(self, upload_id: str, repository: str, offset: int, chunks: Iterable[bytes]) -> Upload:
         upload = self.get_upload(upload_id, repository)
-        try:
-            writer = self._driver.writer(layout.upload_data_key(upload_id), append=True)
-        except UploadBusyError:
-            raise RegistryError(BLOB_UPLOAD_INVALID, "another request is writing to this upload") from None
-        with writer:
+        with self._session_writer(upload_id) as writer:
             # A negative offset appends wherever the session is (a PATCH without Content-Range).
             if offset >= 0 and offset != writer.size:
                 raise RegistryError(RANGE_INVALID, f"upload is at offset {writer.size}, not {offset}",
@@ -141,9 +199,10 @@ class BlobService:
                     state.hasher.update(data)
             size = writer.size
         if state is not None:
+            # Only now: an append that failed part-way (another writer took the session, storage
+            # failed) leaves no hash, and its commit re-reads whatever was stored.
             state.size = size
-            with self._lock:
-                self._hashes[upload_id] = state
+            self._keep_hash(upload_id, state)
         return Upload(upload_id, upload.repository, size, upload.started_at)
 
     def _stored_digest(self, upload_id: str, algorithm: str, size: int) -> str:
@@ -160,13 +219,10 @@ class BlobService:
     def commit(self, upload_id: str, repository: str, digest: str) -> Blob:
         algorithm, _ = digests.parse(digest)
         self.get_upload(upload_id, repository)
-        try:
-            # The writer is held until the end, so no append can slip in between hashing and moving.
-            writer = self._driver.writer(layout.upload_data_key(upload_id), append=True)
-        except UploadBusyError:
-            raise RegistryError(BLOB_UPLOAD_INVALID, "another request is writing to this upload") from None
-        with writer:
+        # The writer is held until the end, so no append can slip in between hashing and moving.
+        with self._session_writer(upload_id) as writer:
             size = writer.size
+            ours = True
             try:
                 writer.commit()  # S3: completes the multipart upload so the bytes can be read back
                 actual = self._stored_digest(upload_id, algorithm, size)
@@ -177,16 +233,25 @@ class BlobService:
                 else:
                     # Already stored, and about to be linked again: young again for garbage collection.
                     self._driver.touch(layout.blob_key(digest))
+            except UploadBusyError:
+                ours = False  # another writer took the session over: theirs to finish, not ours to delete
+                raise
             finally:
                 # Success or a digest mismatch: the session is over either way, nothing half-done stays.
-                self.cancel(upload_id, repository)
+                if ours:
+                    self._discard(upload_id)
         return Blob(digest, size)
 
     def cancel(self, upload_id: str, repository: str) -> None:
         self._info(upload_id, repository)
+        if not self._discard(upload_id):  # a concurrent cancel, commit or expiry got there first
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+
+    def _discard(self, upload_id: str) -> bool:
+        """Ends a session; False when it was already gone."""
         with self._lock:
             self._hashes.pop(upload_id, None)
-        self._driver.delete(layout.upload_dir(upload_id))
+        return self._driver.delete(layout.upload_dir(upload_id))
 
     def put(self, repository: str, digest: str, chunks: Iterable[bytes]) -> Blob:
         digests.parse(digest)
@@ -194,7 +259,7 @@ class BlobService:
         try:
             self.append(upload.upload_id, repository, 0, chunks)
         except BaseException:
-            self.cancel(upload.upload_id, repository)
+            self._discard(upload.upload_id)
             raise
         return self.commit(upload.upload_id, repository, digest)
 
@@ -207,11 +272,10 @@ class BlobService:
                 continue
             info = self._driver.stat(layout.upload_data_key(upload_id)) or \
                 self._driver.stat(layout.upload_info_key(upload_id))
-            if info is None or now - info.modified_at > self._upload_ttl:
-                with self._lock:
-                    self._hashes.pop(upload_id, None)
-                self._driver.delete(layout.upload_dir(upload_id))
+            if (info is None or now - info.modified_at > self._upload_ttl) and self._discard(upload_id):
                 removed += 1
+        with self._lock:
+            self._prune_hashes(now)
         removed += self._driver.sweep(older_than=now - self._upload_ttl)
         if removed:
             log.info("expired uploads", extra={"fields": {"removed": removed}})

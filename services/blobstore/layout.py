@@ -23,7 +23,7 @@ from services.common.errors import BLOB_UPLOAD_UNKNOWN, RegistryError
 
 BLOBS = "blobs"
 UPLOADS = "uploads"
-_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 def blob_key(digest: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import pathlib
 import random
 import shutil
@@ -78,11 +79,26 @@ def test_cancel_discards(driver: StorageDriver) -> None:
     assert driver.stat("gone/data") is None
 
 
-def test_filesystem_refuses_a_second_writer(tmp_path: pathlib.Path) -> None:
-    """Local files can be locked; on S3 the offset checks and the digest check guard instead."""
-    driver = FilesystemDriver(tmp_path / "root")
-    with driver.writer("up/data", append=True), pytest.raises(UploadBusyError):
-        driver.writer("up/data", append=True)
+def test_a_second_writer_is_refused(driver: StorageDriver) -> None:
+    """One writer per key (the FileWriter contract): a second is refused, never interleaved,
+    until the first closes. (tests/security/test_blobstore_s3_exclusion.py races replicas.)"""
+    with driver.writer("up/data", append=True) as first:
+        first.write(b"a")
+        with pytest.raises(UploadBusyError):
+            driver.writer("up/data", append=True)
+    with driver.writer("up/data", append=True) as second:
+        assert second.size == 1
+
+
+def test_concurrent_deletes_of_one_prefix(driver: StorageDriver) -> None:
+    """Deletes racing each other all answer (True or False) and leave nothing behind."""
+    for name in ("data", "info"):
+        driver.put_content(f"race/s/{name}", b"x")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: driver.delete("race/s"), range(8)))
+    assert True in results
+    assert driver.stat("race/s/data") is None and list(driver.list("race")) == []
+    assert driver.delete("race/s") is False
 
 
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import BinaryIO, Self
 
-_KEY_RE = re.compile(r"^[a-z0-9]+(?:/[A-Za-z0-9._-]+)*$")
+_KEY_RE = re.compile(r"^[a-z0-9]+(?:/[A-Za-z0-9._-]+)*\Z")
 
 
 class StorageError(Exception):
@@ -22,7 +22,10 @@ class StorageError(Exception):
 
 
 class UploadBusyError(StorageError):
-    """Another writer holds the upload."""
+    """Another writer holds the object, or took it over from this writer (see :class:`FileWriter`).
+
+    Nothing is wrong with the object: the caller may retry once the other writer is done.
+    """
 
 
 def check_key(key: str) -> str:
@@ -45,6 +48,19 @@ class FileWriter(abc.ABC):
     ``writer(key, append=True)``; :meth:`commit` finishes the object so that
     :meth:`StorageDriver.reader` can read it (the writer is still closed after);
     :meth:`cancel` throws it away.
+
+    **One writer at a time.** A writer holds its key exclusively, from
+    :meth:`StorageDriver.writer` until :meth:`close` or :meth:`cancel`, against every
+    other writer: in this process, in other processes, and on other replicas sharing the
+    storage. Opening a second writer raises :class:`UploadBusyError` rather than
+    waiting, and never lets two writers' bytes interleave. Callers rely on this: the blob
+    store hashes bytes as it appends them and, between :meth:`commit` and :meth:`close`,
+    verifies and moves the finished object, so the bytes stored must be exactly the bytes
+    that writer saw. A backend whose exclusion can lapse (a lease on shared storage that
+    runs out while its holder stalls) must fence the old holder: its next call fails with
+    :class:`UploadBusyError` and nothing it writes after losing the key becomes part of
+    the object. The filesystem driver uses ``flock``; the S3 driver, conditional writes
+    of the session state (see :mod:`.s3_session`).
     """
 
     @property
@@ -88,7 +104,9 @@ class StorageDriver(abc.ABC):
 
     @abc.abstractmethod
     def writer(self, key: str, append: bool) -> FileWriter:
-        """A writer that appends to (or, with append=False, replaces) an object."""
+        """A writer that appends to (or, with append=False, replaces) an object.
+
+        Raises :class:`UploadBusyError` while another writer holds ``key`` (see :class:`FileWriter`)."""
 
     @abc.abstractmethod
     def stat(self, key: str) -> FileInfo | None:
@@ -104,7 +122,11 @@ class StorageDriver(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, key: str) -> bool:
-        """Removes an object or a whole prefix; False when nothing was there."""
+        """Removes an object or a whole prefix; False when nothing was there.
+
+        Safe to race with itself, with a writer's :meth:`FileWriter.cancel` and with
+        :meth:`sweep`: of concurrent deletes of one key, the ones that find it already gone
+        return False instead of failing, and none leaves anything behind."""
 
     @abc.abstractmethod
     def touch(self, key: str) -> None:
@@ -113,7 +135,8 @@ class StorageDriver(abc.ABC):
 
     def sweep(self, older_than: float) -> int:
         """Removes backend leftovers no key refers to, started before ``older_than`` (Unix time):
-        for S3, multipart uploads a crash left unrecorded. Returns how many."""
+        for S3, multipart uploads a crash left unrecorded; for the filesystem, temporary files and
+        trees a crash or an interrupted delete left in its scratch directory. Returns how many."""
         return 0
 
     def local_path(self, key: str) -> str | None:

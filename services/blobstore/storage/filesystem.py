@@ -1,4 +1,9 @@
-"""Local filesystem driver: temp file + fsync + rename for every visible write."""
+"""Local filesystem driver: temp file + fsync + rename for every visible write.
+
+Scratch space is ``<root>/_tmp``: files ``put_content`` is writing and trees
+``delete`` is removing. Both are renamed out of it (or removed) on every path;
+what a crash leaves there is swept by :meth:`FilesystemDriver.sweep`.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,19 @@ import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import logging
 import mmap
 import os
 import pathlib
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from services.blobstore.storage.base import FileInfo, FileWriter, StorageDriver, UploadBusyError, check_key
+
+log = logging.getLogger("wharf.blobstore.filesystem")
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -34,6 +43,25 @@ _DIRECT_BUFFER = 1024 * 1024
 # A full buffer is written by one of these threads while the caller fills the other buffer,
 # so the device's latency overlaps with receiving and hashing the next bytes.
 _WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="direct-write")
+# Scratch entries removed per sweep at most; the next sweep goes on where this one stopped.
+_SWEEP_LIMIT = 10000
+# The sweep spares scratch touched this recently by the real clock, whatever age it is asked
+# for: puts and deletes use scratch for well under a second, and a clock step (or a caller
+# simulating time) must not pull it from under them.
+_SWEEP_MIN_AGE = 60.0
+
+
+def _ensure_dir(path: pathlib.Path) -> None:
+    """``mkdir -p`` that survives a concurrent delete renaming the directory away: pathlib's own
+    reports FileExistsError when the directory vanishes between its mkdir and its check."""
+    for _ in range(3):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileExistsError:
+            if path.exists() and not path.is_dir():
+                raise  # a file is in the way: a real error
+    path.mkdir(parents=True, exist_ok=True)
 
 
 class _FileWriter(FileWriter):
@@ -50,7 +78,7 @@ class _FileWriter(FileWriter):
 
     def __init__(self, path: pathlib.Path, append: bool) -> None:
         self._path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _ensure_dir(path.parent)
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if append else os.O_TRUNC)
         self._direct = hasattr(os, "O_DIRECT")
         try:
@@ -183,7 +211,7 @@ class FilesystemDriver(StorageDriver):
 
     def put_content(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _ensure_dir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -220,23 +248,60 @@ class FilesystemDriver(StorageDriver):
 
     def move(self, source: str, dest: str) -> None:
         src, dst = self._path(source), self._path(dest)
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        _ensure_dir(dst.parent)
         os.replace(src, dst)
         _fsync_dir(dst.parent)
 
     def delete(self, key: str) -> bool:
+        """Idempotent and safe to race (other deletes, a writer's cancel, the janitor): the one
+        rename or unlink that succeeds reports True, the others find nothing and report False."""
         path = self._path(key)
-        if path.is_dir():
-            # Rename first so a half-deleted tree is never visible under its key.
-            doomed = pathlib.Path(tempfile.mkdtemp(dir=self._tmp))
-            os.replace(path, doomed / "x")
-            shutil.rmtree(doomed, ignore_errors=True)
-            return True
+        if not path.is_dir():
+            try:
+                path.unlink()
+                return True
+            except FileNotFoundError:
+                return False
+            except IsADirectoryError:
+                pass  # became a directory since the check; delete it as one
+        # Rename first so a half-deleted tree is never visible under its key. Of concurrent
+        # deletes only one rename succeeds; the others must not leave their scratch dir behind.
+        doomed = pathlib.Path(tempfile.mkdtemp(dir=self._tmp))
         try:
-            path.unlink()
-            return True
-        except FileNotFoundError:
-            return False
+            os.rename(path, doomed / "x")
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                doomed.rmdir()
+            if isinstance(exc, FileNotFoundError):
+                return False  # another delete, a cancel or the janitor got there first
+            raise
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
+    def sweep(self, older_than: float) -> int:
+        """Removes scratch files and trees last changed before ``older_than``: what a crash left
+        between writing a temp file and renaming it, or in the middle of removing a tree."""
+        removed = 0
+        older_than = min(older_than, time.time() - _SWEEP_MIN_AGE)
+        with os.scandir(self._tmp) as entries:
+            for entry in entries:
+                if removed >= _SWEEP_LIMIT:
+                    break
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                        continue  # young: a put or a delete may still be using it
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue  # its owner (or another sweep) removed it meanwhile
+                except OSError as exc:  # one stuck entry must not keep the sweep from the others
+                    log.warning("could not sweep a scratch entry",
+                                extra={"fields": {"path": entry.path, "error": str(exc)}})
+                    continue
+                removed += 1
+        return removed
 
     def touch(self, key: str) -> None:
         os.utime(self._path(key))

@@ -1,14 +1,9 @@
 """S3 driver (the minio SDK): objects in one bucket under an optional prefix.
 
 An object being appended to is an S3 multipart upload whose state lives in the
-bucket beside it, so any blob store replica can continue it:
-
-    <key>.multipart    JSON: S3 upload id, parts (number, etag, size), bytes in parts
-    <key>.tail         bytes not yet in a part (S3 parts must be >= 5 MiB but the last)
-
-Appends go to parts once enough bytes are buffered; :meth:`close` stores the
-remainder as the tail object; :meth:`commit` uploads the tail as the last part
-and completes the upload, after which the object is readable.
+bucket beside it, so any blob store replica can continue it, one writer at a
+time; :mod:`.s3_session` describes the state and how writers exclude each other
+with conditional PUTs (``If-None-Match``/``If-Match``), which this module sends.
 """
 
 from __future__ import annotations
@@ -16,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import email.utils
 import io
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -30,15 +25,15 @@ from minio.datatypes import Part
 from minio.error import S3Error
 
 from services.blobstore.storage.base import FileInfo, FileWriter, StorageDriver, StorageError, check_key
+from services.blobstore.storage.s3_session import STATE_SUFFIX, TAIL_SUFFIX, MultipartWriter, read_state
 
 log = logging.getLogger("wharf.blobstore.s3")
-MIN_PART = 5 * 1024 * 1024
-# Parts are sent once this much is buffered: big enough for throughput, small enough that an
-# upload in flight holds little memory (the blob store's RSS target is 150 MB).
-PART_TARGET = 8 * 1024 * 1024
 # S3 copies a single object of at most 5 GiB; larger ones are composed from ranges.
 MAX_COPY = 5 * 1024 * 1024 * 1024
 _MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchUpload", "ResourceNotFound"}
+# A conditional PUT that did not land: 412 from both servers; MinIO (like AWS) answers If-Match
+# on an absent object with 404 NoSuchKey; AWS answers a conditional write racing another with 409.
+_NOT_LANDED = {"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +48,9 @@ class S3Config:
     redirect: bool = True
     redirect_ttl: int = 600
     redirect_endpoint: str = ""
+    # How long an upload session's writer holds it without renewing: a replica that dies while
+    # appending blocks its session this long. Correctness does not depend on it (see s3_session).
+    lease_seconds: float = 120.0
 
 
 def _missing(exc: S3Error) -> bool:
@@ -82,81 +80,6 @@ class _Reader(io.RawIOBase):
                 self._response.close()
                 self._response.release_conn()
         super().close()
-
-
-class _MultipartWriter(FileWriter):
-    def __init__(self, driver: S3Driver, key: str, append: bool) -> None:
-        self._d = driver
-        self._key = key
-        self._state: dict[str, Any] = {"upload_id": "", "parts": [], "size": 0}
-        # Pending bytes as received; joined once per part, so each byte is copied once here.
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._done = False
-        existing = driver._get_json(key + ".multipart")
-        if append:
-            self._state = existing or self._state
-            tail = driver._get_bytes(key + ".tail") or b""
-            if tail:
-                self._chunks, self._buffered = [tail], len(tail)
-        else:
-            if existing and existing.get("upload_id"):
-                driver._abort(key, existing["upload_id"])
-            driver._remove(key, key + ".multipart", key + ".tail")
-
-    @property
-    def size(self) -> int:
-        return int(self._state["size"]) + self._buffered
-
-    def write(self, data: bytes) -> None:
-        self._chunks.append(bytes(data))
-        self._buffered += len(data)
-        if self._buffered >= PART_TARGET:
-            self._send_part()
-
-    def _take(self) -> bytes:
-        data = b"".join(self._chunks)
-        self._chunks, self._buffered = [], 0
-        return data
-
-    def _send_part(self) -> None:
-        if not self._state["upload_id"]:
-            self._state["upload_id"] = self._d._create_multipart(self._key)
-        number = len(self._state["parts"]) + 1
-        data = self._take()
-        etag = self._d._upload_part(self._key, self._state["upload_id"], number, data)
-        self._state["parts"].append({"n": number, "etag": etag, "size": len(data)})
-        self._state["size"] += len(data)
-        # Saved after every part, so a crash loses at most the bytes still buffered.
-        self._d._put_json(self._key + ".multipart", self._state)
-
-    def close(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self._buffered >= MIN_PART:
-            self._send_part()
-        self._d._put_json(self._key + ".multipart", self._state)
-        self._d._put_bytes(self._key + ".tail", self._take())
-
-    def commit(self) -> None:
-        if self._done:
-            raise StorageError("writer already closed")
-        self._done = True  # close() after commit has nothing left to do
-        if not self._state["upload_id"]:
-            self._d._put_bytes(self._key, self._take())
-        else:
-            if self._buffered:
-                self._send_part()
-            parts = [Part(p["n"], p["etag"]) for p in self._state["parts"]]
-            self._d._complete(self._key, self._state["upload_id"], parts)
-        self._d._remove(self._key + ".multipart", self._key + ".tail")
-
-    def cancel(self) -> None:
-        self._done = True
-        if self._state["upload_id"]:
-            self._d._abort(self._key, self._state["upload_id"])
-        self._d._remove(self._key, self._key + ".multipart", self._key + ".tail")
 
 
 class S3Driver(StorageDriver):
@@ -201,15 +124,45 @@ class S3Driver(StorageDriver):
         except FileNotFoundError:
             return None
 
-    def _get_json(self, key: str) -> dict[str, Any] | None:
-        raw = self._get_bytes(key)
-        return json.loads(raw) if raw else None
-
     def _put_bytes(self, key: str, data: bytes) -> None:
         self.put_content(key, data)
 
-    def _put_json(self, key: str, value: dict[str, Any]) -> None:
-        self.put_content(key, json.dumps(value).encode())
+    def _get_with_etag(self, key: str) -> tuple[bytes, str, float] | None:
+        """An object's bytes, ETag and Last-Modified time, read in one GET; None when absent."""
+        try:
+            response = self._call(self._client.get_object, self._bucket, self._name(key))
+        except S3Error as exc:
+            if _missing(exc):
+                return None
+            raise StorageError(f"S3 read failed: {exc.code}") from exc
+        try:
+            data = bytes(self._call(response.read))
+            modified = response.headers.get("Last-Modified")
+            return (data, str(response.headers.get("ETag", "")).strip('"'),
+                    email.utils.parsedate_to_datetime(modified).timestamp() if modified else time.time())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def _put_if(self, key: str, data: bytes, etag: str | None) -> str | None:
+        """PUTs ``data`` only if the object is still at ``etag`` (None: still absent). Returns the
+        new ETag, or None when the object had changed (or appeared, or vanished) meanwhile."""
+        condition = {"If-Match": f'"{etag}"'} if etag else {"If-None-Match": "*"}
+        try:
+            result = self._call(self._client._put_object, self._bucket, self._name(key), data,
+                                headers={"Content-Type": "application/octet-stream", **condition})
+        except S3Error as exc:
+            if exc.code not in _NOT_LANDED:
+                raise StorageError(f"S3 write failed: {exc.code}") from exc
+            # urllib3 retries a PUT whose answer was lost, and the retry then finds our own write.
+            # Our states never repeat bytes, so equal bytes mean that write landed.
+            current = self._get_with_etag(key)
+            return current[1] if current is not None and current[0] == data else None
+        return str(result.etag)
+
+    def _put_new(self, key: str, data: bytes) -> bool:
+        """Creates an object that must not exist yet; False when it does."""
+        return self._put_if(key, data, None) is not None
 
     def _remove(self, *keys: str) -> None:
         for key in keys:
@@ -251,7 +204,7 @@ class S3Driver(StorageDriver):
         return io.BufferedReader(_Reader(response), buffer_size=1024 * 1024)  # type: ignore[return-value]
 
     def writer(self, key: str, append: bool) -> FileWriter:
-        return _MultipartWriter(self, key, append)
+        return MultipartWriter(self, key, append, self._config.lease_seconds)
 
     def stat(self, key: str) -> FileInfo | None:
         try:
@@ -260,12 +213,19 @@ class S3Driver(StorageDriver):
         except S3Error as exc:
             if not _missing(exc):
                 raise StorageError(f"S3 stat failed: {exc.code}") from exc
-        state = self._get_json(key + ".multipart")
-        if state is None:
+        found = read_state(self, key)
+        if found is None or found[0]["committed"]:  # committed: its holder moved the object away
             return None
-        tail = self.stat(key + ".tail")
-        return FileInfo(key, int(state["size"]) + (tail.size if tail else 0),
-                        tail.modified_at if tail else time.time())
+        state, _, saved_at = found
+        tail = state["tail"]
+        tail_size = 0
+        if tail and tail["size"] >= 0:
+            tail_size = int(tail["size"])
+        elif tail:  # an old-style session: the tail's size is the object's
+            info = self.stat(tail["name"])
+            tail_size = info.size if info else 0
+        # Every append saves the state, so its age is the session's idle time.
+        return FileInfo(key, int(state["size"]) + tail_size, saved_at)
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self._name(prefix) + "/"
@@ -301,18 +261,35 @@ class S3Driver(StorageDriver):
         return object_name[len(self._prefix) + 1:] if self._prefix else object_name
 
     def delete(self, key: str) -> bool:
-        """Deletes an object (with its pending multipart upload) or every object under a prefix."""
-        children = [self._relative(o.object_name) for o in
-                    self._call(self._client.list_objects, self._bucket, prefix=self._name(key) + "/", recursive=True)]
-        found = bool(children) or self.stat(key) is not None
-        for child in [*children, key]:
-            if child.endswith((".multipart", ".tail")):
-                continue
-            state = self._get_json(child + ".multipart")
-            if state and state.get("upload_id"):
-                self._abort(child, state["upload_id"])
-            self._remove(child, child + ".multipart", child + ".tail")
+        """Deletes an object with its upload session (state, tails, pending multipart upload), or
+        every object under a prefix. A writer still holding a deleted session fails its next save
+        with UploadBusyError; deleting what is already gone returns False."""
+        base = self._name(key)
+        names = [self._relative(o.object_name) for o in
+                 self._call(self._client.list_objects, self._bucket, prefix=base + "/", recursive=True)]
+        beside = [self._relative(o.object_name) for o in
+                  self._call(self._client.list_objects, self._bucket, prefix=base + ".", recursive=True)]
+        names += [n for n in beside if n.startswith((key + STATE_SUFFIX, key + TAIL_SUFFIX))]
+        found = bool(names) or self._exists(key)
+        for name in names:
+            if name.endswith(STATE_SUFFIX):
+                try:
+                    session = read_state(self, name[: -len(STATE_SUFFIX)])
+                except StorageError:  # unreadable: removed all the same; the sweep or S3 expiry ends its upload
+                    continue
+                if session and session[0]["upload_id"] and not session[0]["committed"]:
+                    self._abort(name[: -len(STATE_SUFFIX)], session[0]["upload_id"])
+        self._remove(*names, key)
         return found
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._call(self._client.stat_object, self._bucket, self._name(key))
+            return True
+        except S3Error as exc:
+            if _missing(exc):
+                return False
+            raise StorageError(f"S3 stat failed: {exc.code}") from exc
 
     def sweep(self, older_than: float) -> int:
         """Aborts multipart uploads under our prefix started before ``older_than``. Recorded ones
