@@ -15,10 +15,19 @@ from services.api import routes
 from services.api.access import TokenVerifier, authorize
 from services.api.clients import Clients
 from services.api.http import empty
+from services.api.limits import InFlightLimit
 from services.api.settings import GatewaySettings
 from services.api.views import blobs, catalog, manifests, referrers, tags, token, uploads
 from services.common.client_address import client_address, is_trusted, parse_networks
-from services.common.errors import INTERNAL, NAME_INVALID, RANGE_INVALID, UNSUPPORTED, RegistryError, for_http
+from services.common.errors import (
+    INTERNAL,
+    NAME_INVALID,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    UNSUPPORTED,
+    RegistryError,
+    for_http,
+)
 from services.common.logs import AccessLog
 from services.common.names import is_valid_name
 
@@ -139,6 +148,10 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
             raise RegistryError(UNSUPPORTED, "no such endpoint", http_status=404)
         route, params = found
         _check_raw_path()
+        if (request.content_length or 0) > settings.max_body_bytes:
+            # Answered before a byte of the body is read: an impossible length is never waited on.
+            raise RegistryError(SIZE_INVALID, f"a body of {request.content_length} bytes is over the limit of "
+                                              f"{settings.max_body_bytes}", http_status=413)
         if request.method not in route.methods:
             raise RegistryError(UNSUPPORTED, f"{request.method} is not supported on this endpoint")
         # HEAD runs the GET view unless the resource has its own; Flask drops the body.
@@ -159,4 +172,5 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)
     app.add_url_rule("/v2/<path:subpath>", "registry", dispatch, methods=methods)
+    app.wsgi_app = InFlightLimit(app.wsgi_app, settings.max_in_flight)  # type: ignore[method-assign]
     return app

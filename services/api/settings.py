@@ -23,6 +23,9 @@ class GatewaySettings:
     manifest_cache_bytes: int = env("WHARF_MANIFEST_CACHE_BYTES", 16 * 1024 * 1024,
                                     "bytes of manifests each gateway worker caches, kept coherent by the "
                                     "metadata service; 0 turns the cache off")
+    max_body_bytes: int = env("WHARF_MAX_BODY_BYTES", 1 << 40,
+                              "largest request body (and chunk) accepted: a larger Content-Length or chunk "
+                              "size is refused at once (413 / 400), never waited on")
     max_manifest_bytes: int = env("WHARF_MAX_MANIFEST_BYTES", 4 * 1024 * 1024, "largest manifest accepted")
     allow_sparse_manifests: bool = env("WHARF_ALLOW_SPARSE_MANIFESTS", False,
                                        "accept manifests whose layers or child manifests are not in the "
@@ -40,8 +43,18 @@ class GatewaySettings:
                                            "CIDRs of reverse proxies whose X-Forwarded-For/-Proto/-Host are "
                                            "believed (empty: none)")
     key_refresh: float = env("WHARF_AUTH_KEY_REFRESH", 60.0, "seconds between refreshes of the token keys")
-    workers: int = env("WHARF_GATEWAY_WORKERS", 2, "gunicorn worker processes")
-    threads: int = env("WHARF_GATEWAY_THREADS", 16, "threads per gunicorn worker")
+    workers: int = env("WHARF_GATEWAY_WORKERS", 2, "gunicorn worker processes (gevent)")
+    worker_connections: int = env("WHARF_WORKER_CONNECTIONS", 10000,
+                                  "connections each worker process holds open at once, idle ones included")
+    max_in_flight: int = env("WHARF_MAX_REQUESTS_IN_FLIGHT", 2000,
+                             "requests each worker process serves at once; more get 503 with Retry-After")
+    header_timeout: float = env("WHARF_HEADER_TIMEOUT", 30.0,
+                                "seconds a request head may take from its first byte; then the connection closes")
+    idle_timeout: float = env("WHARF_IDLE_TIMEOUT", 60.0,
+                              "seconds a read or write on a connection may make no progress before the "
+                              "request ends (an upload keeps what was received; the client resumes)")
+    keepalive_timeout: int = env("WHARF_KEEPALIVE_TIMEOUT", 75,
+                                   "seconds an idle keep-alive connection is kept open")
     access_log: bool = env("WHARF_ACCESS_LOG", True, "log one line per HTTP request")
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "

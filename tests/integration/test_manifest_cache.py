@@ -87,7 +87,7 @@ class Cluster:
 @pytest.fixture()
 def cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
     topology = Topology(tmp_path, {"WHARF_CACHE_LEASE": str(LEASE), "WHARF_CACHE_ACK_TIMEOUT": "0.3",
-                                   "WHARF_GATEWAY_WORKERS": "2", "WHARF_GATEWAY_THREADS": "4",
+                                   "WHARF_GATEWAY_WORKERS": "2",
                                    "WHARF_RPC_TIMEOUT": "5"})
     proxy = None
     try:

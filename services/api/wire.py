@@ -1,0 +1,54 @@
+"""What the gateway changes in gunicorn's handling of the wire, before requests reach Flask.
+
+- **JSON errors.** gunicorn answers a request it cannot parse (a non-ASCII request line, a
+  malformed header) itself, with an HTML page. Clients of a registry expect the
+  ``{"errors": [...]}`` form with a code from the spec's list, so the gateway replaces the
+  function gunicorn writes those answers with. The attacker-supplied part of gunicorn's
+  message is never echoed back.
+- **Chunk sizes.** gunicorn accepts any chunk size (2^64 included) and then waits for the
+  bytes; a chunk larger than the largest body the gateway accepts is refused as soon as
+  its size line is read.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import gunicorn.http.body
+import gunicorn.util
+from gunicorn.http.errors import InvalidChunkSize
+
+# By status: what was wrong, in the spec's terms.
+_CODES = {400: "UNSUPPORTED", 403: "DENIED", 413: "SIZE_INVALID", 414: "NAME_INVALID", 431: "UNSUPPORTED",
+          417: "UNSUPPORTED", 501: "UNSUPPORTED"}
+
+
+def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    code = _CODES.get(status_int, "INTERNAL" if status_int >= 500 else "UNSUPPORTED")
+    if status_int == 400 and mesg.startswith("Invalid Request Line") and "/v2/" in mesg:
+        code = "NAME_INVALID"  # in practice, a repository name with bytes outside ASCII
+    body = json.dumps({"errors": [{"code": code, "message": f"malformed request: {reason.lower()}"}]}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    gunicorn.util.write_nonblock(sock, head + body)
+
+
+def install(max_body_bytes: int) -> None:
+    """Applies both changes (checked, not assumed: the hooks must exist in this gunicorn)."""
+    if not callable(getattr(gunicorn.util, "write_error", None)):
+        raise RuntimeError("gunicorn.util.write_error is gone: update services/api/wire.py")
+    gunicorn.util.write_error = _write_error
+    reader = gunicorn.http.body.ChunkedReader
+    parse = reader.parse_chunk_size
+    if getattr(parse, "wharf_limit", None) is not None:
+        return
+
+    def parse_chunk_size(self: Any, unreader: Any, data: Any = None) -> Any:
+        size, rest = parse(self, unreader, data)
+        if size > max_body_bytes:
+            raise InvalidChunkSize(f"chunk of {size} bytes, over the limit of {max_body_bytes}".encode())
+        return size, rest
+    parse_chunk_size.wharf_limit = max_body_bytes  # type: ignore[attr-defined]
+    reader.parse_chunk_size = parse_chunk_size

@@ -1,0 +1,138 @@
+"""The gateway's gunicorn worker: gevent, so that thousands of slow clients cost greenlets, not threads.
+
+Why gevent (measured against gthread, see services/api/README.md "Server model"): a
+gthread worker serves as many requests at once as it has threads, so 33 slowloris
+connections stalled the registry; a gevent worker holds each connection in a greenlet of
+a few kilobytes and serves the others while one waits. What gevent alone gets wrong for a
+registry, and this worker puts right:
+
+- **gRPC**: grpcio must be told to cooperate with gevent (``init_gevent``) after the
+  monkey-patching and before the first channel; the gateway opens its channels lazily in
+  each worker, after this point.
+- **sendfile**: gevent's ``socket.sendfile`` falls back to 8 KiB read/send loops, which
+  would cost pulls their figure; here it is a loop of real ``os.sendfile`` calls on the
+  non-blocking socket that yields to the hub when the client's window is full.
+- **time limits**: a request head must arrive within ``WHARF_HEADER_TIMEOUT`` of its first
+  byte (gunicorn's async workers have no header timeout of their own); an idle keep-alive
+  connection lasts ``WHARF_KEEPALIVE_TIMEOUT``; any read or write that makes no progress
+  for ``WHARF_IDLE_TIMEOUT`` ends the request.
+- **open files**: the soft limit is raised to the hard one, since every connection is a
+  file descriptor and many systems default to 1,024.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import socket
+from types import TracebackType
+from typing import Any
+
+import gevent
+import gevent.local
+from gevent.socket import wait_read, wait_write
+from gunicorn.workers.ggevent import GeventWorker
+
+# Bytes per os.sendfile call: the receiver's ACKs are processed between calls instead of
+# piling up behind one long send (measured: 4 MiB calls beat 1 GiB ones on loopback).
+SENDFILE_CHUNK = 4 * 1024 * 1024
+# Greenlet-local: the connection the current greenlet serves.
+_connection = gevent.local.local()
+
+
+def raise_open_file_limit() -> int:
+    """Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cooperative_sendfile(sock: Any, file: Any, offset: int = 0, count: int | None = None) -> int:
+    """``socket.sendfile`` for gevent sockets: zero-copy os.sendfile, waiting in the hub on EAGAIN.
+
+    A client that takes no byte for the socket's timeout gets ``TimeoutError``.
+    """
+    out_fd, in_fd = sock.fileno(), file.fileno()
+    timeout = sock.gettimeout()
+    total = 0
+    try:
+        while count is None or total < count:
+            size = SENDFILE_CHUNK if count is None else min(SENDFILE_CHUNK, count - total)
+            try:
+                sent = os.sendfile(out_fd, in_fd, offset + total, size)
+            except BlockingIOError:
+                wait_write(out_fd, timeout=timeout, timeout_exc=TimeoutError("client stopped reading"))
+                continue
+            if sent == 0:
+                break
+            total += sent
+    finally:
+        if total and hasattr(file, "seek"):
+            file.seek(offset + total)
+    return total
+
+
+class _RequestHeadDeadline:
+    """What gunicorn's keep-alive loop runs ``next(parser)`` under: first an idle wait of up to
+    the keep-alive timeout for the request's first byte (an idle connection is cheap and left
+    alone that long), then the header timeout for the whole head. Either expiry closes the
+    connection quietly, as gunicorn's own keep-alive timeout does."""
+
+    def __init__(self, client: socket.socket | None, keepalive: float, header_timeout: float) -> None:
+        self._client = client
+        self._keepalive = keepalive
+        self._timeout = gevent.Timeout(header_timeout, False)
+
+    def __enter__(self) -> None:
+        if self._client is not None:
+            try:
+                wait_read(self._client.fileno(), timeout=self._keepalive, timeout_exc=TimeoutError())
+            except TimeoutError:
+                # The parser then reads end-of-file and gunicorn closes the connection.
+                with contextlib.suppress(OSError):
+                    self._client.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        self._timeout.__enter__()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool | None:
+        return self._timeout.__exit__(kind, exc, tb)
+
+
+class GatewayWorker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker with the fixes above. Its settings arrive through gunicorn's
+    ``env`` (the gateway's settings object is built once, in main, and exported to workers
+    as WHARF_* variables they already carry)."""
+
+    header_timeout = 30.0
+    idle_timeout = 60.0
+
+    def patch(self) -> None:
+        super().patch()
+        from grpc.experimental import gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()
+        import gevent._socket3
+
+        gevent._socket3.socket.sendfile = cooperative_sendfile
+        raise_open_file_limit()
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        _connection.client = client  # this greenlet's connection, for timeout_ctx
+        client.setblocking(1)
+        # Every read and write on the connection makes progress within this, or fails.
+        client.settimeout(self.idle_timeout)
+        super(GeventWorker, self).handle(listener, client, addr)
+
+    def timeout_ctx(self) -> _RequestHeadDeadline:
+        return _RequestHeadDeadline(getattr(_connection, "client", None), self.cfg.keepalive, self.header_timeout)
+
+
+def worker_class(header_timeout: float, idle_timeout: float) -> type[GatewayWorker]:
+    """The worker class gunicorn instantiates, with the gateway's limits (gunicorn takes a class)."""
+    return type("GatewayWorker", (GatewayWorker,), {"header_timeout": header_timeout, "idle_timeout": idle_timeout})

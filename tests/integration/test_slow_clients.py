@@ -1,0 +1,185 @@
+"""Slow and hostile clients against the real stack: no handful of connections stalls the gateway.
+
+The gateway runs gunicorn's gevent workers (services/api/worker.py): a connection that is
+slow to send its head or body holds a greenlet, not one of a few threads. These tests
+hold hundreds of such connections open and check that others are served meanwhile, that
+the time limits end what never finishes, and that impossible framing is refused at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from services.common import digests, mediatypes
+from tests.support.stack import RunningStack
+
+MANIFEST_TYPE = mediatypes.OCI_MANIFEST
+
+
+def _push_image(url: str, name: str) -> str:
+    config = b"{}"
+    requests.post(f"{url}/v2/{name}/blobs/uploads/", params={"digest": digests.of(config)}, data=config, timeout=10)
+    body = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "layers": [],
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": digests.of(config), "size": 2}}).encode()
+    response = requests.put(f"{url}/v2/{name}/manifests/v1", data=body, headers={"Content-Type": MANIFEST_TYPE},
+                            timeout=10)
+    assert response.status_code == 201, response.text
+    return f"{url}/v2/{name}/manifests/v1"
+
+
+def _timed_get(url: str) -> tuple[float, int]:
+    started = time.monotonic()
+    response = requests.get(url, headers={"Accept": MANIFEST_TYPE, "Connection": "close"}, timeout=30)
+    return time.monotonic() - started, response.status_code
+
+
+@contextlib.contextmanager
+def _connections(port: int, count: int, first: bytes) -> Iterator[list[socket.socket]]:
+    """``count`` connections that each sent ``first`` and then nothing more."""
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(first)
+            opened.append(sock)
+        yield opened
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closed ``sock`` (reading whatever it sent first), or None."""
+    sock.settimeout(seconds)
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def test_hundreds_of_slow_connections_do_not_delay_a_manifest_get(stack: RunningStack) -> None:
+    """Before the gevent workers, 33 connections trickling their headers stalled every request."""
+    url = _push_image(stack.url, "slow/probe")
+    slow_head = b"GET /v2/slow/probe/manifests/v1 HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    slow_body = b"PATCH /v2/slow/x/blobs/uploads/0 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc"
+    with _connections(stack.port, 200, slow_head), _connections(stack.port, 100, slow_body):
+        times = []
+        for _ in range(10):
+            elapsed, status = _timed_get(url)
+            assert status == 200
+            times.append(elapsed)
+            time.sleep(0.05)
+    assert max(times) < 1.0, times
+
+
+@pytest.fixture(scope="module")
+def strict(start_stack: Callable[..., RunningStack]) -> RunningStack:
+    """One worker with short limits, so that each limit shows within a test's time."""
+    return start_stack(env={"WHARF_GATEWAY_WORKERS": "1", "WHARF_HEADER_TIMEOUT": "2", "WHARF_IDLE_TIMEOUT": "2",
+                            "WHARF_KEEPALIVE_TIMEOUT": "6", "WHARF_MAX_REQUESTS_IN_FLIGHT": "4"})
+
+
+def test_a_slow_request_head_is_closed_after_the_header_timeout(strict: RunningStack) -> None:
+    with _connections(strict.port, 1, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n") as [sock]:
+        closed = _closed_within(sock, 10)
+    assert closed is not None and closed < 5, closed
+
+
+def test_an_idle_keep_alive_connection_outlives_the_header_timeout(strict: RunningStack) -> None:
+    """The header timeout counts from a request's first byte; waiting between requests is the keep-alive."""
+    with requests.Session() as session:
+        assert session.get(f"{strict.url}/v2/", timeout=10).status_code == 200
+        time.sleep(3)  # past the header timeout, within the keep-alive timeout
+        assert session.get(f"{strict.url}/v2/", timeout=10).status_code == 200
+    with _connections(strict.port, 1, b"") as [sock]:
+        closed = _closed_within(sock, 15)
+    assert closed is not None and 4 < closed < 12, closed
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"Content-Length: 18446744073709551616\r\n\r\nabc", 413),
+    (b"Transfer-Encoding: chunked\r\n\r\n10000000000000000\r\nabc", 400),
+    (b"Content-Length: -5\r\n\r\nabc", 400),
+    (b"Content-Length: 12, 13\r\n\r\nabc", 400),
+])
+def test_impossible_framing_is_answered_at_once(strict: RunningStack, request_bytes: bytes, status: int) -> None:
+    location = requests.post(f"{strict.url}/v2/framing/x/blobs/uploads/", timeout=10).headers["Location"]
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\n".encode() + request_bytes)
+        answer = sock.recv(65536)
+        elapsed = time.monotonic() - started
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
+    assert elapsed < 1.0
+
+
+def test_a_stalled_patch_ends_and_the_upload_resumes_from_what_was_stored(strict: RunningStack) -> None:
+    data = bytes(range(256)) * 8  # 2048 bytes
+    url = f"{strict.url}/v2/stalled/x/blobs/uploads/"
+    location = requests.post(url, timeout=10).headers["Location"]
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=20) as sock:
+        started = time.monotonic()
+        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                     + data[:100])
+        answer = sock.recv(65536)
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert 1.5 < elapsed < 8, elapsed
+    status = requests.get(strict.url + location, timeout=10)
+    assert status.status_code == 204
+    stored = int(status.headers["Range"].split("-")[1]) + 1 if status.headers["Range"] != "0-0" else 0
+    assert stored in (0, 100)
+    rest = requests.patch(strict.url + location, data=data[stored:],
+                          headers={"Content-Range": f"{stored}-{len(data) - 1}"}, timeout=10)
+    assert rest.status_code == 202, rest.text
+    done = requests.put(strict.url + location, params={"digest": digests.of(data)}, timeout=10)
+    assert done.status_code == 201, done.text
+    assert requests.get(f"{strict.url}/v2/stalled/x/blobs/{digests.of(data)}", timeout=10).content == data
+
+
+def test_requests_beyond_the_cap_get_503_with_retry_after(strict: RunningStack) -> None:
+    """Four uploads in progress fill the worker's cap of four; the fifth request is turned away
+    at once, and served again as soon as they end. Idle connections do not count."""
+    stop = threading.Event()
+
+    def trickle(location: str) -> None:
+        with socket.create_connection(("127.0.0.1", strict.port), timeout=20) as sock:
+            sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode())
+            while not stop.is_set():
+                sock.sendall(b"x")  # a byte a second keeps the request within the idle timeout
+                stop.wait(1.0)
+
+    locations = [requests.post(f"{strict.url}/v2/cap/x{i}/blobs/uploads/", timeout=10).headers["Location"]
+                 for i in range(4)]
+    with _connections(strict.port, 50, b""):
+        threads = [threading.Thread(target=trickle, args=(loc,), daemon=True) for loc in locations]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        try:
+            refused = requests.get(f"{strict.url}/v2/", headers={"Connection": "close"}, timeout=10)
+            assert refused.status_code == 503
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+    deadline = time.monotonic() + 10
+    while requests.get(f"{strict.url}/v2/", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the cap was not released"
+        time.sleep(0.2)
