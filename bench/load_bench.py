@@ -1,0 +1,345 @@
+"""Many slow clients at once, Wharf and CNCF Distribution v3.0.0 in the same run.
+
+    .venv/bin/python bench/load_bench.py                  # the four scenarios at full scale
+    .venv/bin/python bench/load_bench.py --scale 0.1      # a tenth of the clients, for a quick look
+    .venv/bin/python bench/load_bench.py --scenarios a,c --registries wharf
+
+Scenarios (issue 11): (a) 1,000 clients each pulling a 16 MiB blob at 256 KiB/s; (b) 500
+clients each pushing 4 MiB at 256 KiB/s in one streamed PATCH, then PUT; (c) 2,000
+connections sending their request head one line every 2 s, for 30 s; (d) 10,000 idle
+keep-alive connections, for 30 s. During each, a prober in its own process sends a
+manifest GET by tag on a fresh connection every 100 ms.
+
+Printed per scenario and registry: whether every transfer was digest-correct, the total
+time, the probe's p50/p99/max and failures, and the peak RSS of every Wharf process. The
+load runs in several processes of asyncio clients (each client's socket has a small
+receive buffer, so the server really meets a slow reader); the prober is another process,
+so neither the load nor the sampler takes its GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import multiprocessing
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    OCI_MANIFEST,
+    REPO,
+    Client,
+    cell,
+    distribution,
+    exit_on_sigterm,
+    print_grid,
+    push_small,
+    run_main,
+    wharf,
+)
+from proctree import Sampler
+
+from services.common import digests
+
+RATE = 256 * 1024  # bytes per second, per client
+PIECE = 16 * 1024
+DISTRIBUTION_MODULE = "github.com/distribution/distribution/v3/cmd/registry@v3.0.0"
+TOOLS = REPO / ".tools" / "bin"
+
+
+def distribution_v3() -> str:
+    """The v3.0.0 binary in .tools/bin, built with `go install` when missing."""
+    binary = TOOLS / "registry"
+    if not binary.exists():
+        print(f"building {DISTRIBUTION_MODULE} into {TOOLS} ...", flush=True)
+        subprocess.run(["go", "install", DISTRIBUTION_MODULE], check=True, env={**os.environ, "GOBIN": str(TOOLS)})
+    return str(binary)
+
+
+def raise_nofile() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# -- the clients ------------------------------------------------------------------------------
+
+async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    return await asyncio.open_connection(sock=sock, limit=1 << 20)
+
+
+async def _head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    raw = await reader.readuntil(b"\r\n\r\n")
+    lines = raw.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    return int(lines[0].split()[1]), headers
+
+
+async def slow_pull(host: str, port: int, path: str, digest: str) -> bool:
+    """GET at RATE; True when every byte arrived and they hash to ``digest``."""
+    reader, writer = await _open(host, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        status, headers = await _head(reader)
+        if status in (301, 302, 303, 307, 308):
+            return False  # the bench serves blobs itself (filesystem); a redirect is not expected
+        remaining = int(headers.get("content-length", "-1"))
+        hasher, started, received = hashlib.sha256(), time.monotonic(), 0
+        while remaining != 0:
+            data = await reader.read(min(PIECE, remaining) if remaining > 0 else PIECE)
+            if not data:
+                break
+            hasher.update(data)
+            received += len(data)
+            remaining -= len(data)
+            ahead = received / RATE - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        return status == 200 and remaining == 0 and f"sha256:{hasher.hexdigest()}" == digest
+    finally:
+        writer.close()
+
+
+async def slow_push(host: str, port: int, name: str, data: bytes) -> bool:
+    """POST, one streamed PATCH at RATE, PUT ?digest=; True when the registry committed it (201)."""
+    reader, writer = await _open(host, port)
+    try:
+        writer.write(f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode())
+        status, headers = await _head(reader)
+        await reader.readexactly(int(headers.get("content-length", "0")))
+        location = headers["location"].split("://", 1)[-1]
+        location = location[location.index("/"):] if not location.startswith("/") else location
+        writer.write(f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode())
+        started = time.monotonic()
+        for offset in range(0, len(data), PIECE):
+            writer.write(data[offset:offset + PIECE])
+            await writer.drain()
+            ahead = (offset + PIECE) / RATE - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        status, headers = await _head(reader)
+        await reader.readexactly(int(headers.get("content-length", "0")))
+        if status != 202:
+            return False
+        location = headers["location"].split("://", 1)[-1]
+        location = location[location.index("/"):] if not location.startswith("/") else location
+        separator = "&" if "?" in location else "?"
+        writer.write(f"PUT {location}{separator}digest={digests.of(data)} HTTP/1.1\r\nHost: {host}\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        status, _ = await _head(reader)
+        return status == 201
+    finally:
+        writer.close()
+
+
+async def slowloris(host: str, port: int, seconds: float) -> None:
+    _, writer = await _open(host, port)
+    try:
+        writer.write(f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n".encode())
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.sleep(2)
+            writer.write(b"X-Slow: 1\r\n")
+            await writer.drain()
+    except OSError:
+        pass  # the server closed it (a header timeout): that is allowed
+    finally:
+        writer.close()
+
+
+async def idle(host: str, port: int, seconds: float) -> bool:
+    """One request, then an idle keep-alive connection; True when the request was answered."""
+    try:
+        reader, writer = await _open(host, port)
+    except OSError:
+        return False
+    try:
+        writer.write(f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        status, headers = await _head(reader)
+        await reader.readexactly(int(headers.get("content-length", "0")))
+        await asyncio.sleep(seconds)
+        return status in (200, 401)
+    except (OSError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        writer.close()
+
+
+def _load(kind: str, host: str, port: int, count: int, arg: object, results: multiprocessing.Queue) -> None:
+    """One load process: ``count`` clients of ``kind`` at once; puts (ok, failed) on ``results``."""
+    raise_nofile()
+
+    async def run() -> tuple[int, int]:
+        if kind == "pull":
+            path, digest = arg  # type: ignore[misc]
+            jobs = [slow_pull(host, port, path, digest) for _ in range(count)]
+        elif kind == "push":
+            prefix, base, offset = arg  # type: ignore[misc]
+            jobs = [slow_push(host, port, f"{prefix}/c{offset + i}", (offset + i).to_bytes(8, "big") + base[8:])
+                    for i in range(count)]
+        elif kind == "slowloris":
+            jobs = [slowloris(host, port, float(arg)) for _ in range(count)]  # type: ignore[arg-type]
+        else:
+            jobs = [idle(host, port, float(arg)) for _ in range(count)]  # type: ignore[arg-type]
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        ok = sum(1 for o in outcomes if o is True or (o is None and kind == "slowloris"))
+        return ok, len(outcomes) - ok
+
+    results.put(asyncio.run(run()))
+
+
+def _probe(url: str, stop: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:
+    import http.client
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(url)
+    latencies: list[float] = []
+    failures = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+            connection.request("GET", parsed.path, headers={"Accept": OCI_MANIFEST})
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            if response.status == 200:
+                latencies.append(time.monotonic() - started)
+            else:
+                failures += 1
+        except OSError:
+            failures += 1
+        stop.wait(max(0.0, 0.1 - (time.monotonic() - started)))
+    results.put((latencies, failures))
+
+
+# -- one scenario against one registry ----------------------------------------------------------
+
+def scenario(name: str, url: str, root_pid: int | None, count: int, seconds: float,
+             setup: dict[str, object]) -> dict[str, object]:
+    host, port = url.split("//", 1)[1].split(":")
+    context = multiprocessing.get_context("fork")
+    stop, probe_results = context.Event(), context.Queue()
+    prober = context.Process(target=_probe, args=(setup["manifest_url"], stop, probe_results), daemon=True)
+    processes = max(1, min(4, count // 250))
+    load_results = context.Queue()
+    share = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
+    sampler = Sampler(root_pid) if root_pid else None
+    prober.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    with sampler if sampler else _nothing():
+        loads = []
+        offset = 0
+        for part in share:
+            if name == "a":
+                arg: object = (setup["blob_path"], setup["blob_digest"])
+                kind = "pull"
+            elif name == "b":
+                arg, kind = (f"load/{os.getpid()}-{time.monotonic_ns()}", setup["push_base"], offset), "push"
+            elif name == "c":
+                arg, kind = seconds, "slowloris"
+            else:
+                arg, kind = seconds, "idle"
+            loads.append(context.Process(target=_load, args=(kind, host, int(port), part, arg, load_results)))
+            offset += part
+        for process in loads:
+            process.start()
+        outcomes = [load_results.get() for _ in loads]
+        for process in loads:
+            process.join()
+        elapsed = time.monotonic() - started
+    stop.set()
+    latencies, failures = probe_results.get()
+    prober.join()
+    latencies.sort()
+    ok = sum(o[0] for o in outcomes)
+    bad = sum(o[1] for o in outcomes)
+    return {"correct": bad == 0, "ok": ok, "bad": bad, "seconds": elapsed,
+            "p50": statistics.median(latencies) * 1000 if latencies else float("nan"),
+            "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else float("nan"),
+            "max": latencies[-1] * 1000 if latencies else float("nan"), "probe_failures": failures,
+            "probes": len(latencies), "rss": dict(sampler.peak_mb) if sampler else {}}
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def prepare(url: str) -> dict[str, object]:
+    client = Client(url)
+    try:
+        blob = os.urandom(16 * 1024 * 1024)
+        digest = push_small(client, "load/pull", blob)
+        config = push_small(client, "load/probe", b"{}")
+        manifest = (f'{{"schemaVersion": 2, "mediaType": "{OCI_MANIFEST}", "config": {{"mediaType": '
+                    f'"application/vnd.oci.image.config.v1+json", "digest": "{config}", "size": 2}}, '
+                    '"layers": []}').encode()
+        client.call("PUT", "/v2/load/probe/manifests/v1", manifest, {"Content-Type": OCI_MANIFEST}, expect=201)
+    finally:
+        client.close()
+    return {"blob_path": f"/v2/load/pull/blobs/{digest}", "blob_digest": digest,
+            "manifest_url": f"{url}/v2/load/probe/manifests/v1", "push_base": os.urandom(4 * 1024 * 1024)}
+
+
+SCENARIOS = {"a": ("1,000 pulls of 16 MiB at 256 KiB/s", 1000, 0.0),
+             "b": ("500 pushes of 4 MiB at 256 KiB/s", 500, 0.0),
+             "c": ("2,000 slowloris connections, 30 s", 2000, 30.0),
+             "d": ("10,000 idle keep-alive connections, 30 s", 10000, 30.0)}
+
+
+def main() -> int:
+    exit_on_sigterm()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each scenario's clients")
+    parser.add_argument("--scenarios", default="a,b,c,d")
+    parser.add_argument("--registries", default="wharf,distribution")
+    args = parser.parse_args()
+    raise_nofile()
+    rows: list[list[str]] = []
+    rss_lines: list[str] = []
+    for registry in args.registries.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"load-{registry}-") as scratch:
+            workdir = Path(scratch)
+            server = wharf(workdir) if registry == "wharf" else distribution(workdir, distribution_v3())
+            with server as running:
+                setup = prepare(running.url)
+                for name in args.scenarios.split(","):
+                    title, clients, seconds = SCENARIOS[name]
+                    count = max(1, int(clients * args.scale))
+                    result = scenario(name, running.url, running.root_pid if registry == "wharf" else None, count,
+                                      seconds, setup)
+                    rows.append([f"({name}) {title}", registry, str(count), "yes" if result["correct"] else
+                                 f"NO ({result['bad']} failed)", cell(result["seconds"]), cell(result["p50"]),
+                                 cell(result["p99"]), cell(result["max"]), str(result["probe_failures"])])
+                    if result["rss"]:
+                        peaks = ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["rss"].items()))
+                        rss_lines.append(f"({name}) peak RSS MB: {peaks}")
+                    print(" | ".join(rows[-1]), flush=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print_grid(["scenario", "registry", "clients", "all correct", "total s", "probe p50 ms", "p99 ms", "max ms",
+                "probe failures"], rows)
+    print(*rss_lines, sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
