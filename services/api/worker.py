@@ -111,15 +111,20 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
 
     header_timeout = 30.0
     idle_timeout = 60.0
+    grpc_threads = 1024
 
     def patch(self) -> None:
         super().patch()
         from grpc.experimental import gevent as grpc_gevent
 
+        # grpcio's gevent mode waits for each call's completion in a thread of the hub's pool
+        # (10 threads by default), checking for interruption every 2 s: with more calls in
+        # flight than threads, a quick call queued behind slow streams waited 2-4 s.
+        gevent.get_hub().threadpool.maxsize = self.grpc_threads
         grpc_gevent.init_gevent()
-        import gevent._socket3
+        from gevent import _socket3
 
-        gevent._socket3.socket.sendfile = cooperative_sendfile
+        _socket3.socket.sendfile = cooperative_sendfile
         raise_open_file_limit()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
