@@ -36,6 +36,20 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 # Pieces read ahead of the gRPC stream; bounds the memory an upload holds in the gateway.
 READ_AHEAD = 4
 _POLL = 0.5
+# Bytes all the request bodies a worker reads at once may hold. A body's pieces and read-ahead
+# shrink as more bodies are in flight (from 1 MiB pieces 4 deep down to 64 KiB pieces 1 deep),
+# so memory stays flat whether one client pushes fast or 500 push slowly.
+BODY_BUDGET = 48 * 1024 * 1024
+MIN_PIECE = 64 * 1024
+_bodies_in_flight = 0
+
+
+def _piece_plan() -> tuple[int, int]:
+    """(piece size, read-ahead depth) for a body starting now."""
+    active = max(1, _bodies_in_flight)
+    depth = READ_AHEAD if active <= 8 else 1
+    piece = BODY_BUDGET // (active * (depth + 2))
+    return max(MIN_PIECE, min(IO_CHUNK, piece - piece % MIN_PIECE)), depth
 
 
 class BodyPieces:
@@ -58,7 +72,11 @@ class BodyPieces:
         self._failure: BaseException | None = None
         self._declared = declared
         self._received = 0
-        self._pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+        global _bodies_in_flight
+        _bodies_in_flight += 1
+        self._counted = True
+        self._piece, depth = _piece_plan()
+        self._pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._done = False
         self._reader = threading.Thread(target=self._read, daemon=True, name="body-reader")
@@ -67,7 +85,7 @@ class BodyPieces:
     def _read(self) -> None:
         try:
             while not self._stop.is_set():
-                item = self._stream.read(IO_CHUNK) or None
+                item = self._stream.read(self._piece) or None
                 while not self._stop.is_set():
                     try:
                         self._pieces.put(item, timeout=_POLL)
@@ -111,6 +129,10 @@ class BodyPieces:
         raise StopIteration
 
     def close(self) -> None:
+        global _bodies_in_flight
+        if self._counted:
+            self._counted = False
+            _bodies_in_flight -= 1
         self._stop.set()
         self._reader.join(_POLL * 2)
         if self._reader.is_alive() and self._sock is not None:

@@ -17,6 +17,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -43,6 +44,36 @@ _DIRECT_BUFFER = 1024 * 1024
 # A full buffer is written by one of these threads while the caller fills the other buffer,
 # so the device's latency overlaps with receiving and hashing the next bytes.
 _WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="direct-write")
+# Direct writes need two aligned buffers per writer. They come from a bounded pool, so that
+# memory stays flat however many uploads are open at once (500 slow uploads would otherwise
+# hold 1 GB of buffers): a writer that finds the pool empty writes through the page cache
+# instead, which needs no buffer, rather than waiting for one.
+_DIRECT_BUFFER_PAIRS = 32
+
+
+class _BufferPool:
+    """At most ``pairs`` pairs of aligned buffers, reused from writer to writer."""
+
+    def __init__(self, pairs: int) -> None:
+        self._free: list[tuple[mmap.mmap, mmap.mmap]] = []
+        self._left = pairs
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[mmap.mmap, mmap.mmap] | None:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            if self._left == 0:
+                return None
+            self._left -= 1
+        return mmap.mmap(-1, _DIRECT_BUFFER), mmap.mmap(-1, _DIRECT_BUFFER)
+
+    def give(self, pair: tuple[mmap.mmap, mmap.mmap]) -> None:
+        with self._lock:
+            self._free.append(pair)
+
+
+_BUFFERS = _BufferPool(_DIRECT_BUFFER_PAIRS)
 # Scratch entries removed per sweep at most; the next sweep goes on where this one stopped.
 _SWEEP_LIMIT = 10000
 # The sweep spares scratch touched this recently by the real clock, whatever age it is asked
@@ -96,8 +127,12 @@ class _FileWriter(FileWriter):
             os.close(self._fd)
             raise UploadBusyError(str(path)) from None
         self._size = os.fstat(self._fd).st_size
-        self._buffer = mmap.mmap(-1, _DIRECT_BUFFER) if self._direct else None
-        self._spare = mmap.mmap(-1, _DIRECT_BUFFER) if self._direct else None
+        self._pair = _BUFFERS.take() if self._direct else None
+        if self._direct and self._pair is None:
+            # No buffer free: this writer goes through the page cache.
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            self._direct = False
+        self._buffer, self._spare = self._pair if self._pair is not None else (None, None)
         self._pending: concurrent.futures.Future[None] | None = None
         # The buffer always holds the file's bytes from _base (block-aligned) up to _size.
         self._base = self._size - self._size % _ALIGN if self._direct else self._size
@@ -177,9 +212,9 @@ class _FileWriter(FileWriter):
             self._wait_pending()
         finally:
             os.close(self._fd)
-            for buffer in (self._buffer, self._spare):
-                if buffer is not None:
-                    buffer.close()
+            if self._pair is not None:
+                _BUFFERS.give(self._pair)
+                self._pair = None
 
     def commit(self) -> None:
         # Finishing is making the bytes durable and readable. The lock stays held until
