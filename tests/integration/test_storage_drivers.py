@@ -184,3 +184,27 @@ def test_s3_sweep_aborts_unrecorded_multipart_uploads(seaweedfs: S3Server) -> No
     assert driver.sweep(older_than=time.time() - 3600) == 0  # too young
     assert driver.sweep(older_than=time.time() + 60) == 1
     assert driver.sweep(older_than=time.time() + 60) == 0
+
+
+def test_filesystem_writers_beyond_the_buffer_pool_write_through_the_page_cache(tmp_path: pathlib.Path) -> None:
+    """Direct-write buffers come from a bounded pool: with more writers open than pairs in it, the
+    rest write through the page cache, every file comes out byte for byte, and the buffers of
+    closed writers are reused rather than allocated again (memory stays flat)."""
+    from services.blobstore.storage import filesystem
+
+    driver = FilesystemDriver(tmp_path / "store")
+    count = filesystem._DIRECT_BUFFER_PAIRS + 8
+    payloads = [random.Random(i).randbytes(3 * 1024 * 1024 + i) for i in range(count)]
+    writers = [driver.writer(f"uploads/u{i}/data", append=False) for i in range(count)]
+    direct = [w for w in writers if w._direct]  # type: ignore[attr-defined]
+    if not direct and not filesystem._BUFFERS._free and filesystem._BUFFERS._left == filesystem._DIRECT_BUFFER_PAIRS:
+        pytest.skip("this filesystem refuses O_DIRECT: every writer uses the page cache anyway")
+    assert len(direct) <= filesystem._DIRECT_BUFFER_PAIRS
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda pair: (pair[0].write(pair[1]), pair[0].close()), zip(writers, payloads, strict=True)))
+    for i, data in enumerate(payloads):
+        assert driver.get_content(f"uploads/u{i}/data") == data
+    again = driver.writer("uploads/again/data", append=False)
+    assert again._direct  # type: ignore[attr-defined]
+    assert filesystem._BUFFERS._left >= 0
+    again.cancel()

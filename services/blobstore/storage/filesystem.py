@@ -139,7 +139,10 @@ class _FileWriter(FileWriter):
         if self._buffer is not None and self._size > self._base:
             with open(path, "rb") as tail:
                 tail.seek(self._base)
-                self._buffer.write(tail.read(self._size - self._base))
+                # Slice assignment, not mmap.write(): a pooled buffer's file position is wherever
+                # its previous writer left it.
+                tail_bytes = tail.read(self._size - self._base)
+                self._buffer[:len(tail_bytes)] = tail_bytes
         self._dirty = False
 
     @property
