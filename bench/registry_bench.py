@@ -14,7 +14,11 @@ What is measured, one registry after the other (never both at once, the machine 
 3. manifest GET by tag: a small OCI image (config + 1 layer + manifest) is pushed, then
    ``wrk -t2 -c32`` asks for it by tag with the OCI manifest Accept header. This is the
    per-request cost of the gateway (HTTP + gRPC + Redis) versus one Go process.
-4. memory: a thread samples VmRSS of every descendant of each registry's root process every
+4. small requests: 200 blobs of 64 KiB pushed by 8 threads (POST, then PUT ``?digest=`` with
+   the body: the monolithic upload clients use for small layers), in blobs/s; blob HEAD under
+   ``hey -c32`` (wrk cannot read HEAD answers), in req/s; and a listing of 1,000 tags in pages
+   of 100 following ``Link``, in ms (median of 5).
+5. memory: a thread samples VmRSS of every descendant of each registry's root process every
    ~50 ms during push and pull; peaks are reported per process (named from its cmdline), with
    the CPU seconds each process used in the phase (the largest over runs), which shows where
    Wharf's time goes.
@@ -30,11 +34,15 @@ ratio within about +-20% of 1 is a tie (../shared/PERFORMANCE-NOTES.md).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +51,10 @@ from common import (
     CHUNK,
     MB,
     MIB,
+    OCI_MANIFEST,
+    REPO,
     RSS_LIMIT_MB,
+    BenchError,
     Client,
     Payload,
     Server,
@@ -55,6 +66,7 @@ from common import (
     pull,
     push,
     push_image,
+    push_small,
     run_main,
     run_wrk,
     wharf,
@@ -94,9 +106,84 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
     run_wrk(url, 2)  # warm-up: lazy gRPC channels, connection pools, caches
     result["manifest"] = run_wrk(url, args.wrk_seconds)
     log(f"manifest GET {result['manifest']['rps']:.0f} req/s")
+    result["small_push"] = small_pushes(server.url)
+    log(f"small-blob push {result['small_push']:.0f} blobs/s")
+    result["head"] = run_hey(f"{server.url}/v2/bench/small/blobs/{small_digest(server.url)}", args.wrk_seconds)
+    log(f"blob HEAD {result['head']:.0f} req/s")
+    result["tags_ms"] = tag_listing_ms(server.url)
+    log(f"1,000 tags in pages of 100: {result['tags_ms']:.1f} ms")
     aggregate = max if args.aggregate == "best" else statistics.median
     result["push"], result["pull"] = aggregate(result["push_mbps"]), aggregate(result["pull_mbps"])
     return result
+
+
+SMALL_BLOBS, SMALL_THREADS, SMALL_SIZE = 200, 8, 64 * 1024
+HEY_MODULE = "github.com/rakyll/hey@v0.1.4"
+
+
+def small_pushes(url: str) -> float:
+    """Blobs per second: SMALL_BLOBS distinct 64 KiB blobs, each POST then PUT ?digest= with the body."""
+    blobs = [os.urandom(SMALL_SIZE) for _ in range(SMALL_BLOBS)]
+    clients = [Client(url) for _ in range(SMALL_THREADS)]
+
+    def work(index: int) -> None:
+        client = clients[index]
+        for data in blobs[index::SMALL_THREADS]:
+            push_small(client, f"bench/small{index}", data)
+    started = time.perf_counter()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(SMALL_THREADS) as pool:
+            list(pool.map(work, range(SMALL_THREADS)))
+    finally:
+        for client in clients:
+            client.close()
+    return SMALL_BLOBS / (time.perf_counter() - started)
+
+
+def small_digest(url: str) -> str:
+    client = Client(url)
+    try:
+        return push_small(client, "bench/small", b"a small blob for HEAD")
+    finally:
+        client.close()
+
+
+def run_hey(url: str, seconds: int) -> float:
+    """Requests/s of HEAD under hey -c32 (built into .tools/bin when missing)."""
+    binary = REPO / ".tools" / "bin" / "hey"
+    if not binary.exists():
+        subprocess.run(["go", "install", HEY_MODULE], check=True, env={**os.environ, "GOBIN": str(binary.parent)})
+    out = subprocess.run([str(binary), "-z", f"{seconds}s", "-c", "32", "-m", "HEAD", url], capture_output=True,
+                         text=True, check=True).stdout
+    codes = re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)
+    if any(code != "200" for code, _ in codes):
+        raise BenchError(f"blob HEAD answered {codes}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+def tag_listing_ms(url: str, tags: int = 1000, page: int = 100) -> float:
+    """Median ms to list ``tags`` tags in pages of ``page`` following Link."""
+    client = Client(url)
+    try:
+        push_image(client, "bench/tags", "t0000")
+        manifest = client.call("GET", "/v2/bench/tags/manifests/t0000", headers={"Accept": OCI_MANIFEST})[1]
+        for i in range(1, tags):
+            client.call("PUT", f"/v2/bench/tags/manifests/t{i:04d}", manifest, {"Content-Type": OCI_MANIFEST},
+                        expect=201)
+        timings = []
+        for _ in range(5):
+            started, path, seen = time.perf_counter(), f"/v2/bench/tags/tags/list?n={page}", 0
+            while path:
+                response, body = client.call("GET", path)
+                seen += len(json.loads(body)["tags"])
+                link = response.getheader("Link") or ""
+                path = link[1:link.index(">")] if link else ""
+            timings.append((time.perf_counter() - started) * 1000)
+            if seen != tags:
+                raise BenchError(f"listed {seen} tags, not {tags}")
+        return statistics.median(timings)
+    finally:
+        client.close()
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -120,6 +207,9 @@ def build_rows(ours: dict[str, Any], theirs: dict[str, Any] | None) -> list[dict
     row("pull MB/s", lambda r: r["pull"], ratio_target=1.0)
     row("manifest GET req/s", lambda r: r["manifest"]["rps"], ratio_target=1.0)
     row("manifest GET non-2xx + socket errors", lambda r: r["manifest"]["non_2xx"] + r["manifest"]["socket_errors"])
+    row("small-blob push (64 KiB, 8 threads) blobs/s", lambda r: r["small_push"], ratio_target=1.0)
+    row("blob HEAD (hey -c32) req/s", lambda r: r["head"], ratio_target=1.0)
+    row("1,000 tags in pages of 100, ms (lower is better)", lambda r: r["tags_ms"], target="<= 1x")
     for phase in ("push", "pull"):
         rss, cpu = f"rss_{phase}_mb", f"cpu_{phase}_s"
         for name, peak in sorted(ours[rss].items()):
@@ -148,12 +238,18 @@ def main() -> int:
     parser.add_argument("--aggregate", choices=["median", "best"], default="median", help="how runs combine")
     parser.add_argument("--wrk-seconds", type=int, default=10, help="duration of the manifest GET load")
     parser.add_argument("--skip-distribution", action="store_true", help="measure Wharf only")
-    parser.add_argument("--distribution-bin", default="/usr/bin/docker-registry", help="CNCF Distribution binary")
+    parser.add_argument("--distribution-bin", default="",
+                        help="CNCF Distribution binary (default: v3.0.0 in .tools/bin, built with go install when "
+                             "missing; /usr/bin/docker-registry is 2.8.2)")
     parser.add_argument("--tmp-dir", default=None, help="where both registries keep their data (a disk, not tmpfs)")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of a table")
     args = parser.parse_args()
     if args.blob_mib <= 0 or args.runs <= 0:
         parser.error("--blob-mib and --runs must be positive")
+    if not args.skip_distribution and not args.distribution_bin:
+        from load_bench import distribution_v3
+
+        args.distribution_bin = distribution_v3()
     if not args.skip_distribution and not os.access(args.distribution_bin, os.X_OK):
         parser.error(f"{args.distribution_bin} not found: install docker-registry or pass --skip-distribution")
     exit_on_sigterm()  # unwind the with-blocks: stop servers, remove dirs
