@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from services.blobstore import layout
 from services.blobstore.storage.base import FileWriter, StorageDriver, UploadBusyError
@@ -80,6 +81,76 @@ def _session_races() -> Iterator[None]:
         raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired") from None
 
 
+class BlobReader:
+    """An open blob and how many bytes of it are still to be read."""
+
+    def __init__(self, handle: BinaryIO, remaining: int) -> None:
+        self._handle = handle
+        self._remaining = remaining
+
+    def next_chunk(self, chunk_size: int) -> bytes:
+        """Up to ``chunk_size`` bytes; empty at the end."""
+        if self._remaining <= 0:
+            return b""
+        data = self._handle.read(min(chunk_size, self._remaining))
+        self._remaining -= len(data)
+        if not data:
+            self._remaining = 0
+        return data
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class AppendSession:
+    """One append to an upload session: the writer held exclusively from open to finish or abort.
+
+    The steps may run on different threads (each is short); nothing waits for the client
+    inside them. A failure part-way keeps what was written (the session's offset moves on
+    to it) and drops the running hash, so the commit re-reads whatever was stored.
+    """
+
+    def __init__(self, service: BlobService, upload: Upload, offset: int) -> None:
+        self._service = service
+        self._upload = upload
+        self._stack = contextlib.ExitStack()
+        with _session_races():
+            self._writer = self._stack.enter_context(service._session_writer(upload.upload_id))
+        try:
+            # A negative offset appends wherever the session is (a PATCH without Content-Range).
+            if offset >= 0 and offset != self._writer.size:
+                raise RegistryError(RANGE_INVALID, f"upload is at offset {self._writer.size}, not {offset}",
+                                    detail={"size": self._writer.size})
+        except BaseException:
+            self._stack.close()
+            raise
+        self._state = service._take_hash(upload.upload_id, self._writer.size)
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        with _session_races():
+            self._writer.write(data)
+        if self._state is not None:
+            self._state.hasher.update(data)
+
+    def finish(self) -> Upload:
+        with _session_races():
+            size = self._writer.size
+            self._stack.close()
+        if self._state is not None:
+            # Only now: an append that failed part-way (another writer took the session, storage
+            # failed) leaves no hash, and its commit re-reads whatever was stored.
+            self._state.size = size
+            self._service._keep_hash(self._upload.upload_id, self._state)
+        return Upload(self._upload.upload_id, self._upload.repository, size, self._upload.started_at)
+
+    def abort(self, exc: BaseException) -> None:
+        """Ends the append after ``exc`` (the client went away, a bad chunk): written bytes stay."""
+        with contextlib.suppress(Exception):
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+
+
 class BlobService:
     def __init__(self, driver: StorageDriver, upload_ttl: int, max_hash_states: int = MAX_HASH_STATES) -> None:
         self._driver = driver
@@ -123,17 +194,20 @@ class BlobService:
         return Blob(digest, info.size, self._driver.local_path(key) or "", self._driver.redirect_url(key) or "")
 
     def read(self, digest: str, offset: int, length: int, chunk_size: int) -> Iterator[bytes]:
+        reader = self.open_read(digest, offset, length)
+        try:
+            while data := reader.next_chunk(chunk_size):
+                yield data
+        finally:
+            reader.close()
+
+    def open_read(self, digest: str, offset: int, length: int) -> BlobReader:
+        """A read taken one chunk at a time (for a caller that waits on a slow client in between)."""
         size = self.stat(digest).size
         if offset < 0 or length < 0 or (offset > size) or (offset == size and size > 0):
             raise RegistryError(RANGE_INVALID, f"range starts at {offset} of a {size}-byte blob")
         remaining = size - offset if length == 0 else min(length, size - offset)
-        with self._driver.reader(layout.blob_key(digest), offset) as handle:
-            while remaining > 0:
-                data = handle.read(min(chunk_size, remaining))
-                if not data:
-                    break
-                remaining -= len(data)
-                yield data
+        return BlobReader(self._driver.reader(layout.blob_key(digest), offset), remaining)
 
     def delete(self, digest: str) -> bool:
         key = layout.blob_key(digest)
@@ -181,29 +255,25 @@ class BlobService:
             yield writer
 
     def append(self, upload_id: str, repository: str, offset: int, chunks: Iterable[bytes]) -> Upload:
-        upload = self.get_upload(upload_id, repository)
-        with self._session_writer(upload_id) as writer:
-            # A negative offset appends wherever the session is (a PATCH without Content-Range).
-            if offset >= 0 and offset != writer.size:
-                raise RegistryError(RANGE_INVALID, f"upload is at offset {writer.size}, not {offset}",
-                                    detail={"size": writer.size})
-            with self._lock:
-                state = self._hashes.pop(upload_id, None)
-            if state is not None and state.size != writer.size:
-                state = None
+        session = self.open_append(upload_id, repository, offset)
+        try:
             for data in chunks:
-                if not data:
-                    continue
-                writer.write(data)
-                if state is not None:
-                    state.hasher.update(data)
-            size = writer.size
-        if state is not None:
-            # Only now: an append that failed part-way (another writer took the session, storage
-            # failed) leaves no hash, and its commit re-reads whatever was stored.
-            state.size = size
-            self._keep_hash(upload_id, state)
-        return Upload(upload_id, upload.repository, size, upload.started_at)
+                session.write(data)
+        except BaseException as exc:
+            session.abort(exc)
+            raise
+        return session.finish()
+
+    def open_append(self, upload_id: str, repository: str, offset: int) -> AppendSession:
+        """An append taken one piece at a time, so that a caller waiting for its client's next bytes
+        holds no thread meanwhile (the asyncio server calls each step in its executor)."""
+        upload = self.get_upload(upload_id, repository)
+        return AppendSession(self, upload, offset)
+
+    def _take_hash(self, upload_id: str, size: int) -> _HashState | None:
+        with self._lock:
+            state = self._hashes.pop(upload_id, None)
+        return state if state is not None and state.size == size else None
 
     def _stored_digest(self, upload_id: str, algorithm: str, size: int) -> str:
         with self._lock:
@@ -239,15 +309,15 @@ class BlobService:
             finally:
                 # Success or a digest mismatch: the session is over either way, nothing half-done stays.
                 if ours:
-                    self._discard(upload_id)
+                    self.discard(upload_id)
         return Blob(digest, size)
 
     def cancel(self, upload_id: str, repository: str) -> None:
         self._info(upload_id, repository)
-        if not self._discard(upload_id):  # a concurrent cancel, commit or expiry got there first
+        if not self.discard(upload_id):  # a concurrent cancel, commit or expiry got there first
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
 
-    def _discard(self, upload_id: str) -> bool:
+    def discard(self, upload_id: str) -> bool:
         """Ends a session; False when it was already gone."""
         with self._lock:
             self._hashes.pop(upload_id, None)
@@ -259,7 +329,7 @@ class BlobService:
         try:
             self.append(upload.upload_id, repository, 0, chunks)
         except BaseException:
-            self._discard(upload.upload_id)
+            self.discard(upload.upload_id)
             raise
         return self.commit(upload.upload_id, repository, digest)
 
@@ -272,7 +342,7 @@ class BlobService:
                 continue
             info = self._driver.stat(layout.upload_data_key(upload_id)) or \
                 self._driver.stat(layout.upload_info_key(upload_id))
-            if (info is None or now - info.modified_at > self._upload_ttl) and self._discard(upload_id):
+            if (info is None or now - info.modified_at > self._upload_ttl) and self.discard(upload_id):
                 removed += 1
         with self._lock:
             self._prune_hashes(now)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 from minio.error import MinioException
@@ -13,13 +17,15 @@ from services.blobstore.blobs import Blob, BlobService, Upload
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
+from services.common import digests
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError
-from services.common.grpcserver import create_server
+from services.common.grpcserver import serve_aio
 from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger("wharf.blobstore")
+T = TypeVar("T")
 
 
 def _blob(blob: Blob) -> pb.BlobInfo:
@@ -32,59 +38,87 @@ def _status(upload: Upload) -> pb.UploadStatus:
                            started_at=upload.started_at)
 
 
-def _first(requests: Iterator[pb.AppendRequest] | Iterator[pb.PutRequest]):  # type: ignore[no-untyped-def]
-    first = next(requests, None)
-    if first is None:
-        raise RegistryError(BLOB_UPLOAD_INVALID, "empty request stream")
-    return first
-
-
-def _data(first: pb.AppendRequest | pb.PutRequest, rest: Iterable[pb.AppendRequest | pb.PutRequest]) -> Iterator[bytes]:
-    yield first.data
-    for message in rest:
-        yield message.data
+async def _first(requests: AsyncIterator[Any]) -> Any:
+    async for message in requests:
+        return message
+    raise RegistryError(BLOB_UPLOAD_INVALID, "empty request stream")
 
 
 class BlobStoreServicer(pb_grpc.BlobStoreServicer):
-    def __init__(self, blobs: BlobService, chunk_size: int) -> None:
+    """asyncio servicer: waiting for a peer (the next chunk of a slow upload, room in a slow
+    download's window) happens on the event loop and holds no thread; each storage step (a
+    write, a read, a stat) runs in a bounded thread pool and returns at once."""
+
+    def __init__(self, blobs: BlobService, chunk_size: int, pool: concurrent.futures.ThreadPoolExecutor) -> None:
         self._blobs = blobs
         self._chunk_size = chunk_size
+        self._pool = pool
 
-    def Stat(self, request: pb.StatRequest, context: grpc.ServicerContext) -> pb.BlobInfo:
-        return _blob(self._blobs.stat(request.digest, request.want_location))
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
 
-    def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
-        for data in self._blobs.read(request.digest, request.offset, request.length, self._chunk_size):
-            yield pb.Chunk(data=data)
+    async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext) -> pb.BlobInfo:
+        return _blob(await self._run(self._blobs.stat, request.digest, request.want_location))
 
-    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
-        return pb.DeleteResponse(deleted=self._blobs.delete(request.digest))
+    async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
+        reader = await self._run(self._blobs.open_read, request.digest, request.offset, request.length)
+        try:
+            while data := await self._run(reader.next_chunk, self._chunk_size):
+                yield pb.Chunk(data=data)
+        finally:
+            await self._run(reader.close)
 
-    def Put(self, request_iterator: Iterator[pb.PutRequest], context: grpc.ServicerContext) -> pb.BlobInfo:
-        first = _first(request_iterator)
-        return _blob(self._blobs.put("", first.digest, _data(first, request_iterator)))
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        return pb.DeleteResponse(deleted=await self._run(self._blobs.delete, request.digest))
 
-    def CreateUpload(self, request: pb.CreateUploadRequest, context: grpc.ServicerContext) -> pb.UploadStatus:
-        return _status(self._blobs.create_upload(request.repository))
+    async def _append(self, upload_id: str, repository: str, offset: int, first: Any,
+                      rest: AsyncIterator[Any]) -> Upload:
+        session = await self._run(self._blobs.open_append, upload_id, repository, offset)
+        try:
+            await self._run(session.write, first.data)
+            async for message in rest:
+                await self._run(session.write, message.data)
+        except BaseException as exc:
+            await asyncio.shield(self._run(session.abort, exc))
+            raise
+        return await asyncio.shield(self._run(session.finish))
 
-    def AppendUpload(self, request_iterator: Iterator[pb.AppendRequest],
-                     context: grpc.ServicerContext) -> pb.AppendResponse:
-        first = _first(request_iterator)
+    async def Put(self, request_iterator: AsyncIterator[pb.PutRequest],
+                  context: grpc.aio.ServicerContext) -> pb.BlobInfo:
+        first = await _first(request_iterator)
+        digests.parse(first.digest)
+        upload = await self._run(self._blobs.create_upload, "")
+        try:
+            await self._append(upload.upload_id, "", 0, first, request_iterator)
+            return _blob(await self._run(self._blobs.commit, upload.upload_id, "", first.digest))
+        except BaseException:
+            await asyncio.shield(self._run(self._blobs.discard, upload.upload_id))
+            raise
+
+    async def CreateUpload(self, request: pb.CreateUploadRequest,
+                           context: grpc.aio.ServicerContext) -> pb.UploadStatus:
+        return _status(await self._run(self._blobs.create_upload, request.repository))
+
+    async def AppendUpload(self, request_iterator: AsyncIterator[pb.AppendRequest],
+                           context: grpc.aio.ServicerContext) -> pb.AppendResponse:
+        first = await _first(request_iterator)
         ref = first.upload
-        upload = self._blobs.append(ref.upload_id, ref.repository, first.offset, _data(first, request_iterator))
+        upload = await self._append(ref.upload_id, ref.repository, first.offset, first, request_iterator)
         if not first.commit_digest:
             return pb.AppendResponse(status=_status(upload))
-        blob = self._blobs.commit(ref.upload_id, ref.repository, first.commit_digest)
+        blob = await self._run(self._blobs.commit, ref.upload_id, ref.repository, first.commit_digest)
         return pb.AppendResponse(status=_status(upload), blob=_blob(blob))
 
-    def GetUpload(self, request: pb.UploadRef, context: grpc.ServicerContext) -> pb.UploadStatus:
-        return _status(self._blobs.get_upload(request.upload_id, request.repository))
+    async def GetUpload(self, request: pb.UploadRef, context: grpc.aio.ServicerContext) -> pb.UploadStatus:
+        return _status(await self._run(self._blobs.get_upload, request.upload_id, request.repository))
 
-    def CommitUpload(self, request: pb.CommitUploadRequest, context: grpc.ServicerContext) -> pb.BlobInfo:
-        return _blob(self._blobs.commit(request.upload.upload_id, request.upload.repository, request.digest))
+    async def CommitUpload(self, request: pb.CommitUploadRequest, context: grpc.aio.ServicerContext) -> pb.BlobInfo:
+        ref = request.upload
+        return _blob(await self._run(self._blobs.commit, ref.upload_id, ref.repository, request.digest))
 
-    def CancelUpload(self, request: pb.UploadRef, context: grpc.ServicerContext) -> pb.CancelUploadResponse:
-        self._blobs.cancel(request.upload_id, request.repository)
+    async def CancelUpload(self, request: pb.UploadRef,
+                           context: grpc.aio.ServicerContext) -> pb.CancelUploadResponse:
+        await self._run(self._blobs.cancel, request.upload_id, request.repository)
         return pb.CancelUploadResponse()
 
 
@@ -96,19 +130,28 @@ def _janitor(blobs: BlobService, interval: int, stop: threading.Event) -> None:
             log.exception("upload sweep failed")
 
 
-def build(settings: BlobStoreSettings, address: str | None = None):  # type: ignore[no-untyped-def]
-    """Returns (server, port, health, stop_event); the janitor stops when stop_event is set."""
+async def serve(settings: BlobStoreSettings, address: str | None = None,
+                on_port: Callable[[int], None] | None = None) -> None:
+    """Runs the blob store until SIGTERM; the janitor thread stops with it."""
+    token = read_token(settings.internal_token_file)  # before anything starts: a bad file stops the service
     blobs = BlobService(create_driver(settings), settings.upload_ttl)
     blobs.expire_uploads()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="storage")
 
-    def register(server: grpc.Server) -> list[str]:
-        pb_grpc.add_BlobStoreServicer_to_server(BlobStoreServicer(blobs, settings.chunk_size), server)
+    def register(server: grpc.aio.Server) -> list[str]:
+        pb_grpc.add_BlobStoreServicer_to_server(BlobStoreServicer(blobs, settings.chunk_size, pool), server)
         return [pb.DESCRIPTOR.services_by_name["BlobStore"].full_name]
 
-    server, port, health = create_server("blobstore", address or settings.listen, register, settings.workers,
-                                         backend_errors=(StorageError, MinioException, OSError),
-                                         internal_token=read_token(settings.internal_token_file))
     stop = threading.Event()
     threading.Thread(target=_janitor, args=(blobs, settings.janitor_interval, stop), daemon=True,
                      name="upload-janitor").start()
-    return server, port, health, stop
+    try:
+        await serve_aio("blobstore", address or settings.listen, register, internal_token=token,
+                        backend_errors=(StorageError, MinioException, OSError), on_port=on_port)
+    finally:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run(settings: BlobStoreSettings, on_port: Callable[[int], None] | None = None) -> None:
+    asyncio.run(serve(settings, on_port=on_port))

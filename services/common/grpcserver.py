@@ -129,7 +129,9 @@ class ServiceInterceptor(_CallAccounting, grpc.ServerInterceptor):
 
 
 class AioServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
-    """The same, for asyncio servers (unary calls, which is all the metadata service has)."""
+    """The same, for asyncio servers: unary and client-streaming calls (a coroutine) and
+    server-streaming calls (an async generator). The metadata service's watch stream is left
+    as it is: it lives as long as a gateway worker and logs its own events."""
 
     async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -137,10 +139,25 @@ class AioServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
             return handler
         if not self._trusted(details):
             return _refusing_aio(handler)
-        if details.method.startswith("/grpc.health") or not handler.unary_unary:
+        if details.method.startswith("/grpc.health"):
             return handler
-        fn, method = handler.unary_unary, details.method
+        method = details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._wrap_call(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._wrap_call(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
+        return handler
 
+    async def _fail(self, exc: Exception, method: str, started: float, context: grpc.aio.ServicerContext) -> None:
+        err = self._failure(exc, method, started)
+        if err is None:
+            raise exc
+        context.set_trailing_metadata(err.trailing_metadata())
+        await context.abort(err.error.grpc_status, err.message)
+
+    def _wrap_call(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             token = request_id.set(_request_id_from(context))
@@ -149,14 +166,24 @@ class AioServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
                 self._log(method, started, "OK")
                 return result
             except Exception as exc:
-                err = self._failure(exc, method, started)
-                if err is None:
-                    raise
-                context.set_trailing_metadata(err.trailing_metadata())
-                await context.abort(err.error.grpc_status, err.message)
+                await self._fail(exc, method, started, context)
             finally:
                 request_id.reset(token)
-        return handler._replace(unary_unary=wrapper)
+        return wrapper
+
+    def _wrap_stream(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = request_id.set(_request_id_from(context))
+            try:
+                async for item in fn(request, context):
+                    yield item
+                self._log(method, started, "OK")
+            except Exception as exc:
+                await self._fail(exc, method, started, context)
+            finally:
+                request_id.reset(token)
+        return wrapper
 
 
 _REFUSAL = "this service only answers callers that present the stack's internal token"

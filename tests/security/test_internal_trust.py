@@ -13,7 +13,7 @@ from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as mpb_grpc
-from tests.security.conftest import ADMIN_PASSWORD, service_env
+from tests.security.conftest import ADMIN_PASSWORD, push_image, service_env
 from tests.support.stack import RunningStack
 
 
@@ -54,11 +54,13 @@ def test_internal_services_refuse_callers_without_the_token(envs: dict[str, dict
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
 
 
-def test_the_right_token_is_accepted_and_health_is_open(envs: dict[str, dict[str, str]]) -> None:
+def test_the_right_token_is_accepted_and_health_is_open(target: RunningStack,
+                                                        envs: dict[str, dict[str, str]]) -> None:
+    push_image(target, "a", "a/trusted")
     with open(envs["metadata"]["WHARF_INTERNAL_TOKEN_FILE"]) as handle:
         secret = handle.read().strip()
     listed = _calls(envs)[2][1](((TOKEN_KEY, secret),))  # type: ignore[operator]
-    assert "a/hidden-1" in listed.names
+    assert "a/trusted" in listed.names
     for variable in ("WHARF_METADATA_LISTEN", "WHARF_BLOBSTORE_LISTEN"):
         role = "metadata" if "METADATA" in variable else "blobstore"
         with grpc.insecure_channel(envs[role][variable]) as channel:

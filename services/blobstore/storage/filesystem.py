@@ -132,7 +132,8 @@ class _FileWriter(FileWriter):
             # No buffer free: this writer goes through the page cache.
             fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
             self._direct = False
-        self._buffer, self._spare = self._pair if self._pair is not None else (None, None)
+        self._buffer: mmap.mmap | None = self._pair[0] if self._pair is not None else None
+        self._spare: mmap.mmap | None = self._pair[1] if self._pair is not None else None
         self._pending: concurrent.futures.Future[None] | None = None
         # The buffer always holds the file's bytes from _base (block-aligned) up to _size.
         self._base = self._size - self._size % _ALIGN if self._direct else self._size
