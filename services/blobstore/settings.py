@@ -32,9 +32,9 @@ class BlobStoreSettings:
     upload_ttl: int = env("WHARF_UPLOAD_TTL", 86400, "seconds an idle upload session lives")
     janitor_interval: int = env("WHARF_UPLOAD_JANITOR_INTERVAL", 600, "seconds between expired-upload sweeps")
     chunk_size: int = env("WHARF_READ_CHUNK", 1024 * 1024, "bytes per streamed read message")
-    workers: int = env("WHARF_BLOBSTORE_WORKERS", 1024,
-                       "gRPC worker threads: each transfer in progress holds one for its duration, so this "
-                       "bounds the uploads and streamed downloads served at once")
+    workers: int = env("WHARF_BLOBSTORE_WORKERS", 32,
+                       "threads that run storage steps (the gRPC server is asyncio: a transfer holds a thread "
+                       "only while a step runs)")
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
