@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -25,11 +22,7 @@ PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-12", "ci-bot": ""}
 
 
 def admin_cli(stack: RunningStack, *args: str, stdin: str = "") -> str:
-    env = dict(os.environ, WHARF_ADMIN_PASSWORD=ADMIN_PASSWORD, WHARF_DATA_DIR=str(stack.data_dir))
-    result = subprocess.run([sys.executable, "-m", "services.auth.admin_cli", *args], input=stdin, env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return stack.admin(ADMIN_PASSWORD, *args, stdin=stdin)
 
 
 @pytest.fixture(scope="module")

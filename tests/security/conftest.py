@@ -7,10 +7,7 @@ internal gRPC ports.
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -25,11 +22,7 @@ LOGIN_FAILURES = 5
 
 
 def admin(stack: RunningStack, *args: str, stdin: str = "") -> str:
-    env = dict(os.environ, WHARF_ADMIN_PASSWORD=ADMIN_PASSWORD, WHARF_DATA_DIR=str(stack.data_dir))
-    done = subprocess.run([sys.executable, "-m", "services.auth.admin_cli", *args], input=stdin, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return stack.admin(ADMIN_PASSWORD, *args, stdin=stdin)
 
 
 @pytest.fixture(scope="package")

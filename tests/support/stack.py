@@ -59,6 +59,15 @@ class RunningStack:
         self.process = None
         self._log.close()
 
+    def admin(self, password: str, *args: str, stdin: str = "") -> str:
+        """Runs `wharf-admin <args>` against this stack as `admin` (it finds the stack through its
+        data directory, as next to `make run`); fails the test when the command fails."""
+        env = dict(os.environ, WHARF_ADMIN_PASSWORD=password, WHARF_DATA_DIR=str(self.data_dir))
+        result = subprocess.run([sys.executable, "-m", "services.auth.admin_cli", *args], input=stdin, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return bytes(response.read())
