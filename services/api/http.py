@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from flask import Response, request
 
+from services.api.wire import body_unreader
 from services.common import digests
 from services.common.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INVALID, RegistryError
 
@@ -66,17 +67,23 @@ class BodyPieces:
     read side shut under it rather than being waited for.
     """
 
-    def __init__(self, stream: IO[bytes], declared: int | None, sock: socket.socket | None = None) -> None:
+    def __init__(self, stream: IO[bytes], declared: int | None, sock: socket.socket | None = None,
+                 unreader: Any = None) -> None:
         self._stream = stream
         self._sock = sock
+        # gunicorn's socket reader for this body (wire.body_unreader); it reads ahead up to 1 MiB
+        # per recv and keeps the surplus, so its cap follows the piece size too.
+        self._unreader = unreader
         self._failure: BaseException | None = None
         self._declared = declared
         self._received = 0
         global _bodies_in_flight
         _bodies_in_flight += 1
         self._counted = True
-        self._piece, depth = _piece_plan()
-        self._pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
+        # Taken again before every read: bodies that start together must not each plan for
+        # being alone (the plan follows how many bodies are in flight now).
+        self._pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+        self._room = threading.Event()
         self._stop = threading.Event()
         self._done = False
         self._reader = threading.Thread(target=self._read, daemon=True, name="body-reader")
@@ -85,7 +92,13 @@ class BodyPieces:
     def _read(self) -> None:
         try:
             while not self._stop.is_set():
-                item = self._stream.read(self._piece) or None
+                piece, depth = _piece_plan()
+                if self._unreader is not None:
+                    self._unreader.max_body_chunk = piece
+                self._wait_for_room(depth)
+                if self._stop.is_set():
+                    return
+                item = self._stream.read(piece) or None
                 while not self._stop.is_set():
                     try:
                         self._pieces.put(item, timeout=_POLL)
@@ -99,6 +112,14 @@ class BodyPieces:
             with contextlib.suppress(queue.Full):
                 self._pieces.put_nowait(exc)
 
+    def _wait_for_room(self, depth: int) -> None:
+        """Until fewer than ``depth`` pieces wait for the consumer (or the body is closed)."""
+        while not self._stop.is_set():
+            self._room.clear()
+            if self._pieces.qsize() < depth:
+                return
+            self._room.wait(_POLL)
+
     def __iter__(self) -> Iterator[bytes]:
         return self
 
@@ -108,6 +129,7 @@ class BodyPieces:
                 raise StopIteration
             try:
                 item = self._pieces.get(timeout=_POLL)
+                self._room.set()
             except queue.Empty:
                 if self._failure is not None:
                     item = self._failure
@@ -145,7 +167,8 @@ class BodyPieces:
 
 @contextlib.contextmanager
 def request_body() -> Iterator[BodyPieces]:
-    body = BodyPieces(request.stream, request.content_length, request.environ.get("gunicorn.socket"))
+    body = BodyPieces(request.stream, request.content_length, request.environ.get("gunicorn.socket"),
+                      body_unreader(request.environ))
     try:
         yield body
     finally:

@@ -35,6 +35,14 @@ def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -
     gunicorn.util.write_nonblock(sock, head + body)
 
 
+def body_unreader(environ: dict[str, Any]) -> Any:
+    """gunicorn's socket reader under a request body, whose ``max_body_chunk`` caps each recv(),
+    or None (another server, or a gunicorn whose body has another shape)."""
+    reader = getattr(environ.get("wsgi.input"), "reader", None)
+    unreader = getattr(reader, "unreader", None)
+    return unreader if hasattr(unreader, "max_body_chunk") else None
+
+
 def install(max_body_bytes: int) -> None:
     """Applies both changes (checked, not assumed: the hooks must exist in this gunicorn)."""
     if not callable(getattr(gunicorn.util, "write_error", None)):
