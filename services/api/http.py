@@ -46,7 +46,8 @@ _bodies_in_flight = 0
 
 
 def _piece_plan() -> tuple[int, int]:
-    """(piece size, read-ahead depth) for a body starting now."""
+    """(piece size, read-ahead depth) for a body's next read, from the bodies in flight now: taken
+    before every read, so bodies that start together do not each plan for being alone."""
     active = max(1, _bodies_in_flight)
     depth = READ_AHEAD if active <= 8 else 1
     piece = BODY_BUDGET // (active * (depth + 2))
@@ -80,8 +81,7 @@ class BodyPieces:
         global _bodies_in_flight
         _bodies_in_flight += 1
         self._counted = True
-        # Taken again before every read: bodies that start together must not each plan for
-        # being alone (the plan follows how many bodies are in flight now).
+        # At most READ_AHEAD deep; _wait_for_room keeps it shallower while many bodies are in flight.
         self._pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
         self._room = threading.Event()
         self._stop = threading.Event()

@@ -20,23 +20,26 @@ _BUSY = json.dumps({"errors": [{"code": "TOOMANYREQUESTS",
                    ).encode()
 
 
+def _then(close: Callable[[], None] | None, release: Callable[[], None]) -> Callable[[], None]:
+    """``close`` (when there is one), then ``release``, whatever ``close`` raises."""
+    def chained() -> None:
+        try:
+            if close is not None:
+                close()
+        finally:
+            release()
+    return chained
+
+
 class _Released:
     """A response iterable that gives its place back when the server closes it."""
 
     def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
         self._body = body
-        self._release = release
+        self.close = _then(getattr(body, "close", None), release)
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._release()
 
 
 class InFlightLimit:
@@ -74,13 +77,6 @@ class InFlightLimit:
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and isinstance(body, file_wrapper):
             # Keep the server's own file wrapper, which it sends with sendfile: chain its close.
-            original = body.close
-
-            def close() -> None:
-                try:
-                    original()
-                finally:
-                    release()
-            body.close = close  # type: ignore[method-assign]
+            body.close = _then(body.close, release)  # type: ignore[method-assign]
             return body
         return _Released(body, release)

@@ -16,8 +16,9 @@ registry, and this worker puts right:
   byte (gunicorn's async workers have no header timeout of their own); an idle keep-alive
   connection lasts ``WHARF_KEEPALIVE_TIMEOUT``; any read or write that makes no progress
   for ``WHARF_IDLE_TIMEOUT`` ends the request.
-- **open files**: the soft limit is raised to the hard one, since every connection is a
-  file descriptor and many systems default to 1,024.
+- **open files**: the soft limit is raised to the hard one (by main, before the workers fork
+  and inherit it), since every connection is a file descriptor and many systems default to
+  1,024.
 """
 
 from __future__ import annotations
@@ -105,9 +106,8 @@ class _RequestHeadDeadline:
 
 
 class GatewayWorker(GeventWorker):  # type: ignore[misc]
-    """gunicorn's gevent worker with the fixes above. Its settings arrive through gunicorn's
-    ``env`` (the gateway's settings object is built once, in main, and exported to workers
-    as WHARF_* variables they already carry)."""
+    """gunicorn's gevent worker with the fixes above. Its limits are class attributes, set by
+    :func:`worker_class` from the settings main built (gunicorn instantiates the class itself)."""
 
     header_timeout = 30.0
     idle_timeout = 60.0
@@ -125,7 +125,6 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         from gevent import _socket3
 
         _socket3.socket.sendfile = cooperative_sendfile
-        raise_open_file_limit()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         _connection.client = client  # this greenlet's connection, for timeout_ctx

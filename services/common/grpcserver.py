@@ -56,13 +56,24 @@ class _CallAccounting:
             fields["error"] = error
         self._access.write("rpc", fields)
 
-    def _trusted(self, details: grpc.HandlerCallDetails) -> bool:
-        """Whether the caller proved it is part of the stack (health checks need no proof)."""
-        if internal_auth.is_open(details.method) or internal_auth.is_authentic(details.invocation_metadata,
-                                                                                self._token):
-            return True
-        self._log(details.method, time.perf_counter(), "UNAUTHENTICATED", "caller without the internal token")
-        return False
+    def _intercepted(self, handler: Any, details: grpc.HandlerCallDetails, refuse: Callable[[Any], Any],
+                     wrap_call: Callable[..., Any], wrap_stream: Callable[..., Any]) -> Any:
+        """What both interceptors serve for a call: health checks as they are; a caller without the
+        stack's internal token refused; anything else wrapped in the accounting above
+        (``wrap_call`` for unary and client-streaming calls, ``wrap_stream`` for server-streaming)."""
+        if handler is None or internal_auth.is_open(details.method):
+            return handler
+        method = details.method
+        if not internal_auth.is_authentic(details.invocation_metadata, self._token):
+            self._log(method, time.perf_counter(), "UNAUTHENTICATED", "caller without the internal token")
+            return refuse(handler)
+        if handler.unary_unary:
+            return handler._replace(unary_unary=wrap_call(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=wrap_call(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=wrap_stream(handler.unary_stream, method))
+        return handler
 
     def _failure(self, exc: Exception, method: str, started: float) -> RegistryError | None:
         if isinstance(exc, RegistryError):
@@ -81,21 +92,7 @@ class _CallAccounting:
 
 class ServiceInterceptor(_CallAccounting, grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return handler
-        if not self._trusted(details):
-            return _refusing(handler)
-        if details.method.startswith("/grpc.health"):
-            return handler
-        method = details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
-        return handler
+        return self._intercepted(continuation(details), details, _refusing, self._wrap_unary, self._wrap_stream)
 
     @contextlib.contextmanager
     def _scope(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
@@ -134,21 +131,8 @@ class AioServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
     as it is: it lives as long as a gateway worker and logs its own events."""
 
     async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        if not self._trusted(details):
-            return _refusing_aio(handler)
-        if details.method.startswith("/grpc.health"):
-            return handler
-        method = details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap_call(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap_call(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
-        return handler
+        return self._intercepted(await continuation(details), details, _refusing_aio, self._wrap_call,
+                                 self._wrap_stream)
 
     async def _fail(self, exc: Exception, method: str, started: float, context: grpc.aio.ServicerContext) -> None:
         err = self._failure(exc, method, started)

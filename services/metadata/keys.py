@@ -94,8 +94,9 @@ local nman = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nman do
   local key = p .. 'manifest:' .. ARGV[i]
   if redis.call('EXISTS', key) == 0 then missing[#missing + 1] = ARGV[i]
-  elseif ARGV[i + 1] ~= '' and tostring(redis.call('HSTRLEN', key, 'body')) ~= ARGV[i + 1] then
-    wrong = wrong or {'size', ARGV[i], ARGV[i + 1], tostring(redis.call('HSTRLEN', key, 'body'))}
+  elseif ARGV[i + 1] ~= '' then
+    local stored = tostring(redis.call('HSTRLEN', key, 'body'))
+    if stored ~= ARGV[i + 1] then wrong = wrong or {'size', ARGV[i], ARGV[i + 1], stored} end
   end
   i = i + 2
 end
