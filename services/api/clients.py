@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from services.api.manifest_cache import ManifestCache
+from services.api.read_cache import ReadCache
 from services.api.settings import GatewaySettings
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError, from_rpc_error
 from services.common.grpcserver import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
@@ -226,4 +226,5 @@ class Clients:
                                              request_id))
         metadata = _Lazy(settings.metadata_addr, mpb_grpc.MetadataStub, token)
         self.metadata = MetadataClient(_Caller(metadata, settings, request_id))
-        self.manifests = ManifestCache(metadata.stub, settings.manifest_cache_bytes, self.metadata.get_manifest)
+        self.cache = ReadCache(metadata.stub, settings.manifest_cache_bytes, self.metadata.get_manifest,
+                               self.metadata.blob_size)

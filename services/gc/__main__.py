@@ -22,6 +22,7 @@ from services.blobstore.storage import create_driver
 from services.common import logs, redisconn
 from services.common.settings import load
 from services.gc.collector import Collector, MaintenanceBusy, MaintenanceLost
+from services.metadata import invalidation
 from services.metadata.settings import MetadataSettings
 
 
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     if "WHARF_REDIS_URL" not in os.environ and local.is_file():
         redis_url = local.read_text().strip()
     client = redisconn.sync_client(redis_url, socket_timeout=30, socket_connect_timeout=5)
-    collector = Collector(client, create_driver(storage), args.grace, args.dry_run, args.maintenance_ttl)
+    def announce(repositories: set[str]) -> None:
+        invalidation.announce(redis_url, repositories, metadata.cache_lease, metadata.cache_ack_timeout)
+
+    collector = Collector(client, create_driver(storage), args.grace, args.dry_run, args.maintenance_ttl, announce)
     try:
         report = collector.run()
     except MaintenanceBusy as exc:

@@ -26,7 +26,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis
 
@@ -86,8 +86,10 @@ def referenced_blobs(body: bytes) -> set[str]:
 
 class Collector:
     def __init__(self, client: redis.Redis, driver: StorageDriver, grace: float, dry_run: bool = False,
-                 maintenance_ttl: float = 3600.0) -> None:
+                 maintenance_ttl: float = 3600.0, announce: Callable[[set[str]], None] | None = None) -> None:
         self._r = client
+        # Tells the gateways' read caches which repositories lost blob links.
+        self._announce = announce or (lambda repositories: None)
         self._driver = driver
         self._grace = grace
         self._dry_run = dry_run
@@ -125,23 +127,29 @@ class Collector:
         referenced_anywhere: set[str] = set()
         linked_anywhere: set[str] = set()
         unlinked: dict[str, set[str]] = {}  # digest -> repositories it was (or, dry, would be) unlinked from
-        for name in (text(n) for n in self._r.zrange(keys.CATALOG, 0, -1)):
-            self._hold_maintenance()
-            report.repositories += 1
-            referenced: set[str] = set()
-            for digest in (text(d) for d in self._r.smembers(keys.manifests(name))):
-                report.manifests += 1
-                referenced |= referenced_blobs(self._r.hget(keys.manifest(name, digest), "body") or b"")
-            referenced_anywhere |= referenced
-            for digest in (text(d) for d in self._r.hkeys(keys.blobs(name))):
-                if digest in referenced or not self._old_enough(self._driver.stat(layout.blob_key(digest))):
-                    linked_anywhere.add(digest)
-                    continue
-                report.links_removed += 1
-                unlinked.setdefault(digest, set()).add(name)
-                if self._dry_run:
-                    continue
-                self._unlink(args=[keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)])
+        try:
+            for name in (text(n) for n in self._r.zrange(keys.CATALOG, 0, -1)):
+                self._hold_maintenance()
+                report.repositories += 1
+                referenced: set[str] = set()
+                for digest in (text(d) for d in self._r.smembers(keys.manifests(name))):
+                    report.manifests += 1
+                    referenced |= referenced_blobs(self._r.hget(keys.manifest(name, digest), "body") or b"")
+                referenced_anywhere |= referenced
+                for digest in (text(d) for d in self._r.hkeys(keys.blobs(name))):
+                    if digest in referenced or not self._old_enough(self._driver.stat(layout.blob_key(digest))):
+                        linked_anywhere.add(digest)
+                        continue
+                    report.links_removed += 1
+                    unlinked.setdefault(digest, set()).add(name)
+                    if self._dry_run:
+                        continue
+                    self._unlink(args=[keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)])
+        finally:
+            if not self._dry_run:
+                # Before any blob is deleted (and even if this phase failed): no gateway may still
+                # answer a HEAD or a mount from a link that is gone.
+                self._announce({name for names in unlinked.values() for name in names})
         for digest in self._stored_blobs():
             self._hold_maintenance()
             report.blobs_seen += 1

@@ -37,7 +37,8 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         self._hub = hub
 
     async def _change(self, repository: str, write: Awaitable[None]) -> None:
-        """Runs a write of a repository's manifests or tags, then invalidates the gateways' caches.
+        """Runs a write that changes or removes a repository's manifests, tags or blob links, then
+        invalidates the gateways' caches (which hold only what exists: a new link needs no announcing).
 
         Shielded: a caller that gives up (deadline, disconnect) must not stop the invalidation
         of a write that reached Redis. Invalidates even when the write failed, since nothing
@@ -62,7 +63,7 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         return pb.LinkBlobResponse()
 
     async def UnlinkBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.UnlinkBlobResponse:
-        await self._store.unlink_blob(request.repository, request.digest)
+        await self._change(request.repository, self._store.unlink_blob(request.repository, request.digest))
         return pb.UnlinkBlobResponse()
 
     async def GetBlobLink(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.BlobLink:

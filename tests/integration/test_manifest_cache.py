@@ -1,4 +1,4 @@
-"""The gateways' manifest cache never serves what a finished write replaced.
+"""The gateways' read cache never serves what a finished write replaced or removed.
 
 Two metadata replicas over one Redis, a gateway on each (two worker processes apiece, so
 four caches). Writes go through one gateway and reads through the other, right after the
@@ -149,6 +149,30 @@ def test_a_write_through_one_replica_is_seen_at_once_through_the_other(cluster: 
     for gateway in cluster.gateways:
         assert _digests_seen(gateway, "cache/app", "v2") == {404}
         assert _digests_seen(gateway, "cache/app", new) == {404}
+
+
+def _blob_statuses(gateway: str, repository: str, blob: str, connections: int = 8) -> set[int]:
+    statuses = set()
+    for _ in range(connections):
+        with requests.Session() as session:
+            statuses.add(session.head(f"{gateway}/v2/{repository}/blobs/{blob}", timeout=30).status_code)
+    return statuses
+
+
+def test_a_blob_unlinked_through_one_replica_is_gone_at_once_through_the_other(cluster: Cluster) -> None:
+    writer, reader = cluster.gateways
+    blob = push_blob([writer], "cache/links", b"a layer both gateways cache the link of")
+    for _ in range(3):
+        for gateway in cluster.gateways:
+            assert _blob_statuses(gateway, "cache/links", blob) == {200}
+        time.sleep(0.3)
+    assert requests.delete(f"{writer}/v2/cache/links/blobs/{blob}", timeout=30).status_code == 202
+    for gateway in cluster.gateways:
+        assert _blob_statuses(gateway, "cache/links", blob) == {404}
+        assert requests.get(f"{gateway}/v2/cache/links/blobs/{blob}", timeout=30).status_code == 404
+    # Linked again (a new push): served again.
+    assert push_blob([reader], "cache/links", b"a layer both gateways cache the link of") == blob
+    assert _blob_statuses(writer, "cache/links", blob) == {200}
 
 
 def test_a_frozen_gateway_does_not_serve_what_changed_meanwhile(cluster: Cluster) -> None:

@@ -53,7 +53,7 @@ def _unsatisfiable(size: int) -> RegistryError:
 
 def head(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
-    size = ctx.clients.metadata.blob_size(name, digest)
+    size = ctx.clients.cache.blob_size(name, digest)
     response = empty(200, _headers(digest, size))
     response.headers["Content-Length"] = str(size)
     return response
@@ -96,7 +96,7 @@ def _local_path(ctx: Context, path: str) -> str | None:
 
 def get(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
-    size = ctx.clients.metadata.blob_size(name, digest)
+    size = ctx.clients.cache.blob_size(name, digest)
     span = parse_range(request.headers.get("Range"), size)
     first, last = span if span else (0, size - 1)
     length = max(last - first + 1, 0)

@@ -60,7 +60,7 @@ def accepts(values: list[str], media_type: str) -> bool:
 
 
 def get(ctx: Context, name: str, reference: str) -> Response:
-    manifest = ctx.clients.manifests.get(name, reference)
+    manifest = ctx.clients.cache.get(name, reference)
     if not accepts(request.headers.getlist("Accept"), manifest.media_type):
         raise RegistryError(MANIFEST_UNKNOWN, f"manifest is {manifest.media_type}, which the Accept header "
                                               "does not list")

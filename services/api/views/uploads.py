@@ -55,7 +55,7 @@ def mountable_size(ctx: Context, digest: str, source: str | None = None) -> int 
         if not is_valid_name(source) or not pullable(ctx.settings, ctx.clients.auth, [source]):
             return None
         try:
-            return ctx.clients.metadata.blob_size(source, digest)
+            return ctx.clients.cache.blob_size(source, digest)
         except RegistryError as err:
             if err.error is BLOB_UNKNOWN:
                 return None

@@ -1,4 +1,4 @@
-"""The gateway's manifest cache rules, without a metadata service (the lease is set by hand).
+"""The gateway's read cache rules, without a metadata service (the lease is set by hand).
 
 tests/integration/test_manifest_cache.py runs the real thing across processes.
 """
@@ -9,17 +9,17 @@ import os
 import time
 from collections.abc import Callable
 
-from services.api.manifest_cache import ManifestCache
+from services.api.read_cache import ReadCache
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 
 
-def _cache(fetch: Callable[[str, str], mpb.Manifest], max_bytes: int = 1 << 20) -> ManifestCache:
-    cache = ManifestCache(lambda: None, max_bytes, fetch)
+def _cache(fetch: Callable[[str, str], mpb.Manifest], max_bytes: int = 1 << 20) -> ReadCache:
+    cache = ReadCache(lambda: None, max_bytes, fetch, lambda repository, digest: 7)
     cache._pid = os.getpid()  # no watch thread: the tests play the metadata service
     return cache
 
 
-def _lease(cache: ManifestCache, seconds: float = 60.0) -> None:
+def _lease(cache: ReadCache, seconds: float = 60.0) -> None:
     cache._lease_until = time.monotonic() + seconds
 
 
@@ -93,7 +93,7 @@ def test_memory_is_bounded_least_recently_used_first() -> None:
     cache.get("r", "0")  # touch the oldest
     cache.get("r", "new")
     assert cache._bytes <= 1000
-    assert ("r", "0") in cache._entries and ("r", "1") not in cache._entries
+    assert ("r", "manifest", "0") in cache._entries and ("r", "manifest", "1") not in cache._entries
     big = _cache(Fetcher(size=200), max_bytes=1000)  # larger than an eighth of the budget: not kept
     _lease(big)
     big.get("r", "t")
@@ -102,7 +102,29 @@ def test_memory_is_bounded_least_recently_used_first() -> None:
 
 def test_off_when_the_budget_is_zero() -> None:
     fetch = Fetcher()
-    cache = ManifestCache(lambda: None, 0, fetch)
+    cache = ReadCache(lambda: None, 0, fetch, lambda repository, digest: 7)
     cache.get("r", "t")
     cache.get("r", "t")
     assert len(fetch.calls) == 2 and cache._pid == -1  # never started watching
+
+
+def test_blob_links_share_the_lease_and_the_invalidations() -> None:
+    links: list[tuple[str, str]] = []
+
+    def fetch_link(repository: str, digest: str) -> int:
+        links.append((repository, digest))
+        return 0 if digest == "empty" else 42
+
+    cache = ReadCache(lambda: None, 1 << 20, Fetcher(), fetch_link)
+    cache._pid = os.getpid()
+    assert cache.blob_size("a", "d") == 42 and cache.cached("a", "blob", "d") is None  # no lease: not kept
+    _lease(cache)
+    cache.blob_size("a", "d")
+    cache.blob_size("a", "empty")
+    assert cache.blob_size("a", "d") == 42 and cache.blob_size("a", "empty") == 0  # a size of 0 is a hit too
+    assert len(links) == 3
+    assert cache.cached("a", "blob", "d") == 42 and cache.cached("a", "manifest", "d") is None
+    cache._invalidate(["a"])  # an unlink in "a" (or any change to it) drops its links
+    assert cache.cached("a", "blob", "d") is None
+    cache.blob_size("a", "d")
+    assert len(links) == 4

@@ -1,7 +1,10 @@
-"""Manifests cached in each gateway process, kept coherent by the metadata service.
+"""Manifests and blob links cached in each gateway process, kept coherent by the metadata service.
 
-A manifest GET served from here costs the gateway a dictionary lookup instead of a gRPC
-call, which is most of a manifest request's cost. Entries are served only while this
+A manifest GET or a blob HEAD served from here costs the gateway a dictionary lookup instead
+of a gRPC call, which is most of such a request's cost. Only what exists is cached (a
+manifest, or the size a repository's link to a blob records), so only changes that remove or
+replace something need announcing: every manifest and tag write, and every blob unlink (the
+metadata service's ``UnlinkBlob`` and the garbage collector's unlinks alike). Entries are served only while this
 process holds a lease from the metadata service (services/metadata/invalidation.py says
 what a lease promises): a background thread keeps a ``WatchManifests`` stream open, pings
 to renew the lease, and drops a repository's entries — then acknowledges — when the
@@ -21,13 +24,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 
-log = logging.getLogger("wharf.api.manifest_cache")
+log = logging.getLogger("wharf.api.read_cache")
 
 # An entry older than this is fetched again even with a live lease: a bound on staleness
 # should Redis be changed behind the metadata service's back (a restored backup, say).
@@ -37,15 +40,23 @@ STREAM_DEADLINE = 600.0
 _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
 
 
-class ManifestCache:
+# What a blob-link entry is charged against the byte budget: its key and the dictionary slot.
+_LINK_COST = 192
+_MANIFEST, _BLOB = "manifest", "blob"
+_Key = tuple[str, str, str]  # (repository, kind, reference): invalidations go by repository
+T = TypeVar("T")
+
+
+class ReadCache:
     def __init__(self, stub: Callable[[], Any], max_bytes: int,
-                 fetch: Callable[[str, str], mpb.Manifest]) -> None:
+                 fetch: Callable[[str, str], mpb.Manifest], fetch_link: Callable[[str, str], int]) -> None:
         self._stub = stub
         self._max_bytes = max_bytes
         self._fetch = fetch
+        self._fetch_link = fetch_link
         self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[tuple[str, str], tuple[mpb.Manifest, float]] = \
-            collections.OrderedDict()
+        # key -> (value, what it costs against max_bytes, when it was stored)
+        self._entries: collections.OrderedDict[_Key, tuple[Any, int, float]] = collections.OrderedDict()
         self._bytes = 0
         self._generation = 0
         self._lease_until = 0.0
@@ -57,34 +68,53 @@ class ManifestCache:
 
     def get(self, repository: str, reference: str) -> mpb.Manifest:
         """The manifest, from the cache while the lease holds, else from the metadata service."""
+        return self._read((repository, _MANIFEST, reference), lambda: self._fetch(repository, reference),
+                          lambda manifest: len(manifest.content))
+
+    def blob_size(self, repository: str, digest: str) -> int:
+        """The size recorded by this repository's link to the blob (BLOB_UNKNOWN when it has none)."""
+        return int(self._read((repository, _BLOB, digest), lambda: self._fetch_link(repository, digest),
+                              lambda _: _LINK_COST))
+
+    def cached(self, repository: str, kind: str, reference: str) -> Any | None:
+        """What is served without a call, or None (the caller then goes the usual way)."""
         if not self.enabled:
-            return self._fetch(repository, reference)
+            return None
         self._ensure_watching()
-        key = (repository, reference)
         now = time.monotonic()
         with self._lock:
-            if now < self._lease_until:
-                entry = self._entries.get(key)
-                if entry is not None and now - entry[1] < MAX_AGE:
-                    self._entries.move_to_end(key)
-                    return entry[0]
+            if now >= self._lease_until:
+                return None
+            entry = self._entries.get((repository, kind, reference))
+            if entry is None or now - entry[2] >= MAX_AGE:
+                return None
+            self._entries.move_to_end((repository, kind, reference))
+            return entry[0]
+
+    def _read(self, key: _Key, fetch: Callable[[], T], cost: Callable[[T], int]) -> T:
+        if not self.enabled:
+            return fetch()
+        hit = self.cached(*key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        with self._lock:
             generation = self._generation
-        manifest = self._fetch(repository, reference)
-        size = len(manifest.content)
+        value = fetch()
+        size = cost(value)
         with self._lock:
             if generation == self._generation and time.monotonic() < self._lease_until \
                     and size <= self._max_bytes // 8:
                 self._forget(key)
-                self._entries[key] = (manifest, time.monotonic())
+                self._entries[key] = (value, size, time.monotonic())
                 self._bytes += size
                 while self._bytes > self._max_bytes:
                     self._forget(next(iter(self._entries)))
-        return manifest
+        return value
 
-    def _forget(self, key: tuple[str, str]) -> None:
+    def _forget(self, key: _Key) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self._bytes -= len(entry[0].content)
+            self._bytes -= entry[1]
 
     def _invalidate(self, repositories: list[str] | None) -> None:
         """Drops these repositories' entries (every entry for None) and bumps the generation."""
@@ -112,7 +142,7 @@ class ManifestCache:
             self._entries.clear()
             self._bytes = 0
             self._lease_until = 0.0
-        threading.Thread(target=self._watch_forever, daemon=True, name="manifest-cache-watch").start()
+        threading.Thread(target=self._watch_forever, daemon=True, name="read-cache-watch").start()
 
     def _watch_forever(self) -> None:
         delay = _RETRY_MIN
@@ -122,9 +152,9 @@ class ManifestCache:
                 self._watch_once()
             except grpc.RpcError as err:
                 if err.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-                    log.info("manifest cache watch ended", extra={"fields": {"status": str(err.code())}})
+                    log.info("read cache watch ended", extra={"fields": {"status": str(err.code())}})
             except Exception:
-                log.exception("manifest cache watch failed")
+                log.exception("read cache watch failed")
             finally:
                 self._invalidate(None)
             delay = _RETRY_MIN if time.monotonic() - started > 10 else min(delay * 2, _RETRY_MAX)
