@@ -202,6 +202,18 @@ def challenge(settings: GatewaySettings, needed: list[Scope], endpoint: str, err
     return RegistryError(UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer " + ",".join(parts)})
 
 
+def grants(verifier: TokenVerifier, authorization: str, needed: list[Scope]) -> bool:
+    """True when the header carries a valid token granting every needed scope. Never raises, never
+    challenges: a caller that gets False sends the request the full way, where ``authorize`` says why."""
+    if not authorization.lower().startswith("bearer "):
+        return False
+    try:
+        claims = verifier.verify(authorization[7:].strip())
+    except RegistryError:
+        return False
+    return all(claims.allows(scope) for scope in needed)
+
+
 def authorize(settings: GatewaySettings, verifier: TokenVerifier, endpoint: str, method: str,
               params: dict[str, str]) -> Claims:
     needed = required_scopes(endpoint, method, params)

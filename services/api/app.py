@@ -14,7 +14,8 @@ from flask import Flask, Response, g, request
 from services.api import routes
 from services.api.access import TokenVerifier, authorize
 from services.api.clients import Clients
-from services.api.http import empty
+from services.api.hot_reads import HotReads
+from services.api.http import access_record, empty, request_id
 from services.api.limits import InFlightLimit
 from services.api.settings import GatewaySettings
 from services.api.views import blobs, catalog, manifests, referrers, tags, token, uploads
@@ -32,7 +33,6 @@ from services.common.logs import AccessLog
 from services.common.names import is_valid_name
 
 log = logging.getLogger("wharf.gateway")
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 # An encoded "/" in the path would be decoded into a name separator: refuse it, never reinterpret it.
 _ENCODED_SLASH_RE = re.compile(r"%2f", re.IGNORECASE)
 
@@ -100,8 +100,7 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
 
     @app.before_request
     def _begin() -> None:
-        incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        g.request_id = request_id(request.headers.get("X-Request-Id", ""))
         g.started = time.perf_counter()
         peer = request.remote_addr or ""
         g.trusted_proxy = is_trusted(peer, trusted_proxies)
@@ -112,10 +111,9 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
         response.headers["X-Request-Id"] = g.get("request_id", "")
         if settings.access_log:
-            access_log.write("http", {
-                "request_id": g.get("request_id"), "method": request.method, "path": request.path,
-                "status": response.status_code, "ms": round((time.perf_counter() - g.get("started", 0)) * 1000, 2),
-                "remote": g.get("client_address", request.remote_addr)})
+            access_log.write("http", access_record(
+                g.get("request_id", ""), request.method, request.path, response.status_code,
+                g.get("started", time.perf_counter()), g.get("client_address", request.remote_addr or "")))
         return response
 
     @app.errorhandler(RegistryError)
@@ -172,5 +170,6 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)
     app.add_url_rule("/v2/<path:subpath>", "registry", dispatch, methods=methods)
-    app.wsgi_app = InFlightLimit(app.wsgi_app, settings.max_in_flight)  # type: ignore[method-assign]
+    hot = HotReads(app.wsgi_app, ctx.clients, verifier, access_log if settings.access_log else None, trusted_proxies)
+    app.wsgi_app = InFlightLimit(hot, settings.max_in_flight)  # type: ignore[method-assign]
     return app

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import random
+import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -18,6 +21,20 @@ from services.common.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INV
 
 # Bytes per read from a request body and per streamed response chunk.
 IO_CHUNK = 1024 * 1024
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def request_id(incoming: str) -> str:
+    """The client's X-Request-Id when it is safe to echo and log, else a new one."""
+    # An identifier, not a secret: 128 random bits without a getrandom(2) call per request
+    # (the random module reseeds in every forked worker).
+    return incoming if _REQUEST_ID_RE.fullmatch(incoming) else f"{random.getrandbits(128):032x}"
+
+
+def access_record(rid: str, method: str, path: str, status: int, started: float, remote: str) -> dict[str, object]:
+    """The fields of one access-log line (services/common/logs.py writes it)."""
+    return {"request_id": rid, "method": method, "path": path, "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 2), "remote": remote}
 
 
 def empty(status: int, headers: dict[str, str] | None = None) -> Response:

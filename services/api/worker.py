@@ -24,22 +24,26 @@ registry, and this worker puts right:
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import os
 import resource
 import socket
+import time
 from types import TracebackType
 from typing import Any
 
 import gevent
-import gevent.local
+import gunicorn.util
 from gevent.socket import wait_read, wait_write
+from greenlet import getcurrent
 from gunicorn.workers.ggevent import GeventWorker
 
 # Bytes per os.sendfile call: the receiver's ACKs are processed between calls instead of
 # piling up behind one long send (measured: 4 MiB calls beat 1 GiB ones on loopback).
 SENDFILE_CHUNK = 4 * 1024 * 1024
-# Greenlet-local: the connection the current greenlet serves.
-_connection = gevent.local.local()
+# The head deadline of the connection each greenlet serves (greenlet-local state, without
+# gevent.local's cost on every request).
+_deadlines: dict[Any, _RequestHeadDeadline] = {}
 
 
 def raise_open_file_limit() -> int:
@@ -77,19 +81,51 @@ def cooperative_sendfile(sock: Any, file: Any, offset: int = 0, count: int | Non
     return total
 
 
+_date = (0, "")
+
+
+def _http_date(timestamp: float | None = None) -> str:
+    """gunicorn's Date header, formatted once per second instead of once per response."""
+    global _date
+    if timestamp is not None:
+        return email.utils.formatdate(timestamp, usegmt=True)
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, email.utils.formatdate(now, usegmt=True))
+    return _date[1]
+
+
+def _cork(sock: Any, on: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
+
+
+def _input_waiting(client: Any) -> bool:
+    """True when the connection already has bytes (or its end) to read: one non-blocking peek,
+    so a busy keep-alive connection skips the idle wait's watcher and hub switch."""
+    try:
+        client._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except (OSError, AttributeError):
+        pass  # an error is the parser's to report
+    return True
+
+
 class _RequestHeadDeadline:
     """What gunicorn's keep-alive loop runs ``next(parser)`` under: first an idle wait of up to
     the keep-alive timeout for the request's first byte (an idle connection is cheap and left
     alone that long), then the header timeout for the whole head. Either expiry closes the
-    connection quietly, as gunicorn's own keep-alive timeout does."""
+    connection quietly, as gunicorn's own keep-alive timeout does. One per connection, re-armed
+    for every request on it (a timer per request costs a busy connection measurably)."""
 
-    def __init__(self, client: socket.socket | None, keepalive: float, header_timeout: float) -> None:
+    def __init__(self, client: socket.socket, keepalive: float, header_timeout: float) -> None:
         self._client = client
         self._keepalive = keepalive
         self._timeout = gevent.Timeout(header_timeout, False)
 
     def __enter__(self) -> None:
-        if self._client is not None:
+        if not _input_waiting(self._client):
             try:
                 wait_read(self._client.fileno(), timeout=self._keepalive, timeout_exc=TimeoutError())
             except TimeoutError:
@@ -98,11 +134,15 @@ class _RequestHeadDeadline:
                     self._client.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
-        self._timeout.__enter__()
+        self._timeout.start()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool | None:
-        return self._timeout.__exit__(kind, exc, tb)
+                 tb: TracebackType | None) -> bool:
+        self._timeout.cancel()
+        return exc is self._timeout  # our own expiry ends the connection quietly; nothing else is swallowed
+
+    def close(self) -> None:
+        self._timeout.close()
 
 
 class GatewayWorker(GeventWorker):  # type: ignore[misc]
@@ -125,16 +165,34 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         from gevent import _socket3
 
         _socket3.socket.sendfile = cooperative_sendfile
+        gunicorn.util.http_date = _http_date
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        # gunicorn sends a response's head and its body in separate writes: corked, a small
+        # answer (a manifest) leaves in one segment instead of two, and the client wakes once.
+        # Full segments are never held; the rest leaves when the response is done. A HEAD's
+        # answer is one write already: the two calls would only cost it.
+        if req.method == "HEAD":
+            return bool(super().handle_request(listener_name, req, sock, addr))
+        _cork(sock, 1)
+        try:
+            return bool(super().handle_request(listener_name, req, sock, addr))
+        finally:
+            _cork(sock, 0)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        _connection.client = client  # this greenlet's connection, for timeout_ctx
+        deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout)
         client.setblocking(1)
         # Every read and write on the connection makes progress within this, or fails.
         client.settimeout(self.idle_timeout)
-        super(GeventWorker, self).handle(listener, client, addr)
+        try:
+            super(GeventWorker, self).handle(listener, client, addr)
+        finally:
+            del _deadlines[getcurrent()]
+            deadline.close()
 
     def timeout_ctx(self) -> _RequestHeadDeadline:
-        return _RequestHeadDeadline(getattr(_connection, "client", None), self.cfg.keepalive, self.header_timeout)
+        return _deadlines[getcurrent()]  # gunicorn calls this in the greenlet that serves the connection
 
 
 def worker_class(header_timeout: float, idle_timeout: float) -> type[GatewayWorker]:

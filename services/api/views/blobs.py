@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
-def _headers(digest: str, size: int) -> dict[str, str]:
+def blob_headers(digest: str, size: int) -> dict[str, str]:
+    """What every answer about a blob carries (the views and the hot-read path share it)."""
     return {"Docker-Content-Digest": digest, "ETag": f'"{digest}"', "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream", "Content-Length": str(size),
             "Cache-Control": "max-age=31536000"}
@@ -54,7 +55,7 @@ def _unsatisfiable(size: int) -> RegistryError:
 def head(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
     size = ctx.clients.cache.blob_size(name, digest)
-    response = empty(200, _headers(digest, size))
+    response = empty(200, blob_headers(digest, size))
     response.headers["Content-Length"] = str(size)
     return response
 
@@ -100,7 +101,7 @@ def get(ctx: Context, name: str, digest: str) -> Response:
     span = parse_range(request.headers.get("Range"), size)
     first, last = span if span else (0, size - 1)
     length = max(last - first + 1, 0)
-    headers = _headers(digest, length)
+    headers = blob_headers(digest, length)
     status = 200
     if span:
         status = 206

@@ -59,15 +59,21 @@ def accepts(values: list[str], media_type: str) -> bool:
     return not (accepted & mediatypes.MANIFESTS)
 
 
+def manifest_headers(manifest: mpb.Manifest) -> dict[str, str]:
+    """What a manifest GET or HEAD carries besides its length (the view and the hot-read path share it)."""
+    headers = {"Docker-Content-Digest": manifest.digest, "ETag": f'"{manifest.digest}"',
+               "Content-Type": manifest.media_type}
+    if manifest.subject:
+        headers["OCI-Subject"] = manifest.subject
+    return headers
+
+
 def get(ctx: Context, name: str, reference: str) -> Response:
     manifest = ctx.clients.cache.get(name, reference)
     if not accepts(request.headers.getlist("Accept"), manifest.media_type):
         raise RegistryError(MANIFEST_UNKNOWN, f"manifest is {manifest.media_type}, which the Accept header "
                                               "does not list")
-    headers = {"Docker-Content-Digest": manifest.digest, "ETag": f'"{manifest.digest}"',
-               "Content-Type": manifest.media_type}
-    if manifest.subject:
-        headers["OCI-Subject"] = manifest.subject
+    headers = manifest_headers(manifest)
     if request.method == "HEAD":
         response = Response(b"", status=200, headers=headers)
         response.headers["Content-Length"] = str(len(manifest.content))

@@ -1,0 +1,104 @@
+"""The hottest reads answered from the read cache before Flask sees the request.
+
+A manifest GET or HEAD and a blob HEAD are most of a registry's requests (every pull starts
+with them, and pushers HEAD every layer). When the read cache holds the answer, what is left
+of such a request is the framework: building Flask's request context, its hooks and its
+response object cost about as much as the HTTP parsing itself. This WSGI layer answers those
+cache hits directly, with the same headers the views send (it builds them with the views' own
+functions), the same route table, the same scope rule and the same token verifier.
+
+It never answers anything else, and never an error: a miss, a body, an encoded character in
+the path, a missing or insufficient token, an Accept header that refuses the manifest's type
+— all of those fall through to the Flask application unchanged, which answers as always. A hit
+implies the name and reference were valid, because only what the full path fetched is cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from services.api import access, routes
+from services.api.clients import Clients
+from services.api.http import access_record, request_id
+from services.api.limits import WSGIApp
+from services.api.views.blobs import blob_headers
+from services.api.views.manifests import accepts, manifest_headers
+from services.common.client_address import Network, client_address
+from services.common.logs import AccessLog
+
+_API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+# What the Accept negotiation decided, per (Accept header, media type): clients send a handful
+# of distinct headers, so this stays small; it is cleared should it ever grow past the bound.
+_ACCEPTS_MEMO_MAX = 1024
+
+
+class HotReads:
+    def __init__(self, app: WSGIApp, clients: Clients, verifier: access.TokenVerifier | None,
+                 access_log: AccessLog | None, trusted_proxies: tuple[Network, ...]) -> None:
+        self._app = app
+        self._cache = clients.cache
+        self._verifier = verifier
+        self._access_log = access_log
+        self._trusted = trusted_proxies
+        self._accepts: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if method == "GET" or method == "HEAD":
+            started = time.perf_counter()
+            answer = self._answer(environ, method)
+            if answer is not None:
+                headers, body = answer
+                rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+                headers.append(_API_VERSION)
+                headers.append(("X-Request-Id", rid))
+                start_response("200 OK", headers)
+                if self._access_log is not None:
+                    remote = client_address(environ.get("REMOTE_ADDR", ""),
+                                            environ.get("HTTP_X_FORWARDED_FOR", ""), self._trusted)
+                    self._access_log.write("http", access_record(rid, method, environ.get("PATH_INFO", ""), 200,
+                                                                 started, remote))
+                return [body]
+        return self._app(environ, start_response)
+
+    def _answer(self, environ: dict[str, Any], method: str) -> tuple[list[tuple[str, str]], bytes] | None:
+        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ:
+            return None
+        raw = str(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "")
+        if "%" in raw.split("?", 1)[0]:
+            return None  # the full path decides what an encoded character means
+        found = routes.match(environ.get("PATH_INFO", ""))
+        if found is None:
+            return None
+        route, params = found
+        if route.endpoint == "manifest":
+            manifest = self._cache.cached(params["name"], "manifest", params["reference"])
+            if manifest is None or not self._allowed(environ, route.endpoint, method, params) \
+                    or not self._accepted(environ.get("HTTP_ACCEPT", ""), manifest.media_type):
+                return None
+            headers = manifest_headers(manifest)
+            headers["Content-Length"] = str(len(manifest.content))
+            return list(headers.items()), b"" if method == "HEAD" else manifest.content
+        if route.endpoint == "blob" and method == "HEAD":
+            size = self._cache.cached(params["name"], "blob", params["digest"])
+            if size is None or not self._allowed(environ, route.endpoint, method, params):
+                return None
+            return list(blob_headers(params["digest"], int(size)).items()), b""
+        return None
+
+    def _allowed(self, environ: dict[str, Any], endpoint: str, method: str, params: dict[str, str]) -> bool:
+        if self._verifier is None:
+            return True
+        return access.grants(self._verifier, environ.get("HTTP_AUTHORIZATION", ""),
+                             access.required_scopes(endpoint, method, params))
+
+    def _accepted(self, accept: str, media_type: str) -> bool:
+        key = (accept, media_type)
+        decided = self._accepts.get(key)
+        if decided is None:
+            if len(self._accepts) >= _ACCEPTS_MEMO_MAX:
+                self._accepts.clear()
+            decided = self._accepts[key] = accepts([accept] if accept else [], media_type)
+        return decided

@@ -1,0 +1,89 @@
+"""The hot-read path (services/api/hot_reads.py) answers cache hits before Flask: a warm cache must
+never answer a caller, a path or an Accept header that the full path would refuse."""
+
+from __future__ import annotations
+
+import requests
+
+from services.common import mediatypes
+from tests.security.conftest import bearer, push_image, token
+from tests.support.stack import RunningStack
+
+# Every gateway worker's cache gets warm after a few fresh connections.
+_WARM = 8
+
+
+def _warm(stack: RunningStack, name: str, reference: str, auth: dict[str, str]) -> None:
+    for _ in range(_WARM):
+        with requests.Session() as fresh:
+            response = fresh.get(f"{stack.url}/v2/{name}/manifests/{reference}",
+                                 headers={**auth, "Accept": mediatypes.OCI_MANIFEST}, timeout=10)
+            assert response.status_code == 200
+
+
+def _each_worker(method: str, url: str, headers: dict[str, str]) -> set[int]:
+    statuses = set()
+    for _ in range(_WARM):
+        with requests.Session() as fresh:
+            statuses.add(fresh.request(method, url, headers=headers, timeout=10).status_code)
+    return statuses
+
+
+def test_a_warm_cache_never_answers_without_the_right_token(target: RunningStack) -> None:
+    digest = push_image(target, "a", "a/hot-private")
+    owner = bearer(token(target, "a", "repository:a/hot-private:pull"))
+    _warm(target, "a/hot-private", "v1", owner)
+    layer = requests.get(f"{target.url}/v2/a/hot-private/manifests/v1", timeout=10,
+                         headers={**owner, "Accept": mediatypes.OCI_MANIFEST}).json()["layers"][0]["digest"]
+    for method, path in (("GET", "manifests/v1"), ("HEAD", "manifests/v1"), ("GET", f"manifests/{digest}"),
+                         ("HEAD", f"blobs/{layer}")):
+        url = f"{target.url}/v2/a/hot-private/{path}"
+        assert _each_worker(method, url, owner) == {200}, (method, path)
+        assert _each_worker(method, url, {}) == {401}, (method, path)  # anonymous
+        other = bearer(token(target, "b", "repository:a/hot-private:pull"))  # asked for it and was refused
+        assert _each_worker(method, url, other) == {403}, (method, path)
+        foreign = bearer(token(target, "a", "repository:a/other:pull"))  # a's token, for another repository
+        assert _each_worker(method, url, foreign) == {401}, (method, path)
+        assert _each_worker(method, url, bearer(owner["Authorization"][7:] + "x")) == {401}, (method, path)
+    # The challenge on a refused hit is the full path's, scope included.
+    refused = requests.get(f"{target.url}/v2/a/hot-private/manifests/v1", timeout=10)
+    assert 'scope="repository:a/hot-private:pull"' in refused.headers["WWW-Authenticate"]
+    assert refused.json()["errors"][0]["code"] == "UNAUTHORIZED"
+
+
+def test_a_warm_cache_still_negotiates_and_refuses_encoded_names(target: RunningStack) -> None:
+    push_image(target, "a", "a/hot-negotiate")
+    owner = bearer(token(target, "a", "repository:a/hot-negotiate:pull"))
+    _warm(target, "a/hot-negotiate", "v1", owner)
+    url = f"{target.url}/v2/a/hot-negotiate/manifests/v1"
+    refusing = {**owner, "Accept": f"{mediatypes.DOCKER_MANIFEST}, {mediatypes.OCI_MANIFEST};q=0"}
+    assert _each_worker("GET", url, refusing) == {404}
+    assert requests.get(url, headers=refusing, timeout=10).json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    encoded = requests.get(f"{target.url}/v2/a%2Fhot-negotiate/manifests/v1", headers=owner, timeout=10)
+    assert encoded.status_code == 400 and encoded.json()["errors"][0]["code"] == "NAME_INVALID"
+
+
+def test_hits_carry_the_same_headers_as_misses(target: RunningStack) -> None:
+    """The first request of a fresh repository is a miss (the full path); the later ones are hits."""
+    push_image(target, "a", "a/hot-headers")
+    owner = bearer(token(target, "a", "repository:a/hot-headers:pull"))
+    url = f"{target.url}/v2/a/hot-headers/manifests/v1"
+    volatile = {"date", "x-request-id", "connection"}
+
+    def seen(method: str) -> set[tuple[tuple[str, str], ...]]:
+        found = set()
+        for _ in range(_WARM):
+            with requests.Session() as fresh:
+                response = fresh.request(method, url, headers={**owner, "Accept": mediatypes.OCI_MANIFEST},
+                                         timeout=10)
+                found.add(tuple(sorted((k.lower(), v) for k, v in response.headers.items()
+                                       if k.lower() not in volatile)))
+        return found
+
+    assert len(seen("GET")) == 1 and len(seen("HEAD")) == 1
+    echoed = requests.get(url, headers={**owner, "Accept": mediatypes.OCI_MANIFEST, "X-Request-Id": "trace-1"},
+                          timeout=10)
+    assert echoed.headers["X-Request-Id"] == "trace-1"
+    forged = requests.get(url, headers={**owner, "Accept": mediatypes.OCI_MANIFEST, "X-Request-Id": "a\tb"},
+                          timeout=10)
+    assert forged.headers["X-Request-Id"] != "a\tb" and len(forged.headers["X-Request-Id"]) == 32
