@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from minio.error import MinioException
 
-from services.blobstore.blobs import Blob, BlobService, Upload
+from services.blobstore.blobs import AppendSession, Blob, BlobService, Upload
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
@@ -72,16 +72,31 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         return pb.DeleteResponse(deleted=await self._run(self._blobs.delete, request.digest))
 
     async def _append(self, upload_id: str, repository: str, offset: int, first: Any,
-                      rest: AsyncIterator[Any]) -> Upload:
-        session = await self._run(self._blobs.open_append, upload_id, repository, offset)
+                      rest: AsyncIterator[Any], commit_digest: str = "") -> tuple[Upload, Blob | None]:
+        """Appends the stream, then commits when asked. The opening and the first piece, and the
+        finish and the commit, each share one executor hop: a small blob's whole body is usually
+        the first piece, and every hop costs a thread hand-off under the GIL."""
+        def open_and_write() -> AppendSession:
+            session = self._blobs.open_append(upload_id, repository, offset)
+            try:
+                session.write(first.data)
+            except BaseException as exc:
+                session.abort(exc)
+                raise
+            return session
+
+        def finish_and_commit() -> tuple[Upload, Blob | None]:
+            upload = session.finish()
+            return upload, self._blobs.commit(upload_id, repository, commit_digest) if commit_digest else None
+
+        session = await self._run(open_and_write)
         try:
-            await self._run(session.write, first.data)
             async for message in rest:
                 await self._run(session.write, message.data)
         except BaseException as exc:
             await asyncio.shield(self._run(session.abort, exc))
             raise
-        return await asyncio.shield(self._run(session.finish))
+        return await asyncio.shield(self._run(finish_and_commit))
 
     async def Put(self, request_iterator: AsyncIterator[pb.PutRequest],
                   context: grpc.aio.ServicerContext) -> pb.BlobInfo:
@@ -89,8 +104,9 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         digests.parse(first.digest)
         upload = await self._run(self._blobs.create_upload, "")
         try:
-            await self._append(upload.upload_id, "", 0, first, request_iterator)
-            return _blob(await self._run(self._blobs.commit, upload.upload_id, "", first.digest))
+            _, blob = await self._append(upload.upload_id, "", 0, first, request_iterator, first.digest)
+            assert blob is not None
+            return _blob(blob)
         except BaseException:
             await asyncio.shield(self._run(self._blobs.discard, upload.upload_id))
             raise
@@ -103,10 +119,10 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
                            context: grpc.aio.ServicerContext) -> pb.AppendResponse:
         first = await _first(request_iterator)
         ref = first.upload
-        upload = await self._append(ref.upload_id, ref.repository, first.offset, first, request_iterator)
-        if not first.commit_digest:
+        upload, blob = await self._append(ref.upload_id, ref.repository, first.offset, first, request_iterator,
+                                          first.commit_digest)
+        if blob is None:
             return pb.AppendResponse(status=_status(upload))
-        blob = await self._run(self._blobs.commit, ref.upload_id, ref.repository, first.commit_digest)
         return pb.AppendResponse(status=_status(upload), blob=_blob(blob))
 
     async def GetUpload(self, request: pb.UploadRef, context: grpc.aio.ServicerContext) -> pb.UploadStatus:
