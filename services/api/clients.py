@@ -151,6 +151,13 @@ class BlobStoreClient:
                 yield bpb.AppendRequest(data=data)
         return self._c.streaming("AppendUpload", requests())
 
+    def append_single(self, repository: str, upload_id: str, offset: int, data: bytes,
+                      commit_digest: str = "") -> bpb.AppendResponse:
+        """``append`` for a body already in memory: one unary call instead of a stream."""
+        return self._c.streaming("AppendUploadSingle", bpb.AppendRequest(
+            upload=bpb.UploadRef(upload_id=upload_id, repository=repository), offset=offset,
+            commit_digest=commit_digest, data=data))
+
     def get_upload(self, repository: str, upload_id: str) -> bpb.UploadStatus:
         return self._c.unary("GetUpload", bpb.UploadRef(upload_id=upload_id, repository=repository))
 

@@ -38,6 +38,11 @@ def _status(upload: Upload) -> pb.UploadStatus:
                            started_at=upload.started_at)
 
 
+async def _nothing() -> AsyncIterator[Any]:
+    return
+    yield  # an async generator that yields nothing: the rest of a single-message append
+
+
 async def _first(requests: AsyncIterator[Any]) -> Any:
     async for message in requests:
         return message
@@ -117,9 +122,15 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
 
     async def AppendUpload(self, request_iterator: AsyncIterator[pb.AppendRequest],
                            context: grpc.aio.ServicerContext) -> pb.AppendResponse:
-        first = await _first(request_iterator)
+        return await self._append_response(await _first(request_iterator), request_iterator)
+
+    async def AppendUploadSingle(self, request: pb.AppendRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.AppendResponse:
+        return await self._append_response(request, _nothing())
+
+    async def _append_response(self, first: pb.AppendRequest, rest: AsyncIterator[Any]) -> pb.AppendResponse:
         ref = first.upload
-        upload, blob = await self._append(ref.upload_id, ref.repository, first.offset, first, request_iterator,
+        upload, blob = await self._append(ref.upload_id, ref.repository, first.offset, first, rest,
                                           first.commit_digest)
         if blob is None:
             return pb.AppendResponse(status=_status(upload))

@@ -151,6 +151,25 @@ def test_a_stalled_patch_ends_and_the_upload_resumes_from_what_was_stored(strict
     assert requests.get(f"{strict.url}/v2/stalled/x/blobs/{digests.of(data)}", timeout=10).content == data
 
 
+def test_a_small_body_cut_short_fails_at_once_and_stores_nothing(strict: RunningStack) -> None:
+    """Small bodies are read whole before one call to the blob store: one that ends early is
+    refused as soon as the connection says so, and the session is left as it was."""
+    url = f"{strict.url}/v2/short/x/blobs/uploads/"
+    location = requests.post(url, timeout=10).headers["Location"]
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=20) as sock:
+        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n".encode() + b"y" * 100)
+        sock.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert time.monotonic() - started < 1.5
+    assert requests.get(strict.url + location, timeout=10).headers["Range"] == "0-0"
+    data = b"z" * 3000
+    assert requests.patch(strict.url + location, data=data, timeout=10).status_code == 202
+    done = requests.put(strict.url + location, params={"digest": digests.of(data)}, timeout=10)
+    assert done.status_code == 201, done.text
+
+
 def test_requests_beyond_the_cap_get_503_with_retry_after(strict: RunningStack) -> None:
     """Four uploads in progress fill the worker's cap of four; the fifth request is turned away
     at once, and served again as soon as they end. Idle connections do not count."""

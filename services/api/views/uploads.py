@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from flask import Response, request
 
 from services.api.access import pullable
-from services.api.http import digest_arg, empty, request_body
+from services.api.http import digest_arg, empty, request_body, small_body
 from services.common import digests
 from services.common.errors import (
     BLOB_UNKNOWN,
@@ -108,6 +108,9 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
 def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "") -> bpb.AppendResponse:
     offset = _offset_from_content_range(ctx, name, upload_id)
     try:
+        with small_body() as whole:
+            if whole is not None:
+                return ctx.clients.blobs.append_single(name, upload_id, offset, whole, commit_digest)
         with request_body() as body:
             return ctx.clients.blobs.append(name, upload_id, offset, body, commit_digest)
     except RegistryError as err:
