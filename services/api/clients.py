@@ -234,4 +234,4 @@ class Clients:
         metadata = _Lazy(settings.metadata_addr, mpb_grpc.MetadataStub, token)
         self.metadata = MetadataClient(_Caller(metadata, settings, request_id))
         self.cache = ReadCache(metadata.stub, settings.manifest_cache_bytes, self.metadata.get_manifest,
-                               self.metadata.blob_size)
+                               self.metadata.blob_size, self.metadata.list_tags)

@@ -1,10 +1,12 @@
-"""Manifests and blob links cached in each gateway process, kept coherent by the metadata service.
+"""Manifests, blob links and tag-list pages cached in each gateway process, kept coherent by the
+metadata service.
 
-A manifest GET or a blob HEAD served from here costs the gateway a dictionary lookup instead
-of a gRPC call, which is most of such a request's cost. Only what exists is cached (a
-manifest, or the size a repository's link to a blob records), so only changes that remove or
-replace something need announcing: every manifest and tag write, and every blob unlink (the
-metadata service's ``UnlinkBlob`` and the garbage collector's unlinks alike). Entries are served only while this
+A manifest GET, a blob HEAD or a page of tags served from here costs the gateway a dictionary
+lookup instead of a gRPC call, which is most of such a request's cost. Only what exists is
+cached (a manifest, the size a repository's link to a blob records, a page of an existing
+repository's tags), so only changes that remove or replace something need announcing: every
+manifest and tag write (which is what changes a tag list), and every blob unlink (the metadata
+service's ``UnlinkBlob`` and the garbage collector's unlinks alike). Entries are served only while this
 process holds a lease from the metadata service (services/metadata/invalidation.py says
 what a lease promises): a background thread keeps a ``WatchManifests`` stream open, pings
 to renew the lease, and drops a repository's entries — then acknowledges — when the
@@ -42,18 +44,20 @@ _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
 
 # What a blob-link entry is charged against the byte budget: its key and the dictionary slot.
 _LINK_COST = 192
-_MANIFEST, _BLOB = "manifest", "blob"
+_MANIFEST, _BLOB, _TAGS = "manifest", "blob", "tags"
 _Key = tuple[str, str, str]  # (repository, kind, reference): invalidations go by repository
 T = TypeVar("T")
 
 
 class ReadCache:
     def __init__(self, stub: Callable[[], Any], max_bytes: int,
-                 fetch: Callable[[str, str], mpb.Manifest], fetch_link: Callable[[str, str], int]) -> None:
+                 fetch: Callable[[str, str], mpb.Manifest], fetch_link: Callable[[str, str], int],
+                 fetch_tags: Callable[[str, str, int], mpb.ListResponse]) -> None:
         self._stub = stub
         self._max_bytes = max_bytes
         self._fetch = fetch
         self._fetch_link = fetch_link
+        self._fetch_tags = fetch_tags
         self._lock = threading.Lock()
         # key -> (value, what it costs against max_bytes, when it was stored)
         self._entries: collections.OrderedDict[_Key, tuple[Any, int, float]] = collections.OrderedDict()
@@ -75,6 +79,14 @@ class ReadCache:
         """The size recorded by this repository's link to the blob (BLOB_UNKNOWN when it has none)."""
         return int(self._read((repository, _BLOB, digest), lambda: self._fetch_link(repository, digest),
                               lambda _: _LINK_COST))
+
+    def tags(self, repository: str, last: str, limit: int) -> tuple[tuple[str, ...], bool]:
+        """A page of the tag list: (names, more). Every tag change announces its repository."""
+        def fetch() -> tuple[tuple[str, ...], bool]:
+            page = self._fetch_tags(repository, last, limit)
+            return tuple(page.names), bool(page.more)
+        return self._read((repository, _TAGS, f"{limit}:{last}"), fetch,
+                          lambda page: _LINK_COST + sum(len(name) + 56 for name in page[0]))
 
     def cached(self, repository: str, kind: str, reference: str) -> Any | None:
         """What is served without a call, or None (the caller then goes the usual way)."""

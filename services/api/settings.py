@@ -21,8 +21,8 @@ class GatewaySettings:
                                "when set, blobs whose blob-store path lies under this directory are sent "
                                "straight from disk (sendfile) instead of over gRPC")
     manifest_cache_bytes: int = env("WHARF_MANIFEST_CACHE_BYTES", 16 * 1024 * 1024,
-                                    "bytes of manifests and blob links each gateway worker caches, kept "
-                                    "coherent by the metadata service; 0 turns the cache off")
+                                    "bytes of manifests, blob links and tag pages each gateway worker caches, "
+                                    "kept coherent by the metadata service; 0 turns the cache off")
     max_body_bytes: int = env("WHARF_MAX_BODY_BYTES", 1 << 40,
                               "largest request body (and chunk) accepted: a larger Content-Length or chunk "
                               "size is refused at once (413 / 400), never waited on")

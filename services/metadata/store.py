@@ -174,23 +174,33 @@ class MetadataStore:
 
     # -- listings ----------------------------------------------------------
 
+    @staticmethod
+    def _page_args(last: str, limit: int) -> tuple[int, str]:
+        return (MAX_PAGE if limit < 0 else min(limit, MAX_PAGE)), (f"({last}" if last else "-")
+
     async def _page(self, key: str, last: str, limit: int) -> tuple[list[str], bool]:
-        limit = MAX_PAGE if limit < 0 else min(limit, MAX_PAGE)
+        limit, start = self._page_args(last, limit)
         if limit == 0:
             return [], False
-        start = f"({last}" if last else "-"
-        names = [text(v) for v in await self._r.zrangebylex(key, start, "+", start=0, num=limit + 1)]
+        return self._cut(await self._r.zrangebylex(key, start, "+", start=0, num=limit + 1), limit)
+
+    @staticmethod
+    def _cut(found: list[Any], limit: int) -> tuple[list[str], bool]:
+        names = [text(v) for v in found]
         return names[:limit], len(names) > limit
 
     async def list_tags(self, name: str, last: str, limit: int) -> tuple[list[str], bool]:
         validate_name(name)
+        limit, start = self._page_args(last, limit)
+        # One round trip: whether the repository exists, and the page.
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.zscore(keys.CATALOG, name)
             pipe.exists(keys.taglist(name))
-            in_catalog, has_tags = await pipe.execute()
+            pipe.zrangebylex(keys.taglist(name), start, "+", start=0, num=max(limit, 1) + 1)
+            in_catalog, has_tags, found = await pipe.execute()
         if in_catalog is None and not has_tags:
             raise RegistryError(NAME_UNKNOWN, f"repository {name} not known to registry")
-        return await self._page(keys.taglist(name), last, limit)
+        return ([], False) if limit == 0 else self._cut(found, limit)
 
     async def list_repositories(self, last: str, limit: int) -> tuple[list[str], bool]:
         return await self._page(keys.CATALOG, last, limit)

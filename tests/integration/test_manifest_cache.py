@@ -175,6 +175,37 @@ def test_a_blob_unlinked_through_one_replica_is_gone_at_once_through_the_other(c
     assert _blob_statuses(writer, "cache/links", blob) == {200}
 
 
+def _tags_seen(gateway: str, repository: str, connections: int = 8) -> set[tuple[str, ...]]:
+    seen = set()
+    for _ in range(connections):
+        with requests.Session() as session:
+            pages: list[str] = []
+            url: str | None = f"{gateway}/v2/{repository}/tags/list?n=2"
+            while url:
+                response = session.get(url, timeout=30)
+                pages += response.json()["tags"] or []
+                link = response.headers.get("Link", "")
+                url = gateway + link[1:link.index(">")] if link else None
+            seen.add(tuple(pages))
+    return seen
+
+
+def test_tag_pages_follow_every_tag_write_through_the_other_replica(cluster: Cluster) -> None:
+    writer, reader = cluster.gateways
+    digest = push_image([writer], "cache/tags", "a", _small_layer())
+    for tag in ("b", "c"):
+        push_image([writer], "cache/tags", tag, _small_layer())
+    for _ in range(3):
+        assert _tags_seen(reader, "cache/tags") == {("a", "b", "c")}
+        time.sleep(0.3)
+    push_image([writer], "cache/tags", "d", _small_layer())
+    assert _tags_seen(reader, "cache/tags") == {("a", "b", "c", "d")}
+    assert requests.delete(f"{writer}/v2/cache/tags/manifests/b", timeout=30).status_code == 202
+    assert _tags_seen(reader, "cache/tags") == {("a", "c", "d")}
+    assert requests.delete(f"{writer}/v2/cache/tags/manifests/{digest}", timeout=30).status_code == 202
+    assert _tags_seen(reader, "cache/tags") == {("c", "d")}
+
+
 def test_a_frozen_gateway_does_not_serve_what_changed_meanwhile(cluster: Cluster) -> None:
     writer, reader = cluster.gateways
     digest = push_image([writer], "cache/frozen", "latest", _small_layer())

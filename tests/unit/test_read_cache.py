@@ -14,13 +14,17 @@ from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 
 
 def _cache(fetch: Callable[[str, str], mpb.Manifest], max_bytes: int = 1 << 20) -> ReadCache:
-    cache = ReadCache(lambda: None, max_bytes, fetch, lambda repository, digest: 7)
+    cache = ReadCache(lambda: None, max_bytes, fetch, lambda repository, digest: 7, _no_tags)
     cache._pid = os.getpid()  # no watch thread: the tests play the metadata service
     return cache
 
 
 def _lease(cache: ReadCache, seconds: float = 60.0) -> None:
     cache._lease_until = time.monotonic() + seconds
+
+
+def _no_tags(repository: str, last: str, limit: int) -> mpb.ListResponse:
+    return mpb.ListResponse(names=[f"{repository}-{last}-{limit}"], more=True)
 
 
 class Fetcher:
@@ -102,7 +106,7 @@ def test_memory_is_bounded_least_recently_used_first() -> None:
 
 def test_off_when_the_budget_is_zero() -> None:
     fetch = Fetcher()
-    cache = ReadCache(lambda: None, 0, fetch, lambda repository, digest: 7)
+    cache = ReadCache(lambda: None, 0, fetch, lambda repository, digest: 7, _no_tags)
     cache.get("r", "t")
     cache.get("r", "t")
     assert len(fetch.calls) == 2 and cache._pid == -1  # never started watching
@@ -115,7 +119,7 @@ def test_blob_links_share_the_lease_and_the_invalidations() -> None:
         links.append((repository, digest))
         return 0 if digest == "empty" else 42
 
-    cache = ReadCache(lambda: None, 1 << 20, Fetcher(), fetch_link)
+    cache = ReadCache(lambda: None, 1 << 20, Fetcher(), fetch_link, _no_tags)
     cache._pid = os.getpid()
     assert cache.blob_size("a", "d") == 42 and cache.cached("a", "blob", "d") is None  # no lease: not kept
     _lease(cache)
@@ -128,3 +132,22 @@ def test_blob_links_share_the_lease_and_the_invalidations() -> None:
     assert cache.cached("a", "blob", "d") is None
     cache.blob_size("a", "d")
     assert len(links) == 4
+
+
+def test_tag_pages_are_cached_per_cursor_and_dropped_with_their_repository() -> None:
+    calls: list[tuple[str, str, int]] = []
+
+    def fetch_tags(repository: str, last: str, limit: int) -> mpb.ListResponse:
+        calls.append((repository, last, limit))
+        return mpb.ListResponse(names=[f"t{len(calls)}"], more=limit == 1)
+
+    cache = ReadCache(lambda: None, 1 << 20, Fetcher(), lambda r, d: 1, fetch_tags)
+    cache._pid = os.getpid()
+    _lease(cache)
+    assert cache.tags("r", "", 1) == (("t1",), True)
+    assert cache.tags("r", "", 1) == (("t1",), True)
+    assert cache.tags("r", "t1", 1) == (("t2",), True)  # another cursor: another page
+    assert cache.tags("r", "", 100) == (("t3",), False)  # another page size too
+    assert len(calls) == 3
+    cache._invalidate(["r"])  # a tag write in "r"
+    assert cache.tags("r", "", 1) == (("t4",), True)

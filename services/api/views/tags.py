@@ -14,5 +14,5 @@ if TYPE_CHECKING:
 
 def list_tags(ctx: Context, name: str) -> Response:
     limit, last = page_args()
-    result = ctx.clients.metadata.list_tags(name, last, limit)
-    return paged("tags", {"name": name}, list(result.names), result.more, limit)
+    names, more = ctx.clients.cache.tags(name, last, limit)
+    return paged("tags", {"name": name}, list(names), more, limit)
