@@ -31,7 +31,8 @@ if str(REPO) not in sys.path:
 
 from proctree import kill_leftovers, snapshot  # noqa: E402
 
-from services.stack.processes import free_port, http_ok  # noqa: E402
+from services.common.health import http_ok  # noqa: E402
+from services.stack.processes import free_port  # noqa: E402
 from tests.support.stack import RunningStack  # noqa: E402
 
 MB = 1_000_000

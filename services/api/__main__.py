@@ -7,7 +7,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
-import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
 from gunicorn.app.base import BaseApplication  # noqa: E402
@@ -17,7 +16,7 @@ from services.api.app import create_app  # noqa: E402
 from services.api.settings import GatewaySettings  # noqa: E402
 from services.api.worker import raise_open_file_limit, worker_class  # noqa: E402
 from services.common import logs  # noqa: E402
-from services.common.settings import load  # noqa: E402
+from services.common.settings import load_or_exit  # noqa: E402
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -35,10 +34,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def main() -> None:
-    settings = load(GatewaySettings, os.environ)
+    settings = load_or_exit(GatewaySettings, os.environ, "wharf-gateway")
     logs.configure(settings.log_level)
-    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
-        sys.exit("wharf-gateway: WHARF_TLS_CERT_FILE and WHARF_TLS_KEY_FILE go together")
     wire.install(settings.max_body_bytes)
     raise_open_file_limit()
     options: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""Token authorization in the gateway: which scope a request needs, and whether its token has it.
+"""Authorization in the gateway: an ``Authorizer`` with and without token auth, and the token
+verification the first one does (which scopes a request needs is in the route table).
 
 Tokens are verified locally against the auth service's public keys, fetched
 over gRPC and cached per process (refreshed periodically, and early when a
@@ -9,6 +10,7 @@ tokens fail verification.
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import logging
@@ -143,20 +145,6 @@ class TokenVerifier:
         return float(payload["exp"]) + LEEWAY_SECONDS, claims
 
 
-def required_scopes(endpoint: str, method: str, params: dict[str, str]) -> list[Scope]:
-    """The scopes a request needs; an empty list means "any valid token"."""
-    name = params.get("name", "")
-    if endpoint == "catalog":
-        return [Scope(scopes.REGISTRY, scopes.CATALOG, ("*",))]
-    if not name:
-        return []
-    if method in ("GET", "HEAD") and endpoint != "upload":
-        return [Scope(scopes.REPOSITORY, name, ("pull",))]
-    if method == "DELETE" and endpoint in ("blob", "manifest"):
-        return [Scope(scopes.REPOSITORY, name, ("delete",))]
-    return [Scope(scopes.REPOSITORY, name, ("pull", "push"))]
-
-
 def _challenge_scopes(needed: list[Scope], endpoint: str) -> list[Scope]:
     """What to ask for: the needed scopes, plus what the client is about to need.
 
@@ -202,44 +190,88 @@ def challenge(settings: GatewaySettings, needed: list[Scope], endpoint: str, err
     return RegistryError(UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer " + ",".join(parts)})
 
 
-def grants(verifier: TokenVerifier, authorization: str, needed: list[Scope]) -> bool:
-    """True when the header carries a valid token granting every needed scope. Never raises, never
-    challenges: a caller that gets False sends the request the full way, where ``authorize`` says why."""
-    if not authorization.lower().startswith("bearer "):
-        return False
-    try:
-        claims = verifier.verify(authorization[7:].strip())
-    except RegistryError:
-        return False
-    return all(claims.allows(scope) for scope in needed)
+class Authorizer(abc.ABC):
+    """Who may do what: one implementation with token auth and one without, so that nothing
+    else asks whether token auth is on (the enabled/disabled pair zot uses for its features)."""
+
+    issues_tokens: bool = False
+
+    @abc.abstractmethod
+    def authorize(self, needed: list[Scope] | None, endpoint: str) -> None:
+        """Raises the ``401`` challenge or the ``403`` when the request may not go on."""
+
+    @abc.abstractmethod
+    def grants(self, authorization: str, needed: list[Scope] | None) -> bool:
+        """Whether an ``Authorization`` header is enough, without raising or challenging: the
+        hot-read path asks this, and a request that gets False goes the full way."""
+
+    @abc.abstractmethod
+    def pullable(self, repositories: list[str]) -> list[str]:
+        """The repositories the caller of this request may pull (catalog pages, mount sources)."""
 
 
-def authorize(settings: GatewaySettings, verifier: TokenVerifier, endpoint: str, method: str,
-              params: dict[str, str]) -> Claims:
-    needed = required_scopes(endpoint, method, params)
-    header = request.headers.get("Authorization", "")
-    if not header.lower().startswith("bearer "):
-        raise challenge(settings, needed, endpoint)
-    try:
-        claims = verifier.verify(header[7:].strip())
-    except RegistryError as err:
-        if err.error is not UNAUTHORIZED:
-            raise
-        raise challenge(settings, needed, endpoint, "invalid_token") from None
-    for scope in needed:
-        if claims.allows(scope):
-            continue
-        if claims.was_refused(scope):
-            # The caller asked for this right and was refused it: a new token will not help.
-            raise RegistryError(DENIED, f"{claims.subject or 'anonymous'} may not {','.join(scope.actions)} "
-                                        f"{scope.name}")
-        raise challenge(settings, needed, endpoint, "insufficient_scope")
-    return claims
+class OpenAccess(Authorizer):
+    """``WHARF_AUTH=none``: everyone may do everything."""
 
+    def authorize(self, needed: list[Scope] | None, endpoint: str) -> None:
+        return None
 
-def pullable(settings: GatewaySettings, auth: AuthClient, repositories: list[str]) -> list[str]:
-    """The repositories the caller may pull (all of them without token auth)."""
-    if settings.auth != "token" or not repositories:
+    def grants(self, authorization: str, needed: list[Scope] | None) -> bool:
+        return True
+
+    def pullable(self, repositories: list[str]) -> list[str]:
         return repositories
-    claims = g.get("claims")
-    return auth.pullable(claims.subject if claims else "", repositories)
+
+
+class TokenAccess(Authorizer):
+    """``WHARF_AUTH=token``: bearer tokens from the auth service, verified locally."""
+
+    issues_tokens = True
+
+    def __init__(self, settings: GatewaySettings, auth: AuthClient) -> None:
+        self._settings = settings
+        self._auth = auth
+        self._verifier = TokenVerifier(settings, auth)
+
+    def grants(self, authorization: str, needed: list[Scope] | None) -> bool:
+        if needed is None:
+            return True
+        if not authorization.lower().startswith("bearer "):
+            return False
+        try:
+            claims = self._verifier.verify(authorization[7:].strip())
+        except RegistryError:
+            return False
+        return all(claims.allows(scope) for scope in needed)
+
+    def authorize(self, needed: list[Scope] | None, endpoint: str) -> None:
+        if needed is None:
+            return
+        header = request.headers.get("Authorization", "")
+        if not header.lower().startswith("bearer "):
+            raise challenge(self._settings, needed, endpoint)
+        try:
+            claims = self._verifier.verify(header[7:].strip())
+        except RegistryError as err:
+            if err.error is not UNAUTHORIZED:
+                raise
+            raise challenge(self._settings, needed, endpoint, "invalid_token") from None
+        for scope in needed:
+            if claims.allows(scope):
+                continue
+            if claims.was_refused(scope):
+                # The caller asked for this right and was refused it: a new token will not help.
+                raise RegistryError(DENIED, f"{claims.subject or 'anonymous'} may not {','.join(scope.actions)} "
+                                            f"{scope.name}")
+            raise challenge(self._settings, needed, endpoint, "insufficient_scope")
+        g.claims = claims
+
+    def pullable(self, repositories: list[str]) -> list[str]:
+        if not repositories:
+            return repositories
+        claims = g.get("claims")
+        return self._auth.pullable(claims.subject if claims else "", repositories)
+
+
+def authorizer_for(settings: GatewaySettings, auth: AuthClient) -> Authorizer:
+    return TokenAccess(settings, auth) if settings.auth == "token" else OpenAccess()

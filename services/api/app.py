@@ -1,24 +1,22 @@
-"""Builds the Flask application: one dispatcher over the route table, one error renderer."""
+"""Builds the Flask application: one dispatcher over the route table (routes.py), one error renderer."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
 
 from flask import Flask, Response, g, request
 
 from services.api import routes
-from services.api.access import TokenVerifier, authorize
+from services.api.access import authorizer_for
 from services.api.clients import Clients
+from services.api.context import Context
 from services.api.hot_reads import HotReads
-from services.api.http import access_record, empty, request_id
 from services.api.limits import InFlightLimit
+from services.api.responses import access_record, empty, request_id
 from services.api.settings import GatewaySettings
-from services.api.views import blobs, catalog, manifests, referrers, tags, token, uploads
 from services.common.client_address import client_address, is_trusted, parse_networks
 from services.common.errors import (
     INTERNAL,
@@ -55,47 +53,18 @@ def _check_mount_source() -> None:
         raise RegistryError(NAME_INVALID, "the from parameter is not a valid repository name")
 
 
-@dataclasses.dataclass(frozen=True)
-class Context:
-    settings: GatewaySettings
-    clients: Clients
-
-
-View = Callable[..., Response]
-
-VIEWS: dict[tuple[str, str], View] = {
-    ("catalog", "GET"): catalog.list_repositories,
-    ("tags", "GET"): tags.list_tags,
-    ("uploads", "POST"): uploads.start,
-    ("upload", "GET"): uploads.status,
-    ("upload", "PATCH"): uploads.patch,
-    ("upload", "PUT"): uploads.finish,
-    ("upload", "DELETE"): uploads.cancel,
-    ("blob", "GET"): blobs.get,
-    ("blob", "HEAD"): blobs.head,
-    ("blob", "DELETE"): blobs.delete,
-    ("manifest", "GET"): manifests.get,
-    ("manifest", "HEAD"): manifests.get,
-    ("manifest", "PUT"): manifests.put,
-    ("manifest", "DELETE"): manifests.delete,
-    ("referrers", "GET"): referrers.list_referrers,
-}
-
-
 def _current_request_id() -> str:
     return str(g.get("request_id", "")) or uuid.uuid4().hex
 
 
 def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Flask:
-    if settings.auth not in ("none", "token"):
-        raise ValueError(f"WHARF_AUTH={settings.auth!r}: expected none or token")
     trusted_proxies = parse_networks(settings.trusted_proxies)
     app = Flask("wharf")
-    ctx = Context(settings, clients or Clients(settings, _current_request_id))
-    if settings.auth == "token" and not settings.public_url:
+    clients = clients or Clients(settings, _current_request_id)
+    ctx = Context(settings, clients, authorizer_for(settings, clients.auth))
+    if ctx.authorizer.issues_tokens and not settings.public_url:
         log.warning("WHARF_PUBLIC_URL is not set: the token realm is built from each request's Host header; "
                     "set it to the registry's external URL")
-    verifier = TokenVerifier(settings, ctx.clients.auth) if settings.auth == "token" else None
     access_log = AccessLog("wharf.gateway")
 
     @app.before_request
@@ -142,7 +111,7 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
 
     def dispatch(subpath: str = "") -> Response:
         found = routes.match(request.path)
-        if found is None:
+        if found is None or (found[0].token_auth_only and not ctx.authorizer.issues_tokens):
             raise RegistryError(UNSUPPORTED, "no such endpoint", http_status=404)
         route, params = found
         _check_raw_path()
@@ -150,26 +119,19 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
             # Answered before a byte of the body is read: an impossible length is never waited on.
             raise RegistryError(SIZE_INVALID, f"a body of {request.content_length} bytes is over the limit of "
                                               f"{settings.max_body_bytes}", http_status=413)
-        if request.method not in route.methods:
+        handler = route.handlers.get(request.method)
+        if handler is None:
             raise RegistryError(UNSUPPORTED, f"{request.method} is not supported on this endpoint")
-        # HEAD runs the GET view unless the resource has its own; Flask drops the body.
-        view = VIEWS.get((route.endpoint, request.method)) or VIEWS.get((route.endpoint, "GET"))
         if "name" in params and not is_valid_name(params["name"]):
             raise RegistryError(NAME_INVALID, f"invalid repository name {params['name'][:300]!r}")
         _check_mount_source()
-        if verifier is not None:
-            g.claims = authorize(settings, verifier, route.endpoint, request.method, params)
-        if view is None:  # the base endpoint: only says "this is a registry" (after auth)
-            return Response(b"{}", status=200, content_type="application/json")
-        return view(ctx, **params)
-
-    if verifier is not None:
-        app.add_url_rule("/token", "token_get", lambda: token.get_token(ctx), methods=["GET"])
-        app.add_url_rule("/token", "token_post", lambda: token.post_token(ctx), methods=["POST"])
+        ctx.authorizer.authorize(handler.access.scopes(params), route.endpoint)
+        return handler.view(ctx, **params)
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)
     app.add_url_rule("/v2/<path:subpath>", "registry", dispatch, methods=methods)
-    hot = HotReads(app.wsgi_app, ctx.clients, verifier, access_log if settings.access_log else None, trusted_proxies)
+    app.add_url_rule("/token", "token", dispatch, methods=methods)
+    hot = HotReads(app.wsgi_app, ctx, access_log if settings.access_log else None, trusted_proxies)
     app.wsgi_app = InFlightLimit(hot, settings.max_in_flight)  # type: ignore[method-assign]
     return app

@@ -17,8 +17,8 @@ import grpc
 from services.api.read_cache import ReadCache
 from services.api.settings import GatewaySettings
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError, from_rpc_error
-from services.common.grpcserver import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
 from services.common.internal_auth import authenticated_channel, read_token
+from services.common.rpc import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
 from services.gen.wharf.auth.v1 import auth_pb2 as apb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as apb_grpc
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb

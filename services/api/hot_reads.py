@@ -5,7 +5,7 @@ with them, and pushers HEAD every layer). When the read cache holds the answer, 
 of such a request is the framework: building Flask's request context, its hooks and its
 response object cost about as much as the HTTP parsing itself. This WSGI layer answers those
 cache hits directly, with the same headers the views send (it builds them with the views' own
-functions), the same route table, the same scope rule and the same token verifier.
+functions), the same route table (with its access rule per method) and the same authorizer.
 
 It never answers anything else, and never an error: a miss, a body, an encoded character in
 the path, a missing or insufficient token, an Accept header that refuses the manifest's type
@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from services.api import access, routes
-from services.api.clients import Clients
-from services.api.http import access_record, request_id
+from services.api import routes
+from services.api.context import Context
 from services.api.limits import WSGIApp
+from services.api.responses import access_record, request_id
 from services.api.views.blobs import blob_headers
 from services.api.views.manifests import accepts, manifest_headers
 from services.common.client_address import Network, client_address
@@ -35,11 +35,11 @@ _ACCEPTS_MEMO_MAX = 1024
 
 
 class HotReads:
-    def __init__(self, app: WSGIApp, clients: Clients, verifier: access.TokenVerifier | None,
-                 access_log: AccessLog | None, trusted_proxies: tuple[Network, ...]) -> None:
+    def __init__(self, app: WSGIApp, ctx: Context, access_log: AccessLog | None,
+                 trusted_proxies: tuple[Network, ...]) -> None:
         self._app = app
-        self._cache = clients.cache
-        self._verifier = verifier
+        self._cache = ctx.clients.cache
+        self._authorizer = ctx.authorizer
         self._access_log = access_log
         self._trusted = trusted_proxies
         self._accepts: dict[tuple[str, str], bool] = {}
@@ -75,7 +75,7 @@ class HotReads:
         route, params = found
         if route.endpoint == "manifest":
             manifest = self._cache.cached(params["name"], "manifest", params["reference"])
-            if manifest is None or not self._allowed(environ, route.endpoint, method, params) \
+            if manifest is None or not self._allowed(environ, route.handlers[method], params) \
                     or not self._accepted(environ.get("HTTP_ACCEPT", ""), manifest.media_type):
                 return None
             headers = manifest_headers(manifest)
@@ -83,16 +83,13 @@ class HotReads:
             return list(headers.items()), b"" if method == "HEAD" else manifest.content
         if route.endpoint == "blob" and method == "HEAD":
             size = self._cache.cached(params["name"], "blob", params["digest"])
-            if size is None or not self._allowed(environ, route.endpoint, method, params):
+            if size is None or not self._allowed(environ, route.handlers[method], params):
                 return None
             return list(blob_headers(params["digest"], int(size)).items()), b""
         return None
 
-    def _allowed(self, environ: dict[str, Any], endpoint: str, method: str, params: dict[str, str]) -> bool:
-        if self._verifier is None:
-            return True
-        return access.grants(self._verifier, environ.get("HTTP_AUTHORIZATION", ""),
-                             access.required_scopes(endpoint, method, params))
+    def _allowed(self, environ: dict[str, Any], handler: routes.Handler, params: dict[str, str]) -> bool:
+        return self._authorizer.grants(environ.get("HTTP_AUTHORIZATION", ""), handler.access.scopes(params))
 
     def _accepted(self, accept: str, media_type: str) -> bool:
         key = (accept, media_type)

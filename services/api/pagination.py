@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 
 from flask import Response, request
 
-from services.api.http import json_response
+from services.api.responses import json_response
 from services.common.errors import UNSUPPORTED, RegistryError
 from services.common.names import MAX_NAME_LENGTH
 

@@ -32,7 +32,7 @@ import grpc
 
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 
-log = logging.getLogger("wharf.api.read_cache")
+log = logging.getLogger("wharf.gateway.read_cache")
 
 # An entry older than this is fetched again even with a live lease: a bound on staleness
 # should Redis be changed behind the metadata service's back (a restored backup, say).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.settings import env
+from services.common.settings import SettingsError, env
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,8 @@ class GatewaySettings:
     tls_cert_file: str = env("WHARF_TLS_CERT_FILE", "",
                              "PEM certificate chain: the gateway serves HTTPS (with WHARF_TLS_KEY_FILE)")
     tls_key_file: str = env("WHARF_TLS_KEY_FILE", "", "PEM private key of that certificate")
-    auth: str = env("WHARF_AUTH", "none", "none (no authentication; keep it on loopback) or token")
+    auth: str = env("WHARF_AUTH", "none", "none (no authentication; keep it on loopback) or token",
+                    choices=("none", "token"))
     auth_addr: str = env("WHARF_AUTH_ADDR", "127.0.0.1:50053", "auth service gRPC target (token mode)")
     token_service: str = env("WHARF_AUTH_SERVICE", "wharf", "service name in challenges and the tokens' aud")
     token_issuer: str = env("WHARF_AUTH_ISSUER", "wharf-auth", "expected iss claim of tokens")
@@ -60,3 +61,7 @@ class GatewaySettings:
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("WHARF_TLS_CERT_FILE and WHARF_TLS_KEY_FILE go together: set both or neither")

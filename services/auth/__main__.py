@@ -5,19 +5,17 @@ from __future__ import annotations
 import logging
 import os
 
-from services.auth.server import build
+from services.auth.server import run
 from services.auth.settings import AuthSettings
 from services.common import logs
-from services.common.grpcserver import serve_until_signal
-from services.common.settings import load
+from services.common.settings import load_or_exit
 
 
 def main() -> None:
-    settings = load(AuthSettings, os.environ)
+    settings = load_or_exit(AuthSettings, os.environ, "wharf-auth")
     logs.configure(settings.log_level)
-    server, port, health = build(settings)
-    logging.getLogger("wharf.auth").info("listening", extra={"fields": {"port": port}})
-    serve_until_signal(server, health)
+    run(settings, on_port=lambda port: logging.getLogger("wharf.auth").info(
+        "listening", extra={"fields": {"port": port}}))
 
 
 if __name__ == "__main__":

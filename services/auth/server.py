@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import logging
+from collections.abc import Callable
 
 import grpc
 import redis
@@ -14,9 +17,9 @@ from services.auth.accounts import AccountStore
 from services.auth.policy import ANONYMOUS, Principal, grant, refused, repository_actions
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
-from services.common import redisconn, scopes
+from services.common import grpcserver, redisconn, scopes
 from services.common.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, RegistryError
-from services.common.grpcserver import create_server
+from services.common.grpcserver import threaded
 from services.common.internal_auth import read_token
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
@@ -84,9 +87,9 @@ class AuthServicer(pb_grpc.AuthServicer):
 
     def IssueToken(self, request: pb.IssueTokenRequest, context: grpc.ServicerContext) -> pb.IssueTokenResponse:
         # The cheap checks first, so a malformed request costs no bcrypt and no login attempt.
-        service = request.service or self._settings.service
-        if service != self._settings.service:
-            raise RegistryError(DENIED, f"tokens are issued for service {self._settings.service!r} only")
+        service = request.service or self._settings.token_service
+        if service != self._settings.token_service:
+            raise RegistryError(DENIED, f"tokens are issued for service {self._settings.token_service!r} only")
         requested = scopes.parse_many(request.scopes, limit=_MAX_SCOPES)
         if request.refresh_token:
             principal = self._store.redeem_refresh_token(request.refresh_token)
@@ -95,7 +98,7 @@ class AuthServicer(pb_grpc.AuthServicer):
         else:
             principal = ANONYMOUS
         access = grant(principal, self._store.public_patterns(), requested)
-        issued = tokens.issue(self._keys, self._settings.issuer, service, principal.name, access,
+        issued = tokens.issue(self._keys, self._settings.token_issuer, service, principal.name, access,
                               self._settings.token_ttl, refused(requested, access))
         refresh = ""
         if request.offline and not principal.anonymous:
@@ -181,16 +184,30 @@ def bootstrap_admin(settings: AuthSettings, store: AccountStore) -> None:
     log.info("created the first admin account", extra={"fields": {"account": "admin"}})
 
 
-def build(settings: AuthSettings, address: str | None = None):  # type: ignore[no-untyped-def]
+async def serve(settings: AuthSettings, address: str | None = None,
+                on_port: Callable[[int], None] | None = None) -> None:
+    """Runs the auth service until SIGTERM. Its calls are short but blocking (bcrypt, a blocking
+    Redis client), so they run in a pool of ``WHARF_AUTH_WORKERS`` threads under the asyncio
+    server every service shares."""
+    token = read_token(settings.internal_token_file)  # before anything starts: a bad file stops the service
     client = redisconn.sync_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
                                    health_check_interval=30, max_connections=settings.workers + 4)
     store = AccountStore(client, settings.bcrypt_rounds, settings.login_failures, settings.login_window)
     keyring = KeyRing(settings.keys_dir, settings.token_ttl, settings.key_publish_delay)
     bootstrap_admin(settings, store)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="auth")
+    service = pb.DESCRIPTOR.services_by_name["Auth"]
 
-    def register(server: grpc.Server) -> list[str]:
-        pb_grpc.add_AuthServicer_to_server(AuthServicer(settings, store, keyring), server)
-        return [pb.DESCRIPTOR.services_by_name["Auth"].full_name]
+    def register(server: grpc.aio.Server) -> list[str]:
+        pb_grpc.add_AuthServicer_to_server(threaded(AuthServicer(settings, store, keyring), service, pool), server)
+        return [service.full_name]
 
-    return create_server("auth", address or settings.listen, register, settings.workers,
-                         backend_errors=(redis.RedisError,), internal_token=read_token(settings.internal_token_file))
+    try:
+        await grpcserver.serve("auth", address or settings.listen, register, backend_errors=(redis.RedisError,),
+                               internal_token=token, on_port=on_port)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run(settings: AuthSettings, on_port: Callable[[int], None] | None = None) -> None:
+    asyncio.run(serve(settings, on_port=on_port))

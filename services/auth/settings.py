@@ -16,8 +16,8 @@ class AuthSettings:
                          "as WHARF_REDIS_URL, Sentinel included")
     keys_dir: pathlib.Path = env("WHARF_AUTH_KEYS_DIR", pathlib.Path("./data/auth/keys"),
                                  "directory of the ES256 signing keys (PEM); created with a key when empty")
-    issuer: str = env("WHARF_AUTH_ISSUER", "wharf-auth", "the iss claim of the tokens")
-    service: str = env("WHARF_AUTH_SERVICE", "wharf", "the service name tokens are issued for (aud)")
+    token_issuer: str = env("WHARF_AUTH_ISSUER", "wharf-auth", "the iss claim of the tokens")
+    token_service: str = env("WHARF_AUTH_SERVICE", "wharf", "the service name tokens are issued for (aud)")
     token_ttl: int = env("WHARF_TOKEN_TTL", 300, "seconds an access token is valid")
     key_publish_delay: int = env("WHARF_KEY_PUBLISH_DELAY", 90,
                                  "seconds a rotated key is published before it signs; keep it above the "
@@ -29,7 +29,7 @@ class AuthSettings:
     login_failures: int = env("WHARF_LOGIN_FAILURES", 5,
                               "failed logins per account and address before further attempts are refused")
     login_window: int = env("WHARF_LOGIN_WINDOW", 300, "seconds failed logins are counted over (and locked)")
-    workers: int = env("WHARF_AUTH_WORKERS", 16, "gRPC worker threads")
+    workers: int = env("WHARF_AUTH_WORKERS", 16, "threads that run the service's blocking calls (bcrypt, Redis)")
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")

@@ -17,9 +17,8 @@ from services.blobstore.blobs import AppendSession, Blob, BlobService, Upload
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
-from services.common import digests
+from services.common import digests, grpcserver
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError
-from services.common.grpcserver import serve_aio
 from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
@@ -173,7 +172,7 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
     threading.Thread(target=_janitor, args=(blobs, settings.janitor_interval, stop), daemon=True,
                      name="upload-janitor").start()
     try:
-        await serve_aio("blobstore", address or settings.listen, register, internal_token=token,
+        await grpcserver.serve("blobstore", address or settings.listen, register, internal_token=token,
                         backend_errors=(StorageError, MinioException, OSError), on_port=on_port)
     finally:
         stop.set()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from services.common.settings import env, secret
+from services.common.settings import SettingsError, env, secret
 
 
 @dataclasses.dataclass(frozen=True)
 class BlobStoreSettings:
     listen: str = env("WHARF_BLOBSTORE_LISTEN", "127.0.0.1:50051", "gRPC address to bind (host:port)")
-    storage: str = env("WHARF_STORAGE", "filesystem", "storage driver: filesystem or s3")
+    storage: str = env("WHARF_STORAGE", "filesystem", "storage driver: filesystem or s3", choices=("filesystem", "s3"))
     data_dir: pathlib.Path = env("WHARF_DATA_DIR", pathlib.Path("./data"), "root of local data")
     expose_paths: bool = env("WHARF_BLOBSTORE_EXPOSE_PATHS", False,
                              "report blob file paths to co-located gateways, which then serve them "
@@ -39,6 +39,10 @@ class BlobStoreSettings:
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
+
+    def __post_init__(self) -> None:
+        if self.storage == "s3" and not self.s3_endpoint:
+            raise SettingsError("WHARF_STORAGE=s3 needs WHARF_S3_ENDPOINT")
 
     def s3_secret(self) -> str:
         return secret(self.s3_secret_key, self.s3_secret_key_file)

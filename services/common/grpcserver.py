@@ -1,32 +1,32 @@
-"""Server side gRPC plumbing shared by the blob store, metadata and auth services.
+"""Server side gRPC plumbing shared by the blob store, metadata and auth services: one
+bootstrap (:func:`serve`), one asyncio server model, one interceptor.
 
-One interceptor does three things for every call: adopts the caller's request
-id, turns a :class:`RegistryError` into a status plus trailing metadata, and
-writes one structured log line.
+The interceptor does four things for every call: refuses a caller without the stack's
+internal token, adopts the caller's request id, turns a :class:`RegistryError` into a
+status plus trailing metadata, and writes one structured log line. What the client side
+shares with it (the request-id key, message limits) is in :mod:`services.common.rpc`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent import futures
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import internal_auth
 from services.common.errors import INTERNAL, UNAVAILABLE, RegistryError
 from services.common.logs import AccessLog
-from services.common.signals import StopSignal
+from services.common.rpc import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
 
-REQUEST_ID_KEY = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 log = logging.getLogger("wharf.rpc")
 
@@ -39,7 +39,7 @@ def _request_id_from(context: grpc.ServicerContext) -> str:
 
 
 class _CallAccounting:
-    """What both interceptors do around a call: adopt the request id, log one line, and
+    """What the interceptor does around a call: adopt the request id, log one line, and
     turn an exception into the registry error the caller receives (None: re-raise)."""
 
     def __init__(self, service: str, internal_token: str, backend_errors: tuple[type[Exception], ...] = ()) -> None:
@@ -58,9 +58,9 @@ class _CallAccounting:
 
     def _intercepted(self, handler: Any, details: grpc.HandlerCallDetails, refuse: Callable[[Any], Any],
                      wrap_call: Callable[..., Any], wrap_stream: Callable[..., Any]) -> Any:
-        """What both interceptors serve for a call: health checks as they are; a caller without the
+        """What the interceptor serves for a call: health checks as they are; a caller without the
         stack's internal token refused; anything else wrapped in the accounting above
-        (``wrap_call`` for unary and client-streaming calls, ``wrap_stream`` for server-streaming)."""
+        (``wrap_call`` for unary and client-streaming calls, ``wrap_stream`` for the streaming answers)."""
         if handler is None or internal_auth.is_open(details.method):
             return handler
         method = details.method
@@ -73,7 +73,7 @@ class _CallAccounting:
             return handler._replace(stream_unary=wrap_call(handler.stream_unary, method))
         if handler.unary_stream:
             return handler._replace(unary_stream=wrap_stream(handler.unary_stream, method))
-        return handler
+        return handler._replace(stream_stream=wrap_stream(handler.stream_stream, method))
 
     def _failure(self, exc: Exception, method: str, started: float) -> RegistryError | None:
         if isinstance(exc, RegistryError):
@@ -90,48 +90,13 @@ class _CallAccounting:
         return RegistryError(INTERNAL)
 
 
-class ServiceInterceptor(_CallAccounting, grpc.ServerInterceptor):
-    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        return self._intercepted(continuation(details), details, _refusing, self._wrap_unary, self._wrap_stream)
-
-    @contextlib.contextmanager
-    def _scope(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
-        started = time.perf_counter()
-        token = request_id.set(_request_id_from(context))
-        try:
-            yield
-            self._log(method, started, "OK")
-        except Exception as exc:
-            if context.code() not in (None, grpc.StatusCode.OK):
-                raise  # context.abort() was already called
-            err = self._failure(exc, method, started)
-            if err is None:
-                raise
-            context.set_trailing_metadata(err.trailing_metadata())
-            context.abort(err.error.grpc_status, err.message)
-        finally:
-            request_id.reset(token)
-
-    def _wrap_unary(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
-        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-            with self._scope(method, context):
-                return fn(request, context)
-        return wrapper
-
-    def _wrap_stream(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
-        def wrapper(request: Any, context: grpc.ServicerContext) -> Iterable[Any]:
-            with self._scope(method, context):
-                yield from fn(request, context)
-        return wrapper
-
-
-class AioServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
-    """The same, for asyncio servers: unary and client-streaming calls (a coroutine) and
-    server-streaming calls (an async generator). The metadata service's watch stream is left
-    as it is: it lives as long as a gateway worker and logs its own events."""
+class ServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
+    """The interceptor of every service (all run on asyncio servers): unary and client-streaming
+    calls (a coroutine), server- and bidirectional-streaming calls (an async generator; the
+    metadata service's watch stream logs one line when it ends)."""
 
     async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        return self._intercepted(await continuation(details), details, _refusing_aio, self._wrap_call,
+        return self._intercepted(await continuation(details), details, _refusing, self._wrap_call,
                                  self._wrap_stream)
 
     async def _fail(self, exc: Exception, method: str, started: float, context: grpc.aio.ServicerContext) -> None:
@@ -174,14 +139,7 @@ _REFUSAL = "this service only answers callers that present the stack's internal 
 
 
 def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that refuses the call (sync servers)."""
-    def refuse(_: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
-    return _same_shape(handler, refuse)
-
-
-def _refusing_aio(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """The same for asyncio servers."""
+    """A handler of the same shape as ``handler`` that refuses the call."""
     async def refuse(_: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
     return _same_shape(handler, refuse)
@@ -199,8 +157,6 @@ def _same_shape(handler: grpc.RpcMethodHandler, refuse: Callable[..., Any]) -> g
     return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
 
 
-# Bounded message size: data streams use 1 MiB chunks, manifests are at most 4 MiB.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -212,29 +168,7 @@ SERVER_OPTIONS = [
 ]
 
 
-def create_server(service: str, address: str, register: Callable[[grpc.Server], Iterable[str]],
-                  max_workers: int = 32, backend_errors: tuple[type[Exception], ...] = (), *,
-                  internal_token: str) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Builds a server with health checking; returns it unstarted with its bound port.
-
-    ``register`` adds the servicers and returns their full service names, which
-    are then reported SERVING by the standard health service.
-    """
-    interceptor = ServiceInterceptor(service, internal_token, backend_errors)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
-                         interceptors=[interceptor], options=SERVER_OPTIONS)
-    names = list(register(server))
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"{service}: cannot bind {address}")
-    for name in ["", *names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer
-
-
-async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Server], Iterable[str]], *,
+async def serve(service: str, address: str, register: Callable[[grpc.aio.Server], Iterable[str]], *,
                     internal_token: str, backend_errors: tuple[type[Exception], ...] = (), grace: float = 10.0,
                     on_port: Callable[[int], None] | None = None,
                     on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -244,7 +178,7 @@ async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Ser
     """
     from grpc_health.v1._async import HealthServicer as AioHealthServicer
 
-    interceptor = AioServiceInterceptor(service, internal_token, backend_errors)
+    interceptor = ServiceInterceptor(service, internal_token, backend_errors)
     server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = AioHealthServicer()
@@ -268,10 +202,17 @@ async def serve_aio(service: str, address: str, register: Callable[[grpc.aio.Ser
     await server.stop(grace)
 
 
-def serve_until_signal(server: grpc.Server, health_servicer: health.HealthServicer, grace: float = 10.0) -> None:
-    """Runs until SIGTERM/SIGINT, then reports NOT_SERVING and drains in-flight calls."""
-    stop = StopSignal()
-    server.start()
-    stop.wait()
-    health_servicer.enter_graceful_shutdown()
-    server.stop(grace).wait()
+def threaded(servicer: Any, service: Any, pool: futures.ThreadPoolExecutor) -> Any:
+    """An asyncio servicer whose methods run ``servicer``'s blocking ones in ``pool``: how a service
+    written against blocking clients (the auth service: bcrypt, a blocking Redis client) runs on
+    the same asyncio server, interceptor and bootstrap as the others. Only unary methods."""
+    adapter = type(f"Threaded{type(servicer).__name__}", (), {})()
+    for method in service.methods:
+        blocking = getattr(servicer, method.name)
+
+        def call(blocking: Callable[..., Any] = blocking) -> Callable[..., Awaitable[Any]]:
+            async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await asyncio.get_running_loop().run_in_executor(pool, blocking, request, context)
+            return run
+        setattr(adapter, method.name, call())
+    return adapter

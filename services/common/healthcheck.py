@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from services.stack.processes import grpc_serving, http_ok
+from services.common.health import grpc_serving, http_ok
 
 
 def main() -> None:

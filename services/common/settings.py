@@ -8,7 +8,9 @@ fast on a malformed value. Nothing reads the environment at import time.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
+import sys
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -20,9 +22,9 @@ class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
 
 
-def env(var: str, default: Any = dataclasses.MISSING, doc: str = "") -> Any:
-    """Declares a settings field read from ``var``."""
-    kwargs: dict[str, Any] = {"metadata": {"env": var, "doc": doc}}
+def env(var: str, default: Any = dataclasses.MISSING, doc: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """Declares a settings field read from ``var`` (one of ``choices`` when given)."""
+    kwargs: dict[str, Any] = {"metadata": {"env": var, "doc": doc, "choices": choices}}
     if default is not dataclasses.MISSING:
         kwargs["default"] = default
     return dataclasses.field(**kwargs)
@@ -57,9 +59,32 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
             continue
         if var in environ:
             values[field.name] = _convert(var, environ[var], hints[field.name])
+            choices = field.metadata.get("choices") or ()
+            if choices and values[field.name] not in choices:
+                raise SettingsError(f"{var}={environ[var]!r}: expected {' or '.join(choices)}")
         elif field.default is dataclasses.MISSING:
             raise SettingsError(f"{var} must be set")
     return cls(**values)
+
+
+def load_or_exit(cls: type[T], environ: Mapping[str, str], program: str) -> T:
+    """``load`` for a service's main: a bad setting stops the program with one line naming the
+    variable and what it accepts, before anything starts (cross-field rules are each settings
+    class's ``__post_init__``)."""
+    try:
+        return load(cls, environ)
+    except SettingsError as exc:
+        sys.stderr.write(f"{program}: {exc}\n")
+        sys.stderr.flush()
+        # Nothing has started yet, so there is nothing to tear down; a normal exit would also
+        # make gevent's patched locks (the gateway) complain during interpreter shutdown.
+        os._exit(2)
+
+
+def check_all(environ: Mapping[str, str], *classes: type) -> None:
+    """Loads several services' settings to check them (the runner does, before it starts any)."""
+    for cls in classes:
+        load(cls, environ)
 
 
 def secret(value: str, file: str) -> str:

@@ -20,7 +20,7 @@ import redis
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.common import logs, redisconn
-from services.common.settings import load
+from services.common.settings import load_or_exit
 from services.gc.collector import Collector, MaintenanceBusy, MaintenanceLost
 from services.metadata import invalidation
 from services.metadata.settings import MetadataSettings
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.grace < 0 or args.maintenance_ttl <= 0:
         parser.error("--grace must be >= 0 and --maintenance-ttl > 0")
     logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
-    metadata = load(MetadataSettings, os.environ)
-    storage = load(BlobStoreSettings, os.environ)
+    metadata = load_or_exit(MetadataSettings, os.environ, "wharf-gc")
+    storage = load_or_exit(BlobStoreSettings, os.environ, "wharf-gc")
     redis_url = metadata.redis_url
     local = storage.data_dir / "redis" / "url"  # written by `make run` for the Redis it started
     if "WHARF_REDIS_URL" not in os.environ and local.is_file():

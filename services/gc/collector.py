@@ -35,7 +35,7 @@ from services.blobstore.storage.base import FileInfo, StorageDriver
 from services.common import digests
 from services.common.errors import RegistryError
 from services.common.redisconn import text
-from services.metadata import keys
+from services.metadata import redis_keys as keys
 
 log = logging.getLogger("wharf.gc")
 _SHARD = re.compile(r"^[0-9a-f]{2}\Z")

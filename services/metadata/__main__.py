@@ -6,13 +6,13 @@ import logging
 import os
 
 from services.common import logs
-from services.common.settings import load
+from services.common.settings import load_or_exit
 from services.metadata.server import run
 from services.metadata.settings import MetadataSettings
 
 
 def main() -> None:
-    settings = load(MetadataSettings, os.environ)
+    settings = load_or_exit(MetadataSettings, os.environ, "wharf-metadata")
     logs.configure(settings.log_level)
     run(settings, on_port=lambda port: logging.getLogger("wharf.metadata").info(
         "listening", extra={"fields": {"port": port}}))

@@ -43,7 +43,7 @@ import redis.asyncio as aredis
 from services.common import redisconn
 from services.common.redisconn import text
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
-from services.metadata import keys
+from services.metadata import redis_keys as keys
 
 log = logging.getLogger("wharf.metadata.invalidation")
 

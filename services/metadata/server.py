@@ -16,8 +16,7 @@ import grpc
 import redis
 import redis.asyncio as aredis
 
-from services.common import redisconn
-from services.common.grpcserver import serve_aio
+from services.common import grpcserver, redisconn
 from services.common.internal_auth import read_token
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
@@ -136,7 +135,7 @@ async def serve(settings: MetadataSettings, address: str | None = None,
 
     subscription = asyncio.create_task(hub.run())
     try:
-        await serve_aio("metadata", address or settings.listen, register, backend_errors=(redis.RedisError,),
+        await grpcserver.serve("metadata", address or settings.listen, register, backend_errors=(redis.RedisError,),
                         internal_token=token, on_port=on_port, on_stop=hub.close)
     finally:
         subscription.cancel()

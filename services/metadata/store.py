@@ -23,7 +23,7 @@ from services.common.errors import (
 )
 from services.common.names import validate_name, validate_tag
 from services.common.redisconn import text
-from services.metadata import keys
+from services.metadata import redis_keys as keys
 
 # Upper bound on a single listing page, whatever the client asks for.
 MAX_PAGE = 10000

@@ -13,15 +13,18 @@ import os
 import sys
 import time
 
+from services.api.settings import GatewaySettings
+from services.auth.settings import AuthSettings
+from services.blobstore.settings import BlobStoreSettings
 from services.common import logs
+from services.common.health import grpc_serving, http_ok
 from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
-from services.common.settings import load
+from services.common.settings import SettingsError, check_all, load_or_exit
 from services.common.signals import StopSignal
+from services.metadata.settings import MetadataSettings
 from services.stack.processes import (
     Child,
     free_port,
-    grpc_serving,
-    http_ok,
     python_module,
     redis_binary,
     redis_ready,
@@ -130,7 +133,14 @@ def stop(children: list[Child]) -> None:
 
 
 def main() -> None:
-    settings = load(StackSettings, os.environ)
+    settings = load_or_exit(StackSettings, os.environ, "wharf-stack")
+    try:
+        # Every service's settings, as they will read them: a bad value stops the runner here,
+        # with one line naming it, instead of a child crashing after the others started.
+        check_all(os.environ, GatewaySettings, BlobStoreSettings, MetadataSettings, AuthSettings)
+    except SettingsError as exc:
+        sys.stderr.write(f"wharf-stack: {exc}\n")
+        sys.exit(2)
     logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
     stopping = StopSignal()
     try:

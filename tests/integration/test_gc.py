@@ -20,7 +20,7 @@ from services.blobstore.storage import create_driver
 from services.blobstore.storage.filesystem import FilesystemDriver
 from services.common.settings import load
 from services.gc.collector import Collector, MaintenanceLost
-from services.metadata import keys
+from services.metadata import redis_keys as keys
 from tests.support.pusher import OCI_MANIFEST, PushError, digest, push_blob, push_image, random_layers
 from tests.support.s3 import S3Server
 from tests.support.stack import RunningStack

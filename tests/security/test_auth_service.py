@@ -5,10 +5,15 @@ logs must say about failed logins."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
+import os
 import pathlib
 import secrets
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -19,14 +24,17 @@ import redis
 
 from services.auth import redis_keys as keys
 from services.auth.accounts import AccountStore
-from services.auth.server import ADMIN_ACCOUNT_FAILURE_FACTOR, AuthServicer, build
+from services.auth.server import ADMIN_ACCOUNT_FAILURE_FACTOR, AuthServicer
 from services.auth.settings import AuthSettings
 from services.auth.signing import KeyRing
 from services.common.errors import RegistryError
+from services.common.health import grpc_serving
 from services.common.internal_auth import authenticated_channel
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
+from services.stack.processes import free_port
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 LIMIT = 5
 PASSWORD = "right-password-1"
 ADMIN_PASSWORD = "admin-password-1"
@@ -131,11 +139,23 @@ def test_account_names_with_a_final_newline_are_not_accounts(store: AccountStore
 
 @pytest.fixture()
 def admin_server(redis_url: str, tmp_path: pathlib.Path, redis_client: redis.Redis) -> Iterator[tuple[str, str]]:
-    settings = settings_for(redis_url, tmp_path, admin_password=ADMIN_PASSWORD)
-    server, port, _health = build(settings, "127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}", pathlib.Path(settings.internal_token_file).read_text()
-    server.stop(0)
+    """The auth service as a process (as the stack runs it), with these settings."""
+    address = f"127.0.0.1:{free_port()}"
+    settings = settings_for(redis_url, tmp_path, admin_password=ADMIN_PASSWORD, listen=address)
+    env = {**os.environ, **{field.metadata["env"]: str(getattr(settings, field.name))
+                            for field in dataclasses.fields(settings) if "env" in field.metadata}}
+    with open(tmp_path / "auth.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "services.auth"], env=env, stdout=log, stderr=log,
+                                   cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while not grpc_serving(address):
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "auth.log").read_text()
+            time.sleep(0.1)
+        yield address, pathlib.Path(settings.internal_token_file).read_text()
+    finally:
+        process.terminate()
+        process.wait(20)
 
 
 def admin_call(target: tuple[str, str], password: str) -> grpc.StatusCode:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from services.api.http import READ_AHEAD, BodyPieces
+from services.api.request_input import READ_AHEAD, BodyPieces
 
 
 class _FailsAfter(io.RawIOBase):

@@ -9,7 +9,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-from services.stack.processes import free_port, http_ok
+from services.common.health import http_ok
+from services.stack.processes import free_port
 
 FILESYSTEM_CONFIG = """\
 version: 0.1

@@ -10,7 +10,8 @@ import sys
 import time
 import urllib.request
 
-from services.stack.processes import free_port, http_ok
+from services.common.health import http_ok
+from services.stack.processes import free_port
 
 
 class RunningStack:

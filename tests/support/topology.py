@@ -9,12 +9,11 @@ import signal
 import time
 from typing import IO
 
+from services.common.health import grpc_serving, http_ok
 from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
 from services.stack.processes import (
     Child,
     free_port,
-    grpc_serving,
-    http_ok,
     python_module,
     redis_binary,
     redis_ready,

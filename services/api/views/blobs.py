@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 
 from flask import Response, request
 
-from services.api.http import IO_CHUNK, empty
+from services.api.request_input import IO_CHUNK
+from services.api.responses import empty
 from services.common import digests
 from services.common.errors import RANGE_INVALID, RegistryError
 
 if TYPE_CHECKING:
-    from services.api.app import Context
+    from services.api.context import Context
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 

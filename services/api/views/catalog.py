@@ -6,11 +6,10 @@ from typing import TYPE_CHECKING
 
 from flask import Response
 
-from services.api.access import pullable
 from services.api.pagination import page_args, paged
 
 if TYPE_CHECKING:
-    from services.api.app import Context
+    from services.api.context import Context
 
 # Names examined per metadata call when filtering; the auth service filters at most 10,000 per call.
 _SCAN_BATCH = 1000
@@ -33,6 +32,6 @@ def list_repositories(ctx: Context) -> Response:
         names = list(result.names)
         if not names:
             break
-        visible.extend(pullable(ctx.settings, ctx.clients.auth, names))
+        visible.extend(ctx.authorizer.pullable(names))
         cursor, more = names[-1], bool(result.more)
     return paged("repositories", {}, visible[:limit], len(visible) > limit, limit)

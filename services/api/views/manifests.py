@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from flask import Response, request
 
 from services.api import manifest_rules
-from services.api.http import empty, read_body
-from services.api.views.uploads import mountable_size
+from services.api.mounts import mountable_size
+from services.api.request_input import read_body
+from services.api.responses import empty
 from services.common import digests, mediatypes
 from services.common.errors import (
     DIGEST_INVALID,
@@ -21,7 +22,7 @@ from services.common.names import validate_tag
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 
 if TYPE_CHECKING:
-    from services.api.app import Context
+    from services.api.context import Context
 
 # Clients that send no Accept (or a wildcard) get whatever was pushed.
 _WILDCARDS = {"*/*", "application/*"}

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 
-from services.api.http import json_response
+from services.api.responses import json_response
 from services.common import digests, mediatypes
 
 if TYPE_CHECKING:
-    from services.api.app import Context
+    from services.api.context import Context
 
 
 def list_referrers(ctx: Context, name: str, digest: str) -> Response:

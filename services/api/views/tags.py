@@ -9,7 +9,7 @@ from flask import Response
 from services.api.pagination import page_args, paged
 
 if TYPE_CHECKING:
-    from services.api.app import Context
+    from services.api.context import Context
 
 
 def list_tags(ctx: Context, name: str) -> Response:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 from flask import Response, g, request
 
-from services.api.http import json_response
+from services.api.responses import json_response
 from services.common.errors import REQUEST_INVALID, UNAUTHORIZED, RegistryError
 from services.gen.wharf.auth.v1 import auth_pb2 as apb
 
 if TYPE_CHECKING:
-    from services.api.app import Context
+    from services.api.context import Context
 
 _TRUE = {"true", "1", "yes"}
 

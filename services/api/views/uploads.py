@@ -11,19 +11,18 @@ from typing import TYPE_CHECKING
 
 from flask import Response, request
 
-from services.api.access import pullable
-from services.api.http import digest_arg, empty, request_body, small_body
+from services.api.mounts import mountable_size
+from services.api.request_input import digest_arg, request_body, small_body
+from services.api.responses import empty
 from services.common import digests
 from services.common.errors import (
-    BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
     RANGE_INVALID,
     RegistryError,
 )
-from services.common.names import is_valid_name
 
 if TYPE_CHECKING:
-    from services.api.app import Context
+    from services.api.context import Context
     from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\Z")
@@ -46,24 +45,6 @@ def _session_headers(name: str, status: bpb.UploadStatus) -> dict[str, str]:
 def _created(ctx: Context, name: str, digest: str, size: int) -> Response:
     ctx.clients.metadata.link_blob(name, digest, size)
     return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
-
-
-def mountable_size(ctx: Context, digest: str, source: str | None = None) -> int | None:
-    """The blob's size when the caller may mount it (from ``source``, or from any repository
-    linking it that the caller may pull); None otherwise."""
-    if source:
-        if not is_valid_name(source) or not pullable(ctx.settings, ctx.clients.auth, [source]):
-            return None
-        try:
-            return ctx.clients.cache.blob_size(source, digest)
-        except RegistryError as err:
-            if err.error is BLOB_UNKNOWN:
-                return None
-            raise
-    holders = ctx.clients.metadata.blob_repositories(digest)
-    if not pullable(ctx.settings, ctx.clients.auth, list(holders.repositories)):
-        return None
-    return int(holders.size)
 
 
 def _try_mount(ctx: Context, name: str, digest: str, source: str | None) -> Response | None:

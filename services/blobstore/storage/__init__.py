@@ -18,8 +18,6 @@ def create_driver(settings: BlobStoreSettings) -> StorageDriver:
     if settings.storage == "s3":
         from services.blobstore.storage.s3 import S3Config, S3Driver
 
-        if not settings.s3_endpoint:
-            raise ValueError("WHARF_STORAGE=s3 needs WHARF_S3_ENDPOINT")
         return S3Driver(S3Config(
             endpoint=settings.s3_endpoint, bucket=settings.s3_bucket, access_key=settings.s3_access_key,
             secret_key=settings.s3_secret(), region=settings.s3_region, prefix=settings.s3_prefix,

@@ -88,8 +88,6 @@ class FileWriter(abc.ABC):
 
 
 class StorageDriver(abc.ABC):
-    name: str = "abstract"
-
     @abc.abstractmethod
     def get_content(self, key: str) -> bytes:
         """Whole small object; FileNotFoundError when absent."""

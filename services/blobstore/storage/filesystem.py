@@ -233,7 +233,6 @@ class _FileWriter(FileWriter):
 
 
 class FilesystemDriver(StorageDriver):
-    name = "filesystem"
 
     def __init__(self, root: pathlib.Path, expose_paths: bool = False) -> None:
         self._root = root.resolve()

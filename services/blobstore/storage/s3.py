@@ -83,7 +83,6 @@ class _Reader(io.RawIOBase):
 
 
 class S3Driver(StorageDriver):
-    name = "s3"
 
     def __init__(self, config: S3Config) -> None:
         self._config = config

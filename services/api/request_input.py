@@ -1,19 +1,16 @@
-"""Small response and request helpers the views share."""
+"""Reading what a client sent: request bodies in bounded pieces (or whole, when small) and the
+``?digest=`` argument. Memory stays flat however many bodies are in flight (see BodyPieces)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
-import random
-import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import IO, Any
 
-from flask import Response, request
+from flask import request
 
 from services.api.wire import body_unreader
 from services.common import digests
@@ -21,35 +18,6 @@ from services.common.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INV
 
 # Bytes per read from a request body and per streamed response chunk.
 IO_CHUNK = 1024 * 1024
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def request_id(incoming: str) -> str:
-    """The client's X-Request-Id when it is safe to echo and log, else a new one."""
-    # An identifier, not a secret: 128 random bits without a getrandom(2) call per request
-    # (the random module reseeds in every forked worker).
-    return incoming if _REQUEST_ID_RE.fullmatch(incoming) else f"{random.getrandbits(128):032x}"
-
-
-def access_record(rid: str, method: str, path: str, status: int, started: float, remote: str) -> dict[str, object]:
-    """The fields of one access-log line (services/common/logs.py writes it)."""
-    return {"request_id": rid, "method": method, "path": path, "status": status,
-            "ms": round((time.perf_counter() - started) * 1000, 2), "remote": remote}
-
-
-def empty(status: int, headers: dict[str, str] | None = None) -> Response:
-    response = Response(b"", status=status, headers=headers or {})
-    response.headers["Content-Length"] = "0"
-    if not headers or "Content-Type" not in headers:
-        del response.headers["Content-Type"]  # an empty body has no type (not Flask's text/html)
-    return response
-
-
-def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json") -> Response:
-    body = json.dumps(payload).encode()
-    return Response(body, status=status, headers=headers or {}, content_type=content_type)
-
 
 # Pieces read ahead of the gRPC stream; bounds the memory an upload holds in the gateway.
 READ_AHEAD = 4

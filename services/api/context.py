@@ -1,0 +1,16 @@
+"""What every view is given, built once per app: the settings, the gRPC clients, the authorizer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.api.access import Authorizer
+from services.api.clients import Clients
+from services.api.settings import GatewaySettings
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    settings: GatewaySettings
+    clients: Clients
+    authorizer: Authorizer
