@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests scripts bench
+	$(VENV)/bin/ruff check services tests scripts bench client
+	$(PY) -m mypy services client --exclude services/gen --ignore-missing-imports
 
 bench: gen
 	$(PY) bench/registry_bench.py

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
-from services.stack.processes import free_port, redis_binary, redis_ready
+from services.stack.processes import start_redis
 from tests.support import s3
 from tests.support.stack import RunningStack
 from tests.support.tools import find_tool, require_tool
@@ -64,20 +64,10 @@ def s3_server(request: pytest.FixtureRequest) -> s3.S3Server:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory: pathlib.Path = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    process = subprocess.Popen([redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
-                                "--appendonly", "yes", "--save", "", "--daemonize", "no"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not redis_ready("127.0.0.1", port):
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
+    child, url = start_redis(tmp_path_factory.mktemp("redis"), os.environ, time.monotonic() + 20,
+                             appendfsync="everysec")
+    yield url
+    child.stop()
 
 
 @pytest.fixture()

@@ -26,8 +26,7 @@ from services.stack.processes import (
     Child,
     free_port,
     python_module,
-    redis_binary,
-    redis_ready,
+    start_redis,
     wait_until,
 )
 from services.stack.settings import StackSettings
@@ -50,14 +49,7 @@ def env_for(service: str, base: dict[str, str], **extra: str) -> dict[str, str]:
 
 def _start_redis(settings: StackSettings, deadline: float) -> tuple[Child, str]:
     redis_dir = (settings.data_dir / "redis").resolve()
-    redis_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    argv = [redis_binary(settings.redis_server), "--bind", "127.0.0.1", "--port", str(port),
-            "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "always",
-            "--save", "", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
-    child = Child("redis", argv, env_for("redis", dict(os.environ)))
-    wait_until(lambda: redis_ready("127.0.0.1", port), child, deadline, "redis")
-    url = f"redis://127.0.0.1:{port}/0"
+    child, url = start_redis(redis_dir, env_for("redis", dict(os.environ)), deadline, settings.redis_server)
     # wharf-gc, run from the same directory, finds this Redis through the file.
     (redis_dir / "url").write_text(url + "\n")
     return child, url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -87,3 +88,20 @@ def redis_ready(host: str, port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def start_redis(directory: pathlib.Path, env: Mapping[str, str], deadline: float, binary: str = "",
+                port: int | None = None, output: IO[bytes] | None = None,
+                appendfsync: str = "always") -> tuple[Child, str]:
+    """The one way Wharf starts a local Redis (the runner, the tests): loopback only, protected
+    mode, an append-only file in ``directory`` and no RDB snapshots. The runner fsyncs every
+    write, so an acknowledged push survives a crash; tests may trade that for speed
+    (``appendfsync="everysec"``). Returns the process and its URL once it answers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    argv = [redis_binary(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
+            "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--protected-mode", "yes",
+            "--daemonize", "no", "--loglevel", "warning"]
+    child = Child("redis", argv, env, output=output)
+    wait_until(lambda: redis_ready("127.0.0.1", port), child, deadline, "redis")
+    return child, f"redis://127.0.0.1:{port}/0"

@@ -14,9 +14,11 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from services.common.settings import load, variables
 from tests.deploy.deployfiles import (
+    COMPOSE_FILE,
     DEPLOY,
     ROOT,
     SETTINGS,
@@ -222,3 +224,17 @@ def test_images_are_pinned(model: dict[str, Any]) -> None:
         assert re.search(r":[\w.-]+(@sha256:[0-9a-f]{64})?$", image) and ":latest" not in image, f"{name}: {image}"
         if image.startswith("python:"):
             assert image == base, f"{name} runs {image}, the Dockerfile builds on {base}"
+
+
+def test_docker_compose_up_works_from_the_repository_root() -> None:
+    """The root compose.yaml includes deploy/compose.yaml and adds nothing, so everything the
+    tests above check about deploy/compose.yaml holds for `docker compose up` at the root."""
+    root = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    errors = list(jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).iter_errors(root))
+    assert not errors, errors
+    assert root["name"] == compose_raw()["name"]
+    [entry] = root["include"]
+    assert (ROOT / entry["path"]).resolve() == COMPOSE_FILE.resolve()
+    # Relative paths in the included file (build context "..", deploy/.env) resolve from deploy/.
+    assert (ROOT / entry["project_directory"]).resolve() == COMPOSE_FILE.parent.resolve()
+    assert set(root) == {"name", "include"}

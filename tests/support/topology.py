@@ -15,8 +15,7 @@ from services.stack.processes import (
     Child,
     free_port,
     python_module,
-    redis_binary,
-    redis_ready,
+    start_redis,
     wait_until,
 )
 
@@ -38,13 +37,12 @@ class Topology:
         return child
 
     def redis(self, port: int | None = None) -> tuple[Child, str]:
-        port = port or free_port()
-        directory = self.directory / "redis"
-        directory.mkdir(parents=True, exist_ok=True)
-        child = self._start("redis", [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir",
-                                      str(directory), "--appendonly", "yes", "--save", ""], self.env)
-        wait_until(lambda: redis_ready("127.0.0.1", port), child, _deadline(), "redis")
-        return child, f"redis://127.0.0.1:{port}/0"
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        child, url = start_redis(self.directory / "redis", self.env, _deadline(), port=port, output=log,
+                                 appendfsync="everysec")
+        self.children.append(child)
+        return child, url
 
     def grpc_service(self, module: str, name: str, listen_var: str, env: dict[str, str]) -> Child:
         address = f"127.0.0.1:{free_port()}"
