@@ -301,8 +301,11 @@ class BlobService:
                 if self._driver.stat(layout.blob_key(digest)) is None:
                     self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
                 else:
-                    # Already stored, and about to be linked again: young again for garbage collection.
-                    self._driver.touch(layout.blob_key(digest))
+                    try:
+                        # Already stored, and about to be linked again: young again for garbage collection.
+                        self._driver.touch(layout.blob_key(digest))
+                    except FileNotFoundError:  # deleted between the two looks: store this upload's bytes
+                        self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
             except UploadBusyError:
                 ours = False  # another writer took the session over: theirs to finish, not ours to delete
                 raise

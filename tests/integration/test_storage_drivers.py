@@ -1,4 +1,5 @@
-"""The one driver test suite every storage backend must pass."""
+"""The one driver test suite every storage backend must pass, run as the blob store uses a driver:
+behind base.CheckedDriver (the backend's own checks are tested too, without it)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.blobstore.storage.base import StorageDriver, UploadBusyError
+from services.blobstore.storage.base import CheckedDriver, StorageDriver, UploadBusyError
 from services.blobstore.storage.filesystem import FilesystemDriver
 from services.blobstore.storage.s3 import S3Config, S3Driver
 from tests.support.s3 import S3Server
 
 
 @pytest.fixture(params=["filesystem", "seaweedfs", "minio"])
-def driver(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[StorageDriver]:
+def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[StorageDriver]:
     if request.param == "filesystem":
         yield FilesystemDriver(tmp_path / "root")
         return
@@ -27,6 +28,11 @@ def driver(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[S
     env = server.env()
     yield S3Driver(S3Config(endpoint=server.endpoint, bucket=env["WHARF_S3_BUCKET"], access_key=server.access_key,
                             secret_key=server.secret_key, prefix="tests"))
+
+
+@pytest.fixture()
+def driver(backend: StorageDriver) -> StorageDriver:
+    return CheckedDriver(backend)
 
 
 def test_put_get_stat_delete(driver: StorageDriver) -> None:
@@ -165,9 +171,19 @@ def test_list_and_delete_prefix(driver: StorageDriver) -> None:
 
 
 @pytest.mark.parametrize("key", ["../x", "a/../b", "/abs", "a//b", "a/./b", "", "A/b", "a/b c"])
-def test_unsafe_keys_are_refused(driver: StorageDriver, key: str) -> None:
-    with pytest.raises(ValueError):
-        driver.put_content(key, b"x")
+def test_unsafe_keys_are_refused(driver: StorageDriver, backend: StorageDriver, key: str) -> None:
+    for refusing in (driver, backend):  # the wrapper, and the backend on its own as a second line
+        with pytest.raises(ValueError):
+            refusing.put_content(key, b"x")
+
+
+def test_not_found_follows_the_contract(driver: StorageDriver) -> None:
+    assert driver.stat("nothing/here") is None
+    assert driver.delete("nothing/here") is False
+    for call in (lambda: driver.get_content("nothing/here"), lambda: driver.reader("nothing/here"),
+                 lambda: driver.move("nothing/here", "elsewhere/x"), lambda: driver.touch("nothing/here")):
+        with pytest.raises(FileNotFoundError):
+            call()
 
 
 def test_s3_sweep_aborts_unrecorded_multipart_uploads(seaweedfs: S3Server) -> None:

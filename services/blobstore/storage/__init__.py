@@ -10,7 +10,14 @@ if TYPE_CHECKING:
 
 
 def create_driver(settings: BlobStoreSettings) -> StorageDriver:
-    """Maps ``WHARF_STORAGE`` to a driver; an unknown name is an error, never a fallback."""
+    """Maps ``WHARF_STORAGE`` to a driver, behind the wrapper that checks keys and the not-found
+    contract (base.CheckedDriver); an unknown name is an error, never a fallback."""
+    from services.blobstore.storage.base import CheckedDriver
+
+    return CheckedDriver(_backend(settings))
+
+
+def _backend(settings: BlobStoreSettings) -> StorageDriver:
     if settings.storage == "filesystem":
         from services.blobstore.storage.filesystem import FilesystemDriver
 

@@ -1,9 +1,12 @@
-"""The storage driver interface every blob store backend implements.
+"""The storage driver interface every blob store backend implements, version ``API_VERSION``.
 
 Modelled on the small interface CNCF Distribution uses: whole-object get/put,
 readers at an offset, appendable writers, stat, list, move, delete, and an
 optional direct location. Keys are relative "/"-separated paths produced by
-:mod:`services.blobstore.layout`; :func:`check_key` guards every entry point.
+:mod:`services.blobstore.layout`. Every driver is used through :class:`CheckedDriver`,
+which checks every key and holds every driver to one not-found contract, so a driver
+(ours or a third party's) cannot forget either. services/blobstore/README.md states the
+contract; tests/integration/test_storage_drivers.py is the suite every driver must pass.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import re
 from collections.abc import Iterator
 from typing import BinaryIO, Self
 
+# The interface's version. A change that breaks drivers (a new abstract method, a changed
+# meaning) bumps it; a driver declares the version it implements and is refused otherwise.
+API_VERSION = 1
 _KEY_RE = re.compile(r"^[a-z0-9]+(?:/[A-Za-z0-9._-]+)*\Z")
 
 
@@ -88,6 +94,12 @@ class FileWriter(abc.ABC):
 
 
 class StorageDriver(abc.ABC):
+    """Not-found contract: ``get_content``, ``reader``, ``move`` (a missing source) and ``touch``
+    raise ``FileNotFoundError``; ``stat`` returns None; ``delete`` returns False. Keys reach a
+    driver already checked (:class:`CheckedDriver`)."""
+
+    api_version: int = API_VERSION
+
     @abc.abstractmethod
     def get_content(self, key: str) -> bytes:
         """Whole small object; FileNotFoundError when absent."""
@@ -144,3 +156,63 @@ class StorageDriver(abc.ABC):
     def redirect_url(self, key: str) -> str | None:
         """A short-lived URL clients may read the object from, when the backend has one."""
         return None
+
+
+class CheckedDriver(StorageDriver):
+    """The driver the blob store and the collector use: ``inner`` behind one wrapper that checks
+    every key and maps not-found to the contract above, whichever way ``inner`` reports it (a
+    ``stat`` that raises ``FileNotFoundError`` answers None, a ``delete`` of nothing answers False)."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        version = getattr(inner, "api_version", None)
+        if version != API_VERSION:
+            raise ValueError(f"{type(inner).__name__} implements storage driver API {version!r}; "
+                             f"this blob store needs {API_VERSION}")
+        self.inner = inner
+
+    def get_content(self, key: str) -> bytes:
+        return self.inner.get_content(check_key(key))
+
+    def put_content(self, key: str, data: bytes) -> None:
+        self.inner.put_content(check_key(key), data)
+
+    def reader(self, key: str, offset: int = 0) -> BinaryIO:
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        return self.inner.reader(check_key(key), offset)
+
+    def writer(self, key: str, append: bool) -> FileWriter:
+        return self.inner.writer(check_key(key), append)
+
+    def stat(self, key: str) -> FileInfo | None:
+        try:
+            return self.inner.stat(check_key(key))
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> Iterator[str]:
+        try:
+            yield from self.inner.list(check_key(prefix))
+        except FileNotFoundError:
+            return
+
+    def move(self, source: str, dest: str) -> None:
+        self.inner.move(check_key(source), check_key(dest))
+
+    def delete(self, key: str) -> bool:
+        try:
+            return bool(self.inner.delete(check_key(key)))
+        except FileNotFoundError:
+            return False
+
+    def touch(self, key: str) -> None:
+        self.inner.touch(check_key(key))
+
+    def sweep(self, older_than: float) -> int:
+        return self.inner.sweep(older_than)
+
+    def local_path(self, key: str) -> str | None:
+        return self.inner.local_path(check_key(key))
+
+    def redirect_url(self, key: str) -> str | None:
+        return self.inner.redirect_url(check_key(key))

@@ -251,7 +251,9 @@ class S3Driver(StorageDriver):
         # S3 has no "touch": copying an object onto itself with replaced metadata renews its
         # Last-Modified. Larger objects cannot be copied in one call; they keep their age.
         info = self.stat(key)
-        if info is None or info.size > MAX_COPY:
+        if info is None:
+            raise FileNotFoundError(key)
+        if info.size > MAX_COPY:
             return
         self._call(self._client.copy_object, self._bucket, self._name(key), CopySource(self._bucket, self._name(key)),
                    metadata={"x-amz-meta-wharf-touched": str(int(time.time()))}, metadata_directive=REPLACE)
