@@ -6,6 +6,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import logging  # noqa: E402
 import os  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -37,7 +38,8 @@ def main() -> None:
     settings = load_or_exit(GatewaySettings, os.environ, "wharf-gateway")
     logs.configure(settings.log_level)
     wire.install(settings.max_body_bytes)
-    raise_open_file_limit()
+    # Every connection is a file descriptor: say how many this gateway may hold.
+    logging.getLogger("wharf.gateway").info("open-file limit", extra={"fields": {"limit": raise_open_file_limit()}})
     options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,

@@ -69,8 +69,10 @@ def start(settings: StackSettings) -> list[Child]:
             base[TOKEN_VARIABLE] = str(ensure_token_file(data_dir / "internal-token"))
         # glibc hands freed megabyte buffers back to the kernel at once by default, and every
         # 1 MiB message of a blob transfer then faults fresh pages in; keeping some slack
-        # measured about 1.3x the push throughput for a few MB more resident memory.
-        base.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 * 1024 * 1024))
+        # measured about 1.3x the push throughput for a few MB more resident memory. 32 MiB of
+        # slack pushed as fast as 128 (453 vs 452 MB/s) and held less under 500 slow pushes
+        # (blob store 215 vs 234-307 MB, bench/load_bench.py --scenarios b).
+        base.setdefault("MALLOC_TRIM_THRESHOLD_", str(32 * 1024 * 1024))
         base.setdefault("MALLOC_TOP_PAD_", str(32 * 1024 * 1024))
         # Fewer malloc arenas: many threads each moving megabyte buffers otherwise keep freed
         # memory apart, per arena. Measured with 8 concurrent 256 MiB pushes: a gateway worker
