@@ -27,6 +27,7 @@ from services.common.errors import (
     RegistryError,
     for_http,
 )
+from services.common.health import INSTANCE_HEADER
 from services.common.logs import AccessLog
 from services.common.names import is_valid_name
 
@@ -79,6 +80,8 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
     def _finish(response: Response) -> Response:
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        if settings.instance_id and request.path in ("/v2", "/v2/"):
+            response.headers[INSTANCE_HEADER] = settings.instance_id
         if settings.access_log:
             access_log.write("http", access_record(
                 g.get("request_id", ""), request.method, request.path, response.status_code,

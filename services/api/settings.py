@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.settings import SettingsError, env
+from services.common.settings import LOG_LEVELS, SettingsError, env
 
 
 @dataclasses.dataclass(frozen=True)
 class GatewaySettings:
     host: str = env("WHARF_HOST", "127.0.0.1", "address the registry listens on")
-    port: int = env("WHARF_PORT", 5000, "port the registry listens on")
+    port: int = env("WHARF_PORT", 5000, "port the registry listens on", minimum=1, maximum=65535)
     blobstore_addr: str = env("WHARF_BLOBSTORE_ADDR", "127.0.0.1:50051",
                               "blob store gRPC target: host:port, a comma-separated list, or dns:///name:port")
     metadata_addr: str = env("WHARF_METADATA_ADDR", "127.0.0.1:50052", "metadata gRPC target")
@@ -60,7 +60,9 @@ class GatewaySettings:
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
-    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
+    instance_id: str = env("WHARF_INSTANCE_ID", "", "echoed in X-Wharf-Instance on /v2/ (make run sets it, to know "
+                           "that it reached its own gateway)")
+    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

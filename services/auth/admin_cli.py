@@ -24,14 +24,20 @@ from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50053"
+# Where `make run` keeps the first admin's password when none was given (services/stack).
+ADMIN_PASSWORD_FILE = "admin-password"
 TIMEOUT = 15.0
+
+
+def _data_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("WHARF_DATA_DIR", "./data"))
 
 
 def _default_address() -> str:
     """WHARF_AUTH_ADDR, else the address `make run` recorded under WHARF_DATA_DIR, else the default port."""
     if os.environ.get("WHARF_AUTH_ADDR"):
         return os.environ["WHARF_AUTH_ADDR"]
-    recorded = pathlib.Path(os.environ.get("WHARF_DATA_DIR", "./data")) / "auth" / "address"
+    recorded = _data_dir() / "auth" / "address"
     if recorded.is_file():
         return recorded.read_text().strip()
     return DEFAULT_ADDRESS
@@ -39,25 +45,47 @@ def _default_address() -> str:
 
 def _internal_token() -> str:
     """The stack's internal secret: WHARF_INTERNAL_TOKEN_FILE, else the file `make run` keeps in WHARF_DATA_DIR."""
-    path = os.environ.get(TOKEN_VARIABLE) or str(pathlib.Path(os.environ.get("WHARF_DATA_DIR", "./data"))
-                                                  / "internal-token")
+    path = os.environ.get(TOKEN_VARIABLE) or str(_data_dir() / "internal-token")
     try:
         return read_token(path)
     except SettingsError as exc:
         raise click.ClickException(f"{exc}; point {TOKEN_VARIABLE} (or WHARF_DATA_DIR) at the stack's") from None
 
 
+def _password(user: str) -> str:
+    """WHARF_ADMIN_PASSWORD; for ``admin``, the password `make run` generated into the data
+    directory when none was given; else a prompt."""
+    if os.environ.get("WHARF_ADMIN_PASSWORD"):
+        return os.environ["WHARF_ADMIN_PASSWORD"]
+    generated = _data_dir() / ADMIN_PASSWORD_FILE
+    if user == "admin" and generated.is_file():
+        return generated.read_text().strip()
+    return str(click.prompt(f"Password of {user}", hide_input=True, err=True))
+
+
 class Admin:
-    def __init__(self, address: str, user: str, password: str) -> None:
-        self._channel = authenticated_channel(grpc.insecure_channel(address), _internal_token())
-        self._stub = pb_grpc.AuthStub(self._channel)
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._metadata = (("authorization", f"Basic {token}"),)
+    """The auth service's admin API. Nothing is asked or opened until the first call, so that
+    ``--help`` of any command needs neither a password nor a running service."""
+
+    def __init__(self, address: str, user: str) -> None:
+        self._address = address
+        self._user = user
+        self._stub: Any = None
+        self._metadata: tuple[tuple[str, str], ...] = ()
 
     def call(self, method: str, request: Any) -> Any:
+        if self._stub is None:
+            channel = authenticated_channel(grpc.insecure_channel(self._address), _internal_token())
+            self._stub = pb_grpc.AuthStub(channel)
+            token = base64.b64encode(f"{self._user}:{_password(self._user)}".encode()).decode()
+            self._metadata = (("authorization", f"Basic {token}"),)
         try:
             return getattr(self._stub, method)(request, timeout=TIMEOUT, metadata=self._metadata)
         except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise click.ClickException(
+                    f"cannot reach the auth service at {self._address}; point --auth-addr (or WHARF_AUTH_ADDR) "
+                    "at it, or WHARF_DATA_DIR at the data directory of the `make run` that started it") from None
             error = from_rpc_error(err)
             raise click.ClickException(f"{error.code}: {error.message}") from None
 
@@ -80,9 +108,7 @@ def _show(account: pb.Account) -> dict[str, Any]:
 @click.pass_context
 def main(ctx: click.Context, auth_addr: str, user: str) -> None:
     """Manage Wharf accounts, grants and public repositories."""
-    password = os.environ.get("WHARF_ADMIN_PASSWORD") or click.prompt(f"Password of {user}", hide_input=True,
-                                                                       err=True)
-    ctx.obj = Admin(auth_addr, user, password)
+    ctx.obj = Admin(auth_addr, user)
 
 
 @main.group()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from services.common.settings import env, secret
+from services.common.settings import LOG_LEVELS, env, secret
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class AuthSettings:
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
-    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
+    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)
 
     def first_admin_password(self) -> str:
         return secret(self.admin_password, self.admin_password_file)

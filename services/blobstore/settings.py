@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from services.common.settings import SettingsError, env, secret
+from services.common.settings import LOG_LEVELS, SettingsError, env, secret
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,7 @@ class BlobStoreSettings:
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
-    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
+    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
         if self.storage == "s3" and not self.s3_endpoint:

@@ -22,9 +22,15 @@ class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
 
 
-def env(var: str, default: Any = dataclasses.MISSING, doc: str = "", choices: tuple[str, ...] = ()) -> Any:
-    """Declares a settings field read from ``var`` (one of ``choices`` when given)."""
-    kwargs: dict[str, Any] = {"metadata": {"env": var, "doc": doc, "choices": choices}}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def env(var: str, default: Any = dataclasses.MISSING, doc: str = "", choices: tuple[str, ...] = (),
+        minimum: float | None = None, maximum: float | None = None) -> Any:
+    """Declares a settings field read from ``var`` (one of ``choices``, or a number within
+    ``minimum``..``maximum``, when given)."""
+    kwargs: dict[str, Any] = {"metadata": {"env": var, "doc": doc, "choices": choices, "minimum": minimum,
+                                           "maximum": maximum}}
     if default is not dataclasses.MISSING:
         kwargs["default"] = default
     return dataclasses.field(**kwargs)
@@ -50,21 +56,52 @@ def _convert(var: str, raw: str, kind: Any) -> Any:
     return raw
 
 
-def load(cls: type[T], environ: Mapping[str, str]) -> T:
+def _checked(field: dataclasses.Field[Any], var: str, raw: str, kind: Any) -> Any:
+    value = _convert(var, raw, kind)
+    choices = field.metadata.get("choices") or ()
+    if choices and value not in choices:
+        raise SettingsError(f"{var}={raw!r}: expected {' or '.join(choices)}")
+    low, high = field.metadata.get("minimum"), field.metadata.get("maximum")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"from {low:g} to {high:g}" if low is not None and high is not None else \
+            (f"at least {low:g}" if low is not None else f"at most {high:g}")
+        raise SettingsError(f"{var}={raw!r}: expected a number {bounds}")
+    return value
+
+
+def problems(cls: type, environ: Mapping[str, str]) -> list[str]:
+    """Every problem with ``cls``'s settings in ``environ``, one line each (empty: all good)."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    found: list[str] = []
+    for field in dataclasses.fields(cls):
         var = field.metadata.get("env")
         if var is None:
             continue
         if var in environ:
-            values[field.name] = _convert(var, environ[var], hints[field.name])
-            choices = field.metadata.get("choices") or ()
-            if choices and values[field.name] not in choices:
-                raise SettingsError(f"{var}={environ[var]!r}: expected {' or '.join(choices)}")
+            try:
+                values[field.name] = _checked(field, var, environ[var], hints[field.name])
+            except SettingsError as exc:
+                found.append(str(exc))
         elif field.default is dataclasses.MISSING:
-            raise SettingsError(f"{var} must be set")
-    return cls(**values)
+            found.append(f"{var} must be set")
+    if not found:
+        try:
+            cls(**values)  # the rules between fields (__post_init__)
+        except SettingsError as exc:
+            found.append(str(exc))
+    return found
+
+
+def load(cls: type[T], environ: Mapping[str, str]) -> T:
+    """The settings object, or SettingsError naming every problem (one per line)."""
+    found = problems(cls, environ)
+    if found:
+        raise SettingsError("\n".join(found))
+    hints = typing.get_type_hints(cls)
+    return cls(**{field.name: _convert(field.metadata["env"], environ[field.metadata["env"]], hints[field.name])
+                  for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+                  if field.metadata.get("env") in environ})
 
 
 def load_or_exit(cls: type[T], environ: Mapping[str, str], program: str) -> T:
@@ -74,17 +111,17 @@ def load_or_exit(cls: type[T], environ: Mapping[str, str], program: str) -> T:
     try:
         return load(cls, environ)
     except SettingsError as exc:
-        sys.stderr.write(f"{program}: {exc}\n")
+        sys.stderr.write("".join(f"{program}: {line}\n" for line in str(exc).splitlines()))
         sys.stderr.flush()
         # Nothing has started yet, so there is nothing to tear down; a normal exit would also
         # make gevent's patched locks (the gateway) complain during interpreter shutdown.
         os._exit(2)
 
 
-def check_all(environ: Mapping[str, str], *classes: type) -> None:
-    """Loads several services' settings to check them (the runner does, before it starts any)."""
-    for cls in classes:
-        load(cls, environ)
+def check_all(environ: Mapping[str, str], *classes: type) -> list[str]:
+    """Every problem in several services' settings, each once (the runner checks them all before
+    it starts anything)."""
+    return list(dict.fromkeys(line for cls in classes for line in problems(cls, environ)))
 
 
 def secret(value: str, file: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.settings import env
+from services.common.settings import LOG_LEVELS, env
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,4 +21,4 @@ class MetadataSettings:
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
-    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level")
+    log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)

@@ -8,20 +8,25 @@ stops every process this started.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import pathlib
+import secrets
 import sys
 import time
 
 from services.api.settings import GatewaySettings
+from services.auth.admin_cli import ADMIN_PASSWORD_FILE
 from services.auth.settings import AuthSettings
 from services.blobstore.settings import BlobStoreSettings
 from services.common import logs
-from services.common.health import grpc_serving, http_ok
+from services.common.health import gateway_answers, grpc_serving
 from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
-from services.common.settings import SettingsError, check_all, load_or_exit
+from services.common.settings import check_all, load
 from services.common.signals import StopSignal
 from services.metadata.settings import MetadataSettings
+from services.stack.lock import DataDirInUse, DataDirLock, port_is_free
 from services.stack.processes import (
     Child,
     free_port,
@@ -53,6 +58,15 @@ def _start_redis(settings: StackSettings, deadline: float) -> tuple[Child, str]:
     # wharf-gc, run from the same directory, finds this Redis through the file.
     (redis_dir / "url").write_text(url + "\n")
     return child, url
+
+
+def _admin_password_file(data_dir: pathlib.Path) -> pathlib.Path:
+    path = data_dir / ADMIN_PASSWORD_FILE
+    if not path.exists():
+        ensure_token_file(path)
+        print(f"Generated a password for the first admin account, `admin`, into {path} (readable by you only); "
+              "wharf-admin reads it from there.", flush=True)
+    return path
 
 
 def start(settings: StackSettings) -> list[Child]:
@@ -96,9 +110,13 @@ def start(settings: StackSettings) -> list[Child]:
                            WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth)
         if settings.auth == "token":
             auth_addr = f"127.0.0.1:{free_port()}"
-            auth = Child("auth", python_module("services.auth"),
-                         env_for("auth", base, WHARF_AUTH_LISTEN=auth_addr, WHARF_AUTH_REDIS_URL=redis_url,
-                                 WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys")), address=auth_addr)
+            auth_env = env_for("auth", base, WHARF_AUTH_LISTEN=auth_addr, WHARF_AUTH_REDIS_URL=redis_url,
+                               WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys"))
+            if not auth_env.get("WHARF_ADMIN_PASSWORD") and not auth_env.get("WHARF_ADMIN_PASSWORD_FILE"):
+                # No password given: token mode must not be a dead end. Generate one (owner-only,
+                # beside the internal secret); wharf-admin reads it from there.
+                auth_env["WHARF_ADMIN_PASSWORD_FILE"] = str(_admin_password_file(data_dir))
+            auth = Child("auth", python_module("services.auth"), auth_env, address=auth_addr)
             children.append(auth)
             wait_until(lambda: grpc_serving(auth_addr), auth, deadline, "auth service")
             # wharf-admin finds the auth service through this file when run from the same directory.
@@ -107,10 +125,14 @@ def start(settings: StackSettings) -> list[Child]:
         wait_until(lambda: grpc_serving(metadata_addr), metadata, deadline, "metadata service")
         for blobstore in blobstores:
             wait_until(lambda b=blobstore: grpc_serving(b.address), blobstore, deadline, blobstore.name)
+        # The gateway echoes this on /v2/, so readiness means *our* gateway answered, not
+        # whatever else might listen on the port.
+        instance = secrets.token_hex(16)
+        gateway_env["WHARF_INSTANCE_ID"] = instance
         gateway = Child("gateway", python_module("services.api"), gateway_env)
         children.append(gateway)
         url = f"{base_url(settings)}/v2/"
-        wait_until(lambda: http_ok(url), gateway, deadline, "gateway")
+        wait_until(lambda: gateway_answers(url, instance), gateway, deadline, "gateway")
     except BaseException:
         stop(children)
         raise
@@ -126,16 +148,33 @@ def stop(children: list[Child]) -> None:
         child.stop()
 
 
-def main() -> None:
-    settings = load_or_exit(StackSettings, os.environ, "wharf-stack")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="wharf-stack", description="Runs the whole registry on this machine "
+                                     "(what `make run` does); every setting is an environment variable (README).")
+    parser.add_argument("--check", action="store_true", help="check every service's settings, then exit "
+                        "(0: all good; 2: one line per problem)")
+    args = parser.parse_args(argv)
+    # Every service's settings, as they will read them: a bad value stops the runner here, with
+    # one line per problem, instead of a child crashing after the others started.
+    found = check_all(os.environ, StackSettings, GatewaySettings, BlobStoreSettings, MetadataSettings, AuthSettings)
+    if found:
+        sys.stderr.write("".join(f"wharf-stack: {line}\n" for line in found))
+        sys.exit(2)
+    if args.check:
+        print("wharf-stack: the settings are valid", flush=True)
+        return
+    settings = load(StackSettings, os.environ)
+    logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
     try:
-        # Every service's settings, as they will read them: a bad value stops the runner here,
-        # with one line naming it, instead of a child crashing after the others started.
-        check_all(os.environ, GatewaySettings, BlobStoreSettings, MetadataSettings, AuthSettings)
-    except SettingsError as exc:
+        lock = DataDirLock(settings.data_dir.resolve())
+    except DataDirInUse as exc:
         sys.stderr.write(f"wharf-stack: {exc}\n")
         sys.exit(2)
-    logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
+    if not port_is_free(settings.host, settings.port):
+        sys.stderr.write(f"wharf-stack: {settings.host}:{settings.port} is already in use (another registry?); "
+                         "set WHARF_PORT to a free port\n")
+        sys.exit(2)
+    lock.record(base_url(settings))
     stopping = StopSignal()
     try:
         children = start(settings)
@@ -146,7 +185,7 @@ def main() -> None:
           f"(data in {settings.data_dir.resolve()}); Ctrl-C stops it.", flush=True)
     if settings.auth == "none":
         print("Authentication is off (WHARF_AUTH=none), fine on loopback only. To require tokens: "
-              "WHARF_AUTH=token WHARF_ADMIN_PASSWORD=<secret> make run, then "
+              "WHARF_AUTH=token make run, then "
               "`.venv/bin/wharf-admin --auth-addr <printed auth address> user add alice` "
               "(see README, Authentication).", flush=True)
     else:

@@ -11,7 +11,7 @@ from services.common.settings import env
 @dataclasses.dataclass(frozen=True)
 class StackSettings:
     host: str = env("WHARF_HOST", "127.0.0.1", "address the registry listens on")
-    port: int = env("WHARF_PORT", 5000, "port the registry listens on")
+    port: int = env("WHARF_PORT", 5000, "port the registry listens on", minimum=1, maximum=65535)
     data_dir: pathlib.Path = env("WHARF_DATA_DIR", pathlib.Path("./data"),
                                  "where blobs (blobstore/) and Redis data (redis/) live")
     redis_url: str = env("WHARF_REDIS_URL", "", "use this Redis instead of starting one")
