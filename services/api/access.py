@@ -190,6 +190,21 @@ def challenge(settings: GatewaySettings, needed: list[Scope], endpoint: str, err
     return RegistryError(UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer " + ",".join(parts)})
 
 
+# What a refused action was, in the words of the message: "alice may not push to bob/app".
+_ATTEMPTS = {"push": "push to {}", "pull": "pull from {}", "delete": "delete from {}"}
+
+
+def _refusal(claims: Claims, scope: Scope) -> str:
+    """Names who, the action attempted (the most a request needed and lacked) and the resource."""
+    who = claims.subject or "anonymous"
+    if scope.type == scopes.REGISTRY:
+        return f"{who} may not list the catalog"
+    granted = claims.access.get((scope.type, scope.name), frozenset())
+    missing = [action for action in scope.actions if action not in granted] or list(scope.actions)
+    attempted = next((a for a in ("delete", "push", "pull") if a in missing), missing[0])
+    return f"{who} may not " + _ATTEMPTS.get(attempted, attempted + " {}").format(scope.name)
+
+
 class Authorizer(abc.ABC):
     """Who may do what: one implementation with token auth and one without, so that nothing
     else asks whether token auth is on (the enabled/disabled pair zot uses for its features)."""
@@ -261,8 +276,7 @@ class TokenAccess(Authorizer):
                 continue
             if claims.was_refused(scope):
                 # The caller asked for this right and was refused it: a new token will not help.
-                raise RegistryError(DENIED, f"{claims.subject or 'anonymous'} may not {','.join(scope.actions)} "
-                                            f"{scope.name}")
+                raise RegistryError(DENIED, _refusal(claims, scope))
             raise challenge(self._settings, needed, endpoint, "insufficient_scope")
         g.claims = claims
 

@@ -117,6 +117,6 @@ class LoginThrottle:
             if state == -1 or time.monotonic() >= deadline:
                 retry = max(int(retry), 1)
                 message = "too many failed logins" if state == -1 else "too many logins at once"
-                raise RegistryError(TOOMANYREQUESTS, f"{message}, retry later",
+                raise RegistryError(TOOMANYREQUESTS, f"{message}; retry in {retry} s",
                                     detail={"retry_after": retry}, headers={"Retry-After": str(retry)})
             time.sleep(random.uniform(0.02, 0.06))

@@ -110,6 +110,8 @@ def test_push_with_a_pull_only_token_is_denied(secure: RunningStack) -> None:
     assert claims(tok)["access"] == [{"type": "repository", "name": "alice/shared", "actions": ["pull"]}]
     response = push_blob(secure, "alice/shared", b"nope", bearer(tok))
     assert response.status_code == 403 and response.json()["errors"][0]["code"] == "DENIED"
+    # The message names who, the action attempted and the repository (not "may not pull,push").
+    assert response.json()["errors"][0]["message"] == "bob may not push to alice/shared"
 
 
 def test_anonymous_push_is_refused_and_public_pull_allowed(secure: RunningStack) -> None:
