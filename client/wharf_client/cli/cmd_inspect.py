@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from wharf_client import digest as digests
 from wharf_client import platform as platforms
 from wharf_client.cli.context import Context, UsageError
-from wharf_client.errors import NotFoundError, RegistryError
+from wharf_client.errors import NotFoundError, RegistryError, UnsupportedOperation
 from wharf_client.manifest import Manifest
 from wharf_client.reference import parse, parse_registry, validate_tag
 from wharf_client.registry import Repository
@@ -44,11 +45,19 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     tag.add_argument("tags", nargs="+", metavar="TAG", help="new tag(s) in the same repository")
     tag.set_defaults(run=run_tag)
 
-    delete = commands.add_parser("delete", aliases=["rm"], parents=[common],
-                                 help="delete a manifest (a tag is resolved to its digest first)")
-    delete.add_argument("reference")
-    delete.add_argument("--untag", action="store_true",
-                        help="remove only the tag, keep the manifest (needs a registry that deletes tags)")
+    delete = commands.add_parser(
+        "delete", aliases=["rm"], parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="remove a tag, or (--manifest, or a digest) a manifest with every tag on it",
+        description="REPO:TAG removes that tag; the manifest and its other tags stay.\n"
+                    "REPO@DIGEST, or REPO:TAG --manifest, deletes the manifest itself, and with it every tag\n"
+                    "that points at it: when there are others, it asks first (or needs --yes).",
+        epilog="examples:\n  wharf rm localhost:5000/team/app:ci-1234\n"
+               "  wharf rm localhost:5000/team/app:v1 --manifest --yes")
+    delete.add_argument("reference", help="REPO:TAG or REPO@DIGEST")
+    delete.add_argument("--manifest", action="store_true",
+                        help="delete the manifest the tag points at, with every tag on it")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask before other tags go too")
+    delete.add_argument("--untag", action="store_true", help=argparse.SUPPRESS)  # what REPO:TAG now does
     delete.set_defaults(run=run_delete)
 
 
@@ -170,24 +179,53 @@ def run_tag(ctx: Context) -> int:
 def run_delete(ctx: Context) -> int:
     ref = parse(ctx.args.reference, default_tag=True)
     repo = ctx.client.repository(ref)
+    if not ref.digest and not ctx.args.manifest:
+        return _untag(ctx, repo, ref.tag or "")
     if ctx.args.untag:
-        if ref.digest or not ref.tag:
-            raise UsageError("--untag needs a reference with a tag")
-        try:
-            repo.delete_tag(ref.tag)
-        except RegistryError as err:
-            if err.status in (400, 405):  # Distribution 2.8 answers DIGEST_INVALID: it deletes by digest only
-                err.args = (f"{err} (this registry may not delete tags; `wharf delete` without --untag deletes "
-                            "the manifest)",)
-            raise
-        ctx.emit({"untagged": str(ref)}, f"Untagged {ref}")
-        return 0
+        raise UsageError("--untag removes a tag: give REPO:TAG, without --manifest")
     digest = ref.digest
     if not digest:
         found = repo.head_manifest(ref.identifier)
         if found is None:
             raise NotFoundError("HEAD", str(ref), 404, [], "manifest unknown")
         digest = found.digest
-    repo.delete_manifest(digests.validate(digest))
+    digest = digests.validate(digest)
+    if not ctx.args.yes:
+        others = [tag for tag in _tags_on(repo, digest) if tag != ref.tag]
+        if others and not _confirmed(f"{ref.name}@{digest} also carries the tag(s) {', '.join(others)}, "
+                                     "which go with it. Delete? [y/N] "):
+            raise UsageError(f"not deleted: {ref.name}@{digest} also carries {', '.join(others)} "
+                             "(--yes deletes it anyway; `wharf rm REPO:TAG` removes one tag)")
+    repo.delete_manifest(digest)
     ctx.emit({"deleted": f"{ref.name}@{digest}"}, f"Deleted {ref.name}@{digest}")
     return 0
+
+
+def _untag(ctx: Context, repo: Repository, tag: str) -> int:
+    try:
+        repo.delete_tag(tag)
+    except RegistryError as err:
+        if err.status in (400, 405):  # Distribution answers DIGEST_INVALID: it deletes by digest only
+            raise UnsupportedOperation(f"{err} (this registry cannot remove a tag alone; `wharf rm --manifest` "
+                                       "deletes the manifest and every tag on it)") from None
+        raise
+    ctx.emit({"untagged": f"{repo.name}:{tag}"}, f"Untagged {repo.name}:{tag}")
+    return 0
+
+
+def _tags_on(repo: Repository, digest: str) -> list[str]:
+    """The repository's tags that point at ``digest`` (a HEAD per tag, eight at a time)."""
+    tags = list(repo.tags())
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(repo.head_manifest, tags))
+    return [tag for tag, descriptor in zip(tags, found, strict=True) if descriptor and descriptor.digest == digest]
+
+
+def _confirmed(question: str) -> bool:
+    """Asks on the terminal; without one (a script), the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
