@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
-PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# PYTHONWARNINGS: setuptools warns on every editable install of a two-root layout (services/, client/).
+PIP := PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: run test gen lint bench clean
 

@@ -15,6 +15,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from services.common import config_file
+
 T = TypeVar("T")
 
 
@@ -70,7 +72,12 @@ def _checked(field: dataclasses.Field[Any], var: str, raw: str, kind: Any) -> An
 
 
 def problems(cls: type, environ: Mapping[str, str]) -> list[str]:
-    """Every problem with ``cls``'s settings in ``environ``, one line each (empty: all good)."""
+    """Every problem with ``cls``'s settings in ``environ`` (over ``WHARF_CONFIG``'s file), one
+    line each (empty: all good)."""
+    try:
+        environ = config_file.merged(environ)
+    except config_file.ConfigFileError as exc:
+        return [str(exc)]
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     found: list[str] = []
@@ -98,6 +105,7 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
     found = problems(cls, environ)
     if found:
         raise SettingsError("\n".join(found))
+    environ = config_file.merged(environ)
     hints = typing.get_type_hints(cls)
     return cls(**{field.name: _convert(field.metadata["env"], environ[field.metadata["env"]], hints[field.name])
                   for field in dataclasses.fields(cls)  # type: ignore[arg-type]
@@ -119,9 +127,13 @@ def load_or_exit(cls: type[T], environ: Mapping[str, str], program: str) -> T:
 
 
 def check_all(environ: Mapping[str, str], *classes: type) -> list[str]:
-    """Every problem in several services' settings, each once (the runner checks them all before
-    it starts anything)."""
-    return list(dict.fromkeys(line for cls in classes for line in problems(cls, environ)))
+    """Every problem in several services' settings, each once, and the configuration file's keys
+    none of them reads (the runner checks them all before it starts anything)."""
+    found = list(dict.fromkeys(line for cls in classes for line in problems(cls, environ)))
+    if not found:
+        known = {var for cls in classes for var in variables(cls)}
+        found = config_file.unknown_keys(environ, known)
+    return found
 
 
 def secret(value: str, file: str) -> str:
