@@ -39,7 +39,7 @@ def main() -> None:
     logs.configure(settings.log_level)
     wire.install(settings.max_body_bytes)
     # Every connection is a file descriptor: say how many this gateway may hold.
-    logging.getLogger("wharf.gateway").info("open-file limit", extra={"fields": {"limit": raise_open_file_limit()}})
+    logging.getLogger("wharf.gateway").debug("open-file limit", extra={"fields": {"limit": raise_open_file_limit()}})
     options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
@@ -49,7 +49,8 @@ def main() -> None:
         "timeout": 120,
         "graceful_timeout": 30,
         "keepalive": settings.keepalive_timeout,
-        "loglevel": settings.log_level,
+        # gunicorn's own lines (booting, workers) are start-up chatter: warnings and up, unless debugging.
+        "loglevel": "debug" if settings.log_level == "debug" else "warning",
         "accesslog": None,
         "proc_name": "wharf-gateway",
         # gunicorn's control socket lives at one fixed path per user; two gateways would collide.

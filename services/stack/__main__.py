@@ -185,14 +185,13 @@ def main(argv: list[str] | None = None) -> None:
           f"(data in {settings.data_dir.resolve()}); Ctrl-C stops it.", flush=True)
     if settings.auth == "none":
         print("Authentication is off (WHARF_AUTH=none), fine on loopback only. To require tokens: "
-              "WHARF_AUTH=token make run, then "
-              "`.venv/bin/wharf-admin --auth-addr <printed auth address> user add alice` "
+              "`WHARF_AUTH=token make run`, then `.venv/bin/wharf-admin user add alice` "
               "(see README, Authentication).", flush=True)
     else:
         auth_child = next(c for c in children if c.name == "auth")
-        print(f"Token authentication is on; the auth service listens on {auth_child.address}. "
-              "Manage accounts with `.venv/bin/wharf-admin --auth-addr "
-              f"{auth_child.address} user add <name>`.", flush=True)
+        print(f"Token authentication is on (the auth service listens on {auth_child.address}). Manage "
+              "accounts with `.venv/bin/wharf-admin user add <name>` from this directory (or with "
+              f"WHARF_DATA_DIR={settings.data_dir}).", flush=True)
     status = 0
     while not stopping.wait(0.5):
         dead = [c for c in children if not c.alive()]

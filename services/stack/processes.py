@@ -94,14 +94,15 @@ def start_redis(directory: pathlib.Path, env: Mapping[str, str], deadline: float
                 port: int | None = None, output: IO[bytes] | None = None,
                 appendfsync: str = "always") -> tuple[Child, str]:
     """The one way Wharf starts a local Redis (the runner, the tests): loopback only, protected
-    mode, an append-only file in ``directory`` and no RDB snapshots. The runner fsyncs every
+    mode, an append-only file in ``directory`` and no RDB snapshots; its log (a banner and
+    start-up warnings) goes to ``redis.log`` there, not to the terminal. The runner fsyncs every
     write, so an acknowledged push survives a crash; tests may trade that for speed
     (``appendfsync="everysec"``). Returns the process and its URL once it answers."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = [redis_binary(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
             "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--protected-mode", "yes",
-            "--daemonize", "no", "--loglevel", "warning"]
+            "--daemonize", "no", "--loglevel", "warning", "--logfile", str(directory / "redis.log")]
     child = Child("redis", argv, env, output=output)
     wait_until(lambda: redis_ready("127.0.0.1", port), child, deadline, "redis")
     return child, f"redis://127.0.0.1:{port}/0"
