@@ -12,6 +12,7 @@ import os
 import pathlib
 import secrets
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -96,6 +97,19 @@ def _new_password(from_stdin: bool) -> str:
     return str(click.prompt("New password", hide_input=True, confirmation_prompt=True))
 
 
+def json_option(command: Callable[..., None]) -> Callable[..., None]:
+    """``--json`` on every command: text by default, the same facts as JSON with it."""
+    return click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")(command)
+
+
+def _say(as_json: bool, payload: Any, text: str) -> None:
+    click.echo(json.dumps(payload, indent=2) if as_json else text)
+
+
+def _grants_text(account: dict[str, Any]) -> str:
+    return ", ".join(f"{p}={','.join(x)}" for p, x in account["grants"].items()) or "-"
+
+
 def _show(account: pb.Account) -> dict[str, Any]:
     return {"name": account.name, "kind": account.kind, "admin": account.admin,
             "grants": {g.pattern: list(g.actions) for g in account.grants}}
@@ -120,45 +134,48 @@ def user() -> None:
 @click.argument("name")
 @click.option("--admin", "make_admin", is_flag=True, help="make the account an administrator")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@json_option
 @click.pass_obj
-def user_add(admin: Admin, name: str, password_stdin: bool, make_admin: bool) -> None:
-    """Create a user, who owns the repositories under NAME/."""
+def user_add(admin: Admin, name: str, password_stdin: bool, make_admin: bool, as_json: bool) -> None:
+    """Create a user, who owns the repositories under NAME/.
+
+    \b
+    Example: printf '%s\\n' "$PASSWORD" | wharf-admin user add alice --password-stdin
+    """
     account = admin.call("CreateAccount", pb.CreateAccountRequest(name=name, password=_new_password(password_stdin),
                                                                   kind="user", admin=make_admin))
-    click.echo(f"created user {account.name}")
+    _say(as_json, {"created": _show(account)}, f"created user {account.name}")
 
 
 @user.command("passwd")
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@json_option
 @click.pass_obj
-def user_passwd(admin: Admin, name: str, password_stdin: bool) -> None:
+def user_passwd(admin: Admin, name: str, password_stdin: bool, as_json: bool) -> None:
     """Set a password (and revoke the account's refresh tokens)."""
     admin.call("SetPassword", pb.SetPasswordRequest(name=name, password=_new_password(password_stdin)))
-    click.echo(f"password of {name} changed")
+    _say(as_json, {"password_changed": name}, f"password of {name} changed")
 
 
 @user.command("del")
 @click.argument("name")
+@json_option
 @click.pass_obj
-def user_del(admin: Admin, name: str) -> None:
+def user_del(admin: Admin, name: str, as_json: bool) -> None:
     """Delete an account (user or robot)."""
     admin.call("DeleteAccount", pb.AccountRef(name=name))
-    click.echo(f"deleted {name}")
+    _say(as_json, {"deleted": name}, f"deleted {name}")
 
 
 @user.command("list")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @click.pass_obj
 def user_list(admin: Admin, as_json: bool) -> None:
     """List accounts with their grants."""
     accounts = [_show(a) for a in admin.call("ListAccounts", pb.ListAccountsRequest()).accounts]
-    if as_json:
-        click.echo(json.dumps(accounts, indent=2))
-        return
-    for a in accounts:
-        grants = ", ".join(f"{p}={','.join(x)}" for p, x in a["grants"].items()) or "-"
-        click.echo(f"{a['name']:<24} {a['kind']:<6} {'admin' if a['admin'] else '':<6} {grants}")
+    _say(as_json, accounts, "\n".join(f"{a['name']:<24} {a['kind']:<6} {'admin' if a['admin'] else '':<6} "
+                                      f"{_grants_text(a)}" for a in accounts))
 
 
 @main.group()
@@ -168,38 +185,45 @@ def robot() -> None:
 
 @robot.command("add")
 @click.argument("name")
+@json_option
 @click.pass_obj
-def robot_add(admin: Admin, name: str) -> None:
+def robot_add(admin: Admin, name: str, as_json: bool) -> None:
     """Create a robot with a generated password, printed once."""
     password = secrets.token_urlsafe(32)[:40]
     admin.call("CreateAccount", pb.CreateAccountRequest(name=name, password=password, kind="robot"))
-    click.echo(f"created robot {name}; its password (shown once): {password}")
+    _say(as_json, {"created": name, "password": password},
+         f"created robot {name}; its password (shown once): {password}")
 
 
 @main.command()
 @click.argument("name")
 @click.argument("pattern")
 @click.argument("actions")
+@json_option
 @click.pass_obj
-def grant(admin: Admin, name: str, pattern: str, actions: str) -> None:
+def grant(admin: Admin, name: str, pattern: str, actions: str, as_json: bool) -> None:
     """Let NAME do ACTIONS (pull,push,delete or *) on repositories matching PATTERN.
 
     In PATTERN, * matches within one path component and ** (a whole component) crosses "/":
     team/* is team/app but not team/app/x; team/** is everything under team.
+
+    \b
+    Example: wharf-admin grant ci-bot 'team/**' pull,push
     """
-    account = admin.call("Grant", pb.GrantRequest(name=name, grant=pb.Grant(pattern=pattern,
-                                                                            actions=actions.split(","))))
-    click.echo(json.dumps(_show(account)))
+    account = _show(admin.call("Grant", pb.GrantRequest(name=name, grant=pb.Grant(pattern=pattern,
+                                                                                  actions=actions.split(",")))))
+    _say(as_json, account, f"{name}: {_grants_text(account)}")
 
 
 @main.command()
 @click.argument("name")
 @click.argument("pattern")
+@json_option
 @click.pass_obj
-def revoke(admin: Admin, name: str, pattern: str) -> None:
+def revoke(admin: Admin, name: str, pattern: str, as_json: bool) -> None:
     """Remove NAME's grant on PATTERN."""
-    account = admin.call("Revoke", pb.RevokeRequest(name=name, pattern=pattern))
-    click.echo(json.dumps(_show(account)))
+    account = _show(admin.call("Revoke", pb.RevokeRequest(name=name, pattern=pattern)))
+    _say(as_json, account, f"{name}: {_grants_text(account)}")
 
 
 @main.group()
@@ -209,28 +233,31 @@ def repo() -> None:
 
 @repo.command("public")
 @click.argument("pattern")
+@json_option
 @click.pass_obj
-def repo_public(admin: Admin, pattern: str) -> None:
+def repo_public(admin: Admin, pattern: str, as_json: bool) -> None:
     """Let anyone, even anonymous clients, pull repositories matching PATTERN (globs as in `grant`)."""
     admin.call("SetVisibility", pb.SetVisibilityRequest(pattern=pattern, public=True))
-    click.echo(f"{pattern} is public")
+    _say(as_json, {"public": pattern}, f"{pattern} is public")
 
 
 @repo.command("private")
 @click.argument("pattern")
+@json_option
 @click.pass_obj
-def repo_private(admin: Admin, pattern: str) -> None:
+def repo_private(admin: Admin, pattern: str, as_json: bool) -> None:
     """Undo `repo public PATTERN`."""
     admin.call("SetVisibility", pb.SetVisibilityRequest(pattern=pattern, public=False))
-    click.echo(f"{pattern} is private")
+    _say(as_json, {"private": pattern}, f"{pattern} is private")
 
 
 @repo.command("list-public")
+@json_option
 @click.pass_obj
-def repo_list_public(admin: Admin) -> None:
+def repo_list_public(admin: Admin, as_json: bool) -> None:
     """List the public patterns."""
-    for pattern in admin.call("ListPublic", pb.ListPublicRequest()).patterns:
-        click.echo(pattern)
+    patterns = list(admin.call("ListPublic", pb.ListPublicRequest()).patterns)
+    _say(as_json, patterns, "\n".join(patterns))
 
 
 @main.group()
@@ -240,11 +267,12 @@ def token() -> None:
 
 @token.command("revoke")
 @click.argument("name")
+@json_option
 @click.pass_obj
-def token_revoke(admin: Admin, name: str) -> None:
+def token_revoke(admin: Admin, name: str, as_json: bool) -> None:
     """Revoke every refresh token of NAME (access tokens expire on their own)."""
     revoked = admin.call("RevokeRefreshTokens", pb.AccountRef(name=name)).revoked
-    click.echo(f"revoked {revoked} refresh token(s) of {name}")
+    _say(as_json, {"name": name, "revoked": revoked}, f"revoked {revoked} refresh token(s) of {name}")
 
 
 @main.group()
@@ -253,11 +281,13 @@ def keys() -> None:
 
 
 @keys.command("rotate")
+@json_option
 @click.pass_obj
-def keys_rotate(admin: Admin) -> None:
+def keys_rotate(admin: Admin, as_json: bool) -> None:
     """Start signing with a new key; the old one verifies until its tokens expire."""
-    for key in admin.call("RotateSigningKey", pb.RotateSigningKeyRequest()).keys:
-        click.echo(f"{key.kid} {key.algorithm}")
+    keys = [{"kid": key.kid, "algorithm": key.algorithm}
+            for key in admin.call("RotateSigningKey", pb.RotateSigningKeyRequest()).keys]
+    _say(as_json, keys, "\n".join(f"{key['kid']} {key['algorithm']}" for key in keys))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ answered (issue 13)."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import pathlib
 import subprocess
@@ -102,6 +103,15 @@ def test_token_mode_without_a_password_generates_one_that_wharf_admin_finds(
                             "--password-stdin"], input="alice-password-1\n", env=env, capture_output=True, text=True,
                            timeout=60)
     assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == "created user alice"  # text by default, JSON with --json, on every command
+    for args, text in ((["grant", "alice", "team/*", "pull"], "alice: team/*=pull"),
+                       (["user", "list"], "alice")):
+        plain = subprocess.run([sys.executable, "-m", "services.auth.admin_cli", *args], env=env,
+                               capture_output=True, text=True, timeout=60)
+        as_json = subprocess.run([sys.executable, "-m", "services.auth.admin_cli", *args, "--json"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert plain.returncode == 0 and text in plain.stdout and not plain.stdout.lstrip().startswith(("{", "["))
+        assert as_json.returncode == 0 and json.loads(as_json.stdout)
     token = requests.get(f"{stack.url}/token", params={"service": "wharf", "scope": "repository:alice/x:push"},
                          auth=("alice", "alice-password-1"), timeout=10)
     assert token.status_code == 200
