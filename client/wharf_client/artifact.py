@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from wharf_client import digest as digests
 from wharf_client import mediatypes
 from wharf_client.blobio import BytesSource, FileSource
-from wharf_client.errors import FormatError
+from wharf_client.errors import FormatError, UnsupportedOperation
 from wharf_client.manifest import Descriptor, Manifest, image_manifest, index
 from wharf_client.registry import Repository, referrers_tag
 from wharf_client.upload import push_blob
@@ -105,10 +105,12 @@ def pull_artifact(repository: Repository, reference: str, output: pathlib.Path,
         raise FormatError(f"{reference} is an index, not an artifact manifest")
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    for layer in manifest.layers:
-        title = layer.annotations.get(mediatypes.TITLE_ANNOTATION)
-        if not title:
-            continue
+    titled = [layer for layer in manifest.layers if layer.annotations.get(mediatypes.TITLE_ANNOTATION)]
+    if not titled:
+        raise UnsupportedOperation(f"{reference} has no files to pull (no layer has a title): an image, not an "
+                                   "artifact? `wharf pull` fetches images")
+    for layer in titled:
+        title = layer.annotations[mediatypes.TITLE_ANNOTATION]
         target = safe_path(output, title)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")

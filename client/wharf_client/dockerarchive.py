@@ -29,7 +29,7 @@ from wharf_client import mediatypes
 from wharf_client import reference as references
 from wharf_client.blobio import IO_CHUNK, BlobSource, BytesSource, FileSource
 from wharf_client.digest import Verifier
-from wharf_client.errors import FormatError, InvalidReference
+from wharf_client.errors import AmbiguousImage, FormatError, ImageNotFound, InvalidReference
 from wharf_client.manifest import Descriptor, Manifest, image_manifest
 from wharf_client.upload import Outcome
 
@@ -135,12 +135,12 @@ class DockerArchiveSource:
             if len(entries) == 1:
                 return dict(entries[0])
             tags = [t for e in entries for t in e.get("RepoTags") or []]
-            raise FormatError(f"{self.path} holds {len(entries)} images; choose one of: {', '.join(tags)}")
+            raise AmbiguousImage(f"{self.path} holds {len(entries)} images; choose one of: {', '.join(tags)}")
         wanted = _normalized_tag(name)
         for entry in entries:
             if any(_normalized_tag(t) == wanted for t in entry.get("RepoTags") or []):
                 return dict(entry)
-        raise FormatError(f"{self.path} has no image tagged {name!r}")
+        raise ImageNotFound(f"{self.path} has no image tagged {name!r}")
 
     def _build(self, entry: dict[str, Any], concurrency: int) -> Manifest:
         config = self._read(str(entry.get("Config", "")), MAX_CONFIG_BYTES)

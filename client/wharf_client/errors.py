@@ -42,6 +42,14 @@ class PlatformNotFound(WharfError):
     """An index has no manifest for the requested platform."""
 
 
+class ImageNotFound(WharfError):
+    """A layout or a tarball has no image of the name asked for (exit 4, like a registry's 404)."""
+
+
+class AmbiguousImage(WharfError):
+    """A layout or a tarball holds several images and none was named (exit 2: say which)."""
+
+
 class UnsupportedOperation(WharfError):
     """The source or target cannot do what was asked (referrers of an OCI layout, say)."""
 

@@ -22,7 +22,7 @@ from wharf_client import digest as digests
 from wharf_client import mediatypes
 from wharf_client.blobio import IO_CHUNK, FileSource
 from wharf_client.digest import Verifier
-from wharf_client.errors import FormatError
+from wharf_client.errors import AmbiguousImage, FormatError, ImageNotFound
 from wharf_client.manifest import Descriptor, Manifest, encode
 
 LAYOUT_FILE = "oci-layout"
@@ -96,17 +96,17 @@ class OciLayout:
                     return entry
             if self.has_blob(name):
                 return self.read_manifest_by_digest(name).descriptor()
-            raise FormatError(f"{self.path}: no manifest {name}")
+            raise ImageNotFound(f"{self.path}: no manifest {name}")
         if name:
             matches = [e for e in entries if _ref_name(e) in (name, *_ref_suffixes(name))]
             if matches:
                 return matches[-1]
-            raise FormatError(f"{self.path}: no manifest named {name!r} (names: {self._names(entries)})")
+            raise ImageNotFound(f"{self.path}: no manifest named {name!r} (names: {self._names(entries)})")
         if len(entries) == 1:
             return entries[0]
         if not entries:
             raise FormatError(f"{self.path}: index.json lists no manifests")
-        raise FormatError(f"{self.path} holds {len(entries)} manifests; choose one by name "
+        raise AmbiguousImage(f"{self.path} holds {len(entries)} manifests; choose one by name "
                           f"(names: {self._names(entries)})")
 
     @staticmethod

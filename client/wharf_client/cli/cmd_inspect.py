@@ -11,7 +11,7 @@ from typing import Any
 from wharf_client import digest as digests
 from wharf_client import platform as platforms
 from wharf_client.cli.context import Context, UsageError
-from wharf_client.errors import NotFoundError, RegistryError, UnsupportedOperation
+from wharf_client.errors import NotFoundError, PlatformNotFound, RegistryError, UnsupportedOperation
 from wharf_client.manifest import Manifest
 from wharf_client.reference import parse, parse_registry, validate_tag
 from wharf_client.registry import Repository
@@ -82,9 +82,18 @@ def run_catalog(ctx: Context) -> int:
 
 
 def _resolve(repo: Repository, identifier: str, platform: str | None) -> Manifest:
+    """The manifest for ``platform``: the index's entry for it, or the image itself when the image
+    is for that platform. An image for another platform is not an answer (PlatformNotFound)."""
     manifest = repo.get_manifest(identifier)
-    if platform and manifest.is_index:
-        manifest = repo.get_manifest(manifest.select(platforms.parse(platform)).digest)
+    if not platform:
+        return manifest
+    wanted = platforms.parse(platform)
+    if manifest.is_index:
+        return repo.get_manifest(manifest.select(wanted).digest)
+    config = _json_or_none(repo.fetch_blob(manifest.config)) if manifest.config else None
+    actual = platforms.from_json(config) if isinstance(config, dict) else None
+    if actual is not None and not wanted.matches(actual):
+        raise PlatformNotFound(f"{repo.name}@{manifest.digest} is an image for {actual}, not {wanted}")
     return manifest
 
 

@@ -16,9 +16,11 @@ from typing import Any
 from wharf_client.auth.credentials import CredentialError, DockerConfig
 from wharf_client.cli.progress import BlobBars
 from wharf_client.errors import (
+    AmbiguousImage,
     AuthenticationError,
     DigestMismatch,
     FormatError,
+    ImageNotFound,
     InvalidReference,
     NotFoundError,
     PlatformNotFound,
@@ -57,15 +59,17 @@ class LoginFailed(WharfError):
 def exit_code(error: BaseException) -> int:
     if isinstance(error, AuthenticationError | CredentialError | LoginFailed):
         return EXIT_AUTH
-    if isinstance(error, NotFoundError | PlatformNotFound):
+    if isinstance(error, NotFoundError | PlatformNotFound | ImageNotFound):
         return EXIT_NOT_FOUND
+    if isinstance(error, RegistryError) and error.status == 429 and "/token" in (error.url or ""):
+        return EXIT_AUTH  # a login lockout
     if isinstance(error, RegistryError) and error.code in ("MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"):
         return EXIT_NOT_FOUND
     if isinstance(error, TransportError):
         return EXIT_UNREACHABLE
     if isinstance(error, DigestMismatch | FormatError):
         return EXIT_INTEGRITY
-    if isinstance(error, InvalidReference | UsageError | UnsupportedOperation):
+    if isinstance(error, InvalidReference | UsageError | UnsupportedOperation | AmbiguousImage):
         return EXIT_USAGE
     return EXIT_FAILED
 

@@ -20,6 +20,7 @@ from wharf_client import (
 )
 from wharf_client import mediatypes as mt
 from wharf_client.blobio import BytesSource
+from wharf_client.errors import ImageNotFound
 
 from tests.unit.client.builders import docker_save, oci_layout, read_docker_tarball, sha256
 
@@ -56,7 +57,7 @@ def test_layout_names_and_errors(tmp_path: pathlib.Path) -> None:
     assert layout.resolve().digest == built.digest
     assert layout.resolve("example.com/app:v1").digest == built.digest  # full names match bare tags
     assert layout.resolve(built.digest).digest == built.digest
-    with pytest.raises(FormatError, match="names: v1"):
+    with pytest.raises(ImageNotFound, match="names: v1"):  # not found (exit 4), not an integrity failure
         layout.resolve("v2")
     with pytest.raises(FormatError, match="not an OCI image layout"):
         OciLayout.open(tmp_path)
@@ -99,7 +100,7 @@ def test_docker_tarball_push_shape_and_pull_round_trip(tmp_path: pathlib.Path) -
 def test_docker_tarball_selection_and_refusals(tmp_path: pathlib.Path) -> None:
     saved = docker_save(tmp_path / "saved.tar", repo_tag="example/app:v1")
     DockerArchiveSource(saved.path, "docker.io/example/app:v1").close()  # normalized names match
-    with pytest.raises(FormatError, match="no image tagged"):
+    with pytest.raises(ImageNotFound, match="no image tagged"):
         DockerArchiveSource(saved.path, "example/app:v2")
     built = oci_layout(tmp_path / "multi")
     target = DockerArchiveTarget(tmp_path / "multi.tar")
