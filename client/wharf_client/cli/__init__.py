@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from collections.abc import Sequence
@@ -40,9 +41,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The (sub)command's own parser that ``argv`` names, deepest first: its usage is what helps."""
+    current = parser
+    for word in argv:
+        actions = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or word not in actions[0].choices:
+            if word.startswith("-"):
+                continue
+            break
+        current = actions[0].choices[word]
+    return current
+
+
+def _options_by_command(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[f"{prefix}{name}"] = {o for a in sub._actions for o in a.option_strings}
+                found.update(_options_by_command(sub, f"{prefix}{name} "))
+    return found
+
+
+def _suggest(parser: argparse.ArgumentParser, command: argparse.ArgumentParser, unknown: list[str]) -> str:
+    known = [option for action in command._actions for option in action.option_strings]
+    elsewhere = _options_by_command(parser)
+    hints = []
+    for word in (w.split("=", 1)[0] for w in unknown if w.startswith("-")):
+        close = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
+        owners = sorted(name for name, options in elsewhere.items() if word in options)
+        if close:
+            hints.append(f"{word}: did you mean {close[0]}?")
+        elif owners:
+            hints.append(f"{word} is an option of {', '.join(owners[:6])}, not of this command")
+    return ("; " + "; ".join(hints)) if hints else ""
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns its exit code (tests call this in-process)."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # The command's usage, not the top level's, with the option the user probably meant.
+        command = _command_parser(parser, argv)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{_suggest(parser, command, unknown)}")
     as_json = bool(getattr(args, "json", False))
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="wharf: %(message)s")

@@ -8,11 +8,14 @@ import pathlib
 from wharf_client import digest as digests
 from wharf_client import mediatypes
 from wharf_client.artifact import parse_file_argument, pull_artifact, push_artifact
-from wharf_client.cli.context import Context, UsageError, add_upload_options
+from wharf_client.cli.context import Context, UsageError, add_transfer_options, add_upload_options
 from wharf_client.errors import NotFoundError
 from wharf_client.manifest import Descriptor
 from wharf_client.reference import Reference, parse
 from wharf_client.registry import Repository
+
+# What an artifact pushed without --artifact-type is: the type oras gives such artifacts.
+DEFAULT_ARTIFACT_TYPE = "application/vnd.unknown.artifact.v1"
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -21,17 +24,20 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     push = actions.add_parser("push", parents=[common], help="push files as an artifact")
     push.add_argument("reference", help="repository[:tag]; without a tag the artifact is pushed by digest")
     push.add_argument("files", nargs="*", metavar="FILE[:MEDIATYPE]")
-    push.add_argument("--artifact-type", required=True, help="the artifact's media type")
+    push.add_argument("--artifact-type", default=DEFAULT_ARTIFACT_TYPE,
+                      help=f"the artifact's media type (default {DEFAULT_ARTIFACT_TYPE}, as oras uses)")
     push.add_argument("--annotation", "-a", action="append", default=[], metavar="KEY=VALUE",
                       help="manifest annotation (repeatable)")
     push.add_argument("--subject", help="the manifest this artifact refers to (tag, @digest, or full reference)")
     push.add_argument("--config", type=pathlib.Path, help="config blob file (default: the empty config)")
     push.add_argument("--config-media-type", default=None, help="media type of --config")
     add_upload_options(push)
+    add_transfer_options(push)
     push.set_defaults(run=run_push)
     pull = actions.add_parser("pull", parents=[common], help="download an artifact's files")
     pull.add_argument("reference")
     pull.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("."), help="directory (default .)")
+    add_transfer_options(pull)
     pull.set_defaults(run=run_pull)
 
     referrers = commands.add_parser("referrers", parents=[common], help="list the artifacts that refer to a manifest")

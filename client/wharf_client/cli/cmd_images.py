@@ -6,7 +6,7 @@ import argparse
 import pathlib
 
 from wharf_client import platform as platforms
-from wharf_client.cli.context import Context, UsageError, add_upload_options
+from wharf_client.cli.context import Context, UsageError, add_transfer_options, add_upload_options
 from wharf_client.copy import CopyResult, copy_image
 from wharf_client.dockerarchive import DockerArchiveSource, DockerArchiveTarget
 from wharf_client.layout import OciLayout
@@ -30,6 +30,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     push.add_argument("--name", help="which image of the source: a layout's ref name or a tarball's repo tag")
     push.add_argument("--platform", action="append", default=[], help="push only this platform (repeatable)")
     add_upload_options(push)
+    add_transfer_options(push)
     push.set_defaults(run=run_push)
 
     pull = commands.add_parser("pull", parents=[common], help="pull an image into an OCI layout or a docker tarball")
@@ -39,6 +40,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                       help="oci (layout directory) or docker (tarball); default: docker when DESTINATION ends in .tar")
     pull.add_argument("--platform", action="append", default=[],
                       help="os/arch[/variant]; default: every platform for oci, this machine's for docker")
+    add_transfer_options(pull)
     pull.set_defaults(run=run_pull)
 
     copy = commands.add_parser("copy", aliases=["cp"], parents=[common],
@@ -50,6 +52,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                       help="also copy the manifests that refer to the image (signatures, SBOMs, attestations), "
                            "recursively")
     add_upload_options(copy)
+    add_transfer_options(copy)
     copy.set_defaults(run=run_copy)
 
 

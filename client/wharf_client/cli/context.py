@@ -85,7 +85,6 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                        help="speak HTTP to this registry only (repeatable)")
     group.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                        help="skip TLS verification for this registry only (repeatable)")
-    group.add_argument("--concurrency", type=int, default=4, metavar="N", help="blobs moved at once (default 4)")
     group.add_argument("--docker-config", type=pathlib.Path, metavar="DIR",
                        help="directory of the docker config.json (default $DOCKER_CONFIG or ~/.docker)")
 
@@ -102,6 +101,11 @@ def chunk_size(text: str) -> int:
     return size
 
 
+def add_transfer_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that move several blobs (push, pull, copy, artifact push and pull)."""
+    parser.add_argument("--concurrency", type=int, default=4, metavar="N", help="blobs moved at once (default 4)")
+
+
 def add_upload_options(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that upload blobs (push, copy, blob put, artifact push)."""
     parser.add_argument("--chunk-size", type=chunk_size, default=0, metavar="SIZE",
@@ -116,7 +120,7 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         name = parse_registry(host)
         registries[name] = RegistryOptions(plain_http=host in args.plain_http_registry or args.plain_http,
                                            insecure=host in args.insecure_registry or args.insecure)
-    options = ClientOptions(registries=registries, concurrency=args.concurrency,
+    options = ClientOptions(registries=registries, concurrency=getattr(args, "concurrency", 4),
                             default_registry_options=RegistryOptions(args.plain_http, args.insecure))
     chunk = int(getattr(args, "chunk_size", 0) or 0)
     if chunk:
@@ -134,7 +138,7 @@ class Context:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
-        if args.concurrency < 1 or args.concurrency > 64:
+        if not 1 <= getattr(args, "concurrency", 4) <= 64:
             raise UsageError("--concurrency must be between 1 and 64")
         options = client_options(args)
         config = DockerConfig(args.docker_config / "config.json" if args.docker_config else None)

@@ -69,3 +69,31 @@ def test_exit_codes() -> None:
     assert exit_code(TransportError("down")) == EXIT_UNREACHABLE
     assert exit_code(DigestMismatch("a", "b")) == EXIT_INTEGRITY
     assert exit_code(RegistryError("PUT", "u", 500)) == EXIT_FAILED
+
+
+def test_a_misspelt_option_shows_the_commands_usage_and_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(["push", "--chunksize=5M", "layout", "r/x:y"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: wharf push") and "--chunksize: did you mean --chunk-size?" in err
+
+
+def test_transfer_options_only_where_they_do_something(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["pull", "r", "p", "--concurrency", "8"]).concurrency == 8
+    with pytest.raises(SystemExit):
+        run(["tags", "r/x", "--concurrency", "8"])
+    assert "--concurrency is an option of" in capsys.readouterr().err
+
+
+def test_an_artifact_type_is_optional() -> None:
+    args = build_parser().parse_args(["artifact", "push", "r/x:1", "f"])
+    assert args.artifact_type == "application/vnd.unknown.artifact.v1"
+
+
+def test_a_login_lockout_is_an_authentication_failure() -> None:
+    locked = RegistryError("POST", "http://r/token", 429, [ErrorEntry("TOOMANYREQUESTS", "retry in 300 s", None)])
+    assert exit_code(locked) == EXIT_AUTH
+    throttled = RegistryError("GET", "http://r/v2/x/tags/list", 429, [])
+    assert exit_code(throttled) != EXIT_AUTH
