@@ -72,8 +72,8 @@ def run_login(ctx: Context) -> int:
     except AuthenticationError as err:
         raise LoginFailed(f"login to {registry} as {username} failed: {err}") from None
     where = ctx.config.store(registry, stored)
-    ctx.emit({"registry": registry, "username": username, "stored_in": where,
-              "refresh_token": bool(stored.identity_token)}, "Login Succeeded")
+    ctx.emit({"registry": registry, "username": username, "storedIn": where,
+              "refreshToken": bool(stored.identity_token)}, "Login Succeeded")
     return 0
 
 

@@ -180,7 +180,9 @@ def run_tag(ctx: Context) -> int:
     manifest = repo.get_manifest(ref.identifier)
     for tag in new_tags:
         repo.put_manifest(manifest, tag)
-    ctx.emit({"digest": manifest.digest, "tags": [str(ref.with_tag(t)) for t in new_tags]},
+    # "tags" holds tag names, as in `wharf tags --json`; the full references are beside them.
+    ctx.emit({"name": ref.name, "digest": manifest.digest, "tags": new_tags,
+              "references": [str(ref.with_tag(t)) for t in new_tags]},
              "\n".join(str(ref.with_tag(t)) for t in new_tags))
     return 0
 

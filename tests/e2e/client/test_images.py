@@ -106,7 +106,9 @@ def test_tag_inspect_delete(registry: Registry, wharf_cli: Cli, tmp_path: pathli
     built = oci_layout(tmp_path / "src", platforms=("linux/amd64",))
     repo = registry.repo()
     wharf_cli("push", str(built.path), repo + ":v1")
-    wharf_cli("tag", repo + ":v1", "v2", "v3")
+    tagged = wharf_cli("tag", repo + ":v1", "v2", "v3", "--json").json()
+    assert tagged["tags"] == ["v2", "v3"] and tagged["references"] == [f"{repo}:v2", f"{repo}:v3"]
+    assert wharf_cli("tags", repo, "--json").json()["tags"] == ["v1", "v2", "v3"]  # the same meaning of "tags"
     assert wharf_cli("tags", repo).text.split() == ["v1", "v2", "v3"]
     shown = wharf_cli("inspect", repo + ":v2", "--json").json()
     assert shown["digest"] == built.digest and shown["config"]["architecture"] == "amd64"

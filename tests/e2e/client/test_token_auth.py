@@ -43,7 +43,7 @@ def test_login_copy_and_logout(secure: Registry, wharf: Registry, wharf_cli: Cli
 
     login = wharf_cli("login", secure.host, "-u", "alice", "--password-stdin", "--json",
                       stdin=ALICE_PASSWORD.encode() + b"\n").json()
-    assert login["refresh_token"] is True
+    assert login["refreshToken"] is True
     stored = json.loads((tmp_path / "docker-config" / "config.json").read_text())["auths"][secure.host]
     assert base64.b64decode(stored["auth"]) == b"alice:" and stored["identitytoken"]  # no password on disk
 
