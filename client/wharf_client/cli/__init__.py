@@ -29,6 +29,42 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+# Shown under each command's --help.
+EXAMPLES = {
+    "login": ["wharf login registry.example.com -u alice",
+              "printf '%s\\n' \"$TOKEN\" | wharf login ghcr.io -u bot --password-stdin"],
+    "push": ["wharf push ./layout localhost:5000/team/app:1.0",
+             "wharf push app.tar localhost:5000/team/app:1.0 --name app:1.0"],
+    "pull": ["wharf pull localhost:5000/team/app:1.0 ./layout",
+             "wharf pull localhost:5000/team/app:1.0 app.tar --platform linux/arm64"],
+    "copy": ["wharf copy docker.io/library/alpine:3.20 localhost:5000/mirror/alpine",
+             "wharf cp -r localhost:5000/a:1 localhost:5001/a:1"],
+    "tags": ["wharf tags localhost:5000/team/app", "wharf tags localhost:5000/team/app --json"],
+    "catalog": ["wharf catalog localhost:5000"],
+    "inspect": ["wharf inspect localhost:5000/team/app:1.0",
+                "wharf inspect localhost:5000/team/app:1.0 --platform linux/arm64 --config"],
+    "digest": ["wharf digest localhost:5000/team/app:1.0"],
+    "tag": ["wharf tag localhost:5000/team/app:1.0 1 latest"],
+    "blob get": ["wharf blob get localhost:5000/team/app@sha256:<hex> -o layer.tar.gz"],
+    "blob put": ["wharf blob put localhost:5000/team/app ./file"],
+    "artifact push": ["wharf artifact push localhost:5000/team/app:sbom sbom.json:application/spdx+json "
+                      "--subject localhost:5000/team/app:1.0"],
+    "artifact pull": ["wharf artifact pull localhost:5000/team/app:sbom -o ./out"],
+    "referrers": ["wharf referrers localhost:5000/team/app:1.0 --json"],
+}
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    for path, lines in EXAMPLES.items():
+        current = parser
+        for word in path.split():
+            [action] = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+            current = action.choices[word]
+        current.formatter_class = argparse.RawDescriptionHelpFormatter
+        current.epilog = ((current.epilog + "\n\n") if current.epilog else "") + "examples:\n" + \
+            "\n".join(f"  {line}" for line in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wharf", description="Move container images and artifacts without Docker: "
                      "between registries, OCI image layouts and docker tarballs.")
@@ -38,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for module in (cmd_auth, cmd_images, cmd_inspect, cmd_blob, cmd_artifact):
         module.register(commands, common)
+    _add_examples(parser)
     return parser
 
 

@@ -23,7 +23,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     actions = artifact.add_subparsers(dest="artifact_command", metavar="ACTION", required=True)
     push = actions.add_parser("push", parents=[common], help="push files as an artifact")
     push.add_argument("reference", help="repository[:tag]; without a tag the artifact is pushed by digest")
-    push.add_argument("files", nargs="*", metavar="FILE[:MEDIATYPE]")
+    push.add_argument("files", nargs="*", metavar="FILE[:MEDIATYPE]",
+                      help="files to push, each a layer titled with its name "
+                           "(media type default application/octet-stream)")
     push.add_argument("--artifact-type", default=DEFAULT_ARTIFACT_TYPE,
                       help=f"the artifact's media type (default {DEFAULT_ARTIFACT_TYPE}, as oras uses)")
     push.add_argument("--annotation", "-a", action="append", default=[], metavar="KEY=VALUE",
@@ -35,13 +37,13 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     add_transfer_options(push)
     push.set_defaults(run=run_push)
     pull = actions.add_parser("pull", parents=[common], help="download an artifact's files")
-    pull.add_argument("reference")
+    pull.add_argument("reference", help="the artifact: REPO:TAG or REPO@DIGEST")
     pull.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("."), help="directory (default .)")
     add_transfer_options(pull)
     pull.set_defaults(run=run_pull)
 
     referrers = commands.add_parser("referrers", parents=[common], help="list the artifacts that refer to a manifest")
-    referrers.add_argument("reference")
+    referrers.add_argument("reference", help="the manifest referred to: REPO:TAG or REPO@DIGEST")
     referrers.add_argument("--artifact-type", default="", help="only referrers of this type")
     referrers.set_defaults(run=run_referrers)
 

@@ -15,12 +15,12 @@ from wharf_client.reference import parse_registry
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     login = commands.add_parser("login", parents=[common], help="log in to a registry (writes the docker config)")
     login.add_argument("registry", help="registry host, e.g. localhost:5000 or docker.io")
-    login.add_argument("-u", "--username")
+    login.add_argument("-u", "--username", help="account name (asked for on a terminal when missing)")
     login.add_argument("-p", "--password", help="password (visible in the process list: prefer --password-stdin)")
     login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     login.set_defaults(run=run_login)
     logout = commands.add_parser("logout", parents=[common], help="forget the credentials of a registry")
-    logout.add_argument("registry")
+    logout.add_argument("registry", help="HOST[:PORT] of the registry")
     logout.set_defaults(run=run_logout)
 
 

@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     get.add_argument("-o", "--output", type=pathlib.Path, help="file to write (default: standard output)")
     get.set_defaults(run=run_get)
     put = actions.add_parser("put", parents=[common], help="upload a file as a blob; prints its digest")
-    put.add_argument("repository")
+    put.add_argument("repository", help="REGISTRY/REPO the blob goes into")
     put.add_argument("file", help="file to upload, or - for standard input")
     add_upload_options(put)
     put.set_defaults(run=run_put)

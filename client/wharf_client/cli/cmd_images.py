@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     push.set_defaults(run=run_push)
 
     pull = commands.add_parser("pull", parents=[common], help="pull an image into an OCI layout or a docker tarball")
-    pull.add_argument("reference")
+    pull.add_argument("reference", help="the image: REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST")
     pull.add_argument("destination", type=pathlib.Path, help="layout directory, or a .tar file for docker load")
     pull.add_argument("--format", choices=["oci", "docker"],
                       help="oci (layout directory) or docker (tarball); default: docker when DESTINATION ends in .tar")
@@ -45,7 +45,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
     copy = commands.add_parser("copy", aliases=["cp"], parents=[common],
                                help="copy an image between registries (every platform by default)")
-    copy.add_argument("source")
+    copy.add_argument("source", help="the image to copy: REGISTRY/REPO:TAG or @DIGEST")
     copy.add_argument("destination", help="target reference; without a tag, the source's tag is kept")
     copy.add_argument("--platform", action="append", default=[], help="copy only this platform (repeatable)")
     copy.add_argument("-r", "--referrers", action="store_true",

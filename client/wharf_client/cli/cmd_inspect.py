@@ -24,19 +24,19 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     tags.set_defaults(run=run_tags)
 
     catalog = commands.add_parser("catalog", parents=[common], help="list the repositories of a registry")
-    catalog.add_argument("registry")
+    catalog.add_argument("registry", help="HOST[:PORT] of the registry")
     catalog.add_argument("--page-size", type=int, default=None, metavar="N", help="names per request (n=)")
     catalog.set_defaults(run=run_catalog)
 
     inspect = commands.add_parser("inspect", parents=[common], help="show a manifest and its config")
-    inspect.add_argument("reference")
+    inspect.add_argument("reference", help="REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST")
     inspect.add_argument("--platform", help="in an index, show this platform's image")
     inspect.add_argument("--raw", action="store_true", help="print the manifest exactly as served")
     inspect.add_argument("--config", action="store_true", help="print the image config exactly as stored")
     inspect.set_defaults(run=run_inspect)
 
     digest = commands.add_parser("digest", parents=[common], help="print the digest a reference resolves to")
-    digest.add_argument("reference")
+    digest.add_argument("reference", help="REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST")
     digest.add_argument("--platform", help="the digest of this platform's manifest in an index")
     digest.set_defaults(run=run_digest)
 

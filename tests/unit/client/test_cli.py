@@ -97,3 +97,19 @@ def test_a_login_lockout_is_an_authentication_failure() -> None:
     assert exit_code(locked) == EXIT_AUTH
     throttled = RegistryError("GET", "http://r/v2/x/tags/list", 429, [])
     assert exit_code(throttled) != EXIT_AUTH
+
+
+def test_every_command_explains_its_arguments_and_shows_examples() -> None:
+    import argparse
+
+    from wharf_client.cli import EXAMPLES
+
+    parser = build_parser()
+    for path in EXAMPLES:
+        current = parser
+        for word in path.split():
+            [action] = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+            current = action.choices[word]
+        assert "examples:" in current.format_help(), path
+        undocumented = [a.dest for a in current._actions if not a.help and a.dest != "help"]
+        assert not undocumented, (path, undocumented)
