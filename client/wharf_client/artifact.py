@@ -53,8 +53,10 @@ def push_artifact(repository: Repository, files: Sequence[ArtifactFile], *, arti
                   tag: str | None = None, annotations: Mapping[str, str] | None = None,
                   subject: Descriptor | None = None, config: bytes | None = None,
                   config_media_type: str = mediatypes.OCI_EMPTY,
-                  progress: Callable[[int], None] | None = None) -> Manifest:
-    """Uploads the files and the manifest; returns the manifest (its digest is the artifact's)."""
+                  progress: Callable[[int], None] | None = None,
+                  progress_for: Callable[[str, int], Callable[[int], None]] | None = None) -> Manifest:
+    """Uploads the files and the manifest; returns the manifest (its digest is the artifact's).
+    ``progress_for(name, size)`` gives each file's own progress callback (a bar per file)."""
     if not artifact_type:
         raise FormatError("an artifact needs an artifact type (a media type such as application/vnd.example+json)")
     layers = []
@@ -67,7 +69,8 @@ def push_artifact(repository: Repository, files: Sequence[ArtifactFile], *, arti
         names.add(item.name)
         descriptor = Descriptor(item.media_type, _file_digest(item.path), item.path.stat().st_size,
                                 annotations={mediatypes.TITLE_ANNOTATION: item.name})
-        push_blob(repository, FileSource(item.path, descriptor), progress=progress)
+        push_blob(repository, FileSource(item.path, descriptor),
+                  progress=progress_for(item.name, descriptor.size) if progress_for else progress)
         layers.append(descriptor)
     config_data = EMPTY_CONFIG if config is None else config
     config_desc = Descriptor(config_media_type, digests.of(config_data), len(config_data))

@@ -88,9 +88,11 @@ def run_push(ctx: Context) -> int:
     if config is not None and not args.config_media_type:
         raise UsageError("--config needs --config-media-type")
     files = [parse_file_argument(text) for text in args.files]
-    manifest = push_artifact(repo, files, artifact_type=args.artifact_type, tag=ref.tag,
-                             annotations=_annotations(args.annotation), subject=subject, config=config,
-                             config_media_type=args.config_media_type or mediatypes.OCI_EMPTY)
+    with ctx.bars("push") as bars:  # a bar per file, as the other uploads show
+        manifest = push_artifact(repo, files, artifact_type=args.artifact_type, tag=ref.tag,
+                                 annotations=_annotations(args.annotation), subject=subject, config=config,
+                                 config_media_type=args.config_media_type or mediatypes.OCI_EMPTY,
+                                 progress_for=bars.single)
     pushed = ref.with_digest(manifest.digest)
     ctx.emit({"reference": str(ref), "digest": manifest.digest, "mediaType": manifest.media_type,
               "artifactType": args.artifact_type, "subject": subject.digest if subject else None},
