@@ -86,7 +86,12 @@ def test_wharfs_own_chart_round_trips_through_wharf(helm: Helm, stack: RunningSt
     version = chart.name[len("wharf-"):-len(".tgz")]
     helm.run("push", str(chart), f"oci://{stack.host}/charts", "--plain-http", cwd=tmp_path)
     reference = f"oci://{stack.host}/charts/wharf"
-    from_registry = helm.run("template", "wharf", reference, "--version", version, "--plain-http", cwd=tmp_path)
+    pulled_dir = tmp_path / "pulled"
+    pulled_dir.mkdir()
+    helm.run("pull", reference, "--version", version, "--plain-http", "-d", str(pulled_dir), cwd=tmp_path)
+    [pulled] = pulled_dir.glob("wharf-*.tgz")
+    assert pulled.read_bytes() == chart.read_bytes()
+    from_registry = helm.run("template", "wharf", str(pulled), cwd=tmp_path)
     local = helm.run("template", "wharf", str(chart_dir), cwd=tmp_path)
 
     def without_random(text: str) -> list[str]:  # generated secrets differ on every render
