@@ -227,3 +227,20 @@ def render(kustomize: str, overlay: str) -> list[dict[str, Any]]:
                             timeout=120)
     assert result.returncode == 0, f"kustomize build overlays/{overlay} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+# Kubernetes versions the manifests and the chart are validated against (oldest supported, newest).
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+
+
+def schema_errors(objects: list[dict[str, Any]], version: str) -> list[str]:
+    """Every object that the Kubernetes ``version`` schemas refuse, one line each (strict: no unknown field)."""
+    import kubernetes_validate
+
+    errors = []
+    for o in objects:
+        try:
+            kubernetes_validate.validate(o, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            errors.append(f"{o['kind']}/{o['metadata']['name']}: {'/'.join(map(str, err.path))}: {err.message}")
+    return errors

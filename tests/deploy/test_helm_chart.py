@@ -8,7 +8,6 @@ import pathlib
 import subprocess
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -17,12 +16,12 @@ from services.auth.settings import AuthSettings
 from services.blobstore.settings import BlobStoreSettings
 from services.common.settings import load, variables
 from services.metadata.settings import MetadataSettings
+from tests.deploy.deployfiles import KUBERNETES_VERSIONS, schema_errors
 from tests.support.tools import require_tool
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "wharf"
 PRODUCTION = CHART / "ci" / "production-values.yaml"
-KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 SETTINGS = {"gateway": GatewaySettings, "blobstore": BlobStoreSettings, "metadata": MetadataSettings,
             "auth": AuthSettings}
 HELM_MODULE = "helm.sh/helm/v3/cmd/helm@v3.22.0"
@@ -57,12 +56,7 @@ def test_helm_lint_passes_with_both_values_files() -> None:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_validates_against_the_kubernetes_schemas(objects: list[dict[str, Any]], version: str) -> None:
-    errors = []
-    for o in objects:
-        try:
-            kubernetes_validate.validate(o, version, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            errors.append(f"{o['kind']}/{o['metadata']['name']}: {err}")
+    errors = schema_errors(objects, version)
     assert not errors, "\n".join(errors)
 
 

@@ -17,11 +17,10 @@ import kubernetes_validate
 import pytest
 
 from services.common.settings import load, variables
-from tests.deploy.deployfiles import OVERLAYS, SETTINGS, listen_ports, render
+from tests.deploy.deployfiles import KUBERNETES_VERSIONS, OVERLAYS, SETTINGS, listen_ports, render, schema_errors
 from tests.support.tools import require_tool
 
 # The oldest Kubernetes the manifests support, and the newest schemas kubernetes-validate has.
-KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 SERVICES = ("gateway", "blobstore", "metadata", "auth")
 WORKLOADS = ("Deployment", "StatefulSet")
 # Secrets created outside kustomize (deploy/k8s/README.md, "Secrets"), key names included.
@@ -66,12 +65,7 @@ def container_env(objects: list[dict[str, Any]], container: dict[str, Any]) -> d
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_validates_against_the_kubernetes_schemas(objects: list[dict[str, Any]], version: str) -> None:
-    errors = []
-    for o in objects:
-        try:
-            kubernetes_validate.validate(o, version, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            errors.append(f"{o['kind']}/{o['metadata']['name']}: {'/'.join(map(str, err.path))}: {err.message}")
+    errors = schema_errors(objects, version)
     assert not errors, "\n".join(errors)
 
 
