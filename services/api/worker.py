@@ -102,7 +102,15 @@ def _cork(sock: Any, on: int) -> None:
 
 def _input_waiting(client: Any) -> bool:
     """True when the connection already has bytes (or its end) to read: one non-blocking peek,
-    so a busy keep-alive connection skips the idle wait's watcher and hub switch."""
+    so a busy keep-alive connection skips the idle wait's watcher and hub switch. A TLS socket
+    may hold decrypted bytes the kernel no longer has: those count too."""
+    pending = getattr(client, "pending", None)
+    if pending is not None:
+        try:
+            if pending():
+                return True
+        except (OSError, ValueError):
+            return True
     try:
         client._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
