@@ -86,8 +86,12 @@ def referenced_blobs(body: bytes) -> set[str]:
 
 class Collector:
     def __init__(self, client: redis.Redis, driver: StorageDriver, grace: float, dry_run: bool = False,
-                 maintenance_ttl: float = 3600.0, announce: Callable[[set[str]], None] | None = None) -> None:
+                 maintenance_ttl: float = 3600.0, announce: Callable[[set[str]], None] | None = None,
+                 delete_blob: Callable[[str], object] | None = None) -> None:
         self._r = client
+        # Blob deletes go through the blob store (wharf-gc's main passes its Delete call), where a
+        # commit of the same digest can be ordered against them; the driver is only for reading.
+        self._delete_blob = delete_blob or (lambda digest: driver.delete(layout.blob_key(digest).rsplit("/", 1)[0]))
         # Tells the gateways' read caches which repositories lost blob links.
         self._announce = announce or (lambda repositories: None)
         self._driver = driver
@@ -163,7 +167,7 @@ class Collector:
             report.blobs_deleted += 1
             report.bytes_freed += info.size
             if not self._dry_run:
-                self._driver.delete(layout.blob_key(digest).rsplit("/", 1)[0])
+                self._delete_blob(digest)
         log.info("garbage collection done", extra={"fields": report.to_json()})
         return report
 

@@ -105,6 +105,8 @@ def start(settings: StackSettings) -> list[Child]:
                                     address=address))
         children.extend(blobstores)
         blobstore_addr = ",".join(b.address for b in blobstores)
+        # wharf-gc, run from the same directory, deletes blobs through these.
+        (data_dir / "blobstore.address").write_text(blobstore_addr + "\n")
         gateway_env = env_for("gateway", base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
                            WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
                            WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth)

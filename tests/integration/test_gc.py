@@ -90,6 +90,8 @@ def test_collects_what_deleted_manifests_left(start_stack: Callable[..., Running
     assert stray not in after
     assert digest(shared) in after and digest(kept_layer) in after and config_of_kept in after
     assert report["blobs_deleted"] == len(before - after) >= 2  # the stray blob and the old image's config
+    # Every delete went through the blob store (its Delete call), not around it.
+    assert stack.log_path.read_text().count("BlobStore/Delete") == report["blobs_deleted"]
     # gc/app no longer serves the layer only the deleted manifest used; the others pull whole.
     assert requests.head(f"{url}/v2/gc/app/blobs/{digest(doomed_layer)}", timeout=30).status_code == 404
     for repository, reference in (("gc/app", "new"), ("gc/other", "v1")):
