@@ -137,4 +137,5 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
     app.add_url_rule("/token", "token", dispatch, methods=methods)
     hot = HotReads(app.wsgi_app, ctx, access_log if settings.access_log else None, trusted_proxies)
     app.wsgi_app = InFlightLimit(hot, settings.max_in_flight)  # type: ignore[method-assign]
+    app.extensions["wharf.hot_reads"] = hot  # the worker answers hits before building a WSGI request
     return app

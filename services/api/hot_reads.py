@@ -45,23 +45,32 @@ class HotReads:
         self._accepts: dict[tuple[str, str], bool] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        method = environ["REQUEST_METHOD"]
-        if method == "GET" or method == "HEAD":
-            started = time.perf_counter()
-            answer = self._answer(environ, method)
-            if answer is not None:
-                headers, body = answer
-                rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
-                headers.append(_API_VERSION)
-                headers.append(("X-Request-Id", rid))
-                start_response("200 OK", headers)
-                if self._access_log is not None:
-                    remote = client_address(environ.get("REMOTE_ADDR", ""),
-                                            environ.get("HTTP_X_FORWARDED_FOR", ""), self._trusted)
-                    self._access_log.write("http", access_record(rid, method, environ.get("PATH_INFO", ""), 200,
-                                                                 started, remote))
-                return [body]
+        hit = self.respond(environ)
+        if hit is not None:
+            start_response("200 OK", hit[0])
+            return [hit[1]]
         return self._app(environ, start_response)
+
+    def respond(self, environ: dict[str, Any]) -> tuple[list[tuple[str, str]], bytes] | None:
+        """A hit's whole answer (its headers, request id included, and body), logged; None for
+        anything else. The worker calls this before it builds a WSGI request at all."""
+        method = environ["REQUEST_METHOD"]
+        if method != "GET" and method != "HEAD":
+            return None
+        started = time.perf_counter()
+        answer = self._answer(environ, method)
+        if answer is None:
+            return None
+        headers, body = answer
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+        headers.append(_API_VERSION)
+        headers.append(("X-Request-Id", rid))
+        if self._access_log is not None:
+            remote = client_address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR", ""),
+                                    self._trusted)
+            self._access_log.write("http", access_record(rid, method, environ.get("PATH_INFO", ""), 200, started,
+                                                         remote))
+        return headers, body
 
     def _answer(self, environ: dict[str, Any], method: str) -> tuple[list[tuple[str, str]], bytes] | None:
         if environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ:

@@ -29,10 +29,12 @@ import os
 import resource
 import socket
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import gevent
+import gunicorn.http
 import gunicorn.util
 from gevent.socket import wait_read, wait_write
 from greenlet import getcurrent
@@ -95,6 +97,29 @@ def _http_date(timestamp: float | None = None) -> str:
     return _date[1]
 
 
+def _parser_seen_by_deadline(get_parser: Callable[..., Any]) -> Callable[..., Any]:
+    """gunicorn's parser factory, telling the connection's head deadline about the parser's reader."""
+    def made(*args: Any, **kwargs: Any) -> Any:
+        parser = get_parser(*args, **kwargs)
+        deadline = _deadlines.get(getcurrent())
+        if deadline is not None:
+            deadline.unreader = getattr(parser, "unreader", None)
+        return parser
+    return made
+
+
+def _environ_of(req: Any, addr: Any) -> dict[str, Any]:
+    """What the hot-read path reads of a request, as gunicorn's environ would say it (headers
+    joined with "," when repeated)."""
+    environ: dict[str, Any] = {"REQUEST_METHOD": req.method, "PATH_INFO": req.path, "RAW_URI": req.uri,
+                               "REMOTE_ADDR": addr[0] if isinstance(addr, tuple) else ""}
+    for name, value in req.headers:
+        key = name.replace("-", "_")
+        key = key if key in ("CONTENT_LENGTH", "CONTENT_TYPE") else "HTTP_" + key
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
 def _cork(sock: Any, on: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
@@ -131,9 +156,16 @@ class _RequestHeadDeadline:
         self._client = client
         self._keepalive = keepalive
         self._timeout = gevent.Timeout(header_timeout, False)
+        # gunicorn's reader of this connection (set when its parser is made): bytes it already
+        # holds are a request waiting too (a pipelined one), though the socket has none.
+        self.unreader: Any = None
+
+    def _buffered(self) -> bool:
+        buffer = getattr(self.unreader, "buf", None)
+        return buffer is not None and bool(buffer.getbuffer().nbytes)
 
     def __enter__(self) -> None:
-        if not _input_waiting(self._client):
+        if not self._buffered() and not _input_waiting(self._client):
             try:
                 wait_read(self._client.fileno(), timeout=self._keepalive, timeout_exc=TimeoutError())
             except TimeoutError:
@@ -174,8 +206,37 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
 
         _socket3.socket.sendfile = cooperative_sendfile
         gunicorn.util.http_date = _http_date
+        gunicorn.http.get_parser = _parser_seen_by_deadline(gunicorn.http.get_parser)
+
+    def _hot_reads(self) -> Any:
+        extensions = getattr(self.wsgi, "extensions", None)
+        return extensions.get("wharf.hot_reads") if isinstance(extensions, dict) else None
+
+    def _answer_hit(self, req: Any, sock: Any, addr: Any) -> bool | None:
+        """A read-cache hit answered from gunicorn's parsed request, without the WSGI environ and
+        response objects (which cost as much as the rest of such a request); None when it is not one."""
+        hot = self._hot_reads()
+        if hot is None or (req.method != "GET" and req.method != "HEAD") or "%" in req.path:
+            return None
+        hit = hot.respond(_environ_of(req, addr))
+        if hit is None:
+            return None
+        headers, body = hit
+        self.nr += 1
+        if self.nr >= self.max_requests:
+            self.alive = False
+        close = req.should_close() or not self.alive or not self.cfg.keepalive
+        head = [f"HTTP/{req.version[0]}.{req.version[1]} 200 OK", "Server: gunicorn", f"Date: {_http_date()}",
+                f"Connection: {'close' if close else 'keep-alive'}", *(f"{k}: {v}" for k, v in headers)]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        if close:
+            raise StopIteration()
+        return True
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        answered = self._answer_hit(req, sock, addr)
+        if answered is not None:
+            return answered
         # gunicorn sends a response's head and its body in separate writes: corked, a small
         # answer (a manifest) leaves in one segment instead of two, and the client wakes once.
         # Full segments are never held; the rest leaves when the response is done. A HEAD's

@@ -202,3 +202,25 @@ def test_requests_beyond_the_cap_get_503_with_retry_after(strict: RunningStack) 
     while requests.get(f"{strict.url}/v2/", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the cap was not released"
         time.sleep(0.2)
+
+
+def test_pipelined_requests_are_answered_at_once(strict: RunningStack) -> None:
+    """Requests a client sends back to back on one connection: the ones gunicorn's reader already
+    holds are served without waiting for more bytes from the socket (cache hits and the rest alike)."""
+    blob = requests.post(f"{strict.url}/v2/pipelined/x/blobs/uploads/", params={"digest": digests.of(b"p")},
+                         data=b"p", timeout=10)
+    assert blob.status_code == 201
+    for _ in range(3):  # warm the read cache of every worker
+        with requests.Session() as fresh:
+            fresh.head(f"{strict.url}/v2/pipelined/x/blobs/{digests.of(b'p')}", timeout=10)
+    for path in (f"/v2/pipelined/x/blobs/{digests.of(b'p')}", "/v2/"):
+        head = f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        last = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", strict.port), timeout=20) as sock:
+            started = time.monotonic()
+            sock.sendall(head + head + last)
+            answers = b""
+            while chunk := sock.recv(65536):
+                answers += chunk
+        assert answers.count(b"HTTP/1.1 200") == 3, answers[:300]
+        assert time.monotonic() - started < 1.5, path
