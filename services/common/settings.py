@@ -74,14 +74,20 @@ def _checked(field: dataclasses.Field[Any], var: str, raw: str, kind: Any) -> An
 def problems(cls: type, environ: Mapping[str, str]) -> list[str]:
     """Every problem with ``cls``'s settings in ``environ`` (over ``WHARF_CONFIG``'s file), one
     line each (empty: all good)."""
+    return _evaluate(cls, environ)[1]
+
+
+def _evaluate(cls: type[T], environ: Mapping[str, str]) -> tuple[T | None, list[str]]:
+    """The settings object and no problems, or None and every problem: one pass over the file,
+    the variables and the rules between fields."""
     try:
         environ = config_file.merged(environ)
     except config_file.ConfigFileError as exc:
-        return [str(exc)]
+        return None, [str(exc)]
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     found: list[str] = []
-    for field in dataclasses.fields(cls):
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         var = field.metadata.get("env")
         if var is None:
             continue
@@ -92,24 +98,20 @@ def problems(cls: type, environ: Mapping[str, str]) -> list[str]:
                 found.append(str(exc))
         elif field.default is dataclasses.MISSING:
             found.append(f"{var} must be set")
-    if not found:
-        try:
-            cls(**values)  # the rules between fields (__post_init__)
-        except SettingsError as exc:
-            found.append(str(exc))
-    return found
+    if found:
+        return None, found
+    try:
+        return cls(**values), []  # the rules between fields (__post_init__)
+    except SettingsError as exc:
+        return None, [str(exc)]
 
 
 def load(cls: type[T], environ: Mapping[str, str]) -> T:
     """The settings object, or SettingsError naming every problem (one per line)."""
-    found = problems(cls, environ)
-    if found:
+    settings, found = _evaluate(cls, environ)
+    if settings is None:
         raise SettingsError("\n".join(found))
-    environ = config_file.merged(environ)
-    hints = typing.get_type_hints(cls)
-    return cls(**{field.name: _convert(field.metadata["env"], environ[field.metadata["env"]], hints[field.name])
-                  for field in dataclasses.fields(cls)  # type: ignore[arg-type]
-                  if field.metadata.get("env") in environ})
+    return settings
 
 
 def load_or_exit(cls: type[T], environ: Mapping[str, str], program: str) -> T:
