@@ -135,7 +135,7 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
     app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)
     app.add_url_rule("/v2/<path:subpath>", "registry", dispatch, methods=methods)
     app.add_url_rule("/token", "token", dispatch, methods=methods)
-    hot = HotReads(app.wsgi_app, ctx, access_log if settings.access_log else None, trusted_proxies)
-    app.wsgi_app = InFlightLimit(hot, settings.max_in_flight)  # type: ignore[method-assign]
-    app.extensions["wharf.hot_reads"] = hot  # the worker answers hits before building a WSGI request
+    app.wsgi_app = InFlightLimit(app.wsgi_app, settings.max_in_flight)  # type: ignore[method-assign]
+    # The worker answers read-cache hits with it before building a WSGI request (worker.py).
+    app.extensions["wharf.hot_reads"] = HotReads(ctx, access_log if settings.access_log else None, trusted_proxies)
     return app

@@ -1,11 +1,12 @@
-"""The hottest reads answered from the read cache before Flask sees the request.
+"""The hottest reads answered from the read cache before any WSGI request exists.
 
 A manifest GET or HEAD and a blob HEAD are most of a registry's requests (every pull starts
 with them, and pushers HEAD every layer). When the read cache holds the answer, what is left
 of such a request is the framework: building Flask's request context, its hooks and its
-response object cost about as much as the HTTP parsing itself. This WSGI layer answers those
-cache hits directly, with the same headers the views send (it builds them with the views' own
-functions), the same route table (with its access rule per method) and the same authorizer.
+response object cost about as much as the HTTP parsing itself. The gateway's worker
+(worker.py) hands each parsed GET and HEAD to :meth:`HotReads.respond` and writes a hit's
+answer itself; the answer has the same headers the views send (it builds them with the views'
+own functions), the same route table (with its access rule per method) and the same authorizer.
 
 It never answers anything else, and never an error: a miss, a body, an encoded character in
 the path, a missing or insufficient token, an Accept header that refuses the manifest's type
@@ -16,12 +17,10 @@ implies the name and reference were valid, because only what the full path fetch
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from services.api import routes
 from services.api.context import Context
-from services.api.limits import WSGIApp
 from services.api.responses import access_record, request_id
 from services.api.views.blobs import blob_headers
 from services.api.views.manifests import accepts, manifest_headers
@@ -35,25 +34,16 @@ _ACCEPTS_MEMO_MAX = 1024
 
 
 class HotReads:
-    def __init__(self, app: WSGIApp, ctx: Context, access_log: AccessLog | None,
-                 trusted_proxies: tuple[Network, ...]) -> None:
-        self._app = app
+    def __init__(self, ctx: Context, access_log: AccessLog | None, trusted_proxies: tuple[Network, ...]) -> None:
         self._cache = ctx.clients.cache
         self._authorizer = ctx.authorizer
         self._access_log = access_log
         self._trusted = trusted_proxies
         self._accepts: dict[tuple[str, str], bool] = {}
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        hit = self.respond(environ)
-        if hit is not None:
-            start_response("200 OK", hit[0])
-            return [hit[1]]
-        return self._app(environ, start_response)
-
     def respond(self, environ: dict[str, Any]) -> tuple[list[tuple[str, str]], bytes] | None:
         """A hit's whole answer (its headers, request id included, and body), logged; None for
-        anything else. The worker calls this before it builds a WSGI request at all."""
+        anything else (which the worker then serves through Flask, as always)."""
         method = environ["REQUEST_METHOD"]
         if method != "GET" and method != "HEAD":
             return None
