@@ -23,10 +23,9 @@ from services.common.internal_auth import TOKEN_VARIABLE, authenticated_channel,
 from services.common.settings import SettingsError
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
+from services.stack import records
 
 DEFAULT_ADDRESS = "127.0.0.1:50053"
-# Where `make run` keeps the first admin's password when none was given (services/stack).
-ADMIN_PASSWORD_FILE = "admin-password"
 TIMEOUT = 15.0
 
 
@@ -36,17 +35,12 @@ def _data_dir() -> pathlib.Path:
 
 def _default_address() -> str:
     """WHARF_AUTH_ADDR, else the address `make run` recorded under WHARF_DATA_DIR, else the default port."""
-    if os.environ.get("WHARF_AUTH_ADDR"):
-        return os.environ["WHARF_AUTH_ADDR"]
-    recorded = _data_dir() / "auth" / "address"
-    if recorded.is_file():
-        return recorded.read_text().strip()
-    return DEFAULT_ADDRESS
+    return records.setting(os.environ, "WHARF_AUTH_ADDR", _data_dir(), records.AUTH_ADDRESS, DEFAULT_ADDRESS)
 
 
 def _internal_token() -> str:
     """The stack's internal secret: WHARF_INTERNAL_TOKEN_FILE, else the file `make run` keeps in WHARF_DATA_DIR."""
-    path = os.environ.get(TOKEN_VARIABLE) or str(_data_dir() / "internal-token")
+    path = os.environ.get(TOKEN_VARIABLE) or str(_data_dir() / records.INTERNAL_TOKEN)
     try:
         return read_token(path)
     except SettingsError as exc:
@@ -58,9 +52,9 @@ def _password(user: str) -> str:
     directory when none was given; else a prompt."""
     if os.environ.get("WHARF_ADMIN_PASSWORD"):
         return os.environ["WHARF_ADMIN_PASSWORD"]
-    generated = _data_dir() / ADMIN_PASSWORD_FILE
-    if user == "admin" and generated.is_file():
-        return generated.read_text().strip()
+    generated = records.read(_data_dir(), records.ADMIN_PASSWORD) if user == "admin" else None
+    if generated:
+        return generated
     return str(click.prompt(f"Password of {user}", hide_input=True, err=True))
 
 

@@ -32,6 +32,7 @@ from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
 from services.metadata import invalidation
 from services.metadata.settings import MetadataSettings
+from services.stack import records
 
 
 def _blob_deleter(address: str, token: str) -> Callable[[str], bool]:
@@ -59,20 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
     metadata = load_or_exit(MetadataSettings, os.environ, "wharf-gc")
     storage = load_or_exit(BlobStoreSettings, os.environ, "wharf-gc")
-    redis_url = metadata.redis_url
-    local = storage.data_dir / "redis" / "url"  # written by `make run` for the Redis it started
-    if "WHARF_REDIS_URL" not in os.environ and local.is_file():
-        redis_url = local.read_text().strip()
+    redis_url = records.setting(os.environ, "WHARF_REDIS_URL", storage.data_dir, records.REDIS_URL,
+                                metadata.redis_url)
     client = redisconn.sync_client(redis_url, socket_timeout=30, socket_connect_timeout=5)
     def announce(repositories: set[str]) -> None:
         invalidation.announce(redis_url, repositories, metadata.cache_lease, metadata.cache_ack_timeout)
 
     gc_settings = load_or_exit(GcSettings, os.environ, "wharf-gc")
-    address = gc_settings.blobstore_addr
-    recorded = storage.data_dir / "blobstore.address"  # written by `make run` for the blob stores it started
-    if "WHARF_BLOBSTORE_ADDR" not in os.environ and recorded.is_file():
-        address = recorded.read_text().strip()
-    token_file = gc_settings.internal_token_file or str(storage.data_dir / "internal-token")
+    address = records.setting(os.environ, "WHARF_BLOBSTORE_ADDR", storage.data_dir, records.BLOBSTORE_ADDRESS,
+                              gc_settings.blobstore_addr)
+    token_file = gc_settings.internal_token_file or str(storage.data_dir / records.INTERNAL_TOKEN)
     try:
         delete_blob = _blob_deleter(address.split(",")[0], read_token(token_file))
     except SettingsError as exc:

@@ -17,7 +17,6 @@ import sys
 import time
 
 from services.api.settings import GatewaySettings
-from services.auth.admin_cli import ADMIN_PASSWORD_FILE
 from services.auth.settings import AuthSettings
 from services.blobstore.settings import BlobStoreSettings
 from services.common import logs
@@ -26,6 +25,7 @@ from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
 from services.common.settings import check_all, load
 from services.common.signals import StopSignal
 from services.metadata.settings import MetadataSettings
+from services.stack import records
 from services.stack.lock import DataDirInUse, DataDirLock, port_is_free
 from services.stack.processes import (
     Child,
@@ -56,12 +56,12 @@ def _start_redis(settings: StackSettings, deadline: float) -> tuple[Child, str]:
     redis_dir = (settings.data_dir / "redis").resolve()
     child, url = start_redis(redis_dir, env_for("redis", dict(os.environ)), deadline, settings.redis_server)
     # wharf-gc, run from the same directory, finds this Redis through the file.
-    (redis_dir / "url").write_text(url + "\n")
+    records.write(settings.data_dir.resolve(), records.REDIS_URL, url)
     return child, url
 
 
 def _admin_password_file(data_dir: pathlib.Path) -> pathlib.Path:
-    path = data_dir / ADMIN_PASSWORD_FILE
+    path = data_dir / records.ADMIN_PASSWORD
     if not path.exists():
         ensure_token_file(path)
         print(f"Generated a password for the first admin account, `admin`, into {path} (readable by you only); "
@@ -80,7 +80,7 @@ def start(settings: StackSettings) -> list[Child]:
             children.append(redis_child)
         base = dict(os.environ, WHARF_DATA_DIR=str(data_dir))
         if not base.get(TOKEN_VARIABLE):
-            base[TOKEN_VARIABLE] = str(ensure_token_file(data_dir / "internal-token"))
+            base[TOKEN_VARIABLE] = str(ensure_token_file(data_dir / records.INTERNAL_TOKEN))
         # glibc hands freed megabyte buffers back to the kernel at once by default, and every
         # 1 MiB message of a blob transfer then faults fresh pages in; keeping some slack
         # measured about 1.3x the push throughput for a few MB more resident memory. 32 MiB of
@@ -106,7 +106,7 @@ def start(settings: StackSettings) -> list[Child]:
         children.extend(blobstores)
         blobstore_addr = ",".join(b.address for b in blobstores)
         # wharf-gc, run from the same directory, deletes blobs through these.
-        (data_dir / "blobstore.address").write_text(blobstore_addr + "\n")
+        records.write(data_dir, records.BLOBSTORE_ADDRESS, blobstore_addr)
         gateway_env = env_for("gateway", base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
                            WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
                            WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth)
@@ -122,7 +122,7 @@ def start(settings: StackSettings) -> list[Child]:
             children.append(auth)
             wait_until(lambda: grpc_serving(auth_addr), auth, deadline, "auth service")
             # wharf-admin finds the auth service through this file when run from the same directory.
-            (data_dir / "auth" / "address").write_text(auth_addr + "\n")
+            records.write(data_dir, records.AUTH_ADDRESS, auth_addr)
             gateway_env["WHARF_AUTH_ADDR"] = auth_addr
         wait_until(lambda: grpc_serving(metadata_addr), metadata, deadline, "metadata service")
         for blobstore in blobstores:
