@@ -14,8 +14,9 @@ from gunicorn.app.base import BaseApplication  # noqa: E402
 
 from services.api import wire  # noqa: E402
 from services.api.app import create_app  # noqa: E402
+from services.api.metrics_hub import MetricsHub  # noqa: E402
 from services.api.settings import GatewaySettings  # noqa: E402
-from services.api.worker import raise_open_file_limit, worker_class  # noqa: E402
+from services.api.worker import raise_open_file_limit, record_request, worker_class, worker_exiting  # noqa: E402
 from services.common import logs  # noqa: E402
 from services.common.settings import load_or_exit  # noqa: E402
 
@@ -40,10 +41,11 @@ def main() -> None:
     wire.install(settings.max_body_bytes)
     # Every connection is a file descriptor: say how many this gateway may hold.
     logging.getLogger("wharf.gateway").debug("open-file limit", extra={"fields": {"limit": raise_open_file_limit()}})
+    hub = MetricsHub(settings.metrics_addr) if settings.metrics_addr else None
     options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        "worker_class": worker_class(settings.header_timeout, settings.idle_timeout),
+        "worker_class": worker_class(settings.header_timeout, settings.idle_timeout, hub, settings.otlp_endpoint),
         # Connections each worker holds open at once (idle keep-alive ones included).
         "worker_connections": settings.worker_connections,
         "timeout": 120,
@@ -58,6 +60,12 @@ def main() -> None:
         # X-Forwarded-Proto is believed from these peers only (the same rule as the client address).
         "forwarded_allow_ips": ",".join(settings.trusted_proxies),
     }
+    # Every request's figures, once its answer is sent; each worker's last ones when it exits.
+    options.update(post_request=record_request, worker_exit=worker_exiting)
+    if hub is not None:
+        # The master serves the whole gateway's figures; a forked worker must not answer there.
+        options.update(when_ready=lambda _arbiter: hub.start(), post_fork=lambda _a, _w: hub.forget_in_child(),
+                       child_exit=lambda _a, worker: hub.worker_exited(worker.pid), on_exit=lambda _a: hub.close())
     if settings.tls_cert_file:
         # Blobs then leave through the TLS socket in 1 MiB reads instead of sendfile.
         options.update(certfile=settings.tls_cert_file, keyfile=settings.tls_key_file)

@@ -9,14 +9,16 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from services.api import routes
+from services.api import http_metrics, routes
 from services.api.access import authorizer_for
 from services.api.clients import Clients
 from services.api.context import Context
 from services.api.hot_reads import HotReads
+from services.api.http_metrics import HttpMetrics
 from services.api.limits import InFlightLimit
 from services.api.responses import access_record, empty, request_id
 from services.api.settings import GatewaySettings
+from services.common import metrics, tracing
 from services.common.client_address import client_address, is_trusted, parse_networks
 from services.common.errors import (
     INTERNAL,
@@ -67,6 +69,7 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
         log.warning("WHARF_PUBLIC_URL is not set: the token realm is built from each request's Host header; "
                     "set it to the registry's external URL")
     access_log = AccessLog("wharf.gateway")
+    figures = HttpMetrics()
 
     @app.before_request
     def _begin() -> None:
@@ -117,6 +120,7 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
         if found is None or (found[0].token_auth_only and not ctx.authorizer.issues_tokens):
             raise RegistryError(UNSUPPORTED, "no such endpoint", http_status=404)
         route, params = found
+        _note_route(route.endpoint)
         _check_raw_path()
         if (request.content_length or 0) > settings.max_body_bytes:
             # Answered before a byte of the body is read: an impossible length is never waited on.
@@ -129,13 +133,35 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Fla
             raise RegistryError(NAME_INVALID, f"invalid repository name {params['name'][:300]!r}")
         _check_mount_source()
         ctx.authorizer.authorize(handler.access.scopes(params), route.endpoint)
+        _count_transfer(route.endpoint)
         return handler.view(ctx, **params)
+
+    def _note_route(endpoint: str) -> None:
+        """Tells the worker the route (its figures' label) and names the request's span after it."""
+        request.environ[http_metrics.ROUTE_KEY] = endpoint
+        if tracing.enabled():
+            tracing.name_request(f"{request.method} {endpoint}", {"http.route": endpoint,
+                                                                  "wharf.request_id": g.get("request_id", "")})
+
+    def _count_transfer(endpoint: str) -> None:
+        """A blob download, or an upload with a body, is a transfer; a body's bytes are counted."""
+        if endpoint == "blob" and request.method == "GET":
+            figures.begin_transfer(request.environ, "download")
+        elif request.method in ("PUT", "PATCH", "POST") and (request.content_length or
+                                                               request.headers.get("Transfer-Encoding")):
+            figures.count_input(request.environ)
+            if endpoint in ("upload", "uploads"):
+                figures.begin_transfer(request.environ, "upload")
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)
     app.add_url_rule("/v2/<path:subpath>", "registry", dispatch, methods=methods)
     app.add_url_rule("/token", "token", dispatch, methods=methods)
-    app.wsgi_app = InFlightLimit(app.wsgi_app, settings.max_in_flight)  # type: ignore[method-assign]
+    limit = InFlightLimit(app.wsgi_app, settings.max_in_flight)
+    app.wsgi_app = limit  # type: ignore[method-assign]
+    metrics.HTTP_IN_FLIGHT.set_function(lambda: limit.in_flight)
+    # The worker records every request's figures with it (worker.py), once the answer is sent.
+    app.extensions["wharf.http_metrics"] = figures
     # The worker answers read-cache hits with it before building a WSGI request (worker.py).
     app.extensions["wharf.hot_reads"] = HotReads(ctx, access_log if settings.access_log else None, trusted_proxies)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import grpc
 
 from services.api.read_cache import ReadCache
 from services.api.settings import GatewaySettings
+from services.common import metrics, tracing
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError, from_rpc_error
 from services.common.internal_auth import authenticated_channel, read_token
 from services.common.rpc import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
@@ -82,20 +84,39 @@ class _Lazy:
 
 
 class _Caller:
-    """Calls a stub method with a deadline and the request id; raises RegistryError."""
+    """Calls a stub method with a deadline, the request id and the trace context; counts and
+    times the call (``wharf_grpc_client_*``: for a call whose answer is a stream, the time
+    until the stream is open); raises RegistryError."""
 
-    def __init__(self, lazy: _Lazy, settings: GatewaySettings, request_id: Callable[[], str]) -> None:
+    def __init__(self, lazy: _Lazy, service: str, settings: GatewaySettings, request_id: Callable[[], str]) -> None:
         self._lazy = lazy
+        self._service = service
         self._settings = settings
         self._request_id = request_id
+        self._figures = metrics.CallFigures(metrics.GRPC_CLIENT_CALLS, metrics.GRPC_CLIENT_DURATION)
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((REQUEST_ID_KEY, self._request_id()),)
+    def stub(self) -> Any:
+        """The stub itself (for the read cache's watch stream, which manages its own call)."""
+        return self._lazy.stub()
 
     def _invoke(self, method: str, request: Any, timeout: float) -> Any:
-        body = _RequestStream(request) if isinstance(request, Iterator) else None
+        started = time.perf_counter()
+        code = "OK"
         try:
-            return getattr(self._lazy.stub(), method)(body or request, timeout=timeout, metadata=self._metadata())
+            with tracing.span(f"{self._service}/{method}", tracing.SpanKind.CLIENT,
+                              attributes={"rpc.system": "grpc", "rpc.service": self._service, "rpc.method": method}):
+                return self._call(method, request, timeout)
+        except RegistryError as err:
+            code = metrics.grpc_code(err.code)
+            raise
+        finally:
+            self._figures.record(f"/{self._service}/{method}", code, time.perf_counter() - started)
+
+    def _call(self, method: str, request: Any, timeout: float) -> Any:
+        body = _RequestStream(request) if isinstance(request, Iterator) else None
+        metadata = ((REQUEST_ID_KEY, self._request_id()), *tracing.inject())
+        try:
+            return getattr(self._lazy.stub(), method)(body or request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as err:
             if body is not None and body.error is not None:
                 # The call was cancelled because reading the client's body failed: report that.
@@ -223,15 +244,22 @@ class AuthClient:
         return list(self._c.unary("FilterRepositories", request).repositories)
 
 
+def _service_name(module: Any, name: str) -> str:
+    return str(module.DESCRIPTOR.services_by_name[name].full_name)
+
+
 class Clients:
     """Everything the views call, built once per app."""
 
     def __init__(self, settings: GatewaySettings, request_id: Callable[[], str]) -> None:
         token = read_token(settings.internal_token_file)
-        self.auth = AuthClient(_Caller(_Lazy(settings.auth_addr, apb_grpc.AuthStub, token), settings, request_id))
-        self.blobs = BlobStoreClient(_Caller(_Lazy(settings.blobstore_addr, bpb_grpc.BlobStoreStub, token), settings,
-                                             request_id))
-        metadata = _Lazy(settings.metadata_addr, mpb_grpc.MetadataStub, token)
-        self.metadata = MetadataClient(_Caller(metadata, settings, request_id))
+        def caller(address: str, make_stub: Callable[[grpc.Channel], Any], service: str) -> _Caller:
+            return _Caller(_Lazy(address, make_stub, token), service, settings, request_id)
+
+        self.auth = AuthClient(caller(settings.auth_addr, apb_grpc.AuthStub, _service_name(apb, "Auth")))
+        self.blobs = BlobStoreClient(caller(settings.blobstore_addr, bpb_grpc.BlobStoreStub,
+                                            _service_name(bpb, "BlobStore")))
+        metadata = caller(settings.metadata_addr, mpb_grpc.MetadataStub, _service_name(mpb, "Metadata"))
+        self.metadata = MetadataClient(metadata)
         self.cache = ReadCache(metadata.stub, settings.manifest_cache_bytes, self.metadata.get_manifest,
                                self.metadata.blob_size, self.metadata.list_tags)

@@ -41,9 +41,9 @@ class HotReads:
         self._trusted = trusted_proxies
         self._accepts: dict[tuple[str, str], bool] = {}
 
-    def respond(self, environ: dict[str, Any]) -> tuple[list[tuple[str, str]], bytes] | None:
-        """A hit's whole answer (its headers, request id included, and body), logged; None for
-        anything else (which the worker then serves through Flask, as always)."""
+    def respond(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes] | None:
+        """A hit's route and whole answer (its headers, request id included, and body), logged;
+        None for anything else (which the worker then serves through Flask, as always)."""
         method = environ["REQUEST_METHOD"]
         if method != "GET" and method != "HEAD":
             return None
@@ -51,7 +51,7 @@ class HotReads:
         answer = self._answer(environ, method)
         if answer is None:
             return None
-        headers, body = answer
+        route, headers, body = answer
         rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         headers.append(_API_VERSION)
         headers.append(("X-Request-Id", rid))
@@ -60,9 +60,9 @@ class HotReads:
                                     self._trusted)
             self._access_log.write("http", access_record(rid, method, environ.get("PATH_INFO", ""), 200, started,
                                                          remote))
-        return headers, body
+        return route, headers, body
 
-    def _answer(self, environ: dict[str, Any], method: str) -> tuple[list[tuple[str, str]], bytes] | None:
+    def _answer(self, environ: dict[str, Any], method: str) -> tuple[str, list[tuple[str, str]], bytes] | None:
         if environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ:
             return None
         raw = str(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "")
@@ -79,12 +79,12 @@ class HotReads:
                 return None
             headers = manifest_headers(manifest)
             headers["Content-Length"] = str(len(manifest.content))
-            return list(headers.items()), b"" if method == "HEAD" else manifest.content
+            return route.endpoint, list(headers.items()), b"" if method == "HEAD" else manifest.content
         if route.endpoint == "blob" and method == "HEAD":
             size = self._cache.cached(params["name"], "blob", params["digest"])
             if size is None or not self._allowed(environ, route.handlers[method], params):
                 return None
-            return list(blob_headers(params["digest"], int(size)).items()), b""
+            return route.endpoint, list(blob_headers(params["digest"], int(size)).items()), b""
         return None
 
     def _allowed(self, environ: dict[str, Any], handler: routes.Handler, params: dict[str, str]) -> bool:

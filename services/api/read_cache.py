@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.common import metrics
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 
 log = logging.getLogger("wharf.gateway.read_cache")
@@ -45,6 +46,8 @@ _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
 # What a blob-link entry is charged against the byte budget: its key and the dictionary slot.
 _LINK_COST = 192
 _MANIFEST, _BLOB, _TAGS = "manifest", "blob", "tags"
+_HITS = {kind: metrics.CACHE_LOOKUPS.labels(kind, "hit") for kind in (_MANIFEST, _BLOB, _TAGS)}
+_MISSES = {kind: metrics.CACHE_LOOKUPS.labels(kind, "miss") for kind in (_MANIFEST, _BLOB, _TAGS)}
 _Key = tuple[str, str, str]  # (repository, kind, reference): invalidations go by repository
 T = TypeVar("T")
 
@@ -65,6 +68,8 @@ class ReadCache:
         self._generation = 0
         self._lease_until = 0.0
         self._pid = -1
+        metrics.CACHE_LEASE.set_function(lambda: 1 if time.monotonic() < self._lease_until else 0)
+        metrics.CACHE_BYTES.set_function(lambda: self._bytes)
 
     @property
     def enabled(self) -> bool:
@@ -101,7 +106,8 @@ class ReadCache:
             if entry is None or now - entry[2] >= MAX_AGE:
                 return None
             self._entries.move_to_end((repository, kind, reference))
-            return entry[0]
+        _HITS[kind].inc()  # a miss is counted where it is fetched (_read), not by every caller that looks
+        return entry[0]
 
     def _read(self, key: _Key, fetch: Callable[[], T], cost: Callable[[T], int]) -> T:
         if not self.enabled:
@@ -109,6 +115,7 @@ class ReadCache:
         hit = self.cached(*key)
         if hit is not None:
             return hit  # type: ignore[no-any-return]
+        _MISSES[key[1]].inc()
         with self._lock:
             generation = self._generation
         value = fetch()
@@ -130,6 +137,10 @@ class ReadCache:
 
     def _invalidate(self, repositories: list[str] | None) -> None:
         """Drops these repositories' entries (every entry for None) and bumps the generation."""
+        if repositories is None:
+            metrics.CACHE_INVALIDATIONS.labels("all").inc()
+        else:
+            metrics.CACHE_INVALIDATIONS.labels("repository").inc(len(repositories))
         with self._lock:
             self._generation += 1
             if repositories is None:

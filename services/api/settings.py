@@ -62,6 +62,10 @@ class GatewaySettings:
                                    "make run generates one)")
     instance_id: str = env("WHARF_INSTANCE_ID", "", "echoed in X-Wharf-Instance on /v2/ (make run sets it, to know "
                            "that it reached its own gateway)")
+    metrics_addr: str = env("WHARF_METRICS_ADDR", "", "host:port serving Prometheus metrics on /metrics, the figures "
+                            "of every worker process in one scrape (empty: off)", address=True)
+    otlp_endpoint: str = env("WHARF_OTLP_ENDPOINT", "", "OTLP/HTTP collector base URL traces are exported to "
+                             "(e.g. http://127.0.0.1:4318; empty: tracing off)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:

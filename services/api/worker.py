@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import os
 import resource
 import socket
@@ -39,6 +40,10 @@ import gunicorn.util
 from gevent.socket import wait_read, wait_write
 from greenlet import getcurrent
 from gunicorn.workers.ggevent import GeventWorker
+
+from services.api.http_metrics import HttpMetrics
+from services.api.metrics_hub import MetricsHub
+from services.common import metrics, tracing
 
 # Bytes per os.sendfile call: the receiver's ACKs are processed between calls instead of
 # piling up behind one long send (measured: 4 MiB calls beat 1 GiB ones on loopback).
@@ -192,6 +197,8 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
     header_timeout = 30.0
     idle_timeout = 60.0
     grpc_threads = 1024
+    metrics_hub: MetricsHub | None = None
+    otlp_endpoint = ""
 
     def patch(self) -> None:
         super().patch()
@@ -208,20 +215,28 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         gunicorn.util.http_date = _http_date
         gunicorn.http.get_parser = _parser_seen_by_deadline(gunicorn.http.get_parser)
 
-    def _hot_reads(self) -> Any:
-        extensions = getattr(self.wsgi, "extensions", None)
-        return extensions.get("wharf.hot_reads") if isinstance(extensions, dict) else None
+    def run(self) -> None:
+        """After the fork: this worker's traces, and its figures for the master (metrics_hub.py)."""
+        tracing.configure("gateway", self.otlp_endpoint)
+        if self.metrics_hub is not None:
+            self._registry = metrics.registry_for("gateway")
+            self.metrics_hub.serve_worker(self._registry)
+        super().run()
 
-    def _answer_hit(self, req: Any, sock: Any, addr: Any) -> bool | None:
+    def _extension(self, name: str) -> Any:
+        extensions = getattr(self.wsgi, "extensions", None)
+        return extensions.get(name) if isinstance(extensions, dict) else None
+
+    def _answer_hit(self, req: Any, sock: Any, addr: Any, started: float) -> bool | None:
         """A read-cache hit answered from gunicorn's parsed request, without the WSGI environ and
         response objects (which cost as much as the rest of such a request); None when it is not one."""
-        hot = self._hot_reads()
+        hot = self._extension("wharf.hot_reads")
         if hot is None or (req.method != "GET" and req.method != "HEAD") or "%" in req.path:
             return None
         hit = hot.respond(_environ_of(req, addr))
         if hit is None:
             return None
-        headers, body = hit
+        route, headers, body = hit
         self.nr += 1
         if self.nr >= self.max_requests:
             self.alive = False
@@ -229,12 +244,22 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         head = [f"HTTP/{req.version[0]}.{req.version[1]} 200 OK", "Server: gunicorn", f"Date: {_http_date()}",
                 f"Connection: {'close' if close else 'keep-alive'}", *(f"{k}: {v}" for k, v in headers)]
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self._figures.record(route, req.method, 200, time.perf_counter() - started, 0, len(body))
+        tracing.name_request(f"{req.method} {route}", {"http.route": route})
         if close:
             raise StopIteration()
         return True
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
-        answered = self._answer_hit(req, sock, addr)
+        req.wharf_started = started = time.perf_counter()
+        if not tracing.enabled():
+            return self._handle_request(listener_name, req, sock, addr, started)
+        with tracing.span(f"{req.method}", tracing.SpanKind.SERVER, carrier=tracing.carrier_of(req.headers),
+                          attributes={"http.request.method": req.method}):
+            return self._handle_request(listener_name, req, sock, addr, started)
+
+    def _handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any, started: float) -> bool:
+        answered = self._answer_hit(req, sock, addr, started)
         if answered is not None:
             return answered
         # gunicorn sends a response's head and its body in separate writes: corked, a small
@@ -254,16 +279,45 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         client.setblocking(1)
         # Every read and write on the connection makes progress within this, or fails.
         client.settimeout(self.idle_timeout)
+        self._figures.connections += 1
         try:
             super(GeventWorker, self).handle(listener, client, addr)
         finally:
+            self._figures.connections -= 1
             del _deadlines[getcurrent()]
             deadline.close()
+
+    @functools.cached_property
+    def _figures(self) -> HttpMetrics:
+        return self._extension("wharf.http_metrics") or HttpMetrics()
 
     def timeout_ctx(self) -> _RequestHeadDeadline:
         return _deadlines[getcurrent()]  # gunicorn calls this in the greenlet that serves the connection
 
 
-def worker_class(header_timeout: float, idle_timeout: float) -> type[GatewayWorker]:
-    """The worker class gunicorn instantiates, with the gateway's limits (gunicorn takes a class)."""
-    return type("GatewayWorker", (GatewayWorker,), {"header_timeout": header_timeout, "idle_timeout": idle_timeout})
+def worker_class(header_timeout: float, idle_timeout: float, metrics_hub: MetricsHub | None = None,
+                 otlp_endpoint: str = "") -> type[GatewayWorker]:
+    """The worker class gunicorn instantiates, with the gateway's limits and telemetry (gunicorn
+    takes a class)."""
+    return type("GatewayWorker", (GatewayWorker,), {"header_timeout": header_timeout, "idle_timeout": idle_timeout,
+                                                    "metrics_hub": metrics_hub, "otlp_endpoint": otlp_endpoint})
+
+
+def record_request(worker: GatewayWorker, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    """gunicorn's ``post_request`` hook: a request the application answered is counted once its
+    answer has been sent (so a download's time and bytes are all of it)."""
+    if resp is None or not resp.status_code:
+        return
+    tracing.end_request(resp.status_code)
+    sent = resp.sent
+    if not sent and req.method != "HEAD" and resp.headers_sent:
+        sent = resp.response_length or 0  # gunicorn's sendfile path does not count what it sends
+    worker._figures.end(environ, req.method, resp.status_code,
+                        time.perf_counter() - getattr(req, "wharf_started", time.perf_counter()), sent)
+
+
+def worker_exiting(server: Any, worker: GatewayWorker) -> None:
+    """gunicorn's ``worker_exit`` hook: the worker's last figures go to the master."""
+    registry = getattr(worker, "_registry", None)
+    if worker.metrics_hub is not None and registry is not None:
+        worker.metrics_hub.worker_exiting(registry)

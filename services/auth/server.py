@@ -17,7 +17,7 @@ from services.auth.accounts import AccountStore
 from services.auth.policy import ANONYMOUS, Principal, grant, refused, repository_actions
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
-from services.common import grpcserver, redisconn, scopes
+from services.common import grpcserver, metrics, redisconn, scopes
 from services.common.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, RegistryError
 from services.common.grpcserver import threaded
 from services.common.internal_auth import read_token
@@ -36,6 +36,10 @@ ADMIN_ACCOUNT_FAILURE_FACTOR = 4
 def _account_pb(principal: Principal, created_at: int = 0) -> pb.Account:
     return pb.Account(name=principal.name, kind=principal.kind, admin=principal.admin, created_at=created_at,
                       grants=[pb.Grant(pattern=p, actions=sorted(a)) for p, a in principal.grants])
+
+
+# wharf_auth_token_refusals_total's reasons: a bounded set (anything else is "invalid").
+_REFUSAL_REASONS = {UNAUTHORIZED.code: "credentials", TOOMANYREQUESTS.code: "throttled", DENIED.code: "denied"}
 
 
 class AuthServicer(pb_grpc.AuthServicer):
@@ -86,6 +90,15 @@ class AuthServicer(pb_grpc.AuthServicer):
                                                for k in self._keys.verifying()])
 
     def IssueToken(self, request: pb.IssueTokenRequest, context: grpc.ServicerContext) -> pb.IssueTokenResponse:
+        try:
+            answer, kind = self._issue_token(request)
+        except RegistryError as err:
+            metrics.TOKENS_REFUSED.labels(_REFUSAL_REASONS.get(err.error.code, "invalid")).inc()
+            raise
+        metrics.TOKENS_ISSUED.labels(kind).inc()
+        return answer
+
+    def _issue_token(self, request: pb.IssueTokenRequest) -> tuple[pb.IssueTokenResponse, str]:
         # The cheap checks first, so a malformed request costs no bcrypt and no login attempt.
         service = request.service or self._settings.token_service
         if service != self._settings.token_service:
@@ -107,8 +120,9 @@ class AuthServicer(pb_grpc.AuthServicer):
         log.info("token issued", extra={"fields": {"subject": principal.name or "<anonymous>",
                                                    "client_id": peers.printable(request.client_id),
                                                    "access": [str(s) for s in access]}})
-        return pb.IssueTokenResponse(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at,
-                                     refresh_token=refresh, subject=principal.name)
+        answer = pb.IssueTokenResponse(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at,
+                                       refresh_token=refresh, subject=principal.name)
+        return answer, "anonymous" if principal.anonymous else principal.kind
 
     def FilterRepositories(self, request: pb.FilterRepositoriesRequest,
                            context: grpc.ServicerContext) -> pb.FilterRepositoriesResponse:
@@ -204,7 +218,8 @@ async def serve(settings: AuthSettings, address: str | None = None,
 
     try:
         await grpcserver.serve("auth", address or settings.listen, register, backend_errors=(redis.RedisError,),
-                               internal_token=token, on_port=on_port)
+                               internal_token=token, on_port=on_port,
+                               metrics_address=settings.metrics_addr, otlp_endpoint=settings.otlp_endpoint)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 

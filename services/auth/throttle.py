@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from services.common import metrics
 from services.common.errors import TOOMANYREQUESTS, RegistryError
 
 # KEYS: failures_1, checking_1, failures_2, checking_2, ...
@@ -115,6 +116,8 @@ class LoginThrottle:
             if state == 1:
                 return
             if state == -1 or time.monotonic() >= deadline:
+                if state == -1:
+                    metrics.LOCKOUTS.inc()
                 retry = max(int(retry), 1)
                 message = "too many failed logins" if state == -1 else "too many logins at once"
                 raise RegistryError(TOOMANYREQUESTS, f"{message}; retry in {retry} s",

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from services.blobstore import layout
 from services.blobstore.storage.base import FileWriter, StorageDriver, UploadBusyError
-from services.common import digests
+from services.common import digests, metrics
 from services.common.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
@@ -81,6 +81,11 @@ def _session_races() -> Iterator[None]:
         raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired") from None
 
 
+# Blob bytes through the storage, both ways (what the gateway sends from disk itself is not here).
+_BYTES_READ = metrics.STORAGE_BYTES.labels("read")
+_BYTES_WRITTEN = metrics.STORAGE_BYTES.labels("written")
+
+
 class BlobReader:
     """An open blob and how many bytes of it are still to be read."""
 
@@ -94,6 +99,7 @@ class BlobReader:
             return b""
         data = self._handle.read(min(chunk_size, self._remaining))
         self._remaining -= len(data)
+        _BYTES_READ.inc(len(data))
         if not data:
             self._remaining = 0
         return data
@@ -131,6 +137,7 @@ class AppendSession:
             return
         with _session_races():
             self._writer.write(data)
+        _BYTES_WRITTEN.inc(len(data))
         if self._state is not None:
             self._state.hasher.update(data)
 
@@ -335,6 +342,16 @@ class BlobService:
             self.discard(upload.upload_id)
             raise
         return self.commit(upload.upload_id, repository, digest)
+
+    def count_uploads(self, limit: int) -> int:
+        """How many upload sessions the storage holds, counting no further than ``limit``."""
+        found = 0
+        for upload_id in self._driver.list(layout.UPLOADS):
+            if layout.upload_id_ok(upload_id):
+                found += 1
+                if found >= limit:
+                    break
+        return found
 
     def expire_uploads(self, now: float | None = None) -> int:
         """Deletes sessions idle for longer than the TTL; returns how many."""

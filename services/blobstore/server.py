@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import threading
@@ -17,7 +18,7 @@ from services.blobstore.blobs import AppendSession, Blob, BlobService, Upload
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
-from services.common import digests, grpcserver
+from services.common import digests, grpcserver, metrics
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError
 from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
@@ -59,7 +60,9 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         self._pool = pool
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+        # In the call's context, so the step's storage span and log lines belong to the call.
+        step = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, step)
 
     async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext) -> pb.BlobInfo:
         return _blob(await self._run(self._blobs.stat, request.digest, request.want_location))
@@ -148,6 +151,10 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         return pb.CancelUploadResponse()
 
 
+# A scrape counts the upload sessions in the storage (a listing), up to this many.
+UPLOADS_COUNTED = 100_000
+
+
 def _janitor(blobs: BlobService, interval: int, stop: threading.Event) -> None:
     while not stop.wait(interval):
         try:
@@ -173,7 +180,9 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
                      name="upload-janitor").start()
     try:
         await grpcserver.serve("blobstore", address or settings.listen, register, internal_token=token,
-                        backend_errors=(StorageError, MinioException, OSError), on_port=on_port)
+                        backend_errors=(StorageError, MinioException, OSError), on_port=on_port,
+                               metrics_address=settings.metrics_addr, otlp_endpoint=settings.otlp_endpoint,
+                               collectors=[metrics.UploadSessions(lambda: blobs.count_uploads(UPLOADS_COUNTED))])
     finally:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)

@@ -1,9 +1,11 @@
 """Server side gRPC plumbing shared by the blob store, metadata and auth services: one
 bootstrap (:func:`serve`), one asyncio server model, one interceptor.
 
-The interceptor does four things for every call: refuses a caller without the stack's
-internal token, adopts the caller's request id, turns a :class:`RegistryError` into a
-status plus trailing metadata, and writes one structured log line. What the client side
+The interceptor does five things for every call: refuses a caller without the stack's
+internal token, adopts the caller's request id (and trace context), turns a
+:class:`RegistryError` into a status plus trailing metadata, counts and times the call
+(services/common/metrics.py), and writes one structured log line. :func:`serve` also serves
+the service's ``/metrics`` and sets up its traces when their settings ask for them. What the client side
 shares with it (the request-id key, message limits) is in :mod:`services.common.rpc`.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import internal_auth
+from services.common import internal_auth, metrics, metrics_endpoint, tracing
 from services.common.errors import INTERNAL, UNAVAILABLE, RegistryError
 from services.common.logs import AccessLog
 from services.common.rpc import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
@@ -48,13 +50,26 @@ class _CallAccounting:
         self._access = AccessLog("wharf.rpc")
         # Failures of the service's own backend (Redis, S3, disk): the caller's 503, not a 500.
         self._backend_errors = backend_errors
+        self._figures = metrics.CallFigures(metrics.GRPC_SERVER_CALLS, metrics.GRPC_SERVER_DURATION)
 
     def _log(self, method: str, started: float, code: str, error: str = "") -> None:
+        """The call's log line and figures (``code``: a gRPC status name or a registry error code)."""
+        seconds = time.perf_counter() - started
+        self._figures.record(method, metrics.grpc_code(code), seconds)
         fields = {"service": self._service, "method": method, "request_id": request_id.get(),
-                  "code": code, "ms": round((time.perf_counter() - started) * 1000, 2)}
+                  "code": code, "ms": round(seconds * 1000, 2)}
         if error:
             fields["error"] = error
         self._access.write("rpc", fields)
+
+    def _span(self, method: str, context: grpc.aio.ServicerContext) -> Any:
+        """The call's server span, the caller's child (tracing off: a no-op)."""
+        if not tracing.enabled():
+            return tracing.span(method)
+        service, _, name = method.lstrip("/").partition("/")
+        return tracing.span(method.lstrip("/"), tracing.SpanKind.SERVER, carrier=tracing.carrier_of(
+            context.invocation_metadata() or ()), attributes={"rpc.system": "grpc", "rpc.service": service,
+                                                              "rpc.method": name, "wharf.request_id": request_id.get()})
 
     def _intercepted(self, handler: Any, details: grpc.HandlerCallDetails, refuse: Callable[[Any], Any],
                      wrap_call: Callable[..., Any], wrap_stream: Callable[..., Any]) -> Any:
@@ -111,7 +126,8 @@ class ServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             token = request_id.set(_request_id_from(context))
             try:
-                result = await fn(request, context)
+                with self._span(method, context):
+                    result = await fn(request, context)
                 self._log(method, started, "OK")
                 return result
             except Exception as exc:
@@ -125,8 +141,9 @@ class ServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             token = request_id.set(_request_id_from(context))
             try:
-                async for item in fn(request, context):
-                    yield item
+                with self._span(method, context):
+                    async for item in fn(request, context):
+                        yield item
                 self._log(method, started, "OK")
             except Exception as exc:
                 await self._fail(exc, method, started, context)
@@ -171,12 +188,21 @@ SERVER_OPTIONS = [
 async def serve(service: str, address: str, register: Callable[[grpc.aio.Server], Iterable[str]], *,
                     internal_token: str, backend_errors: tuple[type[Exception], ...] = (), grace: float = 10.0,
                     on_port: Callable[[int], None] | None = None,
-                    on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+                    on_stop: Callable[[], Awaitable[None]] | None = None,
+                    metrics_address: str = "", collectors: Iterable[Any] = (), otlp_endpoint: str = "") -> None:
     """Runs an asyncio gRPC server with health checking until SIGTERM/SIGINT, then drains it.
 
     ``on_stop`` runs before the drain: it ends long-lived streams, which would hold it up.
+    With a ``metrics_address``, the service's figures (its group in services/common/metrics.py
+    and ``collectors``, read when scraped) are served there; with an ``otlp_endpoint``, its
+    spans are exported there.
     """
     from grpc_health.v1._async import HealthServicer as AioHealthServicer
+
+    tracing.configure(service, otlp_endpoint)
+    metrics_server = None
+    if metrics_address:
+        metrics_server, _ = metrics_endpoint.serve(metrics_address, metrics.registry_for(service, *collectors))
 
     interceptor = ServiceInterceptor(service, internal_token, backend_errors)
     server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
@@ -200,6 +226,8 @@ async def serve(service: str, address: str, register: Callable[[grpc.aio.Server]
     if on_stop is not None:
         await on_stop()
     await server.stop(grace)
+    if metrics_server is not None:
+        metrics_server.shutdown()
 
 
 def threaded(servicer: Any, service: Any, pool: futures.ThreadPoolExecutor) -> Any:
@@ -212,7 +240,9 @@ def threaded(servicer: Any, service: Any, pool: futures.ThreadPoolExecutor) -> A
 
         def call(blocking: Callable[..., Any] = blocking) -> Callable[..., Awaitable[Any]]:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await asyncio.get_running_loop().run_in_executor(pool, blocking, request, context)
+                # In the caller's context: the request id and the current span go with the call.
+                call = contextvars.copy_context().run
+                return await asyncio.get_running_loop().run_in_executor(pool, call, blocking, request, context)
             return run
         setattr(adapter, method.name, call())
     return adapter

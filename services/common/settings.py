@@ -28,11 +28,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def env(var: str, default: Any = dataclasses.MISSING, doc: str = "", choices: tuple[str, ...] = (),
-        minimum: float | None = None, maximum: float | None = None) -> Any:
+        minimum: float | None = None, maximum: float | None = None, address: bool = False) -> Any:
     """Declares a settings field read from ``var`` (one of ``choices``, or a number within
-    ``minimum``..``maximum``, when given)."""
+    ``minimum``..``maximum``, or an empty-or-``host:port`` address, when given)."""
     kwargs: dict[str, Any] = {"metadata": {"env": var, "doc": doc, "choices": choices, "minimum": minimum,
-                                           "maximum": maximum}}
+                                           "maximum": maximum, "address": address}}
     if default is not dataclasses.MISSING:
         kwargs["default"] = default
     return dataclasses.field(**kwargs)
@@ -58,8 +58,21 @@ def _convert(var: str, raw: str, kind: Any) -> Any:
     return raw
 
 
+def split_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as a pair; ValueError when it is not one."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(value)
+    return host.strip("[]"), int(port)
+
+
 def _checked(field: dataclasses.Field[Any], var: str, raw: str, kind: Any) -> Any:
     value = _convert(var, raw, kind)
+    if field.metadata.get("address") and value:
+        try:
+            split_address(value)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r}: expected host:port (or nothing, to turn it off)") from None
     choices = field.metadata.get("choices") or ()
     if choices and value not in choices:
         raise SettingsError(f"{var}={raw!r}: expected {' or '.join(choices)}")

@@ -20,6 +20,7 @@ a retry, as with any registry's garbage collection.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +36,7 @@ from services.blobstore.storage.base import FileInfo, StorageDriver
 from services.common import digests
 from services.common.errors import RegistryError
 from services.common.redisconn import text
+from services.gc import record
 from services.metadata import redis_keys as keys
 
 log = logging.getLogger("wharf.gc")
@@ -111,7 +113,16 @@ class Collector:
         self._renewed = time.monotonic()
         log.info("maintenance on: the registry is read-only")
         try:
-            return self._collect()
+            report = self._collect()
+        except BaseException:
+            if not self._dry_run:
+                with contextlib.suppress(redis.RedisError):
+                    record.add_run(self._r, ok=False)
+            raise
+        else:
+            if not self._dry_run:
+                record.add_run(self._r, ok=True, blobs_removed=report.blobs_deleted, bytes_removed=report.bytes_freed)
+            return report
         finally:
             # Only our own key (compared and deleted in one step): a run that outlived its TTL
             # must not end someone else's.

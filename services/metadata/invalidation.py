@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Iterable
 import redis
 import redis.asyncio as aredis
 
-from services.common import redisconn
+from services.common import metrics, redisconn
 from services.common.redisconn import text
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.metadata import redis_keys as keys
@@ -73,6 +73,11 @@ class InvalidationHub:
         self._replica = uuid.uuid4().hex
         self._refresh = client.register_script(keys.REFRESH_GRANTOR)
         self._live_grantors = client.register_script(keys.LIVE_GRANTORS)
+
+    @property
+    def watchers(self) -> int:
+        """Gateway processes watching this replica now (``wharf_metadata_watchers``)."""
+        return len(self._watchers)
 
     @property
     def confirm_timeout(self) -> float:
@@ -166,6 +171,7 @@ class InvalidationHub:
         loop = asyncio.get_running_loop()
         until = max((w.lease_until for w in watchers), default=0.0)
         if until > loop.time():
+            metrics.LEASE_WAITS.inc()
             log.warning("waiting out leases of unresponsive gateways",
                         extra={"fields": {"watchers": len(watchers), "seconds": round(until - loop.time(), 3)}})
             await asyncio.sleep(until - loop.time())
@@ -175,6 +181,14 @@ class InvalidationHub:
 
     async def publish(self, repositories: Iterable[str]) -> None:
         """Returns once no gateway can serve what these repositories had before (or on timeout)."""
+        started = time.monotonic()
+        metrics.INVALIDATIONS.inc()
+        try:
+            await self._publish(repositories)
+        finally:
+            metrics.INVALIDATION_WAIT.observe(time.monotonic() - started)
+
+    async def _publish(self, repositories: Iterable[str]) -> None:
         message_id = uuid.uuid4().hex
         ack_key = keys.invalidation_acks(message_id)
         payload = json.dumps({"id": message_id, "repositories": sorted(set(repositories))})
@@ -202,6 +216,7 @@ class InvalidationHub:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                metrics.UNCONFIRMED.inc()
                 log.warning("replicas did not confirm an invalidation in time",
                             extra={"fields": {"unconfirmed": len(pending), "confirmed": len(confirmed)}})
                 return

@@ -15,6 +15,8 @@
     wharf:lease-grantors                           ZSET  replica id, score = when its last lease ends (ms)
     wharf:maintenance                              STRING set (with a TTL) while garbage collection runs:
                                                          every write script refuses to run
+    wharf:gc-record                                HASH  garbage collection's totals: runs_ok, runs_failed,
+                                                         blobs_removed, bytes_removed, last_success (Unix s)
 
 Repository names and digests are validated by the gateway and again by the
 service before they reach a key. Every change that touches more than one key
@@ -29,6 +31,7 @@ CATALOG = "wharf:catalog"
 INVALIDATIONS = "wharf:invalidations"
 LEASE_GRANTORS = "wharf:lease-grantors"
 MAINTENANCE = "wharf:maintenance"
+GC_RECORD = "wharf:gc-record"
 # The error a write script returns while MAINTENANCE exists (store.py turns it into a 503).
 READ_ONLY = "WHARF_READ_ONLY"
 _GUARD = f"""

@@ -16,8 +16,9 @@ import grpc
 import redis
 import redis.asyncio as aredis
 
-from services.common import grpcserver, redisconn
+from services.common import grpcserver, metrics, redisconn
 from services.common.internal_auth import read_token
+from services.gc import record
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from services.metadata.invalidation import InvalidationHub
@@ -128,6 +129,7 @@ async def serve(settings: MetadataSettings, address: str | None = None,
     client = redis_client(settings.redis_url, settings.workers + 4)
     store = MetadataStore(client)
     hub = InvalidationHub(client, settings.cache_lease, settings.cache_ack_timeout)
+    metrics.WATCHERS.set_function(lambda: hub.watchers)
 
     def register(server: grpc.aio.Server) -> list[str]:
         pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store, hub), server)
@@ -136,7 +138,10 @@ async def serve(settings: MetadataSettings, address: str | None = None,
     subscription = asyncio.create_task(hub.run())
     try:
         await grpcserver.serve("metadata", address or settings.listen, register, backend_errors=(redis.RedisError,),
-                        internal_token=token, on_port=on_port, on_stop=hub.close)
+                               internal_token=token, on_port=on_port, on_stop=hub.close,
+                               metrics_address=settings.metrics_addr, otlp_endpoint=settings.otlp_endpoint,
+                               collectors=[metrics.GcRecord(record.reader(redisconn.sync_client(
+                                   settings.redis_url, socket_timeout=5, socket_connect_timeout=2)))])
     finally:
         subscription.cancel()
 

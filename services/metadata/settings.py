@@ -21,4 +21,8 @@ class MetadataSettings:
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
+    metrics_addr: str = env("WHARF_METADATA_METRICS_ADDR", "",
+                            "host:port serving Prometheus metrics on /metrics (empty: off)", address=True)
+    otlp_endpoint: str = env("WHARF_OTLP_ENDPOINT", "", "OTLP/HTTP collector base URL traces are exported to "
+                             "(e.g. http://127.0.0.1:4318; empty: tracing off)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)

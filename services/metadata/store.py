@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import redis
 import redis.asyncio as aredis
 from redis.commands.core import AsyncScript
 
-from services.common import digests
+from services.common import digests, metrics, tracing
 from services.common.errors import (
     BLOB_UNKNOWN,
     MANIFEST_BLOB_UNKNOWN,
@@ -64,20 +65,52 @@ class Descriptor:
                    dict(data.get("annotations") or {}))
 
 
+def _command(name: str) -> Any:
+    """The span of one Redis command (a no-op unless tracing is on)."""
+    return tracing.span(f"redis {name}", tracing.SpanKind.CLIENT, attributes={"db.system": "redis"})
+
+
+class _Script:
+    """A registered Lua script, timed and counted by name (``wharf_redis_script_*``) and traced.
+    A refusal the script itself raises (the registry is read-only) is an answer, not an error."""
+
+    def __init__(self, client: aredis.Redis, name: str, source: str) -> None:
+        self._script: AsyncScript = client.register_script(source)
+        self._name = name
+        self._duration = metrics.REDIS_SCRIPT_DURATION.labels(name)
+        self._errors = metrics.REDIS_SCRIPT_ERRORS.labels(name)
+
+    async def __call__(self, args: Sequence[str | bytes | int]) -> Any:
+        started = time.perf_counter()
+        try:
+            with tracing.span(f"redis {self._name}", tracing.SpanKind.CLIENT,
+                              attributes={"db.system": "redis", "db.operation": "EVALSHA"}):
+                return await self._script(args=args)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith(keys.READ_ONLY):
+                self._errors.inc()
+            raise
+        except redis.RedisError:
+            self._errors.inc()
+            raise
+        finally:
+            self._duration.observe(time.perf_counter() - started)
+
+
 class MetadataStore:
     def __init__(self, client: aredis.Redis) -> None:
         self._r = client
-        self._put_manifest = client.register_script(keys.PUT_MANIFEST)
-        self._get_manifest = client.register_script(keys.GET_MANIFEST)
-        self._delete_manifest = client.register_script(keys.DELETE_MANIFEST)
-        self._delete_tag = client.register_script(keys.DELETE_TAG)
-        self._unlink_blob = client.register_script(keys.UNLINK_BLOB)
-        self._link_blob = client.register_script(keys.LINK_BLOB)
+        self._put_manifest = _Script(client, "put_manifest", keys.PUT_MANIFEST)
+        self._get_manifest = _Script(client, "get_manifest", keys.GET_MANIFEST)
+        self._delete_manifest = _Script(client, "delete_manifest", keys.DELETE_MANIFEST)
+        self._delete_tag = _Script(client, "delete_tag", keys.DELETE_TAG)
+        self._unlink_blob = _Script(client, "unlink_blob", keys.UNLINK_BLOB)
+        self._link_blob = _Script(client, "link_blob", keys.LINK_BLOB)
 
-    async def _write(self, script: AsyncScript, args: Sequence[str | bytes | int]) -> Any:
+    async def _write(self, script: _Script, args: Sequence[str | bytes | int]) -> Any:
         """Runs a write script; while garbage collection holds the registry read-only, a 503."""
         try:
-            return await script(args=args)
+            return await script(args)
         except redis.ResponseError as exc:
             if str(exc).startswith(keys.READ_ONLY):
                 raise RegistryError(UNAVAILABLE, "the registry is read-only while garbage collection runs; "
@@ -95,7 +128,8 @@ class MetadataStore:
     async def blob_size(self, name: str, digest: str) -> int:
         validate_name(name)
         digests.validate(digest)
-        size = await self._r.hget(keys.blobs(name), digest)
+        with _command("HGET"):
+            size = await self._r.hget(keys.blobs(name), digest)
         if size is None:
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
         return int(size)
@@ -154,7 +188,7 @@ class MetadataStore:
             digests.validate(reference)
         else:
             validate_tag(reference)
-        found = await self._get_manifest(args=[keys.repo_prefix(name), reference, "0" if is_digest else "1"])
+        found = await self._get_manifest([keys.repo_prefix(name), reference, "0" if is_digest else "1"])
         if not found:
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {reference} unknown to repository {name}")
         digest, media_type, body, subject = found
@@ -182,7 +216,9 @@ class MetadataStore:
         limit, start = self._page_args(last, limit)
         if limit == 0:
             return [], False
-        return self._cut(await self._r.zrangebylex(key, start, "+", start=0, num=limit + 1), limit)
+        with _command("ZRANGEBYLEX"):
+            found = await self._r.zrangebylex(key, start, "+", start=0, num=limit + 1)
+        return self._cut(found, limit)
 
     @staticmethod
     def _cut(found: list[Any], limit: int) -> tuple[list[str], bool]:
@@ -208,7 +244,8 @@ class MetadataStore:
     async def list_referrers(self, name: str, subject: str, artifact_type: str) -> list[Descriptor]:
         validate_name(name)
         digests.validate(subject)
-        raw = await self._r.hgetall(keys.referrers(name, subject))
+        with _command("HGETALL"):
+            raw = await self._r.hgetall(keys.referrers(name, subject))
         found = [Descriptor.from_json(value) for _, value in sorted(raw.items())]
         if artifact_type:
             found = [d for d in found if d.artifact_type == artifact_type]

@@ -9,6 +9,7 @@ stops every process this started.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pathlib
@@ -92,16 +93,20 @@ def start(settings: StackSettings) -> list[Child]:
         # memory apart, per arena. Measured with 8 concurrent 256 MiB pushes: a gateway worker
         # peaked at 118-139 MB instead of 215-244, at the same single-push and manifest rates.
         base.setdefault("MALLOC_ARENA_MAX", "2")
+        figures = _metrics_addresses(settings)
         metadata_addr = f"127.0.0.1:{free_port()}"
         metadata = Child("metadata", python_module("services.metadata"),
-                         env_for("metadata", base, WHARF_METADATA_LISTEN=metadata_addr, WHARF_REDIS_URL=redis_url))
+                         env_for("metadata", base, WHARF_METADATA_LISTEN=metadata_addr, WHARF_REDIS_URL=redis_url,
+                                 **_metrics_variable(figures, "metadata", "WHARF_METADATA_METRICS_ADDR")))
         children.append(metadata)
         blobstores = []
         for replica in range(max(settings.blobstore_replicas, 1)):
             address = f"127.0.0.1:{free_port()}"
             blobstores.append(Child(f"blobstore-{replica}", python_module("services.blobstore"),
                                     env_for("blobstore", base, WHARF_BLOBSTORE_LISTEN=address,
-                                            WHARF_BLOBSTORE_EXPOSE_PATHS="true"),
+                                            WHARF_BLOBSTORE_EXPOSE_PATHS="true",
+                                            **_metrics_variable(figures, f"blobstore-{replica}",
+                                                                "WHARF_BLOBSTORE_METRICS_ADDR")),
                                     address=address))
         children.extend(blobstores)
         blobstore_addr = ",".join(b.address for b in blobstores)
@@ -109,11 +114,13 @@ def start(settings: StackSettings) -> list[Child]:
         records.write(data_dir, records.BLOBSTORE_ADDRESS, blobstore_addr)
         gateway_env = env_for("gateway", base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
                            WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
-                           WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth)
+                           WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth,
+                           **_metrics_variable(figures, "gateway", "WHARF_METRICS_ADDR"))
         if settings.auth == "token":
             auth_addr = f"127.0.0.1:{free_port()}"
             auth_env = env_for("auth", base, WHARF_AUTH_LISTEN=auth_addr, WHARF_AUTH_REDIS_URL=redis_url,
-                               WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys"))
+                               WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys"),
+                               **_metrics_variable(figures, "auth", "WHARF_AUTH_METRICS_ADDR"))
             if not auth_env.get("WHARF_ADMIN_PASSWORD") and not auth_env.get("WHARF_ADMIN_PASSWORD_FILE"):
                 # No password given: token mode must not be a dead end. Generate one (owner-only,
                 # beside the internal secret); wharf-admin reads it from there.
@@ -135,10 +142,26 @@ def start(settings: StackSettings) -> list[Child]:
         children.append(gateway)
         url = f"{base_url(settings)}/v2/"
         wait_until(lambda: gateway_answers(url, instance), gateway, deadline, "gateway")
+        # wharf-admin status (and anyone curious) finds every service's figures through this file.
+        records.write(data_dir, records.METRICS, json.dumps(figures, indent=2, sort_keys=True))
     except BaseException:
         stop(children)
         raise
     return children
+
+
+def _metrics_addresses(settings: StackSettings) -> dict[str, str]:
+    """A free loopback port for each service's /metrics (none when WHARF_STACK_METRICS is off)."""
+    if not settings.metrics:
+        return {}
+    names = ["gateway", "metadata", *(f"blobstore-{r}" for r in range(max(settings.blobstore_replicas, 1)))]
+    if settings.auth == "token":
+        names.append("auth")
+    return {name: f"127.0.0.1:{free_port()}" for name in names}
+
+
+def _metrics_variable(figures: dict[str, str], name: str, variable: str) -> dict[str, str]:
+    return {variable: figures[name]} if name in figures else {}
 
 
 def base_url(settings: StackSettings) -> str:
@@ -185,6 +208,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     print(f"Wharf is serving the registry at {base_url(settings)} "
           f"(data in {settings.data_dir.resolve()}); Ctrl-C stops it.", flush=True)
+    figures = records.read(settings.data_dir.resolve(), records.METRICS)
+    if figures and json.loads(figures):
+        listed = ", ".join(f"{name} http://{address}/metrics" for name, address in json.loads(figures).items())
+        print(f"Prometheus metrics: {listed} (also in {settings.data_dir / records.METRICS}; "
+              "`.venv/bin/wharf-admin status` sums them up).", flush=True)
     if settings.auth == "none":
         print("Authentication is off (WHARF_AUTH=none), fine on loopback only. To require tokens: "
               "`WHARF_AUTH=token make run`, then `.venv/bin/wharf-admin user add alice` "

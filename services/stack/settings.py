@@ -22,4 +22,7 @@ class StackSettings:
                     choices=("none", "token"))
     tls_cert_file: str = env("WHARF_TLS_CERT_FILE", "",
                              "PEM certificate chain: the gateway serves HTTPS (with WHARF_TLS_KEY_FILE)")
+    metrics: bool = env("WHARF_STACK_METRICS", True,
+                        "serve every service's Prometheus metrics on a free loopback port (listed in "
+                        "$WHARF_DATA_DIR/metrics.json)")
     start_timeout: float = env("WHARF_START_TIMEOUT", 60.0, "seconds to wait for every service to be ready")

@@ -4,8 +4,9 @@ Modelled on the small interface CNCF Distribution uses: whole-object get/put,
 readers at an offset, appendable writers, stat, list, move, delete, and an
 optional direct location. Keys are relative "/"-separated paths produced by
 :mod:`services.blobstore.layout`. Every driver is used through :class:`CheckedDriver`,
-which checks every key and holds every driver to one not-found contract, so a driver
-(ours or a third party's) cannot forget either. services/blobstore/README.md states the
+which checks every key, holds every driver to one not-found contract, and times, counts and
+traces every operation (``wharf_storage_operation_*``), so a driver (ours or a third party's)
+cannot forget any of it. services/blobstore/README.md states the
 contract; tests/integration/test_storage_drivers.py is the suite every driver must pass.
 """
 
@@ -14,8 +15,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
-from collections.abc import Iterator
-from typing import BinaryIO, Self
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, Self, TypeVar
+
+from services.common import metrics, tracing
+
+T = TypeVar("T")
 
 # The interface's version. A change that breaks drivers (a new abstract method, a changed
 # meaning) bumps it; a driver declares the version it implements and is refused otherwise.
@@ -161,7 +167,8 @@ class StorageDriver(abc.ABC):
 class CheckedDriver(StorageDriver):
     """The driver the blob store and the collector use: ``inner`` behind one wrapper that checks
     every key and maps not-found to the contract above, whichever way ``inner`` reports it (a
-    ``stat`` that raises ``FileNotFoundError`` answers None, a ``delete`` of nothing answers False)."""
+    ``stat`` that raises ``FileNotFoundError`` answers None, a ``delete`` of nothing answers False),
+    and measures each operation (a missing key is an answer, not an error)."""
 
     def __init__(self, inner: StorageDriver) -> None:
         version = getattr(inner, "api_version", None)
@@ -169,47 +176,90 @@ class CheckedDriver(StorageDriver):
             raise ValueError(f"{type(inner).__name__} implements storage driver API {version!r}; "
                              f"this blob store needs {API_VERSION}")
         self.inner = inner
+        # The label: a driver's own short name when it has one (a third party's class name otherwise).
+        self._name = str(getattr(inner, "name", type(inner).__name__.lower().removesuffix("driver")))[:40]
+        self._figures: dict[str, tuple[Any, Any]] = {}
+
+    def _figures_of(self, operation: str) -> tuple[Any, Any]:
+        figures = self._figures.get(operation)
+        if figures is None:
+            figures = self._figures[operation] = (metrics.STORAGE_DURATION.labels(self._name, operation),
+                                                  metrics.STORAGE_ERRORS.labels(self._name, operation))
+        return figures
+
+    def _measured(self, operation: str, call: Callable[..., T], *args: Any) -> T:
+        figures = self._figures_of(operation)
+        started = time.perf_counter()
+        try:
+            with tracing.span(f"storage {operation}", attributes={"wharf.storage.driver": self._name}):
+                return call(*args)
+        except FileNotFoundError:
+            raise
+        except Exception:
+            figures[1].inc()
+            raise
+        finally:
+            figures[0].observe(time.perf_counter() - started)
 
     def get_content(self, key: str) -> bytes:
-        return self.inner.get_content(check_key(key))
+        return self._measured("get_content", self.inner.get_content, check_key(key))
 
     def put_content(self, key: str, data: bytes) -> None:
-        self.inner.put_content(check_key(key), data)
+        self._measured("put_content", self.inner.put_content, check_key(key), data)
 
     def reader(self, key: str, offset: int = 0) -> BinaryIO:
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
-        return self.inner.reader(check_key(key), offset)
+        return self._measured("reader", self.inner.reader, check_key(key), offset)
 
     def writer(self, key: str, append: bool) -> FileWriter:
-        return self.inner.writer(check_key(key), append)
+        return self._measured("writer", self.inner.writer, check_key(key), append)
 
     def stat(self, key: str) -> FileInfo | None:
         try:
-            return self.inner.stat(check_key(key))
+            return self._measured("stat", self.inner.stat, check_key(key))
         except FileNotFoundError:
             return None
 
     def list(self, prefix: str) -> Iterator[str]:
+        """Streams the listing; its duration is the time spent inside the driver, not the caller's
+        time between names."""
+        duration, errors = self._figures_of("list")
+        key = check_key(prefix)
+        spent = 0.0
         try:
-            yield from self.inner.list(check_key(prefix))
+            names = self.inner.list(key)
+            while True:
+                started = time.perf_counter()
+                try:
+                    name = next(names)
+                except StopIteration:
+                    return
+                finally:
+                    spent += time.perf_counter() - started
+                yield name
         except FileNotFoundError:
             return
+        except Exception:
+            errors.inc()
+            raise
+        finally:
+            duration.observe(spent)
 
     def move(self, source: str, dest: str) -> None:
-        self.inner.move(check_key(source), check_key(dest))
+        self._measured("move", self.inner.move, check_key(source), check_key(dest))
 
     def delete(self, key: str) -> bool:
         try:
-            return bool(self.inner.delete(check_key(key)))
+            return bool(self._measured("delete", self.inner.delete, check_key(key)))
         except FileNotFoundError:
             return False
 
     def touch(self, key: str) -> None:
-        self.inner.touch(check_key(key))
+        self._measured("touch", self.inner.touch, check_key(key))
 
     def sweep(self, older_than: float) -> int:
-        return self.inner.sweep(older_than)
+        return self._measured("sweep", self.inner.sweep, older_than)
 
     def local_path(self, key: str) -> str | None:
         return self.inner.local_path(check_key(key))
