@@ -25,22 +25,19 @@ import base64
 import json
 import os
 import secrets
-import statistics
-import sys
 import tempfile
 import urllib.parse
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import abtest
 from common import (
     OCI_MANIFEST,
     BenchError,
     Client,
     Server,
-    cell,
     exit_on_sigterm,
-    print_grid,
     push_image,
     run_main,
     run_wrk,
@@ -51,10 +48,6 @@ from proctree import Sampler
 REPOSITORY = "bench/small"
 TAG = "latest"
 TARGET_OVERHEAD = 0.10
-
-
-def log(message: str) -> None:
-    print(f"[auth] {message}", file=sys.stderr, flush=True)
 
 
 def get_token(server: Server, password: str) -> str:
@@ -115,45 +108,22 @@ def measure(servers: dict[str, Server], password: str, args: argparse.Namespace)
 
     for mode, server in servers.items():  # warm-up: lazy gRPC channels, key cache, connection pools
         load(server, args.warmup_seconds, headers(mode))
-    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in servers}
-    for number in range(args.rounds):
-        order = ["none", "token"] if number % 2 == 0 else ["token", "none"]
-        for mode in order:
-            runs[mode].append(load(servers[mode], args.wrk_seconds, headers(mode)))
-            log(f"round {number + 1} {mode}: {runs[mode][-1]['rps']:.0f} req/s, "
-                f"{runs[mode][-1]['cpu_ms_per_request']:.2f} CPU ms/request")
-    return runs
+    return abtest.alternate(("none", "token"), args.rounds,
+                            lambda mode: load(servers[mode], args.wrk_seconds, headers(mode)),
+                            lambda run: f"{run['rps']:.0f} req/s, {run['cpu_ms_per_request']:.2f} CPU ms/request")
 
 
-def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    def median(mode: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[mode])
-
-    rps = {mode: median(mode, "rps") for mode in runs}
-    cpu = {mode: median(mode, "cpu_ms_per_request") for mode in runs}
-    overhead = (rps["none"] - rps["token"]) / rps["none"]
-    per_round = [(n["rps"] - t["rps"]) / n["rps"] for n, t in zip(runs["none"], runs["token"], strict=True)]
-    return {"median_rps": rps, "median_cpu_ms_per_request": cpu, "overhead": overhead,
-            "overhead_per_round": per_round, "cpu_overhead": (cpu["token"] - cpu["none"]) / cpu["none"],
-            "target": f"< {TARGET_OVERHEAD:.0%}", "met": overhead < TARGET_OVERHEAD}
+def summarize(runs: abtest.Runs) -> dict[str, Any]:
+    rps = abtest.overhead(runs, "none", "token", "rps")
+    cpu = abtest.overhead(runs, "none", "token", "cpu_ms_per_request", higher_is_better=False)
+    return {"median_rps": rps["median"], "median_cpu_ms_per_request": cpu["median"], "overhead": rps["overhead"],
+            "overhead_per_round": rps["per_round"], "cpu_overhead": cpu["overhead"],
+            "target": f"< {TARGET_OVERHEAD:.0%}", "met": rps["overhead"] < TARGET_OVERHEAD}
 
 
-def print_table(runs: dict[str, list[dict[str, float]]], summary: dict[str, Any]) -> None:
-    rounds = len(runs["none"])
-    header = ["mode", *[f"round {n + 1}" for n in range(rounds)], "median", "non-2xx", "socket err", "target"]
-    lines = []
-    for mode, values in runs.items():
-        lines.append([f"{mode} req/s", *[cell(v["rps"], 0) for v in values], cell(summary["median_rps"][mode], 0),
-                      str(sum(int(v["non_2xx"]) for v in values)), str(sum(int(v["socket_errors"]) for v in values)),
-                      ""])
-    verdict = "ok" if summary["met"] else "MISS"
-    lines.append(["overhead %", *[cell(100 * o) for o in summary["overhead_per_round"]],
-                  cell(100 * summary["overhead"]), "", "", f"{summary['target']} {verdict}"])
-    for mode, values in runs.items():
-        lines.append([f"{mode} CPU ms/request", *[cell(v["cpu_ms_per_request"], 2) for v in values],
-                      cell(summary["median_cpu_ms_per_request"][mode], 2), "", "", ""])
-    lines.append(["CPU overhead %", *["" for _ in range(rounds)], cell(100 * summary["cpu_overhead"]), "", "", ""])
-    print_grid(header, lines)
+def print_table(runs: abtest.Runs) -> None:
+    abtest.print_overheads(runs, "none", "token", [("req/s", "rps", True, 0, TARGET_OVERHEAD),
+                                                   ("CPU ms/request", "cpu_ms_per_request", False, 2, None)])
 
 
 def main() -> int:
@@ -186,7 +156,7 @@ def main() -> int:
     else:
         print(f"\nmanifest GET by tag, wrk -t2 -c32 -d{args.wrk_seconds}s, {args.rounds} alternating round(s); "
               f"overhead = (none - token) / none;\n{load_note} (2 cores: anything else running skews the figures)\n")
-        print_table(runs, summary)
+        print_table(runs)
     return 0
 
 

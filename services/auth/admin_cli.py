@@ -24,6 +24,7 @@ from services.common.settings import SettingsError
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
 from services.stack import records
+from services.stack.status import status
 
 DEFAULT_ADDRESS = "127.0.0.1:50053"
 TIMEOUT = 15.0
@@ -282,6 +283,10 @@ def keys_rotate(admin: Admin, as_json: bool) -> None:
     keys = [{"kid": key.kid, "algorithm": key.algorithm}
             for key in admin.call("RotateSigningKey", pb.RotateSigningKeyRequest()).keys]
     _say(as_json, keys, "\n".join(f"{key['kid']} {key['algorithm']}" for key in keys))
+
+
+# `wharf-admin status` reads metrics and health endpoints, no account: services/stack/status.py.
+main.add_command(status)
 
 
 if __name__ == "__main__":

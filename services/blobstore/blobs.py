@@ -353,6 +353,20 @@ class BlobService:
                     break
         return found
 
+    def census(self, limit: int) -> tuple[int, int]:
+        """How many blobs the storage holds and their bytes (counting no further than ``limit`` blobs)."""
+        blobs = size = 0
+        for algorithm in self._driver.list(layout.BLOBS):
+            for shard in self._driver.list(f"{layout.BLOBS}/{algorithm}"):
+                for encoded in self._driver.list(f"{layout.BLOBS}/{algorithm}/{shard}"):
+                    info = self._driver.stat(f"{layout.BLOBS}/{algorithm}/{shard}/{encoded}/data")
+                    if info is not None:
+                        blobs += 1
+                        size += info.size
+                    if blobs >= limit:
+                        return blobs, size
+        return blobs, size
+
     def expire_uploads(self, now: float | None = None) -> int:
         """Deletes sessions idle for longer than the TTL; returns how many."""
         now = time.time() if now is None else now

@@ -153,6 +153,8 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
 
 # A scrape counts the upload sessions in the storage (a listing), up to this many.
 UPLOADS_COUNTED = 100_000
+# The storage census behind wharf_storage_blob_bytes (every 5 minutes, in the background) stops here.
+BLOBS_COUNTED = 1_000_000
 
 
 def _janitor(blobs: BlobService, interval: int, stop: threading.Event) -> None:
@@ -182,7 +184,8 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
         await grpcserver.serve("blobstore", address or settings.listen, register, internal_token=token,
                         backend_errors=(StorageError, MinioException, OSError), on_port=on_port,
                                metrics_address=settings.metrics_addr, otlp_endpoint=settings.otlp_endpoint,
-                               collectors=[metrics.UploadSessions(lambda: blobs.count_uploads(UPLOADS_COUNTED))])
+                               collectors=[metrics.UploadSessions(lambda: blobs.count_uploads(UPLOADS_COUNTED)),
+                                           metrics.StorageUsage(lambda: blobs.census(BLOBS_COUNTED))])
     finally:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)

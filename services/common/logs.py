@@ -1,4 +1,5 @@
-"""One JSON line per event on stderr, so logs stay machine-readable."""
+"""One JSON line per event on stderr, so logs stay machine-readable; with tracing on, each
+line written during a traced request names its trace (``trace_id``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import os
 import sys
 import time
+
+from services.common import tracing
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,6 +24,9 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)
+        trace_id = tracing.current_trace_id()
+        if trace_id:
+            entry["trace_id"] = trace_id
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -53,5 +59,8 @@ class AccessLog:
         now = time.time()
         entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
                  "level": "info", "logger": self._logger, "msg": msg, **fields}
+        trace_id = tracing.current_trace_id()
+        if trace_id:
+            entry["trace_id"] = trace_id
         with contextlib.suppress(OSError):  # a closed stderr must not fail the request
             os.write(self._fd, (json.dumps(entry, default=str) + "\n").encode())

@@ -15,6 +15,8 @@ Durations are seconds; sizes bytes; counters end in ``_total`` (prometheus-clien
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -156,6 +158,71 @@ class UploadSessions(Collector):
         return UploadSessions(lambda: 0).collect()
 
 
+class StorageUsage(Collector):
+    """The blobs in the storage and their bytes, from a census (a walk of the blob tree) taken
+    at most every ``interval`` seconds in the background: a scrape never waits for a walk,
+    except the very first one."""
+
+    def __init__(self, census: Callable[[], tuple[int, int]], interval: float = 300.0) -> None:
+        self._census = census
+        self._interval = interval
+        self._last: tuple[int, int] | None = None
+        self._taken = 0.0
+        self._lock = threading.Lock()
+        self._running = False
+
+    def _take(self) -> None:
+        found: tuple[int, int] | None
+        try:
+            found = self._census()
+        except Exception:  # a storage outage shows in the operation errors; keep the last census
+            found = self._last
+        with self._lock:
+            self._last, self._taken, self._running = found, time.monotonic(), False
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        with self._lock:
+            stale = not self._running and time.monotonic() - self._taken >= self._interval
+            self._running = self._running or stale
+        if stale and self._last is None:
+            self._take()
+        elif stale:
+            threading.Thread(target=self._take, name="storage-census", daemon=True).start()
+        blobs = GaugeMetricFamily("wharf_storage_blobs", "Blobs in the storage (last census)")
+        size = GaugeMetricFamily("wharf_storage_blob_bytes", "Bytes of the blobs in the storage (last census)")
+        if self._last is not None:
+            blobs.add_metric([], self._last[0])
+            size.add_metric([], self._last[1])
+        yield blobs
+        yield size
+
+    def describe(self) -> Iterator[Metric]:
+        return StorageUsage(lambda: (0, 0)).collect()
+
+
+class BuildInfo(Collector):
+    """``wharf_build_info{service, version}`` = 1: which Wharf answers (wharf-admin status shows it)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            found = version("wharf")
+        except PackageNotFoundError:
+            found = "unknown"
+        info = GaugeMetricFamily("wharf_build_info", "The Wharf release this service runs (always 1)",
+                                 labels=["service", "version"])
+        info.add_metric([self._service, found], 1)
+        yield info
+
+
 HTTP = (HTTP_REQUESTS, HTTP_DURATION, HTTP_RECEIVED, HTTP_SENT, HTTP_IN_FLIGHT, HTTP_TRANSFERS, HTTP_CONNECTIONS)
 READ_CACHE = (CACHE_LOOKUPS, CACHE_INVALIDATIONS, CACHE_LEASE, CACHE_BYTES)
 GRPC_SERVER = (GRPC_SERVER_CALLS, GRPC_SERVER_DURATION)
@@ -173,7 +240,8 @@ GROUPS: dict[str, tuple[Collector, ...]] = {
     "blobstore": GRPC_SERVER + STORAGE,
     "auth": GRPC_SERVER + AUTH,
 }
-SCRAPED: dict[str, tuple[Collector, ...]] = {"metadata": (GcRecord(dict),), "blobstore": (UploadSessions(lambda: 0),)}
+SCRAPED: dict[str, tuple[Collector, ...]] = {
+    "metadata": (GcRecord(dict),), "blobstore": (UploadSessions(lambda: 0), StorageUsage(lambda: (0, 0)))}
 
 
 def registry_for(service: str, *extra: Collector) -> CollectorRegistry:
@@ -181,7 +249,7 @@ def registry_for(service: str, *extra: Collector) -> CollectorRegistry:
     and ``extra`` collectors (figures read when scraped, such as the upload sessions open)."""
     disable_created_metrics()  # the _created series double every counter's series for little use
     registry = CollectorRegistry(auto_describe=True)
-    for collector in (*GROUPS[service], *extra):
+    for collector in (*GROUPS[service], BuildInfo(service), *extra):
         registry.register(collector)
     ProcessCollector(registry=registry)
     return registry
@@ -191,7 +259,7 @@ def names(service: str | None = None) -> set[str]:
     """The sample names a service exports (all services when None), as a query would use them:
     ``_total`` for counters, ``_bucket``/``_sum``/``_count`` for histograms, ``process_*`` too."""
     found = {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
-             "process_open_fds", "process_max_fds", "process_start_time_seconds", "up"}
+             "process_open_fds", "process_max_fds", "process_start_time_seconds", "up", "wharf_build_info"}
     for group, collectors in GROUPS.items():
         if service is not None and group != service:
             continue

@@ -7,15 +7,17 @@ container runs, and which settings object (services/*/settings.py) that program 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import re
 import shlex
 import subprocess
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import jsonschema
 import yaml
 
 from services.api.settings import GatewaySettings
@@ -142,8 +144,9 @@ def mounts(service: Mapping[str, Any]) -> list[Mount]:
 
 
 def listen_ports(env: Mapping[str, str]) -> set[int]:
-    """The ports a Wharf service listens on, from its settings."""
-    ports = {int(value.rsplit(":", 1)[1]) for key, value in env.items() if key.endswith("_LISTEN")}
+    """The ports a Wharf service listens on, from its settings: its service and its metrics."""
+    ports = {int(value.rsplit(":", 1)[1]) for key, value in env.items()
+             if key.endswith(("_LISTEN", "METRICS_ADDR")) and value}
     if "WHARF_PORT" in env:
         ports.add(int(env["WHARF_PORT"]))
     return ports
@@ -239,8 +242,67 @@ def schema_errors(objects: list[dict[str, Any]], version: str) -> list[str]:
 
     errors = []
     for o in objects:
+        if o["apiVersion"].startswith(MONITORING_GROUP):  # custom resources: not in the Kubernetes schemas
+            errors += crd_errors(o)
+            continue
         try:
             kubernetes_validate.validate(o, version, strict=True)
         except kubernetes_validate.ValidationError as err:
             errors.append(f"{o['kind']}/{o['metadata']['name']}: {'/'.join(map(str, err.path))}: {err.message}")
     return errors
+
+
+# --- prometheus-operator custom resources -------------------------------------------------
+
+MONITORING_GROUP = "monitoring.coreos.com/"
+# Each CRD's openAPIV3Schema, vendored from the prometheus-operator module (data/crds/README.md).
+CRD_SCHEMAS = ROOT / "tests" / "deploy" / "data" / "crds"
+
+
+def _int_or_string(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    if value and (isinstance(instance, bool) or not isinstance(instance, int | str)):
+        yield jsonschema.ValidationError(f"{instance!r} is neither an integer nor a string")
+
+
+# OpenAPI v3 schemas are JSON Schema draft 4 plus Kubernetes' extensions; of those only
+# int-or-string constrains values here (list-type and map-type describe merges).
+_CrdValidator = jsonschema.validators.extend(jsonschema.Draft4Validator,
+                                             {"x-kubernetes-int-or-string": _int_or_string})
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema refusing fields it does not name, as `kubectl apply --validate=strict` does
+    (the API server would silently drop them), and with Go's inline regex flags moved to the
+    front where Python needs them."""
+    out = dict(schema)
+    if "properties" in schema:
+        out["properties"] = {name: _strict(s) for name, s in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            out[key] = _strict(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            out[key] = [_strict(s) for s in schema[key]]
+    if "pattern" in schema:
+        out["pattern"] = re.sub(r"^\^(\(\?[a-z]+\))", r"\1^", schema["pattern"])
+    return out
+
+
+@functools.cache
+def crd_validator(kind: str) -> Any:
+    path = CRD_SCHEMAS / f"{kind}.json"
+    assert path.is_file(), f"no vendored schema for {kind} in {CRD_SCHEMAS}"
+    schema = _strict(json.loads(path.read_text()))
+    _CrdValidator.check_schema(schema)
+    return _CrdValidator(schema)
+
+
+def crd_errors(o: dict[str, Any]) -> list[str]:
+    """A prometheus-operator object's errors against its vendored CRD schema, one line each."""
+    where = f"{o['kind']}/{o['metadata']['name']}"
+    if o["apiVersion"] != MONITORING_GROUP + "v1":
+        return [f"{where}: apiVersion {o['apiVersion']} is not the vendored {MONITORING_GROUP}v1"]
+    errors = sorted(crd_validator(o["kind"]).iter_errors(o), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{where}: {'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]

@@ -98,8 +98,10 @@ def test_containers_set_only_their_own_settings(objects: list[dict[str, Any]], c
 @pytest.mark.parametrize("component", SERVICES)
 def test_probes_ask_the_services_health(objects: list[dict[str, Any]], component: str) -> None:
     [container] = wharf_deployment(objects, component)["spec"]["template"]["spec"]["containers"]
-    [port] = listen_ports(container_env(objects, container))
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    ports = listen_ports(container_env(objects, container))
+    assert sorted(p["containerPort"] for p in container["ports"]) == sorted(ports)
+    # The service's own port; the metrics port is tests/deploy/test_observability.py's.
+    [port] = [p["containerPort"] for p in container["ports"] if p["name"] != "metrics"]
     probes = {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     if component == "gateway":
         # /v2/ answers 401 in token mode, which httpGet counts as failure (see gateway.yaml).

@@ -19,6 +19,11 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* The port a component serves /metrics on: include "wharf.metricsPort" "gateway". */}}
+{{- define "wharf.metricsPort" -}}
+{{- get (dict "gateway" 9100 "metadata" 9101 "blobstore" 9102 "auth" 9103) . -}}
+{{- end -}}
+
 {{- define "wharf.image" -}}
 {{- $image := .root.Values.image -}}
 {{- $prefix := ternary "" (printf "%s/" $image.registry) (empty $image.registry) -}}
