@@ -78,14 +78,18 @@ class Scraper:
 
 def small_pushes(url: str, count: int = 200, connections: int = 8) -> float:
     data = [os.urandom(SMALL) for _ in range(count)]
-    clients = [Client(url) for _ in range(connections)]
-    started = time.perf_counter()
-    try:
-        with ThreadPoolExecutor(connections) as pool:
-            list(pool.map(lambda i: push_small(clients[i % connections], REPOSITORY, data[i]), range(count)))
-    finally:
-        for client in clients:
+
+    def pushes(first: int) -> None:  # one connection each, its share of the blobs
+        client = Client(url)
+        try:
+            for index in range(first, count, connections):
+                push_small(client, REPOSITORY, data[index])
+        finally:
             client.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(pushes, range(connections)))
     return count / (time.perf_counter() - started)
 
 

@@ -1,8 +1,9 @@
 """The gateway's HTTP figures, recorded once per request by its worker (services/api/worker.py).
 
 Recording must cost the hottest request (a cached manifest, answered in tens of microseconds)
-almost nothing, so the children of the labelled families are made once per (route, method,
-status) and kept: a request costs a dictionary lookup and four additions. The gauges of what
+almost nothing, so the families are tallies of plain numbers (services/common/metrics.py,
+``Tally``) that become Prometheus families only when scraped: a request costs four dictionary
+updates and a bisect. The gauges of what
 is open now (transfers, connections; requests in flight are services/api/limits.py's count)
 are plain integers that the registry reads when scraped (``set_function``), never updated
 through it.
@@ -55,7 +56,6 @@ class HttpMetrics:
     """One per worker process (gevent: one thread, so the integers need no lock)."""
 
     def __init__(self) -> None:
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
         self.connections = 0
         self.transfers = {"upload": 0, "download": 0}
         metrics.HTTP_CONNECTIONS.set_function(lambda: self.connections)
@@ -64,19 +64,14 @@ class HttpMetrics:
                                                                                     direction))
 
     def record(self, route: str, method: str, status: int, seconds: float, received: int, sent: int) -> None:
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            label = method if method in METHODS else "other"
-            children = self._children[key] = (
-                metrics.HTTP_REQUESTS.labels(route, label, str(status)), metrics.HTTP_DURATION.labels(route, label),
-                metrics.HTTP_RECEIVED.labels(route), metrics.HTTP_SENT.labels(route))
-        children[0].inc()
-        children[1].observe(seconds)
+        if method not in METHODS:
+            method = "other"  # a client's invented methods must not grow the figures
+        metrics.HTTP_REQUESTS.inc((route, method, status))
+        metrics.HTTP_DURATION.observe((route, method), seconds)
         if received:
-            children[2].inc(received)
+            metrics.HTTP_RECEIVED.inc((route,), received)
         if sent:
-            children[3].inc(sent)
+            metrics.HTTP_SENT.inc((route,), sent)
 
     def begin_transfer(self, environ: dict[str, Any], direction: str) -> None:
         """A blob transfer starts (the worker ends it when the request ends: :meth:`end`)."""

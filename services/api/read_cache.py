@@ -46,8 +46,8 @@ _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
 # What a blob-link entry is charged against the byte budget: its key and the dictionary slot.
 _LINK_COST = 192
 _MANIFEST, _BLOB, _TAGS = "manifest", "blob", "tags"
-_HITS = {kind: metrics.CACHE_LOOKUPS.labels(kind, "hit") for kind in (_MANIFEST, _BLOB, _TAGS)}
-_MISSES = {kind: metrics.CACHE_LOOKUPS.labels(kind, "miss") for kind in (_MANIFEST, _BLOB, _TAGS)}
+_HITS = {kind: (kind, "hit") for kind in (_MANIFEST, _BLOB, _TAGS)}
+_MISSES = {kind: (kind, "miss") for kind in (_MANIFEST, _BLOB, _TAGS)}
 _Key = tuple[str, str, str]  # (repository, kind, reference): invalidations go by repository
 T = TypeVar("T")
 
@@ -106,7 +106,8 @@ class ReadCache:
             if entry is None or now - entry[2] >= MAX_AGE:
                 return None
             self._entries.move_to_end((repository, kind, reference))
-        _HITS[kind].inc()  # a miss is counted where it is fetched (_read), not by every caller that looks
+        # A miss is counted where it is fetched (_read), not by every caller that looks.
+        metrics.CACHE_LOOKUPS.inc(_HITS[kind])
         return entry[0]
 
     def _read(self, key: _Key, fetch: Callable[[], T], cost: Callable[[T], int]) -> T:
@@ -115,7 +116,7 @@ class ReadCache:
         hit = self.cached(*key)
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        _MISSES[key[1]].inc()
+        metrics.CACHE_LOOKUPS.inc(_MISSES[key[1]])
         with self._lock:
             generation = self._generation
         value = fetch()

@@ -245,7 +245,8 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
                 f"Connection: {'close' if close else 'keep-alive'}", *(f"{k}: {v}" for k, v in headers)]
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         self._figures.record(route, req.method, 200, time.perf_counter() - started, 0, len(body))
-        tracing.name_request(f"{req.method} {route}", {"http.route": route})
+        if tracing.enabled():
+            tracing.name_request(f"{req.method} {route}", {"http.route": route})
         if close:
             raise StopIteration()
         return True

@@ -15,6 +15,7 @@ Durations are seconds; sizes bytes; counters end in ``_total`` (prometheus-clien
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # Buckets: HTTP requests run from a cached manifest (sub-millisecond) to a multi-gigabyte
 # layer (minutes); internal calls and storage operations are mostly milliseconds.
@@ -44,14 +46,63 @@ def _histogram(name: str, doc: str, labels: Iterable[str], buckets: tuple[float,
     return Histogram(name, doc, list(labels), registry=None, buckets=buckets)
 
 
+class Tally(Collector):
+    """A counter family kept as plain integers in a dictionary, for the gateway's per-request
+    figures: ``inc`` is one dictionary update (measured ~0.15 us, against ~0.5 us for a
+    prometheus-client child's ``inc`` and ~1.5 us for ``labels().inc``), and the family is built
+    only when scraped. Not thread-safe: the gateway's gevent workers run one thread each."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple[Any, ...], float] = {}
+
+    def inc(self, key: tuple[Any, ...], amount: float = 1) -> None:
+        self.values[key] = self.values.get(key, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, value in list(self.values.items()):
+            family.add_metric([str(part) for part in key], value)
+        yield family
+
+
+class TallyHistogram(Collector):
+    """A histogram family kept the same way: ``observe`` is a bisect and three list updates."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
+        self.values: dict[tuple[Any, ...], list[float]] = {}  # key -> [sum, count per bucket..., count above]
+
+    def observe(self, key: tuple[Any, ...], value: float) -> None:
+        found = self.values.get(key)
+        if found is None:
+            found = self.values[key] = [0.0] * (len(self.buckets) + 2)
+        found[0] += value
+        found[1 + bisect.bisect_left(self.buckets, value)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import HistogramMetricFamily
+
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, found in list(self.values.items()):
+            cumulative, total = [], 0.0
+            for bound, count in zip((*self.buckets, float("inf")), found[1:], strict=True):
+                total += count
+                cumulative.append((floatToGoString(bound), total))
+            family.add_metric([str(part) for part in key], cumulative, found[0])
+        yield family
+
+
 # -- the gateway: HTTP ------------------------------------------------------------------------
-HTTP_REQUESTS = _counter("wharf_http_requests", "HTTP requests answered, by route name, method and status",
-                         ("route", "method", "status"))
-HTTP_DURATION = _histogram("wharf_http_request_duration_seconds",
-                           "Time from a request's head to the end of its answer, by route name and method",
-                           ("route", "method"), HTTP_BUCKETS)
-HTTP_RECEIVED = _counter("wharf_http_received_bytes", "Request body bytes received, by route name", ("route",))
-HTTP_SENT = _counter("wharf_http_sent_bytes", "Response body bytes sent, by route name", ("route",))
+HTTP_REQUESTS = Tally("wharf_http_requests", "HTTP requests answered, by route name, method and status",
+                      ("route", "method", "status"))
+HTTP_DURATION = TallyHistogram("wharf_http_request_duration_seconds",
+                               "Time from a request's head to the end of its answer, by route name and method",
+                               ("route", "method"), HTTP_BUCKETS)
+HTTP_RECEIVED = Tally("wharf_http_received_bytes", "Request body bytes received, by route name", ("route",))
+HTTP_SENT = Tally("wharf_http_sent_bytes", "Response body bytes sent, by route name", ("route",))
 HTTP_IN_FLIGHT = _gauge("wharf_http_requests_in_flight", "HTTP requests being served now")
 HTTP_TRANSFERS = _gauge("wharf_http_transfers_in_flight",
                         "Blob transfers under way now: uploads (a body being received) and downloads",
@@ -59,8 +110,8 @@ HTTP_TRANSFERS = _gauge("wharf_http_transfers_in_flight",
 HTTP_CONNECTIONS = _gauge("wharf_http_connections_open", "Client connections open now (idle keep-alive ones too)")
 
 # -- the gateway: read cache (services/api/read_cache.py) ------------------------------------
-CACHE_LOOKUPS = _counter("wharf_read_cache_lookups", "Read-cache lookups, by kind (manifest, blob, tags) and "
-                         "result (hit, miss)", ("kind", "result"))
+CACHE_LOOKUPS = Tally("wharf_read_cache_lookups", "Read-cache lookups, by kind (manifest, blob, tags) and "
+                      "result (hit, miss)", ("kind", "result"))
 CACHE_INVALIDATIONS = _counter("wharf_read_cache_invalidations",
                                "Read-cache invalidations received: one repository's entries, or all (a new or "
                                "lost watch stream)", ("scope",))
