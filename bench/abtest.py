@@ -6,16 +6,27 @@ from __future__ import annotations
 
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
-from common import cell, print_grid
+from common import Server, cell, print_grid, wharf
 
 Runs = dict[str, list[dict[str, float]]]
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def start_stacks(stacks: ExitStack, tmp: Path, modes: Mapping[str, Mapping[str, str]], what: str) -> dict[str, Server]:
+    """One Wharf stack per mode (its environment), each in ``tmp/<mode>``, stopped with ``stacks``."""
+    servers = {}
+    for mode, env in modes.items():
+        (tmp / mode).mkdir()
+        servers[mode] = stacks.enter_context(wharf(tmp / mode, env, name=f"wharf {what}={mode}"))
+    return servers
 
 
 def alternate(modes: tuple[str, str], rounds: int, run: Callable[[str], dict[str, float]],

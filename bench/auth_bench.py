@@ -41,7 +41,6 @@ from common import (
     push_image,
     run_main,
     run_wrk,
-    wharf,
 )
 from proctree import Sampler
 
@@ -143,10 +142,7 @@ def main() -> int:
     modes = {"none": {"WHARF_AUTH": "none"},
              "token": {"WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": password, "WHARF_BCRYPT_ROUNDS": "4"}}
     with tempfile.TemporaryDirectory(prefix="wharf-auth-bench-", dir=args.tmp_dir) as tmp, ExitStack() as stacks:
-        servers = {}
-        for mode, env in modes.items():
-            (Path(tmp) / mode).mkdir()
-            servers[mode] = stacks.enter_context(wharf(Path(tmp) / mode, env, name=f"wharf auth={mode}"))
+        servers = abtest.start_stacks(stacks, Path(tmp), modes, "auth")
         runs = measure(servers, password, args)
     summary = summarize(runs)
     load_note = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"

@@ -40,7 +40,6 @@ from common import (
     push_small,
     run_main,
     run_wrk,
-    wharf,
 )
 from proctree import Sampler
 
@@ -126,10 +125,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     modes = {"off": {"WHARF_STACK_METRICS": "false"}, "on": {"WHARF_STACK_METRICS": "true"}}
     with tempfile.TemporaryDirectory(prefix="wharf-metrics-bench-", dir=args.tmp_dir) as tmp, ExitStack() as stacks:
-        servers = {}
-        for mode, env in modes.items():
-            (Path(tmp) / mode).mkdir()
-            servers[mode] = stacks.enter_context(wharf(Path(tmp) / mode, env, name=f"wharf metrics={mode}"))
+        servers = abtest.start_stacks(stacks, Path(tmp), modes, "metrics")
         layer = os.urandom(4096)
         for server in servers.values():
             client = Client(server.url)
