@@ -38,8 +38,9 @@ from services.common.settings import split_address
 
 log = logging.getLogger("wharf.gateway.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Gauges that are not amounts: across processes, the lowest value is the gateway's.
-_LOWEST = frozenset({"process_start_time_seconds", "process_max_fds"})
+# Gauges that are not amounts: across processes, the lowest value is the gateway's (every
+# process says build info 1: the gateway too).
+_LOWEST = frozenset({"process_start_time_seconds", "process_max_fds", "wharf_build_info"})
 # How long the master waits for one worker's figures (a worker busy past this is left out once).
 WORKER_TIMEOUT = 2.0
 _Key = tuple[str, tuple[tuple[str, str], ...]]

@@ -126,12 +126,13 @@ class ServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             token = request_id.set(_request_id_from(context))
             try:
-                with self._span(method, context):
-                    result = await fn(request, context)
-                self._log(method, started, "OK")
-                return result
-            except Exception as exc:
-                await self._fail(exc, method, started, context)
+                with self._span(method, context):  # the log line, written inside, names the trace
+                    try:
+                        result = await fn(request, context)
+                    except Exception as exc:
+                        await self._fail(exc, method, started, context)
+                    self._log(method, started, "OK")
+                    return result
             finally:
                 request_id.reset(token)
         return wrapper
@@ -142,11 +143,12 @@ class ServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
             token = request_id.set(_request_id_from(context))
             try:
                 with self._span(method, context):
-                    async for item in fn(request, context):
-                        yield item
-                self._log(method, started, "OK")
-            except Exception as exc:
-                await self._fail(exc, method, started, context)
+                    try:
+                        async for item in fn(request, context):
+                            yield item
+                    except Exception as exc:
+                        await self._fail(exc, method, started, context)
+                    self._log(method, started, "OK")
             finally:
                 request_id.reset(token)
         return wrapper

@@ -15,9 +15,12 @@ ADMIN_PASSWORD = "admin-password"  # the first admin's, generated when none was 
 
 
 def write(data_dir: pathlib.Path, record: str, value: str) -> None:
+    """Writes the record whole, then renames it into place: a reader never sees half of one."""
     path = data_dir / record
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(value + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(value + "\n")
+    partial.replace(path)
 
 
 def read(data_dir: pathlib.Path, record: str) -> str | None:
