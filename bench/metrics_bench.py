@@ -7,7 +7,8 @@ requests, and under 3% less push throughput, than without metrics.
 What is measured: two Wharf stacks side by side (``python -m services.stack``, warn level, no
 access logs), one with WHARF_STACK_METRICS=false and one with metrics on (the default: every
 service serves /metrics, the gateway's master adds up its workers). A Prometheus-like scraper
-GETs every /metrics of the "on" stack each second during its runs, so aggregation costs count.
+GETs every /metrics of the "on" stack every ``--scrape-interval`` seconds during its runs (5:
+three times Prometheus's default rate), so what a scrape costs counts too.
 Per round, for each mode in ABBA order: ``wrk -t2 -c32`` GETs a manifest by tag for
 ``--wrk-seconds`` (req/s and the CPU all the stack's processes used per request, from /proc,
 which hardly depends on what else the machine does), then ``--pushes`` uploads of
@@ -51,16 +52,17 @@ SMALL = 64 * 1024
 
 
 class Scraper:
-    """GETs every /metrics of a stack once a second, as Prometheus would (more often, even)."""
+    """GETs every /metrics of a stack every ``interval`` seconds, as Prometheus would."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, interval: float) -> None:
+        self._interval = interval
         self._addresses = list(json.loads((data_dir / "metrics.json").read_text()).values())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.scrapes = 0
 
     def _run(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self._interval):
             for address in self._addresses:
                 with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
                     answer.read()
@@ -95,7 +97,7 @@ def small_pushes(url: str, count: int = 200, connections: int = 8) -> float:
 def one_round(server: Server, data_dir: Path | None, args: argparse.Namespace, seed: int) -> dict[str, float]:
     with ExitStack() as scraping:
         if data_dir is not None:
-            scraping.enter_context(Scraper(data_dir))
+            scraping.enter_context(Scraper(data_dir, args.scrape_interval))
         with Sampler(server.root_pid, interval=0.5) as sampler:
             result = run_wrk(f"{server.url}/v2/{REPOSITORY}/manifests/{TAG}", args.wrk_seconds, strict=True)
         result["cpu_ms_per_request"] = sum(sampler.cpu_seconds().values()) * 1000 / max(result["requests"], 1)
@@ -116,6 +118,7 @@ def main() -> int:
     parser.add_argument("--wrk-seconds", type=int, default=8, help="duration of each manifest GET run")
     parser.add_argument("--pushes", type=int, default=3, help="large pushes per round")
     parser.add_argument("--blob-mib", type=int, default=128, help="size of each large push")
+    parser.add_argument("--scrape-interval", type=float, default=5.0, help="seconds between scrapes of the 'on' stack")
     parser.add_argument("--tmp-dir", default=None, help="where the two stacks keep their data")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of a table")
     args = parser.parse_args()
@@ -151,7 +154,8 @@ def main() -> int:
                                    for _, key, high, _, _ in figures}
         print(json.dumps({"runs": runs, "summary": summary, "load": load_note}, indent=2))
     else:
-        print(f"\nmetrics off vs on, {args.rounds} alternating round(s), wrk -t2 -c32 -d{args.wrk_seconds}s; "
+        print(f"\nmetrics off vs on (scraped every {args.scrape_interval:g} s), {args.rounds} alternating round(s), "
+              f"wrk -t2 -c32 -d{args.wrk_seconds}s; "
               f"overhead = how much worse 'on' is;\n{load_note}\n")
         abtest.print_overheads(runs, "off", "on", figures)
     return 0

@@ -4,9 +4,9 @@ The gateway is several processes (gunicorn's master and its workers), and a scra
 them as one. prometheus-client's multiprocess mode would do it by writing every increment to
 a memory-mapped file, which measured here 1.4 us per counter increment and 2.5 us per
 histogram observation (0.5 and 0.9 us in memory): several percent of a cached manifest GET.
-So each worker keeps its figures in memory, as a single process would, and answers its own
-exposition on a Unix socket in a private directory; the master serves ``WHARF_METRICS_ADDR``
-and, per scrape, reads every worker's exposition and adds them up. Counters, histograms and
+So each worker keeps its figures in memory, as a single process would, and answers a
+snapshot of them on a Unix socket in a private directory; the master serves ``WHARF_METRICS_ADDR``
+and, per scrape, reads every worker's snapshot and adds them up. Counters, histograms and
 gauges are summed (connections, transfers, memory and CPU add up across processes), except
 the gauges that are not amounts: the earliest start time, the lowest file limit.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 import shutil
@@ -30,7 +31,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
@@ -46,26 +46,38 @@ WORKER_TIMEOUT = 2.0
 _Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
+def snapshot(registry: CollectorRegistry) -> bytes:
+    """A registry's families as JSON ([name, type, help, [[sample, labels, value], ...]], ...): what a
+    worker hands the master. JSON, not the text format: the master decodes it in C, where
+    prometheus-client's text parser took it 25 ms per scrape of two workers."""
+    return json.dumps([[family.name, family.type, family.documentation,
+                        [[sample.name, sample.labels, sample.value] for sample in family.samples]]
+                       for family in registry.collect()]).encode()
+
+
 class Sums:
     """Families added up sample by sample: name -> (type, help, {(sample, labels): value})."""
 
     def __init__(self) -> None:
         self.families: dict[str, tuple[str, str, dict[_Key, float]]] = {}
 
-    def add(self, text: str, kinds: Iterable[str] = ("counter", "gauge", "histogram", "summary", "unknown")) -> None:
+    def add(self, raw: bytes | str, kinds: Iterable[str] = ("counter", "gauge", "histogram", "summary", "unknown")
+            ) -> None:
+        """Adds a :func:`snapshot` (ValueError when it is not one)."""
         wanted = set(kinds)
-        for family in text_string_to_metric_families(text):
-            if family.type not in wanted:
+        for name, kind, doc, samples_of in json.loads(raw):
+            if kind not in wanted:
                 continue
-            _, _, samples = self.families.setdefault(family.name, (family.type, family.documentation, {}))
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
+            _, _, samples = self.families.setdefault(name, (kind, doc, {}))
+            lowest = kind == "gauge" and name in _LOWEST
+            for sample, labels, value in samples_of:
+                key = (sample, tuple(sorted(labels.items())))
                 if key not in samples:
-                    samples[key] = sample.value
-                elif family.type == "gauge" and family.name in _LOWEST:
-                    samples[key] = min(samples[key], sample.value)
+                    samples[key] = value
+                elif lowest:
+                    samples[key] = min(samples[key], value)
                 else:
-                    samples[key] += sample.value
+                    samples[key] += value
 
     def merged_with(self, *others: Sums) -> Sums:
         total = Sums()
@@ -108,7 +120,7 @@ class MetricsHub:
         self._server: Any = None
         self._master = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self._master)
-        self._last: dict[int, str] = {}  # pid -> its last exposition the master read
+        self._last: dict[int, bytes] = {}  # pid -> its last snapshot the master read
         self._retired = Sums()  # what exited workers counted
 
     # -- the master ----------------------------------------------------------------------------
@@ -131,10 +143,10 @@ class MetricsHub:
     def worker_exited(self, pid: int) -> None:
         final = self._path(pid, "final")
         try:
-            with open(final) as handle:
+            with open(final, "rb") as handle:
                 text = handle.read()
         except OSError:
-            text = self._last.get(pid, "")
+            text = self._last.get(pid, b"[]")
         with contextlib.suppress(ValueError):
             self._retired.add(text, kinds=("counter", "histogram"))
         self._last.pop(pid, None)
@@ -148,7 +160,7 @@ class MetricsHub:
 
     def exposition(self) -> bytes:
         live = Sums()
-        live.add(generate_latest(self._master).decode())
+        live.add(snapshot(self._master))
         for path in glob.glob(os.path.join(self._directory, "*.sock")):
             pid = int(os.path.basename(path).split(".")[0])
             try:
@@ -183,7 +195,7 @@ class MetricsHub:
 
         def answer(conn: socket.socket, _: Any) -> None:
             with contextlib.closing(conn):
-                conn.sendall(generate_latest(registry))
+                conn.sendall(snapshot(registry))
 
         StreamServer(listener, answer).start()
 
@@ -192,18 +204,18 @@ class MetricsHub:
         final = self._path(os.getpid(), "final")
         with contextlib.suppress(OSError):
             with open(final + ".tmp", "wb") as handle:
-                handle.write(generate_latest(registry))
+                handle.write(snapshot(registry))
             os.replace(final + ".tmp", final)
 
     def _path(self, pid: int, kind: str) -> str:
         return os.path.join(self._directory, f"{pid}.{kind}")
 
 
-def _read_socket(path: str) -> str:
+def _read_socket(path: str) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(WORKER_TIMEOUT)
         sock.connect(path)
         chunks = []
         while data := sock.recv(65536):
             chunks.append(data)
-    return b"".join(chunks).decode()
+    return b"".join(chunks)

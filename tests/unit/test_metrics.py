@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.api.http_metrics import HttpMetrics
-from services.api.metrics_hub import Sums, render
+from services.api.metrics_hub import Sums, render, snapshot
 from services.api.settings import GatewaySettings
 from services.common import metrics, tracing
 from services.common.settings import problems
@@ -14,13 +14,13 @@ from services.common.settings import problems
 UNBOUNDED = {"repository", "name", "tag", "digest", "reference", "account", "user", "path", "upload_id"}
 
 
-def _worker(requests: float, seconds: float, start: float, rss: float) -> str:
+def _worker(requests: float, seconds: float, start: float, rss: float) -> bytes:
     registry = CollectorRegistry()
     Counter("wharf_http_requests", "h", ["route"], registry=registry).labels("manifest").inc(requests)
     Histogram("wharf_http_request_duration_seconds", "h", registry=registry, buckets=(0.1, 1)).observe(seconds)
     Gauge("process_start_time_seconds", "h", registry=registry).set(start)
     Gauge("process_resident_memory_bytes", "h", registry=registry).set(rss)
-    return generate_latest(registry).decode()
+    return snapshot(registry)
 
 
 def _values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
