@@ -68,24 +68,25 @@ class Sums:
         for name, kind, doc, samples_of in json.loads(raw):
             if kind not in wanted:
                 continue
-            _, _, samples = self.families.setdefault(name, (kind, doc, {}))
-            lowest = kind == "gauge" and name in _LOWEST
             for sample, labels, value in samples_of:
-                key = (sample, tuple(sorted(labels.items())))
-                if key not in samples:
-                    samples[key] = value
-                elif lowest:
-                    samples[key] = min(samples[key], value)
-                else:
-                    samples[key] += value
+                self._put(name, kind, doc, (sample, tuple(sorted(labels.items()))), value)
+
+    def _put(self, name: str, kind: str, doc: str, key: _Key, value: float) -> None:
+        """Adds one sample: summed, or for the gauges that are not amounts, the lowest kept."""
+        _, _, samples = self.families.setdefault(name, (kind, doc, {}))
+        if key not in samples:
+            samples[key] = value
+        elif name in _LOWEST:
+            samples[key] = min(samples[key], value)
+        else:
+            samples[key] += value
 
     def merged_with(self, *others: Sums) -> Sums:
         total = Sums()
         for sums in (self, *others):
             for name, (kind, doc, samples) in sums.families.items():
-                _, _, into = total.families.setdefault(name, (kind, doc, {}))
                 for key, value in samples.items():
-                    into[key] = min(into[key], value) if key in into and name in _LOWEST else into.get(key, 0) + value
+                    total._put(name, kind, doc, key, value)
         return total
 
     def metrics(self) -> Iterator[Metric]:

@@ -16,6 +16,17 @@ import os
 import pathlib
 import socket
 
+LOCK_FILE = "stack.lock"
+
+
+def holder(data_dir: pathlib.Path) -> dict[str, object]:
+    """What the runner holding ``data_dir`` recorded (its pid and URL), or {} when none did."""
+    with contextlib.suppress(OSError, ValueError):
+        found = json.loads((data_dir / LOCK_FILE).read_bytes() or b"{}")
+        if isinstance(found, dict):
+            return found
+    return {}
+
 
 class DataDirInUse(RuntimeError):
     pass
@@ -24,7 +35,7 @@ class DataDirInUse(RuntimeError):
 class DataDirLock:
     def __init__(self, data_dir: pathlib.Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._path = data_dir / "stack.lock"
+        self._path = data_dir / LOCK_FILE
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -35,9 +46,9 @@ class DataDirLock:
                                "its own WHARF_DATA_DIR") from None
 
     def _holder(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            held = json.loads(os.pread(self._fd, 4096, 0) or b"{}")
-            return f" (PID {int(held['pid'])}, serving {str(held['url'])[:200]})"
+        held = holder(self._path.parent)
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return f" (PID {int(held['pid'])}, serving {str(held['url'])[:200]})"  # type: ignore[call-overload]
         return ""
 
     def record(self, url: str) -> None:

@@ -9,6 +9,7 @@ no credentials: ``/metrics`` serves figures, not data.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ import click
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common import metrics_endpoint
-from services.stack import records
+from services.stack import lock, records
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -33,13 +34,6 @@ def _samples(text: str) -> Samples:
 
 def _total(samples: Samples, name: str, **labels: str) -> float:
     return sum(value for found, value in samples.get(name, []) if all(found.get(k) == v for k, v in labels.items()))
-
-
-def _registry_url(data_dir: pathlib.Path) -> str:
-    try:
-        return str(json.loads((data_dir / "stack.lock").read_text()).get("url", ""))
-    except (OSError, ValueError):
-        return ""
 
 
 def _probe(url: str) -> str:
@@ -154,10 +148,8 @@ def status(given: tuple[str, ...], as_json: bool) -> None:
     Example: wharf-admin status            (beside make run)
              wharf-admin status --metrics gateway=10.0.0.5:9100 --metrics blobstore=10.0.0.6:9102
     """
-    import os
-
     data_dir = pathlib.Path(os.environ.get("WHARF_DATA_DIR", "./data"))
-    facts = gather(addresses_from(data_dir, given), _registry_url(data_dir))
+    facts = gather(addresses_from(data_dir, given), str(lock.holder(data_dir).get("url", "")))
     click.echo(json.dumps(facts, indent=2) if as_json else render(facts))
     if not all(service["up"] for service in facts["services"].values()):
         raise SystemExit(1)
