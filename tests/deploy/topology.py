@@ -250,3 +250,20 @@ class Topology:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        self.print_trouble()
+
+    def print_trouble(self) -> None:
+        """Every service's warnings, errors, 5xx answers and non-JSON lines (tracebacks), on stdout:
+        pytest shows them with a failure, so a rare one can be diagnosed from the CI log alone."""
+        for replicas in self.replicas.values():
+            for replica in replicas:
+                if not replica.log.exists():
+                    continue
+                for raw in replica.log.read_text(errors="replace").splitlines():
+                    try:
+                        line = json.loads(raw)
+                        level, status = str(line.get("level", "")), line.get("status")
+                    except (ValueError, AttributeError):
+                        level, status = "raw", None
+                    if level.lower() not in ("info", "debug") or (isinstance(status, int) and status >= 500):
+                        print(f"[{replica.name}] {raw}")
