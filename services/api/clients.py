@@ -194,8 +194,15 @@ class MetadataClient:
     def __init__(self, caller: _Caller) -> None:
         self._c = caller
 
-    def link_blob(self, repository: str, digest: str, size: int) -> None:
-        self._c.unary("LinkBlob", mpb.LinkBlobRequest(repository=repository, digest=digest, size=size))
+    def link_blob(self, repository: str, digest: str, size: int, pin: str = "", source: str = "") -> bool:
+        """Links an uploaded blob (with the pin taken before its commit) or mounts one (``source``:
+        a repository or "*"; False when the source no longer links it)."""
+        request = mpb.LinkBlobRequest(repository=repository, digest=digest, size=size, pin=pin, source=source)
+        return bool(self._c.unary("LinkBlob", request).linked)
+
+    def pin_blob(self, digest: str) -> str:
+        """Holds the blob against garbage collection until the link that names the pin."""
+        return str(self._c.unary("PinBlob", mpb.BlobRef(digest=digest)).pin)
 
     def unlink_blob(self, repository: str, digest: str) -> None:
         self._c.unary("UnlinkBlob", mpb.BlobRef(repository=repository, digest=digest))

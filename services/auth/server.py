@@ -17,7 +17,7 @@ from services.auth.accounts import AccountStore
 from services.auth.policy import ANONYMOUS, Principal, grant, refused, repository_actions
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
-from services.common import grpcserver, metrics, redisconn, scopes
+from services.common import grpcserver, metrics, redis_refusals, redisconn, scopes
 from services.common.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, RegistryError
 from services.common.grpcserver import threaded
 from services.common.internal_auth import read_token
@@ -115,14 +115,26 @@ class AuthServicer(pb_grpc.AuthServicer):
                               self._settings.token_ttl, refused(requested, access))
         refresh = ""
         if request.offline and not principal.anonymous:
-            refresh = request.refresh_token or self._store.new_refresh_token(principal.name,
-                                                                             self._settings.refresh_ttl)
+            refresh = request.refresh_token or self._new_refresh_token(principal.name)
         log.info("token issued", extra={"fields": {"subject": principal.name or "<anonymous>",
                                                    "client_id": peers.printable(request.client_id),
                                                    "access": [str(s) for s in access]}})
         answer = pb.IssueTokenResponse(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at,
                                        refresh_token=refresh, subject=principal.name)
         return answer, "anonymous" if principal.anonymous else principal.kind
+
+    def _new_refresh_token(self, account: str) -> str:
+        """A refresh token; none ("") while Redis refuses writes: the access token is still issued, and
+        a client given no refresh token keeps logging in with its password (docker stores that instead)."""
+        try:
+            return self._store.new_refresh_token(account, self._settings.refresh_ttl)
+        except redis.RedisError as exc:
+            reason = redis_refusals.refusal(exc)
+            if reason is None:
+                raise
+            log.warning("no refresh token issued: Redis refuses writes",
+                        extra={"fields": {"subject": account, "reason": f"Redis {reason}"}})
+            return ""
 
     def FilterRepositories(self, request: pb.FilterRepositoriesRequest,
                            context: grpc.ServicerContext) -> pb.FilterRepositoriesResponse:

@@ -3,7 +3,8 @@ bootstrap (:func:`serve`), one asyncio server model, one interceptor.
 
 The interceptor does five things for every call: refuses a caller without the stack's
 internal token, adopts the caller's request id (and trace context), turns a
-:class:`RegistryError` into a status plus trailing metadata, counts and times the call
+:class:`RegistryError` into a status plus trailing metadata (and Redis refusing a write
+into UNAVAILABLE with a Retry-After, services/common/redis_refusals.py), counts and times the call
 (services/common/metrics.py), and writes one structured log line. :func:`serve` also serves
 the service's ``/metrics`` and sets up its traces when their settings ask for them. What the client side
 shares with it (the request-id key, message limits) is in :mod:`services.common.rpc`.
@@ -24,7 +25,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import internal_auth, metrics, metrics_endpoint, tracing
+from services.common import internal_auth, metrics, metrics_endpoint, redis_refusals, tracing
 from services.common.errors import INTERNAL, UNAVAILABLE, RegistryError
 from services.common.logs import AccessLog
 from services.common.rpc import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
@@ -94,6 +95,14 @@ class _CallAccounting:
         if isinstance(exc, RegistryError):
             self._log(method, started, exc.code, exc.message)
             return exc
+        reason = redis_refusals.refusal(exc)
+        if reason is not None:
+            # Only the reason: a refused pipeline's message quotes its commands, arguments included.
+            log.warning("Redis refuses writes", extra={"fields": {
+                "service": self._service, "method": method, "request_id": request_id.get(),
+                "reason": f"Redis {reason}", "error": type(exc).__name__}})
+            self._log(method, started, UNAVAILABLE.code, f"Redis {reason}")
+            return redis_refusals.writes_refused(reason)
         if isinstance(exc, self._backend_errors):
             self._log(method, started, UNAVAILABLE.code, f"{type(exc).__name__}: {exc}"[:300])
             return RegistryError(UNAVAILABLE, f"{self._service} backend unavailable, retry later")

@@ -1,26 +1,24 @@
-"""Garbage collection: give back the storage of blobs nothing refers to any more.
+"""Garbage collection: give back what nothing refers to any more, while the registry takes pushes.
 
-Deleting a manifest or a tag only changes metadata; the layers stay linked to the repository
-and their bytes stay in the blob store. A collection run:
+Deleting a manifest or a tag only changes metadata; the layers stay linked to the repository and
+their bytes stay in the blob store. A collection run, with no read-only window:
 
-1. puts the registry in read-only maintenance (``wharf:maintenance``, with a TTL so that a
-   crashed run cannot leave it read-only): from then on every metadata write script refuses
-   to run, atomically, and the gateway answers writes with 503 and Retry-After. Reads go on;
-2. marks, per repository, the blobs its stored manifests refer to (config, layers);
-3. unlinks from each repository the blobs none of its manifests refers to;
-4. deletes from the blob store every blob no repository links and no manifest refers to;
-5. leaves maintenance.
+1. takes ``wharf:gc-lock`` (one run at a time; a TTL it renews, so a dead run's lock lapses);
+2. asks the metadata service, repository by repository, to remove what nothing keeps
+   (``CollectRepository``): referrers whose subject is gone, untagged manifests no index names
+   (with ``--delete-untagged``), then blob links no manifest names. Each candidate is re-checked
+   in the script that removes it, and the gateways' caches are invalidated like for any delete;
+3. walks the blob store's storage and, for each blob stored longer than the grace and linked by no
+   repository, asks the metadata service for a delete fence (``BeginBlobDelete``: granted only while
+   no repository links it and no upload holds a pin on it), deletes it through the blob store's
+   ``Delete`` call, and ends the fence.
 
-Only blobs whose stored bytes are older than ``grace`` are unlinked or deleted: layers pushed
-just before the run, for a manifest that is still on its way, survive it. Just before deleting
-a blob the run looks at its age again, because an upload that finds the blob already stored
-renews it (filesystem driver). A push that was in flight during the run may still fail and need
-a retry, as with any registry's garbage collection.
+Why a push, a mount or a tag move that runs meanwhile can never lose what it was acknowledged
+for: services/metadata/README.md, "Online garbage collection".
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import redis
 
@@ -46,61 +45,49 @@ _SHARD = re.compile(r"^[0-9a-f]{2}\Z")
 @dataclasses.dataclass
 class Report:
     repositories: int = 0
-    manifests: int = 0
+    manifests_removed: int = 0
     links_removed: int = 0
     blobs_seen: int = 0
     blobs_deleted: int = 0
     bytes_freed: int = 0
+    blobs_kept_busy: int = 0  # unlinked, but an upload pinned (or relinked) them meanwhile
     dry_run: bool = False
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
 
-class MaintenanceBusy(RuntimeError):
-    """Another collection holds the registry in maintenance."""
+class CollectionBusy(RuntimeError):
+    """Another collection holds the lock."""
 
 
-class MaintenanceLost(RuntimeError):
-    """The maintenance key vanished or changed hands mid-run: deleting on would not be safe."""
+class LockLost(RuntimeError):
+    """The lock expired or changed hands mid-run: another run may be going on; stop."""
 
 
-def referenced_blobs(body: bytes) -> set[str]:
-    """The blob digests a stored manifest names: config and layers (and an artifact's blobs)."""
-    try:
-        manifest = json.loads(body)
-    except ValueError:
-        return set()
-    if not isinstance(manifest, dict):
-        return set()
-    found: set[str] = set()
-    candidates = [manifest.get("config")]
-    for field in ("layers", "blobs"):
-        value = manifest.get(field)
-        if isinstance(value, list):
-            candidates.extend(value)
-    for descriptor in candidates:
-        if isinstance(descriptor, dict) and isinstance(descriptor.get("digest"), str) \
-                and digests.looks_like_digest(descriptor["digest"]):
-            found.add(descriptor["digest"])
-    return found
+class MetadataCalls(Protocol):
+    """What the collector asks of the metadata service (wharf-gc's main passes gRPC calls)."""
+
+    def collect(self, repository: str, grace_ms: int, delete_untagged: bool, dry_run: bool) -> tuple[list[str],
+                                                                                                      list[str]]: ...
+
+    def begin_delete(self, digest: str) -> tuple[str, str]: ...
+
+    def end_delete(self, digest: str, fence: str) -> None: ...
 
 
 class Collector:
-    def __init__(self, client: redis.Redis, driver: StorageDriver, grace: float, dry_run: bool = False,
-                 maintenance_ttl: float = 3600.0, announce: Callable[[set[str]], None] | None = None,
-                 delete_blob: Callable[[str], object] | None = None) -> None:
-        self._r = client
-        # Blob deletes go through the blob store (wharf-gc's main passes its Delete call), where a
-        # commit of the same digest can be ordered against them; the driver is only for reading.
-        self._delete_blob = delete_blob or (lambda digest: driver.delete(layout.blob_key(digest).rsplit("/", 1)[0]))
-        # Tells the gateways' read caches which repositories lost blob links.
-        self._announce = announce or (lambda repositories: None)
-        self._driver = driver
+    def __init__(self, client: redis.Redis, driver: StorageDriver, metadata: MetadataCalls,
+                 delete_blob: Callable[[str], object], grace: float, dry_run: bool = False,
+                 delete_untagged: bool = False, lock_ttl: float = 600.0) -> None:
+        self._r = client  # reads only (the catalog, who links a blob), plus the lock and the record
+        self._driver = driver  # reads only (list, stat): deletes go through the blob store
+        self._metadata = metadata
+        self._delete_blob = delete_blob
         self._grace = grace
         self._dry_run = dry_run
-        self._ttl = maintenance_ttl
-        self._unlink = client.register_script(keys.GC_UNLINK_BLOB)
+        self._delete_untagged = delete_untagged
+        self._ttl = lock_ttl
         self._release = client.register_script(keys.RELEASE_IF_HELD)
         self._renew = client.register_script(keys.RENEW_IF_HELD)
         self._held = ""
@@ -108,83 +95,77 @@ class Collector:
 
     def run(self) -> Report:
         self._held = json.dumps({"gc": uuid.uuid4().hex, "since": int(time.time())})
-        if not self._r.set(keys.MAINTENANCE, self._held, nx=True, px=int(self._ttl * 1000)):
-            raise MaintenanceBusy("the registry is already in maintenance (another garbage collection?)")
+        if not self._r.set(keys.GC_LOCK, self._held, nx=True, px=int(self._ttl * 1000)):
+            raise CollectionBusy("another garbage collection is running")
         self._renewed = time.monotonic()
-        log.info("maintenance on: the registry is read-only")
         try:
             report = self._collect()
         except BaseException:
             if not self._dry_run:
-                with contextlib.suppress(redis.RedisError):
+                try:
                     record.add_run(self._r, ok=False)
+                except redis.RedisError:
+                    log.warning("could not record the failed run")
             raise
         else:
             if not self._dry_run:
                 record.add_run(self._r, ok=True, blobs_removed=report.blobs_deleted, bytes_removed=report.bytes_freed)
             return report
         finally:
-            # Only our own key (compared and deleted in one step): a run that outlived its TTL
-            # must not end someone else's.
-            self._release(keys=[keys.MAINTENANCE], args=[self._held])
-            log.info("maintenance off")
+            # Only our own lock (compared and deleted in one step).
+            self._release(keys=[keys.GC_LOCK], args=[self._held])
 
-    def _hold_maintenance(self) -> None:
-        """Renews the key every third of its TTL; stops the run if it is no longer ours."""
+    def _hold_lock(self) -> None:
+        """Renews the lock every third of its TTL; stops the run if it is no longer ours."""
         if time.monotonic() - self._renewed < self._ttl / 3:
             return
-        if not self._renew(keys=[keys.MAINTENANCE], args=[self._held, int(self._ttl * 1000)]):
-            raise MaintenanceLost("the maintenance key expired or was removed during the run; stopping")
+        if not self._renew(keys=[keys.GC_LOCK], args=[self._held, int(self._ttl * 1000)]):
+            raise LockLost("the collection lock expired or was taken during the run; stopping")
         self._renewed = time.monotonic()
 
     def _collect(self) -> Report:
         report = Report(dry_run=self._dry_run)
-        referenced_anywhere: set[str] = set()
-        linked_anywhere: set[str] = set()
-        unlinked: dict[str, set[str]] = {}  # digest -> repositories it was (or, dry, would be) unlinked from
-        try:
-            for name in (text(n) for n in self._r.zrange(keys.CATALOG, 0, -1)):
-                self._hold_maintenance()
-                report.repositories += 1
-                referenced: set[str] = set()
-                for digest in (text(d) for d in self._r.smembers(keys.manifests(name))):
-                    report.manifests += 1
-                    referenced |= referenced_blobs(self._r.hget(keys.manifest(name, digest), "body") or b"")
-                referenced_anywhere |= referenced
-                for digest in (text(d) for d in self._r.hkeys(keys.blobs(name))):
-                    if digest in referenced or not self._old_enough(self._driver.stat(layout.blob_key(digest))):
-                        linked_anywhere.add(digest)
-                        continue
-                    report.links_removed += 1
-                    unlinked.setdefault(digest, set()).add(name)
-                    if self._dry_run:
-                        continue
-                    self._unlink(args=[keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)])
-        finally:
-            if not self._dry_run:
-                # Before any blob is deleted (and even if this phase failed): no gateway may still
-                # answer a HEAD or a mount from a link that is gone.
-                self._announce({name for names in unlinked.values() for name in names})
+        grace_ms = int(self._grace * 1000)
+        would_unlink: dict[str, set[str]] = {}  # dry run: digest -> repositories that would drop it
+        for raw, _ in self._r.zscan_iter(keys.CATALOG, count=500):
+            self._hold_lock()
+            report.repositories += 1
+            name = text(raw)
+            unlinked, removed = self._metadata.collect(name, grace_ms, self._delete_untagged, self._dry_run)
+            report.links_removed += len(unlinked)
+            report.manifests_removed += len(removed)
+            if self._dry_run:
+                for digest in unlinked:
+                    would_unlink.setdefault(digest, set()).add(name)
         for digest in self._stored_blobs():
-            self._hold_maintenance()
+            self._hold_lock()
             report.blobs_seen += 1
-            if digest in referenced_anywhere or digest in linked_anywhere:
-                continue
-            if {text(n) for n in self._r.hkeys(keys.blob_repos(digest))} - unlinked.get(digest, set()):
-                continue  # linked by a repository the catalog did not list
+            holders = {text(n) for n in self._r.hkeys(keys.blob_repos(digest))}
+            if holders - would_unlink.get(digest, set()):
+                continue  # linked: not a candidate (the fence would refuse anyway)
             info = self._driver.stat(layout.blob_key(digest))
             if info is None or not self._old_enough(info):
                 continue
+            if self._dry_run:
+                report.blobs_deleted += 1
+                report.bytes_freed += info.size
+                continue
+            fence, refused = self._metadata.begin_delete(digest)
+            if not fence:
+                report.blobs_kept_busy += 1
+                log.info("blob kept", extra={"fields": {"digest": digest, "because": refused}})
+                continue
+            try:
+                self._delete_blob(digest)
+            finally:
+                self._metadata.end_delete(digest, fence)
             report.blobs_deleted += 1
             report.bytes_freed += info.size
-            if not self._dry_run:
-                self._delete_blob(digest)
         log.info("garbage collection done", extra={"fields": report.to_json()})
         return report
 
-    def _old_enough(self, info: FileInfo | None) -> bool:
-        """Stored longer than the grace period (a link to a blob that is not stored at all counts)."""
-        return info is None or time.time() - info.modified_at >= self._grace
+    def _old_enough(self, info: FileInfo) -> bool:
+        return time.time() - info.modified_at >= self._grace
 
     def _stored_blobs(self) -> Iterator[str]:
         """Every committed blob's digest, from the blob store's key layout."""

@@ -43,6 +43,7 @@ import redis.asyncio as aredis
 from services.common import metrics, redisconn
 from services.common.redisconn import text
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
+from services.metadata import migrations
 from services.metadata import redis_keys as keys
 
 log = logging.getLogger("wharf.metadata.invalidation")
@@ -70,7 +71,7 @@ class InvalidationHub:
         self._seq = 0
         self._subscribed = False
         self._may_grant_until = 0.0  # loop time; leases are granted only before it
-        self._replica = uuid.uuid4().hex
+        self._replica = migrations.replica_id()
         self._refresh = client.register_script(keys.REFRESH_GRANTOR)
         self._live_grantors = client.register_script(keys.LIVE_GRANTORS)
 
@@ -99,6 +100,7 @@ class InvalidationHub:
         # The entry outlives a refresh by a second, so leases granted up to a second after
         # a refresh was sent end before the entry does.
         slack = 1.0
+        failing = ""  # the last failure's error, logged once (a Redis refusing writes lasts minutes)
         while True:
             if self._subscribed:
                 sent = loop.time()
@@ -106,8 +108,15 @@ class InvalidationHub:
                     await self._refresh(keys=[keys.LEASE_GRANTORS],
                                         args=[self._replica, int((self._lease + slack) * 1000)])
                     self._may_grant_until = sent + slack
+                    if failing:
+                        log.info("renewing the lease grantor entry again; gateways may cache manifests")
+                    failing = ""
                 except (redis.RedisError, OSError) as exc:
-                    log.warning("cannot renew the lease grantor entry", extra={"fields": {"error": str(exc)[:200]}})
+                    error = str(exc)[:200]
+                    if error != failing:
+                        log.warning("cannot renew the lease grantor entry; gateways read without caching until "
+                                    "it is renewed", extra={"fields": {"error": error}})
+                    failing = error
             await asyncio.sleep(self._lease / 4)
 
     async def _follow(self) -> None:

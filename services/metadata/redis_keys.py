@@ -10,10 +10,27 @@
     wharf:repo:{<name>}:taglist                    ZSET  tags, score 0 (lexical order for paging)
     wharf:repo:{<name>}:tagsof:<digest>            SET   tags that point at a manifest (for deletes)
     wharf:repo:{<name>}:referrers:<subject digest> HASH  referrer digest -> descriptor JSON
+    wharf:repo:{<name>}:refs                       HASH  blob digest -> how many of the repository's manifests
+                                                         name it (config, layers, blobs): GC keeps such links
+    wharf:repo:{<name>}:children                   HASH  manifest digest -> how many of the repository's indexes
+                                                         name it: GC keeps such manifests
+    wharf:repo:{<name>}:linked                     HASH  blob digest -> when the link was last made (ms)
+    wharf:repo:{<name>}:tagtimes                   HASH  tag -> when it was last pushed (ms)
+      (each manifest hash also holds: created (ms, first arrival), blobs and children: the digests
+       it names, space-separated, so that a delete can take back its counts)
+    wharf:pushed                                   ZSET  repository -> its last manifest push (ms)
+    wharf:blob:<digest>:repos                      HASH  repository -> size: who links the blob
+    wharf:blob:<digest>:pins                       ZSET  pin id -> expiry (ms): uploads of the blob between
+                                                         their commit in the blob store and their link
+    wharf:blob:<digest>:deleting                   STRING fence id (with a TTL) while GC deletes the bytes
+    wharf:gc-lock                                  STRING held (with a TTL) by the running garbage collection
+    wharf:schema                                   STRING the data model's version (migrations.py)
+    wharf:migration-lock                           STRING held (with a TTL) by the replica migrating
+    wharf:migration:<version>:done                 SET   repositories already migrated to <version>
     wharf:invalidations                            pub/sub channel: {"id", "repositories"} per write
     wharf:invalidation:<id>:acks                   LIST  one entry per replica that applied message <id>
     wharf:lease-grantors                           ZSET  replica id, score = when its last lease ends (ms)
-    wharf:maintenance                              STRING set (with a TTL) while garbage collection runs:
+    wharf:maintenance                              STRING set (with a TTL) by an operator (a restore, say):
                                                          every write script refuses to run
     wharf:gc-record                                HASH  garbage collection's totals: runs_ok, runs_failed,
                                                          blobs_removed, bytes_removed, last_success (Unix s)
@@ -28,6 +45,10 @@ The ``{<name>}`` hash tag keeps a repository's keys in one Redis Cluster slot.
 from __future__ import annotations
 
 CATALOG = "wharf:catalog"
+PUSHED = "wharf:pushed"
+GC_LOCK = "wharf:gc-lock"
+SCHEMA = "wharf:schema"
+MIGRATION_LOCK = "wharf:migration-lock"
 INVALIDATIONS = "wharf:invalidations"
 LEASE_GRANTORS = "wharf:lease-grantors"
 MAINTENANCE = "wharf:maintenance"
@@ -71,26 +92,68 @@ def referrers(name: str, subject: str) -> str:
     return repo_prefix(name) + "referrers:" + subject
 
 
+def refs(name: str) -> str:
+    return repo_prefix(name) + "refs"
+
+
+def children(name: str) -> str:
+    return repo_prefix(name) + "children"
+
+
+def linked(name: str) -> str:
+    return repo_prefix(name) + "linked"
+
+
+def tag_times(name: str) -> str:
+    return repo_prefix(name) + "tagtimes"
+
+
 def blob_repos(digest: str) -> str:
     return f"wharf:blob:{digest}:repos"
 
 
+def blob_pins(digest: str) -> str:
+    return f"wharf:blob:{digest}:pins"
+
+
+def blob_deleting(digest: str) -> str:
+    return f"wharf:blob:{digest}:deleting"
+
+
+def migration_done(version: int) -> str:
+    return f"wharf:migration:{version}:done"
+
+
 # The scripts below receive repo_prefix(name) as ARGV[1] and build the same
-# suffixes as the functions above ("manifest:", "tags", "tagsof:", ...).
+# suffixes as the functions above ("manifest:", "tags", "tagsof:", ...). Times are Redis's
+# clock (TIME), so that every replica and the collector compare times on one clock.
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function decr(hash, field)
+  if redis.call('HINCRBY', hash, field, -1) <= 0 then redis.call('HDEL', hash, field) end
+end
+"""
 
 # ARGV: prefix, catalog, name, digest, type, body, subject, descriptor,
 #       nblobs, (blob, declared size or "")..., nmanifests, (manifest, size or "")..., ntags, tags...
 # Returns {"ok"}, {"missing", digest...} or {"size", digest, declared, stored} (nothing written).
-PUT_MANIFEST = _GUARD + """
+# A manifest stored for the first time counts what it names (refs, children) and records its
+# arrival; every tag it carries records its push time, and the repository its last push.
+PUT_MANIFEST = _GUARD + _NOW + """
 local p = ARGV[1]
 local i = 9
 local missing = {}
 local wrong = nil
+local blobs, kids = {}, {}
 local nblobs = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nblobs do
   local stored = redis.call('HGET', p .. 'blobs', ARGV[i])
   if not stored then missing[#missing + 1] = ARGV[i]
   elseif ARGV[i + 1] ~= '' and stored ~= ARGV[i + 1] then wrong = wrong or {'size', ARGV[i], ARGV[i + 1], stored} end
+  blobs[#blobs + 1] = ARGV[i]
   i = i + 2
 end
 local nman = tonumber(ARGV[i]); i = i + 1
@@ -101,6 +164,7 @@ for _ = 1, nman do
     local stored = tostring(redis.call('HSTRLEN', key, 'body'))
     if stored ~= ARGV[i + 1] then wrong = wrong or {'size', ARGV[i], ARGV[i + 1], stored} end
   end
+  kids[#kids + 1] = ARGV[i]
   i = i + 2
 end
 if wrong then return wrong end
@@ -108,8 +172,21 @@ if #missing > 0 then
   table.insert(missing, 1, 'missing')
   return missing
 end
+local now = now_ms()
 local digest = ARGV[4]
-redis.call('HSET', p .. 'manifest:' .. digest, 'type', ARGV[5], 'body', ARGV[6], 'subject', ARGV[7])
+local key = p .. 'manifest:' .. digest
+if redis.call('EXISTS', key) == 0 then
+  local seen = {}
+  for _, d in ipairs(blobs) do
+    if not seen[d] then seen[d] = true; redis.call('HINCRBY', p .. 'refs', d, 1) end
+  end
+  seen = {}
+  for _, d in ipairs(kids) do
+    if not seen[d] then seen[d] = true; redis.call('HINCRBY', p .. 'children', d, 1) end
+  end
+  redis.call('HSET', key, 'created', now, 'blobs', table.concat(blobs, ' '), 'children', table.concat(kids, ' '))
+end
+redis.call('HSET', key, 'type', ARGV[5], 'body', ARGV[6], 'subject', ARGV[7])
 redis.call('SADD', p .. 'manifests', digest)
 local ntags = tonumber(ARGV[i]); i = i + 1
 for _ = 1, ntags do
@@ -117,6 +194,7 @@ for _ = 1, ntags do
   local old = redis.call('HGET', p .. 'tags', tag)
   if old and old ~= digest then redis.call('SREM', p .. 'tagsof:' .. old, tag) end
   redis.call('HSET', p .. 'tags', tag, digest)
+  redis.call('HSET', p .. 'tagtimes', tag, now)
   redis.call('ZADD', p .. 'taglist', 0, tag)
   redis.call('SADD', p .. 'tagsof:' .. digest, tag)
   i = i + 1
@@ -125,6 +203,7 @@ if ARGV[7] ~= '' then
   redis.call('HSET', p .. 'referrers:' .. ARGV[7], digest, ARGV[8])
 end
 redis.call('ZADD', ARGV[2], 0, ARGV[3])
+redis.call('ZADD', '""" + PUSHED + """', now, ARGV[3])
 return {'ok'}
 """
 
@@ -141,25 +220,35 @@ if not v[1] then return nil end
 return {digest, v[1], v[2], v[3]}
 """
 
+# Removes manifest `digest` of the repository (ARGV: prefix, catalog, name, digest), its tags,
+# its referrers entry and the counts it holds; drops an emptied repository from the catalog.
+_REMOVE_MANIFEST = """
+local function remove_manifest(p, catalog, name, digest)
+  local key = p .. 'manifest:' .. digest
+  local v = redis.call('HMGET', key, 'subject', 'blobs', 'children')
+  for _, tag in ipairs(redis.call('SMEMBERS', p .. 'tagsof:' .. digest)) do
+    redis.call('HDEL', p .. 'tags', tag)
+    redis.call('HDEL', p .. 'tagtimes', tag)
+    redis.call('ZREM', p .. 'taglist', tag)
+  end
+  for d in string.gmatch(v[2] or '', '%S+') do decr(p .. 'refs', d) end
+  for d in string.gmatch(v[3] or '', '%S+') do decr(p .. 'children', d) end
+  redis.call('DEL', p .. 'tagsof:' .. digest, key)
+  redis.call('SREM', p .. 'manifests', digest)
+  if v[1] and v[1] ~= '' then
+    redis.call('HDEL', p .. 'referrers:' .. v[1], digest)
+  end
+  if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
+    redis.call('ZREM', catalog, name)
+    redis.call('ZREM', '""" + PUSHED + """', name)
+  end
+end
+"""
+
 # ARGV: prefix, catalog, name, digest. Returns 0 when the manifest was not stored.
-DELETE_MANIFEST = _GUARD + """
-local p = ARGV[1]
-local digest = ARGV[4]
-local key = p .. 'manifest:' .. digest
-if redis.call('EXISTS', key) == 0 then return 0 end
-local subject = redis.call('HGET', key, 'subject')
-for _, tag in ipairs(redis.call('SMEMBERS', p .. 'tagsof:' .. digest)) do
-  redis.call('HDEL', p .. 'tags', tag)
-  redis.call('ZREM', p .. 'taglist', tag)
-end
-redis.call('DEL', p .. 'tagsof:' .. digest, key)
-redis.call('SREM', p .. 'manifests', digest)
-if subject and subject ~= '' then
-  redis.call('HDEL', p .. 'referrers:' .. subject, digest)
-end
-if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
-  redis.call('ZREM', ARGV[2], ARGV[3])
-end
+DELETE_MANIFEST = _GUARD + _NOW + _REMOVE_MANIFEST + """
+if redis.call('EXISTS', ARGV[1] .. 'manifest:' .. ARGV[4]) == 0 then return 0 end
+remove_manifest(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 
@@ -169,38 +258,180 @@ local p = ARGV[1]
 local digest = redis.call('HGET', p .. 'tags', ARGV[2])
 if not digest then return 0 end
 redis.call('HDEL', p .. 'tags', ARGV[2])
+redis.call('HDEL', p .. 'tagtimes', ARGV[2])
 redis.call('ZREM', p .. 'taglist', ARGV[2])
 redis.call('SREM', p .. 'tagsof:' .. digest, ARGV[2])
 return 1
 """
 
-# ARGV: prefix, catalog, name, digest, size, blob_repos key.
-LINK_BLOB = _GUARD + """
+# ARGV: prefix, catalog, name, digest, size, blob_repos key, pin id ("" none), source ("" none,
+# "*" any repository, else a repository's key prefix), pins key.
+# Returns 1, or 0 when the source does not link the blob (a mount that must become an upload),
+# or -1 when the pin is gone (the upload outlived its pin: the collector may have deleted the
+# bytes its commit found, so nothing is linked and the client uploads again).
+LINK_BLOB = _GUARD + _NOW + """
 local p = ARGV[1]
+if ARGV[8] == '*' then
+  if redis.call('EXISTS', ARGV[6]) == 0 then return 0 end
+elseif ARGV[8] ~= '' then
+  if redis.call('HEXISTS', ARGV[8] .. 'blobs', ARGV[4]) == 0 then return 0 end
+end
+if ARGV[7] ~= '' then
+  if redis.call('ZREM', ARGV[9], ARGV[7]) == 0 then return -1 end
+end
 redis.call('HSET', p .. 'blobs', ARGV[4], ARGV[5])
+redis.call('HSET', p .. 'linked', ARGV[4], now_ms())
 redis.call('HSET', ARGV[6], ARGV[3], ARGV[5])
 redis.call('ZADD', ARGV[2], 0, ARGV[3])
 return 1
 """
 
-# ARGV: prefix, catalog, name, digest, blob_repos key. Returns 0 when the link did not exist.
-_UNLINK_BLOB = """
-local p = ARGV[1]
-if redis.call('HDEL', p .. 'blobs', ARGV[4]) == 0 then return 0 end
-redis.call('HDEL', ARGV[5], ARGV[3])
-if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
-  redis.call('ZREM', ARGV[2], ARGV[3])
-end
+# ARGV: pins key, deleting key, pin id, ttl (ms). Returns 1, or 0 while the collector is
+# deleting the blob (the caller waits: it lasts one storage delete).
+PIN_BLOB = _NOW + """
+if redis.call('EXISTS', ARGV[2]) == 1 then return 0 end
+local expiry = now_ms() + tonumber(ARGV[4])
+redis.call('ZADD', ARGV[1], expiry, ARGV[3])
+redis.call('PEXPIRE', ARGV[1], tonumber(ARGV[4]) + 60000)
 return 1
 """
-UNLINK_BLOB = _GUARD + _UNLINK_BLOB
-# The same for garbage collection, which holds the maintenance key itself.
-GC_UNLINK_BLOB = _UNLINK_BLOB
+
+# ARGV: prefix, catalog, name, digest, blob_repos key. Returns 0 when the link did not exist.
+_UNLINK_BLOB = """
+local function unlink(p, catalog, name, digest, holders)
+  if redis.call('HDEL', p .. 'blobs', digest) == 0 then return 0 end
+  redis.call('HDEL', p .. 'linked', digest)
+  redis.call('HDEL', holders, name)
+  if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
+    redis.call('ZREM', catalog, name)
+    redis.call('ZREM', '""" + PUSHED + """', name)
+  end
+  return 1
+end
+"""
+UNLINK_BLOB = _GUARD + _UNLINK_BLOB + """
+return unlink(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"""
+
+# -- garbage collection (lifecycle.py): each candidate is re-checked inside its script ----------
+
+# ARGV: prefix, catalog, name, digest, blob_repos key, grace (ms), dry ("1"/"0").
+# Unlinks a blob no manifest of the repository names, linked longer ago than the grace.
+# Returns 1 when it (dry: would have) unlinked.
+GC_UNLINK_BLOB = _NOW + _UNLINK_BLOB + """
+local p = ARGV[1]
+if redis.call('HEXISTS', p .. 'blobs', ARGV[4]) == 0 then return 0 end
+if redis.call('HEXISTS', p .. 'refs', ARGV[4]) == 1 then return 0 end
+local at = tonumber(redis.call('HGET', p .. 'linked', ARGV[4]) or '0')
+if now_ms() - at < tonumber(ARGV[6]) then return 0 end
+if ARGV[7] == '1' then return 1 end
+return unlink(p, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"""
+
+# ARGV: prefix, catalog, name, digest, grace (ms), untagged ("1": any untagged manifest may go;
+# "0": only referrers whose subject is gone), dry ("1"/"0").
+# Deletes a manifest no tag points at and no index of the repository names, that arrived longer
+# ago than the grace, and is not a referrer of a manifest still stored. Returns 1 when it (dry:
+# would have) deleted.
+GC_DELETE_MANIFEST = _NOW + _REMOVE_MANIFEST + """
+local p = ARGV[1]
+local key = p .. 'manifest:' .. ARGV[4]
+local v = redis.call('HMGET', key, 'type', 'subject', 'created')
+if not v[1] then return 0 end
+if redis.call('SCARD', p .. 'tagsof:' .. ARGV[4]) > 0 then return 0 end
+if redis.call('HEXISTS', p .. 'children', ARGV[4]) == 1 then return 0 end
+local subject = v[2] or ''
+if subject ~= '' then
+  if redis.call('EXISTS', p .. 'manifest:' .. subject) == 1 then return 0 end
+elseif ARGV[6] ~= '1' then
+  return 0
+end
+if now_ms() - tonumber(v[3] or '0') < tonumber(ARGV[5]) then return 0 end
+if ARGV[7] == '1' then return 1 end
+remove_manifest(p, ARGV[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+# ARGV: blob_repos key, pins key, deleting key, fence id, ttl (ms).
+# The fence under which the collector deletes a blob's bytes: set only when no repository links
+# the blob and no upload holds a pin on it; while it stands, no pin can be taken (so no commit
+# can find the bytes) and no link can be made (a mount needs a link, an upload a pin).
+# Returns "ok", or why not: "linked", "pinned", "busy".
+BEGIN_BLOB_DELETE = _NOW + """
+if redis.call('EXISTS', ARGV[1]) == 1 then return 'linked' end
+redis.call('ZREMRANGEBYSCORE', ARGV[2], '-inf', now_ms())
+if redis.call('ZCARD', ARGV[2]) > 0 then return 'pinned' end
+if redis.call('SET', ARGV[3], ARGV[4], 'NX', 'PX', tonumber(ARGV[5])) then return 'ok' end
+return 'busy'
+"""
+
+# ARGV: prefix, migrated-set key, name, now (ms), then per manifest: digest, nblobs, blobs...,
+# nchildren, children..., then "end", then the number of manifests read.
+# Schema 2's backfill of one repository, in one step: recounts refs and children from scratch,
+# gives manifests without an arrival time `now`, tags without a push time their manifest's
+# arrival, links without a time `now`. Refuses ("changed") if the repository's manifests are not
+# the ones read (a write came in between: the caller reads again). Idempotent.
+MIGRATE_REPOSITORY = """
+local p = ARGV[1]
+local now = ARGV[4]
+local i = 5
+local entries = {}
+while ARGV[i] ~= 'end' do
+  local digest = ARGV[i]; i = i + 1
+  local nb = tonumber(ARGV[i]); i = i + 1
+  local blobs = {}
+  for _ = 1, nb do blobs[#blobs + 1] = ARGV[i]; i = i + 1 end
+  local nk = tonumber(ARGV[i]); i = i + 1
+  local kids = {}
+  for _ = 1, nk do kids[#kids + 1] = ARGV[i]; i = i + 1 end
+  entries[#entries + 1] = {digest, blobs, kids}
+end
+if redis.call('SCARD', p .. 'manifests') ~= tonumber(ARGV[i + 1]) then return 'changed' end
+for _, e in ipairs(entries) do
+  if redis.call('SISMEMBER', p .. 'manifests', e[1]) == 0 then return 'changed' end
+end
+redis.call('DEL', p .. 'refs', p .. 'children')
+for _, e in ipairs(entries) do
+  local key = p .. 'manifest:' .. e[1]
+  local seen = {}
+  for _, d in ipairs(e[2]) do
+    if not seen[d] then seen[d] = true; redis.call('HINCRBY', p .. 'refs', d, 1) end
+  end
+  seen = {}
+  for _, d in ipairs(e[3]) do
+    if not seen[d] then seen[d] = true; redis.call('HINCRBY', p .. 'children', d, 1) end
+  end
+  redis.call('HSET', key, 'blobs', table.concat(e[2], ' '), 'children', table.concat(e[3], ' '))
+  redis.call('HSETNX', key, 'created', now)
+end
+local last = 0
+for _, tag in ipairs(redis.call('HKEYS', p .. 'tags')) do
+  local digest = redis.call('HGET', p .. 'tags', tag)
+  local at = redis.call('HGET', p .. 'manifest:' .. digest, 'created') or now
+  redis.call('HSETNX', p .. 'tagtimes', tag, at)
+  local t = tonumber(redis.call('HGET', p .. 'tagtimes', tag))
+  if t > last then last = t end
+end
+for _, digest in ipairs(redis.call('HKEYS', p .. 'blobs')) do
+  redis.call('HSETNX', p .. 'linked', digest, now)
+end
+if last == 0 and redis.call('SCARD', p .. 'manifests') > 0 then last = tonumber(now) end
+if last > 0 and not redis.call('ZSCORE', '""" + PUSHED + """', ARGV[3]) then
+  redis.call('ZADD', '""" + PUSHED + """', last, ARGV[3])
+end
+redis.call('SADD', ARGV[2], ARGV[3])
+return 'ok'
+"""
 
 # KEYS: a lock key. ARGV: the holder's value. Deletes the key only if it still holds that
 # value, in one step: a holder whose key expired and was taken over never ends another's.
 RELEASE_IF_HELD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# The same with the key in ARGV (for callers that pass ARGV only).
+RELEASE_IF_HELD_ARGV = """
+if redis.call('GET', ARGV[1]) == ARGV[2] then return redis.call('DEL', ARGV[1]) end
 return 0
 """
 # KEYS: a lock key. ARGV: the holder's value, new TTL (ms). Renews only the holder's own key.

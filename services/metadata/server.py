@@ -16,12 +16,15 @@ import grpc
 import redis
 import redis.asyncio as aredis
 
-from services.common import grpcserver, metrics, redisconn
+from services.common import grpcserver, metrics, redis_refusals, redisconn
+from services.common.errors import UNAVAILABLE, UNSUPPORTED, RegistryError
 from services.common.internal_auth import read_token
 from services.gc import record
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
+from services.metadata import migrations
 from services.metadata.invalidation import InvalidationHub
+from services.metadata.lifecycle import Collected, Lifecycle
 from services.metadata.settings import MetadataSettings
 from services.metadata.store import Descriptor, MetadataStore
 
@@ -32,9 +35,11 @@ def _descriptor_pb(d: Descriptor) -> pb.Descriptor:
 
 
 class MetadataServicer(pb_grpc.MetadataServicer):
-    def __init__(self, store: MetadataStore, hub: InvalidationHub) -> None:
+    def __init__(self, store: MetadataStore, hub: InvalidationHub, client: aredis.Redis) -> None:
         self._store = store
         self._hub = hub
+        self._redis = client
+        self._lifecycle = Lifecycle(client)
 
     async def _change(self, repository: str, write: Awaitable[None]) -> None:
         """Runs a write that changes or removes a repository's manifests, tags or blob links, then
@@ -42,14 +47,16 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
         Shielded: a caller that gives up (deadline, disconnect) must not stop the invalidation
         of a write that reached Redis. Invalidates even when the write failed, since nothing
-        guarantees a failed write changed nothing.
+        guarantees a failed write changed nothing — except Redis refusing it, which did not run it
+        (services/common/redis_refusals.py) and whose 503 should not wait for the gateways' acks.
         """
         async def write_then_invalidate() -> None:
             try:
                 await write
-            except BaseException:
-                with contextlib.suppress(redis.RedisError, OSError):
-                    await self._hub.publish([repository])
+            except BaseException as exc:
+                if redis_refusals.refusal(exc) is None:
+                    with contextlib.suppress(redis.RedisError, OSError):
+                        await self._hub.publish([repository])
                 raise
             try:
                 await self._hub.publish([repository])
@@ -59,8 +66,12 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         await asyncio.shield(asyncio.ensure_future(write_then_invalidate()))
 
     async def LinkBlob(self, request: pb.LinkBlobRequest, context: grpc.aio.ServicerContext) -> pb.LinkBlobResponse:
-        await self._store.link_blob(request.repository, request.digest, request.size)
-        return pb.LinkBlobResponse()
+        linked = await self._store.link_blob(request.repository, request.digest, request.size, request.pin,
+                                             request.source)
+        return pb.LinkBlobResponse(linked=linked)
+
+    async def PinBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.BlobPin:
+        return pb.BlobPin(pin=await self._store.pin_blob(request.digest))
 
     async def UnlinkBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.UnlinkBlobResponse:
         await self._change(request.repository, self._store.unlink_blob(request.repository, request.digest))
@@ -101,9 +112,17 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def ListTags(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
         names, more = await self._store.list_tags(request.repository, request.last, request.limit)
-        return pb.ListResponse(names=names, more=more)
+        if not request.with_details:
+            return pb.ListResponse(names=names, more=more)
+        found, times = await self._store.tag_details(request.repository, names)
+        return pb.ListResponse(names=names, more=more, digests=found, pushed_at_ms=times)
 
     async def ListRepositories(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
+        if request.order == "pushed":
+            names, times, more = await self._store.repositories_by_push(request.last, request.limit)
+            return pb.ListResponse(names=names, more=more, pushed_at_ms=times)
+        if request.order:
+            raise RegistryError(UNSUPPORTED, f"unknown catalog order {request.order[:40]!r}: '' or 'pushed'")
         names, more = await self._store.list_repositories(request.last, request.limit)
         return pb.ListResponse(names=names, more=more)
 
@@ -116,6 +135,33 @@ class MetadataServicer(pb_grpc.MetadataServicer):
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
         async for event in self._hub.watch(request_iterator):
             yield event
+
+    async def CollectRepository(self, request: pb.CollectRequest,
+                                context: grpc.aio.ServicerContext) -> pb.CollectResponse:
+        blocked = await migrations.collection_blockers(self._redis)
+        if blocked:
+            raise RegistryError(UNAVAILABLE, f"garbage collection cannot run: {blocked}")
+        done: list[Collected] = []
+
+        async def collect() -> None:
+            done.append(await self._lifecycle.collect_repository(
+                request.repository, request.grace_ms, request.delete_untagged, request.dry_run))
+        if request.dry_run:
+            await collect()
+        else:
+            # Announced like any delete (even if the run failed part-way: something may be gone).
+            await self._change(request.repository, collect())
+        return pb.CollectResponse(unlinked=done[0].unlinked, removed_manifests=done[0].removed_manifests)
+
+    async def BeginBlobDelete(self, request: pb.BlobDeleteRequest,
+                              context: grpc.aio.ServicerContext) -> pb.BlobDeleteResponse:
+        fence, refused = await self._lifecycle.begin_blob_delete(request.digest)
+        return pb.BlobDeleteResponse(fence=fence, refused=refused)
+
+    async def EndBlobDelete(self, request: pb.BlobDeleteRequest,
+                            context: grpc.aio.ServicerContext) -> pb.BlobDeleteResponse:
+        await self._lifecycle.end_blob_delete(request.digest, request.fence)
+        return pb.BlobDeleteResponse()
 
 
 def redis_client(url: str, connections: int) -> aredis.Redis:
@@ -132,10 +178,12 @@ async def serve(settings: MetadataSettings, address: str | None = None,
     metrics.WATCHERS.set_function(lambda: hub.watchers)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store, hub), server)
+        pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store, hub, client), server)
         return [pb.DESCRIPTOR.services_by_name["Metadata"].full_name]
 
+    await migrations.migrate(client)  # before serving: a newer schema stops the service here
     subscription = asyncio.create_task(hub.run())
+    recount = asyncio.create_task(migrations.recount_when_upgraded(client))
     try:
         await grpcserver.serve("metadata", address or settings.listen, register, backend_errors=(redis.RedisError,),
                                internal_token=token, on_port=on_port, on_stop=hub.close,
@@ -144,7 +192,11 @@ async def serve(settings: MetadataSettings, address: str | None = None,
                                    settings.redis_url, socket_timeout=5, socket_connect_timeout=2)))])
     finally:
         subscription.cancel()
+        recount.cancel()
 
 
 def run(settings: MetadataSettings, on_port: Callable[[int], None] | None = None) -> None:
-    asyncio.run(serve(settings, on_port=on_port))
+    try:
+        asyncio.run(serve(settings, on_port=on_port))
+    except migrations.SchemaTooNew as exc:
+        raise SystemExit(f"wharf-metadata: {exc}") from None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import re
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +18,8 @@ from redis.commands.core import AsyncScript
 from services.common import digests, metrics, tracing
 from services.common.errors import (
     BLOB_UNKNOWN,
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
@@ -28,6 +33,13 @@ from services.metadata import redis_keys as keys
 
 # Upper bound on a single listing page, whatever the client asks for.
 MAX_PAGE = 10000
+# How long an upload's pin holds a blob against the collector, from before its commit (whose
+# request may still be streaming the body from a slow client) to its link: far above any single
+# upload request; a dead gateway's pin only delays the collection of that one blob.
+PIN_TTL_MS = 24 * 3_600_000
+# How long a pin waits for the collector's delete of the same blob (one storage delete).
+PIN_WAIT = 10.0
+_PIN_ID = re.compile(r"^[0-9a-f]{24}\Z")
 
 
 def _with_sizes(refs: list[str], sizes: list[int] | None) -> list[str]:
@@ -70,7 +82,7 @@ def _command(name: str) -> Any:
     return tracing.span(f"redis {name}", tracing.SpanKind.CLIENT, attributes={"db.system": "redis"})
 
 
-class _Script:
+class TimedScript:
     """A registered Lua script, timed and counted by name (``wharf_redis_script_*``) and traced.
     A refusal the script itself raises (the registry is read-only) is an answer, not an error."""
 
@@ -100,30 +112,58 @@ class _Script:
 class MetadataStore:
     def __init__(self, client: aredis.Redis) -> None:
         self._r = client
-        self._put_manifest = _Script(client, "put_manifest", keys.PUT_MANIFEST)
-        self._get_manifest = _Script(client, "get_manifest", keys.GET_MANIFEST)
-        self._delete_manifest = _Script(client, "delete_manifest", keys.DELETE_MANIFEST)
-        self._delete_tag = _Script(client, "delete_tag", keys.DELETE_TAG)
-        self._unlink_blob = _Script(client, "unlink_blob", keys.UNLINK_BLOB)
-        self._link_blob = _Script(client, "link_blob", keys.LINK_BLOB)
+        self._put_manifest = TimedScript(client, "put_manifest", keys.PUT_MANIFEST)
+        self._get_manifest = TimedScript(client, "get_manifest", keys.GET_MANIFEST)
+        self._delete_manifest = TimedScript(client, "delete_manifest", keys.DELETE_MANIFEST)
+        self._delete_tag = TimedScript(client, "delete_tag", keys.DELETE_TAG)
+        self._unlink_blob = TimedScript(client, "unlink_blob", keys.UNLINK_BLOB)
+        self._link_blob = TimedScript(client, "link_blob", keys.LINK_BLOB)
+        self._pin_blob = TimedScript(client, "pin_blob", keys.PIN_BLOB)
 
-    async def _write(self, script: _Script, args: Sequence[str | bytes | int]) -> Any:
-        """Runs a write script; while garbage collection holds the registry read-only, a 503."""
+    async def _write(self, script: TimedScript, args: Sequence[str | bytes | int]) -> Any:
+        """Runs a write script; while an operator holds the registry read-only, a 503."""
         try:
             return await script(args)
         except redis.ResponseError as exc:
             if str(exc).startswith(keys.READ_ONLY):
-                raise RegistryError(UNAVAILABLE, "the registry is read-only while garbage collection runs; "
-                                                 "retry later", detail={"retry_after": 30}) from None
+                raise RegistryError(UNAVAILABLE, "the registry is read-only for maintenance; retry later",
+                                    detail={"retry_after": 30}) from None
             raise
 
     # -- blob links --------------------------------------------------------
 
-    async def link_blob(self, name: str, digest: str, size: int) -> None:
+    async def link_blob(self, name: str, digest: str, size: int, pin: str = "", source: str = "") -> bool:
+        """Links the blob. With ``pin`` (an upload's, from pin_blob) the link is made only if the pin
+        still stands (BLOB_UPLOAD_UNKNOWN otherwise: the collector may have taken the bytes); with
+        ``source`` (a mount: a repository, or "*" for any) only if the source links the blob
+        (False otherwise: the client uploads instead)."""
         validate_name(name)
         digests.validate(digest)
-        await self._write(self._link_blob, [keys.repo_prefix(name), keys.CATALOG, name, digest, size,
-                                             keys.blob_repos(digest)])
+        if source and source != "*":
+            validate_name(source)
+        if pin and not _PIN_ID.match(pin):
+            raise RegistryError(BLOB_UPLOAD_INVALID, "malformed pin")
+        linked = await self._write(self._link_blob, [
+            keys.repo_prefix(name), keys.CATALOG, name, digest, size, keys.blob_repos(digest), pin,
+            keys.repo_prefix(source) if source and source != "*" else source, keys.blob_pins(digest)])
+        if int(linked) < 0:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "the upload took longer than its pin on the blob lasts "
+                                                     f"({PIN_TTL_MS // 3_600_000} h); upload the blob again")
+        return int(linked) == 1
+
+    async def pin_blob(self, digest: str) -> str:
+        """Holds the blob's bytes against the collector from before an upload's commit until its
+        link (the metadata service's README, "Online garbage collection"). While the collector is
+        deleting the blob this waits, a storage delete at most: then the commit finds it gone."""
+        digests.validate(digest)
+        pin = secrets.token_hex(12)
+        deadline = time.monotonic() + PIN_WAIT
+        while not await self._pin_blob([keys.blob_pins(digest), keys.blob_deleting(digest), pin, PIN_TTL_MS]):
+            if time.monotonic() >= deadline:
+                raise RegistryError(UNAVAILABLE, "garbage collection is deleting this blob; retry",
+                                    detail={"retry_after": 1})
+            await asyncio.sleep(0.02)
+        return pin
 
     async def blob_size(self, name: str, digest: str) -> int:
         validate_name(name)
@@ -240,6 +280,33 @@ class MetadataStore:
 
     async def list_repositories(self, last: str, limit: int) -> tuple[list[str], bool]:
         return await self._page(keys.CATALOG, last, limit)
+
+    async def tag_details(self, name: str, tags: list[str]) -> tuple[list[str], list[int]]:
+        """The digests and push times (ms; 0 unknown) of these tags of the repository."""
+        if not tags:
+            return [], []
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.tags(name), tags)
+            pipe.hmget(keys.tag_times(name), tags)
+            found, times = await pipe.execute()
+        return [text(d or b"") for d in found], [int(t or 0) for t in times]
+
+    async def repositories_by_push(self, last: str, limit: int) -> tuple[list[str], list[int], bool]:
+        """A page of the repositories, most recently pushed first, after repository ``last`` (its
+        place now: a repository pushed between two pages moves to the front and is not repeated)."""
+        limit = MAX_PAGE if limit < 0 else min(limit, MAX_PAGE)
+        if limit == 0:
+            return [], [], False
+        first = 0
+        if last:
+            validate_name(last)
+            rank = await self._r.zrevrank(keys.PUSHED, last)
+            if rank is None:
+                return [], [], False
+            first = rank + 1
+        found = await self._r.zrevrange(keys.PUSHED, first, first + limit, withscores=True)
+        page = [(text(n), int(sc)) for n, sc in found]
+        return [n for n, _ in page[:limit]], [t for _, t in page[:limit]], len(page) > limit
 
     async def list_referrers(self, name: str, subject: str, artifact_type: str) -> list[Descriptor]:
         validate_name(name)

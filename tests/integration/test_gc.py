@@ -1,6 +1,6 @@
 """wharf-gc against a running stack: what a deleted manifest left behind goes, what any manifest
-still needs stays (also when shared with another repository), the registry is read-only (503)
-while the run holds maintenance, and young blobs survive a run."""
+still needs stays (also when shared with another repository), young blobs survive a run, one run
+at a time. Collections during pushes: test_gc_online.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.filesystem import FilesystemDriver
 from services.common.settings import load
-from services.gc.collector import Collector, MaintenanceLost
+from services.gc.collector import Collector, LockLost
 from services.metadata import redis_keys as keys
 from tests.support.pusher import OCI_MANIFEST, PushError, digest, push_blob, push_image, random_layers
 from tests.support.s3 import S3Server
@@ -105,11 +105,12 @@ def test_collects_what_deleted_manifests_left(start_stack: Callable[..., Running
     assert _gc(stack, "--grace", "0")["blobs_deleted"] == 0
 
 
-def test_writes_get_503_while_maintenance_is_on(start_stack: Callable[..., RunningStack]) -> None:
+def test_writes_get_503_while_an_operator_holds_maintenance(start_stack: Callable[..., RunningStack]) -> None:
+    """The read-only switch stays for operators (a restore, say); garbage collection no longer uses it."""
     stack = start_stack()
     push_image([stack.url], "gc/ro", "v1", random_layers(1, 1024))
     client = redis.Redis.from_url(_redis_url(stack))
-    client.set("wharf:maintenance", json.dumps({"gc": "test"}), px=60_000)
+    client.set("wharf:maintenance", json.dumps({"by": "test"}), px=60_000)
     try:
         with pytest.raises(PushError) as refused:
             push_image([stack.url], "gc/ro", "v2", random_layers(1, 1024))
@@ -117,42 +118,68 @@ def test_writes_get_503_while_maintenance_is_on(start_stack: Callable[..., Runni
         assert _status(f"{stack.url}/v2/gc/ro/manifests/v1") == 200  # reads go on
         deleted = requests.delete(f"{stack.url}/v2/gc/ro/manifests/v1", timeout=30)
         assert deleted.status_code == 503 and deleted.headers.get("Retry-After")
-        busy = subprocess.run([sys.executable, "-m", "services.gc"], cwd=ROOT, capture_output=True, text=True,
-                              env=dict(os.environ, WHARF_DATA_DIR=str(stack.data_dir),
-                                       WHARF_REDIS_URL=_redis_url(stack)), timeout=60)
-        assert busy.returncode == 2 and "maintenance" in busy.stderr
     finally:
         client.delete("wharf:maintenance")
     push_image([stack.url], "gc/ro", "v2", random_layers(1, 1024))
 
 
-def test_a_run_stops_when_its_maintenance_key_is_lost(redis_client: redis.Redis, tmp_path: pathlib.Path) -> None:
-    """A run that outlives its key (or whose key someone removed) must not delete on without it."""
+def test_one_collection_at_a_time(start_stack: Callable[..., RunningStack]) -> None:
+    stack = start_stack()
+    client = redis.Redis.from_url(_redis_url(stack))
+    client.set(keys.GC_LOCK, json.dumps({"gc": "another"}), px=60_000)
+    try:
+        busy = subprocess.run([sys.executable, "-m", "services.gc"], cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, WHARF_DATA_DIR=str(stack.data_dir),
+                                       WHARF_REDIS_URL=_redis_url(stack)), timeout=60)
+        assert busy.returncode == 2 and "another garbage collection" in busy.stderr
+    finally:
+        client.delete(keys.GC_LOCK)
+
+
+class _NoMetadata:
+    def collect(self, repository: str, grace_ms: int, delete_untagged: bool, dry_run: bool) -> tuple[list[str],
+                                                                                                      list[str]]:
+        return [], []
+
+    def begin_delete(self, digest: str) -> tuple[str, str]:
+        return "", "linked"
+
+    def end_delete(self, digest: str, fence: str) -> None:
+        return None
+
+
+def _collector(redis_client: redis.Redis, tmp_path: pathlib.Path) -> Collector:
+    return Collector(redis_client, FilesystemDriver(tmp_path / "blobs"), _NoMetadata(), lambda digest: False,
+                     grace=0, lock_ttl=0.3)
+
+
+def test_a_run_stops_when_its_lock_is_lost(redis_client: redis.Redis, tmp_path: pathlib.Path) -> None:
+    """A run that outlives its lock (or whose lock someone removed) must not go on without it."""
     redis_client.zadd(keys.CATALOG, {"lost/repo": 0})
-    collector = Collector(redis_client, FilesystemDriver(tmp_path / "blobs"), grace=0, maintenance_ttl=0.3)
+    collector = _collector(redis_client, tmp_path)
     collector._renewed = 0.0  # as if the last renewal were long ago
-    redis_client.delete(keys.MAINTENANCE)
+    redis_client.delete(keys.GC_LOCK)
     collector._held = json.dumps({"gc": "mine"})
-    with pytest.raises(MaintenanceLost):
+    with pytest.raises(LockLost):
         collector._collect()
-    redis_client.set(keys.MAINTENANCE, json.dumps({"gc": "mine"}))
+    redis_client.set(keys.GC_LOCK, json.dumps({"gc": "mine"}))
     collector._renewed = 0.0
     collector._collect()  # ours again: renewed, and the run goes through
-    assert 0 < redis_client.pttl(keys.MAINTENANCE) <= 300
+    assert 0 < redis_client.pttl(keys.GC_LOCK) <= 300
 
 
-def test_a_run_never_renews_or_ends_another_runs_key(redis_client: redis.Redis, tmp_path: pathlib.Path) -> None:
+def test_a_run_never_renews_or_ends_another_runs_lock(redis_client: redis.Redis, tmp_path: pathlib.Path) -> None:
     """Renewal and release compare the holder in the same step as they act (a Lua script): a run whose
-    key expired and was taken by another run neither extends nor deletes the other run's key. With a
-    GET followed by PEXPIRE/DEL, the key could change hands between the two calls."""
-    collector = Collector(redis_client, FilesystemDriver(tmp_path / "blobs"), grace=0, maintenance_ttl=0.3)
+    lock expired and was taken by another run neither extends nor deletes the other run's lock. With a
+    GET followed by PEXPIRE/DEL, the lock could change hands between the two calls."""
+    collector = _collector(redis_client, tmp_path)
     other = json.dumps({"gc": "another run", "since": 1})
     # The other run's value contains this run's token as a substring: an `in` check would match it.
     collector._held = json.dumps({"gc": "another run"})[:-2]
-    redis_client.set(keys.MAINTENANCE, other, px=60_000)
+    redis_client.set(keys.GC_LOCK, other, px=60_000)
     collector._renewed = 0.0
-    with pytest.raises(MaintenanceLost):
-        collector._hold_maintenance()
-    assert redis_client.pttl(keys.MAINTENANCE) > 300
-    collector._release(keys=[keys.MAINTENANCE], args=[collector._held])
-    assert redis_client.get(keys.MAINTENANCE) == other.encode()
+    with pytest.raises(LockLost):
+        collector._hold_lock()
+    assert redis_client.pttl(keys.GC_LOCK) > 300
+    collector._release(keys=[keys.GC_LOCK], args=[collector._held])
+    assert redis_client.get(keys.GC_LOCK) == other.encode()

@@ -93,9 +93,9 @@ def _link_mountable(ctx: Context, name: str, missing: list[str]) -> bool:
     sizes = [mountable_size(ctx, digest) for digest in missing]
     if any(size is None for size in sizes):
         return False
-    for digest, size in zip(missing, sizes, strict=True):
-        ctx.clients.metadata.link_blob(name, digest, int(size or 0))
-    return True
+    # Each link is made only if some repository still links the blob when it is written.
+    return all(ctx.clients.metadata.link_blob(name, digest, int(size or 0), source="*")
+               for digest, size in zip(missing, sizes, strict=True))
 
 
 def put(ctx: Context, name: str, reference: str) -> Response:

@@ -7,6 +7,7 @@ keeps the bytes and the offset, so any gateway can continue any session.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flask import Response, request
@@ -42,15 +43,26 @@ def _session_headers(name: str, status: bpb.UploadStatus) -> dict[str, str]:
             "Docker-Upload-UUID": status.upload_id, "OCI-Chunk-Min-Length": "0"}
 
 
-def _created(ctx: Context, name: str, digest: str, size: int) -> Response:
-    ctx.clients.metadata.link_blob(name, digest, size)
+def _created(name: str, digest: str) -> Response:
     return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
 
 
+def _committed(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.BlobInfo]) -> Response:
+    """Commits an upload in the blob store and links it, holding the blob against garbage collection
+    in between (the metadata service's README, "Online garbage collection")."""
+    pin = ctx.clients.metadata.pin_blob(digest)
+    blob = commit()
+    ctx.clients.metadata.link_blob(name, digest, blob.size, pin=pin)
+    return _created(name, digest)
+
+
 def _try_mount(ctx: Context, name: str, digest: str, source: str | None) -> Response | None:
-    """Links an existing blob into ``name``; None when it cannot be mounted."""
+    """Links an existing blob into ``name``; None when it cannot be mounted. The link is made only
+    if the source still links the blob when it is written (a collection may have unlinked it)."""
     size = mountable_size(ctx, digest, source)
-    return None if size is None else _created(ctx, name, digest, size)
+    if size is None or not ctx.clients.metadata.link_blob(name, digest, size, source=source or "*"):
+        return None
+    return _created(name, digest)
 
 
 def start(ctx: Context, name: str) -> Response:
@@ -62,9 +74,11 @@ def start(ctx: Context, name: str) -> Response:
             return mounted
     elif "digest" in request.args:
         digest = digest_arg()
-        with request_body() as body:
-            blob = ctx.clients.blobs.put(digest, body)
-        return _created(ctx, name, digest, blob.size)
+
+        def put() -> bpb.BlobInfo:
+            with request_body() as body:
+                return ctx.clients.blobs.put(digest, body)
+        return _committed(ctx, name, digest, put)
     status = ctx.clients.blobs.create_upload(name)
     return empty(202, _session_headers(name, status))
 
@@ -111,10 +125,8 @@ def finish(ctx: Context, name: str, upload_id: str) -> Response:
     digest = digest_arg()
     has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
     if has_body:
-        blob = _append(ctx, name, upload_id, commit_digest=digest).blob
-    else:
-        blob = ctx.clients.blobs.commit(name, upload_id, digest)
-    return _created(ctx, name, digest, blob.size)
+        return _committed(ctx, name, digest, lambda: _append(ctx, name, upload_id, commit_digest=digest).blob)
+    return _committed(ctx, name, digest, lambda: ctx.clients.blobs.commit(name, upload_id, digest))
 
 
 def status(ctx: Context, name: str, upload_id: str) -> Response:

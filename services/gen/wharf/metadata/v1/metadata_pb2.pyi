@@ -6,6 +6,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class BlobPin(_message.Message):
+    __slots__ = ("pin",)
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    pin: str
+    def __init__(self, pin: _Optional[str] = ...) -> None: ...
+
+class CollectRequest(_message.Message):
+    __slots__ = ("repository", "grace_ms", "delete_untagged", "dry_run")
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    GRACE_MS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_UNTAGGED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    repository: str
+    grace_ms: int
+    delete_untagged: bool
+    dry_run: bool
+    def __init__(self, repository: _Optional[str] = ..., grace_ms: _Optional[int] = ..., delete_untagged: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class CollectResponse(_message.Message):
+    __slots__ = ("unlinked", "removed_manifests")
+    UNLINKED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    unlinked: _containers.RepeatedScalarFieldContainer[str]
+    removed_manifests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unlinked: _Optional[_Iterable[str]] = ..., removed_manifests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BlobDeleteRequest(_message.Message):
+    __slots__ = ("digest", "fence")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    fence: str
+    def __init__(self, digest: _Optional[str] = ..., fence: _Optional[str] = ...) -> None: ...
+
+class BlobDeleteResponse(_message.Message):
+    __slots__ = ("fence", "refused")
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    fence: str
+    refused: str
+    def __init__(self, fence: _Optional[str] = ..., refused: _Optional[str] = ...) -> None: ...
+
 class WatchRequest(_message.Message):
     __slots__ = ("ping", "ack")
     PING_FIELD_NUMBER: _ClassVar[int]
@@ -27,18 +69,24 @@ class WatchEvent(_message.Message):
     def __init__(self, pong: _Optional[int] = ..., lease_ms: _Optional[int] = ..., seq: _Optional[int] = ..., repositories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LinkBlobRequest(_message.Message):
-    __slots__ = ("repository", "digest", "size")
+    __slots__ = ("repository", "digest", "size", "pin", "source")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
     size: int
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    pin: str
+    source: str
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., pin: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class LinkBlobResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("linked",)
+    LINKED_FIELD_NUMBER: _ClassVar[int]
+    linked: bool
+    def __init__(self, linked: _Optional[bool] = ...) -> None: ...
 
 class BlobRef(_message.Message):
     __slots__ = ("repository", "digest")
@@ -156,22 +204,30 @@ class DeleteTagResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("repository", "last", "limit")
+    __slots__ = ("repository", "last", "limit", "order", "with_details")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    WITH_DETAILS_FIELD_NUMBER: _ClassVar[int]
     repository: str
     last: str
     limit: int
-    def __init__(self, repository: _Optional[str] = ..., last: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    order: str
+    with_details: bool
+    def __init__(self, repository: _Optional[str] = ..., last: _Optional[str] = ..., limit: _Optional[int] = ..., order: _Optional[str] = ..., with_details: _Optional[bool] = ...) -> None: ...
 
 class ListResponse(_message.Message):
-    __slots__ = ("names", "more")
+    __slots__ = ("names", "more", "pushed_at_ms", "digests")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
+    PUSHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     more: bool
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., more: _Optional[bool] = ...) -> None: ...
+    pushed_at_ms: _containers.RepeatedScalarFieldContainer[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., more: _Optional[bool] = ..., pushed_at_ms: _Optional[_Iterable[int]] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListReferrersRequest(_message.Message):
     __slots__ = ("repository", "subject", "artifact_type")

@@ -39,6 +39,11 @@ class MetadataStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.LinkBlobRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.LinkBlobResponse.FromString,
                 _registered_method=True)
+        self.PinBlob = channel.unary_unary(
+                '/wharf.metadata.v1.Metadata/PinBlob',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.FromString,
+                _registered_method=True)
         self.UnlinkBlob = channel.unary_unary(
                 '/wharf.metadata.v1.Metadata/UnlinkBlob',
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.SerializeToString,
@@ -94,6 +99,21 @@ class MetadataStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.CollectRepository = channel.unary_unary(
+                '/wharf.metadata.v1.Metadata/CollectRepository',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.CollectRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.CollectResponse.FromString,
+                _registered_method=True)
+        self.BeginBlobDelete = channel.unary_unary(
+                '/wharf.metadata.v1.Metadata/BeginBlobDelete',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.FromString,
+                _registered_method=True)
+        self.EndBlobDelete = channel.unary_unary(
+                '/wharf.metadata.v1.Metadata/EndBlobDelete',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -101,6 +121,14 @@ class MetadataServicer:
 
     def LinkBlob(self, request, context):
         """Records that a repository may serve a blob (after an upload or a mount).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinBlob(self, request, context):
+        """Holds a blob against garbage collection from before an upload's commit in the blob store
+        until its LinkBlob (which names the pin). Waits while the collector deletes the blob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +213,28 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CollectRepository(self, request, context):
+        """Garbage collection (wharf-gc), every candidate re-checked atomically (README, "Online
+        garbage collection"): removes what no manifest of the repository needs, and announces it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginBlobDelete(self, request, context):
+        """The fence under which the collector deletes a blob's bytes: granted only while no
+        repository links the blob and no upload pins it. End it once the blob store deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndBlobDelete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +242,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.LinkBlob,
                     request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.LinkBlobRequest.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.LinkBlobResponse.SerializeToString,
+            ),
+            'PinBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinBlob,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.SerializeToString,
             ),
             'UnlinkBlob': grpc.unary_unary_rpc_method_handler(
                     servicer.UnlinkBlob,
@@ -248,6 +303,21 @@ def add_MetadataServicer_to_server(servicer, server):
                     request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchRequest.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchEvent.SerializeToString,
             ),
+            'CollectRepository': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectRepository,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.CollectRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.CollectResponse.SerializeToString,
+            ),
+            'BeginBlobDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginBlobDelete,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.SerializeToString,
+            ),
+            'EndBlobDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndBlobDelete,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'wharf.metadata.v1.Metadata', rpc_method_handlers)
@@ -276,6 +346,33 @@ class Metadata:
             '/wharf.metadata.v1.Metadata/LinkBlob',
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.LinkBlobRequest.SerializeToString,
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.LinkBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.metadata.v1.Metadata/PinBlob',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.FromString,
             options,
             channel_credentials,
             insecure,
@@ -573,6 +670,87 @@ class Metadata:
             '/wharf.metadata.v1.Metadata/WatchManifests',
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchRequest.SerializeToString,
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectRepository(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.metadata.v1.Metadata/CollectRepository',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.CollectRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.CollectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginBlobDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.metadata.v1.Metadata/BeginBlobDelete',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndBlobDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.metadata.v1.Metadata/EndBlobDelete',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
