@@ -23,6 +23,8 @@ import yaml
 from services.api.settings import GatewaySettings
 from services.auth.settings import AuthSettings
 from services.blobstore.settings import BlobStoreSettings
+from services.common.settings import load, variables
+from services.gc.settings import GcSettings
 from services.metadata.settings import MetadataSettings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -41,6 +43,39 @@ SETTINGS: dict[str, type] = {
 }
 
 
+# wharf-gc loads three settings objects from one environment: its own, the metadata service's
+# (Redis) and the blob store's (the bucket).
+GC_SETTINGS: tuple[type, ...] = (GcSettings, MetadataSettings, BlobStoreSettings)
+
+
+def gc_variables() -> set[str]:
+    """Every variable wharf-gc reads."""
+    return set().union(*(variables(cls) for cls in GC_SETTINGS))
+
+
+def load_gc(environ: Mapping[str, str]) -> None:
+    """Loads each settings object wharf-gc loads: SettingsError when a value does not parse."""
+    for cls in GC_SETTINGS:
+        load(cls, environ)
+
+
+_SIZE = re.compile(r"^(?P<number>\d+)(?P<unit>[a-zA-Z]*)$")
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def size_bytes(value: str) -> int:
+    """A memory size as Redis (256mb, 1gb), compose (512M) or Kubernetes (512Mi) write it.
+
+    Redis reads k/m/g as powers of 1000 and kb/mb/gb as powers of 1024; compose's K/M/G and
+    Kubernetes' Ki/Mi/Gi are powers of 1024 (Kubernetes' plain K/M/G are not used here)."""
+    match = _SIZE.match(value.strip())
+    assert match, f"not a memory size: {value!r}"
+    unit = match.group("unit")
+    factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(unit) or _UNITS[unit.lower()]
+    return int(match.group("number")) * factor
+
+
 def console_scripts() -> dict[str, str]:
     """pyproject's [project.scripts]: program name -> "module:function"."""
     return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
@@ -52,6 +87,14 @@ def program_argv(program: str, *args: str) -> list[str]:
 
     module, function = console_scripts()[program].split(":")
     return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())", *args]
+
+
+@functools.cache
+def program_options(program: str) -> frozenset[str]:
+    """The long options a console script's --help lists."""
+    usage = subprocess.run(program_argv(program, "--help"), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0, usage.stderr
+    return frozenset(re.findall(r"--[a-z][a-z-]*", usage.stdout))
 
 
 # --- compose ------------------------------------------------------------------------------
@@ -230,6 +273,15 @@ def render(kustomize: str, overlay: str) -> list[dict[str, Any]]:
                             timeout=120)
     assert result.returncode == 0, f"kustomize build overlays/{overlay} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def pod_template(o: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The pod template of a workload (Deployment, StatefulSet, CronJob), None for any other object."""
+    if o["kind"] in ("Deployment", "StatefulSet"):
+        return dict(o["spec"]["template"])
+    if o["kind"] == "CronJob":
+        return dict(o["spec"]["jobTemplate"]["spec"]["template"])
+    return None
 
 
 # Kubernetes versions the manifests and the chart are validated against (oldest supported, newest).

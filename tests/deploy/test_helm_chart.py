@@ -1,6 +1,7 @@
 """deploy/helm/wharf: `helm lint`, and `helm template` with the default and the production values,
 every object valid against the Kubernetes schemas, every container given only settings its
-service declares, pods unprivileged with limits, and the choices the values make."""
+service declares, pods unprivileged with limits, the choices the values make, and the garbage
+collection CronJob with the network paths it needs and no others."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from services.auth.settings import AuthSettings
 from services.blobstore.settings import BlobStoreSettings
 from services.common.settings import load, variables
 from services.metadata.settings import MetadataSettings
-from tests.deploy.deployfiles import KUBERNETES_VERSIONS, schema_errors
+from tests.deploy.deployfiles import (
+    KUBERNETES_VERSIONS,
+    gc_variables,
+    load_gc,
+    pod_template,
+    program_options,
+    schema_errors,
+)
+from tests.deploy.networkpolicy import Endpoint, reachable
 from tests.support.tools import require_tool
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -31,9 +40,13 @@ def helm() -> str:
     return require_tool("helm", f"go install {HELM_MODULE}")
 
 
+def template(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm(), "template", "wharf", str(CHART), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
 def render(*args: str) -> list[dict[str, Any]]:
-    result = subprocess.run([helm(), "template", "wharf", str(CHART), *args], capture_output=True, text=True,
-                            timeout=120)
+    result = template(*args)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -73,15 +86,20 @@ def test_each_service_gets_only_its_own_settings_and_they_load(objects: list[dic
 
 
 def test_pods_run_unprivileged_with_limits_and_health_probes(objects: list[dict[str, Any]]) -> None:
-    for name, deployment in of_kind(objects, "Deployment").items():
-        pod = deployment["spec"]["template"]["spec"]
+    workloads = {o["metadata"]["name"]: (o["kind"], template["spec"])
+                 for o in objects if (template := pod_template(o)) is not None}
+    assert {kind for kind, _ in workloads.values()} == {"Deployment", "CronJob"}
+    for name, (kind, pod) in workloads.items():
         assert pod["securityContext"]["runAsNonRoot"] and not pod["automountServiceAccountToken"]
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in pod["containers"] + pod.get("initContainers", []):
             assert container["securityContext"]["readOnlyRootFilesystem"], name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
             assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
-        [container] = pod["containers"]
-        assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container), name
+        if kind == "Deployment":  # a job serves nothing to probe
+            [container] = pod["containers"]
+            assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container), name
 
 
 def test_values_choose_replicas_secrets_and_the_ingress() -> None:
@@ -104,3 +122,102 @@ def test_values_choose_replicas_secrets_and_the_ingress() -> None:
     no_auth = render("--set", "auth.enabled=false")
     assert "wharf-auth" not in of_kind(no_auth, "Deployment")
     assert of_kind(no_auth, "ConfigMap")["wharf-gateway"]["data"]["WHARF_AUTH"] == "none"
+
+
+# --- garbage collection -----------------------------------------------------------------------
+
+def gc_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(of_kind(objects, "CronJob")["wharf-gc"]["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+
+
+def container_env(objects: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """A container's variables: its ConfigMaps in order, then its env (Secret values as placeholders)."""
+    maps = of_kind(objects, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]]["data"])
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", "redis://r:6379/0" if "REDIS" in item["name"] else "x")
+    return env
+
+
+def test_garbage_collection_is_a_cronjob_with_the_services_settings(objects: list[dict[str, Any]]) -> None:
+    [cronjob] = of_kind(objects, "CronJob").values()
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid" and spec["startingDeadlineSeconds"] > 0
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert 0 < job["activeDeadlineSeconds"] < 86400 and job["template"]["spec"]["restartPolicy"] == "Never"
+    pod = gc_pod(objects)
+    [container] = pod["containers"]
+    [metadata] = of_kind(objects, "Deployment")["wharf-metadata"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == metadata["image"] and container["command"] == ["wharf-gc"]
+    assert container["args"] == ["--grace", "3600"]
+    env = container_env(objects, container)
+    assert set(env) <= gc_variables(), sorted(set(env) - gc_variables())
+    load_gc(env)
+    # The blob store's bucket, the metadata service's Redis, the services' addresses.
+    blobstore = of_kind(objects, "ConfigMap")["wharf-blobstore"]["data"]
+    assert {k: v for k, v in blobstore.items() if k.startswith("WHARF_S3_")}.items() <= env.items()
+    redis = [e for e in [*metadata["env"], *container["env"]] if e["name"] == "WHARF_REDIS_URL"]
+    assert len(redis) == 2 and redis[0] == redis[1], redis
+    gateway = of_kind(objects, "ConfigMap")["wharf-gateway"]["data"]
+    assert env["WHARF_BLOBSTORE_ADDR"] == gateway["WHARF_BLOBSTORE_ADDR"] == "dns:///wharf-blobstore:50051"
+    assert env["WHARF_METADATA_ADDR"] == gateway["WHARF_METADATA_ADDR"] == "dns:///wharf-metadata:50052"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for key in ("WHARF_INTERNAL_TOKEN_FILE", "WHARF_S3_SECRET_KEY_FILE"):
+        directory, _, name = env[key].rpartition("/")
+        [volume] = [v for v in pod["volumes"] if v["name"] == mounts[directory]]
+        assert name in {i["path"] for i in volume["secret"]["items"]}, (key, volume)
+
+
+def test_gc_values_choose_the_schedule_and_the_options() -> None:
+    values = ["--set", "gc.schedule=0 */6 * * *", "--set", "gc.grace=7200", "--set", "gc.deleteUntagged=true",
+              "--set", "gc.extraArgs={--dry-run}", "--set", "gc.env.WHARF_LOG_LEVEL=debug"]
+    objects = render(*values)
+    [cronjob] = of_kind(objects, "CronJob").values()
+    assert cronjob["spec"]["schedule"] == "0 */6 * * *"
+    [container] = gc_pod(objects)["containers"]
+    assert container["args"] == ["--grace", "7200", "--delete-untagged", "--dry-run"]
+    assert of_kind(objects, "ConfigMap")["wharf-gc"]["data"]["WHARF_LOG_LEVEL"] == "debug"
+    # Whole seconds from a values file stay an integer (YAML numbers reach templates as floats).
+    big = render("--set-json", "gc.grace=2592000")
+    assert gc_pod(big)["containers"][0]["args"] == ["--grace", "2592000"]
+    # Options the shipped values pass are ones wharf-gc has (--delete-untagged is on its way: issue 15).
+    assert {a for a in container["args"] if a.startswith("--")} - {"--delete-untagged"} <= program_options("wharf-gc")
+    # A duration is refused, not passed on for wharf-gc to fail on every night.
+    refused = template("--set", "gc.grace=1h")
+    assert refused.returncode != 0 and "gc.grace must be a number of seconds" in refused.stderr
+    off = render("--set", "gc.enabled=false")
+    assert not of_kind(off, "CronJob") and "wharf-gc" not in of_kind(off, "ConfigMap")
+    assert "wharf-gc" not in of_kind(off, "NetworkPolicy")
+    for name in ("wharf-blobstore", "wharf-metadata"):
+        peers = of_kind(off, "NetworkPolicy")[name]["spec"]["ingress"][0]["from"]
+        assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == ["gateway"]
+
+
+def test_network_policies_let_the_collector_reach_exactly_what_it_needs(objects: list[dict[str, Any]]) -> None:
+    namespace = "wharf"
+    policies = [{**p, "metadata": {**p["metadata"], "namespace": namespace}}
+                for p in of_kind(objects, "NetworkPolicy").values()]
+    pods = {template["metadata"]["labels"]["app.kubernetes.io/component"]:
+            Endpoint(o["metadata"]["name"], namespace, template["metadata"]["labels"])
+            for o in objects if (template := pod_template(o)) is not None}
+    gc = pods["gc"]
+    redis, s3 = Endpoint("redis", "", ip="10.20.0.5"), Endpoint("s3", "", ip="52.216.0.1")
+    dns = Endpoint("coredns", "kube-system", {"k8s-app": "kube-dns"})
+    prometheus = Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    controller = Endpoint("ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+    callers = {"blobstore": {"gateway", "gc"}, "metadata": {"gateway", "gc"}, "auth": {"gateway"}}
+    for service, port in (("blobstore", 50051), ("metadata", 50052), ("auth", 50053)):
+        for source, endpoint in pods.items():
+            assert reachable(policies, endpoint, pods[service], port) == (source in callers[service]), \
+                f"{source} -> {service}"
+    for target, port in ((redis, 6379), (s3, 443), (dns, 53)):
+        assert reachable(policies, gc, target, port), f"gc -> {target.name}"
+    assert not reachable(policies, gc, pods["gateway"], 5000)
+    assert not reachable(policies, gc, Endpoint("internet", "", ip="93.184.216.34"), 80)
+    assert reachable(policies, prometheus, pods["metadata"], 9101)
+    for source in [*pods.values(), controller, prometheus]:
+        for port in (5000, 50051, 50052, 50053, 9100, 9101, 9102, 9103):
+            assert not reachable(policies, source, gc, port), f"{source.name} -> gc:{port}"

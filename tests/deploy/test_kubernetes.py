@@ -1,13 +1,13 @@
 """deploy/k8s: every overlay renders with kustomize and validates, offline, against the schemas
 of pinned Kubernetes versions (PyPI kubernetes-validate ships them); the rendered objects
 say what the code needs (settings, ports, probes) and what the issue asks (non-root pods,
-limits, autoscaling, disruption budgets, network isolation, Ingress for large uploads).
+limits, autoscaling, disruption budgets, network isolation, Ingress for large uploads,
+garbage collection on a schedule, a Redis that refuses writes rather than evict).
 """
 
 from __future__ import annotations
 
 import copy
-import ipaddress
 import pathlib
 import subprocess
 from collections.abc import Iterator
@@ -17,12 +17,25 @@ import kubernetes_validate
 import pytest
 
 from services.common.settings import load, variables
-from tests.deploy.deployfiles import KUBERNETES_VERSIONS, OVERLAYS, SETTINGS, listen_ports, render, schema_errors
+from tests.deploy.deployfiles import (
+    KUBERNETES_VERSIONS,
+    OVERLAYS,
+    SETTINGS,
+    gc_variables,
+    listen_ports,
+    load_gc,
+    pod_template,
+    program_options,
+    render,
+    schema_errors,
+    size_bytes,
+)
+from tests.deploy.networkpolicy import Endpoint, reachable
+from tests.deploy.rehearse import fill_redis
 from tests.support.tools import require_tool
 
 # The oldest Kubernetes the manifests support, and the newest schemas kubernetes-validate has.
 SERVICES = ("gateway", "blobstore", "metadata", "auth")
-WORKLOADS = ("Deployment", "StatefulSet")
 # Secrets created outside kustomize (deploy/k8s/README.md, "Secrets"), key names included.
 SECRETS = {"wharf-redis": {"url"}, "wharf-s3": {"access-key", "secret-key"}, "wharf-admin": {"password"},
            "wharf-auth-keys": set()}
@@ -48,8 +61,8 @@ def wharf_deployment(objects: list[dict[str, Any]], component: str) -> dict[str,
 
 def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     for o in objects:
-        if o["kind"] in WORKLOADS:
-            yield o["metadata"]["name"], o["spec"]["template"]["spec"]
+        if (template := pod_template(o)) is not None:
+            yield o["metadata"]["name"], template["spec"]
 
 
 def container_env(objects: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
@@ -141,8 +154,8 @@ def test_grpc_services_are_headless_and_the_gateway_balances_over_them(objects: 
         assert env[key] == f"dns:///wharf-{component}:{port['port']}"
     for service in services.values():
         selector = service["spec"]["selector"]
-        matching = [o for o in objects if o["kind"] in WORKLOADS
-                    and selector.items() <= o["spec"]["template"]["metadata"]["labels"].items()]
+        matching = [o for o in objects if (template := pod_template(o)) is not None
+                    and selector.items() <= template["metadata"]["labels"].items()]
         assert len(matching) == 1, f"Service {service['metadata']['name']} selects {len(matching)} workloads"
 
 
@@ -190,87 +203,122 @@ def test_overlays_differ_in_where_redis_and_s3_live(kustomize: str) -> None:
         assert of_kind(production, "Deployment")[name]["spec"]["replicas"] >= 3
 
 
+# --- garbage collection -----------------------------------------------------------------------
+
+def gc_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    [container] = of_kind(objects, "CronJob")["wharf-gc"]["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"]
+    return dict(container)
+
+
+def test_garbage_collection_runs_daily_and_one_run_at_a_time(objects: list[dict[str, Any]]) -> None:
+    [cronjob] = of_kind(objects, "CronJob").values()
+    spec = cronjob["spec"]
+    minute, hour, *every_day = spec["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and every_day == ["*", "*", "*"], f"not daily: {spec['schedule']}"
+    assert not spec.get("suspend")
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["startingDeadlineSeconds"] < 86400
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert 0 < job["activeDeadlineSeconds"] < 86400, "a stuck run must end before the next one is due"
+    assert job["backoffLimit"] >= 1 and job["template"]["spec"]["restartPolicy"] == "Never"
+    container = gc_container(objects)
+    assert container["command"] == ["wharf-gc"]
+    # The image every service runs, with the overlay's registry and tag.
+    [metadata] = wharf_deployment(objects, "metadata")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == metadata["image"]
+    # Only options wharf-gc has; blobs younger than an hour (wharf-gc's default) are never collected.
+    options = {a for a in container["args"] if a.startswith("--")}
+    assert options <= program_options("wharf-gc"), options
+    assert float(container["args"][container["args"].index("--grace") + 1]) >= 3600
+
+
+def test_the_garbage_collector_gets_the_settings_of_the_services_it_works_behind(
+        objects: list[dict[str, Any]]) -> None:
+    container = gc_container(objects)
+    env = container_env(objects, container)
+    unknown = sorted(set(env) - gc_variables())
+    assert not unknown, f"wharf-gc gets variables it does not read: {unknown}"
+    load_gc({k: ("redis://placeholder:6379/0" if v == "secret:url" else v) for k, v in env.items()})
+    # The same bucket as the blob store and the same Redis as the metadata service.
+    [blobstore] = wharf_deployment(objects, "blobstore")["spec"]["template"]["spec"]["containers"]
+    storage = {k: v for k, v in container_env(objects, blobstore).items()
+               if k == "WHARF_STORAGE" or k.startswith("WHARF_S3_")}
+    assert storage["WHARF_STORAGE"] == "s3" and storage.items() <= env.items()
+    [metadata] = wharf_deployment(objects, "metadata")["spec"]["template"]["spec"]["containers"]
+    redis_url = [e for e in [*metadata["env"], *container["env"]] if e["name"] == "WHARF_REDIS_URL"]
+    assert len(redis_url) == 2 and redis_url[0] == redis_url[1], redis_url
+    for item in container["env"]:
+        ref = item["valueFrom"]["secretKeyRef"]
+        base = ref["name"] if ref["name"] in SECRETS else ref["name"].rsplit("-", 1)[0]
+        assert ref["key"] in SECRETS[base], f"gc: Secret {ref['name']} has no documented key {ref['key']}"
+    # The services it deletes through, at the addresses the gateway uses (headless Services).
+    [gateway] = wharf_deployment(objects, "gateway")["spec"]["template"]["spec"]["containers"]
+    for key in ("WHARF_BLOBSTORE_ADDR", "WHARF_METADATA_ADDR"):
+        assert env[key] == container_env(objects, gateway)[key], key
+    # Every file it reads is a key of a Secret mounted read-only where the variable says.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in of_kind(objects, "CronJob")["wharf-gc"]["spec"]["jobTemplate"]["spec"][
+        "template"]["spec"]["volumes"]}
+    for key in ("WHARF_INTERNAL_TOKEN_FILE", "WHARF_S3_SECRET_KEY_FILE"):
+        directory, _, name = env[key].rpartition("/")
+        assert directory in mounts and mounts[directory]["readOnly"], f"{key}={env[key]} is in no read-only mount"
+        secret = volumes[mounts[directory]["name"]]["secret"]
+        assert name in {item["path"] for item in secret["items"]}, f"{key}: no {name} in {secret}"
+
+
+def test_the_dev_redis_refuses_writes_rather_than_evict(kustomize: str, tmp_path: pathlib.Path) -> None:
+    [redis] = of_kind(render(kustomize, "dev"), "StatefulSet")["wharf-redis"]["spec"]["template"]["spec"][
+        "containers"]
+    options = dict(zip(redis["args"][::2], redis["args"][1::2], strict=True))
+    assert options["--maxmemory-policy"] == "noeviction"
+    # The ceiling leaves half the container's memory to the AOF rewrite's fork and the clients.
+    limit = size_bytes(redis["resources"]["limits"]["memory"])
+    assert 0 < size_bytes(options["--maxmemory"]) <= limit // 2, (options["--maxmemory"], limit)
+    filled = fill_redis(redis["args"], tmp_path)
+    assert filled.policy == "noeviction" and filled.refusal.startswith("OutOfMemoryError"), filled
+    assert filled.kept == filled.written, "Redis evicted keys"
+
+
 # --- NetworkPolicy: who may talk to whom ------------------------------------------------------
-
-def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
-    if selector is None:
-        return False
-    assert set(selector) <= {"matchLabels", "matchExpressions"}, f"unexpected selector {selector}"
-    if not (selector.get("matchLabels") or {}).items() <= labels.items():
-        return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
-        present = key in labels
-        if not {"In": present and labels.get(key) in values, "NotIn": labels.get(key) not in values,
-                "Exists": present, "DoesNotExist": not present}[operator]:
-            return False
-    return True
-
-
-class Endpoint:
-    def __init__(self, name: str, namespace: str, labels: dict[str, str] | None = None, ip: str = "") -> None:
-        self.name, self.namespace, self.labels, self.ip = name, namespace, labels or {}, ip
-
-
-def _peer_matches(peer: dict[str, Any], other: Endpoint, namespace: str) -> bool:
-    if "ipBlock" in peer:
-        if not other.ip:
-            return False
-        address = ipaddress.ip_address(other.ip)
-        block = peer["ipBlock"]
-        return address in ipaddress.ip_network(block["cidr"]) and not any(
-            address in ipaddress.ip_network(e) for e in block.get("except", []))
-    if other.ip:
-        return False
-    if "namespaceSelector" in peer:
-        namespace_labels = {"kubernetes.io/metadata.name": other.namespace}
-        if not _selects(peer["namespaceSelector"], namespace_labels):
-            return False
-    elif other.namespace != namespace:
-        return False
-    return "podSelector" not in peer or _selects(peer["podSelector"], other.labels)
-
-
-def _allowed(policies: list[dict[str, Any]], pod: Endpoint, other: Endpoint, port: int, direction: str) -> bool:
-    """Whether the policies let ``pod`` send (Egress) to or receive (Ingress) from ``other`` on ``port``."""
-    relevant = [p for p in policies if p["metadata"]["namespace"] == pod.namespace
-                and direction in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], pod.labels)]
-    if not relevant:
-        return True
-    field, peers = ("egress", "to") if direction == "Egress" else ("ingress", "from")
-    for policy in relevant:
-        for rule in policy["spec"].get(field, []):
-            if any(_peer_matches(peer, other, pod.namespace) for peer in rule.get(peers, [{}])) and (
-                    "ports" not in rule or any(p["port"] == port for p in rule["ports"])):
-                return True
-    return False
-
-
-def reachable(policies: list[dict[str, Any]], source: Endpoint, target: Endpoint, port: int) -> bool:
-    egress = _allowed(policies, source, target, port, "Egress") if not source.ip else True
-    ingress = _allowed(policies, target, source, port, "Ingress") if not target.ip else True
-    return egress and ingress
-
 
 def test_network_policies_isolate_the_services(objects: list[dict[str, Any]]) -> None:
     check_isolation(objects, list(of_kind(objects, "NetworkPolicy").values()))
 
 
-def test_the_isolation_check_notices_a_missing_policy(objects: list[dict[str, Any]]) -> None:
-    for missing in ("wharf-gateway", "wharf-blobstore", "wharf-redis-clients", "wharf-s3-clients"):
+def test_the_isolation_check_notices_a_missing_or_widened_policy(objects: list[dict[str, Any]]) -> None:
+    for missing in ("wharf-gateway", "wharf-blobstore", "wharf-metadata", "wharf-gc", "wharf-redis-clients",
+                    "wharf-s3-clients"):
         policies = [p for p in of_kind(objects, "NetworkPolicy").values() if p["metadata"]["name"] != missing]
         with pytest.raises(AssertionError):
             check_isolation(objects, policies)
+    # The collector allowed to go anywhere, or open to anyone: both caught.
+    for field in ("egress", "ingress"):
+        widened = copy.deepcopy(list(of_kind(objects, "NetworkPolicy").values()))
+        next(p for p in widened if p["metadata"]["name"] == "wharf-gc")["spec"][field] = [{}]
+        with pytest.raises(AssertionError):
+            check_isolation(objects, widened)
+
+
+# Who may call whom: the gateway every gRPC service, the garbage collector the two it deletes
+# through; metadata, auth and the collector reach Redis; the blob store and the collector S3.
+CALLERS = {"blobstore": {"gateway", "gc"}, "metadata": {"gateway", "gc"}, "auth": {"gateway"}}
+REDIS_CLIENTS = {"metadata", "auth", "gc"}
+S3_CLIENTS = {"blobstore", "gc"}
+METRICS_PORTS = {"gateway": 9100, "metadata": 9101, "blobstore": 9102, "auth": 9103}
 
 
 def check_isolation(objects: list[dict[str, Any]], policies: list[dict[str, Any]]) -> None:
     namespace = policies[0]["metadata"]["namespace"]
-    pods = {name.removeprefix("wharf-"): Endpoint(name, namespace, o["spec"]["template"]["metadata"]["labels"])
-            for name, o in {**of_kind(objects, "Deployment"), **of_kind(objects, "StatefulSet")}.items()}
+    pods = {o["metadata"]["name"].removeprefix("wharf-"): Endpoint(o["metadata"]["name"], namespace,
+                                                                   template["metadata"]["labels"])
+            for o in objects if (template := pod_template(o)) is not None}
     in_cluster = "redis" in pods
     redis = (pods["redis"], 6379) if in_cluster else (Endpoint("redis", "", ip="10.20.0.5"), 6379)
     s3 = (pods["minio"], 9000) if in_cluster else (Endpoint("s3", "", ip="52.216.0.1"), 443)
     controller = Endpoint("ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+    prometheus = Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
     dns = Endpoint("coredns", "kube-system", {"k8s-app": "kube-dns"})
     ports = {"blobstore": 50051, "metadata": 50052, "auth": 50053}
 
@@ -278,13 +326,20 @@ def check_isolation(objects: list[dict[str, Any]], policies: list[dict[str, Any]
     for service, port in ports.items():
         assert not reachable(policies, controller, pods[service], port), f"the Ingress controller reaches {service}"
         for source in pods:
-            expected = source == "gateway"
+            expected = source in CALLERS[service]
             assert reachable(policies, pods[source], pods[service], port) == expected, f"{source} -> {service}"
+    for service, port in METRICS_PORTS.items():
+        assert reachable(policies, prometheus, pods[service], port), f"Prometheus cannot scrape {service}"
     for source, endpoint in pods.items():
         assert reachable(policies, endpoint, dns, 53), f"{source} cannot resolve names"
-        assert reachable(policies, endpoint, *redis) == (source in {"metadata", "auth"}), f"{source} -> Redis"
-        assert reachable(policies, endpoint, *s3) == (source == "blobstore"), f"{source} -> S3"
+        assert reachable(policies, endpoint, *redis) == (source in REDIS_CLIENTS), f"{source} -> Redis"
+        assert reachable(policies, endpoint, *s3) == (source in S3_CLIENTS), f"{source} -> S3"
         assert not reachable(policies, endpoint, Endpoint("internet", "", ip="93.184.216.34"), 80), source
+    # The collector serves nothing: nothing reaches it, on any port a Wharf process listens on.
+    for source in [*pods.values(), controller, prometheus]:
+        for port in (5000, *ports.values(), *METRICS_PORTS.values()):
+            assert not reachable(policies, source, pods["gc"], port), f"{source.name} -> gc:{port}"
+    assert not reachable(policies, pods["gc"], pods["gateway"], 5000), "gc -> gateway"
 
 
 def test_auth_pods_start_only_with_the_shared_signing_keys(objects: list[dict[str, Any]],

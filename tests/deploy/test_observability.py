@@ -218,7 +218,9 @@ def test_the_observability_profile_is_optional_and_local() -> None:
         assert services[name]["profiles"] == ["observability"], name
         for port in services[name]["ports"]:
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
-    assert not [n for n, s in services.items() if n not in ("prometheus", "grafana") and s.get("profiles")]
+    # Only these two; the gc profile is test_compose.py's.
+    assert {n for n, s in services.items() if s.get("profiles")} == {"prometheus", "grafana", "gc"}
+    assert {n for n, s in services.items() if "observability" in s.get("profiles", [])} == {"prometheus", "grafana"}
 
 
 # --- Kubernetes: the Helm chart and the production overlay ------------------------------------

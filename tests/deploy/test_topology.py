@@ -5,7 +5,9 @@ server (MinIO, which compose runs too), three blob store replicas behind the gat
 dns:/// target, token auth. A user is created with wharf-admin the way deploy/README.md
 does it; skopeo logs in, pushes a multi-platform image and pulls it back byte for byte.
 Every blob store replica must have served part of that: an upload session opened on one
-replica continues on another only because they share the bucket.
+replica continues on another only because they share the bucket. Then the gc profile's loop
+runs a turn: the real wharf-gc, with the gc service's settings, collects while the stack runs,
+and the image still pulls.
 """
 
 from __future__ import annotations
@@ -112,3 +114,11 @@ def test_compose_topology_serves_skopeo_with_token_auth(topology: Topology, mini
     aof = [*redis_volume.glob("appendonlydir/*.aof"), *redis_volume.glob("appendonly.aof")]
     assert any(f.stat().st_size > 0 for f in aof), "Redis wrote no AOF into its volume"
     assert any(topology.volumes["auth-keys"].glob("key-*.pem")), "the auth service created no signing key"
+
+    # The gc profile (compose.yaml): one turn of its loop, wharf-gc against this running stack.
+    turn = topology.run_loop_once("gc")
+    assert turn.returncode == 0 and turn.slept == ["24h"], turn.stderr
+    assert not turn.container_path("/tmp/wharf-gc.failed").exists(), f"wharf-gc failed:\n{turn.stderr}"
+    assert isinstance(json.loads(turn.stdout.strip().splitlines()[-1]), dict), turn.stdout  # its report
+    skopeo.copy(reference, f"oci:{tmp_path / 'after-gc'}:{image.tag}", "--all")
+    assert_same_objects(oci_layout_objects(tmp_path / "after-gc"), image.objects)

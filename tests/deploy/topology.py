@@ -17,7 +17,8 @@ container engine would provide is translated, and only that:
 Healthchecks run the compose ``healthcheck.test`` command with the same translation;
 ``depends_on`` decides the start order. Redis runs with the compose command's arguments;
 the S3 server (MinIO, as in compose) is the test's; the secrets init runs its real
-script; the bucket init is done with the S3 API, as its ``mc mb`` would.
+script; the bucket init is done with the S3 API, as its ``mc mb`` would. A service whose
+command is a shell loop (the gc profile) runs one turn of its real script.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from services.stack.processes import free_port, redis_binary, redis_ready
 from tests.deploy.deployfiles import (
     ROOT,
     compose_model,
+    console_scripts,
     dockerfile_stages,
     environment,
     listen_ports,
@@ -45,6 +48,7 @@ from tests.deploy.deployfiles import (
     program_argv,
     wharf_services,
 )
+from tests.deploy.rehearse import LoopTurn, run_loop_once
 
 START_TIMEOUT = 60.0
 _ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*):(?P<port>\d+)")
@@ -195,6 +199,16 @@ class Topology:
         return subprocess.run(program_argv(program, *translated), cwd=ROOT,
                               env={**self.process_env(replica), **(env or {})}, input=stdin, capture_output=True,
                               text=True, timeout=60)
+
+    def run_loop_once(self, service: str) -> LoopTurn:
+        """One turn of a service whose command is a shell loop (the gc profile's): its real script
+        with the service's environment, as its processes get it, and Wharf's programs from this
+        checkout; its sleep ends the loop (rehearse.run_loop_once)."""
+        replica = self.replicas[service][0]
+        definition = self.services[service]
+        programs = {name: f'exec {shlex.join(program_argv(name))} "$@"' for name in console_scripts()}
+        return run_loop_once([*definition["entrypoint"], *definition["command"]], replica.root / "loop", programs,
+                             self.process_env(replica), cwd=ROOT)
 
     def read_file(self, service: str, path: str) -> str:
         """`docker compose exec SERVICE cat PATH`."""
