@@ -1,7 +1,8 @@
 """`wharf-admin`: account and policy administration over the auth service's gRPC API.
 
 Every call authenticates as an admin (``--user``, default ``admin``; the
-password from WHARF_ADMIN_PASSWORD or a prompt).
+password from WHARF_ADMIN_PASSWORD or a prompt). `status`, `check`, `export` and `import`
+need no account: they live in services/stack/status.py and services/maintenance/.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.common.internal_auth import TOKEN_VARIABLE, authenticated_channel,
 from services.common.settings import SettingsError
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
+from services.maintenance.cli import COMMANDS as MAINTENANCE_COMMANDS
 from services.stack import records
 from services.stack.status import status
 
@@ -287,6 +289,9 @@ def keys_rotate(admin: Admin, as_json: bool) -> None:
 
 # `wharf-admin status` reads metrics and health endpoints, no account: services/stack/status.py.
 main.add_command(status)
+# `wharf-admin check`, `export` and `import` act with the stack's internal secret, no account.
+for _command in MAINTENANCE_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ def start(settings: StackSettings) -> list[Child]:
         base.setdefault("MALLOC_ARENA_MAX", "2")
         figures = _metrics_addresses(settings)
         metadata_addr = f"127.0.0.1:{free_port()}"
+        # wharf-gc and wharf-admin check / export / import, run from the same directory, write through it.
+        records.write(data_dir, records.METADATA_ADDRESS, metadata_addr)
         metadata = Child("metadata", python_module("services.metadata"),
                          env_for("metadata", base, WHARF_METADATA_LISTEN=metadata_addr, WHARF_REDIS_URL=redis_url,
                                  **_metrics_variable(figures, "metadata", "WHARF_METADATA_METRICS_ADDR")))

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 REDIS_URL = "redis/url"  # the Redis the runner started
 AUTH_ADDRESS = "auth/address"  # the auth service (token mode)
 BLOBSTORE_ADDRESS = "blobstore.address"  # the blob stores, comma-separated
+METADATA_ADDRESS = "metadata.address"  # the metadata service
 INTERNAL_TOKEN = "internal-token"  # the secret every internal gRPC call carries (owner-only)
 METRICS = "metrics.json"  # service name -> host:port of its /metrics
 ADMIN_PASSWORD = "admin-password"  # the first admin's, generated when none was given (owner-only)

@@ -69,6 +69,16 @@ class RunningStack:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
+    def maintenance(self, *args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Runs `wharf-admin check|export|import <args>` beside this stack as an operator would beside
+        `make run`: only WHARF_DATA_DIR tells it where the stack is (no address, URL or token
+        variable); the caller judges the exit status."""
+        told = ("WHARF_REDIS_URL", "WHARF_METADATA_ADDR", "WHARF_BLOBSTORE_ADDR", "WHARF_INTERNAL_TOKEN_FILE")
+        env = {k: v for k, v in os.environ.items() if k not in told}
+        env["WHARF_DATA_DIR"] = str(self.data_dir)
+        return subprocess.run([sys.executable, "-m", "services.auth.admin_cli", *args], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return bytes(response.read())

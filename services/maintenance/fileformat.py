@@ -1,0 +1,195 @@
+"""The export file: what `wharf-admin export` writes and `wharf-admin import` reads.
+
+JSON lines (UTF-8, one JSON object per line; gzip-compressed when the file name ends in ``.gz``).
+docs/backup.md documents the format; in short::
+
+    {"format": "wharf-metadata", "version": 1, "wharf_version": "...", "created": "<UTC ISO 8601>"}
+    {"type": "repository", "name": N}
+    {"type": "blob", "repository": N, "digest": D, "size": S}
+    {"type": "manifest", "repository": N, "digest": D, "media_type": T, "subject": D or "",
+     "tags": [...], "content": "<base64 of the exact bytes>"}
+    ...
+    {"type": "end", "repositories": n, "blobs": n, "manifests": n, "tags": n}
+
+A repository's records follow its ``repository`` record: its blob links, then its manifests,
+each after every manifest it references (image manifests, then indexes, children first). The
+``end`` record makes a truncated file detectable. A reader accepts any version up to
+``VERSION`` and refuses a newer one. Within a version, readers ignore fields they do not know,
+so a field can be added without a new version; a new record type, or a changed meaning, bumps
+``VERSION`` (readers refuse a record type they do not know).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime
+import gzip
+import json
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import IO, Any
+
+from services.common import digests
+from services.common.errors import RegistryError
+from services.common.names import validate_name, validate_tag
+
+FORMAT = "wharf-metadata"
+VERSION = 1
+
+
+class FormatError(ValueError):
+    """The file is not an export this Wharf can read; the message names the line."""
+
+
+def wharf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wharf")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def header() -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "wharf_version": wharf_version(),
+            "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def repository(name: str) -> dict[str, Any]:
+    return {"type": "repository", "name": name}
+
+
+def blob(name: str, digest: str, size: int) -> dict[str, Any]:
+    return {"type": "blob", "repository": name, "digest": digest, "size": size}
+
+
+def manifest(name: str, digest: str, media_type: str, subject: str, tags: list[str], content: bytes) -> dict[str, Any]:
+    return {"type": "manifest", "repository": name, "digest": digest, "media_type": media_type, "subject": subject,
+            "tags": tags, "content": base64.b64encode(content).decode()}
+
+
+def end(counts: dict[str, int]) -> dict[str, Any]:
+    return {"type": "end", **counts}
+
+
+def _open(path: pathlib.Path, mode: str, compressed: bool) -> IO[str]:
+    if compressed:
+        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+    return open(path, mode, encoding="utf-8")
+
+
+class Writer:
+    """Writes to ``<file>.partial`` and renames it into place on :meth:`commit`: a file at the
+    final name is always whole."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self._partial = path.with_name(path.name + ".partial")
+        self._file = _open(self._partial, "w", compressed=path.name.endswith(".gz"))
+        self.write(header())
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def commit(self) -> None:
+        self._file.close()  # (gzip writes its last block on close)
+        fd = os.open(self._partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before it has the final name
+        finally:
+            os.close(fd)
+        self._partial.replace(self.path)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    line: int
+    type: str
+    repository: str
+    digest: str = ""
+    size: int = 0
+    media_type: str = ""
+    subject: str = ""
+    tags: tuple[str, ...] = ()
+    content: bytes = b""
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def read(path: pathlib.Path) -> Iterator[Record]:
+    """The file's records after its header, each checked; raises FormatError on the first bad line."""
+    with _open(path, "r", compressed=path.name.endswith(".gz")) as file:
+        first = file.readline()
+        try:
+            head = json.loads(first)
+        except ValueError:
+            raise FormatError(f"{path}: line 1 is not JSON: not a Wharf export") from None
+        if not isinstance(head, dict) or head.get("format") != FORMAT:
+            raise FormatError(f"{path}: not a Wharf export (line 1 has no \"format\": \"{FORMAT}\")")
+        version = head.get("version")
+        if not isinstance(version, int) or version < 1:
+            raise FormatError(f"{path}: line 1: bad version {version!r}")
+        if version > VERSION:
+            raise FormatError(f"{path}: format version {version} (written by Wharf {head.get('wharf_version')}); "
+                              f"this Wharf reads up to version {VERSION}: import with a newer wharf-admin")
+        for number, text in enumerate(file, start=2):
+            try:
+                yield _record(number, json.loads(text))
+            except (ValueError, TypeError, KeyError, RegistryError) as exc:
+                raise FormatError(f"{path}: line {number}: {_why(exc)}") from None
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, RegistryError):
+        return exc.message
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    return str(exc)[:200]
+
+
+def _str(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string")
+    return value
+
+
+def _record(line: int, data: Any) -> Record:
+    if not isinstance(data, dict):
+        raise ValueError("a record must be a JSON object")
+    kind = data["type"]
+    if kind == "repository":
+        return Record(line, kind, validate_name(_str(data["name"], "name")))
+    if kind == "end":
+        counts = {k: v for k, v in data.items() if k != "type"}
+        if not all(isinstance(v, int) for v in counts.values()):
+            raise ValueError("the end record's counts must be integers")
+        return Record(line, kind, "", counts=counts)
+    name = validate_name(_str(data["repository"], "repository"))
+    digest = digests.validate(_str(data["digest"], "digest"))
+    if kind == "blob":
+        size = data["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("size must be a non-negative integer")
+        return Record(line, kind, name, digest, size=size)
+    if kind == "manifest":
+        try:
+            content = base64.b64decode(_str(data["content"], "content"), validate=True)
+        except binascii.Error:
+            raise ValueError("content is not base64") from None
+        if digests.of(content, digest.partition(":")[0]) != digest:
+            raise ValueError(f"the content does not hash to {digest}")
+        subject = _str(data.get("subject") or "", "subject")
+        if subject:
+            digests.validate(subject)
+        tags = data.get("tags") or []
+        if not isinstance(tags, list):
+            raise ValueError("tags must be a list")
+        return Record(line, kind, name, digest, media_type=_str(data["media_type"], "media_type"), subject=subject,
+                      tags=tuple(validate_tag(_str(t, "tag")) for t in tags), content=content)
+    raise ValueError(f"unknown record type {kind!r}")
