@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Iterable
 import redis
 import redis.asyncio as aredis
 
-from services.common import metrics, redisconn
+from services.common import metrics
 from services.common.redisconn import text
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.metadata import migrations
@@ -273,18 +273,3 @@ class InvalidationHub:
         finally:
             watcher.outbox.put_nowait(None)  # the gateway went away: end the response stream too
 
-
-def announce(redis_url: str, repositories: Iterable[str], lease: float, ack_timeout: float) -> None:
-    """A write made outside the metadata service (``wharf-gc`` unlinking blobs in Redis) is announced
-    the way the service announces its own: this returns once no gateway can serve what it removed."""
-    names = sorted(set(repositories))
-    if not names:
-        return
-
-    async def publish() -> None:
-        client = redisconn.async_client(redis_url, 2, socket_timeout=5, socket_connect_timeout=2)
-        try:
-            await InvalidationHub(client, lease, ack_timeout).publish(names)
-        finally:
-            await client.close()
-    asyncio.run(publish())
