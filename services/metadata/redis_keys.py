@@ -369,7 +369,7 @@ return 'busy'
 # nchildren, children..., then "end", then the number of manifests read.
 # Schema 2's backfill of one repository, in one step: recounts refs and children from scratch,
 # gives manifests without an arrival time `now`, tags without a push time their manifest's
-# arrival, links without a time `now`. Refuses ("changed") if the repository's manifests are not
+# arrival, links without a time `now` (and without a reverse entry one). Refuses ("changed") if the repository's manifests are not
 # the ones read (a write came in between: the caller reads again). Idempotent.
 MIGRATE_REPOSITORY = """
 local p = ARGV[1]
@@ -412,8 +412,11 @@ for _, tag in ipairs(redis.call('HKEYS', p .. 'tags')) do
   local t = tonumber(redis.call('HGET', p .. 'tagtimes', tag))
   if t > last then last = t end
 end
-for _, digest in ipairs(redis.call('HKEYS', p .. 'blobs')) do
-  redis.call('HSETNX', p .. 'linked', digest, now)
+local links = redis.call('HGETALL', p .. 'blobs')
+for j = 1, #links, 2 do
+  redis.call('HSETNX', p .. 'linked', links[j], now)
+  -- links older than the reverse index have no entry in it: the collector's fence relies on it
+  redis.call('HSETNX', 'wharf:blob:' .. links[j] .. ':repos', ARGV[3], links[j + 1])
 end
 if last == 0 and redis.call('SCARD', p .. 'manifests') > 0 then last = tonumber(now) end
 if last > 0 and not redis.call('ZSCORE', '""" + PUSHED + """', ARGV[3]) then

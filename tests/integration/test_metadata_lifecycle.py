@@ -204,6 +204,7 @@ def test_the_migration_backfills_and_resumes(parts: Any, redis_client: redis.Red
     before = {k: redis_client.dump(k) for k in redis_client.scan_iter("wharf:repo:*")}
     counts = {n: redis_client.hgetall(keys.refs(n)) for n in ("app", "other")}
     _as_schema_1(redis_client)
+    redis_client.delete(keys.blob_repos(digests.of(b"x")))  # a link older than the reverse index
     assert loop.run_until_complete(migrations.version(client)) == 1
     # A migration that stopped after one repository resumes with the rest.
     redis_client.sadd(keys.migration_done(2), "other")
@@ -215,6 +216,7 @@ def test_the_migration_backfills_and_resumes(parts: Any, redis_client: redis.Red
     redis_client.hdel(keys.refs("other"), "left-by-the-first-run")
     assert {n: redis_client.hgetall(keys.refs(n)) for n in ("app", "other")} == counts
     assert redis_client.hget(keys.children("app"), child) == b"1"
+    assert redis_client.hexists(keys.blob_repos(digests.of(b"x")), "app")  # ("other" was done before)
     assert not redis_client.exists(keys.migration_done(2))
     _, pushed = store.tag_details("app", ["multi", "v1"])
     assert all(pushed)
