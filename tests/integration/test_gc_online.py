@@ -102,8 +102,8 @@ class Pusher:
                                     headers={"Content-Type": media_type})
         return self._check(response, (201,), "manifest")
 
-    def _image(self, repository: str, reference: str) -> tuple[str, bytes] | None:
-        layers = [*self.rng.sample(self.shared, 2), os.urandom(512)]
+    def _image(self, repository: str, reference: str | None, layers: list[bytes]) -> tuple[str, bytes] | None:
+        """Pushes an image under ``reference`` (a tag; None: by its digest); (digest, body) once acknowledged."""
         config = json.dumps({"architecture": "amd64", "os": "linux", "n": self.rng.random()}).encode()
         for blob in [*layers, config]:
             if not self._blob(repository, blob):
@@ -113,7 +113,8 @@ class Pusher:
                                       "digest": _digest(config), "size": len(config)},
                            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _digest(layer),
                                        "size": len(layer)} for layer in layers]}).encode()
-        return (_digest(body), body) if self._manifest(repository, reference, body, OCI_MANIFEST) else None
+        acknowledged = self._manifest(repository, reference or _digest(body), body, OCI_MANIFEST)
+        return (_digest(body), body) if acknowledged else None
 
     def step(self) -> None:
         repository = self.rng.choice(REPOSITORIES)
@@ -133,7 +134,7 @@ class Pusher:
         if roll < 0.3:
             children = []
             for _ in range(2):
-                child = self._image_by_digest(repository)
+                child = self._image(repository, None, [self.rng.choice(self.shared), os.urandom(256)])
                 if child is None:
                     return
                 children.append(child)
@@ -145,23 +146,10 @@ class Pusher:
                 self._forget_moved(repository, tag)
                 self.acknowledged[(repository, tag)] = (_digest(body), body, OCI_INDEX)
             return
-        pushed = self._image(repository, tag)
+        pushed = self._image(repository, tag, [*self.rng.sample(self.shared, 2), os.urandom(512)])
         if pushed is not None:
             self._forget_moved(repository, tag)
             self.acknowledged[(repository, tag)] = (pushed[0], pushed[1], OCI_MANIFEST)
-
-    def _image_by_digest(self, repository: str) -> tuple[str, bytes] | None:
-        layers = [self.rng.choice(self.shared), os.urandom(256)]
-        config = json.dumps({"architecture": "arm64", "os": "linux", "n": self.rng.random()}).encode()
-        for blob in [*layers, config]:
-            if not self._blob(repository, blob):
-                return None
-        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      "digest": _digest(config), "size": len(config)},
-                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _digest(layer),
-                                       "size": len(layer)} for layer in layers]}).encode()
-        return (_digest(body), body) if self._manifest(repository, _digest(body), body, OCI_MANIFEST) else None
 
     def _forget_moved(self, repository: str, tag: str) -> None:
         """A tag moved: the manifest it left may be collected (--delete-untagged)."""

@@ -1,24 +1,34 @@
-"""The storage-lifecycle model against a real Redis: the counts garbage collection re-checks, pins and
-fences, what a collection keeps (index children, referrers of a stored subject, tagged manifests)
-and removes, push times, and the schema migration (backfill, resumption, a newer schema refused)."""
+"""The storage-lifecycle model against a real Redis, and last the service as a process: the counts
+garbage collection re-checks, pins and fences, what a collection keeps (index children, referrers
+of a stored subject, tagged manifests) and removes, push times, and the schema migration
+(backfill, resumption, a newer schema refused)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 import redis
 import redis.asyncio as aredis
+import requests
 
 from services.common import digests
 from services.common.errors import BLOB_UPLOAD_UNKNOWN, UNAVAILABLE, RegistryError
+from services.common.internal_auth import authenticated_channel, read_token
+from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
+from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as mpb_grpc
 from services.metadata import migrations
 from services.metadata import redis_keys as keys
 from services.metadata.lifecycle import Lifecycle
 from services.metadata.store import Descriptor, MetadataStore
+from services.stack import records
+from tests.support.pusher import OCI_MANIFEST, push_image, random_layers
+from tests.support.stack import RunningStack
 
 IMAGE = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -249,3 +259,25 @@ def test_collection_waits_for_older_replicas(parts: Any, redis_client: redis.Red
     redis_client.zadd(keys.LEASE_GRANTORS, {"0" * 32: 1})  # gone
     redis_client.set(migrations.RECOUNT_NEEDED, "1")
     assert "recounting" in loop.run_until_complete(migrations.collection_blockers(client))
+
+
+def test_push_times_through_the_metadata_api(start_stack: Callable[..., RunningStack]) -> None:
+    """The service as a process: tags with their digests and push times, the catalog by last push."""
+    stack = start_stack()
+    for name in ("times/first", "times/second"):
+        push_image([stack.url], name, "v1", random_layers(1, 512))
+    data_dir = stack.data_dir.resolve()
+    channel = authenticated_channel(grpc.insecure_channel(records.read(data_dir, records.METADATA_ADDRESS) or ""),
+                                    read_token(str(data_dir / records.INTERNAL_TOKEN)))
+    metadata = mpb_grpc.MetadataStub(channel)
+    by_push = metadata.ListRepositories(mpb.ListRequest(order="pushed", limit=10), timeout=10)
+    assert list(by_push.names) == ["times/second", "times/first"] and by_push.pushed_at_ms[0] > 0
+    lexical = metadata.ListRepositories(mpb.ListRequest(limit=10), timeout=10)
+    assert list(lexical.names) == ["times/first", "times/second"] and not lexical.pushed_at_ms
+    tags = metadata.ListTags(mpb.ListRequest(repository="times/first", limit=10, with_details=True), timeout=10)
+    got = requests.get(f"{stack.url}/v2/times/first/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=30)
+    assert list(tags.names) == ["v1"] and list(tags.digests) == [got.headers["Docker-Content-Digest"]]
+    assert abs(tags.pushed_at_ms[0] / 1000 - time.time()) < 120
+    with pytest.raises(grpc.RpcError) as unknown:
+        metadata.ListRepositories(mpb.ListRequest(order="size"), timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT or "order" in (unknown.value.details() or "")

@@ -39,6 +39,13 @@ def _calls(envs: dict[str, dict[str, str]]) -> list[tuple[str, object]]:
             mpb.ListRequest(limit=100), timeout=10, metadata=md)),
         ("DeleteTag", lambda md: mpb_grpc.MetadataStub(metadata).DeleteTag(
             mpb.ManifestRef(repository="a/hidden-1", reference="v1"), timeout=10, metadata=md)),
+        # Garbage collection's calls: without the token nobody may remove, fence or pin.
+        ("CollectRepository", lambda md: mpb_grpc.MetadataStub(metadata).CollectRepository(
+            mpb.CollectRequest(repository="a/hidden-1"), timeout=10, metadata=md)),
+        ("BeginBlobDelete", lambda md: mpb_grpc.MetadataStub(metadata).BeginBlobDelete(
+            mpb.BlobDeleteRequest(digest="sha256:" + "0" * 64), timeout=10, metadata=md)),
+        ("PinBlob", lambda md: mpb_grpc.MetadataStub(metadata).PinBlob(
+            mpb.BlobRef(digest="sha256:" + "0" * 64), timeout=10, metadata=md)),
         ("CreateUpload", lambda md: bpb_grpc.BlobStoreStub(blobstore).CreateUpload(
             bpb.CreateUploadRequest(repository="x/y"), timeout=10, metadata=md)),
     ]
