@@ -170,7 +170,11 @@ class GcRecord(Collector):
 
     FIELDS = (("runs_ok", "wharf_gc_runs", "Garbage collection runs, by result (ok, failed)"),
               ("blobs_removed", "wharf_gc_blobs_removed", "Blobs garbage collection removed"),
-              ("bytes_removed", "wharf_gc_bytes_removed", "Bytes garbage collection removed"))
+              ("bytes_removed", "wharf_gc_bytes_removed", "Bytes garbage collection removed"),
+              ("links_removed", "wharf_gc_links_removed", "Blob links garbage collection removed"),
+              ("manifests_removed", "wharf_gc_manifests_removed", "Manifests garbage collection removed"),
+              ("blobs_kept_busy", "wharf_gc_blobs_kept_busy",
+               "Unlinked blobs a collection kept because an upload pinned or linked them meanwhile"))
 
     def __init__(self, read: Callable[[], dict[str, float]]) -> None:
         self._read = read

@@ -109,7 +109,9 @@ class Collector:
             raise
         else:
             if not self._dry_run:
-                record.add_run(self._r, ok=True, blobs_removed=report.blobs_deleted, bytes_removed=report.bytes_freed)
+                record.add_run(self._r, ok=True, blobs_removed=report.blobs_deleted, bytes_removed=report.bytes_freed,
+                               links_removed=report.links_removed, manifests_removed=report.manifests_removed,
+                               blobs_kept_busy=report.blobs_kept_busy)
             return report
         finally:
             # Only our own lock (compared and deleted in one step).

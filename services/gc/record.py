@@ -17,12 +17,14 @@ from services.common.redisconn import text
 from services.metadata import redis_keys as keys
 
 
-def add_run(client: redis.Redis, ok: bool, blobs_removed: int = 0, bytes_removed: int = 0) -> None:
+def add_run(client: redis.Redis, ok: bool, **figures: int) -> None:
+    """Adds one run: ok, with its figures (blobs_removed, bytes_removed, links_removed,
+    manifests_removed, blobs_kept_busy), or failed."""
     with client.pipeline(transaction=True) as pipe:
         if ok:
             pipe.hincrby(keys.GC_RECORD, "runs_ok", 1)
-            pipe.hincrby(keys.GC_RECORD, "blobs_removed", blobs_removed)
-            pipe.hincrby(keys.GC_RECORD, "bytes_removed", bytes_removed)
+            for field, value in figures.items():
+                pipe.hincrby(keys.GC_RECORD, field, value)
             pipe.hset(keys.GC_RECORD, "last_success", str(int(time.time())))
         else:
             pipe.hincrby(keys.GC_RECORD, "runs_failed", 1)

@@ -369,8 +369,9 @@ return 'busy'
 # nchildren, children..., then "end", then the number of manifests read.
 # Schema 2's backfill of one repository, in one step: recounts refs and children from scratch,
 # gives manifests without an arrival time `now`, tags without a push time their manifest's
-# arrival, links without a time `now` (and without a reverse entry one). Refuses ("changed") if the repository's manifests are not
-# the ones read (a write came in between: the caller reads again). Idempotent.
+# arrival, links without a time `now` (and without a reverse entry one). Refuses ("changed") if the
+# repository's manifests are not the ones read (a write came in between: the caller reads again).
+# Idempotent.
 MIGRATE_REPOSITORY = """
 local p = ARGV[1]
 local now = ARGV[4]

@@ -103,6 +103,12 @@ def test_collects_what_deleted_manifests_left(start_stack: Callable[..., Running
     assert other  # still tagged
     # A second run finds nothing more.
     assert _gc(stack, "--grace", "0")["blobs_deleted"] == 0
+    # The runs' figures, as the metadata service exports them (docs/observability.md).
+    address = json.loads((stack.data_dir / "metrics.json").read_text())["metadata"]
+    figures = requests.get(f"http://{address}/metrics", timeout=30).text
+    assert 'wharf_gc_runs_total{result="ok"} 3.0' in figures
+    assert f"wharf_gc_blobs_removed_total {float(report['blobs_deleted'])}" in figures
+    assert f"wharf_gc_links_removed_total {float(report['links_removed'])}" in figures
 
 
 def test_writes_get_503_while_an_operator_holds_maintenance(start_stack: Callable[..., RunningStack]) -> None:
