@@ -204,6 +204,9 @@ class MetadataClient:
         """Holds the blob against garbage collection until the link that names the pin."""
         return str(self._c.unary("PinBlob", mpb.BlobRef(digest=digest)).pin)
 
+    def unpin_blob(self, digest: str, pin: str) -> None:
+        self._c.unary("UnpinBlob", mpb.BlobPinRef(digest=digest, pin=pin))
+
     def unlink_blob(self, repository: str, digest: str) -> None:
         self._c.unary("UnlinkBlob", mpb.BlobRef(repository=repository, digest=digest))
 

@@ -296,6 +296,11 @@ redis.call('PEXPIRE', ARGV[1], tonumber(ARGV[4]) + 60000)
 return 1
 """
 
+# ARGV: pins key, pin id. Returns 1 when the pin was there.
+UNPIN_BLOB = """
+return redis.call('ZREM', ARGV[1], ARGV[2])
+"""
+
 # ARGV: prefix, catalog, name, digest, blob_repos key. Returns 0 when the link did not exist.
 _UNLINK_BLOB = """
 local function unlink(p, catalog, name, digest, holders)

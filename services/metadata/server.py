@@ -73,6 +73,10 @@ class MetadataServicer(pb_grpc.MetadataServicer):
     async def PinBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.BlobPin:
         return pb.BlobPin(pin=await self._store.pin_blob(request.digest))
 
+    async def UnpinBlob(self, request: pb.BlobPinRef, context: grpc.aio.ServicerContext) -> pb.BlobPin:
+        await self._store.unpin_blob(request.digest, request.pin)
+        return pb.BlobPin()
+
     async def UnlinkBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.UnlinkBlobResponse:
         await self._change(request.repository, self._store.unlink_blob(request.repository, request.digest))
         return pb.UnlinkBlobResponse()

@@ -119,6 +119,7 @@ class MetadataStore:
         self._unlink_blob = TimedScript(client, "unlink_blob", keys.UNLINK_BLOB)
         self._link_blob = TimedScript(client, "link_blob", keys.LINK_BLOB)
         self._pin_blob = TimedScript(client, "pin_blob", keys.PIN_BLOB)
+        self._unpin_blob = TimedScript(client, "unpin_blob", keys.UNPIN_BLOB)
 
     async def _write(self, script: TimedScript, args: Sequence[str | bytes | int]) -> Any:
         """Runs a write script; while an operator holds the registry read-only, a 503."""
@@ -173,6 +174,13 @@ class MetadataStore:
         if size is None:
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
         return int(size)
+
+    async def unpin_blob(self, digest: str, pin: str) -> None:
+        """Gives back the pin of an upload that failed (else it would hold the blob for a day)."""
+        digests.validate(digest)
+        if not _PIN_ID.match(pin):
+            raise RegistryError(BLOB_UPLOAD_INVALID, "malformed pin")
+        await self._unpin_blob([keys.blob_pins(digest), pin])
 
     async def unlink_blob(self, name: str, digest: str) -> None:
         validate_name(name)

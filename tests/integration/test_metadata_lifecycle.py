@@ -281,3 +281,22 @@ def test_push_times_through_the_metadata_api(start_stack: Callable[..., RunningS
     with pytest.raises(grpc.RpcError) as unknown:
         metadata.ListRepositories(mpb.ListRequest(order="size"), timeout=10)
     assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT or "order" in (unknown.value.details() or "")
+
+
+def test_a_failed_upload_gives_its_pin_back(start_stack: Callable[..., RunningStack]) -> None:
+    """A commit refused (here: the bytes do not match the digest) leaves no pin holding that digest
+    against the collector (a client could otherwise pile up pins for a day)."""
+    stack = start_stack()
+    claimed = digests.of(b"what the client claims")
+    refused = requests.post(f"{stack.url}/v2/pins/app/blobs/uploads/", params={"digest": claimed},
+                            data=b"other bytes", timeout=30)
+    assert refused.status_code == 400 and refused.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    started = requests.post(f"{stack.url}/v2/pins/app/blobs/uploads/", timeout=30)
+    finished = requests.put(stack.url + started.headers["Location"], params={"digest": claimed},
+                            data=b"other bytes", timeout=30)
+    assert finished.status_code == 400
+    client = redis.Redis.from_url(records.read(stack.data_dir.resolve(), records.REDIS_URL) or "")
+    assert client.zcard(keys.blob_pins(claimed)) == 0
+    good = requests.post(f"{stack.url}/v2/pins/app/blobs/uploads/", params={"digest": digests.of(b"ok")},
+                         data=b"ok", timeout=30)
+    assert good.status_code == 201 and client.zcard(keys.blob_pins(digests.of(b"ok"))) == 0  # consumed by the link

@@ -6,6 +6,7 @@ keeps the bytes and the offset, so any gateway can continue any session.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -51,7 +52,14 @@ def _committed(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.Bl
     """Commits an upload in the blob store and links it, holding the blob against garbage collection
     in between (the metadata service's README, "Online garbage collection")."""
     pin = ctx.clients.metadata.pin_blob(digest)
-    blob = commit()
+    try:
+        blob = commit()
+    except BaseException:
+        # A failed commit (a digest mismatch, a client gone) gives its pin back at once; should
+        # that fail too, the pin lapses on its own.
+        with contextlib.suppress(RegistryError):
+            ctx.clients.metadata.unpin_blob(digest, pin)
+        raise
     ctx.clients.metadata.link_blob(name, digest, blob.size, pin=pin)
     return _created(name, digest)
 

@@ -12,6 +12,14 @@ class BlobPin(_message.Message):
     pin: str
     def __init__(self, pin: _Optional[str] = ...) -> None: ...
 
+class BlobPinRef(_message.Message):
+    __slots__ = ("digest", "pin")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    pin: str
+    def __init__(self, digest: _Optional[str] = ..., pin: _Optional[str] = ...) -> None: ...
+
 class CollectRequest(_message.Message):
     __slots__ = ("repository", "grace_ms", "delete_untagged", "dry_run")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class MetadataStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.FromString,
                 _registered_method=True)
+        self.UnpinBlob = channel.unary_unary(
+                '/wharf.metadata.v1.Metadata/UnpinBlob',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPinRef.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.FromString,
+                _registered_method=True)
         self.UnlinkBlob = channel.unary_unary(
                 '/wharf.metadata.v1.Metadata/UnlinkBlob',
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.SerializeToString,
@@ -129,6 +134,13 @@ class MetadataServicer:
     def PinBlob(self, request, context):
         """Holds a blob against garbage collection from before an upload's commit in the blob store
         until its LinkBlob (which names the pin). Waits while the collector deletes the blob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnpinBlob(self, request, context):
+        """Gives a pin back when its upload failed (a digest mismatch, a client gone mid-request).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -246,6 +258,11 @@ def add_MetadataServicer_to_server(servicer, server):
             'PinBlob': grpc.unary_unary_rpc_method_handler(
                     servicer.PinBlob,
                     request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.SerializeToString,
+            ),
+            'UnpinBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpinBlob,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPinRef.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.SerializeToString,
             ),
             'UnlinkBlob': grpc.unary_unary_rpc_method_handler(
@@ -372,6 +389,33 @@ class Metadata:
             target,
             '/wharf.metadata.v1.Metadata/PinBlob',
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobRef.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpinBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.metadata.v1.Metadata/UnpinBlob',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPinRef.SerializeToString,
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobPin.FromString,
             options,
             channel_credentials,
