@@ -107,8 +107,8 @@ class Collections:
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         while not self._stop.is_set():
             started = time.perf_counter()
-            result = subprocess.run([sys.executable, "-m", "services.gc", "--grace", str(self._grace), "--delete-untagged"],
-                                    env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+            argv = [sys.executable, "-m", "services.gc", "--grace", str(self._grace), "--delete-untagged"]
+            result = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
             if result.returncode != 0:
                 abtest.log(f"wharf-gc failed: {result.stderr[-500:]}")
                 return
