@@ -23,7 +23,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -43,7 +42,10 @@ from tests.support.stack import RunningStack
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 PUSHERS = 20
 REPOSITORIES = ["online/a", "online/b", "online/c", "online/d"]
-SECONDS = float(os.environ.get("WHARF_GC_ONLINE_SECONDS", "12"))
+# Steps per pusher and seconds of pushing, whichever ends first: they bound the registry a
+# collection walks, so the test's time (CI-sized; raise them to hunt a race for longer).
+STEPS = int(os.environ.get("WHARF_GC_ONLINE_STEPS", "25"))
+SECONDS = float(os.environ.get("WHARF_GC_ONLINE_SECONDS", "15"))
 
 
 def _digest(data: bytes) -> str:
@@ -202,7 +204,9 @@ def test_collections_during_pushes_lose_nothing_acknowledged(start_stack: Callab
 
     def work(pusher: Pusher) -> None:
         try:
-            while not stop.is_set():
+            for _ in range(STEPS):
+                if stop.is_set():
+                    return
                 pusher.step()
         except BaseException as exc:
             errors.append(exc)
@@ -211,10 +215,14 @@ def test_collections_during_pushes_lose_nothing_acknowledged(start_stack: Callab
     for thread in threads:
         thread.start()
     runs = []
-    deadline = time.monotonic() + SECONDS
-    while time.monotonic() < deadline or len(runs) < 3:
-        runs.append(_collect(stack))
-    stop.set()
+    stopper = threading.Timer(SECONDS, stop.set)
+    stopper.start()
+    try:
+        while any(thread.is_alive() for thread in threads) or len(runs) < 3:
+            runs.append(_collect(stack))
+    finally:
+        stop.set()
+        stopper.cancel()
     for thread in threads:
         thread.join(120)
     print(f"{len(runs)} collections, {sum(int(r['blobs_deleted']) for r in runs)} blobs deleted, "
