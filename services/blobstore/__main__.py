@@ -9,13 +9,19 @@ from services.blobstore.server import run
 from services.blobstore.settings import BlobStoreSettings
 from services.common import logs
 from services.common.settings import load_or_exit
+from services.mirror import config as mirror_config
 
 
 def main() -> None:
     settings = load_or_exit(BlobStoreSettings, os.environ, "wharf-blobstore")
+    try:
+        mirrors = mirror_config.load(os.environ)
+    except mirror_config.MirrorsError as exc:
+        raise SystemExit(f"wharf-blobstore: {exc}") from None
     logs.configure(settings.log_level)
     run(settings, on_port=lambda port: logging.getLogger("wharf.blobstore").info(
-        "listening", extra={"fields": {"port": port, "storage": settings.storage}}))
+        "listening", extra={"fields": {"port": port, "storage": settings.storage,
+                                       "mirrors": [u.prefix for u in mirrors.upstreams]}}), mirrors=mirrors)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Keys are "/"-separated and relative to the driver's root::
     uploads/
       <upload id>/data                                  bytes received so far
       <upload id>/info                                  JSON: repository, started_at
+    fills/
+      <algorithm>/<hex>/data                            a mirror's fill of that blob in progress (fills.py)
 
 Every key is built from a digest that :func:`services.common.digests.parse`
 accepted or from an upload id that :func:`upload_id_ok` accepted; nothing
@@ -23,12 +25,22 @@ from services.common.errors import BLOB_UPLOAD_UNKNOWN, RegistryError
 
 BLOBS = "blobs"
 UPLOADS = "uploads"
+FILLS = "fills"
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 def blob_key(digest: str) -> str:
     algorithm, encoded = digests.parse(digest)
     return f"{BLOBS}/{algorithm}/{encoded[:2]}/{encoded}/data"
+
+
+def fill_dir(digest: str) -> str:
+    algorithm, encoded = digests.parse(digest)
+    return f"{FILLS}/{algorithm}/{encoded}"
+
+
+def fill_data_key(digest: str) -> str:
+    return f"{fill_dir(digest)}/data"
 
 
 def new_upload_id() -> str:

@@ -15,6 +15,7 @@ import grpc
 from minio.error import MinioException
 
 from services.blobstore.blobs import AppendSession, Blob, BlobService, Upload
+from services.blobstore.fills import Fills
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
@@ -23,6 +24,7 @@ from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError
 from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from services.mirror.config import Mirrors
 
 log = logging.getLogger("wharf.blobstore")
 T = TypeVar("T")
@@ -54,8 +56,10 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
     download's window) happens on the event loop and holds no thread; each storage step (a
     write, a read, a stat) runs in a bounded thread pool and returns at once."""
 
-    def __init__(self, blobs: BlobService, chunk_size: int, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(self, blobs: BlobService, chunk_size: int, pool: concurrent.futures.ThreadPoolExecutor,
+                 fills: Fills) -> None:
         self._blobs = blobs
+        self._fills = fills
         self._chunk_size = chunk_size
         self._pool = pool
 
@@ -74,6 +78,28 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
                 yield pb.Chunk(data=data)
         finally:
             await self._run(reader.close)
+
+    async def Fill(self, request: pb.FillRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
+        total, chunks = await self._run(self._fills.fill, request.upstream, request.repository, request.digest,
+                                        self._chunk_size)
+        first = True
+        try:
+            while (data := await self._run(next, chunks, b"")) or first:
+                yield pb.Chunk(data=data, total=total if first else 0)
+                first = False
+                if not data:
+                    break
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                await asyncio.shield(self._run(close))
+
+    async def FetchManifest(self, request: pb.FetchManifestRequest,
+                            context: grpc.aio.ServicerContext) -> pb.FetchedManifest:
+        answer = await self._run(self._fills.manifest, request.upstream, request.repository, request.reference,
+                                 request.head)
+        return pb.FetchedManifest(digest=answer.digest, media_type=answer.media_type, size=answer.size,
+                                  content=answer.body or b"")
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         return pb.DeleteResponse(deleted=await self._run(self._blobs.delete, request.digest))
@@ -166,15 +192,17 @@ def _janitor(blobs: BlobService, interval: int, stop: threading.Event) -> None:
 
 
 async def serve(settings: BlobStoreSettings, address: str | None = None,
-                on_port: Callable[[int], None] | None = None) -> None:
+                on_port: Callable[[int], None] | None = None, mirrors: Mirrors | None = None) -> None:
     """Runs the blob store until SIGTERM; the janitor thread stops with it."""
     token = read_token(settings.internal_token_file)  # before anything starts: a bad file stops the service
-    blobs = BlobService(create_driver(settings), settings.upload_ttl)
+    driver = create_driver(settings)
+    blobs = BlobService(driver, settings.upload_ttl)
+    fills = Fills(blobs, driver, mirrors or Mirrors())
     blobs.expire_uploads()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="storage")
 
     def register(server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_BlobStoreServicer_to_server(BlobStoreServicer(blobs, settings.chunk_size, pool), server)
+        pb_grpc.add_BlobStoreServicer_to_server(BlobStoreServicer(blobs, settings.chunk_size, pool, fills), server)
         return [pb.DESCRIPTOR.services_by_name["BlobStore"].full_name]
 
     stop = threading.Event()
@@ -191,5 +219,6 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run(settings: BlobStoreSettings, on_port: Callable[[int], None] | None = None) -> None:
-    asyncio.run(serve(settings, on_port=on_port))
+def run(settings: BlobStoreSettings, on_port: Callable[[int], None] | None = None,
+        mirrors: Mirrors | None = None) -> None:
+    asyncio.run(serve(settings, on_port=on_port, mirrors=mirrors))

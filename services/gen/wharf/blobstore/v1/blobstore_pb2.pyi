@@ -5,6 +5,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FillRequest(_message.Message):
+    __slots__ = ("upstream", "repository", "digest")
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    upstream: str
+    repository: str
+    digest: str
+    def __init__(self, upstream: _Optional[str] = ..., repository: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class FetchManifestRequest(_message.Message):
+    __slots__ = ("upstream", "repository", "reference", "head")
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    upstream: str
+    repository: str
+    reference: str
+    head: bool
+    def __init__(self, upstream: _Optional[str] = ..., repository: _Optional[str] = ..., reference: _Optional[str] = ..., head: _Optional[bool] = ...) -> None: ...
+
+class FetchedManifest(_message.Message):
+    __slots__ = ("digest", "media_type", "size", "content")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    media_type: str
+    size: int
+    content: bytes
+    def __init__(self, digest: _Optional[str] = ..., media_type: _Optional[str] = ..., size: _Optional[int] = ..., content: _Optional[bytes] = ...) -> None: ...
+
 class StatRequest(_message.Message):
     __slots__ = ("digest", "want_location")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -36,10 +70,12 @@ class ReadRequest(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("data",)
+    __slots__ = ("data", "total")
     DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
     data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+    total: int
+    def __init__(self, data: _Optional[bytes] = ..., total: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("digest",)

@@ -84,6 +84,16 @@ class BlobStoreStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.UploadRef.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.CancelUploadResponse.FromString,
                 _registered_method=True)
+        self.Fill = channel.unary_stream(
+                '/wharf.blobstore.v1.BlobStore/Fill',
+                request_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FillRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.Chunk.FromString,
+                _registered_method=True)
+        self.FetchManifest = channel.unary_unary(
+                '/wharf.blobstore.v1.BlobStore/FetchManifest',
+                request_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchManifestRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedManifest.FromString,
+                _registered_method=True)
 
 
 class BlobStoreServicer:
@@ -159,6 +169,22 @@ class BlobStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fill(self, request, context):
+        """Mirrors (services/blobstore/fills.py): a blob of an upstream, from storage when stored,
+        else fetched from the upstream once whoever asks, stored when its digest verifies, and
+        streamed meanwhile (the first message carries `total`; the last chunk comes only once the
+        digest verified). A manifest of an upstream, by tag or digest (HEAD: no content).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchManifest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +237,16 @@ def add_BlobStoreServicer_to_server(servicer, server):
                     servicer.CancelUpload,
                     request_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.UploadRef.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.CancelUploadResponse.SerializeToString,
+            ),
+            'Fill': grpc.unary_stream_rpc_method_handler(
+                    servicer.Fill,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FillRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.Chunk.SerializeToString,
+            ),
+            'FetchManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchManifest,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchManifestRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedManifest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +519,60 @@ class BlobStore:
             '/wharf.blobstore.v1.BlobStore/CancelUpload',
             services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.UploadRef.SerializeToString,
             services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.CancelUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wharf.blobstore.v1.BlobStore/Fill',
+            services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FillRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.blobstore.v1.BlobStore/FetchManifest',
+            services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchManifestRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedManifest.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,147 @@
+"""The blob store's mirror fills against a real upstream (CNCF Distribution): a blob asked for by
+many callers at once is fetched from the upstream once and stored when its digest verifies; what
+is stored is served with the upstream gone; an upstream manifest is fetched by tag and digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import threading
+from collections.abc import Callable, Iterator
+from urllib.parse import urljoin
+
+import grpc
+import pytest
+import requests
+
+from services.common.internal_auth import authenticated_channel, read_token
+from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
+from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
+from services.stack import records
+from tests.support.distribution import running_distribution
+from tests.support.pusher import OCI_MANIFEST
+from tests.support.stack import RunningStack
+from tests.support.tools import require_tool
+
+LAYER = 3 * 1024 * 1024 + 17
+
+
+@pytest.fixture()
+def upstream(tmp_path: pathlib.Path) -> Iterator[tuple[str, pathlib.Path, bytes, str]]:
+    binary = require_tool("docker-registry", "apt-get install docker-registry")
+    with running_distribution(tmp_path / "upstream", binary, level="info") as address:
+        layer = hashlib.sha256(b"seed").digest() * (LAYER // 32) + b"x" * (LAYER % 32)
+        manifest = _push(f"http://{address}", "team/app", "v1", layer)
+        yield address, tmp_path / "upstream" / "registry.log", layer, manifest
+
+
+def _push(url: str, repository: str, tag: str, layer: bytes) -> str:
+    """An image into Distribution (whose Location headers are absolute URLs)."""
+    def blob(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        started = requests.post(f"{url}/v2/{repository}/blobs/uploads/", timeout=30)
+        done = requests.put(urljoin(url, started.headers["Location"]), params={"digest": digest}, data=data,
+                            timeout=60)
+        assert done.status_code == 201, done.text
+        return digest
+    config = b'{"architecture": "amd64", "os": "linux"}'
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config),
+                                  "size": len(config)},
+                       "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob(layer),
+                                   "size": len(layer)}]}).encode()
+    put = requests.put(f"{url}/v2/{repository}/manifests/{tag}", data=body, timeout=30,
+                       headers={"Content-Type": OCI_MANIFEST})
+    assert put.status_code == 201, put.text
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _stub(stack: RunningStack) -> bpb_grpc.BlobStoreStub:
+    data_dir = stack.data_dir.resolve()
+    address = (records.read(data_dir, records.BLOBSTORE_ADDRESS) or "").split(",")[0]
+    return bpb_grpc.BlobStoreStub(authenticated_channel(grpc.insecure_channel(address),
+                                                        read_token(str(data_dir / records.INTERNAL_TOKEN))))
+
+
+def _fill(stub: bpb_grpc.BlobStoreStub, digest: str) -> tuple[int, bytes]:
+    total, parts = -1, []
+    for chunk in stub.Fill(bpb.FillRequest(upstream="up.example", repository="team/app", digest=digest), timeout=60):
+        if total < 0:
+            total = chunk.total
+        parts.append(chunk.data)
+    return total, b"".join(parts)
+
+
+def _upstream_gets(log: pathlib.Path, digest: str) -> int:
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if "response completed" in line and f"/blobs/{digest}" in line and "method=GET" in line)
+
+
+def test_a_blob_is_fetched_once_and_served_when_the_upstream_is_gone(
+        start_stack: Callable[..., RunningStack], upstream: tuple[str, pathlib.Path, bytes, str],
+        tmp_path: pathlib.Path) -> None:
+    address, log, layer, manifest_digest = upstream
+    mirrors = tmp_path / "mirrors.yaml"
+    mirrors.write_text(f"upstreams:\n  - prefix: up.example\n    url: http://{address}\n    insecure: true\n")
+    stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors)})
+    stub = _stub(stack)
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+
+    # The manifest, by tag and by digest (HEAD: no body).
+    fetched = stub.FetchManifest(bpb.FetchManifestRequest(upstream="up.example", repository="team/app",
+                                                          reference="v1"), timeout=30)
+    assert fetched.digest == manifest_digest and fetched.media_type == OCI_MANIFEST
+    assert json.loads(fetched.content)["layers"][0]["digest"] == digest
+    head = stub.FetchManifest(bpb.FetchManifestRequest(upstream="up.example", repository="team/app",
+                                                       reference=manifest_digest, head=True), timeout=30)
+    assert head.digest == manifest_digest and not head.content
+
+    # Twelve callers at once: one upstream GET, twelve whole copies.
+    results: list[tuple[int, bytes]] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            results.append(_fill(stub, digest))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors[:2]
+    assert len(results) == 12 and all(body == layer for _, body in results)
+    assert all(total in (LAYER, 0) for total, _ in results) and any(total == LAYER for total, _ in results)
+    assert _upstream_gets(log, digest) == 1
+    assert not list((stack.data_dir / "fills").rglob("data"))  # nothing half-done left behind
+
+    # Unknown upstream content is a 404-class error naming the upstream.
+    with pytest.raises(grpc.RpcError) as missing:
+        _fill(stub, "sha256:" + "0" * 64)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and address in (missing.value.details() or "")
+
+
+def test_an_unreachable_upstream_is_unavailable_but_stored_blobs_still_serve(
+        start_stack: Callable[..., RunningStack], upstream: tuple[str, pathlib.Path, bytes, str],
+        tmp_path: pathlib.Path) -> None:
+    address, _, layer, _ = upstream
+    mirrors = tmp_path / "mirrors.yaml"
+    mirrors.write_text(f"upstreams:\n  - prefix: up.example\n    url: http://{address}\n    insecure: true\n"
+                       "  - prefix: down.example\n    url: http://127.0.0.1:9\n    insecure: true\n")
+    stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors)})
+    stub = _stub(stack)
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    assert _fill(stub, digest)[1] == layer
+    # Stored now: served whatever the upstream's state (here one that cannot be reached).
+    stored = stub.Fill(bpb.FillRequest(upstream="down.example", repository="team/app", digest=digest), timeout=30)
+    assert b"".join(c.data for c in stored) == layer
+    with pytest.raises(grpc.RpcError) as down:
+        _fill_from(stub, "down.example", "sha256:" + "1" * 64)
+    assert down.value.code() == grpc.StatusCode.UNAVAILABLE and "127.0.0.1:9" in (down.value.details() or "")
+
+
+def _fill_from(stub: bpb_grpc.BlobStoreStub, prefix: str, digest: str) -> bytes:
+    return b"".join(c.data for c in stub.Fill(bpb.FillRequest(upstream=prefix, repository="team/app",
+                                                              digest=digest), timeout=30))
