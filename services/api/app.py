@@ -16,6 +16,7 @@ from services.api.context import Context
 from services.api.hot_reads import HotReads
 from services.api.http_metrics import HttpMetrics
 from services.api.limits import InFlightLimit
+from services.api.mirroring import Mirror
 from services.api.responses import access_record, empty, request_id
 from services.api.settings import GatewaySettings
 from services.common import metrics, tracing
@@ -32,6 +33,7 @@ from services.common.errors import (
 from services.common.health import INSTANCE_HEADER
 from services.common.logs import AccessLog
 from services.common.names import is_valid_name
+from services.mirror.config import Mirrors
 
 log = logging.getLogger("wharf.gateway")
 # An encoded "/" in the path would be decoded into a name separator: refuse it, never reinterpret it.
@@ -60,11 +62,11 @@ def _current_request_id() -> str:
     return str(g.get("request_id", "")) or uuid.uuid4().hex
 
 
-def create_app(settings: GatewaySettings, clients: Clients | None = None) -> Flask:
+def create_app(settings: GatewaySettings, clients: Clients | None = None, mirrors: Mirrors | None = None) -> Flask:
     trusted_proxies = parse_networks(settings.trusted_proxies)
     app = Flask("wharf")
     clients = clients or Clients(settings, _current_request_id)
-    ctx = Context(settings, clients, authorizer_for(settings, clients.auth))
+    ctx = Context(settings, clients, authorizer_for(settings, clients.auth), Mirror(mirrors or Mirrors(), clients))
     if ctx.authorizer.issues_tokens and not settings.public_url:
         log.warning("WHARF_PUBLIC_URL is not set: the token realm is built from each request's Host header; "
                     "set it to the registry's external URL")

@@ -153,6 +153,26 @@ class BlobStoreClient:
                 yield chunk.data
         return (first.data if first is not None else b""), rest(), call.cancel
 
+    def fill(self, upstream: str, repository: str,
+             digest: str) -> tuple[int, bytes, Iterator[bytes], Callable[[], None]]:
+        """A mirrored blob (services/blobstore/fills.py): its size (0 when the upstream did not say),
+        the first chunk (so errors surface before any header is sent), the rest, and a cancel. An
+        error after the first chunk (a digest mismatch) ends the iterator with an exception."""
+        call = self._c.streaming("Fill", bpb.FillRequest(upstream=upstream, repository=repository, digest=digest))
+        try:
+            first = next(call, None)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+        def rest() -> Iterator[bytes]:
+            for chunk in call:
+                yield chunk.data
+        return (first.total if first else 0), (first.data if first else b""), rest(), call.cancel
+
+    def fetch_manifest(self, upstream: str, repository: str, reference: str, head: bool) -> bpb.FetchedManifest:
+        return self._c.unary("FetchManifest", bpb.FetchManifestRequest(
+            upstream=upstream, repository=repository, reference=reference, head=head))
+
     def put(self, digest: str, chunks: Iterable[bytes]) -> bpb.BlobInfo:
         def requests() -> Iterator[bpb.PutRequest]:
             yield bpb.PutRequest(digest=digest)

@@ -1,4 +1,5 @@
-"""What every view is given, built once per app: the settings, the gRPC clients, the authorizer."""
+"""What every view is given, built once per app: the settings, the gRPC clients, the authorizer,
+the mirror (pull-through for mirrored prefixes; off when none is configured)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 
 from services.api.access import Authorizer
 from services.api.clients import Clients
+from services.api.mirroring import Mirror
 from services.api.settings import GatewaySettings
 
 
@@ -14,3 +16,4 @@ class Context:
     settings: GatewaySettings
     clients: Clients
     authorizer: Authorizer
+    mirror: Mirror

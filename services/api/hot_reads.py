@@ -37,6 +37,7 @@ class HotReads:
     def __init__(self, ctx: Context, access_log: AccessLog | None, trusted_proxies: tuple[Network, ...]) -> None:
         self._cache = ctx.clients.cache
         self._authorizer = ctx.authorizer
+        self._mirror = ctx.mirror
         self._access_log = access_log
         self._trusted = trusted_proxies
         self._accepts: dict[tuple[str, str], bool] = {}
@@ -73,6 +74,8 @@ class HotReads:
             return None
         route, params = found
         if route.endpoint == "manifest":
+            if not self._mirror.is_fresh_tag(params["name"], params["reference"]):
+                return None  # a mirrored tag due for revalidation: the view asks the upstream
             manifest = self._cache.cached(params["name"], "manifest", params["reference"])
             if manifest is None or not self._allowed(environ, route.handlers[method], params) \
                     or not self._accepted(environ.get("HTTP_ACCEPT", ""), manifest.media_type):

@@ -12,7 +12,7 @@ from flask import Response, request
 from services.api.request_input import IO_CHUNK
 from services.api.responses import empty
 from services.common import digests
-from services.common.errors import RANGE_INVALID, RegistryError
+from services.common.errors import BLOB_UNKNOWN, RANGE_INVALID, RegistryError
 
 if TYPE_CHECKING:
     from services.api.context import Context
@@ -53,9 +53,26 @@ def _unsatisfiable(size: int) -> RegistryError:
     return RegistryError(RANGE_INVALID, headers={"Content-Range": f"bytes */{size}"})
 
 
+def _size(ctx: Context, name: str, digest: str, fill: bool) -> int | None:
+    """The size the repository's link records. A mirrored repository without the link fills the
+    blob from its upstream first: whole when ``fill`` (None is then never returned), else None
+    (the caller streams the fill itself)."""
+    try:
+        return ctx.clients.cache.blob_size(name, digest)
+    except RegistryError as err:
+        mirrored = ctx.mirror.route(name)
+        if err.error is not BLOB_UNKNOWN or mirrored is None:
+            raise
+        if not fill:
+            return None
+        ctx.mirror.fill_and_link(name, digest, *mirrored)
+        return ctx.clients.cache.blob_size(name, digest)
+
+
 def head(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
-    size = ctx.clients.cache.blob_size(name, digest)
+    size = _size(ctx, name, digest, fill=True)
+    assert size is not None
     response = empty(200, blob_headers(digest, size))
     response.headers["Content-Length"] = str(size)
     return response
@@ -96,9 +113,24 @@ def _local_path(ctx: Context, path: str) -> str | None:
     return real if os.path.commonpath([real, base]) == base else None
 
 
+def _stream_fill(ctx: Context, name: str, digest: str) -> Response:
+    """A mirrored blob pulled for the first time: streamed while the blob store stores it. The
+    last chunk comes only once the digest verified: on a mismatch the body ends in an error (the
+    connection is cut, no clean end), so a client never takes wrong bytes for whole ones."""
+    mirrored = ctx.mirror.route(name)
+    assert mirrored is not None
+    total, chunks = ctx.mirror.fill(name, digest, *mirrored)
+    headers = blob_headers(digest, total)
+    if not total:
+        del headers["Content-Length"]
+    return Response(chunks, status=200, headers=headers, direct_passthrough=True)
+
+
 def get(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
-    size = ctx.clients.cache.blob_size(name, digest)
+    size = _size(ctx, name, digest, fill=bool(request.headers.get("Range")))
+    if size is None:
+        return _stream_fill(ctx, name, digest)
     span = parse_range(request.headers.get("Range"), size)
     first, last = span if span else (0, size - 1)
     length = max(last - first + 1, 0)

@@ -70,11 +70,18 @@ def manifest_headers(manifest: mpb.Manifest) -> dict[str, str]:
 
 
 def get(ctx: Context, name: str, reference: str) -> Response:
-    manifest = ctx.clients.cache.get(name, reference)
+    mirrored = ctx.mirror.route(name)
+    warning = ""
+    if mirrored is None:
+        manifest = ctx.clients.cache.get(name, reference)
+    else:
+        manifest, warning = ctx.mirror.manifest(name, reference, *mirrored)
     if not accepts(request.headers.getlist("Accept"), manifest.media_type):
         raise RegistryError(MANIFEST_UNKNOWN, f"manifest is {manifest.media_type}, which the Accept header "
                                               "does not list")
     headers = manifest_headers(manifest)
+    if warning:
+        headers["Warning"] = warning
     if request.method == "HEAD":
         response = Response(b"", status=200, headers=headers)
         response.headers["Content-Length"] = str(len(manifest.content))
@@ -98,7 +105,26 @@ def _link_mountable(ctx: Context, name: str, missing: list[str]) -> bool:
                for digest, size in zip(missing, sizes, strict=True))
 
 
+def _put_request(name: str, digest: str, content: bytes, parsed: manifest_rules.ParsedManifest, tags: list[str],
+                 sparse: bool) -> mpb.PutManifestRequest:
+    descriptor = mpb.Descriptor(media_type=parsed.media_type, digest=digest, size=len(content),
+                                artifact_type=parsed.artifact_type, annotations=parsed.annotations)
+    return mpb.PutManifestRequest(
+        repository=name, digest=digest, media_type=parsed.media_type, content=content, tags=tags,
+        blob_references=[] if sparse else parsed.blob_refs,
+        manifest_references=[] if sparse else parsed.manifest_refs, subject=parsed.subject,
+        descriptor=descriptor, blob_reference_sizes=[] if sparse else parsed.blob_sizes,
+        manifest_reference_sizes=[] if sparse else parsed.manifest_sizes)
+
+
+def put_request(name: str, digest: str, content: bytes, media_type: str, tags: list[str],
+                sparse: bool) -> mpb.PutManifestRequest:
+    """The metadata request that stores a manifest (a mirror's fetch uses it too: sparse)."""
+    return _put_request(name, digest, content, manifest_rules.parse(content, media_type), tags, sparse)
+
+
 def put(ctx: Context, name: str, reference: str) -> Response:
+    ctx.mirror.refuse_push(name)
     is_digest = digests.looks_like_digest(reference)
     tags = _tags_to_apply(reference, is_digest)
     content = read_body(ctx.settings.max_manifest_bytes)
@@ -110,15 +136,7 @@ def put(ctx: Context, name: str, reference: str) -> Response:
     if is_digest and digest != reference:
         raise RegistryError(DIGEST_INVALID, f"manifest digest is {digest}, not {reference}")
     parsed = manifest_rules.parse(content, request.headers.get("Content-Type", ""))
-    descriptor = mpb.Descriptor(media_type=parsed.media_type, digest=digest, size=len(content),
-                                artifact_type=parsed.artifact_type, annotations=parsed.annotations)
-    sparse = ctx.settings.allow_sparse_manifests
-    put_request = mpb.PutManifestRequest(
-        repository=name, digest=digest, media_type=parsed.media_type, content=content, tags=tags,
-        blob_references=[] if sparse else parsed.blob_refs,
-        manifest_references=[] if sparse else parsed.manifest_refs, subject=parsed.subject,
-        descriptor=descriptor, blob_reference_sizes=[] if sparse else parsed.blob_sizes,
-        manifest_reference_sizes=[] if sparse else parsed.manifest_sizes)
+    put_request = _put_request(name, digest, content, parsed, tags, ctx.settings.allow_sparse_manifests)
     try:
         ctx.clients.metadata.put_manifest(put_request)
     except RegistryError as err:

@@ -74,6 +74,7 @@ def _try_mount(ctx: Context, name: str, digest: str, source: str | None) -> Resp
 
 
 def start(ctx: Context, name: str) -> Response:
+    ctx.mirror.refuse_push(name)
     mount = request.args.get("mount")
     if mount:
         digests.validate(mount)

@@ -1,0 +1,170 @@
+"""Pull-through for repositories under a configured upstream's prefix (services/mirror/config.py).
+
+The gateway decides *when* to ask the upstream; the blob store does the asking (it owns the
+upstream connections and fetches each blob once: services/blobstore/fills.py), and the metadata
+service keeps what was fetched like any pushed content (manifests stored sparse: their blobs are
+filled when first pulled).
+
+- **By digest**, content never changes: what is stored is served with no upstream request.
+- **By tag**, the stored answer is trusted for the upstream's ``tag_ttl``; after it, a HEAD to the
+  upstream revalidates it (HEADs do not spend Docker Hub's pull limit), and a changed digest is
+  fetched and stored under the tag.
+- **Upstream down** (unreachable, timing out, 5xx, 429): what is stored is served, with a
+  ``Warning: 110`` header saying it may be stale; only what was never stored fails (503/502,
+  naming the upstream).
+- **Pushes** to a mirrored prefix are refused (DENIED); deletes are allowed like anywhere.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from services.common import digests
+from services.common.errors import DENIED, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
+from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
+from services.mirror.config import Mirrors, Upstream
+
+if TYPE_CHECKING:
+    from services.api.clients import Clients, MetadataClient
+
+log = logging.getLogger("wharf.gateway.mirror")
+# Tags whose upstream answer this process checked recently: (repository, tag) -> when.
+_VALIDATED_MAX = 100_000
+
+
+class Mirror:
+    def __init__(self, mirrors: Mirrors, clients: Clients) -> None:
+        self._mirrors = mirrors
+        self._clients = clients
+        self._validated: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self._mirrors.enabled
+
+    def route(self, name: str) -> tuple[Upstream, str] | None:
+        return self._mirrors.route(name) if self._mirrors.enabled else None
+
+    def refuse_push(self, name: str) -> None:
+        found = self.route(name)
+        if found is not None:
+            raise RegistryError(DENIED, f"{name} mirrors {found[0].url}: pushes to a mirrored repository are refused")
+
+    def is_fresh_tag(self, name: str, reference: str) -> bool:
+        """False for a tag of a mirrored repository that must be revalidated now (the hot-read path
+        then leaves the request to the view)."""
+        found = self.route(name)
+        if found is None or digests.looks_like_digest(reference):
+            return True
+        with self._lock:
+            checked = self._validated.get((name, reference))
+        return checked is not None and time.monotonic() - checked < found[0].tag_ttl
+
+    def _mark(self, name: str, tag: str) -> None:
+        with self._lock:
+            self._validated[(name, tag)] = time.monotonic()
+            self._validated.move_to_end((name, tag))
+            while len(self._validated) > _VALIDATED_MAX:
+                self._validated.popitem(last=False)
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def manifest(self, name: str, reference: str, upstream: Upstream, remote: str) -> tuple[mpb.Manifest, str]:
+        """(manifest, Warning header or "") for a mirrored repository."""
+        cache = self._clients.cache
+        if digests.looks_like_digest(reference):
+            try:
+                return cache.get(name, reference), ""
+            except RegistryError as err:
+                if err.error is not MANIFEST_UNKNOWN:
+                    raise
+            return self._fetch(name, reference, upstream, remote, tags=[]), ""
+        if self.is_fresh_tag(name, reference):
+            try:
+                return cache.get(name, reference), ""
+            except RegistryError as err:
+                if err.error is not MANIFEST_UNKNOWN:
+                    raise
+        try:
+            head = self._clients.blobs.fetch_manifest(upstream.prefix, remote, reference, head=True)
+        except RegistryError as err:
+            if err.error is not UNAVAILABLE:
+                raise
+            try:
+                stored = cache.get(name, reference)
+            except RegistryError:
+                raise err from None
+            log.warning("serving a mirrored tag the upstream could not confirm",
+                        extra={"fields": {"repository": name, "tag": reference, "error": err.message[:200]}})
+            return stored, f'110 - "stale: {err.message[:150]}"'
+        try:
+            stored = cache.get(name, reference)
+            if stored.digest == head.digest:
+                self._mark(name, reference)
+                return stored, ""
+        except RegistryError as err:
+            if err.error is not MANIFEST_UNKNOWN:
+                raise
+        manifest = self._fetch(name, head.digest, upstream, remote, tags=[reference])
+        self._mark(name, reference)
+        return manifest, ""
+
+    def _fetch(self, name: str, digest: str, upstream: Upstream, remote: str, tags: list[str]) -> mpb.Manifest:
+        from services.api.views.manifests import put_request
+
+        fetched = self._clients.blobs.fetch_manifest(upstream.prefix, remote, digest, head=False)
+        if fetched.digest != digest:
+            raise RegistryError(UNAVAILABLE, f"upstream {upstream.url} answered {fetched.digest} for {digest}",
+                                http_status=502)
+        request = put_request(name, fetched.digest, fetched.content, fetched.media_type, tags, sparse=True)
+        self._clients.metadata.put_manifest(request)
+        return mpb.Manifest(digest=fetched.digest, media_type=request.media_type, content=fetched.content,
+                            subject=request.subject)
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def fill(self, name: str, digest: str, upstream: Upstream, remote: str) -> tuple[int, Iterator[bytes]]:
+        """(size or 0, chunks) of a blob the repository does not link yet: streamed from the blob
+        store's fill and linked once the whole of it arrived verified. The pin holds it against
+        garbage collection from before the fill stores it until the link."""
+        metadata = self._clients.metadata
+        pin = metadata.pin_blob(digest)
+        try:
+            total, first, rest, cancel = self._clients.blobs.fill(upstream.prefix, remote, digest)
+        except BaseException:
+            _unpin(metadata, digest, pin)
+            raise
+
+        def chunks() -> Iterator[bytes]:
+            size, whole = len(first), False
+            try:
+                if first:
+                    yield first
+                for data in rest:
+                    size += len(data)
+                    yield data
+                whole = True
+            finally:
+                if whole:
+                    metadata.link_blob(name, digest, size, pin=pin)
+                else:
+                    cancel()
+                    _unpin(metadata, digest, pin)
+        return total, chunks()
+
+    def fill_and_link(self, name: str, digest: str, upstream: Upstream, remote: str) -> None:
+        """The whole fill, for a request that is then answered from storage (a HEAD, a Range)."""
+        for _ in self.fill(name, digest, upstream, remote)[1]:
+            pass
+
+
+def _unpin(metadata: MetadataClient, digest: str, pin: str) -> None:
+    with contextlib.suppress(RegistryError):  # else it lapses on its own
+        metadata.unpin_blob(digest, pin)

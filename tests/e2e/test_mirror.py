@@ -1,0 +1,101 @@
+"""Pull-through through the gateway, against a real upstream (CNCF Distribution): a mirrored image
+pulls byte-identical (crane, and plain HTTP), a second pull asks the upstream for no blob, pushes to
+a mirrored prefix are refused while a private repository beside it takes them, and with the
+upstream stopped what was pulled before still pulls (marked stale once the tag's TTL ran out)
+while what never was fails with a 503 naming the upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from tests.integration.test_mirror_fill import _push, _upstream_gets
+from tests.support.distribution import running_distribution
+from tests.support.pusher import OCI_MANIFEST, push_image, random_layers
+from tests.support.stack import RunningStack
+from tests.support.tools import require_tool
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture()
+def mirrored(start_stack: Callable[..., RunningStack], tmp_path: pathlib.Path) -> Iterator[tuple[RunningStack, dict]]:
+    binary = require_tool("docker-registry", "apt-get install docker-registry")
+    with running_distribution(tmp_path / "upstream", binary, level="info") as address:
+        layer = hashlib.sha256(b"mirror").digest() * 40_000
+        manifest = _push(f"http://{address}", "team/app", "v1", layer)
+        other = _push(f"http://{address}", "team/other", "v1", b"never pulled through the mirror" * 1000)
+        mirrors = tmp_path / "mirrors.yaml"
+        mirrors.write_text(f"upstreams:\n  - prefix: up.example\n    url: http://{address}\n    insecure: true\n"
+                           "    tag_ttl: 1s\n")
+        stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors)})
+        yield stack, {"address": address, "log": tmp_path / "upstream" / "registry.log", "layer": layer,
+                      "manifest": manifest, "other": other, "dir": tmp_path / "upstream"}
+
+
+def _pull(url: str, repository: str, reference: str) -> tuple[requests.Response, list[bytes]]:
+    got = requests.get(f"{url}/v2/{repository}/manifests/{reference}", headers={"Accept": OCI_MANIFEST}, timeout=60)
+    assert got.status_code == 200, got.text
+    blobs = []
+    for descriptor in [got.json()["config"], *got.json()["layers"]]:
+        blob = requests.get(f"{url}/v2/{repository}/blobs/{descriptor['digest']}", timeout=60)
+        assert blob.status_code == 200, blob.text
+        assert "sha256:" + hashlib.sha256(blob.content).hexdigest() == descriptor["digest"]
+        blobs.append(blob.content)
+    return got, blobs
+
+
+def test_pull_through_a_mirror(mirrored: tuple[RunningStack, dict], tmp_path: pathlib.Path) -> None:
+    stack, up = mirrored
+    got, blobs = _pull(stack.url, "up.example/team/app", "v1")
+    assert got.headers["Docker-Content-Digest"] == up["manifest"] and up["layer"] in blobs
+    layer_digest = "sha256:" + hashlib.sha256(up["layer"]).hexdigest()
+    assert _upstream_gets(up["log"], layer_digest) == 1
+    # Again, by digest and by tag: no upstream blob request (and the tag at most revalidated by a HEAD).
+    time.sleep(1.1)
+    _pull(stack.url, "up.example/team/app", up["manifest"])
+    _pull(stack.url, "up.example/team/app", "v1")
+    assert _upstream_gets(up["log"], layer_digest) == 1
+    # crane pulls it too, byte for byte.
+    crane = require_tool("crane")
+    out = tmp_path / "pulled"
+    pulled = subprocess.run([crane, "pull", "--insecure", "--format", "oci",
+                             f"{stack.host}/up.example/team/app:v1", str(out)], capture_output=True, text=True,
+                            timeout=120)
+    assert pulled.returncode == 0, pulled.stderr
+    index = json.loads((out / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == up["manifest"]
+    assert (out / "blobs" / "sha256" / layer_digest.split(":")[1]).read_bytes() == up["layer"]
+
+    # Pushes: refused under the mirrored prefix, taken beside it.
+    refused = requests.post(f"{stack.url}/v2/up.example/team/app/blobs/uploads/", timeout=30)
+    assert refused.status_code == 403 and refused.json()["errors"][0]["code"] == "DENIED"
+    put = requests.put(f"{stack.url}/v2/up.example/team/app/manifests/v2", data=got.content, timeout=30,
+                       headers={"Content-Type": OCI_MANIFEST})
+    assert put.status_code == 403
+    push_image([stack.url], "team/private", "v1", random_layers(1, 1024))
+
+    # The upstream gone: what was pulled still pulls (stale once the TTL ran out), the rest is a 503.
+    subprocess.run(["pkill", "-f", str(up["dir"] / "config.yml")], check=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://{up['address']}/v2/", timeout=1)
+        except requests.ConnectionError:
+            break
+        time.sleep(0.1)
+    time.sleep(1.1)
+    stale, blobs_again = _pull(stack.url, "up.example/team/app", "v1")
+    assert blobs_again == blobs and stale.headers.get("Warning", "").startswith("110")
+    _pull(stack.url, "up.example/team/app", up["manifest"])  # by digest: never asks the upstream
+    missing = requests.get(f"{stack.url}/v2/up.example/team/other/manifests/v1", headers={"Accept": OCI_MANIFEST},
+                           timeout=60)
+    assert missing.status_code == 503 and missing.json()["errors"][0]["code"] == "UNAVAILABLE"
+    assert up["address"] in missing.json()["errors"][0]["message"]
