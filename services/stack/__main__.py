@@ -26,6 +26,7 @@ from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
 from services.common.settings import check_all, load
 from services.common.signals import StopSignal
 from services.metadata.settings import MetadataSettings
+from services.mirror import config as mirror_config
 from services.stack import records
 from services.stack.lock import DataDirInUse, DataDirLock, port_is_free
 from services.stack.processes import (
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     # Every service's settings, as they will read them: a bad value stops the runner here, with
     # one line per problem, instead of a child crashing after the others started.
     found = check_all(os.environ, StackSettings, GatewaySettings, BlobStoreSettings, MetadataSettings, AuthSettings)
+    found += mirror_config.problems(os.environ)  # the mirrors' upstreams (gateway and blob store read them)
     if found:
         sys.stderr.write("".join(f"wharf-stack: {line}\n" for line in found))
         sys.exit(2)
