@@ -86,9 +86,9 @@ class ManifestAnswer:
 
 @dataclasses.dataclass(frozen=True)
 class _Auth:
-    header: str
+    header: str = dataclasses.field(repr=False)  # never in a repr or a traceback's locals
     key: tuple[str, str, str] | None  # the token's (realm, service, scope); None for Basic
-    token: str = ""
+    token: str = dataclasses.field(default="", repr=False)
 
 
 # RFC 9110 section 11.6.1: challenge = scheme [ token68 / #auth-param ], challenges comma-separated.
@@ -96,6 +96,7 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _SCHEME_RE = re.compile(rf"[\s,]*({_TOKEN})")
 _PARAM_RE = re.compile(rf"[\s,]*({_TOKEN})\s*=\s*(?:\"((?:[^\"\\]|\\.)*)\"|({_TOKEN}))\s*(?=,|$)")
 _TOKEN68_RE = re.compile(r"\s+[A-Za-z0-9._~+/-]+=*\s*(?=,|$)")
+_SEPARATOR_RE = re.compile(r"\s*(?:,|$)")
 
 
 def parse_challenges(header: str) -> list[Challenge]:
@@ -117,6 +118,8 @@ def parse_challenges(header: str) -> list[Challenge]:
             params.setdefault(param.group(1).lower(), value)
             position = param.end()
         found.append(Challenge(scheme.group(1).lower(), params))
+        if not _SEPARATOR_RE.match(header, position):
+            break  # neither the end nor a comma before the next challenge
     return found
 
 
@@ -227,7 +230,7 @@ class UpstreamClient:
                                         repository, {"Accept": MANIFEST_ACCEPT})
         try:
             if response.status != 200:
-                self._raise_for(response, f"manifest {repository}:{reference}")
+                self._raise_for(response, f"manifest {repository}{'@' if by_digest else ':'}{reference}")
             header_digest = response.headers.get("Docker-Content-Digest", "").strip()
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             length = response.headers.get("Content-Length", "")
@@ -372,7 +375,7 @@ class UpstreamClient:
             value, until = self._tokens.get(key, ("", 0.0))
             if value and value != stale and until > time.monotonic():
                 return value
-            flight = threading.Lock()
+            flight = self._flights.setdefault(key, threading.Lock())
         with flight:
             with self._lock:
                 value, until = self._tokens.get(key, ("", 0.0))

@@ -110,7 +110,9 @@ class _FileWriter(FileWriter):
     def __init__(self, path: pathlib.Path, append: bool) -> None:
         self._path = path
         _ensure_dir(path.parent)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if append else os.O_TRUNC)
+        # Never O_TRUNC: a writer refused below (another holds the key) must not have emptied the
+        # holder's file first; a replacing writer truncates once it holds the lock.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         self._direct = hasattr(os, "O_DIRECT")
         try:
             self._fd = os.open(path, flags | (os.O_DIRECT if self._direct else 0), 0o644)
@@ -126,6 +128,8 @@ class _FileWriter(FileWriter):
         except BlockingIOError:
             os.close(self._fd)
             raise UploadBusyError(str(path)) from None
+        if not append:
+            os.ftruncate(self._fd, 0)
         self._size = os.fstat(self._fd).st_size
         self._pair = _BUFFERS.take() if self._direct else None
         if self._direct and self._pair is None:
