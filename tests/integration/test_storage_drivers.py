@@ -96,6 +96,19 @@ def test_a_second_writer_is_refused(driver: StorageDriver) -> None:
         assert second.size == 1
 
 
+def test_a_refused_replacing_writer_leaves_the_holders_bytes(driver: StorageDriver) -> None:
+    """A writer that would replace the object (append=False) and is refused must not have touched
+    it: the holder's bytes stay whole (a mirror's concurrent fills of one blob rely on it)."""
+    with driver.writer("fill/data", append=False) as holder:
+        holder.write(b"x" * 5000)
+        with pytest.raises(UploadBusyError):
+            driver.writer("fill/data", append=False)
+        holder.write(b"y" * 3000)
+        holder.commit()
+    with driver.reader("fill/data") as handle:
+        assert handle.read() == b"x" * 5000 + b"y" * 3000
+
+
 def test_concurrent_deletes_of_one_prefix(driver: StorageDriver) -> None:
     """Deletes racing each other all answer (True or False) and leave nothing behind."""
     for name in ("data", "info"):
