@@ -4,6 +4,7 @@ behind base.CheckedDriver (the backend's own checks are tested too, without it).
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import pathlib
 import random
 import shutil
@@ -99,14 +100,15 @@ def test_a_second_writer_is_refused(driver: StorageDriver) -> None:
 def test_a_refused_replacing_writer_leaves_the_holders_bytes(driver: StorageDriver) -> None:
     """A writer that would replace the object (append=False) and is refused must not have touched
     it: the holder's bytes stay whole (a mirror's concurrent fills of one blob rely on it)."""
+    first = os.urandom(6 * 1024 * 1024 + 5)  # past the writers' buffers: some of it is on disk
     with driver.writer("fill/data", append=False) as holder:
-        holder.write(b"x" * 5000)
+        holder.write(first)
         with pytest.raises(UploadBusyError):
             driver.writer("fill/data", append=False)
         holder.write(b"y" * 3000)
         holder.commit()
     with driver.reader("fill/data") as handle:
-        assert handle.read() == b"x" * 5000 + b"y" * 3000
+        assert handle.read() == first + b"y" * 3000
 
 
 def test_concurrent_deletes_of_one_prefix(driver: StorageDriver) -> None:
