@@ -2,8 +2,9 @@
 
 The gateway decides *when* to ask the upstream; the blob store does the asking (it owns the
 upstream connections and fetches each blob once: services/blobstore/fills.py), and the metadata
-service keeps what was fetched like any pushed content (manifests stored sparse: their blobs are
-filled when first pulled).
+service keeps what was fetched like any pushed content (manifests stored with their references
+counted but not required: their blobs are filled when first pulled, and garbage collection
+keeps the links a stored manifest names).
 
 - **By digest**, content never changes: what is stored is served with no upstream request.
 - **By tag**, the stored answer is trusted for the upstream's ``tag_ttl``; after it, a HEAD to the
@@ -117,13 +118,13 @@ class Mirror:
         return manifest, ""
 
     def _fetch(self, name: str, digest: str, upstream: Upstream, remote: str, tags: list[str]) -> mpb.Manifest:
-        from services.api.views.manifests import put_request
+        from services.api.views.manifests import mirrored_put_request
 
         fetched = self._clients.blobs.fetch_manifest(upstream.prefix, remote, digest, head=False)
         if fetched.digest != digest:
             raise RegistryError(UNAVAILABLE, f"upstream {upstream.url} answered {fetched.digest} for {digest}",
                                 http_status=502)
-        request = put_request(name, fetched.digest, fetched.content, fetched.media_type, tags, sparse=True)
+        request = mirrored_put_request(name, fetched.digest, fetched.content, fetched.media_type, tags)
         self._clients.metadata.put_manifest(request)
         return mpb.Manifest(digest=fetched.digest, media_type=request.media_type, content=fetched.content,
                             subject=request.subject)

@@ -138,7 +138,8 @@ end
 """
 
 # ARGV: prefix, catalog, name, digest, type, body, subject, descriptor,
-#       nblobs, (blob, declared size or "")..., nmanifests, (manifest, size or "")..., ntags, tags...
+#       nblobs, (blob, declared size or "")..., nmanifests, (manifest, size or "")..., ntags, tags...,
+#       count_only ("1": count the references without requiring them; optional)
 # Returns {"ok"}, {"missing", digest...} or {"size", digest, declared, stored} (nothing written).
 # A manifest stored for the first time counts what it names (refs, children) and records its
 # arrival; every tag it carries records its push time, and the repository its last push.
@@ -167,8 +168,11 @@ for _ = 1, nman do
   kids[#kids + 1] = ARGV[i]
   i = i + 2
 end
-if wrong then return wrong end
-if #missing > 0 then
+-- A mirror's manifest (last argument "1"): its references are counted, not required (the
+-- blobs are filled when first pulled).
+local count_only = ARGV[#ARGV] == '1'
+if wrong and not count_only then return wrong end
+if #missing > 0 and not count_only then
   table.insert(missing, 1, 'missing')
   return missing
 end

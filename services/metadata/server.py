@@ -98,7 +98,8 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         await self._change(request.repository, self._store.put_manifest(
             request.repository, request.digest, request.media_type, request.content, list(request.tags),
             list(request.blob_references), list(request.manifest_references), request.subject, descriptor,
-            list(request.blob_reference_sizes) or None, list(request.manifest_reference_sizes) or None))
+            list(request.blob_reference_sizes) or None, list(request.manifest_reference_sizes) or None,
+            request.count_only_references))
         return pb.PutManifestResponse()
 
     async def GetManifest(self, request: pb.ManifestRef, context: grpc.aio.ServicerContext) -> pb.Manifest:

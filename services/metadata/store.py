@@ -206,7 +206,7 @@ class MetadataStore:
     async def put_manifest(self, name: str, digest: str, media_type: str, content: bytes, tags: list[str],
                      blob_refs: list[str], manifest_refs: list[str], subject: str,
                      descriptor: Descriptor | None, blob_sizes: list[int] | None = None,
-                     manifest_sizes: list[int] | None = None) -> None:
+                     manifest_sizes: list[int] | None = None, count_only: bool = False) -> None:
         """Stores a manifest whose references are present (and, where sizes are given, of the
         declared sizes) in one atomic script; nothing is written otherwise."""
         validate_name(name)
@@ -218,7 +218,7 @@ class MetadataStore:
         args: list[str | bytes | int] = [keys.repo_prefix(name), keys.CATALOG, name, digest, media_type, content,
                                          subject, descriptor.to_json() if descriptor else ""]
         args += [len(blob_refs), *_with_sizes(blob_refs, blob_sizes), len(manifest_refs),
-                 *_with_sizes(manifest_refs, manifest_sizes), len(tags), *tags]
+                 *_with_sizes(manifest_refs, manifest_sizes), len(tags), *tags, "1" if count_only else "0"]
         result = [text(v) for v in await self._write(self._put_manifest, args)]
         if result[0] == "size":
             raise RegistryError(MANIFEST_INVALID, f"a descriptor gives {result[1]} a size of {result[2]} bytes; "

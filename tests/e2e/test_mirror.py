@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
+from tests.integration.test_gc import _gc
 from tests.integration.test_mirror_fill import _push, _upstream_gets
 from tests.support.distribution import running_distribution
 from tests.support.pusher import OCI_MANIFEST, push_image, random_layers
@@ -73,6 +74,12 @@ def test_pull_through_a_mirror(mirrored: tuple[RunningStack, dict], tmp_path: pa
     index = json.loads((out / "index.json").read_text())
     assert index["manifests"][0]["digest"] == up["manifest"]
     assert (out / "blobs" / "sha256" / layer_digest.split(":")[1]).read_bytes() == up["layer"]
+
+    # A collection keeps what a stored mirrored manifest names: pulling again asks no blob upstream.
+    report = _gc(stack, "--grace", "0", "--delete-untagged")
+    assert report["blobs_deleted"] == 0, report
+    _pull(stack.url, "up.example/team/app", up["manifest"])
+    assert _upstream_gets(up["log"], layer_digest) == 1
 
     # Pushes: refused under the mirrored prefix, taken beside it.
     refused = requests.post(f"{stack.url}/v2/up.example/team/app/blobs/uploads/", timeout=30)

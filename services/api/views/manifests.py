@@ -117,10 +117,15 @@ def _put_request(name: str, digest: str, content: bytes, parsed: manifest_rules.
         manifest_reference_sizes=[] if sparse else parsed.manifest_sizes)
 
 
-def put_request(name: str, digest: str, content: bytes, media_type: str, tags: list[str],
-                sparse: bool) -> mpb.PutManifestRequest:
-    """The metadata request that stores a manifest (a mirror's fetch uses it too: sparse)."""
-    return _put_request(name, digest, content, manifest_rules.parse(content, media_type), tags, sparse)
+def mirrored_put_request(name: str, digest: str, content: bytes, media_type: str,
+                         tags: list[str]) -> mpb.PutManifestRequest:
+    """The metadata request that stores a mirror's fetched manifest: its references counted (so
+    garbage collection keeps what it names once filled), not required (filled when pulled)."""
+    request = _put_request(name, digest, content, manifest_rules.parse(content, media_type), tags, sparse=False)
+    request.count_only_references = True
+    del request.blob_reference_sizes[:]
+    del request.manifest_reference_sizes[:]
+    return request
 
 
 def put(ctx: Context, name: str, reference: str) -> Response:

@@ -154,7 +154,7 @@ class Descriptor(_message.Message):
     def __init__(self, media_type: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., artifact_type: _Optional[str] = ..., annotations: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PutManifestRequest(_message.Message):
-    __slots__ = ("repository", "digest", "media_type", "content", "tags", "blob_references", "manifest_references", "subject", "descriptor", "blob_reference_sizes", "manifest_reference_sizes")
+    __slots__ = ("repository", "digest", "media_type", "content", "tags", "blob_references", "manifest_references", "subject", "descriptor", "blob_reference_sizes", "manifest_reference_sizes", "count_only_references")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class PutManifestRequest(_message.Message):
     DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
     BLOB_REFERENCE_SIZES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_REFERENCE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ONLY_REFERENCES_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
     media_type: str
@@ -177,7 +178,8 @@ class PutManifestRequest(_message.Message):
     descriptor: Descriptor
     blob_reference_sizes: _containers.RepeatedScalarFieldContainer[int]
     manifest_reference_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ..., content: _Optional[bytes] = ..., tags: _Optional[_Iterable[str]] = ..., blob_references: _Optional[_Iterable[str]] = ..., manifest_references: _Optional[_Iterable[str]] = ..., subject: _Optional[str] = ..., descriptor: _Optional[_Union[Descriptor, _Mapping]] = ..., blob_reference_sizes: _Optional[_Iterable[int]] = ..., manifest_reference_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    count_only_references: bool
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ..., content: _Optional[bytes] = ..., tags: _Optional[_Iterable[str]] = ..., blob_references: _Optional[_Iterable[str]] = ..., manifest_references: _Optional[_Iterable[str]] = ..., subject: _Optional[str] = ..., descriptor: _Optional[_Union[Descriptor, _Mapping]] = ..., blob_reference_sizes: _Optional[_Iterable[int]] = ..., manifest_reference_sizes: _Optional[_Iterable[int]] = ..., count_only_references: _Optional[bool] = ...) -> None: ...
 
 class PutManifestResponse(_message.Message):
     __slots__ = ()
