@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from services.common import digests
 from services.common.errors import DENIED, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
+from services.common.names import is_valid_name
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 from services.mirror.config import Mirrors, Upstream
 
@@ -52,6 +53,24 @@ class Mirror:
 
     def route(self, name: str) -> tuple[Upstream, str] | None:
         return self._mirrors.route(name) if self._mirrors.enabled else None
+
+    def default_alias(self, name: str) -> tuple[str, Upstream, str] | None:
+        """For a name under no prefix that is not stored here (the caller found nothing), the
+        default upstream's: (the name it is kept under here, ``<prefix>/<remote>``, the upstream,
+        the remote name). Docker's ``registry-mirrors`` sends such names (``library/alpine``)."""
+        if not self._mirrors.enabled or self.route(name) is not None:
+            return None
+        found = self._mirrors.route_default(name)
+        if found is None:
+            return None
+        kept = f"{found[0].prefix}/{found[1]}"
+        return (kept, *found) if is_valid_name(kept) else None
+
+    def read_route(self, name: str) -> tuple[str, Upstream, str] | None:
+        """Where a read of ``name`` that found nothing stored goes: (the name kept here, the
+        upstream, the remote name) for a mirrored prefix or the default upstream; None otherwise."""
+        found = self.route(name)
+        return (name, *found) if found is not None else self.default_alias(name)
 
     def refuse_push(self, name: str) -> None:
         found = self.route(name)

@@ -35,7 +35,7 @@ def mirrored(start_stack: Callable[..., RunningStack], tmp_path: pathlib.Path) -
         other = _push(f"http://{address}", "team/other", "v1", b"never pulled through the mirror" * 1000)
         mirrors = tmp_path / "mirrors.yaml"
         mirrors.write_text(f"upstreams:\n  - prefix: up.example\n    url: http://{address}\n    insecure: true\n"
-                           "    tag_ttl: 1s\n")
+                           "    tag_ttl: 1s\n    default: true\n")
         stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors)})
         yield stack, {"address": address, "log": tmp_path / "upstream" / "registry.log", "layer": layer,
                       "manifest": manifest, "other": other, "dir": tmp_path / "upstream"}
@@ -87,7 +87,15 @@ def test_pull_through_a_mirror(mirrored: tuple[RunningStack, dict], tmp_path: pa
     put = requests.put(f"{stack.url}/v2/up.example/team/app/manifests/v2", data=got.content, timeout=30,
                        headers={"Content-Type": OCI_MANIFEST})
     assert put.status_code == 403
-    push_image([stack.url], "team/private", "v1", random_layers(1, 1024))
+    private = push_image([stack.url], "team/private", "v1", random_layers(1, 1024))
+
+    # Prefix-less names (Docker's registry-mirrors): what is stored here is served from here, the
+    # rest comes from the default upstream, kept under its prefix (no second fetch of the layer).
+    local = requests.get(f"{stack.url}/v2/team/private/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=30)
+    assert local.headers["Docker-Content-Digest"] == private
+    via_default, blobs_via_default = _pull(stack.url, "team/app", "v1")
+    assert via_default.headers["Docker-Content-Digest"] == up["manifest"] and blobs_via_default == blobs
+    assert _upstream_gets(up["log"], layer_digest) == 1
 
     # The upstream gone: what was pulled still pulls (stale once the TTL ran out), the rest is a 503.
     subprocess.run(["pkill", "-f", str(up["dir"] / "config.yml")], check=False)

@@ -53,25 +53,34 @@ def _unsatisfiable(size: int) -> RegistryError:
     return RegistryError(RANGE_INVALID, headers={"Content-Range": f"bytes */{size}"})
 
 
-def _size(ctx: Context, name: str, digest: str, fill: bool) -> int | None:
-    """The size the repository's link records. A mirrored repository without the link fills the
-    blob from its upstream first: whole when ``fill`` (None is then never returned), else None
-    (the caller streams the fill itself)."""
+def _resolve(ctx: Context, name: str, digest: str, fill: bool) -> tuple[str, int | None]:
+    """(the repository the blob is served from, the size its link records). A blob a mirrored
+    repository (or, for a name not stored here, the default upstream) does not link yet is
+    filled from the upstream first: whole when ``fill``, else the size is None and the caller
+    streams the fill itself. The repository differs from ``name`` for the default upstream's
+    names, kept under its prefix."""
     try:
-        return ctx.clients.cache.blob_size(name, digest)
+        return name, ctx.clients.cache.blob_size(name, digest)
     except RegistryError as err:
-        mirrored = ctx.mirror.route(name)
-        if err.error is not BLOB_UNKNOWN or mirrored is None:
+        target = ctx.mirror.read_route(name) if err.error is BLOB_UNKNOWN else None
+        if target is None:
             raise
-        if not fill:
-            return None
-        ctx.mirror.fill_and_link(name, digest, *mirrored)
-        return ctx.clients.cache.blob_size(name, digest)
+    kept, upstream, remote = target
+    if kept != name:
+        try:
+            return kept, ctx.clients.cache.blob_size(kept, digest)
+        except RegistryError as err:
+            if err.error is not BLOB_UNKNOWN:
+                raise
+    if not fill:
+        return kept, None
+    ctx.mirror.fill_and_link(kept, digest, upstream, remote)
+    return kept, ctx.clients.cache.blob_size(kept, digest)
 
 
 def head(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
-    size = _size(ctx, name, digest, fill=True)
+    _, size = _resolve(ctx, name, digest, fill=True)
     assert size is not None
     response = empty(200, blob_headers(digest, size))
     response.headers["Content-Length"] = str(size)
@@ -117,9 +126,9 @@ def _stream_fill(ctx: Context, name: str, digest: str) -> Response:
     """A mirrored blob pulled for the first time: streamed while the blob store stores it. The
     last chunk comes only once the digest verified: on a mismatch the body ends in an error (the
     connection is cut, no clean end), so a client never takes wrong bytes for whole ones."""
-    mirrored = ctx.mirror.route(name)
-    assert mirrored is not None
-    total, chunks = ctx.mirror.fill(name, digest, *mirrored)
+    target = ctx.mirror.read_route(name)
+    assert target is not None
+    total, chunks = ctx.mirror.fill(target[0], digest, target[1], target[2])
     headers = blob_headers(digest, total)
     if not total:
         del headers["Content-Length"]
@@ -128,9 +137,9 @@ def _stream_fill(ctx: Context, name: str, digest: str) -> Response:
 
 def get(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
-    size = _size(ctx, name, digest, fill=bool(request.headers.get("Range")))
+    kept, size = _resolve(ctx, name, digest, fill=bool(request.headers.get("Range")))
     if size is None:
-        return _stream_fill(ctx, name, digest)
+        return _stream_fill(ctx, kept, digest)
     span = parse_range(request.headers.get("Range"), size)
     first, last = span if span else (0, size - 1)
     length = max(last - first + 1, 0)

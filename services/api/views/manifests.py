@@ -16,6 +16,7 @@ from services.common.errors import (
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
     RegistryError,
 )
 from services.common.names import validate_tag
@@ -72,10 +73,17 @@ def manifest_headers(manifest: mpb.Manifest) -> dict[str, str]:
 def get(ctx: Context, name: str, reference: str) -> Response:
     mirrored = ctx.mirror.route(name)
     warning = ""
-    if mirrored is None:
-        manifest = ctx.clients.cache.get(name, reference)
-    else:
+    if mirrored is not None:
         manifest, warning = ctx.mirror.manifest(name, reference, *mirrored)
+    else:
+        try:
+            manifest = ctx.clients.cache.get(name, reference)
+        except RegistryError as err:
+            # Not stored here: the default upstream's, if one is configured (registry-mirrors).
+            alias = ctx.mirror.default_alias(name) if err.error in (MANIFEST_UNKNOWN, NAME_UNKNOWN) else None
+            if alias is None:
+                raise
+            manifest, warning = ctx.mirror.manifest(alias[0], reference, alias[1], alias[2])
     if not accepts(request.headers.getlist("Accept"), manifest.media_type):
         raise RegistryError(MANIFEST_UNKNOWN, f"manifest is {manifest.media_type}, which the Accept header "
                                               "does not list")
