@@ -1,0 +1,135 @@
+"""Mirrors under stress, through the gateway, with real processes:
+
+- a proxy between Wharf and the upstream flips a byte of a blob, then cuts the connection
+  part-way: the client gets an error each time, nothing wrong is stored, and once the proxy
+  behaves the pull succeeds byte-identical;
+- 20 concurrent first pulls of one uncached layer: one upstream fetch, 20 correct downloads;
+- a chain: Wharf mirrors a second Wharf in token mode (configured credentials) that mirrors a
+  Distribution upstream, every cache cold: the pull succeeds through both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from tests.integration.test_gc import _blob_files
+from tests.integration.test_mirror_fill import _push, _upstream_gets
+from tests.support.distribution import running_distribution
+from tests.support.pusher import OCI_MANIFEST
+from tests.support.stack import RunningStack
+from tests.support.tamper_proxy import CUT, FLIP, PASS, TamperProxy
+from tests.support.tools import require_tool
+
+pytestmark = pytest.mark.e2e
+
+ADMIN_PASSWORD = "chain-admin-secret-1"
+BIG = 24 * 1024 * 1024 + 123
+
+
+def _layer(seed: bytes, size: int) -> bytes:
+    block = hashlib.sha256(seed).digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+@pytest.fixture()
+def upstream(tmp_path: pathlib.Path) -> Iterator[dict]:
+    binary = require_tool("docker-registry", "apt-get install docker-registry")
+    with running_distribution(tmp_path / "upstream", binary, level="info") as address:
+        small, big = _layer(b"small", 200_000), _layer(b"big", BIG)
+        yield {"address": address, "log": tmp_path / "upstream" / "registry.log", "small": small, "big": big,
+               "small_manifest": _push(f"http://{address}", "team/small", "v1", small),
+               "big_manifest": _push(f"http://{address}", "team/big", "v1", big)}
+
+
+def _mirror_file(tmp_path: pathlib.Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text(body)
+    return str(path)
+
+
+def _blob(url: str, repository: str, digest: str) -> bytes:
+    answer = requests.get(f"{url}/v2/{repository}/blobs/{digest}", timeout=120)
+    assert answer.status_code == 200, answer.text[:300]
+    return answer.content
+
+
+def test_damaged_upstream_answers_are_never_stored(start_stack: Callable[..., RunningStack], upstream: dict,
+                                                   tmp_path: pathlib.Path) -> None:
+    proxy = TamperProxy(f"http://{upstream['address']}")
+    try:
+        mirrors = _mirror_file(tmp_path, "m.yaml", f"upstreams:\n  - prefix: up.example\n    url: http://{proxy.address}"
+                                                   "\n    insecure: true\n")
+        stack = start_stack(env={"WHARF_MIRRORS_FILE": mirrors})
+        digest = "sha256:" + hashlib.sha256(upstream["small"]).hexdigest()
+        for mode in (FLIP, CUT):
+            proxy.mode = mode
+            # A damaged answer never arrives whole: an error status naming the upstream, or (for a
+            # blob bigger than one chunk) a body cut short.
+            try:
+                got = requests.get(f"{stack.url}/v2/up.example/team/small/blobs/{digest}", timeout=60)
+            except requests.RequestException:
+                pass
+            else:
+                assert got.status_code in (502, 503), (mode, got.status_code)
+                assert proxy.address in got.json()["errors"][0]["message"]
+            assert digest not in _blob_files(stack)  # nothing stored
+        proxy.mode = PASS
+        assert _blob(stack.url, "up.example/team/small", digest) == upstream["small"]
+        assert digest in _blob_files(stack)
+    finally:
+        proxy.close()
+
+
+def test_twenty_first_pulls_fetch_once(start_stack: Callable[..., RunningStack], upstream: dict,
+                                       tmp_path: pathlib.Path) -> None:
+    mirrors = _mirror_file(tmp_path, "m.yaml", f"upstreams:\n  - prefix: up.example\n    url: "
+                                               f"http://{upstream['address']}\n    insecure: true\n")
+    stack = start_stack(env={"WHARF_MIRRORS_FILE": mirrors})
+    digest = "sha256:" + hashlib.sha256(upstream["big"]).hexdigest()
+    bodies: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            bodies.append(_blob(stack.url, "up.example/team/big", digest))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=pull) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors[:2]
+    assert len(bodies) == 20 and all(body == upstream["big"] for body in bodies)
+    assert _upstream_gets(upstream["log"], digest) == 1
+
+
+def test_a_chain_of_mirrors_with_cold_caches(start_stack: Callable[..., RunningStack], upstream: dict,
+                                             tmp_path: pathlib.Path) -> None:
+    # The middle Wharf: token mode, mirrors Distribution; an account the first Wharf signs in with.
+    middle_mirrors = _mirror_file(tmp_path, "middle.yaml", f"upstreams:\n  - prefix: up.example\n    url: "
+                                                           f"http://{upstream['address']}\n    insecure: true\n")
+    middle = start_stack(env={"WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                              "WHARF_BCRYPT_ROUNDS": "4", "WHARF_MIRRORS_FILE": middle_mirrors})
+    robot = json.loads(middle.admin(ADMIN_PASSWORD, "robot", "add", "edge", "--json"))
+    middle.admin(ADMIN_PASSWORD, "grant", "edge", "up.example/**", "pull")
+    (tmp_path / "edge-password").write_text(robot["password"] + "\n")
+    edge_mirrors = _mirror_file(tmp_path, "edge.yaml", f"upstreams:\n  - prefix: middle.example\n    url: "
+                                                       f"{middle.url}\n    insecure: true\n    username: edge\n"
+                                                       "    password_file: edge-password\n")
+    edge = start_stack(env={"WHARF_MIRRORS_FILE": edge_mirrors})
+    name = "middle.example/up.example/team/small"
+    got = requests.get(f"{edge.url}/v2/{name}/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=60)
+    assert got.status_code == 200, got.text
+    assert got.headers["Docker-Content-Digest"] == upstream["small_manifest"]
+    for descriptor in [got.json()["config"], *got.json()["layers"]]:
+        body = _blob(edge.url, name, descriptor["digest"])
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == descriptor["digest"]
+    assert _blob(edge.url, name, "sha256:" + hashlib.sha256(upstream["small"]).hexdigest()) == upstream["small"]
