@@ -1,4 +1,4 @@
-"""Who may do what: deny by default, then admin, own namespace, grants, public pulls.
+"""Who may do what: deny by default, then admin, own namespace, grants, public pulls, mirrors.
 
 Pure functions over an account's facts, so the rules are testable without Redis. A name
 that is not a canonical repository name (``b/../a/secret``, ``b/x;a/secret``, ``b/*``) is
@@ -41,7 +41,18 @@ def is_canonical(repository: str) -> bool:
     return is_valid_name(repository) and not repository.endswith("\n")
 
 
-def repository_actions(principal: Principal, public_patterns: Iterable[str], repository: str) -> frozenset[str]:
+# Mirrored prefixes: (pattern, whether anonymous callers may pull too). Their repositories are
+# pullable by any signed-in account, and by anonymous callers where the upstream entry says
+# `anonymous: true` (anonymous pulls spend the upstream's rate limit and the disk).
+MirrorPulls = tuple[tuple[str, bool], ...]
+
+
+def mirror_pulls(prefixes: Iterable[tuple[str, bool]]) -> MirrorPulls:
+    return tuple((f"{prefix}/**", anonymous) for prefix, anonymous in prefixes)
+
+
+def repository_actions(principal: Principal, public_patterns: Iterable[str], repository: str,
+                       mirrored: MirrorPulls = ()) -> frozenset[str]:
     if not is_canonical(repository):
         return frozenset()
     if principal.admin:
@@ -55,16 +66,20 @@ def repository_actions(principal: Principal, public_patterns: Iterable[str], rep
             allowed |= actions
     if patterns.matches_any(public_patterns, repository):
         allowed.add("pull")
+    if any((anonymous or not principal.anonymous) and patterns.matches(pattern, repository)
+           for pattern, anonymous in mirrored):
+        allowed.add("pull")
     return frozenset(allowed)
 
 
-def grant(principal: Principal, public_patterns: Iterable[str], requested: Iterable[Scope]) -> list[Scope]:
+def grant(principal: Principal, public_patterns: Iterable[str], requested: Iterable[Scope],
+          mirrored: MirrorPulls = ()) -> list[Scope]:
     """The requested scopes reduced to what the principal may have (possibly no actions)."""
     public = list(public_patterns)
     granted: list[Scope] = []
     for scope in requested:
         if scope.type == scopes.REPOSITORY:
-            allowed = repository_actions(principal, public, scope.name)
+            allowed = repository_actions(principal, public, scope.name, mirrored)
             wanted = allowed if "*" in scope.actions else frozenset(scope.actions)
             actions = tuple(a for a in scopes.ACTIONS if a in wanted and a in allowed)
         elif scope.type == scopes.REGISTRY and scope.name == scopes.CATALOG:

@@ -14,7 +14,15 @@ import redis
 
 from services.auth import peers, tokens
 from services.auth.accounts import AccountStore
-from services.auth.policy import ANONYMOUS, Principal, grant, refused, repository_actions
+from services.auth.policy import (
+    ANONYMOUS,
+    MirrorPulls,
+    Principal,
+    grant,
+    mirror_pulls,
+    refused,
+    repository_actions,
+)
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
 from services.common import grpcserver, metrics, redis_refusals, redisconn, scopes
@@ -23,6 +31,7 @@ from services.common.grpcserver import threaded
 from services.common.internal_auth import read_token
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
+from services.mirror.config import Mirrors
 
 log = logging.getLogger("wharf.auth")
 _MAX_SCOPES = 32
@@ -43,10 +52,12 @@ _REFUSAL_REASONS = {UNAUTHORIZED.code: "credentials", TOOMANYREQUESTS.code: "thr
 
 
 class AuthServicer(pb_grpc.AuthServicer):
-    def __init__(self, settings: AuthSettings, store: AccountStore, keyring: KeyRing) -> None:
+    def __init__(self, settings: AuthSettings, store: AccountStore, keyring: KeyRing,
+                 mirrored: MirrorPulls = ()) -> None:
         self._settings = settings
         self._store = store
         self._keys = keyring
+        self._mirrored = mirrored
 
     def _authenticate(self, name: str, password: str, address: str, via: str,
                       account_limit: int | None = None) -> Principal:
@@ -110,7 +121,7 @@ class AuthServicer(pb_grpc.AuthServicer):
             principal = self._authenticate(request.username, request.password, request.client_address, "token")
         else:
             principal = ANONYMOUS
-        access = grant(principal, self._store.public_patterns(), requested)
+        access = grant(principal, self._store.public_patterns(), requested, self._mirrored)
         issued = tokens.issue(self._keys, self._settings.token_issuer, service, principal.name, access,
                               self._settings.token_ttl, refused(requested, access))
         refresh = ""
@@ -143,7 +154,7 @@ class AuthServicer(pb_grpc.AuthServicer):
         principal = (self._store.find(request.account) if request.account else None) or ANONYMOUS
         public = self._store.public_patterns()
         names = [n for n in list(request.repositories)[:_MAX_FILTER]
-                 if "pull" in repository_actions(principal, public, n)]
+                 if "pull" in repository_actions(principal, public, n, self._mirrored)]
         return pb.FilterRepositoriesResponse(repositories=names)
 
     # -- administration (admin credentials required) -----------------------
@@ -211,7 +222,7 @@ def bootstrap_admin(settings: AuthSettings, store: AccountStore) -> None:
 
 
 async def serve(settings: AuthSettings, address: str | None = None,
-                on_port: Callable[[int], None] | None = None) -> None:
+                on_port: Callable[[int], None] | None = None, mirrors: Mirrors | None = None) -> None:
     """Runs the auth service until SIGTERM. Its calls are short but blocking (bcrypt, a blocking
     Redis client), so they run in a pool of ``WHARF_AUTH_WORKERS`` threads under the asyncio
     server every service shares."""
@@ -225,7 +236,8 @@ async def serve(settings: AuthSettings, address: str | None = None,
     service = pb.DESCRIPTOR.services_by_name["Auth"]
 
     def register(server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_AuthServicer_to_server(threaded(AuthServicer(settings, store, keyring), service, pool), server)
+        pb_grpc.add_AuthServicer_to_server(threaded(AuthServicer(settings, store, keyring, mirror_pulls(
+            (u.prefix, u.anonymous) for u in (mirrors or Mirrors()).upstreams)), service, pool), server)
         return [service.full_name]
 
     try:
@@ -236,5 +248,6 @@ async def serve(settings: AuthSettings, address: str | None = None,
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run(settings: AuthSettings, on_port: Callable[[int], None] | None = None) -> None:
-    asyncio.run(serve(settings, on_port=on_port))
+def run(settings: AuthSettings, on_port: Callable[[int], None] | None = None,
+        mirrors: Mirrors | None = None) -> None:
+    asyncio.run(serve(settings, on_port=on_port, mirrors=mirrors))

@@ -133,3 +133,36 @@ def test_a_chain_of_mirrors_with_cold_caches(start_stack: Callable[..., RunningS
         body = _blob(edge.url, name, descriptor["digest"])
         assert "sha256:" + hashlib.sha256(body).hexdigest() == descriptor["digest"]
     assert _blob(edge.url, name, "sha256:" + hashlib.sha256(upstream["small"]).hexdigest()) == upstream["small"]
+
+
+def test_who_may_pull_a_mirror_in_token_mode(start_stack: Callable[..., RunningStack], upstream: dict,
+                                             tmp_path: pathlib.Path) -> None:
+    """Any signed-in account pulls mirrored repositories; anonymous callers only from an upstream
+    entry marked `anonymous: true`; nobody pushes there."""
+    mirrors = _mirror_file(tmp_path, "m.yaml", f"upstreams:\n  - prefix: up.example\n    url: http://"
+                                               f"{upstream['address']}\n    insecure: true\n"
+                                               f"  - prefix: open.example\n    url: http://{upstream['address']}\n"
+                                               "    insecure: true\n    anonymous: true\n")
+    stack = start_stack(env={"WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                             "WHARF_BCRYPT_ROUNDS": "4", "WHARF_MIRRORS_FILE": mirrors})
+    stack.admin(ADMIN_PASSWORD, "user", "add", "carol", "--password-stdin", stdin="carol-secret-1\n")
+
+    def token(repository: str, actions: str, auth: tuple[str, str] | None) -> dict:
+        answer = requests.get(f"{stack.url}/token", params={"service": "wharf",
+                                                             "scope": f"repository:{repository}:{actions}"},
+                              auth=auth, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def manifest(repository: str, bearer: str) -> int:
+        return requests.get(f"{stack.url}/v2/{repository}/manifests/v1", timeout=60,
+                            headers={"Accept": OCI_MANIFEST, "Authorization": f"Bearer {bearer}"}).status_code
+
+    carol = token("up.example/team/small", "pull,push", ("carol", "carol-secret-1"))
+    assert manifest("up.example/team/small", carol["token"]) == 200
+    anonymous = token("up.example/team/small", "pull", None)
+    assert manifest("up.example/team/small", anonymous["token"]) in (401, 403)
+    assert manifest("open.example/team/small", token("open.example/team/small", "pull", None)["token"]) == 200
+    pushed = requests.post(f"{stack.url}/v2/up.example/team/small/blobs/uploads/", timeout=30,
+                           headers={"Authorization": f"Bearer {carol['token']}"})
+    assert pushed.status_code in (401, 403)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.auth import peers
-from services.auth.policy import Principal, grant, repository_actions
+from services.auth.policy import ANONYMOUS, Principal, grant, mirror_pulls, repository_actions
 from services.common import scopes
 from services.common.errors import RegistryError
 from services.common.scopes import Scope
@@ -125,3 +125,14 @@ def test_printable_bounds_and_escapes_attacker_text() -> None:
     assert cut.startswith("a" * 64) and cut.endswith("...(cut)") and len(cut) < 80
     assert len(peers.printable("\u00e9" * 1000)) < 80
     assert peers.printable("") == ""
+
+
+def test_mirrored_prefixes_are_pullable_by_signed_in_accounts_only_unless_anonymous() -> None:
+    mirrored = mirror_pulls([("docker.io", False), ("public.example", True)])
+    robot = Principal("ci", kind="robot")
+    assert repository_actions(robot, [], "docker.io/library/alpine", mirrored) == {"pull"}
+    assert repository_actions(ANONYMOUS, [], "docker.io/library/alpine", mirrored) == frozenset()
+    assert repository_actions(ANONYMOUS, [], "public.example/a", mirrored) == {"pull"}
+    # Only under the prefix, and never more than pull; a non-canonical name gets nothing.
+    assert repository_actions(robot, [], "docker.iox/a", mirrored) == frozenset()
+    assert repository_actions(robot, [], "docker.io/../x", mirrored) == frozenset()
