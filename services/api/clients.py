@@ -173,6 +173,10 @@ class BlobStoreClient:
         return self._c.unary("FetchManifest", bpb.FetchManifestRequest(
             upstream=upstream, repository=repository, reference=reference, head=head))
 
+    def fetch_referrers(self, upstream: str, repository: str, digest: str, artifact_type: str) -> bytes:
+        return bytes(self._c.unary("FetchReferrers", bpb.FetchReferrersRequest(
+            upstream=upstream, repository=repository, digest=digest, artifact_type=artifact_type)).index)
+
     def put(self, digest: str, chunks: Iterable[bytes]) -> bpb.BlobInfo:
         def requests() -> Iterator[bpb.PutRequest]:
             yield bpb.PutRequest(digest=digest)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.common import digests
 from services.common.errors import DENIED, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
@@ -147,6 +148,30 @@ class Mirror:
         self._clients.metadata.put_manifest(request)
         return mpb.Manifest(digest=fetched.digest, media_type=request.media_type, content=fetched.content,
                             subject=request.subject)
+
+    def referrers(self, digest: str, artifact_type: str, upstream: Upstream,
+                  remote: str) -> tuple[list[dict[str, Any]], str]:
+        """The upstream's referrers of a manifest as descriptors (only well-formed ones: the index
+        comes from another registry), and a Warning header when the upstream could not be asked
+        (the caller then lists what is stored here)."""
+        try:
+            raw = self._clients.blobs.fetch_referrers(upstream.prefix, remote, digest, artifact_type)
+        except RegistryError as err:
+            if err.error is not UNAVAILABLE:
+                raise
+            return [], f'110 - "stale: {err.message[:150]}"'
+        try:
+            index = json.loads(raw) if raw else {}
+        except ValueError:
+            index = {}
+        found = []
+        for entry in (index.get("manifests") if isinstance(index, dict) else None) or []:
+            if isinstance(entry, dict) and isinstance(entry.get("mediaType"), str) \
+                    and isinstance(entry.get("digest"), str) and digests.looks_like_digest(entry["digest"]) \
+                    and isinstance(entry.get("size"), int) and entry["size"] >= 0:
+                found.append({k: entry[k] for k in ("mediaType", "digest", "size", "artifactType", "annotations")
+                              if k in entry and (k != "annotations" or isinstance(entry[k], dict))})
+        return found, ""
 
     # -- blobs -------------------------------------------------------------------------------
 

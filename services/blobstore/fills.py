@@ -88,6 +88,13 @@ class Fills:
         except UpstreamError as err:
             raise upstream_error(err, reference, manifest=True) from None
 
+    def referrers(self, prefix: str, repository: str, digest: str, artifact_type: str) -> bytes:
+        client = self._client(prefix)
+        try:
+            return client.referrers(repository, digest, artifact_type) or b""
+        except UpstreamError as err:
+            raise upstream_error(err, digest, manifest=True) from None
+
     def fill(self, prefix: str, repository: str, digest: str, chunk_size: int) -> tuple[int, Iterator[bytes]]:
         """(size, chunks) of the blob: from storage when stored, else fetched once (module docstring)."""
         digests.validate(digest)

@@ -101,6 +101,11 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         return pb.FetchedManifest(digest=answer.digest, media_type=answer.media_type, size=answer.size,
                                   content=answer.body or b"")
 
+    async def FetchReferrers(self, request: pb.FetchReferrersRequest,
+                             context: grpc.aio.ServicerContext) -> pb.FetchedReferrers:
+        return pb.FetchedReferrers(index=await self._run(self._fills.referrers, request.upstream, request.repository,
+                                                         request.digest, request.artifact_type))
+
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         return pb.DeleteResponse(deleted=await self._run(self._blobs.delete, request.digest))
 

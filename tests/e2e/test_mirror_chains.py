@@ -22,7 +22,7 @@ import requests
 from tests.integration.test_gc import _blob_files
 from tests.integration.test_mirror_fill import _push, _upstream_gets
 from tests.support.distribution import running_distribution
-from tests.support.pusher import OCI_MANIFEST
+from tests.support.pusher import OCI_MANIFEST, push_image, random_layers
 from tests.support.stack import RunningStack
 from tests.support.tamper_proxy import CUT, FLIP, PASS, TamperProxy
 from tests.support.tools import require_tool
@@ -166,3 +166,38 @@ def test_who_may_pull_a_mirror_in_token_mode(start_stack: Callable[..., RunningS
     pushed = requests.post(f"{stack.url}/v2/up.example/team/small/blobs/uploads/", timeout=30,
                            headers={"Authorization": f"Bearer {carol['token']}"})
     assert pushed.status_code in (401, 403)
+
+
+def test_referrers_of_a_mirrored_image_come_from_the_upstream(start_stack: Callable[..., RunningStack],
+                                                              tmp_path: pathlib.Path) -> None:
+    """The upstream here is another Wharf (it has the OCI 1.1 referrers API); a signature-like
+    artifact pushed there is listed and pulled through the mirror."""
+    origin = start_stack()
+    subject = push_image([origin.url], "team/signed", "v1", random_layers(1, 2048))
+    subject_size = len(requests.get(f"{origin.url}/v2/team/signed/manifests/v1", headers={"Accept": OCI_MANIFEST},
+                                    timeout=30).content)
+    empty = b"{}"
+    config = requests.post(f"{origin.url}/v2/team/signed/blobs/uploads/", timeout=30,
+                           params={"digest": "sha256:" + hashlib.sha256(empty).hexdigest()}, data=empty)
+    assert config.status_code == 201
+    artifact = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.sig",
+                           "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                                      "digest": "sha256:" + hashlib.sha256(empty).hexdigest()},
+                           "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": subject,
+                                                     "size": subject_size}}).encode()
+    signature = "sha256:" + hashlib.sha256(artifact).hexdigest()
+    assert requests.put(f"{origin.url}/v2/team/signed/manifests/{signature}", data=artifact, timeout=30,
+                        headers={"Content-Type": OCI_MANIFEST}).status_code == 201
+    mirrors = _mirror_file(tmp_path, "m.yaml", f"upstreams:\n  - prefix: origin.example\n    url: {origin.url}\n"
+                                               "    insecure: true\n")
+    mirror = start_stack(env={"WHARF_MIRRORS_FILE": mirrors})
+    listed = requests.get(f"{mirror.url}/v2/origin.example/team/signed/referrers/{subject}", timeout=60)
+    assert listed.status_code == 200, listed.text
+    assert [(m["digest"], m.get("artifactType")) for m in listed.json()["manifests"]] == [
+        (signature, "application/x.sig")]
+    filtered = requests.get(f"{mirror.url}/v2/origin.example/team/signed/referrers/{subject}",
+                            params={"artifactType": "application/x.other"}, timeout=60)
+    assert filtered.json()["manifests"] == []
+    got = requests.get(f"{mirror.url}/v2/origin.example/team/signed/manifests/{signature}",
+                       headers={"Accept": OCI_MANIFEST}, timeout=60)
+    assert got.status_code == 200 and got.content == artifact

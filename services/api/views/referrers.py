@@ -25,5 +25,15 @@ def list_referrers(ctx: Context, name: str, digest: str) -> Response:
             entry["annotations"] = dict(d.annotations)
         manifests.append(entry)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
+    mirrored = ctx.mirror.route(name)
+    if mirrored is not None:
+        # A mirrored repository: the upstream's referrers too (what is stored here stays listed
+        # when the upstream cannot be asked).
+        upstream, warning = ctx.mirror.referrers(digest, artifact_type, *mirrored)
+        seen = {entry["digest"] for entry in manifests}
+        manifests += [entry for entry in upstream if entry["digest"] not in seen
+                      and (not artifact_type or entry.get("artifactType") == artifact_type)]
+        if warning:
+            headers["Warning"] = warning
     index = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": manifests}
     return json_response(index, headers=headers, content_type=mediatypes.OCI_INDEX)

@@ -5,6 +5,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FetchReferrersRequest(_message.Message):
+    __slots__ = ("upstream", "repository", "digest", "artifact_type")
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    upstream: str
+    repository: str
+    digest: str
+    artifact_type: str
+    def __init__(self, upstream: _Optional[str] = ..., repository: _Optional[str] = ..., digest: _Optional[str] = ..., artifact_type: _Optional[str] = ...) -> None: ...
+
+class FetchedReferrers(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: bytes
+    def __init__(self, index: _Optional[bytes] = ...) -> None: ...
+
 class FillRequest(_message.Message):
     __slots__ = ("upstream", "repository", "digest")
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]

@@ -94,6 +94,11 @@ class BlobStoreStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchManifestRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedManifest.FromString,
                 _registered_method=True)
+        self.FetchReferrers = channel.unary_unary(
+                '/wharf.blobstore.v1.BlobStore/FetchReferrers',
+                request_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchReferrersRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedReferrers.FromString,
+                _registered_method=True)
 
 
 class BlobStoreServicer:
@@ -185,6 +190,13 @@ class BlobStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchReferrers(self, request, context):
+        """The upstream's referrers of a manifest (its referrers API, else its tag fallback).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +259,11 @@ def add_BlobStoreServicer_to_server(servicer, server):
                     servicer.FetchManifest,
                     request_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchManifestRequest.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedManifest.SerializeToString,
+            ),
+            'FetchReferrers': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchReferrers,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchReferrersRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedReferrers.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -573,6 +590,33 @@ class BlobStore:
             '/wharf.blobstore.v1.BlobStore/FetchManifest',
             services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchManifestRequest.SerializeToString,
             services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchReferrers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.blobstore.v1.BlobStore/FetchReferrers',
+            services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchReferrersRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_blobstore_dot_v1_dot_blobstore__pb2.FetchedReferrers.FromString,
             options,
             channel_credentials,
             insecure,
