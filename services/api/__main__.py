@@ -39,7 +39,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 def main() -> None:
     settings = load_or_exit(GatewaySettings, os.environ, "wharf-gateway")
     try:
-        mirrors = mirror_config.load(os.environ)
+        mirrors = mirror_config.load(os.environ, secrets=False)
     except mirror_config.MirrorsError as exc:
         raise SystemExit(f"wharf-gateway: {exc}") from None
     logs.configure(settings.log_level)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from services.common import digests
+from services.common import digests, metrics
 from services.common.errors import DENIED, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
 from services.common.names import is_valid_name
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
@@ -99,17 +99,23 @@ class Mirror:
 
     def manifest(self, name: str, reference: str, upstream: Upstream, remote: str) -> tuple[mpb.Manifest, str]:
         """(manifest, Warning header or "") for a mirrored repository."""
+        manifest, warning, answer = self._manifest(name, reference, upstream, remote)
+        metrics.MIRROR_READS.labels(upstream.prefix, "manifest", answer).inc()
+        return manifest, warning
+
+    def _manifest(self, name: str, reference: str, upstream: Upstream,
+                  remote: str) -> tuple[mpb.Manifest, str, str]:
         cache = self._clients.cache
         if digests.looks_like_digest(reference):
             try:
-                return cache.get(name, reference), ""
+                return cache.get(name, reference), "", "stored"
             except RegistryError as err:
                 if err.error is not MANIFEST_UNKNOWN:
                     raise
-            return self._fetch(name, reference, upstream, remote, tags=[]), ""
+            return self._fetch(name, reference, upstream, remote, tags=[]), "", "fetched"
         if self.is_fresh_tag(name, reference):
             try:
-                return cache.get(name, reference), ""
+                return cache.get(name, reference), "", "stored"
             except RegistryError as err:
                 if err.error is not MANIFEST_UNKNOWN:
                     raise
@@ -124,18 +130,18 @@ class Mirror:
                 raise err from None
             log.warning("serving a mirrored tag the upstream could not confirm",
                         extra={"fields": {"repository": name, "tag": reference, "error": err.message[:200]}})
-            return stored, f'110 - "stale: {err.message[:150]}"'
+            return stored, f'110 - "stale: {err.message[:150]}"', "stale"
         try:
             stored = cache.get(name, reference)
             if stored.digest == head.digest:
                 self._mark(name, reference)
-                return stored, ""
+                return stored, "", "revalidated"
         except RegistryError as err:
             if err.error is not MANIFEST_UNKNOWN:
                 raise
         manifest = self._fetch(name, head.digest, upstream, remote, tags=[reference])
         self._mark(name, reference)
-        return manifest, ""
+        return manifest, "", "fetched"
 
     def _fetch(self, name: str, digest: str, upstream: Upstream, remote: str, tags: list[str]) -> mpb.Manifest:
         from services.api.views.manifests import mirrored_put_request
@@ -159,6 +165,7 @@ class Mirror:
         except RegistryError as err:
             if err.error is not UNAVAILABLE:
                 raise
+            metrics.MIRROR_READS.labels(upstream.prefix, "referrers", "stale").inc()
             return [], f'110 - "stale: {err.message[:150]}"'
         try:
             index = json.loads(raw) if raw else {}
@@ -180,6 +187,7 @@ class Mirror:
         store's fill and linked once the whole of it arrived verified. The pin holds it against
         garbage collection from before the fill stores it until the link."""
         metadata = self._clients.metadata
+        metrics.MIRROR_READS.labels(upstream.prefix, "blob", "fetched").inc()
         pin = metadata.pin_blob(digest)
         try:
             total, first, rest, cancel = self._clients.blobs.fill(upstream.prefix, remote, digest)

@@ -15,7 +15,7 @@ from services.mirror import config as mirror_config
 def main() -> None:
     settings = load_or_exit(AuthSettings, os.environ, "wharf-auth")
     try:
-        mirrors = mirror_config.load(os.environ)  # who may pull mirrored repositories
+        mirrors = mirror_config.load(os.environ, secrets=False)  # who may pull mirrored repositories
     except mirror_config.MirrorsError as exc:
         raise SystemExit(f"wharf-auth: {exc}") from None
     logs.configure(settings.log_level)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from services.blobstore import layout
 from services.blobstore.blobs import BlobService
 from services.blobstore.storage.base import FileWriter, StorageDriver, UploadBusyError
-from services.common import digests
+from services.common import digests, metrics
 from services.common.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
 from services.mirror.config import Mirrors, Upstream
 from services.mirror.upstream import (
@@ -48,9 +48,17 @@ FOLLOW_TIMEOUT = 1800.0
 _POLL = 0.1
 
 
-def upstream_error(err: UpstreamError, digest_or_reference: str, manifest: bool = False) -> RegistryError:
+_KINDS = ((UpstreamNotFound, "not_found"), (UpstreamUnavailable, "unavailable"), (UpstreamDenied, "denied"),
+          (UpstreamInvalid, "invalid"))
+
+
+def upstream_error(err: UpstreamError, digest_or_reference: str, manifest: bool = False,
+                   prefix: str = "") -> RegistryError:
     """What the gateway shows: 404 for content the upstream does not have, 503 (with Retry-After)
-    when it cannot be reached, 502 for a wrong answer, all naming the upstream."""
+    when it cannot be reached, 502 for a wrong answer, all naming the upstream. Counted."""
+    if prefix:
+        kind = next((name for cls, name in _KINDS if isinstance(err, cls)), "invalid")
+        metrics.MIRROR_UPSTREAM_ERRORS.labels(prefix, kind).inc()
     if isinstance(err, UpstreamNotFound):
         return RegistryError(MANIFEST_UNKNOWN if manifest else BLOB_UNKNOWN,
                              f"{digest_or_reference} not found upstream ({err.host})")
@@ -86,20 +94,21 @@ class Fills:
         try:
             return client.manifest(repository, reference, head=head)
         except UpstreamError as err:
-            raise upstream_error(err, reference, manifest=True) from None
+            raise upstream_error(err, reference, manifest=True, prefix=prefix) from None
 
     def referrers(self, prefix: str, repository: str, digest: str, artifact_type: str) -> bytes:
         client = self._client(prefix)
         try:
             return client.referrers(repository, digest, artifact_type) or b""
         except UpstreamError as err:
-            raise upstream_error(err, digest, manifest=True) from None
+            raise upstream_error(err, digest, manifest=True, prefix=prefix) from None
 
     def fill(self, prefix: str, repository: str, digest: str, chunk_size: int) -> tuple[int, Iterator[bytes]]:
         """(size, chunks) of the blob: from storage when stored, else fetched once (module docstring)."""
         digests.validate(digest)
         client = self._client(prefix)
         deadline = time.monotonic() + FOLLOW_TIMEOUT
+        waited = False
         while True:
             stored = self._driver.stat(layout.blob_key(digest))
             if stored is not None:
@@ -110,38 +119,50 @@ class Fills:
                 if time.monotonic() >= deadline:
                     raise RegistryError(UNAVAILABLE, f"the fill of {digest} from {client.host} takes too long",
                                         detail={"retry_after": 30}) from None
+                if not waited:
+                    metrics.MIRROR_FILL_WAITS.labels(prefix).inc()
+                    waited = True
                 time.sleep(_POLL)  # a leader elsewhere: wait for its commit
                 continue
             try:
                 stream = client.blob(repository, digest)
             except UpstreamError as err:
                 writer.cancel()
-                raise upstream_error(err, digest) from None
-            return stream.size or 0, self._lead(client, stream, writer, digest)
+                metrics.MIRROR_FILLS.labels(prefix, "failed").inc()
+                raise upstream_error(err, digest, prefix=prefix) from None
+            return stream.size or 0, self._lead(prefix, client, stream, writer, digest)
 
-    def _lead(self, client: UpstreamClient, stream: BlobStream, writer: FileWriter, digest: str) -> Iterator[bytes]:
+    def _lead(self, prefix: str, client: UpstreamClient, stream: BlobStream, writer: FileWriter,
+              digest: str) -> Iterator[bytes]:
         hasher = digests.hasher(digests.parse(digest)[0])
         held = b""
         done = False
+        received = metrics.MIRROR_UPSTREAM_BYTES.labels(prefix)
+        result = "failed"
         try:
             with stream:
                 for chunk in stream:
                     writer.write(chunk)
                     hasher.update(chunk)
+                    received.inc(len(chunk))
                     if held:
                         yield held
                     held = chunk
             actual = f"{digests.parse(digest)[0]}:{hasher.hexdigest()}"
             if actual != digest:
-                raise upstream_error(UpstreamInvalid(client.host, f"sent {actual} for {digest}"), digest)
+                result = "mismatch"
+                raise upstream_error(UpstreamInvalid(client.host, f"sent {actual} for {digest}"), digest,
+                                     prefix=prefix)
             writer.commit()
             if self._driver.stat(layout.blob_key(digest)) is None:
                 self._driver.move(layout.fill_data_key(digest), layout.blob_key(digest))
             done = True
+            result = "stored"
             log.info("filled", extra={"fields": {"digest": digest, "upstream": client.host, "size": writer.size}})
         except UpstreamError as err:
-            raise upstream_error(err, digest) from None
+            raise upstream_error(err, digest, prefix=prefix) from None
         finally:
+            metrics.MIRROR_FILLS.labels(prefix, result).inc()
             if not done:
                 writer.cancel()
             writer.close()

@@ -278,6 +278,20 @@ class BuildInfo(Collector):
         yield info
 
 
+# -- mirrors (services/blobstore/fills.py, services/api/mirroring.py); `upstream` is a configured
+# prefix, a bounded set -----------------------------------------------------------------------
+MIRROR_READS = _counter("wharf_mirror_reads", "Reads of mirrored repositories, by upstream, kind (manifest, blob, "
+                        "referrers) and answer (stored: no upstream request; fetched; revalidated: a HEAD "
+                        "confirmed a tag; stale: served while the upstream could not be asked)",
+                        ("upstream", "kind", "answer"))
+MIRROR_FILLS = _counter("wharf_mirror_fills", "Blob fills from an upstream, by upstream and result (stored; "
+                        "mismatch: the bytes did not match the digest; failed)", ("upstream", "result"))
+MIRROR_FILL_WAITS = _counter("wharf_mirror_fill_waits", "Requests for a blob another fetcher was filling (they "
+                             "waited for its commit instead of asking the upstream)", ("upstream",))
+MIRROR_UPSTREAM_BYTES = _counter("wharf_mirror_upstream_bytes", "Blob bytes received from upstreams", ("upstream",))
+MIRROR_UPSTREAM_ERRORS = _counter("wharf_mirror_upstream_errors", "Upstream failures, by upstream and kind "
+                                  "(unavailable, not_found, denied, invalid)", ("upstream", "kind"))
+
 HTTP = (HTTP_REQUESTS, HTTP_DURATION, HTTP_RECEIVED, HTTP_SENT, HTTP_IN_FLIGHT, HTTP_TRANSFERS, HTTP_CONNECTIONS)
 READ_CACHE = (CACHE_LOOKUPS, CACHE_INVALIDATIONS, CACHE_LEASE, CACHE_BYTES)
 GRPC_SERVER = (GRPC_SERVER_CALLS, GRPC_SERVER_DURATION)
@@ -286,13 +300,14 @@ METADATA = (REDIS_SCRIPT_DURATION, REDIS_SCRIPT_ERRORS, WATCHERS, INVALIDATIONS,
             UNCONFIRMED)
 STORAGE = (STORAGE_DURATION, STORAGE_ERRORS, STORAGE_BYTES)
 AUTH = (TOKENS_ISSUED, TOKENS_REFUSED, LOCKOUTS)
+MIRROR_STORE = (MIRROR_FILLS, MIRROR_FILL_WAITS, MIRROR_UPSTREAM_BYTES, MIRROR_UPSTREAM_ERRORS)
 
 # What each service exports (besides prometheus-client's process_* figures); the collectors
 # read when scraped are added by the service's main (these describe their names).
 GROUPS: dict[str, tuple[Collector, ...]] = {
-    "gateway": HTTP + READ_CACHE + GRPC_CLIENT,
+    "gateway": HTTP + READ_CACHE + GRPC_CLIENT + (MIRROR_READS,),
     "metadata": GRPC_SERVER + METADATA,
-    "blobstore": GRPC_SERVER + STORAGE,
+    "blobstore": GRPC_SERVER + STORAGE + MIRROR_STORE,
     "auth": GRPC_SERVER + AUTH,
 }
 SCRAPED: dict[str, tuple[Collector, ...]] = {

@@ -123,9 +123,11 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _BYTES[match[2]])
 
 
-def load(environ: Mapping[str, str]) -> Mirrors:
-    """The configured upstreams (none without a section), or MirrorsError naming every problem."""
-    mirrors, found = _load(environ)
+def load(environ: Mapping[str, str], secrets: bool = True) -> Mirrors:
+    """The configured upstreams (none without a section), or MirrorsError naming every problem.
+    ``secrets=False`` leaves the password files unread (the gateway and the auth service route by
+    prefix and never talk to an upstream: they need no credentials mounted)."""
+    mirrors, found = _load(environ, secrets)
     if found:
         raise MirrorsError("\n".join(found))
     return mirrors
@@ -185,7 +187,7 @@ def _compose(what: str, path: str) -> Any:
         raise MirrorsError(f"{what}={path!r}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
 
 
-def _load(environ: Mapping[str, str]) -> tuple[Mirrors, list[str]]:
+def _load(environ: Mapping[str, str], secrets: bool = True) -> tuple[Mirrors, list[str]]:
     own, path = environ.get(OWN_FILE, ""), environ.get(config_file.VARIABLE, "")
     if own:
         check, node = _Check(OWN_FILE, own, ""), _compose(OWN_FILE, own)
@@ -208,7 +210,7 @@ def _load(environ: Mapping[str, str]) -> tuple[Mirrors, list[str]]:
     seen: list[Upstream] = []
     for index, entry in enumerate(entries.value):
         where = f"upstreams[{index}]"
-        found = _upstream(check, entry, where, pathlib.Path(check.path).parent)
+        found = _upstream(check, entry, where, pathlib.Path(check.path).parent, secrets)
         if found is not None:
             _against_earlier(check, where, *found, seen)
             seen.append(found[0])
@@ -296,7 +298,8 @@ _PARSERS = {"prefix": _prefix, "url": _url, "username": _text, "password_file": 
             "insecure": _flag, "default": _flag, "anonymous": _flag, "size_limit": _size}
 
 
-def _upstream(check: _Check, node: Any, where: str, base: pathlib.Path) -> tuple[Upstream, dict[Any, Any]] | None:
+def _upstream(check: _Check, node: Any, where: str, base: pathlib.Path,
+              secrets: bool = True) -> tuple[Upstream, dict[Any, Any]] | None:
     """The entry as an Upstream (and its keys' nodes), or None after noting every problem it has."""
     keys = check.mapping(node, where)
     if keys is None:
@@ -321,6 +324,8 @@ def _upstream(check: _Check, node: Any, where: str, base: pathlib.Path) -> tuple
         check.problem(keys["url"][1], f"{where}.url", "plain http needs insecure: true")
     if ("username" in keys) != ("password_file" in keys):
         check.problem(node, where, "username and password_file go together: give both or neither")
+    elif "password_file" in fields and not secrets:
+        fields.pop("password_file")
     elif "password_file" in fields:
         try:
             fields["password"] = _password(base / fields.pop("password_file"))

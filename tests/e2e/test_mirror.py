@@ -114,3 +114,19 @@ def test_pull_through_a_mirror(mirrored: tuple[RunningStack, dict], tmp_path: pa
                            timeout=60)
     assert missing.status_code == 503 and missing.json()["errors"][0]["code"] == "UNAVAILABLE"
     assert up["address"] in missing.json()["errors"][0]["message"]
+
+    # What it did shows in the metrics (docs/observability.md).
+    addresses = json.loads((stack.data_dir / "metrics.json").read_text())
+    gateway = requests.get(f"http://{addresses['gateway']}/metrics", timeout=30).text
+    blobstore = "".join(requests.get(f"http://{address}/metrics", timeout=30).text
+                        for name, address in addresses.items() if name.startswith("blobstore"))
+    assert _figure(gateway, 'wharf_mirror_reads_total{answer="fetched",kind="manifest",upstream="up.example"}') >= 1
+    assert _figure(gateway, 'wharf_mirror_reads_total{answer="stale",kind="manifest",upstream="up.example"}') >= 1
+    assert _figure(blobstore, 'wharf_mirror_fills_total{result="stored",upstream="up.example"}') >= 2
+    assert _figure(blobstore, 'wharf_mirror_upstream_bytes_total{upstream="up.example"}') >= len(up["layer"])
+    assert _figure(blobstore, 'wharf_mirror_upstream_errors_total{kind="unavailable",upstream="up.example"}') >= 1
+
+
+def _figure(exposition: str, sample: str) -> float:
+    """The sum of a sample's values across the expositions given (several blob store replicas)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(sample + " "))
