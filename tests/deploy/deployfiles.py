@@ -12,7 +12,9 @@ import json
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -26,6 +28,7 @@ from services.blobstore.settings import BlobStoreSettings
 from services.common.settings import load, variables
 from services.gc.settings import GcSettings
 from services.metadata.settings import MetadataSettings
+from services.mirror import config as mirror_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -33,6 +36,9 @@ COMPOSE_FILE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("dev", "production")
+# Each overlay with the mirror component included as k8s/components/mirror says (render()).
+MIRRORED_OVERLAYS = tuple(f"{overlay}+mirror" for overlay in OVERLAYS)
+MIRROR_COMPONENT = K8S / "components" / "mirror"
 
 # The program each image or container runs -> the settings object that program loads.
 SETTINGS: dict[str, type] = {
@@ -41,6 +47,19 @@ SETTINGS: dict[str, type] = {
     "wharf-metadata": MetadataSettings,
     "wharf-auth": AuthSettings,
 }
+
+
+# Sections of structured configuration a program reads from their own file besides its settings
+# (services/common/config_file.py): the gateway and the blob store read the mirrors' upstreams.
+SECTION_FILES: dict[str, frozenset[str]] = {
+    "wharf-gateway": frozenset({mirror_config.OWN_FILE}),
+    "wharf-blobstore": frozenset({mirror_config.OWN_FILE}),
+}
+
+
+def declared(program: str) -> set[str]:
+    """Every variable ``program`` reads: its settings object's, and its section files'."""
+    return set(variables(SETTINGS[program])) | SECTION_FILES.get(program, frozenset())
 
 
 # wharf-gc loads three settings objects from one environment: its own, the metadata service's
@@ -268,10 +287,29 @@ def dockerfile_stages() -> tuple[dict[str, str], dict[str, Stage]]:
 # --- kustomize ----------------------------------------------------------------------------
 
 def render(kustomize: str, overlay: str) -> list[dict[str, Any]]:
-    """`kustomize build` of an overlay: every object it would apply."""
-    result = subprocess.run([kustomize, "build", str(K8S / "overlays" / overlay)], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, f"kustomize build overlays/{overlay} failed:\n{result.stderr}"
+    """`kustomize build` of an overlay: every object it would apply. ``<overlay>+mirror`` is the
+    overlay with the mirror component, added to a copy of deploy/k8s the way the component's
+    kustomization.yaml says: the component, and a ``wharf-mirrors`` ConfigMap generated from a
+    mirrors.yaml in the overlay (here the component's example)."""
+    name, _, component = overlay.partition("+")
+    if not component:
+        return _build(kustomize, K8S / "overlays" / name, overlay)
+    assert component == "mirror", f"no component {component!r}"
+    with tempfile.TemporaryDirectory() as tree:
+        k8s = pathlib.Path(tree) / "k8s"
+        shutil.copytree(K8S, k8s)
+        directory = k8s / "overlays" / name
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        kustomization.setdefault("components", []).append("../../components/mirror")
+        kustomization.setdefault("configMapGenerator", []).append({"name": "wharf-mirrors", "files": ["mirrors.yaml"]})
+        (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        shutil.copy(MIRROR_COMPONENT / "mirrors.yaml", directory / "mirrors.yaml")
+        return _build(kustomize, directory, overlay)
+
+
+def _build(kustomize: str, directory: pathlib.Path, overlay: str) -> list[dict[str, Any]]:
+    result = subprocess.run([kustomize, "build", str(directory)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kustomize build of {overlay} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 

@@ -1,4 +1,5 @@
-"""deploy/helm/wharf: `helm lint`, and `helm template` with the default and the production values,
+"""deploy/helm/wharf: `helm lint`, and `helm template` with the default, the production and the
+mirroring values (tests/deploy/test_mirroring.py has the mirrors' own checks),
 every object valid against the Kubernetes schemas, every container given only settings its
 service declares, pods unprivileged with limits, the choices the values make, and the garbage
 collection CronJob with the network paths it needs and no others."""
@@ -15,10 +16,11 @@ import yaml
 from services.api.settings import GatewaySettings
 from services.auth.settings import AuthSettings
 from services.blobstore.settings import BlobStoreSettings
-from services.common.settings import load, variables
+from services.common.settings import load
 from services.metadata.settings import MetadataSettings
 from tests.deploy.deployfiles import (
     KUBERNETES_VERSIONS,
+    declared,
     gc_variables,
     load_gc,
     pod_template,
@@ -31,6 +33,8 @@ from tests.support.tools import require_tool
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "wharf"
 PRODUCTION = CHART / "ci" / "production-values.yaml"
+MIRRORS = CHART / "ci" / "mirrors-values.yaml"
+VALUES = {"default": [], "production": ["-f", str(PRODUCTION)], "mirrors": ["-f", str(MIRRORS)]}
 SETTINGS = {"gateway": GatewaySettings, "blobstore": BlobStoreSettings, "metadata": MetadataSettings,
             "auth": AuthSettings}
 HELM_MODULE = "helm.sh/helm/v3/cmd/helm@v3.22.0"
@@ -51,17 +55,17 @@ def render(*args: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.fixture(scope="module", params=["default", "production"])
+@pytest.fixture(scope="module", params=list(VALUES))
 def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
-    return render() if request.param == "default" else render("-f", str(PRODUCTION))
+    return render(*VALUES[request.param])
 
 
 def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
-def test_helm_lint_passes_with_both_values_files() -> None:
-    for args in ([], ["-f", str(PRODUCTION)]):
+def test_helm_lint_passes_with_every_values_file() -> None:
+    for args in (*VALUES.values(), ["-f", str(PRODUCTION), "-f", str(MIRRORS)]):
         result = subprocess.run([helm(), "lint", str(CHART), "--strict", *args], capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -76,13 +80,15 @@ def test_every_object_validates_against_the_kubernetes_schemas(objects: list[dic
 def test_each_service_gets_only_its_own_settings_and_they_load(objects: list[dict[str, Any]]) -> None:
     maps = of_kind(objects, "ConfigMap")
     for component, cls in SETTINGS.items():
+        known = declared(f"wharf-{component}")
         data = maps[f"wharf-{component}"]["data"]
-        assert set(data) <= set(variables(cls)), set(data) - set(variables(cls))
+        assert set(data) <= known, set(data) - known
         deployment = of_kind(objects, "Deployment")[f"wharf-{component}"]
         [container] = deployment["spec"]["template"]["spec"]["containers"]
-        from_secrets = {e["name"] for e in container.get("env", [])}
-        assert from_secrets <= set(variables(cls))
-        load(cls, {**data, **{name: "redis://r:6379/0" if "REDIS" in name else "x" for name in from_secrets}})
+        from_env = {e["name"]: e.get("value", "redis://r:6379/0" if "REDIS" in e["name"] else "x")
+                    for e in container.get("env", [])}
+        assert set(from_env) <= known, set(from_env) - known
+        load(cls, {**data, **from_env})
 
 
 def test_pods_run_unprivileged_with_limits_and_health_probes(objects: list[dict[str, Any]]) -> None:

@@ -2,7 +2,8 @@
 of pinned Kubernetes versions (PyPI kubernetes-validate ships them); the rendered objects
 say what the code needs (settings, ports, probes) and what the issue asks (non-root pods,
 limits, autoscaling, disruption budgets, network isolation, Ingress for large uploads,
-garbage collection on a schedule, a Redis that refuses writes rather than evict).
+garbage collection on a schedule, a Redis that refuses writes rather than evict). Each overlay
+is checked with the mirror component too (tests/deploy/test_mirroring.py has its own checks).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from services.common.settings import load, variables
+from services.common.settings import load
 from tests.deploy.deployfiles import (
     KUBERNETES_VERSIONS,
+    MIRRORED_OVERLAYS,
     OVERLAYS,
     SETTINGS,
+    declared,
     gc_variables,
     listen_ports,
     load_gc,
@@ -46,7 +49,7 @@ def kustomize() -> str:
     return require_tool("kustomize", "go install sigs.k8s.io/kustomize/kustomize/v5")
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
+@pytest.fixture(scope="module", params=[*OVERLAYS, *MIRRORED_OVERLAYS])
 def objects(request: pytest.FixtureRequest, kustomize: str) -> list[dict[str, Any]]:
     return render(kustomize, request.param)
 
@@ -72,7 +75,7 @@ def container_env(objects: list[dict[str, Any]], container: dict[str, Any]) -> d
     for source in container.get("envFrom", []):
         env.update(config_maps[source["configMapRef"]["name"]]["data"])
     for item in container.get("env", []):
-        env[item["name"]] = item.get("value", "secret:" + item.get("valueFrom", {}).get("secretKeyRef", {})["key"])
+        env[item["name"]] = item["value"] if "value" in item else "secret:" + item["valueFrom"]["secretKeyRef"]["key"]
     return env
 
 
@@ -95,13 +98,15 @@ def test_containers_set_only_their_own_settings(objects: list[dict[str, Any]], c
     [program] = container["command"]
     settings = SETTINGS[program]
     env = container_env(objects, container)
-    unknown = sorted(set(env) - set(variables(settings)))
+    unknown = sorted(set(env) - declared(program))
     assert not unknown, f"wharf-{component} sets variables {settings.__name__} does not read: {unknown}"
     loaded = load(settings, {k: ("redis://placeholder:6379/0" if v == "secret:url" else v) for k, v in env.items()})
     if program == "wharf-blobstore":
         assert loaded.storage == "s3" and loaded.s3_endpoint, "the blob store needs an S3 endpoint"
     generated = of_kind(objects, "Secret")
     for item in container.get("env", []):
+        if "value" in item:
+            continue
         ref = item["valueFrom"]["secretKeyRef"]
         name = next((n for n in generated if ref["name"] == n), ref["name"])
         base = name if name in SECRETS else name.rsplit("-", 1)[0]
@@ -288,8 +293,10 @@ def test_network_policies_isolate_the_services(objects: list[dict[str, Any]]) ->
 
 
 def test_the_isolation_check_notices_a_missing_or_widened_policy(objects: list[dict[str, Any]]) -> None:
+    # With the mirror component, its policy too: without it the blob store cannot reach the upstreams.
+    mirror = {"wharf-mirror-upstreams"} & set(of_kind(objects, "NetworkPolicy"))
     for missing in ("wharf-gateway", "wharf-blobstore", "wharf-metadata", "wharf-gc", "wharf-redis-clients",
-                    "wharf-s3-clients"):
+                    "wharf-s3-clients", *mirror):
         policies = [p for p in of_kind(objects, "NetworkPolicy").values() if p["metadata"]["name"] != missing]
         with pytest.raises(AssertionError):
             check_isolation(objects, policies)
@@ -306,6 +313,8 @@ def test_the_isolation_check_notices_a_missing_or_widened_policy(objects: list[d
 CALLERS = {"blobstore": {"gateway", "gc"}, "metadata": {"gateway", "gc"}, "auth": {"gateway"}}
 REDIS_CLIENTS = {"metadata", "auth", "gc"}
 S3_CLIENTS = {"blobstore", "gc"}
+# With the mirror component, the blob store fetches from the upstream registries (the internet).
+MIRROR_CLIENTS = {"blobstore"}
 METRICS_PORTS = {"gateway": 9100, "metadata": 9101, "blobstore": 9102, "auth": 9103}
 
 
@@ -321,6 +330,8 @@ def check_isolation(objects: list[dict[str, Any]], policies: list[dict[str, Any]
     prometheus = Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
     dns = Endpoint("coredns", "kube-system", {"k8s-app": "kube-dns"})
     ports = {"blobstore": 50051, "metadata": 50052, "auth": 50053}
+    mirroring = any(name.startswith("wharf-mirrors-") for name in of_kind(objects, "ConfigMap"))
+    internet = Endpoint("internet", "", ip="93.184.216.34")
 
     assert reachable(policies, controller, pods["gateway"], 5000)
     for service, port in ports.items():
@@ -334,7 +345,7 @@ def check_isolation(objects: list[dict[str, Any]], policies: list[dict[str, Any]
         assert reachable(policies, endpoint, dns, 53), f"{source} cannot resolve names"
         assert reachable(policies, endpoint, *redis) == (source in REDIS_CLIENTS), f"{source} -> Redis"
         assert reachable(policies, endpoint, *s3) == (source in S3_CLIENTS), f"{source} -> S3"
-        assert not reachable(policies, endpoint, Endpoint("internet", "", ip="93.184.216.34"), 80), source
+        assert reachable(policies, endpoint, internet, 80) == (mirroring and source in MIRROR_CLIENTS), source
     # The collector serves nothing: nothing reaches it, on any port a Wharf process listens on.
     for source in [*pods.values(), controller, prometheus]:
         for port in (5000, *ports.values(), *METRICS_PORTS.values()):

@@ -60,3 +60,61 @@ app.kubernetes.io/component: {{ .component }}
     - ports: [{protocol: TCP, port: {{ .port }}}]
 {{- end }}
 {{- end -}}
+
+{{/* Where the gateway and the blob store find the upstreams file and the password files. */}}
+{{- define "wharf.mirrorsDir" -}}/etc/wharf/mirrors{{- end -}}
+{{- define "wharf.mirrorCredentialsDir" -}}/etc/wharf/mirror-credentials{{- end -}}
+
+{{/* The Secret of the mirrors' password files: the named one, the chart's, or none (anonymous upstreams). */}}
+{{- define "wharf.mirrorCredentialsSecret" -}}
+{{- $credentials := .Values.mirrors.credentials -}}
+{{- if $credentials.existingSecret -}}
+{{- $credentials.existingSecret -}}
+{{- else if $credentials.passwords -}}
+{{- printf "%s-mirror-credentials" (include "wharf.name" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The mirrors.yaml the services read, after checking what a template can: a mistake fails
+the render rather than every start of the gateway and the blob store. */}}
+{{- define "wharf.mirrorsFile" -}}
+{{- $m := .Values.mirrors -}}
+{{- if not $m.upstreams }}{{ fail "mirrors.enabled needs at least one entry in mirrors.upstreams" }}{{ end -}}
+{{- if and $m.credentials.existingSecret $m.credentials.passwords -}}
+{{- fail "mirrors.credentials: give existingSecret or passwords, not both" -}}
+{{- end -}}
+{{- $dir := printf "%s/" (include "wharf.mirrorCredentialsDir" .) -}}
+{{- range $i, $u := $m.upstreams -}}
+{{- $where := printf "mirrors.upstreams[%d]" $i -}}
+{{- if not (kindIs "map" $u) }}{{ fail (printf "%s must be a mapping (prefix, url, ...)" $where) }}{{ end -}}
+{{- with $u.password_file -}}
+{{- if not (hasPrefix $dir .) -}}
+{{- fail (printf "%s.password_file must be a key of the credentials Secret, %s<key>, not %v" $where $dir .) -}}
+{{- end -}}
+{{- $key := trimPrefix $dir . -}}
+{{- if not (include "wharf.mirrorCredentialsSecret" $) -}}
+{{- fail (printf "%s.password_file needs mirrors.credentials (existingSecret or passwords)" $where) -}}
+{{- end -}}
+{{- if and $m.credentials.passwords (not (hasKey $m.credentials.passwords $key)) -}}
+{{- fail (printf "%s.password_file: mirrors.credentials.passwords has no key %s" $where $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (hasKey $u "size_limit") (not (kindIs "string" $u.size_limit)) -}}
+{{- fail (printf "%s.size_limit must be text such as 50GiB or \"1073741824\" (a YAML number reaches the chart as a float)" $where) -}}
+{{- end -}}
+{{- end -}}
+{{- dict "upstreams" $m.upstreams | toYaml -}}
+{{- end -}}
+
+{{/* The ports of the upstreams' URLs (443 for https, 80 for http, or the one named), as a JSON list. */}}
+{{- define "wharf.mirrorPorts" -}}
+{{- $ports := dict -}}
+{{- range .Values.mirrors.upstreams -}}
+{{- $url := urlParse (toString .url) -}}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" | default (ternary "80" "443" (eq $url.scheme "http")) -}}
+{{- $_ := set $ports $port true -}}
+{{- end -}}
+{{- $list := list -}}
+{{- range keys $ports | sortAlpha }}{{ $list = append $list (atoi .) }}{{ end -}}
+{{- toJson $list -}}
+{{- end -}}
