@@ -140,34 +140,34 @@ class BlobStoreClient:
     def stat(self, digest: str, want_location: bool = False) -> bpb.BlobInfo:
         return self._c.unary("Stat", bpb.StatRequest(digest=digest, want_location=want_location))
 
+    def _chunks(self, method: str, request: Any) -> tuple[bpb.Chunk, Iterator[bytes], Callable[[], None]]:
+        """A stream of chunks: the first message (so errors surface before any header is sent), an
+        iterator over the rest's bytes, and a cancel."""
+        call = self._c.streaming(method, request)
+        try:
+            first = next(call, None)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+        def rest() -> Iterator[bytes]:
+            for chunk in call:
+                yield chunk.data
+        return first or bpb.Chunk(), rest(), call.cancel
+
     def read(self, digest: str, offset: int, length: int) -> tuple[bytes, Iterator[bytes], Callable[[], None]]:
         """Returns the first chunk (so errors surface early), an iterator over the rest, and a cancel."""
-        call = self._c.streaming("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length))
-        try:
-            first = next(call, None)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-
-        def rest() -> Iterator[bytes]:
-            for chunk in call:
-                yield chunk.data
-        return (first.data if first is not None else b""), rest(), call.cancel
+        first, rest, cancel = self._chunks("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length))
+        return first.data, rest, cancel
 
     def fill(self, upstream: str, repository: str,
-             digest: str) -> tuple[int, bytes, Iterator[bytes], Callable[[], None]]:
+             digest: str) -> tuple[int, bool, bytes, Iterator[bytes], Callable[[], None]]:
         """A mirrored blob (services/blobstore/fills.py): its size (0 when the upstream did not say),
-        the first chunk (so errors surface before any header is sent), the rest, and a cancel. An
-        error after the first chunk (a digest mismatch) ends the iterator with an exception."""
-        call = self._c.streaming("Fill", bpb.FillRequest(upstream=upstream, repository=repository, digest=digest))
-        try:
-            first = next(call, None)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-
-        def rest() -> Iterator[bytes]:
-            for chunk in call:
-                yield chunk.data
-        return (first.total if first else 0), (first.data if first else b""), rest(), call.cancel
+        whether it is stored already (then nothing is streamed), the first chunk (so errors surface
+        before any header is sent), the rest, and a cancel. An error after the first chunk (a digest
+        mismatch) ends the iterator with an exception."""
+        first, rest, cancel = self._chunks("Fill", bpb.FillRequest(upstream=upstream, repository=repository,
+                                                                   digest=digest))
+        return first.total, first.stored, first.data, rest, cancel
 
     def fetch_manifest(self, upstream: str, repository: str, reference: str, head: bool) -> bpb.FetchedManifest:
         return self._c.unary("FetchManifest", bpb.FetchManifestRequest(

@@ -182,18 +182,24 @@ class Mirror:
 
     # -- blobs -------------------------------------------------------------------------------
 
-    def fill(self, name: str, digest: str, upstream: Upstream, remote: str) -> tuple[int, Iterator[bytes]]:
-        """(size or 0, chunks) of a blob the repository does not link yet: streamed from the blob
-        store's fill and linked once the whole of it arrived verified. The pin holds it against
-        garbage collection from before the fill stores it until the link."""
+    def fill(self, name: str, digest: str, upstream: Upstream, remote: str) -> tuple[int, Iterator[bytes]] | None:
+        """(size or 0, chunks) of a blob the repository does not link yet, streamed from the blob
+        store's fill and linked once the whole of it arrived verified; None when the blob store has
+        it stored (then it is linked at once and served the usual way). The pin holds the blob
+        against garbage collection from before the fill stores it until the link. Iterate the
+        chunks within the request's context (flask.stream_with_context): the link is a call."""
         metadata = self._clients.metadata
-        metrics.MIRROR_READS.labels(upstream.prefix, "blob", "fetched").inc()
         pin = metadata.pin_blob(digest)
         try:
-            total, first, rest, cancel = self._clients.blobs.fill(upstream.prefix, remote, digest)
+            total, stored, first, rest, cancel = self._clients.blobs.fill(upstream.prefix, remote, digest)
         except BaseException:
             _unpin(metadata, digest, pin)
             raise
+        if stored:
+            metadata.link_blob(name, digest, total, pin=pin)
+            metrics.MIRROR_READS.labels(upstream.prefix, "blob", "stored").inc()
+            return None
+        metrics.MIRROR_READS.labels(upstream.prefix, "blob", "fetched").inc()
 
         def chunks() -> Iterator[bytes]:
             size, whole = len(first), False
@@ -214,8 +220,10 @@ class Mirror:
 
     def fill_and_link(self, name: str, digest: str, upstream: Upstream, remote: str) -> None:
         """The whole fill, for a request that is then answered from storage (a HEAD, a Range)."""
-        for _ in self.fill(name, digest, upstream, remote)[1]:
-            pass
+        filled = self.fill(name, digest, upstream, remote)
+        if filled is not None:
+            for _ in filled[1]:
+                pass
 
 
 def _unpin(metadata: MetadataClient, digest: str, pin: str) -> None:

@@ -217,8 +217,11 @@ class BlobService:
         return BlobReader(self._driver.reader(layout.blob_key(digest), offset), remaining)
 
     def delete(self, digest: str) -> bool:
+        """Garbage collection's delete, under its fence (each one logged: what went, and when)."""
         key = layout.blob_key(digest)
-        return self._driver.delete(key.rsplit("/", 1)[0])
+        deleted = self._driver.delete(key.rsplit("/", 1)[0])
+        log.info("blob deleted", extra={"fields": {"digest": digest, "found": deleted}})
+        return deleted
 
     # -- upload sessions ---------------------------------------------------
 

@@ -13,7 +13,8 @@ worker is asked.
   receives the whole of wrong bytes: on a mismatch the stream ends with an error instead.
 - Everyone else is a *follower*: it waits for the blob to be committed (a half-written S3
   multipart object cannot be read back, so followers read the committed blob, on any backend)
-  and then reads it from storage; if the leader failed, the next asker leads a new attempt.
+  and is then told it is stored, so that the gateway serves it the usual way (sendfile or a
+  redirect); if the leader failed, the next asker leads a new attempt.
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ class Fills:
         except UpstreamError as err:
             raise upstream_error(err, digest, manifest=True, prefix=prefix) from None
 
-    def fill(self, prefix: str, repository: str, digest: str, chunk_size: int) -> tuple[int, Iterator[bytes]]:
-        """(size, chunks) of the blob: from storage when stored, else fetched once (module docstring)."""
+    def fill(self, prefix: str, repository: str, digest: str) -> tuple[int, Iterator[bytes] | None]:
+        """(size, chunks) of a blob fetched now, or (size, None) when it is stored (found so, or once
+        another fetcher's fill committed): the caller then reads it the usual way."""
         digests.validate(digest)
         client = self._client(prefix)
         deadline = time.monotonic() + FOLLOW_TIMEOUT
@@ -112,7 +114,7 @@ class Fills:
         while True:
             stored = self._driver.stat(layout.blob_key(digest))
             if stored is not None:
-                return stored.size, self._blobs.read(digest, 0, 0, chunk_size)
+                return stored.size, None
             try:
                 writer = self._driver.writer(layout.fill_data_key(digest), append=False)
             except UploadBusyError:

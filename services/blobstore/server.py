@@ -80,8 +80,10 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             await self._run(reader.close)
 
     async def Fill(self, request: pb.FillRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
-        total, chunks = await self._run(self._fills.fill, request.upstream, request.repository, request.digest,
-                                        self._chunk_size)
+        total, chunks = await self._run(self._fills.fill, request.upstream, request.repository, request.digest)
+        if chunks is None:
+            yield pb.Chunk(total=total, stored=True)
+            return
         first = True
         try:
             while (data := await self._run(next, chunks, b"")) or first:

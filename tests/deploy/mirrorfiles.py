@@ -5,7 +5,9 @@ A container's files are written under a temporary root (``/etc/wharf/mirrors/mir
 becomes ``<root>/etc/wharf/mirrors/mirrors.yaml``), and the upstreams file's absolute
 ``password_file`` paths are moved under the same root; relative ones resolve from the file's
 folder as they would in the container. So a file the container does not mount is missing here
-too, and ``load`` fails the way the service would at start-up.
+too, and ``load`` fails the way the service would at start-up. ``secrets`` is the service's own:
+the blob store reads the password files (``load(environ)``), the gateway does not
+(``load(environ, secrets=False)``), so it needs none mounted.
 """
 
 from __future__ import annotations
@@ -43,14 +45,15 @@ def _rooted(text: str, root: pathlib.Path) -> str:
 
 
 def load_as_mounted(files: Mapping[str, str], environ: Mapping[str, str],
-                    root: pathlib.Path) -> mirror_config.Mirrors:
-    """The upstreams the container with ``files`` (container path -> text) and ``environ`` loads."""
+                    root: pathlib.Path, secrets: bool = True) -> mirror_config.Mirrors:
+    """The upstreams the container with ``files`` (container path -> text) and ``environ`` loads,
+    with (the blob store) or without (the gateway) reading the password files."""
     own = environ[mirror_config.OWN_FILE]
     for path, text in files.items():
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(_rooted(text, root) if path == own else text)
-    return mirror_config.load({mirror_config.OWN_FILE: str(root / own.lstrip("/"))})
+    return mirror_config.load({mirror_config.OWN_FILE: str(root / own.lstrip("/"))}, secrets=secrets)
 
 
 def pod_files(objects: Iterable[dict[str, Any]], pod: Mapping[str, Any], container: Mapping[str, Any],

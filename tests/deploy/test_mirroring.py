@@ -1,12 +1,14 @@
 """Mirroring in deploy/: compose (compose.mirror.yaml), kustomize (components/mirror) and Helm
-(values: mirrors) give the gateway and the blob store the upstreams file and its password files,
-and let the blob store, and only it, connect out to the upstreams.
+(values: mirrors) give the gateway and the blob store the upstreams file, the blob store alone
+its password files (least privilege: the gateway never talks to an upstream), and let the blob
+store, and only it, connect out to the upstreams.
 
 The example upstreams (deploy/mirrors.example.yaml, its copies for kustomize and Helm) load with
-the services' own loader, the way each container sees them (tests/deploy/mirrorfiles.py): a
-password file a container needs but does not mount fails here as it would at start-up. The
-overlays and the chart with mirroring on also pass every general check of test_kubernetes.py
-and test_helm_chart.py (schemas, settings, hardening, isolation).
+the services' own loader, the way each container sees them and as each service loads them
+(tests/deploy/mirrorfiles.py): the gateway with ``load(environ, secrets=False)``, the blob store
+with ``load(environ)``, so a password file the blob store needs but does not mount fails here as
+it would at start-up. The overlays and the chart with mirroring on also pass every general check
+of test_kubernetes.py and test_helm_chart.py (schemas, settings, hardening, isolation).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ from tests.support.tools import require_tool
 
 OVERRIDE = DEPLOY / "compose.mirror.yaml"
 READERS = ("gateway", "blobstore")  # the services that read WHARF_MIRRORS_FILE
+# Whether each reads the password files too: only the blob store, which logs in to the upstreams
+# (the gateway: services/api/__main__.py, load(os.environ, secrets=False)). Only it mounts them.
+SECRETS = {"gateway": False, "blobstore": True}
 OTHERS = ("metadata", "auth", "gc")
 PREFIXES = ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
 INTERNET = Endpoint("internet", "", ip="93.184.216.34")
@@ -60,6 +65,22 @@ def example_keys() -> set[str]:
     return credential_keys(EXAMPLE.read_text())
 
 
+def check_loads_as_mounted(service: str, files: dict[str, str], environ: dict[str, str],
+                           root: pathlib.Path) -> None:
+    """The example loads from what ``service`` mounts, as ``service`` loads it: the blob store with
+    its password files, the gateway without, having none mounted (so it could not load the file
+    the blob store's way)."""
+    mirrors = load_as_mounted(files, environ, root / "as-loaded", secrets=SECRETS[service])
+    assert [u.prefix for u in mirrors.upstreams] == PREFIXES
+    if SECRETS[service]:
+        assert {u.prefix for u in mirrors.upstreams if u.password} == {"docker.io", "ghcr.io"}
+        return
+    assert not [path for path in files if path.startswith(CREDENTIALS_DIR + "/")], f"{service} mounts credentials"
+    assert not any(u.password for u in mirrors.upstreams)
+    with pytest.raises(mirror_config.MirrorsError, match="docker-hub"):
+        load_as_mounted(files, environ, root / "with-secrets")
+
+
 def test_the_example_upstreams_load_with_their_password_files(tmp_path: pathlib.Path) -> None:
     files = {MIRRORS_FILE: EXAMPLE.read_text(),
              **{f"{CREDENTIALS_DIR}/{key}": f"secret {key}\n" for key in example_keys()}}
@@ -68,10 +89,15 @@ def test_the_example_upstreams_load_with_their_password_files(tmp_path: pathlib.
     assert {u.prefix: u.password for u in mirrors.upstreams if u.password} == \
         {"docker.io": "secret docker-hub", "ghcr.io": "secret ghcr"}
     assert all(u.url.startswith("https://") and not u.insecure for u in mirrors.upstreams)
-    # Without the password files the services refuse to start, naming the file.
+    # Without the password files the blob store refuses to start, naming the file...
     with pytest.raises(mirror_config.MirrorsError, match="docker-hub"):
         load_as_mounted({MIRRORS_FILE: EXAMPLE.read_text()}, {mirror_config.OWN_FILE: MIRRORS_FILE},
                         tmp_path / "bare")
+    # ...and the gateway, which does not read them, starts: the same upstreams, no passwords.
+    gateway = load_as_mounted({MIRRORS_FILE: EXAMPLE.read_text()}, {mirror_config.OWN_FILE: MIRRORS_FILE},
+                              tmp_path / "gateway", secrets=False)
+    assert [(u.prefix, u.username, u.password) for u in gateway.upstreams] == \
+        [(u.prefix, u.username, None) for u in mirrors.upstreams]
 
 
 def test_every_deployment_ships_the_same_example() -> None:
@@ -119,7 +145,7 @@ def test_the_compose_override_follows_the_specification() -> None:
     assert all(set(s) <= {"environment", "volumes"} for s in services.values())
 
 
-def test_compose_mounts_the_upstreams_read_only_into_the_gateway_and_the_blob_store() -> None:
+def test_compose_mounts_the_upstreams_into_the_gateway_and_the_blob_store_the_credentials_into_it_alone() -> None:
     model = mirror_model()
     for name in READERS:
         service = model["services"][name]
@@ -130,12 +156,19 @@ def test_compose_mounts_the_upstreams_read_only_into_the_gateway_and_the_blob_st
         load(SETTINGS[program], env)
         mounts = bind_mounts(service)
         assert mounts[MIRRORS_FILE]["source"] == "./mirrors.yaml"
-        assert mounts[CREDENTIALS_DIR]["source"] == "./mirror-credentials"
-        for mount in (mounts[MIRRORS_FILE], mounts[CREDENTIALS_DIR]):
+        if SECRETS[name]:
+            assert mounts[CREDENTIALS_DIR]["source"] == "./mirror-credentials"
+        else:
+            assert CREDENTIALS_DIR not in mounts, f"{name} mounts the credentials"
+        for mount in (mounts[MIRRORS_FILE], mounts.get(CREDENTIALS_DIR)):
             # Read-only, and a missing source stops compose rather than mounting an empty directory.
-            assert mount["read_only"] is True and mount["bind"]["create_host_path"] is False, mount
+            assert mount is None or (mount["read_only"] is True and mount["bind"]["create_host_path"] is False), mount
     for name in ("metadata", "auth", "gc"):
         assert mirror_config.OWN_FILE not in environment(model["services"][name]), name
+    # The password files reach the blob store and no other service, under any target.
+    holders = {name for name, service in model["services"].items()
+               for mount in bind_mounts(service).values() if mount["source"].startswith("./mirror-credentials")}
+    assert holders == {"blobstore"}
     # The local files stay out of git (the example is committed).
     ignored = (DEPLOY / ".gitignore").read_text().splitlines()
     assert "/mirrors.yaml" in ignored and "/mirror-credentials/" in ignored
@@ -153,8 +186,7 @@ def test_compose_containers_load_the_example_as_mounted(service: str, tmp_path: 
         for host, text in prepared.items():
             if host == mount["source"] or host.startswith(mount["source"] + "/"):
                 files[target + host.removeprefix(mount["source"])] = text
-    mirrors = load_as_mounted(files, environment(definition), tmp_path)
-    assert [u.prefix for u in mirrors.upstreams] == PREFIXES
+    check_loads_as_mounted(service, files, environment(definition), tmp_path)
 
 
 # --- kustomize -------------------------------------------------------------------------------
@@ -189,7 +221,9 @@ def volume_source(volume: dict[str, Any]) -> str | None:
 
 
 def check_mounts(objects: list[dict[str, Any]], config_map: str, secret: str) -> None:
-    """The gateway and the blob store: WHARF_MIRRORS_FILE and both volumes read-only; no one else."""
+    """The gateway and the blob store: WHARF_MIRRORS_FILE and the ConfigMap read-only; the blob
+    store alone the credentials Secret, read-only (the gateway has neither mount nor volume of
+    it); no one else either."""
     pods = workloads(objects)
     for component, (pod, container) in pods.items():
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -201,12 +235,18 @@ def check_mounts(objects: list[dict[str, Any]], config_map: str, secret: str) ->
             continue
         assert env[mirror_config.OWN_FILE] == MIRRORS_FILE, component
         assert mounted[config_map]["mountPath"] == MIRRORS_FILE.rsplit("/", 1)[0] and mounted[config_map]["readOnly"]
+        if not SECRETS[component]:
+            assert secret not in mounted, f"{component} mounts the credentials"
+            assert secret not in {volume_source(v) for v in volumes.values()}, f"{component} has the credentials"
+            assert CREDENTIALS_DIR not in {m["mountPath"] for m in container.get("volumeMounts", [])}, component
+            continue
         assert mounted[secret]["mountPath"] == CREDENTIALS_DIR and mounted[secret]["readOnly"], component
         [credentials] = [v["secret"] for v in volumes.values() if volume_source(v) == secret]
         assert credentials["defaultMode"] == 0o440, "readable by the pod's group only"
 
 
-def test_the_component_mounts_the_upstreams_into_the_gateway_and_the_blob_store(overlays: Any) -> None:
+def test_the_component_mounts_the_upstreams_into_the_gateway_and_the_blob_store_the_credentials_into_it_alone(
+        overlays: Any) -> None:
     plain, mirrored = overlays
     [config_map] = [o["metadata"]["name"] for o in mirrored if o["kind"] == "ConfigMap"
                     and o["metadata"]["name"].startswith("wharf-mirrors-")]
@@ -222,7 +262,7 @@ def test_kustomize_containers_load_the_example_as_mounted(overlays: Any, compone
     pod, container = workloads(mirrored)[component]
     files = pod_files(mirrored, pod, container, {CREDENTIALS_SECRET: example_keys()})
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    assert [u.prefix for u in load_as_mounted(files, env, tmp_path).upstreams] == PREFIXES
+    check_loads_as_mounted(component, files, env, tmp_path)
 
 
 def endpoints(objects: list[dict[str, Any]], namespace: str) -> dict[str, Endpoint]:
@@ -263,7 +303,8 @@ def test_only_the_blob_store_reaches_the_upstreams(overlays: Any) -> None:
 
 # --- Helm ------------------------------------------------------------------------------------
 
-def test_the_chart_mounts_the_upstreams_into_the_gateway_and_the_blob_store(tmp_path: pathlib.Path) -> None:
+def test_the_chart_mounts_the_upstreams_into_the_gateway_and_the_blob_store_the_credentials_into_it_alone(
+        tmp_path: pathlib.Path) -> None:
     objects = chart.render("-f", str(chart.MIRRORS))
     [mirrors_map] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "wharf-mirrors"]
     assert yaml.safe_load(mirrors_map["data"]["mirrors.yaml"]) == yaml.safe_load(EXAMPLE.read_text())
@@ -273,7 +314,7 @@ def test_the_chart_mounts_the_upstreams_into_the_gateway_and_the_blob_store(tmp_
         pod, container = workloads(objects)[component]
         files = pod_files(objects, pod, container, {CREDENTIALS_SECRET: example_keys()})
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-        assert [u.prefix for u in load_as_mounted(files, env, tmp_path / component).upstreams] == PREFIXES
+        check_loads_as_mounted(component, files, env, tmp_path / component)
     # Off (the default): nothing of it.
     default = chart.render()
     assert "wharf-mirrors" not in chart.of_kind(default, "ConfigMap")
@@ -293,10 +334,11 @@ def test_the_chart_makes_the_credentials_secret_from_inline_passwords(tmp_path: 
     files = pod_files(objects, pod, container, {})
     [upstream] = load_as_mounted(files, {mirror_config.OWN_FILE: MIRRORS_FILE}, tmp_path).upstreams
     assert upstream.password == "placeholder ghcr"
-    # A password change rolls the pods that read it.
+    # A password change rolls the pods that read it: the blob store's, not the gateway's.
     for component in READERS:
         deployment = chart.of_kind(objects, "Deployment")[f"wharf-{component}"]
-        assert "checksum/mirror-credentials" in deployment["spec"]["template"]["metadata"]["annotations"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert ("checksum/mirror-credentials" in annotations) == SECRETS[component], component
     # Anonymous upstreams only: no Secret, no credentials volume.
     anonymous = chart.render("--set", "mirrors.enabled=true", "--set-json",
                              'mirrors.upstreams=[{"prefix": "quay.io", "url": "https://quay.io"}]')

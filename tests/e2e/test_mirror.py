@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 import requests
 
+from services.metadata import redis_keys as keys
+from services.stack import records
 from tests.integration.test_gc import _gc
 from tests.integration.test_mirror_fill import _push, _upstream_gets
 from tests.support.distribution import running_distribution
@@ -59,6 +62,10 @@ def test_pull_through_a_mirror(mirrored: tuple[RunningStack, dict], tmp_path: pa
     assert got.headers["Docker-Content-Digest"] == up["manifest"] and up["layer"] in blobs
     layer_digest = "sha256:" + hashlib.sha256(up["layer"]).hexdigest()
     assert _upstream_gets(up["log"], layer_digest) == 1
+    # The streamed first pull linked the blob (the link is made after the last chunk went out, in
+    # the request's context): later pulls are ordinary blob reads.
+    client = redis.Redis.from_url(records.read(stack.data_dir.resolve(), records.REDIS_URL) or "")
+    assert client.hexists(keys.blobs("up.example/team/app"), layer_digest)
     # Again, by digest and by tag: no upstream blob request (and the tag at most revalidated by a HEAD).
     time.sleep(1.1)
     _pull(stack.url, "up.example/team/app", up["manifest"])

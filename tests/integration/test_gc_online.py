@@ -20,8 +20,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 
@@ -34,7 +32,7 @@ from services.blobstore.storage import create_driver
 from services.common.redisconn import text
 from services.common.settings import load
 from services.metadata import redis_keys as keys
-from tests.integration.test_gc import ROOT, _redis_url
+from tests.integration.test_gc import _gc, _redis_url
 from tests.support.pusher import OCI_MANIFEST
 from tests.support.s3 import S3Server
 from tests.support.stack import RunningStack
@@ -178,12 +176,7 @@ def _verify(url: str, repository: str, reference: str, body: bytes, media_type: 
 
 
 def _collect(stack: RunningStack) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k != "WHARF_REDIS_URL"}
-    env.update(stack.extra_env, WHARF_DATA_DIR=str(stack.data_dir))
-    result = subprocess.run([sys.executable, "-m", "services.gc", "--grace", "0", "--delete-untagged"], env=env,
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    return _gc(stack, "--grace", "0", "--delete-untagged")
 
 
 @pytest.fixture(params=["filesystem", "minio"])

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from flask import Response, request
+from flask import Response, request, stream_with_context
 
 from services.api.request_input import IO_CHUNK
 from services.api.responses import empty
@@ -122,24 +122,32 @@ def _local_path(ctx: Context, path: str) -> str | None:
     return real if os.path.commonpath([real, base]) == base else None
 
 
-def _stream_fill(ctx: Context, name: str, digest: str) -> Response:
-    """A mirrored blob pulled for the first time: streamed while the blob store stores it. The
-    last chunk comes only once the digest verified: on a mismatch the body ends in an error (the
-    connection is cut, no clean end), so a client never takes wrong bytes for whole ones."""
+def _stream_fill(ctx: Context, name: str, digest: str) -> Response | None:
+    """A mirrored blob pulled for the first time: streamed while the blob store stores it (None
+    when it turned out stored: linked now, served the usual way). The last chunk comes only once
+    the digest verified: on a mismatch the body ends in an error (the connection is cut, no clean
+    end), so a client never takes wrong bytes for whole ones."""
     target = ctx.mirror.read_route(name)
     assert target is not None
-    total, chunks = ctx.mirror.fill(target[0], digest, target[1], target[2])
+    filled = ctx.mirror.fill(target[0], digest, target[1], target[2])
+    if filled is None:
+        return None
+    total, chunks = filled
     headers = blob_headers(digest, total)
     if not total:
         del headers["Content-Length"]
-    return Response(chunks, status=200, headers=headers, direct_passthrough=True)
+    # In the request's context: the link made once the last chunk went out is a call with its id.
+    return Response(stream_with_context(chunks), status=200, headers=headers, direct_passthrough=True)
 
 
 def get(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
     kept, size = _resolve(ctx, name, digest, fill=bool(request.headers.get("Range")))
     if size is None:
-        return _stream_fill(ctx, kept, digest)
+        streamed = _stream_fill(ctx, kept, digest)
+        if streamed is not None:
+            return streamed
+        name, size = kept, ctx.clients.cache.blob_size(kept, digest)
     span = parse_range(request.headers.get("Range"), size)
     first, last = span if span else (0, size - 1)
     length = max(last - first + 1, 0)

@@ -240,11 +240,16 @@ class S3Driver(StorageDriver):
         if info is None:
             raise FileNotFoundError(source)
         src = CopySource(self._bucket, self._name(source))
-        if info.size <= MAX_COPY:
-            self._call(self._client.copy_object, self._bucket, self._name(dest), src)
-        else:
-            self._call(self._client.compose_object, self._bucket, self._name(dest),
-                       [ComposeSource(self._bucket, self._name(source))])
+        try:
+            if info.size <= MAX_COPY:
+                self._call(self._client.copy_object, self._bucket, self._name(dest), src)
+            else:
+                self._call(self._client.compose_object, self._bucket, self._name(dest),
+                           [ComposeSource(self._bucket, self._name(source))])
+        except S3Error as exc:
+            if _missing(exc):  # the source went between the look and the copy: the not-found contract
+                raise FileNotFoundError(source) from None
+            raise
         self._remove(source)
 
     def touch(self, key: str) -> None:
@@ -255,8 +260,14 @@ class S3Driver(StorageDriver):
             raise FileNotFoundError(key)
         if info.size > MAX_COPY:
             return
-        self._call(self._client.copy_object, self._bucket, self._name(key), CopySource(self._bucket, self._name(key)),
-                   metadata={"x-amz-meta-wharf-touched": str(int(time.time()))}, metadata_directive=REPLACE)
+        try:
+            self._call(self._client.copy_object, self._bucket, self._name(key),
+                       CopySource(self._bucket, self._name(key)),
+                       metadata={"x-amz-meta-wharf-touched": str(int(time.time()))}, metadata_directive=REPLACE)
+        except S3Error as exc:
+            if _missing(exc):  # gone between the look and the copy (a concurrent overwrite or delete)
+                raise FileNotFoundError(key) from None
+            raise
 
     def _relative(self, object_name: str) -> str:
         return object_name[len(self._prefix) + 1:] if self._prefix else object_name

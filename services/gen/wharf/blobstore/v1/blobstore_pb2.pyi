@@ -88,12 +88,14 @@ class ReadRequest(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("data", "total")
+    __slots__ = ("data", "total", "stored")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     total: int
-    def __init__(self, data: _Optional[bytes] = ..., total: _Optional[int] = ...) -> None: ...
+    stored: bool
+    def __init__(self, data: _Optional[bytes] = ..., total: _Optional[int] = ..., stored: _Optional[bool] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("digest",)
