@@ -61,7 +61,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* Where the gateway and the blob store find the upstreams file and the password files. */}}
+{{/* Where the gateway and the blob store find the upstreams file, and the blob store the password files. */}}
 {{- define "wharf.mirrorsDir" -}}/etc/wharf/mirrors{{- end -}}
 {{- define "wharf.mirrorCredentialsDir" -}}/etc/wharf/mirror-credentials{{- end -}}
 
