@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_app_context, request
 
 from services.api import http_metrics, routes
 from services.api.access import authorizer_for
@@ -59,7 +59,8 @@ def _check_mount_source() -> None:
 
 
 def _current_request_id() -> str:
-    return str(g.get("request_id", "")) or uuid.uuid4().hex
+    """The request's id; a fresh one for a call made outside any request (a background flush)."""
+    return (str(g.get("request_id", "")) if has_app_context() else "") or uuid.uuid4().hex
 
 
 def create_app(settings: GatewaySettings, clients: Clients | None = None, mirrors: Mirrors | None = None) -> Flask:

@@ -224,6 +224,9 @@ class MetadataClient:
         request = mpb.LinkBlobRequest(repository=repository, digest=digest, size=size, pin=pin, source=source)
         return bool(self._c.unary("LinkBlob", request).linked)
 
+    def record_pulls(self, pulls: list[mpb.Pull]) -> None:
+        self._c.unary("RecordPulls", mpb.RecordPullsRequest(pulls=pulls))
+
     def pin_blob(self, digest: str) -> str:
         """Holds the blob against garbage collection until the link that names the pin."""
         return str(self._c.unary("PinBlob", mpb.BlobRef(digest=digest)).pin)

@@ -80,6 +80,8 @@ class HotReads:
             if manifest is None or not self._allowed(environ, route.handlers[method], params) \
                     or not self._accepted(environ.get("HTTP_ACCEPT", ""), manifest.media_type):
                 return None
+            if self._mirror.enabled:
+                self._mirror.note_pull(params["name"], manifest.digest)  # for eviction; no call here
             headers = manifest_headers(manifest)
             headers["Content-Length"] = str(len(manifest.content))
             return route.endpoint, list(headers.items()), b"" if method == "HEAD" else manifest.content

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("wharf.gateway.mirror")
 # Tags whose upstream answer this process checked recently: (repository, tag) -> when.
 _VALIDATED_MAX = 100_000
+# Pulls kept between flushes (beyond it, a pull is not recorded until the next flush), and how
+# often they are sent.
+_PULLS_MAX = 50_000
+_FLUSH_EVERY = 5.0
 
 
 class Mirror:
@@ -47,6 +52,51 @@ class Mirror:
         self._clients = clients
         self._validated: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
         self._lock = threading.Lock()
+        # Pulls of mirrored manifests not yet sent: (prefix, repository, digest) -> when (ms).
+        self._pulls: dict[tuple[str, str, str], int] = {}
+        self._flusher_pid = 0
+
+    # -- pull times (for eviction), batched off the request's path --------------------------
+
+    def note_pull(self, name: str, digest: str) -> None:
+        """Remembers that a mirrored manifest was pulled; a background flush sends these to the
+        metadata service every few seconds (never a call on the request's path)."""
+        found = self.route(name)
+        if found is None:
+            return
+        self._ensure_flusher()
+        with self._lock:
+            if len(self._pulls) < _PULLS_MAX:
+                self._pulls[(found[0].prefix, name, digest)] = int(time.time() * 1000)
+
+    def _ensure_flusher(self) -> None:
+        # One flusher per process: gunicorn forks workers after the app is built.
+        if self._flusher_pid == os.getpid():
+            return
+        with self._lock:
+            if self._flusher_pid == os.getpid():
+                return
+            self._flusher_pid = os.getpid()
+            self._pulls.clear()
+        threading.Thread(target=self._flush_forever, daemon=True, name="mirror-pulls").start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(_FLUSH_EVERY)
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pulls = self._pulls, {}
+        if not batch:
+            return
+        pulls = [mpb.Pull(upstream=prefix, repository=name, digest=digest, at_ms=at)
+                 for (prefix, name, digest), at in batch.items()]
+        try:
+            self._clients.metadata.record_pulls(pulls)
+        except RegistryError as err:  # best effort: eviction then sees older times, never wrong content
+            log.warning("could not record mirrored pulls", extra={"fields": {"pulls": len(pulls),
+                                                                              "error": err.message[:200]}})
 
     @property
     def enabled(self) -> bool:
@@ -101,6 +151,7 @@ class Mirror:
         """(manifest, Warning header or "") for a mirrored repository."""
         manifest, warning, answer = self._manifest(name, reference, upstream, remote)
         metrics.MIRROR_READS.labels(upstream.prefix, "manifest", answer).inc()
+        self.note_pull(name, manifest.digest)
         return manifest, warning
 
     def _manifest(self, name: str, reference: str, upstream: Upstream,

@@ -174,7 +174,9 @@ class GcRecord(Collector):
               ("links_removed", "wharf_gc_links_removed", "Blob links garbage collection removed"),
               ("manifests_removed", "wharf_gc_manifests_removed", "Manifests garbage collection removed"),
               ("blobs_kept_busy", "wharf_gc_blobs_kept_busy",
-               "Unlinked blobs a collection kept because an upload pinned or linked them meanwhile"))
+               "Unlinked blobs a collection kept because an upload pinned or linked them meanwhile"),
+              ("manifests_evicted", "wharf_gc_mirror_manifests_evicted",
+               "Mirrored manifests evicted past their upstream's size limit, least recently pulled first"))
 
     def __init__(self, read: Callable[[], dict[str, float]]) -> None:
         self._read = read

@@ -36,6 +36,7 @@ from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as mpb_grpc
 from services.metadata.settings import MetadataSettings
+from services.mirror import config as mirror_config
 from services.stack import records
 
 
@@ -78,6 +79,13 @@ class _Metadata:
     def end_delete(self, digest: str, fence: str) -> None:
         self._call("EndBlobDelete", mpb.BlobDeleteRequest(digest=digest, fence=fence))
 
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        try:
+            self._call("DeleteManifest", mpb.ManifestRef(repository=repository, reference=digest))
+        except RuntimeError as exc:
+            if "unknown" not in str(exc):  # deleted meanwhile by someone else: as good
+                raise
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wharf-gc", description=__doc__.split("\n\n")[0])
@@ -110,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     delete_blob = _blob_deleter(authenticated_channel(grpc.insecure_channel(blobstore_address), token),
                                 blobstore_address)
     calls = _Metadata(authenticated_channel(grpc.insecure_channel(metadata_address), token), metadata_address)
+    try:
+        mirrors = mirror_config.load(os.environ, secrets=False)  # the upstreams' size limits
+    except mirror_config.MirrorsError as exc:
+        print(f"wharf-gc: {exc}", file=sys.stderr)
+        return 2
+    limits = {u.prefix: u.size_limit for u in mirrors.upstreams if u.size_limit is not None}
     collector = Collector(client, create_driver(storage), calls, delete_blob, args.grace, args.dry_run,
-                          args.delete_untagged)
+                          args.delete_untagged, size_limits=limits)
     try:
         report = collector.run()
     except (CollectionBusy, LockLost) as exc:

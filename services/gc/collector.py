@@ -4,11 +4,13 @@ Deleting a manifest or a tag only changes metadata; the layers stay linked to th
 their bytes stay in the blob store. A collection run, with no read-only window:
 
 1. takes ``wharf:gc-lock`` (one run at a time; a TTL it renews, so a dead run's lock lapses);
-2. asks the metadata service, repository by repository, to remove what nothing keeps
+2. evicts the least recently pulled content of each mirrored upstream past its ``size_limit``
+   (eviction.py: through the metadata service's DeleteManifest, like any client delete);
+3. asks the metadata service, repository by repository, to remove what nothing keeps
    (``CollectRepository``): referrers whose subject is gone, untagged manifests no index names
    (with ``--delete-untagged``), then blob links no manifest names. Each candidate is re-checked
    in the script that removes it, and the gateways' caches are invalidated like for any delete;
-3. walks the blob store's storage and, for each blob stored longer than the grace and linked by no
+4. walks the blob store's storage and, for each blob stored longer than the grace and linked by no
    repository, asks the metadata service for a delete fence (``BeginBlobDelete``: granted only while
    no repository links it and no upload holds a pin on it), deletes it through the blob store's
    ``Delete`` call, and ends the fence.
@@ -35,7 +37,7 @@ from services.blobstore.storage.base import FileInfo, StorageDriver
 from services.common import digests
 from services.common.errors import RegistryError
 from services.common.redisconn import text
-from services.gc import record
+from services.gc import eviction, record
 from services.metadata import redis_keys as keys
 
 log = logging.getLogger("wharf.gc")
@@ -51,6 +53,7 @@ class Report:
     blobs_deleted: int = 0
     bytes_freed: int = 0
     blobs_kept_busy: int = 0  # unlinked, but an upload pinned (or relinked) them meanwhile
+    manifests_evicted: int = 0  # mirrored manifests evicted past their upstream's size_limit
     dry_run: bool = False
 
     def to_json(self) -> dict[str, object]:
@@ -75,11 +78,14 @@ class MetadataCalls(Protocol):
 
     def end_delete(self, digest: str, fence: str) -> None: ...
 
+    def delete_manifest(self, repository: str, digest: str) -> None: ...
+
 
 class Collector:
     def __init__(self, client: redis.Redis, driver: StorageDriver, metadata: MetadataCalls,
                  delete_blob: Callable[[str], object], grace: float, dry_run: bool = False,
-                 delete_untagged: bool = False, lock_ttl: float = 600.0) -> None:
+                 delete_untagged: bool = False, lock_ttl: float = 600.0,
+                 size_limits: dict[str, int] | None = None) -> None:
         self._r = client  # reads only (the catalog, who links a blob), plus the lock and the record
         self._driver = driver  # reads only (list, stat): deletes go through the blob store
         self._metadata = metadata
@@ -88,6 +94,7 @@ class Collector:
         self._dry_run = dry_run
         self._delete_untagged = delete_untagged
         self._ttl = lock_ttl
+        self._size_limits = size_limits or {}  # mirrored prefix -> bytes (eviction.py)
         self._release = client.register_script(keys.RELEASE_IF_HELD)
         self._renew = client.register_script(keys.RENEW_IF_HELD)
         self._held = ""
@@ -111,7 +118,7 @@ class Collector:
             if not self._dry_run:
                 record.add_run(self._r, ok=True, blobs_removed=report.blobs_deleted, bytes_removed=report.bytes_freed,
                                links_removed=report.links_removed, manifests_removed=report.manifests_removed,
-                               blobs_kept_busy=report.blobs_kept_busy)
+                               blobs_kept_busy=report.blobs_kept_busy, manifests_evicted=report.manifests_evicted)
             return report
         finally:
             # Only our own lock (compared and deleted in one step).
@@ -128,6 +135,10 @@ class Collector:
     def _collect(self) -> Report:
         report = Report(dry_run=self._dry_run)
         grace_ms = int(self._grace * 1000)
+        for prefix, limit in sorted(self._size_limits.items()):
+            self._hold_lock()
+            report.manifests_evicted += len(eviction.evict(self._r, prefix, limit, self._metadata.delete_manifest,
+                                                           self._dry_run))
         would_unlink: dict[str, set[str]] = {}  # dry run: digest -> repositories that would drop it
         for raw, _ in self._r.zscan_iter(keys.CATALOG, count=500):
             self._hold_lock()

@@ -15,6 +15,7 @@ import secrets
 import redis.asyncio as aredis
 
 from services.common import digests
+from services.common.errors import NAME_INVALID, RegistryError
 from services.common.names import validate_name
 from services.common.redisconn import text
 from services.metadata import redis_keys as keys
@@ -23,6 +24,8 @@ from services.metadata.store import TimedScript
 # A fence outlives any single storage delete by far (the collector's Delete call has a 60 s
 # deadline); should the collector die holding one, writers of that blob wait at most this long.
 FENCE_TTL_MS = 120_000
+# Pulls recorded per call (a gateway's batch).
+MAX_PULLS = 5000
 # Passes over a repository's manifests: deleting an index frees its children, deleting a subject
 # its referrers, one level per pass.
 _MAX_PASSES = 16
@@ -45,6 +48,7 @@ class Lifecycle:
         self._delete_manifest = TimedScript(client, "gc_delete_manifest", keys.GC_DELETE_MANIFEST)
         self._begin_delete = TimedScript(client, "begin_blob_delete", keys.BEGIN_BLOB_DELETE)
         self._release = TimedScript(client, "end_blob_delete", keys.RELEASE_IF_HELD_ARGV)
+        self._record_pulls = TimedScript(client, "record_pulls", keys.RECORD_PULLS)
 
     async def collect_repository(self, name: str, grace_ms: int, delete_untagged: bool, dry_run: bool) -> Collected:
         """Removes the repository's manifests nothing keeps (untagged ones only when asked;
@@ -71,6 +75,18 @@ class Lifecycle:
             if await self._unlink([prefix, keys.CATALOG, name, digest, keys.blob_repos(digest), grace, dry]):
                 done.unlinked.append(digest)
         return done
+
+    async def record_pulls(self, pulls: list[tuple[str, str, str, int]]) -> None:
+        """(upstream prefix, repository, manifest digest, when in ms) of mirrored pulls."""
+        args: list[str | int] = []
+        for prefix, repository, digest, at in pulls[:MAX_PULLS]:
+            validate_name(repository)
+            digests.validate(digest)
+            if not repository.startswith(prefix + "/"):
+                raise RegistryError(NAME_INVALID, f"{repository} is not under {prefix[:100]}")
+            args += [keys.mirror_pulls(prefix), keys.pull_member(repository, digest), int(at)]
+        if args:
+            await self._record_pulls(args)
 
     async def begin_blob_delete(self, digest: str) -> tuple[str, str]:
         """(fence, "") when the collector may delete the blob's bytes now, else ("", why)."""

@@ -23,6 +23,8 @@
     wharf:blob:<digest>:pins                       ZSET  pin id -> expiry (ms): uploads of the blob between
                                                          their commit in the blob store and their link
     wharf:blob:<digest>:deleting                   STRING fence id (with a TTL) while GC deletes the bytes
+    wharf:mirror:<prefix>:pulls                    ZSET  "<repository>@<digest>" -> when a mirrored manifest was last
+                                                         pulled (ms): eviction takes the oldest first
     wharf:gc-lock                                  STRING held (with a TTL) by the running garbage collection
     wharf:schema                                   STRING the data model's version (migrations.py)
     wharf:migration-lock                           STRING held (with a TTL) by the replica migrating
@@ -118,6 +120,26 @@ def blob_pins(digest: str) -> str:
 
 def blob_deleting(digest: str) -> str:
     return f"wharf:blob:{digest}:deleting"
+
+
+def mirror_pulls(prefix: str) -> str:
+    return f"wharf:mirror:{prefix}:pulls"
+
+
+def pull_member(repository: str, digest: str) -> str:
+    return f"{repository}@{digest}"
+
+
+# ARGV: (key, member, time ms) triples. Keeps the latest time of each (pulls arrive batched and
+# out of order from several gateways).
+RECORD_PULLS = """
+for i = 1, #ARGV, 3 do
+  local at = tonumber(ARGV[i + 2])
+  local known = redis.call('ZSCORE', ARGV[i], ARGV[i + 1])
+  if not known or tonumber(known) < at then redis.call('ZADD', ARGV[i], at, ARGV[i + 1]) end
+end
+return 1
+"""
 
 
 def migration_done(version: int) -> str:

@@ -163,6 +163,11 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         fence, refused = await self._lifecycle.begin_blob_delete(request.digest)
         return pb.BlobDeleteResponse(fence=fence, refused=refused)
 
+    async def RecordPulls(self, request: pb.RecordPullsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.RecordPullsResponse:
+        await self._lifecycle.record_pulls([(p.upstream, p.repository, p.digest, p.at_ms) for p in request.pulls])
+        return pb.RecordPullsResponse()
+
     async def EndBlobDelete(self, request: pb.BlobDeleteRequest,
                             context: grpc.aio.ServicerContext) -> pb.BlobDeleteResponse:
         await self._lifecycle.end_blob_delete(request.digest, request.fence)

@@ -137,3 +137,48 @@ def test_pull_through_a_mirror(mirrored: tuple[RunningStack, dict], tmp_path: pa
 def _figure(exposition: str, sample: str) -> float:
     """The sum of a sample's values across the expositions given (several blob store replicas)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(sample + " "))
+
+
+def test_eviction_takes_the_least_recently_pulled_past_the_size_limit(
+        start_stack: Callable[..., RunningStack], tmp_path: pathlib.Path) -> None:
+    """Three mirrored images over a limit that holds one: the ones pulled longer ago go (and pull
+    again from the upstream), the most recent stays; a layer a private repository also links does
+    not count against the mirror and keeps its bytes there."""
+    binary = require_tool("docker-registry", "apt-get install docker-registry")
+    with running_distribution(tmp_path / "upstream", binary, level="info") as address:
+        layers = {name: hashlib.sha256(name.encode()).digest() * 8000 for name in ("old", "mid", "new")}
+        for name, layer in layers.items():
+            _push(f"http://{address}", f"team/{name}", "v1", layer)
+        mirrors = tmp_path / "mirrors.yaml"
+        mirrors.write_text(f"upstreams:\n  - prefix: up.example\n    url: http://{address}\n    insecure: true\n"
+                           "    size_limit: 300000\n")
+        stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors)})
+        for name in layers:
+            _pull(stack.url, f"up.example/team/{name}", "v1")
+            time.sleep(1.1)
+        old_digest = "sha256:" + hashlib.sha256(layers["old"]).hexdigest()
+        mounted = requests.post(f"{stack.url}/v2/team/private/blobs/uploads/", timeout=30,
+                                params={"mount": old_digest, "from": "up.example/team/old"})
+        assert mounted.status_code == 201
+        config = b'{"architecture": "amd64", "os": "linux", "private": true}'
+        assert requests.post(f"{stack.url}/v2/team/private/blobs/uploads/", timeout=30, data=config,
+                             params={"digest": "sha256:" + hashlib.sha256(config).hexdigest()}).status_code == 201
+        private = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
+            "digest": "sha256:" + hashlib.sha256(config).hexdigest()}, "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": old_digest,
+                "size": len(layers["old"])}]}).encode()
+        assert requests.put(f"{stack.url}/v2/team/private/manifests/v1", data=private, timeout=30,
+                            headers={"Content-Type": OCI_MANIFEST}).status_code == 201
+        time.sleep(6)  # the gateways send pull times every 5 s
+        report = _gc(stack, "--grace", "0")
+        assert report["manifests_evicted"] == 2, report
+        assert requests.get(f"{stack.url}/v2/team/private/blobs/{old_digest}", timeout=30).content == layers["old"]
+        client = redis.Redis.from_url(records.read(stack.data_dir.resolve(), records.REDIS_URL) or "")
+        for name, kept in (("old", False), ("mid", False), ("new", True)):
+            assert client.hexists(keys.tags(f"up.example/team/{name}"), "v1") == kept, name
+        log = tmp_path / "upstream" / "registry.log"
+        mid_digest = "sha256:" + hashlib.sha256(layers["mid"]).hexdigest()
+        assert _upstream_gets(log, mid_digest) == 1
+        _, blobs = _pull(stack.url, "up.example/team/mid", "v1")  # evicted: it comes back from the upstream
+        assert layers["mid"] in blobs and _upstream_gets(log, mid_digest) == 2

@@ -153,6 +153,9 @@ class _NoMetadata:
     def end_delete(self, digest: str, fence: str) -> None:
         return None
 
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        return None
+
 
 def _collector(redis_client: redis.Redis, tmp_path: pathlib.Path) -> Collector:
     return Collector(redis_client, FilesystemDriver(tmp_path / "blobs"), _NoMetadata(), lambda digest: False,

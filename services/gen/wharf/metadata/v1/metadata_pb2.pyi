@@ -6,6 +6,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Pull(_message.Message):
+    __slots__ = ("upstream", "repository", "digest", "at_ms")
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    upstream: str
+    repository: str
+    digest: str
+    at_ms: int
+    def __init__(self, upstream: _Optional[str] = ..., repository: _Optional[str] = ..., digest: _Optional[str] = ..., at_ms: _Optional[int] = ...) -> None: ...
+
+class RecordPullsRequest(_message.Message):
+    __slots__ = ("pulls",)
+    PULLS_FIELD_NUMBER: _ClassVar[int]
+    pulls: _containers.RepeatedCompositeFieldContainer[Pull]
+    def __init__(self, pulls: _Optional[_Iterable[_Union[Pull, _Mapping]]] = ...) -> None: ...
+
+class RecordPullsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class BlobPin(_message.Message):
     __slots__ = ("pin",)
     PIN_FIELD_NUMBER: _ClassVar[int]

@@ -119,6 +119,11 @@ class MetadataStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.FromString,
                 _registered_method=True)
+        self.RecordPulls = channel.unary_unary(
+                '/wharf.metadata.v1.Metadata/RecordPulls',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -247,6 +252,15 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordPulls(self, request, context):
+        """Mirrors: when mirrored manifests were last pulled (gateways send them batched, off the
+        request's path); garbage collection evicts the least recently pulled past an upstream's
+        size limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -334,6 +348,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.EndBlobDelete,
                     request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.SerializeToString,
+            ),
+            'RecordPulls': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordPulls,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -795,6 +814,33 @@ class Metadata:
             '/wharf.metadata.v1.Metadata/EndBlobDelete',
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteRequest.SerializeToString,
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.BlobDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordPulls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.metadata.v1.Metadata/RecordPulls',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsResponse.FromString,
             options,
             channel_credentials,
             insecure,
