@@ -50,10 +50,12 @@ SETTINGS: dict[str, type] = {
 
 
 # Sections of structured configuration a program reads from their own file besides its settings
-# (services/common/config_file.py): the gateway and the blob store read the mirrors' upstreams.
+# (services/common/config_file.py): the gateway, the blob store and auth (who may pull a mirrored
+# prefix) read the mirrors' upstreams.
 SECTION_FILES: dict[str, frozenset[str]] = {
     "wharf-gateway": frozenset({mirror_config.OWN_FILE}),
     "wharf-blobstore": frozenset({mirror_config.OWN_FILE}),
+    "wharf-auth": frozenset({mirror_config.OWN_FILE}),
 }
 
 

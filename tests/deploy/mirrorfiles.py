@@ -6,8 +6,8 @@ becomes ``<root>/etc/wharf/mirrors/mirrors.yaml``), and the upstreams file's abs
 ``password_file`` paths are moved under the same root; relative ones resolve from the file's
 folder as they would in the container. So a file the container does not mount is missing here
 too, and ``load`` fails the way the service would at start-up. ``secrets`` is the service's own:
-the blob store reads the password files (``load(environ)``), the gateway does not
-(``load(environ, secrets=False)``), so it needs none mounted.
+the blob store reads the password files (``load(environ)``), the gateway and the auth service do
+not (``load(environ, secrets=False)``), so they need none mounted.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _rooted(text: str, root: pathlib.Path) -> str:
 def load_as_mounted(files: Mapping[str, str], environ: Mapping[str, str],
                     root: pathlib.Path, secrets: bool = True) -> mirror_config.Mirrors:
     """The upstreams the container with ``files`` (container path -> text) and ``environ`` loads,
-    with (the blob store) or without (the gateway) reading the password files."""
+    with (the blob store) or without (the gateway, auth) reading the password files."""
     own = environ[mirror_config.OWN_FILE]
     for path, text in files.items():
         target = root / path.lstrip("/")

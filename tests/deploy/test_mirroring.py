@@ -1,18 +1,22 @@
 """Mirroring in deploy/: compose (compose.mirror.yaml), kustomize (components/mirror) and Helm
-(values: mirrors) give the gateway and the blob store the upstreams file, the blob store alone
-its password files (least privilege: the gateway never talks to an upstream), and let the blob
-store, and only it, connect out to the upstreams.
+(values: mirrors) give the gateway, the blob store and the auth service the upstreams file, the
+blob store alone its password files (least privilege: the gateway and auth never talk to an
+upstream), and let the blob store, and only it, connect out to the upstreams. Auth reads the file
+because in token mode it decides who may pull mirrored repositories: any signed-in account under
+a mirrored prefix, anonymous callers only where the upstream says ``anonymous: true``.
 
 The example upstreams (deploy/mirrors.example.yaml, its copies for kustomize and Helm) load with
 the services' own loader, the way each container sees them and as each service loads them
-(tests/deploy/mirrorfiles.py): the gateway with ``load(environ, secrets=False)``, the blob store
-with ``load(environ)``, so a password file the blob store needs but does not mount fails here as
-it would at start-up. The overlays and the chart with mirroring on also pass every general check
-of test_kubernetes.py and test_helm_chart.py (schemas, settings, hardening, isolation).
+(tests/deploy/mirrorfiles.py; each service's own call is checked against SECRETS): the gateway
+and auth with ``load(environ, secrets=False)``, the blob store with ``load(environ)``, so a
+password file the blob store needs but does not mount fails here as it would at start-up. The
+overlays and the chart with mirroring on also pass every general check of test_kubernetes.py
+and test_helm_chart.py (schemas, settings, hardening, isolation).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import pathlib
 import re
@@ -30,8 +34,10 @@ from tests.deploy.deployfiles import (
     K8S,
     MIRROR_COMPONENT,
     OVERLAYS,
+    ROOT,
     SETTINGS,
     compose_model,
+    console_scripts,
     declared,
     environment,
     pod_template,
@@ -51,11 +57,13 @@ from tests.deploy.test_compose import SCHEMA
 from tests.support.tools import require_tool
 
 OVERRIDE = DEPLOY / "compose.mirror.yaml"
-READERS = ("gateway", "blobstore")  # the services that read WHARF_MIRRORS_FILE
-# Whether each reads the password files too: only the blob store, which logs in to the upstreams
-# (the gateway: services/api/__main__.py, load(os.environ, secrets=False)). Only it mounts them.
-SECRETS = {"gateway": False, "blobstore": True}
-OTHERS = ("metadata", "auth", "gc")
+READERS = ("gateway", "blobstore", "auth")  # the services that read WHARF_MIRRORS_FILE
+# Whether each reads the password files too: only the blob store, which logs in to the upstreams.
+# The gateway (services/api/__main__.py) routes by prefix and auth (services/auth/__main__.py)
+# decides who may pull a mirrored prefix: both load(os.environ, secrets=False). Only the blob
+# store mounts them (test_each_service_loads_the_upstreams_as_these_checks_assume).
+SECRETS = {"gateway": False, "blobstore": True, "auth": False}
+OTHERS = ("metadata", "gc")  # neither the upstreams file nor the password files
 PREFIXES = ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
 INTERNET = Endpoint("internet", "", ip="93.184.216.34")
 PRIVATE = Endpoint("private", "", ip="192.168.7.7")
@@ -68,8 +76,8 @@ def example_keys() -> set[str]:
 def check_loads_as_mounted(service: str, files: dict[str, str], environ: dict[str, str],
                            root: pathlib.Path) -> None:
     """The example loads from what ``service`` mounts, as ``service`` loads it: the blob store with
-    its password files, the gateway without, having none mounted (so it could not load the file
-    the blob store's way)."""
+    its password files, the gateway and auth without, having none mounted (so they could not load
+    the file the blob store's way)."""
     mirrors = load_as_mounted(files, environ, root / "as-loaded", secrets=SECRETS[service])
     assert [u.prefix for u in mirrors.upstreams] == PREFIXES
     if SECRETS[service]:
@@ -93,11 +101,45 @@ def test_the_example_upstreams_load_with_their_password_files(tmp_path: pathlib.
     with pytest.raises(mirror_config.MirrorsError, match="docker-hub"):
         load_as_mounted({MIRRORS_FILE: EXAMPLE.read_text()}, {mirror_config.OWN_FILE: MIRRORS_FILE},
                         tmp_path / "bare")
-    # ...and the gateway, which does not read them, starts: the same upstreams, no passwords.
-    gateway = load_as_mounted({MIRRORS_FILE: EXAMPLE.read_text()}, {mirror_config.OWN_FILE: MIRRORS_FILE},
-                              tmp_path / "gateway", secrets=False)
-    assert [(u.prefix, u.username, u.password) for u in gateway.upstreams] == \
-        [(u.prefix, u.username, None) for u in mirrors.upstreams]
+    # ...and the gateway and auth, which do not read them, start: the same upstreams (and, for
+    # auth, the same anonymous flags), no passwords.
+    bare = load_as_mounted({MIRRORS_FILE: EXAMPLE.read_text()}, {mirror_config.OWN_FILE: MIRRORS_FILE},
+                           tmp_path / "without-secrets", secrets=False)
+    assert [(u.prefix, u.username, u.anonymous, u.password) for u in bare.upstreams] == \
+        [(u.prefix, u.username, u.anonymous, None) for u in mirrors.upstreams]
+
+
+def mirrors_loads(program: str) -> list[bool]:
+    """The ``secrets`` argument of every call of the mirrors' loader (services.mirror.config.load)
+    in ``program``'s entry module, as that program starts."""
+    module = console_scripts()[program].split(":")[0]
+    tree = ast.parse((ROOT / f"{module.replace('.', '/')}.py").read_text())
+    modules, functions = set(), set()  # the names the loader's module, or the loader, are bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "services.mirror":
+            modules |= {a.asname or a.name for a in node.names if a.name == "config"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "services.mirror.config":
+            functions |= {a.asname or a.name for a in node.names if a.name == "load"}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (isinstance(func, ast.Attribute) and func.attr == "load" and isinstance(func.value, ast.Name)
+                and func.value.id in modules) or (isinstance(func, ast.Name) and func.id in functions):
+            secrets = [k.value for k in node.keywords if k.arg == "secrets"]
+            found.append(bool(ast.literal_eval(secrets[0])) if secrets else True)
+    return found
+
+
+# (wharf-gc's entry module loads the file too, with secrets=False, for the upstreams' size_limit;
+# no deployment gives it WHARF_MIRRORS_FILE, so it is not checked here.)
+@pytest.mark.parametrize("service", [*READERS, "metadata"])
+def test_each_service_loads_the_upstreams_as_these_checks_assume(service: str) -> None:
+    """SECRETS is what the services do: the blob store reads the password files, the gateway and
+    auth load the file with secrets=False (so mounting them only the file is enough), and the
+    metadata service does not load it at all."""
+    assert mirrors_loads(f"wharf-{service}") == ([SECRETS[service]] if service in READERS else []), service
 
 
 def test_every_deployment_ships_the_same_example() -> None:
@@ -145,7 +187,7 @@ def test_the_compose_override_follows_the_specification() -> None:
     assert all(set(s) <= {"environment", "volumes"} for s in services.values())
 
 
-def test_compose_mounts_the_upstreams_into_the_gateway_and_the_blob_store_the_credentials_into_it_alone() -> None:
+def test_compose_mounts_the_upstreams_into_the_readers_the_credentials_into_the_blob_store_alone() -> None:
     model = mirror_model()
     for name in READERS:
         service = model["services"][name]
@@ -163,8 +205,10 @@ def test_compose_mounts_the_upstreams_into_the_gateway_and_the_blob_store_the_cr
         for mount in (mounts[MIRRORS_FILE], mounts.get(CREDENTIALS_DIR)):
             # Read-only, and a missing source stops compose rather than mounting an empty directory.
             assert mount is None or (mount["read_only"] is True and mount["bind"]["create_host_path"] is False), mount
-    for name in ("metadata", "auth", "gc"):
-        assert mirror_config.OWN_FILE not in environment(model["services"][name]), name
+    for name in OTHERS:
+        service = model["services"][name]
+        assert mirror_config.OWN_FILE not in environment(service), name
+        assert MIRRORS_FILE not in bind_mounts(service), name
     # The password files reach the blob store and no other service, under any target.
     holders = {name for name, service in model["services"].items()
                for mount in bind_mounts(service).values() if mount["source"].startswith("./mirror-credentials")}
@@ -221,10 +265,11 @@ def volume_source(volume: dict[str, Any]) -> str | None:
 
 
 def check_mounts(objects: list[dict[str, Any]], config_map: str, secret: str) -> None:
-    """The gateway and the blob store: WHARF_MIRRORS_FILE and the ConfigMap read-only; the blob
-    store alone the credentials Secret, read-only (the gateway has neither mount nor volume of
-    it); no one else either."""
+    """The gateway, the blob store and auth: WHARF_MIRRORS_FILE and the ConfigMap read-only; the
+    blob store alone the credentials Secret, read-only (the gateway and auth have neither mount
+    nor volume of it); no one else either (metadata, gc)."""
     pods = workloads(objects)
+    assert set(READERS) | set(OTHERS) <= set(pods), sorted(pods)
     for component, (pod, container) in pods.items():
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         # (a StatefulSet's claim templates are no pod volumes: None)
@@ -245,7 +290,7 @@ def check_mounts(objects: list[dict[str, Any]], config_map: str, secret: str) ->
         assert credentials["defaultMode"] == 0o440, "readable by the pod's group only"
 
 
-def test_the_component_mounts_the_upstreams_into_the_gateway_and_the_blob_store_the_credentials_into_it_alone(
+def test_the_component_mounts_the_upstreams_into_the_readers_the_credentials_into_the_blob_store_alone(
         overlays: Any) -> None:
     plain, mirrored = overlays
     [config_map] = [o["metadata"]["name"] for o in mirrored if o["kind"] == "ConfigMap"
@@ -289,7 +334,7 @@ def check_upstream_egress(plain: list[dict[str, Any]], mirrored: list[dict[str, 
         for port in ports:
             assert reachable(policies, blobstore, INTERNET, port) == on, f"blobstore -> internet:{port}, mirrors {on}"
             assert not reachable(policies, blobstore, PRIVATE, port), f"blobstore -> private:{port}"
-            for component in ("gateway", *OTHERS):
+            for component in (*(c for c in READERS if c != "blobstore"), *OTHERS):
                 assert not reachable(policies, pods[component], INTERNET, port), f"{component} -> internet:{port}"
 
 
@@ -303,7 +348,7 @@ def test_only_the_blob_store_reaches_the_upstreams(overlays: Any) -> None:
 
 # --- Helm ------------------------------------------------------------------------------------
 
-def test_the_chart_mounts_the_upstreams_into_the_gateway_and_the_blob_store_the_credentials_into_it_alone(
+def test_the_chart_mounts_the_upstreams_into_the_readers_the_credentials_into_the_blob_store_alone(
         tmp_path: pathlib.Path) -> None:
     objects = chart.render("-f", str(chart.MIRRORS))
     [mirrors_map] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "wharf-mirrors"]
@@ -334,7 +379,7 @@ def test_the_chart_makes_the_credentials_secret_from_inline_passwords(tmp_path: 
     files = pod_files(objects, pod, container, {})
     [upstream] = load_as_mounted(files, {mirror_config.OWN_FILE: MIRRORS_FILE}, tmp_path).upstreams
     assert upstream.password == "placeholder ghcr"
-    # A password change rolls the pods that read it: the blob store's, not the gateway's.
+    # A password change rolls the pods that read it: the blob store's, not the gateway's or auth's.
     for component in READERS:
         deployment = chart.of_kind(objects, "Deployment")[f"wharf-{component}"]
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
