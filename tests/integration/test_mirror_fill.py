@@ -15,12 +15,16 @@ import grpc
 import pytest
 import requests
 
+from services.blobstore.settings import BlobStoreSettings
+from services.blobstore.storage import create_driver
 from services.common.internal_auth import authenticated_channel, read_token
+from services.common.settings import load
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
 from services.stack import records
 from tests.support.distribution import running_distribution
 from tests.support.pusher import OCI_MANIFEST
+from tests.support.s3 import S3Server
 from tests.support.stack import RunningStack
 from tests.support.tools import require_tool
 
@@ -82,13 +86,22 @@ def _upstream_gets(log: pathlib.Path, digest: str) -> int:
                if "response completed" in line and f"/blobs/{digest}" in line and "method=GET" in line)
 
 
+@pytest.fixture(params=["filesystem", "minio"])
+def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The fill's exclusive writer is the storage's: flock on a filesystem, conditional writes on S3."""
+    if request.param == "filesystem":
+        return {}
+    server: S3Server = request.getfixturevalue("minio")
+    return {**server.env(), "WHARF_S3_REDIRECT": "false"}
+
+
 def test_a_blob_is_fetched_once_and_served_when_the_upstream_is_gone(
         start_stack: Callable[..., RunningStack], upstream: tuple[str, pathlib.Path, bytes, str],
-        tmp_path: pathlib.Path) -> None:
+        tmp_path: pathlib.Path, backend_env: dict[str, str]) -> None:
     address, log, layer, manifest_digest = upstream
     mirrors = tmp_path / "mirrors.yaml"
     mirrors.write_text(f"upstreams:\n  - prefix: up.example\n    url: http://{address}\n    insecure: true\n")
-    stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors)})
+    stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors), **backend_env})
     stub = _stub(stack)
     digest = "sha256:" + hashlib.sha256(layer).hexdigest()
 
@@ -119,7 +132,8 @@ def test_a_blob_is_fetched_once_and_served_when_the_upstream_is_gone(
     assert len(results) == 12 and all(body == layer for _, body in results)
     assert all(total in (LAYER, 0) for total, _ in results) and any(total == LAYER for total, _ in results)
     assert _upstream_gets(log, digest) == 1
-    assert not list((stack.data_dir / "fills").rglob("data"))  # nothing half-done left behind
+    driver = create_driver(load(BlobStoreSettings, {**stack.extra_env, "WHARF_DATA_DIR": str(stack.data_dir)}))
+    assert not list(driver.list("fills/sha256"))  # nothing half-done left behind
 
     # Unknown upstream content is a 404-class error naming the upstream.
     with pytest.raises(grpc.RpcError) as missing:
