@@ -3,7 +3,7 @@
 - a proxy between Wharf and the upstream flips a byte of a blob, then cuts the connection
   part-way: the client gets an error each time, nothing wrong is stored, and once the proxy
   behaves the pull succeeds byte-identical;
-- 20 concurrent first pulls of one uncached layer: one upstream fetch, 20 correct downloads;
+- 20 concurrent first pulls of one uncached 64 MiB layer: one upstream fetch, 20 correct downloads;
 - a chain: Wharf mirrors a second Wharf in token mode (configured credentials) that mirrors a
   Distribution upstream, every cache cold: the pull succeeds through both.
 """
@@ -13,12 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 
+from tests.e2e.images import assert_same_objects, write_oci_index_layout
+from tests.e2e.test_skopeo import Skopeo, oci_layout_objects
 from tests.integration.test_gc import _blob_files
 from tests.integration.test_mirror_fill import _push, _upstream_gets
 from tests.support.distribution import running_distribution
@@ -30,7 +34,7 @@ from tests.support.tools import require_tool
 pytestmark = pytest.mark.e2e
 
 ADMIN_PASSWORD = "chain-admin-secret-1"
-BIG = 24 * 1024 * 1024 + 123
+BIG = 64 * 1024 * 1024 + 123
 
 
 def _layer(seed: bytes, size: int) -> bytes:
@@ -201,3 +205,47 @@ def test_referrers_of_a_mirrored_image_come_from_the_upstream(start_stack: Calla
     got = requests.get(f"{mirror.url}/v2/origin.example/team/signed/manifests/{signature}",
                        headers={"Accept": OCI_MANIFEST}, timeout=60)
     assert got.status_code == 200 and got.content == artifact
+
+
+def test_a_multi_arch_image_through_the_mirror_and_an_upstream_that_comes_back(
+        start_stack: Callable[..., RunningStack], tmp_path: pathlib.Path) -> None:
+    """skopeo (--all) and crane pull a multi-platform image through the mirror byte-identical to
+    what the upstream holds; a second pull asks the upstream for no blob. The upstream stops and
+    comes back with the tag moved: the mirror serves the stored tag meanwhile and picks up the
+    new one once the tag's TTL ran out."""
+    binary = require_tool("docker-registry", "apt-get install docker-registry")
+    skopeo = Skopeo(require_tool("skopeo"), tmp_path / "skopeo-home")
+    image = write_oci_index_layout(tmp_path / "source", tag="v1")
+    workdir = tmp_path / "upstream"
+    with running_distribution(workdir, binary, level="info") as address:
+        skopeo.copy(f"oci:{image.path}:v1", f"docker://{address}/team/multi:v1", "--all")
+        mirrors = _mirror_file(tmp_path, "m.yaml", f"upstreams:\n  - prefix: up.example\n    url: http://{address}\n"
+                                                   "    insecure: true\n    tag_ttl: 1s\n")
+        stack = start_stack(env={"WHARF_MIRRORS_FILE": mirrors})
+        pulled = tmp_path / "pulled"
+        skopeo.copy(f"docker://{stack.host}/up.example/team/multi:v1", f"oci:{pulled}:v1", "--all")
+        assert_same_objects(oci_layout_objects(pulled), image.objects)
+        log = workdir / "registry.log"
+        blob_gets = sum(_upstream_gets(log, digest) for digest in image.blobs)
+        crane = require_tool("crane")
+        by_crane = tmp_path / "crane"
+        result = subprocess.run([crane, "pull", "--insecure", "--format", "oci", "--platform", "all",
+                                 f"{stack.host}/up.example/team/multi:v1", str(by_crane)], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert sum(_upstream_gets(log, digest) for digest in image.blobs) == blob_gets  # none again
+        assert set(image.blobs) <= set(oci_layout_objects(by_crane))
+    # The upstream is gone: the stored tag is served (stale) ...
+    time.sleep(1.1)
+    stale = requests.get(f"{stack.url}/v2/up.example/team/multi/manifests/v1", timeout=60,
+                         headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+    assert stale.status_code == 200 and stale.headers.get("Warning", "").startswith("110")
+    assert stale.headers["Docker-Content-Digest"] == image.digest
+    # ... and once it is back with v1 moved, the next pull after the TTL gets the new digest.
+    with running_distribution(workdir, binary, level="info", port=int(address.rsplit(":", 1)[1])) as again:
+        moved = _push(f"http://{again}", "team/multi", "v1", b"a new v1" * 1000)
+        time.sleep(1.1)
+        fresh = requests.get(f"{stack.url}/v2/up.example/team/multi/manifests/v1", timeout=60,
+                             headers={"Accept": OCI_MANIFEST})
+        assert fresh.status_code == 200 and fresh.headers["Docker-Content-Digest"] == moved
+        assert "Warning" not in fresh.headers

@@ -27,9 +27,11 @@ http:
 
 
 @contextlib.contextmanager
-def running_distribution(workdir: pathlib.Path, binary: str, level: str = "warn") -> Iterator[str]:
-    """Yields ``127.0.0.1:<port>`` of a docker-registry with filesystem storage under ``workdir``."""
-    port = free_port()
+def running_distribution(workdir: pathlib.Path, binary: str, level: str = "warn",
+                         port: int | None = None) -> Iterator[str]:
+    """Yields ``127.0.0.1:<port>`` of a docker-registry with filesystem storage under ``workdir``
+    (the same ``workdir`` and ``port`` again: the same registry back after a stop)."""
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yml"
     config.write_text(FILESYSTEM_CONFIG.format(level=level, root=workdir / "data", port=port))
