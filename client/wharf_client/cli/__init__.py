@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from wharf_client.cli import cmd_artifact, cmd_auth, cmd_blob, cmd_images, cmd_inspect
+from wharf_client.cli import cmd_artifact, cmd_auth, cmd_blob, cmd_images, cmd_inspect, cmd_mirror
 from wharf_client.cli.context import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -51,6 +51,10 @@ EXAMPLES = {
                       "--subject localhost:5000/team/app:1.0"],
     "artifact pull": ["wharf artifact pull localhost:5000/team/app:sbom -o ./out"],
     "referrers": ["wharf referrers localhost:5000/team/app:1.0 --json"],
+    "mirror-config": ["wharf mirror-config wharf.example:5000 --client docker",
+                      "wharf mirror-config wharf.example:5000 --client containerd "
+                      "| sudo tee /etc/containerd/certs.d/docker.io/hosts.toml",
+                      "wharf mirror-config 127.0.0.1:5000 --client podman --prefix ghcr.io --insecure"],
 }
 
 
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     add_common_options(common)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for module in (cmd_auth, cmd_images, cmd_inspect, cmd_blob, cmd_artifact):
+    for module in (cmd_auth, cmd_images, cmd_inspect, cmd_blob, cmd_artifact, cmd_mirror):
         module.register(commands, common)
     _add_examples(parser)
     return parser
