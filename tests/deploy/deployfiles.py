@@ -50,12 +50,13 @@ SETTINGS: dict[str, type] = {
 
 
 # Sections of structured configuration a program reads from their own file besides its settings
-# (services/common/config_file.py): the gateway, the blob store and auth (who may pull a mirrored
-# prefix) read the mirrors' upstreams.
+# (services/common/config_file.py): the gateway, the blob store, auth (who may pull a mirrored
+# prefix) and wharf-gc (each upstream's size_limit, for eviction) read the mirrors' upstreams.
 SECTION_FILES: dict[str, frozenset[str]] = {
     "wharf-gateway": frozenset({mirror_config.OWN_FILE}),
     "wharf-blobstore": frozenset({mirror_config.OWN_FILE}),
     "wharf-auth": frozenset({mirror_config.OWN_FILE}),
+    "wharf-gc": frozenset({mirror_config.OWN_FILE}),
 }
 
 
@@ -70,8 +71,8 @@ GC_SETTINGS: tuple[type, ...] = (GcSettings, MetadataSettings, BlobStoreSettings
 
 
 def gc_variables() -> set[str]:
-    """Every variable wharf-gc reads."""
-    return set().union(*(variables(cls) for cls in GC_SETTINGS))
+    """Every variable wharf-gc reads: its settings objects', and its section files'."""
+    return set().union(*(variables(cls) for cls in GC_SETTINGS)) | SECTION_FILES["wharf-gc"]
 
 
 def load_gc(environ: Mapping[str, str]) -> None:

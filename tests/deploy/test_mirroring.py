@@ -1,16 +1,18 @@
 """Mirroring in deploy/: compose (compose.mirror.yaml), kustomize (components/mirror) and Helm
-(values: mirrors) give the gateway, the blob store and the auth service the upstreams file, the
-blob store alone its password files (least privilege: the gateway and auth never talk to an
-upstream), and let the blob store, and only it, connect out to the upstreams. Auth reads the file
-because in token mode it decides who may pull mirrored repositories: any signed-in account under
-a mirrored prefix, anonymous callers only where the upstream says ``anonymous: true``.
+(values: mirrors) give the gateway, the blob store, the auth service and the garbage collector
+(wharf-gc) the upstreams file, the blob store alone its password files (least privilege: the
+gateway, auth and wharf-gc never talk to an upstream), and let the blob store, and only it,
+connect out to the upstreams. Auth reads the file because in token mode it decides who may pull
+mirrored repositories: any signed-in account under a mirrored prefix, anonymous callers only
+where the upstream says ``anonymous: true``; wharf-gc for each upstream's ``size_limit``, past
+which it evicts the mirror's least recently pulled content (services/gc/eviction.py).
 
 The example upstreams (deploy/mirrors.example.yaml, its copies for kustomize and Helm) load with
 the services' own loader, the way each container sees them and as each service loads them
-(tests/deploy/mirrorfiles.py; each service's own call is checked against SECRETS): the gateway
-and auth with ``load(environ, secrets=False)``, the blob store with ``load(environ)``, so a
-password file the blob store needs but does not mount fails here as it would at start-up. The
-overlays and the chart with mirroring on also pass every general check of test_kubernetes.py
+(tests/deploy/mirrorfiles.py; each service's own call is checked against SECRETS): the gateway,
+auth and wharf-gc with ``load(environ, secrets=False)``, the blob store with ``load(environ)``,
+so a password file the blob store needs but does not mount fails here as it would at start-up.
+The overlays and the chart with mirroring on also pass every general check of test_kubernetes.py
 and test_helm_chart.py (schemas, settings, hardening, isolation).
 """
 
@@ -40,6 +42,8 @@ from tests.deploy.deployfiles import (
     console_scripts,
     declared,
     environment,
+    gc_variables,
+    load_gc,
     pod_template,
     render,
 )
@@ -57,13 +61,14 @@ from tests.deploy.test_compose import SCHEMA
 from tests.support.tools import require_tool
 
 OVERRIDE = DEPLOY / "compose.mirror.yaml"
-READERS = ("gateway", "blobstore", "auth")  # the services that read WHARF_MIRRORS_FILE
+READERS = ("gateway", "blobstore", "auth", "gc")  # the programs that read WHARF_MIRRORS_FILE
 # Whether each reads the password files too: only the blob store, which logs in to the upstreams.
-# The gateway (services/api/__main__.py) routes by prefix and auth (services/auth/__main__.py)
-# decides who may pull a mirrored prefix: both load(os.environ, secrets=False). Only the blob
+# The gateway (services/api/__main__.py) routes by prefix, auth (services/auth/__main__.py)
+# decides who may pull a mirrored prefix and wharf-gc (services/gc/__main__.py) reads each
+# upstream's size_limit, for eviction: all three load(os.environ, secrets=False). Only the blob
 # store mounts them (test_each_service_loads_the_upstreams_as_these_checks_assume).
-SECRETS = {"gateway": False, "blobstore": True, "auth": False}
-OTHERS = ("metadata", "gc")  # neither the upstreams file nor the password files
+SECRETS = {"gateway": False, "blobstore": True, "auth": False, "gc": False}
+OTHERS = ("metadata",)  # neither the upstreams file nor the password files
 PREFIXES = ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
 INTERNET = Endpoint("internet", "", ip="93.184.216.34")
 PRIVATE = Endpoint("private", "", ip="192.168.7.7")
@@ -76,8 +81,8 @@ def example_keys() -> set[str]:
 def check_loads_as_mounted(service: str, files: dict[str, str], environ: dict[str, str],
                            root: pathlib.Path) -> None:
     """The example loads from what ``service`` mounts, as ``service`` loads it: the blob store with
-    its password files, the gateway and auth without, having none mounted (so they could not load
-    the file the blob store's way)."""
+    its password files, the gateway, auth and wharf-gc without, having none mounted (so they could
+    not load the file the blob store's way)."""
     mirrors = load_as_mounted(files, environ, root / "as-loaded", secrets=SECRETS[service])
     assert [u.prefix for u in mirrors.upstreams] == PREFIXES
     if SECRETS[service]:
@@ -101,12 +106,12 @@ def test_the_example_upstreams_load_with_their_password_files(tmp_path: pathlib.
     with pytest.raises(mirror_config.MirrorsError, match="docker-hub"):
         load_as_mounted({MIRRORS_FILE: EXAMPLE.read_text()}, {mirror_config.OWN_FILE: MIRRORS_FILE},
                         tmp_path / "bare")
-    # ...and the gateway and auth, which do not read them, start: the same upstreams (and, for
-    # auth, the same anonymous flags), no passwords.
+    # ...and the gateway, auth and wharf-gc, which do not read them, start: the same upstreams
+    # (for auth the same anonymous flags, for wharf-gc the same size limits), no passwords.
     bare = load_as_mounted({MIRRORS_FILE: EXAMPLE.read_text()}, {mirror_config.OWN_FILE: MIRRORS_FILE},
                            tmp_path / "without-secrets", secrets=False)
-    assert [(u.prefix, u.username, u.anonymous, u.password) for u in bare.upstreams] == \
-        [(u.prefix, u.username, u.anonymous, None) for u in mirrors.upstreams]
+    assert [(u.prefix, u.username, u.anonymous, u.size_limit, u.password) for u in bare.upstreams] == \
+        [(u.prefix, u.username, u.anonymous, u.size_limit, None) for u in mirrors.upstreams]
 
 
 def mirrors_loads(program: str) -> list[bool]:
@@ -132,13 +137,11 @@ def mirrors_loads(program: str) -> list[bool]:
     return found
 
 
-# (wharf-gc's entry module loads the file too, with secrets=False, for the upstreams' size_limit;
-# no deployment gives it WHARF_MIRRORS_FILE, so it is not checked here.)
-@pytest.mark.parametrize("service", [*READERS, "metadata"])
+@pytest.mark.parametrize("service", [*READERS, *OTHERS])
 def test_each_service_loads_the_upstreams_as_these_checks_assume(service: str) -> None:
-    """SECRETS is what the services do: the blob store reads the password files, the gateway and
-    auth load the file with secrets=False (so mounting them only the file is enough), and the
-    metadata service does not load it at all."""
+    """SECRETS is what the programs do: the blob store reads the password files, the gateway, auth
+    and wharf-gc (the upstreams' size_limit, for eviction) load the file with secrets=False (so
+    mounting them only the file is enough), and the metadata service does not load it at all."""
     assert mirrors_loads(f"wharf-{service}") == ([SECRETS[service]] if service in READERS else []), service
 
 
@@ -187,15 +190,24 @@ def test_the_compose_override_follows_the_specification() -> None:
     assert all(set(s) <= {"environment", "volumes"} for s in services.values())
 
 
+def check_settings(name: str, env: dict[str, str]) -> None:
+    """Every variable is one the program reads, and each value parses as it would at start-up."""
+    if name == "gc":  # wharf-gc: its own settings, the metadata service's and the blob store's
+        assert set(env) <= gc_variables(), set(env) - gc_variables()
+        load_gc(env)
+        return
+    program = f"wharf-{name}"
+    assert set(env) <= declared(program), set(env) - declared(program)
+    load(SETTINGS[program], env)
+
+
 def test_compose_mounts_the_upstreams_into_the_readers_the_credentials_into_the_blob_store_alone() -> None:
     model = mirror_model()
     for name in READERS:
         service = model["services"][name]
         env = environment(service)
         assert env[mirror_config.OWN_FILE] == MIRRORS_FILE, name
-        program = f"wharf-{name}"
-        assert set(env) <= declared(program), set(env) - declared(program)
-        load(SETTINGS[program], env)
+        check_settings(name, env)
         mounts = bind_mounts(service)
         assert mounts[MIRRORS_FILE]["source"] == "./mirrors.yaml"
         if SECRETS[name]:
@@ -265,9 +277,9 @@ def volume_source(volume: dict[str, Any]) -> str | None:
 
 
 def check_mounts(objects: list[dict[str, Any]], config_map: str, secret: str) -> None:
-    """The gateway, the blob store and auth: WHARF_MIRRORS_FILE and the ConfigMap read-only; the
-    blob store alone the credentials Secret, read-only (the gateway and auth have neither mount
-    nor volume of it); no one else either (metadata, gc)."""
+    """The gateway, the blob store, auth and wharf-gc: WHARF_MIRRORS_FILE and the ConfigMap
+    read-only; the blob store alone the credentials Secret, read-only (the gateway, auth and
+    wharf-gc have neither mount nor volume of it); metadata neither."""
     pods = workloads(objects)
     assert set(READERS) | set(OTHERS) <= set(pods), sorted(pods)
     for component, (pod, container) in pods.items():
@@ -379,11 +391,13 @@ def test_the_chart_makes_the_credentials_secret_from_inline_passwords(tmp_path: 
     files = pod_files(objects, pod, container, {})
     [upstream] = load_as_mounted(files, {mirror_config.OWN_FILE: MIRRORS_FILE}, tmp_path).upstreams
     assert upstream.password == "placeholder ghcr"
-    # A password change rolls the pods that read it: the blob store's, not the gateway's or auth's.
+    # A password change rolls the pods that read it: the blob store's, not the gateway's or auth's
+    # (wharf-gc's are a CronJob's: each run's pod is new).
+    annotations = {template["metadata"]["labels"]["app.kubernetes.io/component"]:
+                   template["metadata"].get("annotations", {})
+                   for o in objects if (template := pod_template(o)) is not None}
     for component in READERS:
-        deployment = chart.of_kind(objects, "Deployment")[f"wharf-{component}"]
-        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        assert ("checksum/mirror-credentials" in annotations) == SECRETS[component], component
+        assert ("checksum/mirror-credentials" in annotations[component]) == SECRETS[component], component
     # Anonymous upstreams only: no Secret, no credentials volume.
     anonymous = chart.render("--set", "mirrors.enabled=true", "--set-json",
                              'mirrors.upstreams=[{"prefix": "quay.io", "url": "https://quay.io"}]')

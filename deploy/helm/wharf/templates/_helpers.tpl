@@ -61,7 +61,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* Where the gateway, the blob store and auth find the upstreams file, and the blob store the password files. */}}
+{{/* Where the gateway, the blob store, auth and gc find the upstreams file, and the blob store the password files. */}}
 {{- define "wharf.mirrorsDir" -}}/etc/wharf/mirrors{{- end -}}
 {{- define "wharf.mirrorCredentialsDir" -}}/etc/wharf/mirror-credentials{{- end -}}
 
@@ -76,7 +76,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* The mirrors.yaml the services read, after checking what a template can: a mistake fails
-the render rather than every start of the gateway, the blob store and auth. */}}
+the render rather than every start of the gateway, the blob store and auth (and every gc run). */}}
 {{- define "wharf.mirrorsFile" -}}
 {{- $m := .Values.mirrors -}}
 {{- if not $m.upstreams }}{{ fail "mirrors.enabled needs at least one entry in mirrors.upstreams" }}{{ end -}}
