@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 
 from services.blobstore import layout
@@ -46,7 +45,7 @@ log = logging.getLogger("wharf.blobstore.fills")
 # How long a follower waits for a leader's fill (a big layer over a slow link takes a while); the
 # leader's writer lease is renewed while it writes, so a dead leader is noticed sooner.
 FOLLOW_TIMEOUT = 1800.0
-_POLL = 0.1
+POLL = 0.1
 
 
 _KINDS = ((UpstreamNotFound, "not_found"), (UpstreamUnavailable, "unavailable"), (UpstreamDenied, "denied"),
@@ -104,35 +103,27 @@ class Fills:
         except UpstreamError as err:
             raise upstream_error(err, digest, manifest=True, prefix=prefix) from None
 
-    def fill(self, prefix: str, repository: str, digest: str) -> tuple[int, Iterator[bytes] | None]:
-        """(size, chunks) of a blob fetched now, or (size, None) when it is stored (found so, or once
-        another fetcher's fill committed): the caller then reads it the usual way."""
+    def fill(self, prefix: str, repository: str, digest: str) -> tuple[int, Iterator[bytes] | None] | None:
+        """(size, chunks) of a blob fetched now, (size, None) when it is stored (the caller then
+        reads it the usual way), or None while another fetcher fills it: one short look, never a
+        wait, so that a follower holds no storage thread (the caller waits on its event loop and
+        asks again)."""
         digests.validate(digest)
         client = self._client(prefix)
-        deadline = time.monotonic() + FOLLOW_TIMEOUT
-        waited = False
-        while True:
-            stored = self._driver.stat(layout.blob_key(digest))
-            if stored is not None:
-                return stored.size, None
-            try:
-                writer = self._driver.writer(layout.fill_data_key(digest), append=False)
-            except UploadBusyError:
-                if time.monotonic() >= deadline:
-                    raise RegistryError(UNAVAILABLE, f"the fill of {digest} from {client.host} takes too long",
-                                        detail={"retry_after": 30}) from None
-                if not waited:
-                    metrics.MIRROR_FILL_WAITS.labels(prefix).inc()
-                    waited = True
-                time.sleep(_POLL)  # a leader elsewhere: wait for its commit
-                continue
-            try:
-                stream = client.blob(repository, digest)
-            except UpstreamError as err:
-                writer.cancel()
-                metrics.MIRROR_FILLS.labels(prefix, "failed").inc()
-                raise upstream_error(err, digest, prefix=prefix) from None
-            return stream.size or 0, self._lead(prefix, client, stream, writer, digest)
+        stored = self._driver.stat(layout.blob_key(digest))
+        if stored is not None:
+            return stored.size, None
+        try:
+            writer = self._driver.writer(layout.fill_data_key(digest), append=False)
+        except UploadBusyError:
+            return None  # a leader elsewhere
+        try:
+            stream = client.blob(repository, digest)
+        except UpstreamError as err:
+            writer.cancel()
+            metrics.MIRROR_FILLS.labels(prefix, "failed").inc()
+            raise upstream_error(err, digest, prefix=prefix) from None
+        return stream.size or 0, self._lead(prefix, client, stream, writer, digest)
 
     def _lead(self, prefix: str, client: UpstreamClient, stream: BlobStream, writer: FileWriter,
               digest: str) -> Iterator[bytes]:

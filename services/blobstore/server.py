@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 import grpc
 from minio.error import MinioException
 
+from services.blobstore import fills
 from services.blobstore.blobs import AppendSession, Blob, BlobService, Upload
 from services.blobstore.fills import Fills
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
 from services.common import digests, grpcserver, metrics
-from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError
+from services.common.errors import BLOB_UPLOAD_INVALID, UNAVAILABLE, RegistryError
 from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
@@ -80,7 +81,19 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             await self._run(reader.close)
 
     async def Fill(self, request: pb.FillRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
-        total, chunks = await self._run(self._fills.fill, request.upstream, request.repository, request.digest)
+        loop = asyncio.get_running_loop()
+        started, waited = loop.time(), False
+        # A follower of another fetcher's fill waits here, on the event loop, holding no thread.
+        while (found := await self._run(self._fills.fill, request.upstream, request.repository,
+                                        request.digest)) is None:
+            if not waited:
+                metrics.MIRROR_FILL_WAITS.labels(request.upstream).inc()
+                waited = True
+            if loop.time() - started >= fills.FOLLOW_TIMEOUT:
+                raise RegistryError(UNAVAILABLE, f"the fill of {request.digest} from {request.upstream} takes too "
+                                                 "long", detail={"retry_after": 30})
+            await asyncio.sleep(fills.POLL)
+        total, chunks = found
         if chunks is None:
             yield pb.Chunk(total=total, stored=True)
             return
