@@ -74,7 +74,7 @@ class HotReads:
             return None
         route, params = found
         if route.endpoint == "manifest":
-            if not self._mirror.is_fresh_tag(params["name"], params["reference"]):
+            if self._mirror.enabled and not self._mirror.is_fresh_tag(params["name"], params["reference"]):
                 return None  # a mirrored tag due for revalidation: the view asks the upstream
             manifest = self._cache.cached(params["name"], "manifest", params["reference"])
             if manifest is None or not self._allowed(environ, route.handlers[method], params) \

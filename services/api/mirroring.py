@@ -154,42 +154,42 @@ class Mirror:
         self.note_pull(name, manifest.digest)
         return manifest, warning
 
+    def _stored(self, name: str, reference: str) -> mpb.Manifest | None:
+        """What is stored here under the reference; None when nothing is."""
+        try:
+            return self._clients.cache.get(name, reference)
+        except RegistryError as err:
+            if err.error is not MANIFEST_UNKNOWN:
+                raise
+            return None
+
     def _manifest(self, name: str, reference: str, upstream: Upstream,
                   remote: str) -> tuple[mpb.Manifest, str, str]:
-        cache = self._clients.cache
         if digests.looks_like_digest(reference):
-            try:
-                return cache.get(name, reference), "", "stored"
-            except RegistryError as err:
-                if err.error is not MANIFEST_UNKNOWN:
-                    raise
+            stored = self._stored(name, reference)
+            if stored is not None:
+                return stored, "", "stored"
             return self._fetch(name, reference, upstream, remote, tags=[]), "", "fetched"
-        if self.is_fresh_tag(name, reference):
-            try:
-                return cache.get(name, reference), "", "stored"
-            except RegistryError as err:
-                if err.error is not MANIFEST_UNKNOWN:
-                    raise
+        if self.is_fresh_tag(name, reference) and (stored := self._stored(name, reference)) is not None:
+            return stored, "", "stored"
         try:
             head = self._clients.blobs.fetch_manifest(upstream.prefix, remote, reference, head=True)
         except RegistryError as err:
             if err.error is not UNAVAILABLE:
                 raise
             try:
-                stored = cache.get(name, reference)
+                stale = self._stored(name, reference)
             except RegistryError:
+                stale = None
+            if stale is None:
                 raise err from None
             log.warning("serving a mirrored tag the upstream could not confirm",
                         extra={"fields": {"repository": name, "tag": reference, "error": err.message[:200]}})
-            return stored, f'110 - "stale: {err.message[:150]}"', "stale"
-        try:
-            stored = cache.get(name, reference)
-            if stored.digest == head.digest:
-                self._mark(name, reference)
-                return stored, "", "revalidated"
-        except RegistryError as err:
-            if err.error is not MANIFEST_UNKNOWN:
-                raise
+            return stale, f'110 - "stale: {err.message[:150]}"', "stale"
+        stored = self._stored(name, reference)
+        if stored is not None and stored.digest == head.digest:
+            self._mark(name, reference)
+            return stored, "", "revalidated"
         manifest = self._fetch(name, head.digest, upstream, remote, tags=[reference])
         self._mark(name, reference)
         return manifest, "", "fetched"
