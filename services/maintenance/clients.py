@@ -1,4 +1,5 @@
-"""The metadata service's and the blob store's gRPC calls that maintenance makes.
+"""The metadata service's and the blob store's gRPC calls that the operator tools make
+(`wharf-admin check`, `export`, `import`, and `wharf-gc`).
 
 Every call carries the stack's internal secret (an authenticated channel) and a deadline; a
 service that cannot be reached (or refuses the secret) raises :class:`Unreachable`, any other
@@ -30,7 +31,10 @@ from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as mpb_grpc
 from services.maintenance.targets import Targets
 
 # A unary call's deadline. A blob read's grows with the blob: READ_BASE + size / READ_RATE.
+# Garbage collection's calls: a repository's collection (one script per candidate), a blob delete.
 TIMEOUT = 30.0
+COLLECT_TIMEOUT = 300.0
+DELETE_TIMEOUT = 60.0
 READ_BASE = 60.0
 READ_RATE = 5 * 1024 * 1024
 _OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -164,6 +168,34 @@ class RegistryCalls:
                 return None
             raise
         return str(found.digest)
+
+    # -- garbage collection (wharf-gc: services/gc/collector.py's MetadataCalls) ---------------
+
+    def collect(self, repository: str, grace_ms: int, delete_untagged: bool,
+                dry_run: bool) -> tuple[list[str], list[str]]:
+        answer = self._call("metadata", "CollectRepository", mpb.CollectRequest(
+            repository=repository, grace_ms=grace_ms, delete_untagged=delete_untagged, dry_run=dry_run),
+            COLLECT_TIMEOUT)
+        return list(answer.unlinked), list(answer.removed_manifests)
+
+    def begin_delete(self, digest: str) -> tuple[str, str]:
+        answer = self._call("metadata", "BeginBlobDelete", mpb.BlobDeleteRequest(digest=digest))
+        return answer.fence, answer.refused
+
+    def end_delete(self, digest: str, fence: str) -> None:
+        self._call("metadata", "EndBlobDelete", mpb.BlobDeleteRequest(digest=digest, fence=fence))
+
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        """Deletes a manifest; one deleted meanwhile by someone else is as good."""
+        try:
+            self._call("metadata", "DeleteManifest", mpb.ManifestRef(repository=repository, reference=digest))
+        except RegistryError as err:
+            if err.error is not MANIFEST_UNKNOWN:
+                raise
+
+    def delete_blob(self, digest: str) -> bool:
+        """Deletes a blob's bytes through the blob store (under the collector's fence)."""
+        return bool(self._call("blobstore", "Delete", bpb.DeleteRequest(digest=digest), DELETE_TIMEOUT).deleted)
 
     # -- blob store --------------------------------------------------------
 
