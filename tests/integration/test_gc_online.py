@@ -40,8 +40,9 @@ from tests.support.stack import RunningStack
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 PUSHERS = 20
 REPOSITORIES = ["online/a", "online/b", "online/c", "online/d"]
-# Steps per pusher and seconds of pushing, whichever ends first: they bound the registry a
-# collection walks, so the test's time (CI-sized; raise them to hunt a race for longer).
+# Steps per pusher and seconds of pushing, whichever ends first (but every pusher pushes at least
+# three times, however slow the machine): they bound the registry a collection walks, so the
+# test's time (CI-sized; raise them to hunt a race for longer).
 STEPS = int(os.environ.get("WHARF_GC_ONLINE_STEPS", "25"))
 SECONDS = float(os.environ.get("WHARF_GC_ONLINE_SECONDS", "15"))
 
@@ -198,7 +199,7 @@ def test_collections_during_pushes_lose_nothing_acknowledged(start_stack: Callab
     def work(pusher: Pusher) -> None:
         try:
             for _ in range(STEPS):
-                if stop.is_set():
+                if stop.is_set() and pusher.pushes >= 3:  # time is up, and this pusher did its share
                     return
                 pusher.step()
         except BaseException as exc:

@@ -19,6 +19,7 @@ class RunningStack:
                  log_path: pathlib.Path | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self._port_chosen = port is None  # ours to change should another process take it first
         self.host = f"127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})
         self.url = f"{'https' if self.extra_env.get('WHARF_TLS_CERT_FILE') else 'http'}://{self.host}"
@@ -34,6 +35,14 @@ class RunningStack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "already in use" in self.log_tail() and self._port_chosen:
+                    # The free port was taken between its choice and the gateway's bind (another
+                    # process's ephemeral port): the same stack on another free port.
+                    self._log.close()
+                    self.port = free_port()
+                    self.host = f"127.0.0.1:{self.port}"
+                    self.url = f"{self.url.split('://')[0]}://{self.host}"
+                    return self.start(max(deadline - time.monotonic(), 5.0))
                 raise RuntimeError(f"stack exited early; log: {self.log_path}\n{self.log_tail()}")
             if http_ok(f"{self.url}/v2/"):
                 return self
