@@ -224,6 +224,11 @@ class Authorizer(abc.ABC):
     def pullable(self, repositories: list[str]) -> list[str]:
         """The repositories the caller of this request may pull (catalog pages, mount sources)."""
 
+    def subject(self, authorization: str) -> str:
+        """The account an ``Authorization`` header speaks for ("" for none or an invalid one): the
+        actor of a pull event recorded on the hot-read path, where no request context exists."""
+        return ""
+
 
 class OpenAccess(Authorizer):
     """``WHARF_AUTH=none``: everyone may do everything."""
@@ -258,6 +263,14 @@ class TokenAccess(Authorizer):
         except RegistryError:
             return False
         return all(claims.allows(scope) for scope in needed)
+
+    def subject(self, authorization: str) -> str:
+        if not authorization.lower().startswith("bearer "):
+            return ""
+        try:
+            return self._verifier.verify(authorization[7:].strip()).subject
+        except RegistryError:
+            return ""
 
     def authorize(self, needed: list[Scope] | None, endpoint: str) -> None:
         if needed is None:

@@ -13,6 +13,7 @@ from services.api import http_metrics, routes
 from services.api.access import authorizer_for
 from services.api.clients import Clients
 from services.api.context import Context
+from services.api.events import PullEvents, current_origin
 from services.api.hot_reads import HotReads
 from services.api.http_metrics import HttpMetrics
 from services.api.limits import InFlightLimit
@@ -63,11 +64,15 @@ def _current_request_id() -> str:
     return (str(g.get("request_id", "")) if has_app_context() else "") or uuid.uuid4().hex
 
 
-def create_app(settings: GatewaySettings, clients: Clients | None = None, mirrors: Mirrors | None = None) -> Flask:
+def create_app(settings: GatewaySettings, clients: Clients | None = None, mirrors: Mirrors | None = None,
+               pull_share: float = 0.0) -> Flask:
+    """The gateway's WSGI app. ``pull_share``: the share of pulls recorded as events (the events
+    section's largest ``pull_sample``; 0 without endpoints that want pulls)."""
     trusted_proxies = parse_networks(settings.trusted_proxies)
     app = Flask("wharf")
-    clients = clients or Clients(settings, _current_request_id)
-    ctx = Context(settings, clients, authorizer_for(settings, clients.auth), Mirror(mirrors or Mirrors(), clients))
+    clients = clients or Clients(settings, _current_request_id, current_origin)
+    ctx = Context(settings, clients, authorizer_for(settings, clients.auth), Mirror(mirrors or Mirrors(), clients),
+                  PullEvents(pull_share, clients.metadata))
     if ctx.authorizer.issues_tokens and not settings.public_url:
         log.warning("WHARF_PUBLIC_URL is not set: the token realm is built from each request's Host header; "
                     "set it to the registry's external URL")

@@ -215,14 +215,30 @@ class BlobStoreClient:
 
 
 class MetadataClient:
-    def __init__(self, caller: _Caller) -> None:
-        self._c = caller
+    """The metadata service's calls; every write carries its request's origin (for its event)."""
 
-    def link_blob(self, repository: str, digest: str, size: int, pin: str = "", source: str = "") -> bool:
+    def __init__(self, caller: _Caller, origin: Callable[[], mpb.Origin | None]) -> None:
+        self._c = caller
+        self._origin = origin
+
+    def link_blob(self, repository: str, digest: str, size: int, pin: str = "", source: str = "",
+                  mirror_fill: bool = False) -> bool:
         """Links an uploaded blob (with the pin taken before its commit) or mounts one (``source``:
-        a repository or "*"; False when the source no longer links it)."""
-        request = mpb.LinkBlobRequest(repository=repository, digest=digest, size=size, pin=pin, source=source)
+        a repository or "*"; False when the source no longer links it). ``mirror_fill``: the blob
+        was fetched for a pull from a mirrored upstream (the pull is the event, not a push)."""
+        request = mpb.LinkBlobRequest(repository=repository, digest=digest, size=size, pin=pin, source=source,
+                                      origin=self._origin_of(mirror_fill))
         return bool(self._c.unary("LinkBlob", request).linked)
+
+    def _origin_of(self, mirror_fill: bool = False) -> mpb.Origin | None:
+        origin = self._origin()
+        if mirror_fill:
+            origin = origin or mpb.Origin()
+            origin.mirror_fill = True
+        return origin
+
+    def record_pull_events(self, events: list[mpb.PullEvent]) -> None:
+        self._c.unary("RecordPullEvents", mpb.PullEventsRequest(events=events))
 
     def record_pulls(self, pulls: list[mpb.Pull]) -> None:
         self._c.unary("RecordPulls", mpb.RecordPullsRequest(pulls=pulls))
@@ -235,7 +251,7 @@ class MetadataClient:
         self._c.unary("UnpinBlob", mpb.BlobPinRef(digest=digest, pin=pin))
 
     def unlink_blob(self, repository: str, digest: str) -> None:
-        self._c.unary("UnlinkBlob", mpb.BlobRef(repository=repository, digest=digest))
+        self._c.unary("UnlinkBlob", mpb.BlobRef(repository=repository, digest=digest, origin=self._origin()))
 
     def blob_size(self, repository: str, digest: str) -> int:
         return int(self._c.unary("GetBlobLink", mpb.BlobRef(repository=repository, digest=digest)).size)
@@ -244,16 +260,20 @@ class MetadataClient:
         return self._c.unary("BlobRepositories", mpb.BlobRepositoriesRequest(digest=digest, limit=limit))
 
     def put_manifest(self, request: mpb.PutManifestRequest) -> None:
+        origin = self._origin_of(mirror_fill=request.count_only_references)  # a mirror's manifest: a fill
+        if origin is not None:
+            request.origin.CopyFrom(origin)
         self._c.unary("PutManifest", request)
 
     def get_manifest(self, repository: str, reference: str) -> mpb.Manifest:
         return self._c.unary("GetManifest", mpb.ManifestRef(repository=repository, reference=reference))
 
     def delete_manifest(self, repository: str, digest: str) -> None:
-        self._c.unary("DeleteManifest", mpb.ManifestRef(repository=repository, reference=digest))
+        self._c.unary("DeleteManifest", mpb.ManifestRef(repository=repository, reference=digest,
+                                                        origin=self._origin()))
 
     def delete_tag(self, repository: str, tag: str) -> None:
-        self._c.unary("DeleteTag", mpb.ManifestRef(repository=repository, reference=tag))
+        self._c.unary("DeleteTag", mpb.ManifestRef(repository=repository, reference=tag, origin=self._origin()))
 
     def list_tags(self, repository: str, last: str, limit: int) -> mpb.ListResponse:
         return self._c.unary("ListTags", mpb.ListRequest(repository=repository, last=last, limit=limit))
@@ -288,7 +308,8 @@ def _service_name(module: Any, name: str) -> str:
 class Clients:
     """Everything the views call, built once per app."""
 
-    def __init__(self, settings: GatewaySettings, request_id: Callable[[], str]) -> None:
+    def __init__(self, settings: GatewaySettings, request_id: Callable[[], str],
+                 origin: Callable[[], mpb.Origin | None] = lambda: None) -> None:
         token = read_token(settings.internal_token_file)
         def caller(address: str, make_stub: Callable[[grpc.Channel], Any], service: str) -> _Caller:
             return _Caller(_Lazy(address, make_stub, token), service, settings, request_id)
@@ -297,6 +318,6 @@ class Clients:
         self.blobs = BlobStoreClient(caller(settings.blobstore_addr, bpb_grpc.BlobStoreStub,
                                             _service_name(bpb, "BlobStore")))
         metadata = caller(settings.metadata_addr, mpb_grpc.MetadataStub, _service_name(mpb, "Metadata"))
-        self.metadata = MetadataClient(metadata)
+        self.metadata = MetadataClient(metadata, origin)
         self.cache = ReadCache(metadata.stub, settings.manifest_cache_bytes, self.metadata.get_manifest,
                                self.metadata.blob_size, self.metadata.list_tags)

@@ -1,5 +1,6 @@
 """What every view is given, built once per app: the settings, the gRPC clients, the authorizer,
-the mirror (pull-through for mirrored prefixes; off when none is configured)."""
+the mirror (pull-through for mirrored prefixes; off when none is configured), pull events (off
+unless an endpoint wants them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 
 from services.api.access import Authorizer
 from services.api.clients import Clients
+from services.api.events import PullEvents
 from services.api.mirroring import Mirror
 from services.api.settings import GatewaySettings
 
@@ -17,3 +19,4 @@ class Context:
     clients: Clients
     authorizer: Authorizer
     mirror: Mirror
+    pull_events: PullEvents

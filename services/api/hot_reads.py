@@ -21,10 +21,12 @@ from typing import Any
 
 from services.api import routes
 from services.api.context import Context
+from services.api.events import origin_of
 from services.api.responses import access_record, request_id
 from services.api.views.blobs import blob_headers
 from services.api.views.manifests import accepts, manifest_headers
 from services.common.client_address import Network, client_address
+from services.common.digests import looks_like_digest
 from services.common.logs import AccessLog
 
 _API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -38,6 +40,7 @@ class HotReads:
         self._cache = ctx.clients.cache
         self._authorizer = ctx.authorizer
         self._mirror = ctx.mirror
+        self._pulls = ctx.pull_events
         self._access_log = access_log
         self._trusted = trusted_proxies
         self._accepts: dict[tuple[str, str], bool] = {}
@@ -82,6 +85,8 @@ class HotReads:
                 return None
             if self._mirror.enabled:
                 self._mirror.note_pull(params["name"], manifest.digest)  # for eviction; no call here
+            if method == "GET" and self._pulls.enabled and self._pulls.sampled():
+                self._note_pull(environ, params, manifest)
             headers = manifest_headers(manifest)
             headers["Content-Length"] = str(len(manifest.content))
             return route.endpoint, list(headers.items()), b"" if method == "HEAD" else manifest.content
@@ -91,6 +96,15 @@ class HotReads:
                 return None
             return route.endpoint, list(blob_headers(params["digest"], int(size)).items()), b""
         return None
+
+    def _note_pull(self, environ: dict[str, Any], params: dict[str, str], manifest: Any) -> None:
+        """A pull event for a hit (sampled; batched: no call here)."""
+        reference = params["reference"]
+        origin = origin_of(environ, self._authorizer.subject(environ.get("HTTP_AUTHORIZATION", "")),
+                           client_address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR", ""),
+                                          self._trusted), request_id(environ.get("HTTP_X_REQUEST_ID", "")))
+        self._pulls.note(origin, params["name"], manifest.digest, manifest.media_type, len(manifest.content),
+                         "" if looks_like_digest(reference) else reference)
 
     def _allowed(self, environ: dict[str, Any], handler: routes.Handler, params: dict[str, str]) -> bool:
         return self._authorizer.grants(environ.get("HTTP_AUTHORIZATION", ""), handler.access.scopes(params))

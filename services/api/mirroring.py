@@ -22,12 +22,12 @@ import collections
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from services.api.batching import Batcher
 from services.common import digests, metrics
 from services.common.errors import DENIED, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
 from services.common.names import is_valid_name
@@ -53,8 +53,8 @@ class Mirror:
         self._validated: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
         self._lock = threading.Lock()
         # Pulls of mirrored manifests not yet sent: (prefix, repository, digest) -> when (ms).
-        self._pulls: dict[tuple[str, str, str], int] = {}
-        self._flusher_pid = 0
+        self._pulls: Batcher[tuple[str, str, str], int] = Batcher("mirror-pulls", self._record_pulls,
+                                                                  _FLUSH_EVERY, _PULLS_MAX)
 
     # -- pull times (for eviction), batched off the request's path --------------------------
 
@@ -62,41 +62,15 @@ class Mirror:
         """Remembers that a mirrored manifest was pulled; a background flush sends these to the
         metadata service every few seconds (never a call on the request's path)."""
         found = self.route(name)
-        if found is None:
-            return
-        self._ensure_flusher()
-        with self._lock:
-            if len(self._pulls) < _PULLS_MAX:
-                self._pulls[(found[0].prefix, name, digest)] = int(time.time() * 1000)
-
-    def _ensure_flusher(self) -> None:
-        # One flusher per process: gunicorn forks workers after the app is built.
-        if self._flusher_pid == os.getpid():
-            return
-        with self._lock:
-            if self._flusher_pid == os.getpid():
-                return
-            self._flusher_pid = os.getpid()
-            self._pulls.clear()
-        threading.Thread(target=self._flush_forever, daemon=True, name="mirror-pulls").start()
-
-    def _flush_forever(self) -> None:
-        while True:
-            time.sleep(_FLUSH_EVERY)
-            self.flush()
+        if found is not None:
+            self._pulls.add((found[0].prefix, name, digest), int(time.time() * 1000))
 
     def flush(self) -> None:
-        with self._lock:
-            batch, self._pulls = self._pulls, {}
-        if not batch:
-            return
-        pulls = [mpb.Pull(upstream=prefix, repository=name, digest=digest, at_ms=at)
-                 for (prefix, name, digest), at in batch.items()]
-        try:
-            self._clients.metadata.record_pulls(pulls)
-        except RegistryError as err:  # best effort: eviction then sees older times, never wrong content
-            log.warning("could not record mirrored pulls", extra={"fields": {"pulls": len(pulls),
-                                                                              "error": err.message[:200]}})
+        self._pulls.flush()
+
+    def _record_pulls(self, batch: dict[tuple[str, str, str], int]) -> None:
+        self._clients.metadata.record_pulls([mpb.Pull(upstream=prefix, repository=name, digest=digest, at_ms=at)
+                                             for (prefix, name, digest), at in batch.items()])
 
     @property
     def enabled(self) -> bool:
@@ -247,7 +221,7 @@ class Mirror:
             _unpin(metadata, digest, pin)
             raise
         if stored:
-            metadata.link_blob(name, digest, total, pin=pin)
+            metadata.link_blob(name, digest, total, pin=pin, mirror_fill=True)
             metrics.MIRROR_READS.labels(upstream.prefix, "blob", "stored").inc()
             return None
         metrics.MIRROR_READS.labels(upstream.prefix, "blob", "fetched").inc()
@@ -263,7 +237,7 @@ class Mirror:
                 whole = True
             finally:
                 if whole:
-                    metadata.link_blob(name, digest, size, pin=pin)
+                    metadata.link_blob(name, digest, size, pin=pin, mirror_fill=True)
                 else:
                     cancel()
                     _unpin(metadata, digest, pin)

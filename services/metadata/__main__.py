@@ -7,6 +7,7 @@ import os
 
 from services.common import logs
 from services.common.settings import load_or_exit
+from services.events import config as events_config
 from services.metadata.server import run
 from services.metadata.settings import MetadataSettings
 
@@ -14,8 +15,15 @@ from services.metadata.settings import MetadataSettings
 def main() -> None:
     settings = load_or_exit(MetadataSettings, os.environ, "wharf-metadata")
     logs.configure(settings.log_level)
-    run(settings, on_port=lambda port: logging.getLogger("wharf.metadata").info(
-        "listening", extra={"fields": {"port": port}}))
+    events_on = settings.events_outbox == "on"
+    if settings.events_outbox == "auto":
+        try:
+            events_on = events_config.load(os.environ, secrets=False).enabled
+        except events_config.EventsError as exc:
+            raise SystemExit(f"wharf-metadata: {exc}") from None
+    log = logging.getLogger("wharf.metadata")
+    log.info("event outbox", extra={"fields": {"on": events_on}})
+    run(settings, on_port=lambda port: log.info("listening", extra={"fields": {"port": port}}), events_on=events_on)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from services.common.errors import NAME_INVALID, RegistryError
 from services.common.names import validate_name
 from services.common.redisconn import text
 from services.metadata import redis_keys as keys
-from services.metadata.store import TimedScript
+from services.metadata.outbox import GC_ORIGIN, Outbox
+from services.metadata.scripts import TimedScript
 
 # A fence outlives any single storage delete by far (the collector's Delete call has a 60 s
 # deadline); should the collector die holding one, writers of that blob wait at most this long.
@@ -42,8 +43,9 @@ class Collected:
 
 
 class Lifecycle:
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(self, client: aredis.Redis, outbox: Outbox | None = None) -> None:
         self._r = client
+        self._outbox = outbox or Outbox(enabled=False)
         self._unlink = TimedScript(client, "gc_unlink_blob", keys.GC_UNLINK_BLOB)
         self._delete_manifest = TimedScript(client, "gc_delete_manifest", keys.GC_DELETE_MANIFEST)
         self._begin_delete = TimedScript(client, "begin_blob_delete", keys.BEGIN_BLOB_DELETE)
@@ -60,19 +62,22 @@ class Lifecycle:
         untagged = "1" if delete_untagged else "0"
         dry = "1" if dry_run else "0"
         removed: set[str] = set()
+        outbox = self._outbox.keys_for(name)  # what the collector removes is announced like any delete
         for _ in range(_MAX_PASSES):
             progress = False
             for digest in sorted(text(d) for d in await self._r.smembers(keys.manifests(name))):
                 if digest in removed:
                     continue  # dry run: it stays stored, but counts as gone for what it kept
-                if await self._delete_manifest([prefix, keys.CATALOG, name, digest, grace, untagged, dry]):
+                if await self._delete_manifest([prefix, keys.CATALOG, name, digest, grace, untagged, dry, GC_ORIGIN],
+                                             outbox):
                     removed.add(digest)
                     done.removed_manifests.append(digest)
                     progress = True
             if not progress or dry_run:
                 break
         for digest in sorted(text(d) for d in await self._r.hkeys(keys.blobs(name))):
-            if await self._unlink([prefix, keys.CATALOG, name, digest, keys.blob_repos(digest), grace, dry]):
+            if await self._unlink([prefix, keys.CATALOG, name, digest, keys.blob_repos(digest), grace, dry, GC_ORIGIN],
+                                  outbox):
                 done.unlinked.append(digest)
         return done
 

@@ -36,6 +36,18 @@
                                                          every write script refuses to run
     wharf:gc-record                                HASH  garbage collection's totals: runs_ok, runs_failed,
                                                          blobs_removed, bytes_removed, last_success (Unix s)
+    wharf:outbox:<shard>                           STREAM the event outbox, one per shard (repository hash mod
+                                                         OUTBOX_SHARDS): n (sequence), a (action), r (repository),
+                                                         d (digest), m (media type), s (size), t (tag), f (a mount's
+                                                         source), o (origin JSON), [only (a replay's endpoint)]
+    wharf:outbox:<shard>:seq                       STRING the shard's last sequence number (backlogs are differences)
+    wharf:events:replicas                          ZSET  delivery replica id -> when its heartbeat ends (ms)
+    wharf:events:lease:<shard>                     STRING the delivery replica owning the shard (with a TTL)
+    wharf:events:cursor:<endpoint>                 HASH  shard -> "<stream id> <sequence>" delivered (or dead-lettered)
+    wharf:events:status:<endpoint>                 HASH  delivered, failed, dead, overflow, last_error, last_error_at,
+                                                         last_success_at (s)
+    wharf:events:dead:<endpoint>                   STREAM the endpoint's dead letters: the event's fields, plus shard,
+                                                         reason and attempts (capped at DEAD_LETTERS_MAX)
 
 Repository names and digests are validated by the gateway and again by the
 service before they reach a key. Every change that touches more than one key
@@ -45,6 +57,8 @@ The ``{<name>}`` hash tag keeps a repository's keys in one Redis Cluster slot.
 """
 
 from __future__ import annotations
+
+import zlib
 
 CATALOG = "wharf:catalog"
 PUSHED = "wharf:pushed"
@@ -60,6 +74,42 @@ READ_ONLY = "WHARF_READ_ONLY"
 _GUARD = f"""
 if redis.call('EXISTS', '{MAINTENANCE}') == 1 then return redis.error_reply('{READ_ONLY}') end
 """
+
+
+# The outbox's shard count. Fixed: a repository's events stay in one shard's stream, which is what
+# keeps them in order; changing it would need draining the outbox first.
+OUTBOX_SHARDS = 16
+EVENT_REPLICAS = "wharf:events:replicas"
+DEAD_LETTERS_MAX = 100_000
+
+
+def outbox_shard(name: str) -> int:
+    """The shard of a repository's events (CRC-32: the same in every process and language)."""
+    return zlib.crc32(name.encode()) % OUTBOX_SHARDS
+
+
+def outbox(shard: int) -> str:
+    return f"wharf:outbox:{shard}"
+
+
+def outbox_seq(shard: int) -> str:
+    return f"wharf:outbox:{shard}:seq"
+
+
+def event_lease(shard: int) -> str:
+    return f"wharf:events:lease:{shard}"
+
+
+def event_cursor(endpoint: str) -> str:
+    return f"wharf:events:cursor:{endpoint}"
+
+
+def event_status(endpoint: str) -> str:
+    return f"wharf:events:status:{endpoint}"
+
+
+def dead_letters(endpoint: str) -> str:
+    return f"wharf:events:dead:{endpoint}"
 
 
 def invalidation_acks(message_id: str) -> str:
@@ -142,6 +192,18 @@ return 1
 """
 
 
+# KEYS[1]: an outbox shard. ARGV: (repository, digest, media type, size, tag, origin, when ms)
+# per pull. Pull events, batched by the gateways; "w" keeps when the pull was answered.
+EMIT_PULLS = """
+for i = 1, #ARGV, 7 do
+  local n = redis.call('INCR', KEYS[1] .. ':seq')
+  redis.call('XADD', KEYS[1], '*', 'n', n, 'a', 'pull', 'r', ARGV[i], 'd', ARGV[i + 1], 'm', ARGV[i + 2],
+             's', ARGV[i + 3], 't', ARGV[i + 4], 'f', '', 'o', ARGV[i + 5], 'w', ARGV[i + 6])
+end
+return 1
+"""
+
+
 def migration_done(version: int) -> str:
     return f"wharf:migration:{version}:done"
 
@@ -159,13 +221,34 @@ local function decr(hash, field)
 end
 """
 
+# The event outbox, written by the same script as the change it announces (so an event exists
+# exactly when its change does). KEYS[1]: the repository's outbox shard, absent when events are off
+# (or the write is a mirror's fill); the script's last ARGV: the write's origin (JSON, checked by
+# store.py). A repository that leaves the catalog is announced as deleted.
+_OUTBOX = """
+local OUTBOX = KEYS[1]
+local ORIGIN = ARGV[#ARGV]
+local function emit(a, r, d, m, s, t, f)
+  if not OUTBOX then return end
+  local n = redis.call('INCR', OUTBOX .. ':seq')
+  redis.call('XADD', OUTBOX, '*', 'n', n, 'a', a, 'r', r, 'd', d, 'm', m, 's', s, 't', t, 'f', f, 'o', ORIGIN)
+end
+local function drop_if_empty(p, catalog, name)
+  if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
+    if redis.call('ZREM', catalog, name) == 1 then emit('delete', name, '', '', '', '', '') end
+    redis.call('ZREM', '""" + PUSHED + """', name)
+  end
+end
+"""
+BLOB_MEDIA_TYPE = "application/octet-stream"
+
 # ARGV: prefix, catalog, name, digest, type, body, subject, descriptor,
 #       nblobs, (blob, declared size or "")..., nmanifests, (manifest, size or "")..., ntags, tags...,
-#       count_only ("1": count the references without requiring them; optional)
+#       count_only ("1": count the references without requiring them), origin
 # Returns {"ok"}, {"missing", digest...} or {"size", digest, declared, stored} (nothing written).
 # A manifest stored for the first time counts what it names (refs, children) and records its
 # arrival; every tag it carries records its push time, and the repository its last push.
-PUT_MANIFEST = _GUARD + _NOW + """
+PUT_MANIFEST = _GUARD + _NOW + _OUTBOX + """
 local p = ARGV[1]
 local i = 9
 local missing = {}
@@ -190,9 +273,9 @@ for _ = 1, nman do
   kids[#kids + 1] = ARGV[i]
   i = i + 2
 end
--- A mirror's manifest (last argument "1"): its references are counted, not required (the
+-- A mirror's manifest (count_only "1"): its references are counted, not required (the
 -- blobs are filled when first pulled).
-local count_only = ARGV[#ARGV] == '1'
+local count_only = ARGV[#ARGV - 1] == '1'
 if wrong and not count_only then return wrong end
 if #missing > 0 and not count_only then
   table.insert(missing, 1, 'missing')
@@ -215,8 +298,11 @@ end
 redis.call('HSET', key, 'type', ARGV[5], 'body', ARGV[6], 'subject', ARGV[7])
 redis.call('SADD', p .. 'manifests', digest)
 local ntags = tonumber(ARGV[i]); i = i + 1
+local size = string.len(ARGV[6])
+if ntags == 0 then emit('push', ARGV[3], digest, ARGV[5], size, '', '') end
 for _ = 1, ntags do
   local tag = ARGV[i]
+  emit('push', ARGV[3], digest, ARGV[5], size, tag, '')
   local old = redis.call('HGET', p .. 'tags', tag)
   if old and old ~= digest then redis.call('SREM', p .. 'tagsof:' .. old, tag) end
   redis.call('HSET', p .. 'tags', tag, digest)
@@ -251,12 +337,15 @@ return {digest, v[1], v[2], v[3]}
 _REMOVE_MANIFEST = """
 local function remove_manifest(p, catalog, name, digest)
   local key = p .. 'manifest:' .. digest
-  local v = redis.call('HMGET', key, 'subject', 'blobs', 'children')
+  local v = redis.call('HMGET', key, 'subject', 'blobs', 'children', 'type')
+  local size = redis.call('HSTRLEN', key, 'body')
   for _, tag in ipairs(redis.call('SMEMBERS', p .. 'tagsof:' .. digest)) do
     redis.call('HDEL', p .. 'tags', tag)
     redis.call('HDEL', p .. 'tagtimes', tag)
     redis.call('ZREM', p .. 'taglist', tag)
+    emit('delete', name, digest, v[4] or '', size, tag, '')
   end
+  emit('delete', name, digest, v[4] or '', size, '', '')
   for d in string.gmatch(v[2] or '', '%S+') do decr(p .. 'refs', d) end
   for d in string.gmatch(v[3] or '', '%S+') do decr(p .. 'children', d) end
   redis.call('DEL', p .. 'tagsof:' .. digest, key)
@@ -264,25 +353,24 @@ local function remove_manifest(p, catalog, name, digest)
   if v[1] and v[1] ~= '' then
     redis.call('HDEL', p .. 'referrers:' .. v[1], digest)
   end
-  if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
-    redis.call('ZREM', catalog, name)
-    redis.call('ZREM', '""" + PUSHED + """', name)
-  end
+  drop_if_empty(p, catalog, name)
 end
 """
 
-# ARGV: prefix, catalog, name, digest. Returns 0 when the manifest was not stored.
-DELETE_MANIFEST = _GUARD + _NOW + _REMOVE_MANIFEST + """
+# ARGV: prefix, catalog, name, digest, origin. Returns 0 when the manifest was not stored.
+DELETE_MANIFEST = _GUARD + _NOW + _OUTBOX + _REMOVE_MANIFEST + """
 if redis.call('EXISTS', ARGV[1] .. 'manifest:' .. ARGV[4]) == 0 then return 0 end
 remove_manifest(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 
-# ARGV: prefix, tag. Returns 0 when the tag did not exist.
-DELETE_TAG = _GUARD + """
+# ARGV: prefix, tag, name, origin. Returns 0 when the tag did not exist.
+DELETE_TAG = _GUARD + _OUTBOX + """
 local p = ARGV[1]
 local digest = redis.call('HGET', p .. 'tags', ARGV[2])
 if not digest then return 0 end
+local key = p .. 'manifest:' .. digest
+emit('delete', ARGV[3], digest, redis.call('HGET', key, 'type') or '', redis.call('HSTRLEN', key, 'body'), ARGV[2], '')
 redis.call('HDEL', p .. 'tags', ARGV[2])
 redis.call('HDEL', p .. 'tagtimes', ARGV[2])
 redis.call('ZREM', p .. 'taglist', ARGV[2])
@@ -291,11 +379,11 @@ return 1
 """
 
 # ARGV: prefix, catalog, name, digest, size, blob_repos key, pin id ("" none), source ("" none,
-# "*" any repository, else a repository's key prefix), pins key.
+# "*" any repository, else a repository's key prefix), pins key, source name (for the event), origin.
 # Returns 1, or 0 when the source does not link the blob (a mount that must become an upload),
 # or -1 when the pin is gone (the upload outlived its pin: the collector may have deleted the
 # bytes its commit found, so nothing is linked and the client uploads again).
-LINK_BLOB = _GUARD + _NOW + """
+LINK_BLOB = _GUARD + _NOW + _OUTBOX + """
 local p = ARGV[1]
 if ARGV[8] == '*' then
   if redis.call('EXISTS', ARGV[6]) == 0 then return 0 end
@@ -309,6 +397,8 @@ redis.call('HSET', p .. 'blobs', ARGV[4], ARGV[5])
 redis.call('HSET', p .. 'linked', ARGV[4], now_ms())
 redis.call('HSET', ARGV[6], ARGV[3], ARGV[5])
 redis.call('ZADD', ARGV[2], 0, ARGV[3])
+if ARGV[8] == '' then emit('push', ARGV[3], ARGV[4], '""" + BLOB_MEDIA_TYPE + """', ARGV[5], '', '')
+else emit('mount', ARGV[3], ARGV[4], '""" + BLOB_MEDIA_TYPE + """', ARGV[5], '', ARGV[10]) end
 return 1
 """
 
@@ -327,29 +417,29 @@ UNPIN_BLOB = """
 return redis.call('ZREM', ARGV[1], ARGV[2])
 """
 
-# ARGV: prefix, catalog, name, digest, blob_repos key. Returns 0 when the link did not exist.
+# ARGV: prefix, catalog, name, digest, blob_repos key, origin. Returns 0 when the link did not exist.
 _UNLINK_BLOB = """
 local function unlink(p, catalog, name, digest, holders)
-  if redis.call('HDEL', p .. 'blobs', digest) == 0 then return 0 end
+  local size = redis.call('HGET', p .. 'blobs', digest)
+  if not size then return 0 end
+  redis.call('HDEL', p .. 'blobs', digest)
   redis.call('HDEL', p .. 'linked', digest)
   redis.call('HDEL', holders, name)
-  if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
-    redis.call('ZREM', catalog, name)
-    redis.call('ZREM', '""" + PUSHED + """', name)
-  end
+  emit('delete', name, digest, '""" + BLOB_MEDIA_TYPE + """', size, '', '')
+  drop_if_empty(p, catalog, name)
   return 1
 end
 """
-UNLINK_BLOB = _GUARD + _UNLINK_BLOB + """
+UNLINK_BLOB = _GUARD + _OUTBOX + _UNLINK_BLOB + """
 return unlink(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
 # -- garbage collection (lifecycle.py): each candidate is re-checked inside its script ----------
 
-# ARGV: prefix, catalog, name, digest, blob_repos key, grace (ms), dry ("1"/"0").
+# ARGV: prefix, catalog, name, digest, blob_repos key, grace (ms), dry ("1"/"0"), origin.
 # Unlinks a blob no manifest of the repository names, linked longer ago than the grace.
 # Returns 1 when it (dry: would have) unlinked.
-GC_UNLINK_BLOB = _NOW + _UNLINK_BLOB + """
+GC_UNLINK_BLOB = _NOW + _OUTBOX + _UNLINK_BLOB + """
 local p = ARGV[1]
 if redis.call('HEXISTS', p .. 'blobs', ARGV[4]) == 0 then return 0 end
 if redis.call('HEXISTS', p .. 'refs', ARGV[4]) == 1 then return 0 end
@@ -360,11 +450,11 @@ return unlink(p, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
 # ARGV: prefix, catalog, name, digest, grace (ms), untagged ("1": any untagged manifest may go;
-# "0": only referrers whose subject is gone), dry ("1"/"0").
+# "0": only referrers whose subject is gone), dry ("1"/"0"), origin.
 # Deletes a manifest no tag points at and no index of the repository names, that arrived longer
 # ago than the grace, and is not a referrer of a manifest still stored. Returns 1 when it (dry:
 # would have) deleted.
-GC_DELETE_MANIFEST = _NOW + _REMOVE_MANIFEST + """
+GC_DELETE_MANIFEST = _NOW + _OUTBOX + _REMOVE_MANIFEST + """
 local p = ARGV[1]
 local key = p .. 'manifest:' .. ARGV[4]
 local v = redis.call('HMGET', key, 'type', 'subject', 'created')

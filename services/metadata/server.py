@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import redis
@@ -25,8 +26,13 @@ from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from services.metadata import migrations
 from services.metadata.invalidation import InvalidationHub
 from services.metadata.lifecycle import Collected, Lifecycle
+from services.metadata.outbox import Outbox, PullEvents
 from services.metadata.settings import MetadataSettings
 from services.metadata.store import Descriptor, MetadataStore
+
+
+def _origin(request: Any) -> pb.Origin | None:
+    return request.origin if request.HasField("origin") else None
 
 
 def _descriptor_pb(d: Descriptor) -> pb.Descriptor:
@@ -35,11 +41,13 @@ def _descriptor_pb(d: Descriptor) -> pb.Descriptor:
 
 
 class MetadataServicer(pb_grpc.MetadataServicer):
-    def __init__(self, store: MetadataStore, hub: InvalidationHub, client: aredis.Redis) -> None:
+    def __init__(self, store: MetadataStore, hub: InvalidationHub, client: aredis.Redis,
+                 outbox: Outbox | None = None) -> None:
         self._store = store
         self._hub = hub
         self._redis = client
-        self._lifecycle = Lifecycle(client)
+        self._lifecycle = Lifecycle(client, outbox)
+        self._pulls = PullEvents(client, outbox or Outbox(enabled=False))
 
     async def _change(self, repository: str, write: Awaitable[None]) -> None:
         """Runs a write that changes or removes a repository's manifests, tags or blob links, then
@@ -67,7 +75,7 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def LinkBlob(self, request: pb.LinkBlobRequest, context: grpc.aio.ServicerContext) -> pb.LinkBlobResponse:
         linked = await self._store.link_blob(request.repository, request.digest, request.size, request.pin,
-                                             request.source)
+                                             request.source, _origin(request))
         return pb.LinkBlobResponse(linked=linked)
 
     async def PinBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.BlobPin:
@@ -78,7 +86,8 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         return pb.BlobPin()
 
     async def UnlinkBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.UnlinkBlobResponse:
-        await self._change(request.repository, self._store.unlink_blob(request.repository, request.digest))
+        await self._change(request.repository, self._store.unlink_blob(request.repository, request.digest,
+                                                                             _origin(request)))
         return pb.UnlinkBlobResponse()
 
     async def GetBlobLink(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.BlobLink:
@@ -99,7 +108,7 @@ class MetadataServicer(pb_grpc.MetadataServicer):
             request.repository, request.digest, request.media_type, request.content, list(request.tags),
             list(request.blob_references), list(request.manifest_references), request.subject, descriptor,
             list(request.blob_reference_sizes) or None, list(request.manifest_reference_sizes) or None,
-            request.count_only_references))
+            request.count_only_references, _origin(request)))
         return pb.PutManifestResponse()
 
     async def GetManifest(self, request: pb.ManifestRef, context: grpc.aio.ServicerContext) -> pb.Manifest:
@@ -108,11 +117,13 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def DeleteManifest(self, request: pb.ManifestRef,
                              context: grpc.aio.ServicerContext) -> pb.DeleteManifestResponse:
-        await self._change(request.repository, self._store.delete_manifest(request.repository, request.reference))
+        await self._change(request.repository, self._store.delete_manifest(request.repository, request.reference,
+                                                                                 _origin(request)))
         return pb.DeleteManifestResponse()
 
     async def DeleteTag(self, request: pb.ManifestRef, context: grpc.aio.ServicerContext) -> pb.DeleteTagResponse:
-        await self._change(request.repository, self._store.delete_tag(request.repository, request.reference))
+        await self._change(request.repository, self._store.delete_tag(request.repository, request.reference,
+                                                                            _origin(request)))
         return pb.DeleteTagResponse()
 
     async def ListTags(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
@@ -168,6 +179,11 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         await self._lifecycle.record_pulls([(p.upstream, p.repository, p.digest, p.at_ms) for p in request.pulls])
         return pb.RecordPullsResponse()
 
+    async def RecordPullEvents(self, request: pb.PullEventsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.PullEventsResponse:
+        await self._pulls.record(list(request.events))
+        return pb.PullEventsResponse()
+
     async def EndBlobDelete(self, request: pb.BlobDeleteRequest,
                             context: grpc.aio.ServicerContext) -> pb.BlobDeleteResponse:
         await self._lifecycle.end_blob_delete(request.digest, request.fence)
@@ -180,15 +196,17 @@ def redis_client(url: str, connections: int) -> aredis.Redis:
 
 
 async def serve(settings: MetadataSettings, address: str | None = None,
-                on_port: Callable[[int], None] | None = None) -> None:
+                on_port: Callable[[int], None] | None = None, events_on: bool = False) -> None:
+    """Serves until stopped; with ``events_on`` every change is recorded in the event outbox."""
     token = read_token(settings.internal_token_file)  # before anything starts: a bad file stops the service
     client = redis_client(settings.redis_url, settings.workers + 4)
-    store = MetadataStore(client)
+    outbox = Outbox(enabled=events_on)
+    store = MetadataStore(client, outbox)
     hub = InvalidationHub(client, settings.cache_lease, settings.cache_ack_timeout)
     metrics.WATCHERS.set_function(lambda: hub.watchers)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store, hub, client), server)
+        pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store, hub, client, outbox), server)
         return [pb.DESCRIPTOR.services_by_name["Metadata"].full_name]
 
     await migrations.migrate(client)  # before serving: a newer schema stops the service here
@@ -205,8 +223,8 @@ async def serve(settings: MetadataSettings, address: str | None = None,
         recount.cancel()
 
 
-def run(settings: MetadataSettings, on_port: Callable[[int], None] | None = None) -> None:
+def run(settings: MetadataSettings, on_port: Callable[[int], None] | None = None, events_on: bool = False) -> None:
     try:
-        asyncio.run(serve(settings, on_port=on_port))
+        asyncio.run(serve(settings, on_port=on_port, events_on=events_on))
     except migrations.SchemaTooNew as exc:
         raise SystemExit(f"wharf-metadata: {exc}") from None

@@ -25,4 +25,7 @@ class MetadataSettings:
                             "host:port serving Prometheus metrics on /metrics (empty: off)", address=True)
     otlp_endpoint: str = env("WHARF_OTLP_ENDPOINT", "", "OTLP/HTTP collector base URL traces are exported to "
                              "(e.g. http://127.0.0.1:4318; empty: tracing off)")
+    events_outbox: str = env("WHARF_EVENTS_OUTBOX", "auto",
+                             "record every change in the event outbox: auto (when the events section configures "
+                             "an endpoint), on or off", choices=("auto", "on", "off"))
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)

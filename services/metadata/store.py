@@ -13,9 +13,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
-from redis.commands.core import AsyncScript
 
-from services.common import digests, metrics, tracing
+from services.common import digests, tracing
 from services.common.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
@@ -30,6 +29,8 @@ from services.common.errors import (
 from services.common.names import validate_name, validate_tag
 from services.common.redisconn import text
 from services.metadata import redis_keys as keys
+from services.metadata.outbox import Outbox, origin_json
+from services.metadata.scripts import TimedScript
 
 # Upper bound on a single listing page, whatever the client asks for.
 MAX_PAGE = 10000
@@ -82,36 +83,10 @@ def _command(name: str) -> Any:
     return tracing.span(f"redis {name}", tracing.SpanKind.CLIENT, attributes={"db.system": "redis"})
 
 
-class TimedScript:
-    """A registered Lua script, timed and counted by name (``wharf_redis_script_*``) and traced.
-    A refusal the script itself raises (the registry is read-only) is an answer, not an error."""
-
-    def __init__(self, client: aredis.Redis, name: str, source: str) -> None:
-        self._script: AsyncScript = client.register_script(source)
-        self._name = name
-        self._duration = metrics.REDIS_SCRIPT_DURATION.labels(name)
-        self._errors = metrics.REDIS_SCRIPT_ERRORS.labels(name)
-
-    async def __call__(self, args: Sequence[str | bytes | int]) -> Any:
-        started = time.perf_counter()
-        try:
-            with tracing.span(f"redis {self._name}", tracing.SpanKind.CLIENT,
-                              attributes={"db.system": "redis", "db.operation": "EVALSHA"}):
-                return await self._script(args=args)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith(keys.READ_ONLY):
-                self._errors.inc()
-            raise
-        except redis.RedisError:
-            self._errors.inc()
-            raise
-        finally:
-            self._duration.observe(time.perf_counter() - started)
-
-
 class MetadataStore:
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(self, client: aredis.Redis, outbox: Outbox | None = None) -> None:
         self._r = client
+        self._outbox = outbox or Outbox(enabled=False)
         self._put_manifest = TimedScript(client, "put_manifest", keys.PUT_MANIFEST)
         self._get_manifest = TimedScript(client, "get_manifest", keys.GET_MANIFEST)
         self._delete_manifest = TimedScript(client, "delete_manifest", keys.DELETE_MANIFEST)
@@ -121,10 +96,11 @@ class MetadataStore:
         self._pin_blob = TimedScript(client, "pin_blob", keys.PIN_BLOB)
         self._unpin_blob = TimedScript(client, "unpin_blob", keys.UNPIN_BLOB)
 
-    async def _write(self, script: TimedScript, args: Sequence[str | bytes | int]) -> Any:
-        """Runs a write script; while an operator holds the registry read-only, a 503."""
+    async def _write(self, script: TimedScript, args: Sequence[str | bytes | int], name: str, origin: Any) -> Any:
+        """Runs a write script of repository ``name`` with its event outbox and the write's origin
+        (the last argument); while an operator holds the registry read-only, a 503."""
         try:
-            return await script(args)
+            return await script([*args, origin_json(origin)], self._outbox.keys_for(name, origin))
         except redis.ResponseError as exc:
             if str(exc).startswith(keys.READ_ONLY):
                 raise RegistryError(UNAVAILABLE, "the registry is read-only for maintenance; retry later",
@@ -133,7 +109,8 @@ class MetadataStore:
 
     # -- blob links --------------------------------------------------------
 
-    async def link_blob(self, name: str, digest: str, size: int, pin: str = "", source: str = "") -> bool:
+    async def link_blob(self, name: str, digest: str, size: int, pin: str = "", source: str = "",
+                        origin: Any = None) -> bool:
         """Links the blob. With ``pin`` (an upload's, from pin_blob) the link is made only if the pin
         still stands (BLOB_UPLOAD_UNKNOWN otherwise: the collector may have taken the bytes); with
         ``source`` (a mount: a repository, or "*" for any) only if the source links the blob
@@ -146,7 +123,8 @@ class MetadataStore:
             raise RegistryError(BLOB_UPLOAD_INVALID, "malformed pin")
         linked = await self._write(self._link_blob, [
             keys.repo_prefix(name), keys.CATALOG, name, digest, size, keys.blob_repos(digest), pin,
-            keys.repo_prefix(source) if source and source != "*" else source, keys.blob_pins(digest)])
+            keys.repo_prefix(source) if source and source != "*" else source, keys.blob_pins(digest),
+            "" if source == "*" else source], name, origin)
         if int(linked) < 0:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "the upload took longer than its pin on the blob lasts "
                                                      f"({PIN_TTL_MS // 3_600_000} h); upload the blob again")
@@ -182,11 +160,11 @@ class MetadataStore:
             raise RegistryError(BLOB_UPLOAD_INVALID, "malformed pin")
         await self._unpin_blob([keys.blob_pins(digest), pin])
 
-    async def unlink_blob(self, name: str, digest: str) -> None:
+    async def unlink_blob(self, name: str, digest: str, origin: Any = None) -> None:
         validate_name(name)
         digests.validate(digest)
         args = [keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)]
-        if not await self._write(self._unlink_blob, args):
+        if not await self._write(self._unlink_blob, args, name, origin):
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
 
     async def blob_repositories(self, digest: str, limit: int) -> tuple[list[str], int]:
@@ -206,7 +184,7 @@ class MetadataStore:
     async def put_manifest(self, name: str, digest: str, media_type: str, content: bytes, tags: list[str],
                      blob_refs: list[str], manifest_refs: list[str], subject: str,
                      descriptor: Descriptor | None, blob_sizes: list[int] | None = None,
-                     manifest_sizes: list[int] | None = None, count_only: bool = False) -> None:
+                     manifest_sizes: list[int] | None = None, count_only: bool = False, origin: Any = None) -> None:
         """Stores a manifest whose references are present (and, where sizes are given, of the
         declared sizes) in one atomic script; nothing is written otherwise."""
         validate_name(name)
@@ -219,7 +197,7 @@ class MetadataStore:
                                          subject, descriptor.to_json() if descriptor else ""]
         args += [len(blob_refs), *_with_sizes(blob_refs, blob_sizes), len(manifest_refs),
                  *_with_sizes(manifest_refs, manifest_sizes), len(tags), *tags, "1" if count_only else "0"]
-        result = [text(v) for v in await self._write(self._put_manifest, args)]
+        result = [text(v) for v in await self._write(self._put_manifest, args, name, origin)]
         if result[0] == "size":
             raise RegistryError(MANIFEST_INVALID, f"a descriptor gives {result[1]} a size of {result[2]} bytes; "
                                                   f"the registry holds {result[3]} bytes",
@@ -242,16 +220,17 @@ class MetadataStore:
         digest, media_type, body, subject = found
         return StoredManifest(text(digest), text(media_type), bytes(body), text(subject or b""))
 
-    async def delete_manifest(self, name: str, digest: str) -> None:
+    async def delete_manifest(self, name: str, digest: str, origin: Any = None) -> None:
         validate_name(name)
         digests.validate(digest)
-        if not await self._write(self._delete_manifest, [keys.repo_prefix(name), keys.CATALOG, name, digest]):
+        if not await self._write(self._delete_manifest, [keys.repo_prefix(name), keys.CATALOG, name, digest],
+                                 name, origin):
             raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} unknown to repository {name}")
 
-    async def delete_tag(self, name: str, tag: str) -> None:
+    async def delete_tag(self, name: str, tag: str, origin: Any = None) -> None:
         validate_name(name)
         validate_tag(tag)
-        if not await self._write(self._delete_tag, [keys.repo_prefix(name), tag]):
+        if not await self._write(self._delete_tag, [keys.repo_prefix(name), tag, name], name, origin):
             raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} unknown to repository {name}")
 
     # -- listings ----------------------------------------------------------

@@ -136,6 +136,7 @@ def _stream_fill(ctx: Context, name: str, digest: str) -> Response | None:
     headers = blob_headers(digest, total)
     if not total:
         del headers["Content-Length"]
+    ctx.pull_events.note_request(target[0], digest, "", total, blob=True)
     # In the request's context: the link made once the last chunk went out is a call with its id.
     return Response(stream_with_context(chunks), status=200, headers=headers, direct_passthrough=True)
 
@@ -161,6 +162,7 @@ def get(ctx: Context, name: str, digest: str) -> Response:
     location = ctx.clients.blobs.stat(digest, want_location=True)
     if location.redirect_url:
         # Object storage serves the bytes; the client follows the short-lived presigned URL.
+        ctx.pull_events.note_request(name, digest, "", size, blob=True)
         return empty(307, {"Location": location.redirect_url, "Docker-Content-Digest": digest,
                            "Cache-Control": "no-store"})
     path = _local_path(ctx, location.local_path)
@@ -169,8 +171,8 @@ def get(ctx: Context, name: str, digest: str) -> Response:
     else:
         first_chunk, rest, cancel = ctx.clients.blobs.read(digest, first, length)
         body = _stream(first_chunk, rest, cancel)
-    response = Response(body, status=status, headers=headers, direct_passthrough=True)
-    return response
+    ctx.pull_events.note_request(name, digest, "", size, blob=True)
+    return Response(body, status=status, headers=headers, direct_passthrough=True)
 
 
 def delete(ctx: Context, name: str, digest: str) -> Response:

@@ -94,6 +94,8 @@ def get(ctx: Context, name: str, reference: str) -> Response:
         response = Response(b"", status=200, headers=headers)
         response.headers["Content-Length"] = str(len(manifest.content))
         return response
+    ctx.pull_events.note_request(name, manifest.digest, manifest.media_type, len(manifest.content),
+                                 "" if digests.looks_like_digest(reference) else reference)
     return Response(manifest.content, status=200, headers=headers)
 
 

@@ -6,6 +6,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PullEvent(_message.Message):
+    __slots__ = ("repository", "digest", "media_type", "size", "tag", "origin", "at_ms", "blob")
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    repository: str
+    digest: str
+    media_type: str
+    size: int
+    tag: str
+    origin: Origin
+    at_ms: int
+    blob: bool
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ..., size: _Optional[int] = ..., tag: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., at_ms: _Optional[int] = ..., blob: _Optional[bool] = ...) -> None: ...
+
+class PullEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[PullEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[PullEvent, _Mapping]]] = ...) -> None: ...
+
+class PullEventsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Pull(_message.Message):
     __slots__ = ("upstream", "repository", "digest", "at_ms")
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
@@ -99,18 +129,20 @@ class WatchEvent(_message.Message):
     def __init__(self, pong: _Optional[int] = ..., lease_ms: _Optional[int] = ..., seq: _Optional[int] = ..., repositories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LinkBlobRequest(_message.Message):
-    __slots__ = ("repository", "digest", "size", "pin", "source")
+    __slots__ = ("repository", "digest", "size", "pin", "source", "origin")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
     size: int
     pin: str
     source: str
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., pin: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    origin: Origin
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., pin: _Optional[str] = ..., source: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
 
 class LinkBlobResponse(_message.Message):
     __slots__ = ("linked",)
@@ -119,12 +151,32 @@ class LinkBlobResponse(_message.Message):
     def __init__(self, linked: _Optional[bool] = ...) -> None: ...
 
 class BlobRef(_message.Message):
-    __slots__ = ("repository", "digest")
+    __slots__ = ("repository", "digest", "origin")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+    origin: Origin
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
+
+class Origin(_message.Message):
+    __slots__ = ("account", "address", "user_agent", "request_id", "host", "method", "mirror_fill")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_FILL_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    address: str
+    user_agent: str
+    request_id: str
+    host: str
+    method: str
+    mirror_fill: bool
+    def __init__(self, account: _Optional[str] = ..., address: _Optional[str] = ..., user_agent: _Optional[str] = ..., request_id: _Optional[str] = ..., host: _Optional[str] = ..., method: _Optional[str] = ..., mirror_fill: _Optional[bool] = ...) -> None: ...
 
 class BlobLink(_message.Message):
     __slots__ = ("digest", "size")
@@ -176,7 +228,7 @@ class Descriptor(_message.Message):
     def __init__(self, media_type: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., artifact_type: _Optional[str] = ..., annotations: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PutManifestRequest(_message.Message):
-    __slots__ = ("repository", "digest", "media_type", "content", "tags", "blob_references", "manifest_references", "subject", "descriptor", "blob_reference_sizes", "manifest_reference_sizes", "count_only_references")
+    __slots__ = ("repository", "digest", "media_type", "content", "tags", "blob_references", "manifest_references", "subject", "descriptor", "blob_reference_sizes", "manifest_reference_sizes", "count_only_references", "origin")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +241,7 @@ class PutManifestRequest(_message.Message):
     BLOB_REFERENCE_SIZES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_REFERENCE_SIZES_FIELD_NUMBER: _ClassVar[int]
     COUNT_ONLY_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
     media_type: str
@@ -201,19 +254,22 @@ class PutManifestRequest(_message.Message):
     blob_reference_sizes: _containers.RepeatedScalarFieldContainer[int]
     manifest_reference_sizes: _containers.RepeatedScalarFieldContainer[int]
     count_only_references: bool
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ..., content: _Optional[bytes] = ..., tags: _Optional[_Iterable[str]] = ..., blob_references: _Optional[_Iterable[str]] = ..., manifest_references: _Optional[_Iterable[str]] = ..., subject: _Optional[str] = ..., descriptor: _Optional[_Union[Descriptor, _Mapping]] = ..., blob_reference_sizes: _Optional[_Iterable[int]] = ..., manifest_reference_sizes: _Optional[_Iterable[int]] = ..., count_only_references: _Optional[bool] = ...) -> None: ...
+    origin: Origin
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ..., content: _Optional[bytes] = ..., tags: _Optional[_Iterable[str]] = ..., blob_references: _Optional[_Iterable[str]] = ..., manifest_references: _Optional[_Iterable[str]] = ..., subject: _Optional[str] = ..., descriptor: _Optional[_Union[Descriptor, _Mapping]] = ..., blob_reference_sizes: _Optional[_Iterable[int]] = ..., manifest_reference_sizes: _Optional[_Iterable[int]] = ..., count_only_references: _Optional[bool] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
 
 class PutManifestResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ManifestRef(_message.Message):
-    __slots__ = ("repository", "reference")
+    __slots__ = ("repository", "reference", "origin")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     repository: str
     reference: str
-    def __init__(self, repository: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
+    origin: Origin
+    def __init__(self, repository: _Optional[str] = ..., reference: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("digest", "media_type", "content", "subject")

@@ -124,6 +124,11 @@ class MetadataStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsResponse.FromString,
                 _registered_method=True)
+        self.RecordPullEvents = channel.unary_unary(
+                '/wharf.metadata.v1.Metadata/RecordPullEvents',
+                request_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.PullEventsRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.PullEventsResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -261,6 +266,14 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordPullEvents(self, request, context):
+        """Pull events, batched by a gateway off its requests' path (best effort: a pull changes
+        nothing, so a lost batch loses no change); written to the event outbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -353,6 +366,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.RecordPulls,
                     request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsRequest.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsResponse.SerializeToString,
+            ),
+            'RecordPullEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordPullEvents,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.PullEventsRequest.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.PullEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -841,6 +859,33 @@ class Metadata:
             '/wharf.metadata.v1.Metadata/RecordPulls',
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsRequest.SerializeToString,
             services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.RecordPullsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordPullEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.metadata.v1.Metadata/RecordPullEvents',
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.PullEventsRequest.SerializeToString,
+            services_dot_gen_dot_wharf_dot_metadata_dot_v1_dot_metadata__pb2.PullEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
