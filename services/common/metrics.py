@@ -294,6 +294,16 @@ MIRROR_UPSTREAM_BYTES = _counter("wharf_mirror_upstream_bytes", "Blob bytes rece
 MIRROR_UPSTREAM_ERRORS = _counter("wharf_mirror_upstream_errors", "Upstream failures, by upstream and kind "
                                   "(unavailable, not_found, denied, invalid)", ("upstream", "kind"))
 
+EVENTS_DELIVERED = _counter("wharf_events_delivered", "Events delivered, by endpoint", ("endpoint",))
+EVENTS_ATTEMPTS = _counter("wharf_events_delivery_attempts", "Delivery requests made, by endpoint and outcome "
+                           "(ok, failed: an error, a timeout or a status of 400 and up)", ("endpoint", "outcome"))
+EVENTS_DEAD = _counter("wharf_events_dead_letters", "Events moved to an endpoint's dead letters, by endpoint and "
+                       "reason (attempts; backlog and age: the overflow of a dead endpoint)", ("endpoint", "reason"))
+EVENTS_BACKLOG = _gauge("wharf_events_backlog", "Events waiting for an endpoint in the outbox shards this replica "
+                        "owns (sum over replicas)", ("endpoint",))
+EVENTS_LATENCY = _histogram("wharf_events_delivery_latency_seconds", "From a change to its event's delivery, "
+                            "by endpoint", ("endpoint",), WAIT_BUCKETS)
+EVENTS_SHARDS = _gauge("wharf_events_shards_owned", "Outbox shards this delivery replica owns")
 HTTP = (HTTP_REQUESTS, HTTP_DURATION, HTTP_RECEIVED, HTTP_SENT, HTTP_IN_FLIGHT, HTTP_TRANSFERS, HTTP_CONNECTIONS)
 READ_CACHE = (CACHE_LOOKUPS, CACHE_INVALIDATIONS, CACHE_LEASE, CACHE_BYTES)
 GRPC_SERVER = (GRPC_SERVER_CALLS, GRPC_SERVER_DURATION)
@@ -303,6 +313,7 @@ METADATA = (REDIS_SCRIPT_DURATION, REDIS_SCRIPT_ERRORS, WATCHERS, INVALIDATIONS,
 STORAGE = (STORAGE_DURATION, STORAGE_ERRORS, STORAGE_BYTES)
 AUTH = (TOKENS_ISSUED, TOKENS_REFUSED, LOCKOUTS)
 MIRROR_STORE = (MIRROR_FILLS, MIRROR_FILL_WAITS, MIRROR_UPSTREAM_BYTES, MIRROR_UPSTREAM_ERRORS)
+EVENTS = (EVENTS_DELIVERED, EVENTS_ATTEMPTS, EVENTS_DEAD, EVENTS_BACKLOG, EVENTS_LATENCY, EVENTS_SHARDS)
 
 # What each service exports (besides prometheus-client's process_* figures); the collectors
 # read when scraped are added by the service's main (these describe their names).
@@ -311,6 +322,7 @@ GROUPS: dict[str, tuple[Collector, ...]] = {
     "metadata": GRPC_SERVER + METADATA,
     "blobstore": GRPC_SERVER + STORAGE + MIRROR_STORE,
     "auth": GRPC_SERVER + AUTH,
+    "events": GRPC_SERVER + EVENTS,
 }
 SCRAPED: dict[str, tuple[Collector, ...]] = {
     "metadata": (GcRecord(dict),), "blobstore": (UploadSessions(lambda: 0), StorageUsage(lambda: (0, 0)))}

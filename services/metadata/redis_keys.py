@@ -585,3 +585,56 @@ local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORE
 table.insert(live, 1, now)
 return live
 """
+
+
+# -- event delivery (services/events) ------------------------------------------------------------
+
+# KEYS: the shard's lease, the endpoint's cursor hash, its status hash, its dead-letter stream.
+# ARGV: replica id, shard, new cursor ("<stream id> <sequence>"), events delivered, now (s),
+#       dead-letter reason ("" none), attempts, then each dead event (JSON).
+# Moves the endpoint's cursor past what was delivered or dead-lettered, in one step with the dead
+# letters, and only while this replica still owns the shard (0 otherwise): a replica that lost its
+# lease can never move another's cursor.
+ADVANCE_CURSOR = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('HINCRBY', KEYS[3], 'delivered', ARGV[4])
+  redis.call('HSET', KEYS[3], 'last_success_at', ARGV[5])
+end
+local dead = #ARGV - 7
+if dead > 0 then
+  for i = 8, #ARGV do
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', '""" + str(DEAD_LETTERS_MAX) + """', '*', 'event', ARGV[i],
+               'reason', ARGV[6], 'shard', ARGV[2], 'attempts', ARGV[7], 'at', ARGV[5])
+  end
+  redis.call('HINCRBY', KEYS[3], 'dead', dead)
+  if ARGV[6] ~= 'attempts' then redis.call('HINCRBY', KEYS[3], 'overflow', dead) end
+end
+return 1
+"""
+
+# KEYS: the shard's lease, the endpoint's cursor hash. ARGV: replica id, shard, cursor.
+# An endpoint's first cursor on a shard, set once (0 when it exists or the lease is not ours).
+INIT_CURSOR = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
+"""
+
+# KEYS: an endpoint's dead-letter stream, the event's outbox shard. ARGV: dead letter id, endpoint.
+# Puts one dead letter back at the end of its shard's outbox, for that endpoint only (field
+# "only"), and removes it from the dead letters, in one step. Returns 0 when it was gone.
+REPLAY_DEAD_LETTER = """
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #found == 0 then return 0 end
+local fields = found[1][2]
+local event = nil
+for i = 1, #fields, 2 do if fields[i] == 'event' then event = cjson.decode(fields[i + 1]) end end
+if not event then redis.call('XDEL', KEYS[1], ARGV[1]); return 0 end
+local n = redis.call('INCR', KEYS[2] .. ':seq')
+redis.call('XADD', KEYS[2], '*', 'n', n, 'a', event.a or '', 'r', event.r or '', 'd', event.d or '',
+           'm', event.m or '', 's', event.s or '', 't', event.t or '', 'f', event.f or '', 'o', event.o or '{}',
+           'w', event.w or '', 'i', event.i or '', 'only', ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"""

@@ -25,6 +25,8 @@ from services.common.health import gateway_answers, grpc_serving
 from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
 from services.common.settings import check_all, load
 from services.common.signals import StopSignal
+from services.events import config as events_config
+from services.events.settings import EventsSettings
 from services.metadata.settings import MetadataSettings
 from services.mirror import config as mirror_config
 from services.stack import records
@@ -141,6 +143,17 @@ def start(settings: StackSettings) -> list[Child]:
         # whatever else might listen on the port.
         instance = secrets.token_hex(16)
         gateway_env["WHARF_INSTANCE_ID"] = instance
+        if events_config.load(os.environ, secrets=False).enabled:
+            # The delivery service, when an endpoint is configured (the metadata service then writes
+            # the outbox: WHARF_EVENTS_OUTBOX=auto). It needs no address of its own beyond health.
+            events_addr = f"127.0.0.1:{free_port()}"
+            events = Child("events", python_module("services.events"),
+                           env_for("events", base, WHARF_EVENTS_LISTEN=events_addr, WHARF_REDIS_URL=redis_url,
+                                   WHARF_PUBLIC_URL=base.get("WHARF_PUBLIC_URL") or base_url(settings),
+                                   **_metrics_variable(figures, "events", "WHARF_EVENTS_METRICS_ADDR")),
+                           address=events_addr)
+            children.append(events)
+            wait_until(lambda: grpc_serving(events_addr), events, deadline, "event delivery service")
         gateway = Child("gateway", python_module("services.api"), gateway_env)
         children.append(gateway)
         url = f"{base_url(settings)}/v2/"
@@ -160,6 +173,8 @@ def _metrics_addresses(settings: StackSettings) -> dict[str, str]:
     names = ["gateway", "metadata", *(f"blobstore-{r}" for r in range(max(settings.blobstore_replicas, 1)))]
     if settings.auth == "token":
         names.append("auth")
+    if events_config.load(os.environ, secrets=False).enabled:
+        names.append("events")
     return {name: f"127.0.0.1:{free_port()}" for name in names}
 
 
@@ -184,8 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Every service's settings, as they will read them: a bad value stops the runner here, with
     # one line per problem, instead of a child crashing after the others started.
-    found = check_all(os.environ, StackSettings, GatewaySettings, BlobStoreSettings, MetadataSettings, AuthSettings)
+    found = check_all(os.environ, StackSettings, GatewaySettings, BlobStoreSettings, MetadataSettings, AuthSettings,
+                      EventsSettings)
     found += mirror_config.problems(os.environ)  # the mirrors' upstreams (gateway and blob store read them)
+    found += events_config.problems(os.environ)  # the event endpoints (the delivery service reads them)
     if found:
         sys.stderr.write("".join(f"wharf-stack: {line}\n" for line in found))
         sys.exit(2)

@@ -1,0 +1,30 @@
+"""`wharf-events`: delivers the event outbox to the configured endpoints until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from services.common import logs
+from services.common.settings import load_or_exit
+from services.events import config
+from services.events.server import run
+from services.events.settings import EventsSettings
+
+
+def main() -> None:
+    settings = load_or_exit(EventsSettings, os.environ, "wharf-events")
+    try:
+        events = config.load(os.environ)
+    except config.EventsError as exc:
+        raise SystemExit(f"wharf-events: {exc}") from None
+    logs.configure(settings.log_level)
+    log = logging.getLogger("wharf.events")
+    if not events.enabled:
+        log.warning("no event endpoint is configured (WHARF_EVENTS_FILE or events: in WHARF_CONFIG): "
+                    "nothing will be delivered")
+    run(settings, events, on_port=lambda port: log.info("listening", extra={"fields": {"port": port}}))
+
+
+if __name__ == "__main__":
+    main()
