@@ -22,6 +22,7 @@ import grpc
 from services.common.errors import from_rpc_error
 from services.common.internal_auth import TOKEN_VARIABLE, authenticated_channel, read_token
 from services.common.settings import SettingsError
+from services.events.admin import events as events_command
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
 from services.maintenance.cli import COMMANDS as MAINTENANCE_COMMANDS
@@ -292,6 +293,8 @@ main.add_command(status)
 # `wharf-admin check`, `export` and `import` act with the stack's internal secret, no account.
 for _command in MAINTENANCE_COMMANDS:
     main.add_command(_command)
+# `wharf-admin events` reads the outbox and the delivery service's records in Redis, no account.
+main.add_command(events_command)
 
 
 if __name__ == "__main__":

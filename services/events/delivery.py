@@ -40,36 +40,45 @@ _LAST_ERROR_MAX = 300
 
 
 class EndpointHealth:
-    """Failures in a row of one endpoint, shared by its workers: when the next try may go."""
+    """Failures in a row of one endpoint, shared by its workers: when the next try may go.
+
+    Workers of several shards that tried at once and failed together count as one failure (the
+    endpoint was down once, not once per shard), so the backoff grows with time, not with the
+    number of shards that had something to send."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         self._lock = threading.Lock()
         self._failures = 0
         self._next_try = 0.0
+        self._last_failure = 0.0
 
-    def wait(self, stop: threading.Event) -> bool:
-        """Waits until a try may go; False when stopped meanwhile."""
+    def wait(self, stop: threading.Event) -> float | None:
+        """Waits until a try may go, and returns when (None when stopped meanwhile)."""
         while not stop.is_set():
             with self._lock:
-                delay = self._next_try - time.monotonic()
+                now = time.monotonic()
+                delay = self._next_try - now
             if delay <= 0:
-                return True
+                return now
             stop.wait(min(delay, 1.0))
-        return False
+        return None
 
     def succeeded(self) -> None:
         with self._lock:
             self._failures = 0
             self._next_try = 0.0
 
-    def failed(self) -> None:
+    def failed(self, tried_at: float) -> None:
         e = self._endpoint
         with self._lock:
+            if tried_at <= self._last_failure:
+                return  # another worker's failure of the same moment counted already
+            self._last_failure = time.monotonic()
             self._failures += 1
             over = self._failures - e.threshold
             delay = 0.05 if over < 0 else min(e.max_backoff, e.backoff * 2 ** min(over, 30))
-            self._next_try = max(self._next_try, time.monotonic() + delay)
+            self._next_try = max(self._next_try, self._last_failure + delay)
 
 
 class Sender:
@@ -173,7 +182,7 @@ class Worker(threading.Thread):
             if not self._dead(None if wanted else after, old, "age", 0) or not wanted:
                 return not self.lost
         attempts = 0
-        while self._health.wait(self.stop_flag):
+        while (tried_at := self._health.wait(self.stop_flag)) is not None:
             error = self._sender.send(wanted)
             attempts += 1
             if not error:
@@ -185,7 +194,7 @@ class Worker(threading.Thread):
                 self._delivered.inc(len(wanted))
                 return self._move(after, len(wanted), "", 0, [])
             metrics.EVENTS_ATTEMPTS.labels(self._e.name, "failed").inc()
-            self._health.failed()
+            self._health.failed(tried_at)
             self._note_error(error)
             if attempts >= self._e.attempts:
                 return self._dead(after, wanted, "attempts", attempts)

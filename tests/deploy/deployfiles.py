@@ -26,6 +26,8 @@ from services.api.settings import GatewaySettings
 from services.auth.settings import AuthSettings
 from services.blobstore.settings import BlobStoreSettings
 from services.common.settings import load, variables
+from services.events import config as events_config
+from services.events.settings import EventsSettings
 from services.gc.settings import GcSettings
 from services.metadata.settings import MetadataSettings
 from services.mirror import config as mirror_config
@@ -39,6 +41,11 @@ OVERLAYS = ("dev", "production")
 # Each overlay with the mirror component included as k8s/components/mirror says (render()).
 MIRRORED_OVERLAYS = tuple(f"{overlay}+mirror" for overlay in OVERLAYS)
 MIRROR_COMPONENT = K8S / "components" / "mirror"
+# Each overlay with the events component included as k8s/components/events says (render()).
+EVENTS_OVERLAYS = tuple(f"{overlay}+events" for overlay in OVERLAYS)
+EVENTS_COMPONENT = K8S / "components" / "events"
+# The variable naming a section's own file (services/common/yaml_section.py: WHARF_<SECTION>_FILE).
+EVENTS_FILE_VARIABLE = f"WHARF_{events_config.SECTION.upper()}_FILE"
 
 # The program each image or container runs -> the settings object that program loads.
 SETTINGS: dict[str, type] = {
@@ -46,17 +53,22 @@ SETTINGS: dict[str, type] = {
     "wharf-blobstore": BlobStoreSettings,
     "wharf-metadata": MetadataSettings,
     "wharf-auth": AuthSettings,
+    "wharf-events": EventsSettings,
 }
 
 
 # Sections of structured configuration a program reads from their own file besides its settings
 # (services/common/config_file.py): the gateway, the blob store, auth (who may pull a mirrored
-# prefix) and wharf-gc (each upstream's size_limit, for eviction) read the mirrors' upstreams.
+# prefix) and wharf-gc (each upstream's size_limit, for eviction) read the mirrors' upstreams; the
+# delivery service, the gateway (the share of pulls to record) and the metadata service (whether
+# to write the outbox, when WHARF_EVENTS_OUTBOX is auto) the event endpoints.
 SECTION_FILES: dict[str, frozenset[str]] = {
-    "wharf-gateway": frozenset({mirror_config.OWN_FILE}),
+    "wharf-gateway": frozenset({mirror_config.OWN_FILE, EVENTS_FILE_VARIABLE}),
     "wharf-blobstore": frozenset({mirror_config.OWN_FILE}),
     "wharf-auth": frozenset({mirror_config.OWN_FILE}),
     "wharf-gc": frozenset({mirror_config.OWN_FILE}),
+    "wharf-metadata": frozenset({EVENTS_FILE_VARIABLE}),
+    "wharf-events": frozenset({EVENTS_FILE_VARIABLE}),
 }
 
 
@@ -289,24 +301,33 @@ def dockerfile_stages() -> tuple[dict[str, str], dict[str, Stage]]:
 
 # --- kustomize ----------------------------------------------------------------------------
 
+# Each component -> the ConfigMap its kustomization.yaml asks the overlay to generate, and the file
+# (in the overlay, a copy of the component's example) it is generated from.
+COMPONENT_FILES = {"mirror": ("wharf-mirrors", "mirrors.yaml"), "events": ("wharf-event-endpoints", "events.yaml")}
+
+
 def render(kustomize: str, overlay: str) -> list[dict[str, Any]]:
     """`kustomize build` of an overlay: every object it would apply. ``<overlay>+mirror`` is the
     overlay with the mirror component, added to a copy of deploy/k8s the way the component's
     kustomization.yaml says: the component, and a ``wharf-mirrors`` ConfigMap generated from a
-    mirrors.yaml in the overlay (here the component's example)."""
-    name, _, component = overlay.partition("+")
-    if not component:
+    mirrors.yaml in the overlay (here the component's example). ``<overlay>+events`` likewise adds
+    the events component and a ``wharf-event-endpoints`` ConfigMap from an events.yaml;
+    ``<overlay>+mirror+events`` both."""
+    name, *components = overlay.split("+")
+    if not components:
         return _build(kustomize, K8S / "overlays" / name, overlay)
-    assert component == "mirror", f"no component {component!r}"
     with tempfile.TemporaryDirectory() as tree:
         k8s = pathlib.Path(tree) / "k8s"
         shutil.copytree(K8S, k8s)
         directory = k8s / "overlays" / name
         kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-        kustomization.setdefault("components", []).append("../../components/mirror")
-        kustomization.setdefault("configMapGenerator", []).append({"name": "wharf-mirrors", "files": ["mirrors.yaml"]})
+        for component in components:
+            assert component in COMPONENT_FILES, f"no component {component!r}"
+            config_map, file = COMPONENT_FILES[component]
+            kustomization.setdefault("components", []).append(f"../../components/{component}")
+            kustomization.setdefault("configMapGenerator", []).append({"name": config_map, "files": [file]})
+            shutil.copy(K8S / "components" / component / file, directory / file)
         (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
-        shutil.copy(MIRROR_COMPONENT / "mirrors.yaml", directory / "mirrors.yaml")
         return _build(kustomize, directory, overlay)
 
 

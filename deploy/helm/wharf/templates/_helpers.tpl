@@ -21,7 +21,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The port a component serves /metrics on: include "wharf.metricsPort" "gateway". */}}
 {{- define "wharf.metricsPort" -}}
-{{- get (dict "gateway" 9100 "metadata" 9101 "blobstore" 9102 "auth" 9103) . -}}
+{{- get (dict "gateway" 9100 "metadata" 9101 "blobstore" 9102 "auth" 9103 "events" 9106) . -}}
 {{- end -}}
 
 {{- define "wharf.image" -}}
@@ -110,6 +110,79 @@ the render rather than every start of the gateway, the blob store and auth (and 
 {{- define "wharf.mirrorPorts" -}}
 {{- $ports := dict -}}
 {{- range .Values.mirrors.upstreams -}}
+{{- $url := urlParse (toString .url) -}}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" | default (ternary "80" "443" (eq $url.scheme "http")) -}}
+{{- $_ := set $ports $port true -}}
+{{- end -}}
+{{- $list := list -}}
+{{- range keys $ports | sortAlpha }}{{ $list = append $list (atoi .) }}{{ end -}}
+{{- toJson $list -}}
+{{- end -}}
+
+{{/* Where the delivery service and the gateway find the endpoints file, and the delivery service the secret files. */}}
+{{- define "wharf.eventsDir" -}}/etc/wharf/events{{- end -}}
+{{- define "wharf.eventSecretsDir" -}}/etc/wharf/event-secrets{{- end -}}
+
+{{/* The Secret of the endpoints' secret files: the named one, the chart's, or none (no endpoint signs). */}}
+{{- define "wharf.eventSecretsSecret" -}}
+{{- if .Values.events.existingSecret -}}
+{{- .Values.events.existingSecret -}}
+{{- else if .Values.events.secrets -}}
+{{- printf "%s-event-secrets" (include "wharf.name" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The events.yaml the delivery service and the gateway read, after checking what a template
+can: a mistake fails the render rather than every start of both. Whole numbers come back as
+integers (YAML numbers reach templates as floats, 1000000 would be written 1e+06). */}}
+{{- define "wharf.eventsFile" -}}
+{{- $e := .Values.events -}}
+{{- if not $e.endpoints }}{{ fail "events.enabled needs at least one entry in events.endpoints" }}{{ end -}}
+{{- if and $e.existingSecret $e.secrets -}}
+{{- fail "events: give existingSecret or secrets, not both" -}}
+{{- end -}}
+{{- $dir := printf "%s/" (include "wharf.eventSecretsDir" .) -}}
+{{- $endpoints := list -}}
+{{- range $i, $given := $e.endpoints -}}
+{{- $where := printf "events.endpoints[%d]" $i -}}
+{{- if not (kindIs "map" $given) }}{{ fail (printf "%s must be a mapping (name, url, ...)" $where) }}{{ end -}}
+{{- if not (and $given.name $given.url) }}{{ fail (printf "%s needs a name and a url" $where) }}{{ end -}}
+{{- if hasKey $given "secret" -}}
+{{- fail (printf "%s.secret would put the key into a ConfigMap: use secret_file, a key of the secrets Secret" $where) -}}
+{{- end -}}
+{{- with $given.secret_file -}}
+{{- if not (hasPrefix $dir .) -}}
+{{- fail (printf "%s.secret_file must be a key of the secrets Secret, %s<key>, not %v" $where $dir .) -}}
+{{- end -}}
+{{- $key := trimPrefix $dir . -}}
+{{- if not (include "wharf.eventSecretsSecret" $) -}}
+{{- fail (printf "%s.secret_file needs events.existingSecret or events.secrets" $where) -}}
+{{- end -}}
+{{- if and $e.secrets (not (hasKey $e.secrets $key)) -}}
+{{- fail (printf "%s.secret_file: events.secrets has no key %s" $where $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $endpoint := deepCopy $given -}}
+{{- range $name := list "timeout" "backoff" "max_backoff" "max_age" -}}
+{{- if and (hasKey $given $name) (not (kindIs "string" (get $given $name))) (ne (toString (get $given $name)) "0") -}}
+{{- fail (printf "%s.%s must be a duration such as 5s or 1m (a bare number would be a guess)" $where $name) -}}
+{{- end -}}
+{{- end -}}
+{{- range $name := list "threshold" "attempts" "backlog" "batch" -}}
+{{- $value := get $given $name -}}
+{{- if and (kindIs "float64" $value) (eq (float64 (int64 $value)) $value) -}}
+{{- $_ := set $endpoint $name (int64 $value) -}}
+{{- end -}}
+{{- end -}}
+{{- $endpoints = append $endpoints $endpoint -}}
+{{- end -}}
+{{- dict "endpoints" $endpoints | toYaml -}}
+{{- end -}}
+
+{{/* The ports of the endpoints' URLs (443 for https, 80 for http, or the one named), as a JSON list. */}}
+{{- define "wharf.eventPorts" -}}
+{{- $ports := dict -}}
+{{- range .Values.events.endpoints -}}
 {{- $url := urlParse (toString .url) -}}
 {{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" | default (ternary "80" "443" (eq $url.scheme "http")) -}}
 {{- $_ := set $ports $port true -}}

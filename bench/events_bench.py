@@ -1,0 +1,655 @@
+"""The cost of events, and how fast they arrive: pushes and manifest GETs with events off vs on,
+then the delivery latency from a write to a webhook receiver at a steady push rate.
+
+    .venv/bin/python bench/events_bench.py            # about 6 minutes
+    .venv/bin/python bench/events_bench.py --quick    # under 2 minutes, for a look
+
+Three Wharf stacks side by side (``python -m services.stack``, warn level, no access logs, no
+/metrics): "off" without an events section; "on" with one endpoint (``WHARF_EVENTS_FILE``, the
+defaults: pull_sample 1.0, so every manifest GET is a pull event); "nopull" with the same endpoint
+ignoring pulls (``ignore: {actions: [pull]}``). The endpoints are a webhook receiver the bench runs
+in a forked process of its own (so that it takes no GIL from the clients being timed): it answers
+200 at once and notes each request's arrival time (after its body) for the bench to read later.
+
+1. A/B rounds, ``--rounds`` of them, the modes in ABBA order (reversed every other round): per
+   mode, ``--pushers`` connections push images (``--layers`` random layers of ``--layer-kib`` KiB,
+   a config, a tagged OCI manifest) for ``--ab-seconds`` (images/s; not for "nopull", whose pushes
+   are "on"'s), then ``wrk -t2 -c32`` GETs one manifest by tag for as long (req/s). After each run
+   the bench waits until the endpoint's backlog in the outbox is 0 (so no delivery spills into the
+   next run) and says how long that took. CPU per image / per GET is every stack process's CPU
+   time (from /proc) from the start of the run to the end of that drain, divided by the count; the
+   events service's and the receiver's shares are shown apart (on this 2-core machine the receiver
+   competes with the stack; in production it runs elsewhere). Every delivered event is checked:
+   one per blob and manifest pushed, one per GET answered (pull_sample 1.0), no id twice.
+2. Delivery latency, on the "on" stack: ``--rate`` tagged pushes per second for ``--seconds``,
+   each a manifest PUT of a new small manifest (its blobs uploaded once beforehand) into one of 16
+   repositories (spread over the outbox's shards), paced from a schedule by 16 connections.
+   Latency = the receiver's arrival time - the event's ``timestamp`` (Redis's clock when the write
+   committed, in ms; the same machine's clock). Also from the client's PUT to the arrival. Every
+   push must arrive once: missing and duplicated ids are counted.
+
+No figure is judged here (the issue's targets: on/off within 5%, latency p99 under 1 s, nothing
+missing); ratios within about +-20% of 1 are ties on these machines (../shared/PERFORMANCE-NOTES.md).
+The exit status is 0 whatever the figures (1 when the bench itself fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import http.server
+import json
+import math
+import multiprocessing
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import redis
+from common import (
+    OCI_MANIFEST,
+    BenchError,
+    Client,
+    Server,
+    cell,
+    exit_on_sigterm,
+    print_grid,
+    push_image,
+    push_small,
+    run_main,
+    run_wrk,
+    signals_held,
+    wharf,
+)
+from proctree import TICKS, argv_of, descendants, stat_fields
+
+from services.metadata import redis_keys as keys
+from services.stack import records
+
+ENDPOINT = "bench"
+GET_REPOSITORY, GET_TAG = "bench/get", "latest"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+BLOB_TYPE = keys.BLOB_MEDIA_TYPE
+LATENCY_REPOSITORIES = 16
+LATENCY_CONNECTIONS = 16
+DRAIN_TIMEOUT = 180.0
+# Pull events reach the outbox in the gateway's batches, one a second: the outbox's sequence must
+# stay still this long (with nothing left to deliver) before a run counts as drained.
+SETTLE = 2.5
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- the receiver -------------------------------------------------------------------------------
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    """POST <path>: 200 at once, the body kept with its arrival time. GET /take?path=<path>: the
+    events received on that path since the last take, parsed: [id, action, repository, tag,
+    mediaType, timestamp (epoch s), arrival (epoch s)] each."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    bodies: ClassVar[dict[str, list[tuple[float, bytes]]]] = {}
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        arrived = time.time()
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        with self.lock:
+            self.bodies.setdefault(self.path, []).append((arrived, body))
+
+    def do_GET(self) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        with self.lock:
+            taken = self.bodies.pop(query.get("path", [""])[0], [])
+        events = []
+        for arrived, body in taken:
+            for event in json.loads(body)["events"]:
+                target = event.get("target", {})
+                stamp = datetime.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+                events.append([event["id"], event["action"], target.get("repository", ""), target.get("tag", ""),
+                               target.get("mediaType", ""), stamp, arrived])
+        answer = json.dumps({"requests": len(taken), "events": events}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _receive(server: http.server.ThreadingHTTPServer) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: the parent stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    server.serve_forever()
+
+
+@dataclass
+class Receiver:
+    url: str
+    pid: int
+
+    def take(self, path: str) -> dict[str, Any]:
+        client = Client(self.url)
+        try:
+            _, body = client.call("GET", f"/take?path={urllib.parse.quote(path)}")
+        finally:
+            client.close()
+        return dict(json.loads(body))
+
+
+@contextlib.contextmanager
+def receiver() -> Iterator[Receiver]:
+    """The webhook receiver in a forked process (it binds before the fork), stopped at the end."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    server.daemon_threads = True
+    context = multiprocessing.get_context("fork")
+    process = context.Process(target=_receive, args=(server,), name="webhook-receiver", daemon=True)
+    with signals_held() as release:
+        process.start()
+        server.socket.close()  # the child serves; this copy is not needed here
+        try:
+            release()
+            assert process.pid is not None
+            yield Receiver(f"http://127.0.0.1:{server.server_address[1]}", process.pid)
+        finally:
+            with signals_held():
+                process.terminate()
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+
+
+# -- the stacks' side ---------------------------------------------------------------------------
+
+@dataclass
+class Stack:
+    mode: str
+    server: Server
+    data_dir: Path
+    log_path: Path
+    hook_path: str | None  # the receiver's path its endpoint posts to (None: events off)
+    redis: redis.Redis | None = None
+
+    def connect(self) -> None:
+        url = records.read(self.data_dir, records.REDIS_URL)
+        if self.hook_path and url:
+            self.redis = redis.Redis.from_url(url)
+
+    def backlog(self) -> tuple[int, int]:
+        """(events the endpoint has yet to receive, the outbox's last sequence numbers summed)."""
+        if self.redis is None:
+            return 0, 0
+        shards = range(keys.OUTBOX_SHARDS)
+        seqs = [int(s or 0) for s in self.redis.mget([keys.outbox_seq(s) for s in shards])]
+        cursors = self.redis.hmget(keys.event_cursor(ENDPOINT), [str(s) for s in shards])
+        delivered = [int(c.split(b" ")[1]) if c else 0 for c in cursors]
+        return sum(max(0, s - d) for s, d in zip(seqs, delivered, strict=True)), sum(seqs)
+
+    def status(self) -> dict[str, int]:
+        if self.redis is None:
+            return {}
+        found = self.redis.hgetall(keys.event_status(ENDPOINT))
+        return {k.decode(): int(v) for k, v in found.items() if k.decode() in ("delivered", "failed", "dead",
+                                                                                 "overflow")}
+
+    def drain(self) -> float:
+        """Waits until the endpoint has every event (and the gateways' pull batches are in):
+        the seconds until its backlog was last seen reaching 0."""
+        started = time.monotonic()
+        empty_since: float | None = None
+        last_total = -1
+        while time.monotonic() - started < DRAIN_TIMEOUT:
+            waiting, total = self.backlog()
+            now = time.monotonic()
+            if waiting or total != last_total:
+                empty_since = None if waiting else now
+            elif empty_since is not None and now - empty_since >= SETTLE:
+                return empty_since - started
+            last_total = total
+            time.sleep(0.05)
+        raise BenchError(f"[{self.mode}] the endpoint's backlog is still {self.backlog()[0]} after {DRAIN_TIMEOUT} s")
+
+    def warnings(self) -> list[str]:
+        """The stack's log lines (warning level and above: the stacks log nothing less)."""
+        try:
+            return [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return []
+
+
+def events_file(path: Path, url: str, ignore_pulls: bool) -> Path:
+    text = f"endpoints:\n  - name: {ENDPOINT}\n    url: {url}\n    timeout: 5s\n"
+    if ignore_pulls:
+        text += "    ignore:\n      actions: [pull]\n"
+    path.write_text(text)
+    return path
+
+
+def start_stacks(stacks: ExitStack, tmp: Path, hook: Receiver, modes: tuple[str, ...]) -> dict[str, Stack]:
+    started = {}
+    for mode in modes:
+        workdir = tmp / mode
+        workdir.mkdir()
+        env = {"WHARF_STACK_METRICS": "false", "WHARF_CONFIG": "", "WHARF_EVENTS_FILE": ""}
+        hook_path = None
+        if mode != "off":
+            hook_path = f"/hook/{mode}"
+            env["WHARF_EVENTS_FILE"] = str(events_file(workdir / "events.yaml", hook.url + hook_path,
+                                                       ignore_pulls=mode == "nopull"))
+        server = stacks.enter_context(wharf(workdir, env, name=f"wharf events={mode}"))
+        started[mode] = Stack(mode, server, workdir / "data", workdir / "wharf.log", hook_path)
+        started[mode].connect()
+    return started
+
+
+class Cpu:
+    """CPU seconds of a stack's processes (the events service apart) and of the receiver, between
+    ``start`` and ``stop``."""
+
+    def __init__(self, root: int, receiver_pid: int) -> None:
+        self._pids = descendants(root)
+        self._events = {pid for pid in self._pids if "services.events" in argv_of(pid)}
+        self._receiver = receiver_pid
+
+    @staticmethod
+    def _ticks(pids: list[int]) -> dict[int, int]:
+        found = {}
+        for pid in pids:
+            with contextlib.suppress(OSError, IndexError):
+                fields = stat_fields(pid)
+                found[pid] = int(fields[11]) + int(fields[12])
+        return found
+
+    def start(self) -> None:
+        self._before = self._ticks([*self._pids, self._receiver])
+
+    def stop(self) -> dict[str, float]:
+        after = self._ticks([*self._pids, self._receiver])
+        used = {pid: (after[pid] - self._before[pid]) / TICKS for pid in after if pid in self._before}
+        return {"stack_cpu_s": sum(v for pid, v in used.items() if pid != self._receiver),
+                "events_cpu_s": sum(v for pid, v in used.items() if pid in self._events),
+                "receiver_cpu_s": used.get(self._receiver, 0.0)}
+
+
+# -- pushes -------------------------------------------------------------------------------------
+
+def push_one(client: Client, repository: str, tag: str, layer_bytes: int, layers: int) -> int:
+    """Random layers + config + tagged manifest; returns the blobs pushed."""
+    descriptors = [{"mediaType": LAYER_TYPE, "digest": push_small(client, repository, data), "size": len(data)}
+                   for data in (os.urandom(layer_bytes) for _ in range(layers))]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "nonce": os.urandom(8).hex()}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": descriptors,
+                           "config": {"mediaType": CONFIG_TYPE, "digest": push_small(client, repository, config),
+                                      "size": len(config)}}).encode()
+    client.call("PUT", f"/v2/{repository}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST}, expect=201)
+    return layers + 1
+
+
+def pushes(url: str, pushers: int, seconds: float, layer_bytes: int, layers: int, label: str) -> dict[str, float]:
+    stop = time.monotonic() + seconds
+    images = [0] * pushers
+    blobs = [0] * pushers
+
+    def work(number: int) -> None:
+        client = Client(url)
+        try:
+            while time.monotonic() < stop:
+                blobs[number] += push_one(client, f"bench/push-{number}", f"{label}-{images[number]}", layer_bytes,
+                                          layers)
+                images[number] += 1
+        finally:
+            client.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(pushers) as pool:
+        list(pool.map(work, range(pushers)))
+    elapsed = time.perf_counter() - started
+    return {"images": sum(images), "blobs": sum(blobs), "images_s": sum(images) / elapsed}
+
+
+# -- checking what arrived ----------------------------------------------------------------------
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
+
+
+def quantiles_ms(seconds: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and max (nearest rank) in ms; empty for no values."""
+    if not seconds:
+        return {}
+    ordered = sorted(seconds)
+    return {name: 1000 * ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+            for name, share in QUANTILES.items()}
+
+
+def tally(events: list[list[Any]]) -> dict[str, Any]:
+    """Counts per action, ids seen more than once, and the pull events' latencies."""
+    ids = Counter(e[0] for e in events)
+    return {"by_action": dict(Counter(e[1] for e in events)),
+            "duplicates": sum(n - 1 for n in ids.values() if n > 1),
+            "pull_latency": [e[6] - e[5] for e in events if e[1] == "pull"]}
+
+
+# -- the A/B rounds -----------------------------------------------------------------------------
+
+def one_run(stack: Stack, hook: Receiver, args: argparse.Namespace, kind: str, label: str) -> dict[str, Any]:
+    cpu = Cpu(stack.server.root_pid, hook.pid)
+    before = stack.status()
+    cpu.start()
+    if kind == "push":
+        result: dict[str, Any] = pushes(stack.server.url, args.pushers, args.ab_seconds, args.layer_kib * 1024,
+                                        args.layers, label)
+        count = result["images"]
+    else:
+        result = run_wrk(f"{stack.server.url}/v2/{GET_REPOSITORY}/manifests/{GET_TAG}", int(args.ab_seconds),
+                         strict=True)
+        count = result["requests"]
+    result["drain_s"] = stack.drain()
+    result.update(cpu.stop())
+    result["cpu_ms_per_op"] = 1000 * result["stack_cpu_s"] / max(count, 1)
+    if stack.hook_path:
+        arrived = hook.take(stack.hook_path)
+        result.update(tally(arrived["events"]), deliveries=arrived["requests"])
+        after = stack.status()
+        result["status"] = {k: after.get(k, 0) - before.get(k, 0) for k in ("failed", "dead", "overflow")}
+        if kind == "push":
+            result["expected"] = {"push": result["images"] + result["blobs"]}
+        else:
+            result["expected"] = {"pull": result["requests"] if stack.mode == "on" else 0}
+    return result
+
+
+def describe(kind: str, mode: str, r: dict[str, Any]) -> str:
+    rate = f"{r['images_s']:.1f} images/s" if kind == "push" else f"{r['rps']:.0f} GET/s"
+    text = f"{rate}, {r['cpu_ms_per_op']:.2f} CPU ms/op"
+    if mode != "off":
+        got = ", ".join(f"{n} {a}" for a, n in sorted(r["by_action"].items())) or "no events"
+        text += (f", events service {r['events_cpu_s']:.1f} s CPU, receiver {r['receiver_cpu_s']:.1f} s; "
+                 f"delivered {got} in {r['deliveries']} POSTs (expected {r['expected']}), "
+                 f"{r['duplicates']} duplicate ids, drained {r['drain_s']:.1f} s after")
+        if any(r["status"].values()):
+            text += f", status {r['status']}"
+    return text
+
+
+def ab_rounds(stacks: dict[str, Stack], hook: Receiver, args: argparse.Namespace) -> list[tuple[str, str, dict]]:
+    """Per round, each mode's push run then its GET run; every other round in reverse order."""
+    plan = [(kind, mode) for mode in ("off", "on", "nopull") for kind in ("push", "get")
+            if not (kind == "push" and mode == "nopull")]
+    done = []
+    for number in range(args.rounds):
+        for kind, mode in (plan if number % 2 == 0 else plan[::-1]):
+            result = one_run(stacks[mode], hook, args, kind, f"r{number}")
+            log(f"round {number + 1} {mode:6s} {kind}: {describe(kind, mode, result)}")
+            done.append((kind, mode, result))
+    return done
+
+
+# -- delivery latency ---------------------------------------------------------------------------
+
+def prepare_latency(url: str) -> list[tuple[str, bytes]]:
+    """One config and one layer in each latency repository; the manifest template of each."""
+    client = Client(url)
+    try:
+        prepared = []
+        for number in range(LATENCY_REPOSITORIES):
+            repository = f"bench/latency-{number}"
+            layer = os.urandom(4096)
+            config = json.dumps({"architecture": "amd64", "os": "linux", "repository": repository}).encode()
+            manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": {"mediaType": CONFIG_TYPE, "digest": push_small(client, repository, config),
+                                   "size": len(config)},
+                        "layers": [{"mediaType": LAYER_TYPE, "digest": push_small(client, repository, layer),
+                                    "size": len(layer)}]}
+            prepared.append((repository, json.dumps(manifest).encode()))
+    finally:
+        client.close()
+    return prepared
+
+
+def paced_pushes(url: str, prepared: list[tuple[str, bytes]], rate: float, seconds: float) -> list[dict[str, Any]]:
+    """Manifest PUTs on a schedule (push i at start + i/rate), each a new manifest under a new tag."""
+    total = int(rate * seconds)
+    slots = iter(range(total))
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+    done: list[dict[str, Any]] = []
+
+    def work(_: int) -> None:
+        client = Client(url)
+        try:
+            while True:
+                with lock:
+                    index = next(slots, None)
+                if index is None:
+                    return
+                delay = start + index / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                repository, template = prepared[index % len(prepared)]
+                manifest = template[:-1] + f', "annotations": {{"bench.seq": "{index}"}}}}'.encode()
+                tag = f"lat-{index}"
+                sent, began = time.time(), time.perf_counter()
+                client.call("PUT", f"/v2/{repository}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST},
+                            expect=201)
+                took = time.perf_counter() - began
+                done.append({"repository": repository, "tag": tag, "sent": sent, "put_s": took,
+                             "digest": f"sha256:{hashlib.sha256(manifest).hexdigest()}", "late_s": -delay})
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(LATENCY_CONNECTIONS) as pool:
+        list(pool.map(work, range(LATENCY_CONNECTIONS)))
+    return done
+
+
+def latency_run(stack: Stack, hook: Receiver, args: argparse.Namespace) -> dict[str, Any]:
+    prepared = prepare_latency(stack.server.url)
+    stack.drain()
+    hook.take(stack.hook_path or "")  # the preparation's events
+    before = stack.status()
+    log(f"latency: {args.rate:g} manifest pushes/s for {args.seconds:g} s on the 'on' stack...")
+    began = time.perf_counter()
+    sent = paced_pushes(stack.server.url, prepared, args.rate, args.seconds)
+    elapsed = time.perf_counter() - began
+    drain_s = stack.drain()
+    arrived = hook.take(stack.hook_path or "")
+    after = stack.status()
+    events = arrived["events"]
+    wanted = {(p["repository"], p["tag"]): p for p in sent}
+    found: dict[tuple[str, str], list[list[Any]]] = {}
+    others = 0
+    for event in events:
+        key = (event[2], event[3])
+        if event[1] == "push" and event[4] == OCI_MANIFEST and key in wanted:
+            found.setdefault(key, []).append(event)
+        else:
+            others += 1
+    ids = Counter(e[0] for e in events)
+    latency = [e[6] - e[5] for matched in found.values() for e in matched[:1]]
+    end_to_end = [matched[0][6] - wanted[key]["sent"] for key, matched in found.items()]
+    return {"pushes": len(sent), "rate": len(sent) / elapsed, "expected": len(wanted),
+            "delivered": sum(len(m) for m in found.values()), "distinct": len(found),
+            "missing": len(wanted) - len(found), "duplicate_ids": sum(n - 1 for n in ids.values() if n > 1),
+            "repeated_pushes": sum(1 for m in found.values() if len(m) > 1), "other_events": others,
+            "deliveries": arrived["requests"], "drain_s": drain_s,
+            "status": {k: after.get(k, 0) - before.get(k, 0) for k in ("failed", "dead", "overflow")},
+            "latency_ms": quantiles_ms(latency), "end_to_end_ms": quantiles_ms(end_to_end),
+            "put_ms": quantiles_ms([p["put_s"] for p in sent]),
+            "late_max_ms": 1000 * max((p["late_s"] for p in sent), default=0.0)}
+
+
+# -- report -------------------------------------------------------------------------------------
+
+def medians(runs: list[tuple[str, str, dict]], kind: str, mode: str, key: str) -> tuple[list[float], float | None]:
+    values = [r[key] for k, m, r in runs if k == kind and m == mode]
+    return values, statistics.median(values) if values else None
+
+
+def print_report(runs: list[tuple[str, str, dict]], latency: dict[str, Any], args: argparse.Namespace,
+                 load_note: str, log_lines: dict[str, list[str]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    lines = []
+    figures = [("push", "images/s", "images_s", 1), ("push", "CPU ms/image", "cpu_ms_per_op", 2),
+               ("get", "GET req/s", "rps", 0), ("get", "CPU ms/GET", "cpu_ms_per_op", 3)]
+    for kind, label, key, digits in figures:
+        modes = ("off", "on") if kind == "push" else ("off", "on", "nopull")
+        for mode in modes:
+            values, median = medians(runs, kind, mode, key)
+            summary[f"{mode} {label}"] = median
+            lines.append([f"{mode:6s} {label}", *[cell(v, digits) for v in values], cell(median, digits)])
+        base = summary[f"off {label}"]
+        for mode in modes[1:]:
+            offs, _ = medians(runs, kind, "off", key)
+            ons, _ = medians(runs, kind, mode, key)
+            ratio = summary[f"{mode} {label}"] / base if base else None
+            summary[f"{mode}/off {label}"] = ratio
+            lines.append([f"  {mode}/off", *[cell(b / a if a else None, 3) for a, b in zip(offs, ons, strict=True)],
+                          cell(ratio, 3)])
+    for mode in ("on", "nopull"):
+        for kind, label in (("push", "events service CPU s per push run"), ("get", "events service CPU s per GET run"),
+                            ("push", "receiver CPU s per push run"), ("get", "receiver CPU s per GET run"),
+                            ("push", "drain s after push run"), ("get", "drain s after GET run")):
+            if kind == "push" and mode == "nopull":
+                continue
+            key = "events_cpu_s" if "events" in label else "receiver_cpu_s" if "receiver" in label else "drain_s"
+            values, median = medians(runs, kind, mode, key)
+            lines.append([f"{mode:6s} {label}", *[cell(v, 2) for v in values], cell(median, 2)])
+    print(f"\nevents off vs on (one endpoint: a receiver in its own process), {args.rounds} round(s) in ABBA order, "
+          f"{args.ab_seconds:g} s per run;\npush: {args.pushers} connections, images of {args.layers} x "
+          f"{args.layer_kib} KiB random layers + config + tagged manifest; GET: wrk -t2 -c32, one manifest by tag;\n"
+          "CPU: every stack process from the run's start until the endpoint's backlog was 0 (receiver excluded);\n"
+          f"on/off: the issue's target is within 5%; +-20% is a tie on this machine;\n{load_note}\n")
+    print_grid(["figure", *[f"round {n + 1}" for n in range(args.rounds)], "median"], lines)
+
+    print("\nevents delivered during the A/B runs (every run checked: one event per blob and manifest pushed, "
+          "one pull per GET answered on 'on', none on 'nopull'):")
+    checks = []
+    for mode in ("on", "nopull"):
+        for kind in ("push", "get"):
+            chosen = [r for k, m, r in runs if k == kind and m == mode]
+            if not chosen:
+                continue
+            action = "push" if kind == "push" else "pull"
+            expected = sum(r["expected"][action] for r in chosen)
+            delivered = sum(r["by_action"].get(action, 0) for r in chosen)
+            other = sum(n for r in chosen for a, n in r["by_action"].items() if a != action)
+            status: Counter[str] = Counter()
+            for r in chosen:
+                status.update(r["status"])
+            latencies = quantiles_ms([x for r in chosen for x in r["pull_latency"]])
+            checks.append([f"{mode} {kind} runs", str(expected), str(delivered), str(other),
+                           str(sum(r["duplicates"] for r in chosen)),
+                           str(status["failed"]), str(status["dead"]), str(status["overflow"]),
+                           cell(latencies.get("p50"), 0), cell(latencies.get("p99"), 0),
+                           cell(latencies.get("max"), 0)])
+            summary[f"{mode} {kind} delivery"] = {"expected": expected, "delivered": delivered, "other": other,
+                                                  "status": dict(status)}
+    print_grid(["runs", f"expected {'push/pull'}", "delivered", "other actions", "duplicate ids", "failed POSTs",
+                "dead", "overflow", "pull latency p50 ms", "p99 ms", "max ms"], checks)
+
+    print(f"\ndelivery latency, 'on' stack: {latency['pushes']} manifest pushes at {latency['rate']:.1f}/s "
+          f"(asked {args.rate:g}/s for {args.seconds:g} s; the latest push started {latency['late_max_ms']:.0f} ms "
+          f"behind its schedule) into {LATENCY_REPOSITORIES} repositories, {LATENCY_CONNECTIONS} connections")
+    q = latency["latency_ms"]
+    e2e = latency["end_to_end_ms"]
+    put = latency["put_ms"]
+    print_grid(["measure", "p50", "p90", "p99", "max"], [
+        ["event timestamp -> arrival, ms", *[cell(q.get(k), 1) for k in ("p50", "p90", "p99", "max")]],
+        ["client PUT start -> arrival, ms", *[cell(e2e.get(k), 1) for k in ("p50", "p90", "p99", "max")]],
+        ["manifest PUT response time, ms", *[cell(put.get(k), 1) for k in ("p50", "p90", "p99", "max")]],
+    ])
+    print(f"pushes {latency['expected']}: delivered {latency['delivered']} ({latency['distinct']} distinct), "
+          f"missing {latency['missing']}, duplicate ids {latency['duplicate_ids']}, pushes announced more than once "
+          f"{latency['repeated_pushes']}, other events {latency['other_events']}; {latency['deliveries']} POSTs; "
+          f"failed/dead/overflow {latency['status']}; the backlog was 0 {latency['drain_s']:.1f} s after the last push")
+    print("(timestamps are whole ms: a latency reads up to 1 ms high)")
+    for mode, found in log_lines.items():
+        if found:
+            print(f"\n[{mode} stack] {len(found)} log line(s) at warning level or above; the last ones:")
+            for line in found[-10:]:
+                print(f"  {line[:400]}")
+    summary["latency"] = latency
+    return summary
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=4, help="A/B rounds (each: every mode's push and GET run)")
+    parser.add_argument("--ab-seconds", type=float, default=10.0, help="duration of each push and GET run")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the paced latency run")
+    parser.add_argument("--rate", type=float, default=200.0, help="manifest pushes per second in the latency run")
+    parser.add_argument("--pushers", type=int, default=8, help="pushing connections in the push runs")
+    parser.add_argument("--layers", type=int, default=3, help="layers per pushed image")
+    parser.add_argument("--layer-kib", type=int, default=64, help="size of each layer")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 4 s runs, 8 s of latency (under 2 min)")
+    parser.add_argument("--tmp-dir", default=None, help="where the stacks keep their data")
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.ab_seconds, args.seconds = 2, 4.0, 8.0
+    if min(args.rounds, args.ab_seconds, args.seconds, args.rate, args.pushers, args.layers, args.layer_kib) <= 0:
+        parser.error("every count, size, rate and duration must be positive")
+    if args.ab_seconds < 1:
+        parser.error("--ab-seconds must be at least 1 (wrk counts whole seconds)")
+    exit_on_sigterm()
+    load_before = os.getloadavg()[0]
+    with receiver() as hook, tempfile.TemporaryDirectory(prefix="wharf-events-bench-", dir=args.tmp_dir) as tmp, \
+            ExitStack() as running:
+        log(f"receiver at {hook.url} (pid {hook.pid}); starting three stacks (off, on, nopull)...")
+        stacks = start_stacks(running, Path(tmp), hook, ("off", "on", "nopull"))
+        layer = os.urandom(4096)
+        for stack in stacks.values():
+            client = Client(stack.server.url)
+            try:
+                push_image(client, GET_REPOSITORY, GET_TAG, layer)
+            finally:
+                client.close()
+            pushes(stack.server.url, args.pushers, 2.0, args.layer_kib * 1024, args.layers, "warm")  # warm-up
+            run_wrk(f"{stack.server.url}/v2/{GET_REPOSITORY}/manifests/{GET_TAG}", 2, strict=True)
+            stack.drain()
+            if stack.hook_path:
+                hook.take(stack.hook_path)
+        runs = ab_rounds(stacks, hook, args)
+        latency = latency_run(stacks["on"], hook, args)
+        log_lines = {mode: stack.warnings() for mode, stack in stacks.items()}
+        for stack in stacks.values():
+            if stack.redis is not None:
+                stack.redis.close()
+    load_note = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    summary = print_report(runs, latency, args, load_note, log_lines)
+    if args.json:
+        print(json.dumps({"summary": summary, "runs": [{"kind": k, "mode": m, **{key: value for key, value in r.items()
+                                                                                   if key != "pull_latency"}}
+                                                        for k, m, r in runs]}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
