@@ -168,7 +168,7 @@ def test_failed_writes_are_never_announced(hooked: tuple[RunningStack, Receiver]
         client.delete(keys.MAINTENANCE)
     marker = f"events/marker-{uuid.uuid4().hex[:6]}"
     push_image([stack.url], marker, "done", random_layers(1, 100))
-    _wait_for(lambda: _pushed(receiver, marker), 30, "the marker's event")
+    _wait_for(lambda: bool(_pushed(receiver, marker)), 30, "the marker's event")
     late = [e for e in receiver.events() if e["id"] not in before and e["target"]["repository"] == refused]
     assert late == []
 
