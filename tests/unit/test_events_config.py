@@ -47,7 +47,8 @@ def test_a_distribution_configuration_carries_over(tmp_path: pathlib.Path) -> No
 
 
 def test_the_section_may_live_in_wharf_config(tmp_path: pathlib.Path) -> None:
-    config = _write(tmp_path, "port: 5000\nevents:\n" + "".join("  " + line + "\n" for line in DISTRIBUTION.splitlines()))
+    nested = "".join("  " + line + "\n" for line in DISTRIBUTION.splitlines())
+    config = _write(tmp_path, "port: 5000\nevents:\n" + nested)
     assert load({"WHARF_CONFIG": config}).endpoints[0].name == "alistener"
     assert not load({}).enabled
 
