@@ -75,7 +75,7 @@ from common import (
     signals_held,
     wharf,
 )
-from proctree import TICKS, argv_of, descendants, stat_fields
+from proctree import TICKS, argv_of, descendants, process_kind, stat_fields
 
 from services.metadata import redis_keys as keys
 from services.stack import records
@@ -219,13 +219,15 @@ class Stack:
     def drain(self) -> float:
         """Waits until the endpoint has every event (and the gateways' pull batches are in):
         the seconds until its backlog was last seen reaching 0."""
+        if self.redis is None:
+            return 0.0
         started = time.monotonic()
         empty_since: float | None = None
         last_total = -1
         while time.monotonic() - started < DRAIN_TIMEOUT:
             waiting, total = self.backlog()
             now = time.monotonic()
-            if waiting or total != last_total:
+            if waiting or total != last_total or empty_since is None:
                 empty_since = None if waiting else now
             elif empty_since is not None and now - empty_since >= SETTLE:
                 return empty_since - started
@@ -236,7 +238,7 @@ class Stack:
     def warnings(self) -> list[str]:
         """The stack's log lines (warning level and above: the stacks log nothing less)."""
         try:
-            return [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+            return [line for line in self.log_path.read_text(errors="replace").splitlines() if line.startswith("{")]
         except OSError:
             return []
 
@@ -267,13 +269,20 @@ def start_stacks(stacks: ExitStack, tmp: Path, hook: Receiver, modes: tuple[str,
 
 
 class Cpu:
-    """CPU seconds of a stack's processes (the events service apart) and of the receiver, between
-    ``start`` and ``stop``."""
+    """CPU seconds of a stack's processes, per kind (redis, metadata, blob store, gateway, events,
+    stack supervisor), and of the receiver, between ``start`` and ``stop``."""
 
     def __init__(self, root: int, receiver_pid: int) -> None:
-        self._pids = descendants(root)
-        self._events = {pid for pid in self._pids if "services.events" in argv_of(pid)}
+        tree = descendants(root)
+        self._kinds = {pid: self._kind(argv_of(pid), argv_of(ppid)) for pid, ppid in tree.items()}
         self._receiver = receiver_pid
+
+    @staticmethod
+    def _kind(argv: list[str], parent_argv: list[str]) -> str:
+        if "services.events" in argv:
+            return "events"
+        kind = process_kind(argv, parent_argv)
+        return "gateway" if kind.startswith("gateway") else kind
 
     @staticmethod
     def _ticks(pids: list[int]) -> dict[int, int]:
@@ -285,14 +294,16 @@ class Cpu:
         return found
 
     def start(self) -> None:
-        self._before = self._ticks([*self._pids, self._receiver])
+        self._before = self._ticks([*self._kinds, self._receiver])
 
-    def stop(self) -> dict[str, float]:
-        after = self._ticks([*self._pids, self._receiver])
+    def stop(self) -> dict[str, Any]:
+        after = self._ticks([*self._kinds, self._receiver])
         used = {pid: (after[pid] - self._before[pid]) / TICKS for pid in after if pid in self._before}
-        return {"stack_cpu_s": sum(v for pid, v in used.items() if pid != self._receiver),
-                "events_cpu_s": sum(v for pid, v in used.items() if pid in self._events),
-                "receiver_cpu_s": used.get(self._receiver, 0.0)}
+        kinds: dict[str, float] = {}
+        for pid, kind in self._kinds.items():
+            kinds[kind] = kinds.get(kind, 0.0) + used.get(pid, 0.0)
+        return {"stack_cpu_s": sum(kinds.values()), "events_cpu_s": kinds.get("events", 0.0),
+                "receiver_cpu_s": used.get(self._receiver, 0.0), "cpu_by_kind": dict(kinds)}
 
 
 # -- pushes -------------------------------------------------------------------------------------
@@ -369,6 +380,7 @@ def one_run(stack: Stack, hook: Receiver, args: argparse.Namespace, kind: str, l
         count = result["requests"]
     result["drain_s"] = stack.drain()
     result.update(cpu.stop())
+    result["ops"] = count
     result["cpu_ms_per_op"] = 1000 * result["stack_cpu_s"] / max(count, 1)
     if stack.hook_path:
         arrived = hook.take(stack.hook_path)
@@ -467,16 +479,30 @@ def paced_pushes(url: str, prepared: list[tuple[str, bytes]], rate: float, secon
 
 
 def latency_run(stack: Stack, hook: Receiver, args: argparse.Namespace) -> dict[str, Any]:
+    """The paced pushes on ``stack``; with events on, what arrived of them and when."""
     prepared = prepare_latency(stack.server.url)
     stack.drain()
-    hook.take(stack.hook_path or "")  # the preparation's events
+    if stack.hook_path:
+        hook.take(stack.hook_path)  # the preparation's events
     before = stack.status()
-    log(f"latency: {args.rate:g} manifest pushes/s for {args.seconds:g} s on the 'on' stack...")
+    log(f"latency: {args.rate:g} manifest pushes/s for {args.seconds:g} s on the '{stack.mode}' stack...")
+    cpu = Cpu(stack.server.root_pid, hook.pid)
+    cpu.start()
     began = time.perf_counter()
     sent = paced_pushes(stack.server.url, prepared, args.rate, args.seconds)
     elapsed = time.perf_counter() - began
     drain_s = stack.drain()
-    arrived = hook.take(stack.hook_path or "")
+    used = cpu.stop()
+    result: dict[str, Any] = {
+        "pushes": len(sent), "rate": len(sent) / elapsed, "drain_s": drain_s,
+        "put_ms": quantiles_ms([p["put_s"] for p in sent]),
+        "late_max_ms": 1000 * max((p["late_s"] for p in sent), default=0.0),
+        "cpu_ms_per_push": 1000 * used["stack_cpu_s"] / max(len(sent), 1),
+        "cpu_ms_by_kind": {k: 1000 * v / max(len(sent), 1) for k, v in used["cpu_by_kind"].items()},
+        "receiver_cpu_s": used["receiver_cpu_s"]}
+    if not stack.hook_path:
+        return result
+    arrived = hook.take(stack.hook_path)
     after = stack.status()
     events = arrived["events"]
     wanted = {(p["repository"], p["tag"]): p for p in sent}
@@ -489,17 +515,16 @@ def latency_run(stack: Stack, hook: Receiver, args: argparse.Namespace) -> dict[
         else:
             others += 1
     ids = Counter(e[0] for e in events)
-    latency = [e[6] - e[5] for matched in found.values() for e in matched[:1]]
+    latency = [matched[0][6] - matched[0][5] for matched in found.values()]
     end_to_end = [matched[0][6] - wanted[key]["sent"] for key, matched in found.items()]
-    return {"pushes": len(sent), "rate": len(sent) / elapsed, "expected": len(wanted),
-            "delivered": sum(len(m) for m in found.values()), "distinct": len(found),
-            "missing": len(wanted) - len(found), "duplicate_ids": sum(n - 1 for n in ids.values() if n > 1),
-            "repeated_pushes": sum(1 for m in found.values() if len(m) > 1), "other_events": others,
-            "deliveries": arrived["requests"], "drain_s": drain_s,
-            "status": {k: after.get(k, 0) - before.get(k, 0) for k in ("failed", "dead", "overflow")},
-            "latency_ms": quantiles_ms(latency), "end_to_end_ms": quantiles_ms(end_to_end),
-            "put_ms": quantiles_ms([p["put_s"] for p in sent]),
-            "late_max_ms": 1000 * max((p["late_s"] for p in sent), default=0.0)}
+    result.update({
+        "expected": len(wanted), "delivered": sum(len(m) for m in found.values()), "distinct": len(found),
+        "missing": len(wanted) - len(found), "duplicate_ids": sum(n - 1 for n in ids.values() if n > 1),
+        "repeated_pushes": sum(1 for m in found.values() if len(m) > 1), "other_events": others,
+        "deliveries": arrived["requests"],
+        "status": {k: after.get(k, 0) - before.get(k, 0) for k in ("failed", "dead", "overflow")},
+        "latency_ms": quantiles_ms(latency), "end_to_end_ms": quantiles_ms(end_to_end)})
+    return result
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -509,9 +534,8 @@ def medians(runs: list[tuple[str, str, dict]], kind: str, mode: str, key: str) -
     return values, statistics.median(values) if values else None
 
 
-def print_report(runs: list[tuple[str, str, dict]], latency: dict[str, Any], args: argparse.Namespace,
-                 load_note: str, log_lines: dict[str, list[str]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
+def ab_table(runs: list[tuple[str, str, dict]], args: argparse.Namespace, load_note: str,
+             summary: dict[str, Any]) -> None:
     lines = []
     figures = [("push", "images/s", "images_s", 1), ("push", "CPU ms/image", "cpu_ms_per_op", 2),
                ("get", "GET req/s", "rps", 0), ("get", "CPU ms/GET", "cpu_ms_per_op", 3)]
@@ -522,22 +546,22 @@ def print_report(runs: list[tuple[str, str, dict]], latency: dict[str, Any], arg
             summary[f"{mode} {label}"] = median
             lines.append([f"{mode:6s} {label}", *[cell(v, digits) for v in values], cell(median, digits)])
         base = summary[f"off {label}"]
+        offs, _ = medians(runs, kind, "off", key)
         for mode in modes[1:]:
-            offs, _ = medians(runs, kind, "off", key)
             ons, _ = medians(runs, kind, mode, key)
             ratio = summary[f"{mode} {label}"] / base if base else None
             summary[f"{mode}/off {label}"] = ratio
             lines.append([f"  {mode}/off", *[cell(b / a if a else None, 3) for a, b in zip(offs, ons, strict=True)],
                           cell(ratio, 3)])
-    for mode in ("on", "nopull"):
-        for kind, label in (("push", "events service CPU s per push run"), ("get", "events service CPU s per GET run"),
-                            ("push", "receiver CPU s per push run"), ("get", "receiver CPU s per GET run"),
-                            ("push", "drain s after push run"), ("get", "drain s after GET run")):
-            if kind == "push" and mode == "nopull":
-                continue
-            key = "events_cpu_s" if "events" in label else "receiver_cpu_s" if "receiver" in label else "drain_s"
-            values, median = medians(runs, kind, mode, key)
-            lines.append([f"{mode:6s} {label}", *[cell(v, 2) for v in values], cell(median, 2)])
+    for mode, kind, label, key in (("on", "push", "events service CPU s, push run", "events_cpu_s"),
+                                   ("on", "push", "receiver CPU s, push run", "receiver_cpu_s"),
+                                   ("on", "push", "s to empty backlog after push run", "drain_s"),
+                                   ("on", "get", "events service CPU s, GET run", "events_cpu_s"),
+                                   ("on", "get", "receiver CPU s, GET run", "receiver_cpu_s"),
+                                   ("on", "get", "s to empty backlog after GET run", "drain_s"),
+                                   ("nopull", "get", "events service CPU s, GET run", "events_cpu_s")):
+        values, median = medians(runs, kind, mode, key)
+        lines.append([f"{mode:6s} {label}", *[cell(v, 2) for v in values], cell(median, 2)])
     print(f"\nevents off vs on (one endpoint: a receiver in its own process), {args.rounds} round(s) in ABBA order, "
           f"{args.ab_seconds:g} s per run;\npush: {args.pushers} connections, images of {args.layers} x "
           f"{args.layer_kib} KiB random layers + config + tagged manifest; GET: wrk -t2 -c32, one manifest by tag;\n"
@@ -545,8 +569,41 @@ def print_report(runs: list[tuple[str, str, dict]], latency: dict[str, Any], arg
           f"on/off: the issue's target is within 5%; +-20% is a tie on this machine;\n{load_note}\n")
     print_grid(["figure", *[f"round {n + 1}" for n in range(args.rounds)], "median"], lines)
 
-    print("\nevents delivered during the A/B runs (every run checked: one event per blob and manifest pushed, "
-          "one pull per GET answered on 'on', none on 'nopull'):")
+
+def cpu_table(runs: list[tuple[str, str, dict]], latency: dict[str, dict[str, Any]]) -> None:
+    """CPU per operation by process kind: medians over the rounds."""
+    columns: list[tuple[str, list[dict[str, float]]]] = []
+    for kind, mode, unit, scale in (("push", "off", "ms/image", 1000.0), ("push", "on", "ms/image", 1000.0),
+                                    ("get", "off", "us/GET", 1e6), ("get", "on", "us/GET", 1e6),
+                                    ("get", "nopull", "us/GET", 1e6)):
+        per_run = [{k: scale * v / max(r["ops"], 1) for k, v in {**r["cpu_by_kind"],
+                                                                  "receiver": r["receiver_cpu_s"]}.items()}
+                   for k_, m, r in runs if k_ == kind and m == mode]
+        columns.append((f"{kind} {mode} {unit}", per_run))
+    for mode, result in latency.items():
+        columns.append((f"paced {mode} ms/push", [{**result["cpu_ms_by_kind"],
+                                                    "receiver": 1000 * result["receiver_cpu_s"]
+                                                    / max(result["pushes"], 1)}]))
+    kinds = sorted({k for _, per_run in columns for r in per_run for k in r},
+                   key=lambda k: (k in ("receiver",), k))
+    lines = []
+    for kind in [*kinds, "stack total"]:
+        row = [kind]
+        for _, per_run in columns:
+            if kind == "stack total":
+                values = [sum(v for k, v in r.items() if k != "receiver") for r in per_run]
+            else:
+                values = [r.get(kind, 0.0) for r in per_run]
+            row.append(cell(statistics.median(values), 2) if values else "-")
+        lines.append(row)
+    print("\nCPU per operation by process (medians of the rounds; from each run's start until its backlog was 0):")
+    print_grid(["process", *[name for name, _ in columns]], lines)
+
+
+def delivery_table(runs: list[tuple[str, str, dict]], summary: dict[str, Any]) -> None:
+    print("\nevents delivered during the A/B runs (checked: one push event per blob and manifest pushed; on 'on' one "
+          "pull per GET answered,\nwhere wrk counts only the GETs it completed: up to 32 in flight per run are "
+          "answered but not counted; none on 'nopull'):")
     checks = []
     for mode in ("on", "nopull"):
         for kind in ("push", "get"):
@@ -561,37 +618,48 @@ def print_report(runs: list[tuple[str, str, dict]], latency: dict[str, Any], arg
             for r in chosen:
                 status.update(r["status"])
             latencies = quantiles_ms([x for r in chosen for x in r["pull_latency"]])
-            checks.append([f"{mode} {kind} runs", str(expected), str(delivered), str(other),
+            checks.append([f"{mode} {kind} runs", f"{expected} {action}", str(delivered), str(other),
                            str(sum(r["duplicates"] for r in chosen)),
                            str(status["failed"]), str(status["dead"]), str(status["overflow"]),
                            cell(latencies.get("p50"), 0), cell(latencies.get("p99"), 0),
                            cell(latencies.get("max"), 0)])
             summary[f"{mode} {kind} delivery"] = {"expected": expected, "delivered": delivered, "other": other,
-                                                  "status": dict(status)}
-    print_grid(["runs", f"expected {'push/pull'}", "delivered", "other actions", "duplicate ids", "failed POSTs",
-                "dead", "overflow", "pull latency p50 ms", "p99 ms", "max ms"], checks)
+                                                  "status": dict(status), "pull_latency_ms": latencies}
+    print_grid(["runs", "expected", "delivered", "other actions", "duplicate ids", "failed POSTs", "dead",
+                "overflow", "pull latency p50 ms", "p99 ms", "max ms"], checks)
 
-    print(f"\ndelivery latency, 'on' stack: {latency['pushes']} manifest pushes at {latency['rate']:.1f}/s "
-          f"(asked {args.rate:g}/s for {args.seconds:g} s; the latest push started {latency['late_max_ms']:.0f} ms "
-          f"behind its schedule) into {LATENCY_REPOSITORIES} repositories, {LATENCY_CONNECTIONS} connections")
-    q = latency["latency_ms"]
-    e2e = latency["end_to_end_ms"]
-    put = latency["put_ms"]
-    print_grid(["measure", "p50", "p90", "p99", "max"], [
-        ["event timestamp -> arrival, ms", *[cell(q.get(k), 1) for k in ("p50", "p90", "p99", "max")]],
-        ["client PUT start -> arrival, ms", *[cell(e2e.get(k), 1) for k in ("p50", "p90", "p99", "max")]],
-        ["manifest PUT response time, ms", *[cell(put.get(k), 1) for k in ("p50", "p90", "p99", "max")]],
-    ])
-    print(f"pushes {latency['expected']}: delivered {latency['delivered']} ({latency['distinct']} distinct), "
-          f"missing {latency['missing']}, duplicate ids {latency['duplicate_ids']}, pushes announced more than once "
-          f"{latency['repeated_pushes']}, other events {latency['other_events']}; {latency['deliveries']} POSTs; "
-          f"failed/dead/overflow {latency['status']}; the backlog was 0 {latency['drain_s']:.1f} s after the last push")
-    print("(timestamps are whole ms: a latency reads up to 1 ms high)")
+
+def latency_table(latency: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"\npaced manifest pushes: asked {args.rate:g}/s for {args.seconds:g} s, into {LATENCY_REPOSITORIES} "
+          f"repositories over {LATENCY_CONNECTIONS} connections (each a new manifest under a new tag)")
+    rows = []
+    for mode, r in latency.items():
+        rows.append([f"{mode}: achieved pushes/s", cell(r["rate"], 1), "", "", ""])
+        rows.append([f"{mode}: manifest PUT response, ms", *[cell(r["put_ms"].get(k), 1) for k in QUANTILES]])
+        rows.append([f"{mode}: latest push behind schedule, ms", cell(r["late_max_ms"], 0), "", "", ""])
+    on = latency["on"]
+    rows.append(["on: event timestamp -> arrival, ms", *[cell(on["latency_ms"].get(k), 1) for k in QUANTILES]])
+    rows.append(["on: client PUT start -> arrival, ms", *[cell(on["end_to_end_ms"].get(k), 1) for k in QUANTILES]])
+    print_grid(["measure", *QUANTILES], rows)
+    print(f"on: {on['expected']} pushes; delivered {on['delivered']} ({on['distinct']} distinct), missing "
+          f"{on['missing']}, duplicate ids {on['duplicate_ids']}, pushes announced more than once "
+          f"{on['repeated_pushes']}, other events {on['other_events']}; {on['deliveries']} POSTs; "
+          f"failed/dead/overflow {on['status']}; backlog empty {on['drain_s']:.1f} s after the last push\n"
+          "(event timestamps are whole ms: a latency reads up to 1 ms high)")
+
+
+def print_report(runs: list[tuple[str, str, dict]], latency: dict[str, dict[str, Any]], args: argparse.Namespace,
+                 load_note: str, log_lines: dict[str, list[str]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    ab_table(runs, args, load_note, summary)
+    cpu_table(runs, latency)
+    delivery_table(runs, summary)
+    latency_table(latency, args)
     for mode, found in log_lines.items():
-        if found:
-            print(f"\n[{mode} stack] {len(found)} log line(s) at warning level or above; the last ones:")
-            for line in found[-10:]:
-                print(f"  {line[:400]}")
+        print(f"\n[{mode} stack] {len(found)} log line(s) at warning level or above" + ("; the last ones:" if found
+                                                                                      else ""))
+        for line in found[-10:]:
+            print(f"  {line[:400]}")
     summary["latency"] = latency
     return summary
 
@@ -637,7 +705,7 @@ def main() -> int:
             if stack.hook_path:
                 hook.take(stack.hook_path)
         runs = ab_rounds(stacks, hook, args)
-        latency = latency_run(stacks["on"], hook, args)
+        latency = {mode: latency_run(stacks[mode], hook, args) for mode in ("off", "on")}
         log_lines = {mode: stack.warnings() for mode, stack in stacks.items()}
         for stack in stacks.values():
             if stack.redis is not None:

@@ -57,6 +57,8 @@ class HotReads:
             return None
         route, headers, body = answer
         rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+        if "wharf.pulled" in environ:
+            self._note_pull(environ, rid, *environ["wharf.pulled"])
         headers.append(_API_VERSION)
         headers.append(("X-Request-Id", rid))
         if self._access_log is not None:
@@ -86,7 +88,7 @@ class HotReads:
             if self._mirror.enabled:
                 self._mirror.note_pull(params["name"], manifest.digest)  # for eviction; no call here
             if method == "GET" and self._pulls.enabled and self._pulls.sampled():
-                self._note_pull(environ, params, manifest)
+                environ["wharf.pulled"] = (params, manifest)  # recorded once the request id is known
             headers = manifest_headers(manifest)
             headers["Content-Length"] = str(len(manifest.content))
             return route.endpoint, list(headers.items()), b"" if method == "HEAD" else manifest.content
@@ -97,12 +99,12 @@ class HotReads:
             return route.endpoint, list(blob_headers(params["digest"], int(size)).items()), b""
         return None
 
-    def _note_pull(self, environ: dict[str, Any], params: dict[str, str], manifest: Any) -> None:
+    def _note_pull(self, environ: dict[str, Any], rid: str, params: dict[str, str], manifest: Any) -> None:
         """A pull event for a hit (sampled; batched: no call here)."""
         reference = params["reference"]
         origin = origin_of(environ, self._authorizer.subject(environ.get("HTTP_AUTHORIZATION", "")),
                            client_address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR", ""),
-                                          self._trusted), request_id(environ.get("HTTP_X_REQUEST_ID", "")))
+                                          self._trusted), rid)
         self._pulls.note(origin, params["name"], manifest.digest, manifest.media_type, len(manifest.content),
                          "" if looks_like_digest(reference) else reference)
 

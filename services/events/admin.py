@@ -19,6 +19,7 @@ import redis
 
 from services.common import redisconn
 from services.events import config
+from services.events.delivery import backlog
 from services.maintenance.targets import locate
 from services.metadata import redis_keys as keys
 
@@ -48,21 +49,6 @@ def _endpoint_names(client: redis.Redis, configured: config.Events) -> list[str]
         if name not in names:
             names.append(name)
     return names
-
-
-def backlog(client: redis.Redis, name: str) -> int:
-    """Events the endpoint has yet to receive or dead-letter, over every shard."""
-    with client.pipeline(transaction=False) as pipe:
-        for shard in range(keys.OUTBOX_SHARDS):
-            pipe.get(keys.outbox_seq(shard))
-        pipe.hgetall(keys.event_cursor(name))
-        *sequences, cursors = pipe.execute()
-    waiting = 0
-    for shard, last in enumerate(sequences):
-        cursor = cursors.get(str(shard).encode())
-        if cursor is not None:
-            waiting += max(0, int(last or 0) - int(_text(cursor).partition(" ")[2] or 0))
-    return waiting
 
 
 def summary(client: redis.Redis, configured: config.Events) -> list[dict[str, Any]]:

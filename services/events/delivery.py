@@ -64,6 +64,12 @@ class EndpointHealth:
             stop.wait(min(delay, 1.0))
         return None
 
+    @property
+    def backing_off(self) -> bool:
+        """Whether the endpoint failed and its next try is not due yet (it is down, as far as we know)."""
+        with self._lock:
+            return self._failures > 0 and time.monotonic() < self._next_try
+
     def succeeded(self) -> None:
         with self._lock:
             self._failures = 0
@@ -162,18 +168,20 @@ class Worker(threading.Thread):
             entries = [(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in found[0][1]]
             events = [Event.from_entry(self._shard, i, f) for i, f in entries]
             last, last_seq = entries[-1][0], int(entries[-1][1].get("n") or seq)
-            if not self._handle(events, seq, f"{last} {last_seq}"):
+            if not self._handle(events, f"{last} {last_seq}"):
                 return
             cursor, seq = last, last_seq
 
-    def _handle(self, events: list[Event], seq: int, after: str) -> bool:
+    def _handle(self, events: list[Event], after: str) -> bool:
         """Delivers (or dead-letters) the batch's wanted events and moves the cursor ``after`` it;
         False when stopped or the shard was lost (the cursor stays: the batch goes again, here or
         at the shard's next owner)."""
         wanted = [e for e in events if self._wants(e)]
         if not wanted:
             return self._move(after, 0, "", 0, [])
-        if self._backlog(seq) > self._e.backlog:
+        if self._health.backing_off and self._backlog() > self._e.backlog:
+            # The endpoint is down and too much waits for it: the oldest go without a try (an
+            # endpoint working through a backlog, a replay say, is left to it).
             return self._dead(after, wanted, "backlog", 0)
         oldest_allowed = (time.time() - self._e.max_age) * 1000 if self._e.max_age > 0 else 0
         old = [e for e in wanted if e.at_ms < oldest_allowed]
@@ -198,7 +206,7 @@ class Worker(threading.Thread):
             self._note_error(error)
             if attempts >= self._e.attempts:
                 return self._dead(after, wanted, "attempts", attempts)
-            if self._backlog(seq) > self._e.backlog:
+            if self._backlog() > self._e.backlog:
                 return self._dead(after, wanted, "backlog", attempts)
         return False
 
@@ -215,8 +223,8 @@ class Worker(threading.Thread):
             return zlib.crc32(event.id.encode()) / 2**32 < self._e.pull_share / self._pull_share
         return True
 
-    def _backlog(self, seq: int) -> int:
-        return int(self._r.get(keys.outbox_seq(self._shard)) or 0) - seq
+    def _backlog(self) -> int:
+        return backlog(self._r, self._e.name)
 
     # -- cursor, dead letters, status -----------------------------------------------------------------
 
@@ -263,6 +271,21 @@ class Worker(threading.Thread):
             pipe.hincrby(status, "failed", 1)
             pipe.hset(status, mapping={"last_error": error, "last_error_at": int(time.time())})
             pipe.execute()
+
+
+def backlog(client: redis.Redis, name: str) -> int:
+    """Events the endpoint has yet to receive or dead-letter, over every shard."""
+    with client.pipeline(transaction=False) as pipe:
+        for shard in range(keys.OUTBOX_SHARDS):
+            pipe.get(keys.outbox_seq(shard))
+        pipe.hgetall(keys.event_cursor(name))
+        *sequences, cursors = pipe.execute()
+    waiting = 0
+    for shard, last in enumerate(sequences):
+        cursor = cursors.get(str(shard).encode())
+        if cursor is not None:
+            waiting += max(0, int(last or 0) - int(_text(cursor).partition(" ")[2] or 0))
+    return waiting
 
 
 def _text(value: Any) -> str:

@@ -1,5 +1,6 @@
-"""deploy/helm/wharf: `helm lint`, and `helm template` with the default, the production and the
-mirroring values (tests/deploy/test_mirroring.py has the mirrors' own checks),
+"""deploy/helm/wharf: `helm lint`, and `helm template` with the default, the production, the
+mirroring and the events values (tests/deploy/test_mirroring.py and tests/deploy/test_events.py have
+their own checks),
 every object valid against the Kubernetes schemas, every container given only settings its
 service declares, pods unprivileged with limits, the choices the values make, and the garbage
 collection CronJob with the network paths it needs and no others."""
@@ -17,6 +18,7 @@ from services.api.settings import GatewaySettings
 from services.auth.settings import AuthSettings
 from services.blobstore.settings import BlobStoreSettings
 from services.common.settings import load
+from services.events.settings import EventsSettings
 from services.metadata.settings import MetadataSettings
 from tests.deploy.deployfiles import (
     KUBERNETES_VERSIONS,
@@ -34,9 +36,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "wharf"
 PRODUCTION = CHART / "ci" / "production-values.yaml"
 MIRRORS = CHART / "ci" / "mirrors-values.yaml"
-VALUES = {"default": [], "production": ["-f", str(PRODUCTION)], "mirrors": ["-f", str(MIRRORS)]}
+EVENTS = CHART / "ci" / "events-values.yaml"
+VALUES = {"default": [], "production": ["-f", str(PRODUCTION)], "mirrors": ["-f", str(MIRRORS)],
+          "events": ["-f", str(EVENTS)]}
 SETTINGS = {"gateway": GatewaySettings, "blobstore": BlobStoreSettings, "metadata": MetadataSettings,
             "auth": AuthSettings}
+# Services only some values run: each is checked like the others where they do.
+OPTIONAL_SETTINGS = {"events": EventsSettings}
 HELM_MODULE = "helm.sh/helm/v3/cmd/helm@v3.22.0"
 
 
@@ -65,7 +71,9 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 
 
 def test_helm_lint_passes_with_every_values_file() -> None:
-    for args in (*VALUES.values(), ["-f", str(PRODUCTION), "-f", str(MIRRORS)]):
+    production = ["-f", str(PRODUCTION)]
+    for args in (*VALUES.values(), [*production, "-f", str(MIRRORS)], [*production, "-f", str(EVENTS)],
+                 [*production, "-f", str(MIRRORS), "-f", str(EVENTS)]):
         result = subprocess.run([helm(), "lint", str(CHART), "--strict", *args], capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -79,7 +87,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(objects: list[dic
 
 def test_each_service_gets_only_its_own_settings_and_they_load(objects: list[dict[str, Any]]) -> None:
     maps = of_kind(objects, "ConfigMap")
-    for component, cls in SETTINGS.items():
+    running = {c: cls for c, cls in OPTIONAL_SETTINGS.items() if f"wharf-{c}" in of_kind(objects, "Deployment")}
+    for component, cls in {**SETTINGS, **running}.items():
         known = declared(f"wharf-{component}")
         data = maps[f"wharf-{component}"]["data"]
         assert set(data) <= known, set(data) - known

@@ -3,7 +3,8 @@ of pinned Kubernetes versions (PyPI kubernetes-validate ships them); the rendere
 say what the code needs (settings, ports, probes) and what the issue asks (non-root pods,
 limits, autoscaling, disruption budgets, network isolation, Ingress for large uploads,
 garbage collection on a schedule, a Redis that refuses writes rather than evict). Each overlay
-is checked with the mirror component too (tests/deploy/test_mirroring.py has its own checks).
+is checked with the mirror component and with the events component too (tests/deploy/test_mirroring.py
+and tests/deploy/test_events.py have their own checks).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from services.common.settings import load
 from tests.deploy.deployfiles import (
+    EVENTS_OVERLAYS,
     KUBERNETES_VERSIONS,
     MIRRORED_OVERLAYS,
     OVERLAYS,
@@ -49,7 +51,7 @@ def kustomize() -> str:
     return require_tool("kustomize", "go install sigs.k8s.io/kustomize/kustomize/v5")
 
 
-@pytest.fixture(scope="module", params=[*OVERLAYS, *MIRRORED_OVERLAYS])
+@pytest.fixture(scope="module", params=[*OVERLAYS, *MIRRORED_OVERLAYS, *EVENTS_OVERLAYS])
 def objects(request: pytest.FixtureRequest, kustomize: str) -> list[dict[str, Any]]:
     return render(kustomize, request.param)
 
@@ -295,10 +297,11 @@ def test_network_policies_isolate_the_services(objects: list[dict[str, Any]]) ->
 
 
 def test_the_isolation_check_notices_a_missing_or_widened_policy(objects: list[dict[str, Any]]) -> None:
-    # With the mirror component, its policy too: without it the blob store cannot reach the upstreams.
-    mirror = {"wharf-mirror-upstreams"} & set(of_kind(objects, "NetworkPolicy"))
+    # With the mirror component, its policy too: without it the blob store cannot reach the upstreams;
+    # with the events component, the delivery service's: without it, it cannot reach the webhooks.
+    components = {"wharf-mirror-upstreams", "wharf-event-webhooks"} & set(of_kind(objects, "NetworkPolicy"))
     for missing in ("wharf-gateway", "wharf-blobstore", "wharf-metadata", "wharf-gc", "wharf-redis-clients",
-                    "wharf-s3-clients", *mirror):
+                    "wharf-s3-clients", *components):
         policies = [p for p in of_kind(objects, "NetworkPolicy").values() if p["metadata"]["name"] != missing]
         with pytest.raises(AssertionError):
             check_isolation(objects, policies)
@@ -308,16 +311,31 @@ def test_the_isolation_check_notices_a_missing_or_widened_policy(objects: list[d
         next(p for p in widened if p["metadata"]["name"] == "wharf-gc")["spec"][field] = [{}]
         with pytest.raises(AssertionError):
             check_isolation(objects, widened)
+    # The delivery service allowed to go anywhere, or opened to anyone: both caught.
+    if "wharf-event-webhooks" in components:
+        widened = copy.deepcopy(list(of_kind(objects, "NetworkPolicy").values()))
+        next(p for p in widened if p["metadata"]["name"] == "wharf-event-webhooks")["spec"]["egress"] = [{}]
+        with pytest.raises(AssertionError):
+            check_isolation(objects, widened)
+        opened = copy.deepcopy(list(of_kind(objects, "NetworkPolicy").values()))
+        webhooks = next(p for p in opened if p["metadata"]["name"] == "wharf-event-webhooks")["spec"]
+        webhooks["policyTypes"], webhooks["ingress"] = [*webhooks["policyTypes"], "Ingress"], [{}]
+        with pytest.raises(AssertionError):
+            check_isolation(objects, opened)
 
 
 # Who may call whom: the gateway every gRPC service, the garbage collector the two it deletes
-# through; metadata, auth and the collector reach Redis; the blob store and the collector S3.
+# through; metadata, auth, the collector and (with the events component) the event delivery
+# service reach Redis; the blob store and the collector S3.
 CALLERS = {"blobstore": {"gateway", "gc"}, "metadata": {"gateway", "gc"}, "auth": {"gateway"}}
-REDIS_CLIENTS = {"metadata", "auth", "gc"}
+REDIS_CLIENTS = {"metadata", "auth", "gc", "events"}
 S3_CLIENTS = {"blobstore", "gc"}
 # With the mirror component, the blob store fetches from the upstream registries (the internet).
 MIRROR_CLIENTS = {"blobstore"}
+# With the events component, the delivery service posts to the webhooks (the internet).
+WEBHOOK_CLIENTS = {"events"}
 METRICS_PORTS = {"gateway": 9100, "metadata": 9101, "blobstore": 9102, "auth": 9103}
+EVENTS_PORTS = {"grpc": 50056, "metrics": 9106}
 
 
 def check_isolation(objects: list[dict[str, Any]], policies: list[dict[str, Any]]) -> None:
@@ -334,6 +352,7 @@ def check_isolation(objects: list[dict[str, Any]], policies: list[dict[str, Any]
     ports = {"blobstore": 50051, "metadata": 50052, "auth": 50053}
     mirroring = any(name.startswith("wharf-mirrors-") for name in of_kind(objects, "ConfigMap"))
     internet = Endpoint("internet", "", ip="93.184.216.34")
+    private = Endpoint("private", "", ip="192.168.7.7")
 
     assert reachable(policies, controller, pods["gateway"], 5000)
     for service, port in ports.items():
@@ -346,13 +365,27 @@ def check_isolation(objects: list[dict[str, Any]], policies: list[dict[str, Any]
     for source, endpoint in pods.items():
         assert reachable(policies, endpoint, dns, 53), f"{source} cannot resolve names"
         assert reachable(policies, endpoint, *redis) == (source in REDIS_CLIENTS), f"{source} -> Redis"
-        assert reachable(policies, endpoint, *s3) == (source in S3_CLIENTS), f"{source} -> S3"
-        assert reachable(policies, endpoint, internet, 80) == (mirroring and source in MIRROR_CLIENTS), source
+        # Production's S3 is an address on the internet, on 443, where the webhooks are too.
+        webhook_s3 = not in_cluster and source in WEBHOOK_CLIENTS
+        assert reachable(policies, endpoint, *s3) == (source in S3_CLIENTS or webhook_s3), f"{source} -> S3"
+        assert reachable(policies, endpoint, internet, 80) == (
+            (mirroring and source in MIRROR_CLIENTS) or source in WEBHOOK_CLIENTS), source
+        assert not reachable(policies, endpoint, private, 443), f"{source} -> a private address on 443"
     # The collector serves nothing: nothing reaches it, on any port a Wharf process listens on.
+    listening = (5000, *ports.values(), *METRICS_PORTS.values(), *EVENTS_PORTS.values())
     for source in [*pods.values(), controller, prometheus]:
-        for port in (5000, *ports.values(), *METRICS_PORTS.values()):
+        for port in listening:
             assert not reachable(policies, source, pods["gc"], port), f"{source.name} -> gc:{port}"
     assert not reachable(policies, pods["gc"], pods["gateway"], 5000), "gc -> gateway"
+    # The event delivery service serves Prometheus its metrics and nothing else (its own ports, and
+    # those of the services), and calls no service.
+    if "events" in pods:
+        for source in [*pods.values(), controller, prometheus]:
+            for port in (5000, *ports.values(), *EVENTS_PORTS.values()):
+                expected = source is prometheus and port == EVENTS_PORTS["metrics"]
+                assert reachable(policies, source, pods["events"], port) == expected, f"{source.name} -> events:{port}"
+        for service, port in {"gateway": 5000, **ports}.items():
+            assert not reachable(policies, pods["events"], pods[service], port), f"events -> {service}"
 
 
 def test_auth_pods_start_only_with_the_shared_signing_keys(objects: list[dict[str, Any]],

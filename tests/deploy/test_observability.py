@@ -2,7 +2,8 @@
 and the Grafana dashboard name only metrics services/common/metrics.py declares; the compose
 profile, the Helm chart and the production overlay scrape what the services serve, and their
 prometheus-operator objects validate against the vendored CRD schemas (data/crds/README.md)
-and select the Services, pods and ports of the same render.
+and select the Services, pods and ports of the same render, with the event delivery service too
+where it runs (compose.events.yaml, the events component, the chart's events values).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from services.api.routes import ROUTES
 from services.common import metrics
+from services.metadata import redis_keys
 from tests.deploy.deployfiles import (
     DEPLOY,
     compose_model,
@@ -28,7 +30,7 @@ from tests.deploy.deployfiles import (
     mounts,
     render,
 )
-from tests.deploy.test_helm_chart import PRODUCTION
+from tests.deploy.test_helm_chart import EVENTS, PRODUCTION
 from tests.deploy.test_helm_chart import render as helm_render
 from tests.support.tools import require_tool
 
@@ -42,7 +44,11 @@ KUSTOMIZE_RULE = DEPLOY / "k8s" / "overlays" / "production" / "prometheusrule.ya
 PROMTOOL_MODULE = "github.com/prometheus/prometheus/cmd/promtool@v0.316.0"  # as .ci/run installs it
 
 COMPONENTS = ("gateway", "metadata", "blobstore", "auth")
-JOBS = {f"wharf-{c}": c for c in COMPONENTS}  # the job names the rules and the dashboard use
+# The job names the rules and the dashboard use: the four services', and the event delivery
+# service's where it runs (compose: its own scrape file, observability/scrape.d/events.yml).
+JOBS = {f"wharf-{c}": c for c in (*COMPONENTS, "events")}
+EVENTS_OVERRIDE = DEPLOY / "compose.events.yaml"
+EVENTS_SCRAPE = OBSERVABILITY / "scrape.d" / "events.yml"
 # Label values a dashboard and alert rules would otherwise guess: the gateway's route names.
 ROUTE_NAMES = {route.endpoint for route in ROUTES}
 SEVERITIES = {"critical", "warning", "info"}
@@ -131,6 +137,28 @@ def test_rules_name_only_metrics_and_routes_that_exist_and_say_what_to_do() -> N
     assert "up" in {n for rule in rules(alert_groups()) for n in metric_names(rule["expr"])}, "no target-down alert"
 
 
+def test_every_job_has_a_target_down_alert() -> None:
+    [rule] = [r for r in rules(alert_groups()) if r["alert"] == "WharfTargetDown"]
+    [pattern] = re.findall(r'job=~"([^"]+)"', rule["expr"])
+    assert all(re.fullmatch(pattern, job) for job in JOBS), (pattern, sorted(JOBS))
+
+
+def test_the_event_rules_watch_the_delivery_service_and_every_outbox_shard() -> None:
+    [group] = [g for g in alert_groups() if g["name"] == "wharf-events"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert {"WharfEventsBacklogGrowing", "WharfEventsDeadLetters", "WharfEventsDeliveryFailing",
+            "WharfEventsShardsUnowned"} <= set(alerts)
+    events_metrics = {n for n in metrics.names() if n.startswith("wharf_events_")}
+    for name, rule in alerts.items():
+        assert metric_names(rule["expr"]) <= events_metrics, name
+        assert "by (namespace" in rule["expr"], f"{name}: each installation alerts on its own"
+    # Per endpoint, summed over the replicas (each exports its own shards' part).
+    assert "sum by (namespace, endpoint) (wharf_events_backlog)" in alerts["WharfEventsBacklogGrowing"]["expr"]
+    # Every shard owned: the threshold is the outbox's shard count.
+    [threshold] = re.findall(r"<\s*(\d+)", alerts["WharfEventsShardsUnowned"]["expr"])
+    assert int(threshold) == redis_keys.OUTBOX_SHARDS
+
+
 def test_the_dashboard_is_grafana_json_whose_panels_query_existing_metrics() -> None:
     board = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in board["templating"]["list"]}
@@ -199,7 +227,8 @@ def test_prometheus_in_compose_scrapes_every_service_where_it_serves_metrics() -
     model = compose_model()
     services = model["services"]
     jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
-    for job, component in JOBS.items():
+    for component in COMPONENTS:
+        job = f"wharf-{component}"
         [sd] = jobs[job]["dns_sd_configs"]
         assert sd["names"] == [component] and sd["type"] == "A", job
         assert sd["port"] == metrics_port(environment(services[component])), f"{job} scrapes another port"
@@ -210,6 +239,29 @@ def test_prometheus_in_compose_scrapes_every_service_where_it_serves_metrics() -
     assert targets[str(config_path)] == PROMETHEUS_CONFIG
     for rule_file in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["rule_files"]:
         assert targets[str(config_path.parent / rule_file)] == (PROMETHEUS_CONFIG.parent / rule_file).resolve()
+
+
+def test_prometheus_in_compose_scrapes_the_event_delivery_service_with_its_override() -> None:
+    """compose.events.yaml mounts observability/scrape.d/events.yml where prometheus.yml's
+    scrape_config_files finds it (promtool, above, checked the file with the configuration); its
+    job scrapes every replica of the events service on its metrics port. Without the override
+    the glob finds nothing, which Prometheus accepts."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    [pattern] = config["scrape_config_files"]
+    assert sorted(PROMETHEUS_CONFIG.parent.glob(pattern)) == [EVENTS_SCRAPE]
+    override = yaml.safe_load(EVENTS_OVERRIDE.read_text())["services"]
+    config_dir = pathlib.PurePosixPath("/etc/prometheus")  # where compose.yaml mounts prometheus.yml
+    prometheus = compose_model()["services"]["prometheus"]
+    assert [m.target for m in mounts(prometheus) if (DEPLOY / m.source).resolve() == PROMETHEUS_CONFIG] == \
+        [str(config_dir / "prometheus.yml")]
+    [mount] = mounts(override["prometheus"])
+    assert (DEPLOY / mount.source).resolve() == EVENTS_SCRAPE and mount.read_only
+    assert pathlib.PurePosixPath(mount.target).match(str(config_dir / pattern))
+    [job] = yaml.safe_load(EVENTS_SCRAPE.read_text())["scrape_configs"]
+    assert job["job_name"] == "wharf-events"
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["events"] and sd["type"] == "A"
+    assert sd["port"] == metrics_port(environment(override["events"]))
 
 
 def test_the_observability_profile_is_optional_and_local() -> None:
@@ -225,11 +277,13 @@ def test_the_observability_profile_is_optional_and_local() -> None:
 
 # --- Kubernetes: the Helm chart and the production overlay ------------------------------------
 
-@pytest.fixture(scope="module", params=["helm", "kustomize"])
+@pytest.fixture(scope="module", params=["helm", "kustomize", "helm+events", "kustomize+events"])
 def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
-    if request.param == "helm":
-        return helm_render("-f", str(PRODUCTION))  # its values turn the monitors and the rule on
-    return render(require_tool("kustomize", "go install sigs.k8s.io/kustomize/kustomize/v5"), "production")
+    tool, _, events = request.param.partition("+")
+    if tool == "helm":  # the production values turn the monitors and the rule on
+        return helm_render("-f", str(PRODUCTION), *(["-f", str(EVENTS)] if events else []))
+    overlay = "production+events" if events else "production"
+    return render(require_tool("kustomize", "go install sigs.k8s.io/kustomize/kustomize/v5"), overlay)
 
 
 def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -326,7 +380,9 @@ def test_the_pod_monitor_scrapes_every_grpc_service_pod_as_its_job(objects: list
     [monitor] = of_kind(objects, "PodMonitor")
     workloads = [d for d in of_kind(objects, "Deployment")
                  if selects(monitor["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
-    assert sorted(component_of(d) for d in workloads) == ["auth", "blobstore", "metadata"]
+    # The gRPC services, and the event delivery service where it runs (it has no Service either).
+    delivering = ["events"] if "events" in {component_of(d) for d in of_kind(objects, "Deployment")} else []
+    assert sorted(component_of(d) for d in workloads) == sorted(["auth", "blobstore", "metadata", *delivering])
     for workload in workloads:
         labels = workload["spec"]["template"]["metadata"]["labels"]
         meta = {"__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in labels.items()}

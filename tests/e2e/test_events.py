@@ -277,3 +277,34 @@ def test_two_replicas_split_the_shards_and_one_takes_over_when_the_other_dies(
     _wait_for(lambda: _all_arrived(receiver, later), 60, "every event after the kill")
     for repository, tags in {**pushed, **later}.items():
         assert list(dict.fromkeys(_pushed(receiver, repository))) == tags
+
+
+def test_a_dead_endpoint_overflows_into_dead_letters_which_replay_with_their_ids(
+        separate: tuple[RunningStack, Receiver, Delivery], tmp_path: pathlib.Path) -> None:
+    stack, receiver, delivery = separate
+    receiver.stop()
+    delivery.env["WHARF_EVENTS_FILE"] = str(_endpoints_file(tmp_path, receiver, attempts=3, backlog=6, batch=2))
+    delivery.start()
+    prefix = f"events/dead-{uuid.uuid4().hex[:6]}"
+    pushed = _push_many(stack, prefix, 16)
+
+    def status() -> dict[str, Any]:
+        shown = stack.maintenance("events", "--json")
+        assert shown.returncode == 0, shown.stderr
+        [hook] = json.loads(shown.stdout)
+        return dict(hook)
+    # Every event ends as a dead letter: the oldest past the backlog at once, the rest after 3 tries.
+    _wait_for(lambda: status()["backlog"] == 0 and status()["dead_letters"] > 0, 60, "the outbox to drain")
+    hook = status()
+    assert hook["overflow_total"] > 0 and hook["dead_letters"] == hook["dead_lettered_total"]
+    listed = stack.maintenance("events", "dead", "hook", "--json", "--limit", "1000")
+    dead = json.loads(listed.stdout)
+    assert {d["reason"] for d in dead} <= {"backlog", "attempts"} and "backlog" in {d["reason"] for d in dead}
+    receiver.start()
+    replayed = stack.maintenance("events", "replay", "hook")
+    assert replayed.returncode == 0 and f"{len(dead)} dead letter(s)" in replayed.stdout
+    _wait_for(lambda: _all_arrived(receiver, pushed), 60, "the replayed events")
+    assert {e["id"] for e in receiver.events()} == {d["id"] for d in dead}
+    assert status()["dead_letters"] == 0
+    unknown = stack.maintenance("events", "replay", "nobody")
+    assert unknown.returncode != 0 and "no endpoint 'nobody'" in unknown.stderr
