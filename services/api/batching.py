@@ -43,6 +43,14 @@ class Batcher(Generic[K, V]):
             if len(self._records) < self._limit or key in self._records:
                 self._records[key] = value
 
+    def add_first(self, key: K, value: V) -> None:
+        """``add``, but an earlier record of the same key stays."""
+        if self._pid != os.getpid():
+            self._start()
+        with self._lock:
+            if key not in self._records and len(self._records) < self._limit:
+                self._records[key] = value
+
     def _start(self) -> None:
         with self._lock:
             if self._pid == os.getpid():

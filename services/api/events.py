@@ -10,7 +10,6 @@ care about pulls pays nothing for them.
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -46,13 +45,19 @@ def origin_of(environ: dict[str, Any], account: str, address: str, request_id: s
 
 
 class PullEvents:
-    """Records the configured share of pulls for the event outbox (nothing when it is 0)."""
+    """Records the configured share of pulls for the event outbox (nothing when it is 0).
+
+    Within one flush (a second), repeated pulls of the same thing by the same client (account,
+    address, user agent) are one event, the first's: a client polling a tag, or a benchmark, does
+    not turn into thousands of identical events, while a thousand nodes pulling an image are a
+    thousand. Per pull, this costs a tuple and a dictionary store; the messages are built by the
+    flush, off the request's path."""
 
     def __init__(self, share: float, metadata: MetadataClient) -> None:
         self.share = share
         self._metadata = metadata
-        self._seq = itertools.count()
-        self._batch: Batcher[int, mpb.PullEvent] = Batcher("pull-events", self._send, _FLUSH_EVERY, _PULLS_MAX)
+        self._batch: Batcher[tuple[str, ...], tuple[Any, ...]] = Batcher("pull-events", self._send, _FLUSH_EVERY,
+                                                                         _PULLS_MAX)
 
     @property
     def enabled(self) -> bool:
@@ -62,22 +67,30 @@ class PullEvents:
         """Whether to record this pull (call only when enabled)."""
         return self.share >= 1 or random.random() < self.share
 
-    def note(self, origin: mpb.Origin, repository: str, digest: str, media_type: str, size: int, tag: str = "",
-             blob: bool = False) -> None:
-        self._batch.add(next(self._seq), mpb.PullEvent(
-            repository=repository, digest=digest, media_type=media_type, size=size, tag=tag, origin=origin,
-            at_ms=int(time.time() * 1000), blob=blob))
+    def note(self, environ: dict[str, Any], account: str, address: str, request_id: str, repository: str,
+             digest: str, media_type: str, size: int, tag: str = "", blob: bool = False) -> None:
+        key = (repository, digest, tag, "b" if blob else "m", account, address,
+               str(environ.get("HTTP_USER_AGENT", ""))[:512])
+        self._batch.add_first(key, (media_type, size, request_id, str(environ.get("HTTP_HOST", ""))[:512],
+                                    str(environ.get("REQUEST_METHOD", ""))[:16], int(time.time() * 1000)))
 
     def note_request(self, repository: str, digest: str, media_type: str, size: int, tag: str = "",
                      blob: bool = False) -> None:
         """``note`` for the pull the view is answering (when pulls are recorded and this one is sampled)."""
-        if self.enabled and self.sampled():
-            origin = current_origin()
-            if origin is not None:
-                self.note(origin, repository, digest, media_type, size, tag, blob)
+        if self.enabled and self.sampled() and has_request_context():
+            claims = g.get("claims")
+            self.note(request.environ, claims.subject if claims else "", str(g.get("client_address", "")),
+                      str(g.get("request_id", "")), repository, digest, media_type, size, tag, blob)
 
     def flush(self) -> None:
         self._batch.flush()
 
-    def _send(self, batch: dict[int, mpb.PullEvent]) -> None:
-        self._metadata.record_pull_events([batch[key] for key in sorted(batch)])
+    def _send(self, batch: dict[tuple[str, ...], tuple[Any, ...]]) -> None:
+        events = []
+        for (repository, digest, tag, kind, account, address, agent), (media_type, size, rid, host, method, at) \
+                in sorted(batch.items(), key=lambda item: item[1][5]):
+            origin = mpb.Origin(account=account, address=address, user_agent=agent, request_id=rid, host=host,
+                                method=method)
+            events.append(mpb.PullEvent(repository=repository, digest=digest, media_type=media_type, size=size,
+                                        tag=tag, origin=origin, at_ms=at, blob=kind == "b"))
+        self._metadata.record_pull_events(events)

@@ -21,7 +21,6 @@ from typing import Any
 
 from services.api import routes
 from services.api.context import Context
-from services.api.events import origin_of
 from services.api.responses import access_record, request_id
 from services.api.views.blobs import blob_headers
 from services.api.views.manifests import accepts, manifest_headers
@@ -102,11 +101,10 @@ class HotReads:
     def _note_pull(self, environ: dict[str, Any], rid: str, params: dict[str, str], manifest: Any) -> None:
         """A pull event for a hit (sampled; batched: no call here)."""
         reference = params["reference"]
-        origin = origin_of(environ, self._authorizer.subject(environ.get("HTTP_AUTHORIZATION", "")),
-                           client_address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR", ""),
-                                          self._trusted), rid)
-        self._pulls.note(origin, params["name"], manifest.digest, manifest.media_type, len(manifest.content),
-                         "" if looks_like_digest(reference) else reference)
+        self._pulls.note(environ, self._authorizer.subject(environ.get("HTTP_AUTHORIZATION", "")),
+                         client_address(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR", ""),
+                                        self._trusted), rid, params["name"], manifest.digest, manifest.media_type,
+                         len(manifest.content), "" if looks_like_digest(reference) else reference)
 
     def _allowed(self, environ: dict[str, Any], handler: routes.Handler, params: dict[str, str]) -> bool:
         return self._authorizer.grants(environ.get("HTTP_AUTHORIZATION", ""), handler.access.scopes(params))
