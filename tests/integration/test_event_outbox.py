@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,18 +23,9 @@ from services.metadata import redis_keys as keys
 from services.metadata.lifecycle import Lifecycle
 from services.metadata.outbox import Outbox, PullEvents
 from services.metadata.store import MetadataStore
+from tests.integration.test_metadata_lifecycle import Sync
 
 IMAGE = "application/vnd.oci.image.manifest.v1+json"
-
-
-class Sync:
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: object) -> None:
-        self._loop = loop
-        self._target = target
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._target, name)
-        return lambda *args, **kwargs: self._loop.run_until_complete(method(*args, **kwargs))
 
 
 @pytest.fixture()
