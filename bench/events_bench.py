@@ -1,7 +1,7 @@
 """The cost of events, and how fast they arrive: pushes and manifest GETs with events off vs on,
 then the delivery latency from a write to a webhook receiver at a steady push rate.
 
-    .venv/bin/python bench/events_bench.py            # about 6 minutes
+    .venv/bin/python bench/events_bench.py            # about 8 minutes
     .venv/bin/python bench/events_bench.py --quick    # under 2 minutes, for a look
 
 Three Wharf stacks side by side (``python -m services.stack``, warn level, no access logs, no
@@ -11,26 +11,37 @@ ignoring pulls (``ignore: {actions: [pull]}``). The endpoints are a webhook rece
 in a forked process of its own (so that it takes no GIL from the clients being timed): it answers
 200 at once and notes each request's arrival time (after its body) for the bench to read later.
 
-1. A/B rounds, ``--rounds`` of them, the modes in ABBA order (reversed every other round): per
-   mode, ``--pushers`` connections push images (``--layers`` random layers of ``--layer-kib`` KiB,
-   a config, a tagged OCI manifest) for ``--ab-seconds`` (images/s; not for "nopull", whose pushes
-   are "on"'s), then ``wrk -t2 -c32`` GETs one manifest by tag for as long (req/s). After each run
-   the bench waits until the endpoint's backlog in the outbox is 0 (so no delivery spills into the
-   next run) and says how long that took. CPU per image / per GET is every stack process's CPU
-   time (from /proc) from the start of the run to the end of that drain, divided by the count; the
-   events service's and the receiver's shares are shown apart (on this 2-core machine the receiver
+1. A/B rounds, ``--rounds`` of them, the runs in ABBA order (reversed every other round), each
+   ``--ab-seconds`` long:
+   - push (off, on): ``--pushers`` connections push images (``--layers`` random layers of
+     ``--layer-kib`` KiB, a config, a tagged OCI manifest); images/s;
+   - get1 (off, on): ``wrk -t2 -c32`` GETs one manifest by tag as one client. The gateway keeps
+     one pull event per client and thing per second, so this is the cheap case;
+   - getN (off, on, nopull): the same, but every request carries a User-Agent of its own (a wrk
+     Lua script), so every GET is another client's and a pull event of its own: the dear case,
+     what a fleet of nodes pulling costs.
+   After each run the bench waits until the endpoint's backlog in the outbox is 0 (so no delivery
+   spills into the next run) and says how long that took. CPU per image / per GET is every stack
+   process's CPU time (from /proc) from the start of the run to the end of that drain, divided by
+   the count, per kind of process; the receiver's is shown apart (on this 2-core machine it
    competes with the stack; in production it runs elsewhere). Every delivered event is checked:
-   one per blob and manifest pushed, one per GET answered (pull_sample 1.0), no id twice.
-2. Delivery latency, on the "on" stack: ``--rate`` tagged pushes per second for ``--seconds``,
-   each a manifest PUT of a new small manifest (its blobs uploaded once beforehand) into one of 16
-   repositories (spread over the outbox's shards), paced from a schedule by 16 connections.
-   Latency = the receiver's arrival time - the event's ``timestamp`` (Redis's clock when the write
-   committed, in ms; the same machine's clock). Also from the client's PUT to the arrival. Every
-   push must arrive once: missing and duplicated ids are counted.
+   one push event per blob and manifest pushed, one pull per GET on getN, no id twice.
+2. Delivery latency: ``--rate`` tagged pushes per second for ``--seconds``, each a manifest PUT
+   of a new small manifest (its blobs uploaded once beforehand) into one of 16 repositories
+   (spread over the outbox's shards), paced from a schedule over ``--connections`` connections;
+   first on "off" (the rate, PUT times and CPU per push without events, for comparison), then on
+   "on". Latency = the receiver's arrival time - the event's ``timestamp`` (Redis's clock when the
+   write committed, whole ms; the same machine's clock); also from the client's PUT to the arrival.
+   Every push must arrive once: missing and duplicated ids are counted. (About 40 manifest PUTs in
+   flight at once stall for seconds, events on or off — the metadata service logs "replicas did not
+   confirm an invalidation in time" — so the default of 16 connections stays well below that.)
 
-No figure is judged here (the issue's targets: on/off within 5%, latency p99 under 1 s, nothing
-missing); ratios within about +-20% of 1 are ties on these machines (../shared/PERFORMANCE-NOTES.md).
-The exit status is 0 whatever the figures (1 when the bench itself fails).
+Printed: the A/B figures per round with medians and on/off ratios, CPU per operation by process
+kind, what was delivered against what was expected, the latency table, and the stacks' log lines
+at warning level. No figure is judged here (the issue's targets: on/off within 5%, every event
+delivered once, latency well under a second); ratios within about +-20% of 1 are ties on these
+machines (../shared/PERFORMANCE-NOTES.md). The exit status is 0 whatever the figures (1 when the
+bench itself fails).
 """
 
 from __future__ import annotations
@@ -44,8 +55,11 @@ import json
 import math
 import multiprocessing
 import os
+import re
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -71,7 +85,6 @@ from common import (
     push_image,
     push_small,
     run_main,
-    run_wrk,
     signals_held,
     wharf,
 )
@@ -86,11 +99,28 @@ CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 BLOB_TYPE = keys.BLOB_MEDIA_TYPE
 LATENCY_REPOSITORIES = 16
-LATENCY_CONNECTIONS = 16
+# What each kind of run is, and the modes it runs in.
+KINDS = {"push": "push", "get1": "GET, one client", "getN": "GET, a new client each"}
+PLAN = {"push": ("off", "on"), "get1": ("off", "on"), "getN": ("off", "on", "nopull")}
+# wrk's requests, each with a User-Agent of its own: every GET is another client's, so none is
+# folded into another's pull event (the gateway keeps one per client and thing per second).
+MANY_CLIENTS_LUA = """
+local thread_count = 0
+function setup(thread)
+  thread_count = thread_count + 1
+  thread:set("id", thread_count)
+end
+local sent = 0
+function request()
+  sent = sent + 1
+  wrk.headers["User-Agent"] = "bench-client/" .. id .. "-" .. sent
+  return wrk.format()
+end
+"""
 DRAIN_TIMEOUT = 180.0
 # Pull events reach the outbox in the gateway's batches, one a second: the outbox's sequence must
 # stay still this long (with nothing left to deliver) before a run counts as drained.
-SETTLE = 2.5
+SETTLE = 2.0
 
 
 def log(message: str) -> None:
@@ -342,6 +372,23 @@ def pushes(url: str, pushers: int, seconds: float, layer_bytes: int, layers: int
     return {"images": sum(images), "blobs": sum(blobs), "images_s": sum(images) / elapsed}
 
 
+def wrk_get(url: str, seconds: int, script: Path | None) -> dict[str, float]:
+    """``wrk -t2 -c32`` GETs of ``url`` with the OCI manifest Accept header (and ``script``);
+    fails on any non-2xx answer or more than 1% socket errors."""
+    argv = [shutil.which("wrk") or "/usr/bin/wrk", "-t2", "-c32", f"-d{seconds}s", "-H", f"Accept: {OCI_MANIFEST}"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    rate, total = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"(\d+) requests in", out)
+    if not rate or not total:
+        raise BenchError(f"cannot parse wrk output:\n{out}")
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = sum(int(n) for n in errors.groups()) if errors else 0
+    if "Non-2xx" in out or failed > max(10, int(total.group(1)) // 100):
+        raise BenchError(f"wrk saw failures at {url}:\n{out}")
+    return {"rps": float(rate.group(1)), "requests": int(total.group(1))}
+
+
 # -- checking what arrived ----------------------------------------------------------------------
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
@@ -375,8 +422,8 @@ def one_run(stack: Stack, hook: Receiver, args: argparse.Namespace, kind: str, l
                                         args.layers, label)
         count = result["images"]
     else:
-        result = run_wrk(f"{stack.server.url}/v2/{GET_REPOSITORY}/manifests/{GET_TAG}", int(args.ab_seconds),
-                         strict=True)
+        result = wrk_get(f"{stack.server.url}/v2/{GET_REPOSITORY}/manifests/{GET_TAG}", int(args.ab_seconds),
+                         args.many_clients_lua if kind == "getN" else None)
         count = result["requests"]
     result["drain_s"] = stack.drain()
     result.update(cpu.stop())
@@ -388,30 +435,36 @@ def one_run(stack: Stack, hook: Receiver, args: argparse.Namespace, kind: str, l
         after = stack.status()
         result["status"] = {k: after.get(k, 0) - before.get(k, 0) for k in ("failed", "dead", "overflow")}
         if kind == "push":
-            result["expected"] = {"push": result["images"] + result["blobs"]}
+            result["expected"] = result["images"] + result["blobs"]
+        elif kind == "getN":
+            result["expected"] = result["requests"] if stack.mode == "on" else 0
         else:
-            result["expected"] = {"pull": result["requests"] if stack.mode == "on" else 0}
+            result["expected"] = None  # one client: at most one pull event per second and gateway worker
     return result
+
+
+def action_of(kind: str) -> str:
+    return "push" if kind == "push" else "pull"
 
 
 def describe(kind: str, mode: str, r: dict[str, Any]) -> str:
     rate = f"{r['images_s']:.1f} images/s" if kind == "push" else f"{r['rps']:.0f} GET/s"
-    text = f"{rate}, {r['cpu_ms_per_op']:.2f} CPU ms/op"
+    text = f"{rate}, {r['cpu_ms_per_op']:.3f} CPU ms/op"
     if mode != "off":
         got = ", ".join(f"{n} {a}" for a, n in sorted(r["by_action"].items())) or "no events"
+        expected = "" if r["expected"] is None else f" (expected {r['expected']} {action_of(kind)})"
         text += (f", events service {r['events_cpu_s']:.1f} s CPU, receiver {r['receiver_cpu_s']:.1f} s; "
-                 f"delivered {got} in {r['deliveries']} POSTs (expected {r['expected']}), "
-                 f"{r['duplicates']} duplicate ids, drained {r['drain_s']:.1f} s after")
+                 f"delivered {got} in {r['deliveries']} POSTs{expected}, "
+                 f"{r['duplicates']} duplicate ids, backlog empty {r['drain_s']:.1f} s after")
         if any(r["status"].values()):
             text += f", status {r['status']}"
     return text
 
 
 def ab_rounds(stacks: dict[str, Stack], hook: Receiver, args: argparse.Namespace) -> list[tuple[str, str, dict]]:
-    """Per round, each mode's push run then its GET run; every other round in reverse order."""
-    plan = [(kind, mode) for mode in ("off", "on", "nopull") for kind in ("push", "get")
-            if not (kind == "push" and mode == "nopull")]
-    done = []
+    """Per round, each mode's runs (PLAN); every other round in reverse order."""
+    plan = [(kind, mode) for mode in ("off", "on", "nopull") for kind in KINDS if mode in PLAN[kind]]
+    done: list[tuple[str, str, dict]] = []
     for number in range(args.rounds):
         for kind, mode in (plan if number % 2 == 0 else plan[::-1]):
             result = one_run(stacks[mode], hook, args, kind, f"r{number}")
@@ -442,7 +495,8 @@ def prepare_latency(url: str) -> list[tuple[str, bytes]]:
     return prepared
 
 
-def paced_pushes(url: str, prepared: list[tuple[str, bytes]], rate: float, seconds: float) -> list[dict[str, Any]]:
+def paced_pushes(url: str, prepared: list[tuple[str, bytes]], rate: float, seconds: float, connections: int,
+                 label: str = "lat") -> list[dict[str, Any]]:
     """Manifest PUTs on a schedule (push i at start + i/rate), each a new manifest under a new tag."""
     total = int(rate * seconds)
     slots = iter(range(total))
@@ -462,19 +516,19 @@ def paced_pushes(url: str, prepared: list[tuple[str, bytes]], rate: float, secon
                 if delay > 0:
                     time.sleep(delay)
                 repository, template = prepared[index % len(prepared)]
-                manifest = template[:-1] + f', "annotations": {{"bench.seq": "{index}"}}}}'.encode()
-                tag = f"lat-{index}"
+                tag = f"{label}-{index}"
+                manifest = template[:-1] + f', "annotations": {{"bench.push": "{tag}"}}}}'.encode()
                 sent, began = time.time(), time.perf_counter()
                 client.call("PUT", f"/v2/{repository}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST},
                             expect=201)
                 took = time.perf_counter() - began
                 done.append({"repository": repository, "tag": tag, "sent": sent, "put_s": took,
-                             "digest": f"sha256:{hashlib.sha256(manifest).hexdigest()}", "late_s": -delay})
+                             "digest": f"sha256:{hashlib.sha256(manifest).hexdigest()}", "late_s": max(0.0, -delay)})
         finally:
             client.close()
 
-    with ThreadPoolExecutor(LATENCY_CONNECTIONS) as pool:
-        list(pool.map(work, range(LATENCY_CONNECTIONS)))
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(work, range(connections)))
     return done
 
 
@@ -488,13 +542,13 @@ def latency_run(stack: Stack, hook: Receiver, args: argparse.Namespace) -> dict[
     log(f"latency: {args.rate:g} manifest pushes/s for {args.seconds:g} s on the '{stack.mode}' stack...")
     cpu = Cpu(stack.server.root_pid, hook.pid)
     cpu.start()
-    began = time.perf_counter()
-    sent = paced_pushes(stack.server.url, prepared, args.rate, args.seconds)
-    elapsed = time.perf_counter() - began
+    sent = paced_pushes(stack.server.url, prepared, args.rate, args.seconds, args.connections)
+    starts = [p["sent"] for p in sent]
+    span = max(starts) - min(starts) if len(starts) > 1 else 0.0
     drain_s = stack.drain()
     used = cpu.stop()
     result: dict[str, Any] = {
-        "pushes": len(sent), "rate": len(sent) / elapsed, "drain_s": drain_s,
+        "pushes": len(sent), "rate": (len(sent) - 1) / span if span else None, "drain_s": drain_s,
         "put_ms": quantiles_ms([p["put_s"] for p in sent]),
         "late_max_ms": 1000 * max((p["late_s"] for p in sent), default=0.0),
         "cpu_ms_per_push": 1000 * used["stack_cpu_s"] / max(len(sent), 1),
@@ -538,33 +592,31 @@ def ab_table(runs: list[tuple[str, str, dict]], args: argparse.Namespace, load_n
              summary: dict[str, Any]) -> None:
     lines = []
     figures = [("push", "images/s", "images_s", 1), ("push", "CPU ms/image", "cpu_ms_per_op", 2),
-               ("get", "GET req/s", "rps", 0), ("get", "CPU ms/GET", "cpu_ms_per_op", 3)]
+               ("get1", "GET/s, one client", "rps", 0), ("get1", "CPU ms/GET, one client", "cpu_ms_per_op", 3),
+               ("getN", "GET/s, new clients", "rps", 0), ("getN", "CPU ms/GET, new clients", "cpu_ms_per_op", 3)]
     for kind, label, key, digits in figures:
-        modes = ("off", "on") if kind == "push" else ("off", "on", "nopull")
-        for mode in modes:
+        for mode in PLAN[kind]:
             values, median = medians(runs, kind, mode, key)
             summary[f"{mode} {label}"] = median
             lines.append([f"{mode:6s} {label}", *[cell(v, digits) for v in values], cell(median, digits)])
         base = summary[f"off {label}"]
         offs, _ = medians(runs, kind, "off", key)
-        for mode in modes[1:]:
+        for mode in PLAN[kind][1:]:
             ons, _ = medians(runs, kind, mode, key)
             ratio = summary[f"{mode} {label}"] / base if base else None
             summary[f"{mode}/off {label}"] = ratio
             lines.append([f"  {mode}/off", *[cell(b / a if a else None, 3) for a, b in zip(offs, ons, strict=True)],
                           cell(ratio, 3)])
-    for mode, kind, label, key in (("on", "push", "events service CPU s, push run", "events_cpu_s"),
-                                   ("on", "push", "receiver CPU s, push run", "receiver_cpu_s"),
-                                   ("on", "push", "s to empty backlog after push run", "drain_s"),
-                                   ("on", "get", "events service CPU s, GET run", "events_cpu_s"),
-                                   ("on", "get", "receiver CPU s, GET run", "receiver_cpu_s"),
-                                   ("on", "get", "s to empty backlog after GET run", "drain_s"),
-                                   ("nopull", "get", "events service CPU s, GET run", "events_cpu_s")):
-        values, median = medians(runs, kind, mode, key)
-        lines.append([f"{mode:6s} {label}", *[cell(v, 2) for v in values], cell(median, 2)])
+    for kind in KINDS:
+        for mode in PLAN[kind][1:]:
+            for label, key in (("events service CPU s", "events_cpu_s"), ("receiver CPU s", "receiver_cpu_s"),
+                               ("s until backlog empty", "drain_s")):
+                values, median = medians(runs, kind, mode, key)
+                lines.append([f"{mode:6s} {kind}: {label}", *[cell(v, 2) for v in values], cell(median, 2)])
     print(f"\nevents off vs on (one endpoint: a receiver in its own process), {args.rounds} round(s) in ABBA order, "
           f"{args.ab_seconds:g} s per run;\npush: {args.pushers} connections, images of {args.layers} x "
-          f"{args.layer_kib} KiB random layers + config + tagged manifest; GET: wrk -t2 -c32, one manifest by tag;\n"
+          f"{args.layer_kib} KiB random layers + config + tagged manifest;\nGET: wrk -t2 -c32, one manifest by tag, "
+          "either as one client or with a User-Agent of its own per request (every GET a pull event);\n"
           "CPU: every stack process from the run's start until the endpoint's backlog was 0 (receiver excluded);\n"
           f"on/off: the issue's target is within 5%; +-20% is a tie on this machine;\n{load_note}\n")
     print_grid(["figure", *[f"round {n + 1}" for n in range(args.rounds)], "median"], lines)
@@ -573,19 +625,18 @@ def ab_table(runs: list[tuple[str, str, dict]], args: argparse.Namespace, load_n
 def cpu_table(runs: list[tuple[str, str, dict]], latency: dict[str, dict[str, Any]]) -> None:
     """CPU per operation by process kind: medians over the rounds."""
     columns: list[tuple[str, list[dict[str, float]]]] = []
-    for kind, mode, unit, scale in (("push", "off", "ms/image", 1000.0), ("push", "on", "ms/image", 1000.0),
-                                    ("get", "off", "us/GET", 1e6), ("get", "on", "us/GET", 1e6),
-                                    ("get", "nopull", "us/GET", 1e6)):
-        per_run = [{k: scale * v / max(r["ops"], 1) for k, v in {**r["cpu_by_kind"],
-                                                                  "receiver": r["receiver_cpu_s"]}.items()}
-                   for k_, m, r in runs if k_ == kind and m == mode]
-        columns.append((f"{kind} {mode} {unit}", per_run))
+    for kind in KINDS:
+        unit, scale = ("ms/image", 1000.0) if kind == "push" else ("us/GET", 1e6)
+        for mode in PLAN[kind]:
+            per_run = [{k: scale * v / max(r["ops"], 1) for k, v in {**r["cpu_by_kind"],
+                                                                      "receiver": r["receiver_cpu_s"]}.items()}
+                       for k_, m, r in runs if k_ == kind and m == mode]
+            columns.append((f"{kind} {mode} {unit}", per_run))
     for mode, result in latency.items():
         columns.append((f"paced {mode} ms/push", [{**result["cpu_ms_by_kind"],
                                                     "receiver": 1000 * result["receiver_cpu_s"]
                                                     / max(result["pushes"], 1)}]))
-    kinds = sorted({k for _, per_run in columns for r in per_run for k in r},
-                   key=lambda k: (k in ("receiver",), k))
+    kinds = sorted({k for _, per_run in columns for r in per_run for k in r}, key=lambda k: (k == "receiver", k))
     lines = []
     for kind in [*kinds, "stack total"]:
         row = [kind]
@@ -594,47 +645,47 @@ def cpu_table(runs: list[tuple[str, str, dict]], latency: dict[str, dict[str, An
                 values = [sum(v for k, v in r.items() if k != "receiver") for r in per_run]
             else:
                 values = [r.get(kind, 0.0) for r in per_run]
-            row.append(cell(statistics.median(values), 2) if values else "-")
+            row.append(cell(statistics.median(values), 1) if values else "-")
         lines.append(row)
-    print("\nCPU per operation by process (medians of the rounds; from each run's start until its backlog was 0):")
+    print("\nCPU per operation by process (medians of the rounds; from each run's start until its backlog was 0; "
+          "get1 = one client, getN = new clients):")
     print_grid(["process", *[name for name, _ in columns]], lines)
 
 
 def delivery_table(runs: list[tuple[str, str, dict]], summary: dict[str, Any]) -> None:
-    print("\nevents delivered during the A/B runs (checked: one push event per blob and manifest pushed; on 'on' one "
-          "pull per GET answered,\nwhere wrk counts only the GETs it completed: up to 32 in flight per run are "
-          "answered but not counted; none on 'nopull'):")
+    print("\nevents delivered during the A/B runs. Expected: one push event per blob and manifest pushed; for "
+          "getN on 'on', one pull per GET\n(wrk counts only the GETs it completed: up to 32 more were answered); "
+          "for get1 at most one per second and gateway worker; none on 'nopull':")
     checks = []
-    for mode in ("on", "nopull"):
-        for kind in ("push", "get"):
+    for kind in KINDS:
+        for mode in PLAN[kind][1:]:
             chosen = [r for k, m, r in runs if k == kind and m == mode]
-            if not chosen:
-                continue
-            action = "push" if kind == "push" else "pull"
-            expected = sum(r["expected"][action] for r in chosen)
+            action = action_of(kind)
+            expected = None if chosen[0]["expected"] is None else sum(r["expected"] for r in chosen)
             delivered = sum(r["by_action"].get(action, 0) for r in chosen)
             other = sum(n for r in chosen for a, n in r["by_action"].items() if a != action)
             status: Counter[str] = Counter()
             for r in chosen:
                 status.update(r["status"])
             latencies = quantiles_ms([x for r in chosen for x in r["pull_latency"]])
-            checks.append([f"{mode} {kind} runs", f"{expected} {action}", str(delivered), str(other),
+            missing = "-" if expected is None else str(max(0, expected - delivered))
+            checks.append([f"{mode} {kind}", f"{cell(expected)} {action}", str(delivered), missing, str(other),
                            str(sum(r["duplicates"] for r in chosen)),
                            str(status["failed"]), str(status["dead"]), str(status["overflow"]),
                            cell(latencies.get("p50"), 0), cell(latencies.get("p99"), 0),
                            cell(latencies.get("max"), 0)])
             summary[f"{mode} {kind} delivery"] = {"expected": expected, "delivered": delivered, "other": other,
                                                   "status": dict(status), "pull_latency_ms": latencies}
-    print_grid(["runs", "expected", "delivered", "other actions", "duplicate ids", "failed POSTs", "dead",
-                "overflow", "pull latency p50 ms", "p99 ms", "max ms"], checks)
+    print_grid(["runs", "expected", "delivered", "missing (at least)", "other actions", "duplicate ids",
+                "failed POSTs", "dead", "overflow", "pull latency p50 ms", "p99 ms", "max ms"], checks)
 
 
 def latency_table(latency: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\npaced manifest pushes: asked {args.rate:g}/s for {args.seconds:g} s, into {LATENCY_REPOSITORIES} "
-          f"repositories over {LATENCY_CONNECTIONS} connections (each a new manifest under a new tag)")
+          f"repositories over {args.connections} connections (each a new manifest under a new tag)")
     rows = []
     for mode, r in latency.items():
-        rows.append([f"{mode}: achieved pushes/s", cell(r["rate"], 1), "", "", ""])
+        rows.append([f"{mode}: achieved pushes/s (first to last start)", cell(r["rate"], 1), "", "", ""])
         rows.append([f"{mode}: manifest PUT response, ms", *[cell(r["put_ms"].get(k), 1) for k in QUANTILES]])
         rows.append([f"{mode}: latest push behind schedule, ms", cell(r["late_max_ms"], 0), "", "", ""])
     on = latency["on"]
@@ -673,16 +724,20 @@ def main() -> int:
     parser.add_argument("--ab-seconds", type=float, default=10.0, help="duration of each push and GET run")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the paced latency run")
     parser.add_argument("--rate", type=float, default=200.0, help="manifest pushes per second in the latency run")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="connections the paced pushes share (about 40 concurrent manifest PUTs stall Wharf "
+                        "for seconds, events on or off: keep it well below)")
     parser.add_argument("--pushers", type=int, default=8, help="pushing connections in the push runs")
     parser.add_argument("--layers", type=int, default=3, help="layers per pushed image")
     parser.add_argument("--layer-kib", type=int, default=64, help="size of each layer")
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 4 s runs, 8 s of latency (under 2 min)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 3 s runs, 6 s of latency (under 2 min)")
     parser.add_argument("--tmp-dir", default=None, help="where the stacks keep their data")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.ab_seconds, args.seconds = 2, 4.0, 8.0
-    if min(args.rounds, args.ab_seconds, args.seconds, args.rate, args.pushers, args.layers, args.layer_kib) <= 0:
+        args.rounds, args.ab_seconds, args.seconds = 2, 3.0, 6.0
+    if min(args.rounds, args.ab_seconds, args.seconds, args.rate, args.connections, args.pushers, args.layers,
+           args.layer_kib) <= 0:
         parser.error("every count, size, rate and duration must be positive")
     if args.ab_seconds < 1:
         parser.error("--ab-seconds must be at least 1 (wrk counts whole seconds)")
@@ -690,6 +745,8 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with receiver() as hook, tempfile.TemporaryDirectory(prefix="wharf-events-bench-", dir=args.tmp_dir) as tmp, \
             ExitStack() as running:
+        args.many_clients_lua = Path(tmp) / "many-clients.lua"
+        args.many_clients_lua.write_text(MANY_CLIENTS_LUA)
         log(f"receiver at {hook.url} (pid {hook.pid}); starting three stacks (off, on, nopull)...")
         stacks = start_stacks(running, Path(tmp), hook, ("off", "on", "nopull"))
         layer = os.urandom(4096)
@@ -699,8 +756,9 @@ def main() -> int:
                 push_image(client, GET_REPOSITORY, GET_TAG, layer)
             finally:
                 client.close()
-            pushes(stack.server.url, args.pushers, 2.0, args.layer_kib * 1024, args.layers, "warm")  # warm-up
-            run_wrk(f"{stack.server.url}/v2/{GET_REPOSITORY}/manifests/{GET_TAG}", 2, strict=True)
+            warm = 1 if args.quick else 2
+            pushes(stack.server.url, args.pushers, warm, args.layer_kib * 1024, args.layers, "warm")
+            wrk_get(f"{stack.server.url}/v2/{GET_REPOSITORY}/manifests/{GET_TAG}", warm, args.many_clients_lua)
             stack.drain()
             if stack.hook_path:
                 hook.take(stack.hook_path)
