@@ -27,8 +27,10 @@ class Batcher(Generic[K, V]):
     """Keeps up to ``limit`` records (a later record of the same key replaces the earlier) and
     hands them to ``send`` every ``every`` seconds."""
 
-    def __init__(self, name: str, send: Callable[[dict[K, V]], None], every: float, limit: int) -> None:
+    def __init__(self, name: str, send: Callable[[dict[K, V]], None], every: float, limit: int,
+                 chunk: int = 5000) -> None:
         self._name = name
+        self._chunk = chunk  # records per call (the metadata service takes at most 5000 per call)
         self._send = send
         self._every = every
         self._limit = limit
@@ -67,10 +69,11 @@ class Batcher(Generic[K, V]):
     def flush(self) -> None:
         with self._lock:
             batch, self._records = self._records, {}
-        if not batch:
-            return
-        try:
-            self._send(batch)
-        except RegistryError as err:
-            log.warning("a batch was not recorded", extra={"fields": {"what": self._name, "records": len(batch),
-                                                                      "error": err.message[:200]}})
+        items = list(batch.items())
+        for start in range(0, len(items), self._chunk):
+            part = dict(items[start:start + self._chunk])
+            try:
+                self._send(part)
+            except RegistryError as err:
+                log.warning("a batch was not recorded", extra={"fields": {"what": self._name, "records": len(part),
+                                                                          "error": err.message[:200]}})

@@ -1,17 +1,17 @@
-"""Delivering one outbox shard to one endpoint: in order, at least once, never holding the others.
+"""Delivering the outbox to one endpoint: in order per repository, at least once, never holding the others.
 
-Each (shard, endpoint) pair has its own worker thread and its own cursor (the last stream entry
-delivered or dead-lettered), so a dead endpoint holds only its own workers and a busy shard only
-its own. A worker reads a batch after its cursor, sends the events its endpoint wants in one
-request, and moves the cursor only once the endpoint answered below 400 (redis_keys.ADVANCE_CURSOR,
-fenced by the shard's lease: a replica that lost the shard cannot move the cursor). A crash between
-the answer and the cursor's move delivers that batch again: at least once, never lost.
+Each endpoint has its own delivery loop and its own cursor per shard (the last stream entry
+delivered or dead-lettered), so a dead endpoint holds only its own loop. A loop reads a batch after
+its cursors in every shard this replica owns, sends the events its endpoint wants in one request,
+and moves the cursors only once the endpoint answered below 400 (redis_keys.ADVANCE_CURSORS,
+fenced by the shards' leases: a replica that lost a shard cannot move its cursor). A crash between
+the answer and the cursors' move delivers that batch again: at least once, never lost.
 
-Failures: every endpoint's workers share one health record; after ``threshold`` failures in a row
-they all wait ``backoff``, doubling up to ``max_backoff``, before the next try (Distribution's
-threshold/backoff). A batch that failed ``attempts`` times is dead-lettered. While an endpoint is
-down its backlog grows; past ``backlog`` events (or for events older than ``max_age``) the oldest
-are dead-lettered without a try, so the outbox stays bounded (the overflow is counted).
+Failures: after ``threshold`` failures in a row the loop waits ``backoff``, doubling up to
+``max_backoff`` (Distribution's threshold/backoff). A batch that failed ``attempts`` times is
+dead-lettered. While an endpoint is down its backlog grows; past ``backlog`` events (or for events
+older than ``max_age``) the oldest are dead-lettered without a try, so the outbox stays bounded
+(the overflow is counted).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -37,6 +38,8 @@ _BLOCK_MS = 500
 # The most of a response body read (an error's text for the status); the rest is not wanted.
 _RESPONSE_READ = 65536
 _LAST_ERROR_MAX = 300
+# How long a read that found less than a batch waits for more before sending (seconds).
+_LINGER = 0.02
 
 
 class EndpointHealth:
@@ -128,67 +131,104 @@ class Sender:
                 response.close()
 
 
-class Worker(threading.Thread):
-    """Delivers one shard's outbox to one endpoint while the replica owns the shard."""
+class Delivery(threading.Thread):
+    """Delivers the shards this replica owns to one endpoint, in order per shard.
 
-    def __init__(self, client: redis.Redis, replica: str, shard: int, endpoint: Endpoint, sender: Sender,
-                 health: EndpointHealth, pull_share: float) -> None:
-        super().__init__(daemon=True, name=f"events-{endpoint.name}-{shard}")
+    One loop per endpoint reads every owned shard at once (one XREAD), so a request carries the
+    events of all of them and one script moves all their cursors: at a few events per shard per
+    second, a loop per shard would send one event per request. A read that found fewer events
+    than a batch waits ``_LINGER`` for more before sending (a bounded delay for fewer requests).
+    Another endpoint's loop never waits for this one."""
+
+    def __init__(self, client: redis.Redis, replica: str, endpoint: Endpoint, sender: Sender,
+                 pull_share: float, shards: Callable[[], list[int]]) -> None:
+        super().__init__(daemon=True, name=f"events-{endpoint.name}")
         self._r = client
         self._replica = replica
-        self._shard = shard
         self._e = endpoint
         self._sender = sender
-        self._health = health
+        self._health = EndpointHealth(endpoint)
         self._pull_share = pull_share
-        self._outbox = keys.outbox(shard)
-        self._advance = client.register_script(keys.ADVANCE_CURSOR)
+        self._shards = shards
+        self._cursors: dict[int, tuple[str, int]] = {}
+        self._advance = client.register_script(keys.ADVANCE_CURSORS)
         self._init = client.register_script(keys.INIT_CURSOR)
         self.stop_flag = threading.Event()
-        self.lost = False
+        # Bumped at the start of each round: the replica hands a shard back only once every loop
+        # began a round after it stopped delivering it (no batch of it is in flight then).
+        self.rounds = 0
         self._delivered = metrics.EVENTS_DELIVERED.labels(endpoint.name)
         self._latency = metrics.EVENTS_LATENCY.labels(endpoint.name)
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
-        while not self.stop_flag.is_set() and not self.lost:
+        while not self.stop_flag.is_set():
             try:
-                self._serve()
+                self._round()
             except redis.RedisError as exc:
-                log.warning("outbox unreachable", extra={"fields": {"shard": self._shard, "error": str(exc)[:200]}})
+                log.warning("outbox unreachable", extra={"fields": {"endpoint": self._e.name, "error": str(exc)[:200]}})
+                self._cursors.clear()  # read again: a script may have moved them before the error
                 self.stop_flag.wait(1.0)
 
-    def _serve(self) -> None:
-        cursor, seq = self._cursor()
-        while not self.stop_flag.is_set() and not self.lost:
-            found = self._r.xread({self._outbox: cursor}, count=self._e.batch, block=_BLOCK_MS)
-            if not found:
-                continue
-            entries = [(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in found[0][1]]
-            events = [Event.from_entry(self._shard, i, f) for i, f in entries]
-            last, last_seq = entries[-1][0], int(entries[-1][1].get("n") or seq)
-            if not self._handle(events, f"{last} {last_seq}"):
+    def _round(self) -> None:
+        self.rounds += 1
+        owned = self._shards()
+        for shard in [s for s in self._cursors if s not in owned]:
+            del self._cursors[shard]
+        for shard in owned:
+            if shard not in self._cursors and not self._load_cursor(shard):
                 return
-            cursor, seq = last, last_seq
+        if not owned:
+            self.stop_flag.wait(_BLOCK_MS / 1000)
+            return
+        found = self._read(block=True)
+        if found and len(found) < self._e.batch:
+            self.stop_flag.wait(_LINGER)
+            found = self._read(block=False)
+        if found:
+            self._handle(found[:self._e.batch])
 
-    def _handle(self, events: list[Event], after: str) -> bool:
-        """Delivers (or dead-letters) the batch's wanted events and moves the cursor ``after`` it;
-        False when stopped or the shard was lost (the cursor stays: the batch goes again, here or
-        at the shard's next owner)."""
-        wanted = [e for e in events if self._wants(e)]
-        if not wanted:
-            return self._move(after, 0, "", 0, [])
-        if self._health.backing_off and self._backlog() > self._e.backlog:
+    def _read(self, block: bool) -> list[tuple[int, str, int, Event]]:
+        """(shard, stream id, sequence, event) after each cursor, oldest first across shards (each
+        shard's in its order, so any prefix of the list is a prefix of each shard's part)."""
+        streams = {keys.outbox(shard): cursor for shard, (cursor, _) in self._cursors.items()}
+        answer = self._r.xread(streams, count=self._e.batch, block=_BLOCK_MS if block else None)
+        found = []
+        for stream, entries in answer or []:
+            shard = int(_text(stream).rsplit(":", 1)[1])
+            for entry_id, raw in entries:
+                fields = {_text(k): _text(v) for k, v in raw.items()}
+                entry = _text(entry_id)
+                found.append((shard, entry, int(fields.get("n") or 0), Event.from_entry(shard, entry, fields)))
+        found.sort(key=lambda item: (*(int(part) for part in item[1].split("-")), item[0]))
+        return found
+
+    def _handle(self, batch: list[tuple[int, str, int, Event]]) -> None:
+        """Delivers (or dead-letters) the batch's wanted events, then moves the cursors past it.
+        When stopped meanwhile, or a shard was lost, the cursors stay: the batch goes again, here or
+        at the shards' next owner."""
+        after = dict(self._cursors)
+        for shard, entry, seq, _ in batch:
+            after[shard] = (entry, seq)
+        moved = {shard: cursor for shard, cursor in after.items() if cursor != self._cursors.get(shard)}
+        wanted = [event for _, _, _, event in batch if self._wants(event)]
+        if wanted and self._health.backing_off and backlog(self._r, self._e.name) > self._e.backlog:
             # The endpoint is down and too much waits for it: the oldest go without a try (an
             # endpoint working through a backlog, a replay say, is left to it).
-            return self._dead(after, wanted, "backlog", 0)
+            self._finish(moved, dead=wanted, reason="backlog")
+            return
         oldest_allowed = (time.time() - self._e.max_age) * 1000 if self._e.max_age > 0 else 0
         old = [e for e in wanted if e.at_ms < oldest_allowed]
         if old:
             wanted = [e for e in wanted if e.at_ms >= oldest_allowed]
-            if not self._dead(None if wanted else after, old, "age", 0) or not wanted:
-                return not self.lost
+            # With events left to send, the cursors stay (checked, not moved) until they are sent.
+            hold = {shard: self._cursors[shard] for shard in moved}
+            if not self._finish(hold if wanted else moved, dead=old, reason="age") or not wanted:
+                return
+        if not wanted:
+            self._finish(moved)
+            return
         attempts = 0
         while (tried_at := self._health.wait(self.stop_flag)) is not None:
             error = self._sender.send(wanted)
@@ -200,15 +240,20 @@ class Worker(threading.Thread):
                 for e in wanted:
                     self._latency.observe(max(0.0, now - e.at_ms / 1000))
                 self._delivered.inc(len(wanted))
-                return self._move(after, len(wanted), "", 0, [])
+                self._finish(moved, delivered=len(wanted))
+                return
             metrics.EVENTS_ATTEMPTS.labels(self._e.name, "failed").inc()
             self._health.failed(tried_at)
             self._note_error(error)
             if attempts >= self._e.attempts:
-                return self._dead(after, wanted, "attempts", attempts)
-            if self._backlog() > self._e.backlog:
-                return self._dead(after, wanted, "backlog", attempts)
-        return False
+                self._finish(moved, dead=wanted, reason="attempts", attempts=attempts)
+                return
+            if backlog(self._r, self._e.name) > self._e.backlog:
+                self._finish(moved, dead=wanted, reason="backlog", attempts=attempts)
+                return
+            if any(shard not in self._shards() for shard in moved):
+                self._cursors.clear()  # a shard was lost or is handed back: read afresh next round
+                return
 
     # -- what to send -----------------------------------------------------------------------------
 
@@ -223,49 +268,48 @@ class Worker(threading.Thread):
             return zlib.crc32(event.id.encode()) / 2**32 < self._e.pull_share / self._pull_share
         return True
 
-    def _backlog(self) -> int:
-        return backlog(self._r, self._e.name)
+    # -- cursors, dead letters, status --------------------------------------------------------------
 
-    # -- cursor, dead letters, status -----------------------------------------------------------------
-
-    def _cursor(self) -> tuple[str, int]:
+    def _load_cursor(self, shard: int) -> bool:
         """This endpoint's cursor on the shard: an endpoint seen for the first time starts at the
-        oldest event the outbox still holds (nothing written since the outbox was on is skipped)."""
-        raw = self._r.hget(keys.event_cursor(self._e.name), str(self._shard))
+        oldest event the outbox still holds (nothing written since the outbox was on is skipped).
+        False when the shard is no longer ours."""
+        name = keys.event_cursor(self._e.name)
+        raw = self._r.hget(name, str(shard))
         if raw is None:
-            first = self._r.xrange(self._outbox, count=1)
-            seq = int(_text(first[0][1][b"n"])) - 1 if first else int(self._r.get(keys.outbox_seq(self._shard)) or 0)
-            self._init(keys=[keys.event_lease(self._shard), keys.event_cursor(self._e.name)],
-                       args=[self._replica, self._shard, f"0-0 {seq}"])
-            raw = self._r.hget(keys.event_cursor(self._e.name), str(self._shard))
+            first = self._r.xrange(keys.outbox(shard), count=1)
+            seq = int(_text(first[0][1][b"n"])) - 1 if first else int(self._r.get(keys.outbox_seq(shard)) or 0)
+            self._init(keys=[keys.event_lease(shard), name], args=[self._replica, shard, f"0-0 {seq}"])
+            raw = self._r.hget(name, str(shard))
             if raw is None:
-                self.lost = True
-                return "0-0", 0
+                return False
         cursor, _, seq_text = _text(raw).partition(" ")
-        return cursor, int(seq_text or 0)
+        self._cursors[shard] = (cursor, int(seq_text or 0))
+        return True
 
-    def _move(self, cursor: str | None, delivered: int, reason: str, attempts: int, dead: list[Event]) -> bool:
-        """Records delivered and dead-lettered events and moves the cursor to ``cursor`` (None: where
-        it is), in one step."""
-        if cursor is None:
-            cursor = _text(self._r.hget(keys.event_cursor(self._e.name), str(self._shard)) or b"0-0 0")
-        done = self._advance(keys=[keys.event_lease(self._shard), keys.event_cursor(self._e.name),
-                                   keys.event_status(self._e.name), keys.dead_letters(self._e.name)],
-                             args=[self._replica, self._shard, cursor, delivered, int(time.time()), reason, attempts,
-                                   *(e.dead_letter() for e in dead)])
+    def _finish(self, moved: dict[int, tuple[str, int]], delivered: int = 0, dead: list[Event] | None = None,
+                reason: str = "", attempts: int = 0) -> bool:
+        """Moves the cursors, records what was delivered and dead-lettered, in one step; False (and
+        the cursors read afresh) when a shard is no longer ours."""
+        if dead:
+            metrics.EVENTS_DEAD.labels(self._e.name, reason).inc(len(dead))
+            log.warning("events dead-lettered", extra={"fields": {"endpoint": self._e.name, "events": len(dead),
+                                                                  "reason": reason}})
+        shards = sorted(moved)
+        done = self._advance(
+            keys=[keys.event_cursor(self._e.name), keys.event_status(self._e.name), keys.dead_letters(self._e.name),
+                  *(keys.event_lease(shard) for shard in shards)],
+            args=[self._replica, int(time.time()), delivered, reason, attempts, len(shards),
+                  *(item for shard in shards for item in (shard, f"{moved[shard][0]} {moved[shard][1]}")),
+                  *(e.dead_letter() for e in dead or [])])
         if not done:
-            self.lost = True
-        return bool(done)
-
-    def _dead(self, after: str | None, dead: list[Event], reason: str, attempts: int) -> bool:
-        metrics.EVENTS_DEAD.labels(self._e.name, reason).inc(len(dead))
-        log.warning("events dead-lettered", extra={"fields": {"endpoint": self._e.name, "shard": self._shard,
-                                                              "events": len(dead), "reason": reason}})
-        return self._move(after, 0, reason, attempts, dead)
+            self._cursors.clear()
+            return False
+        self._cursors.update(moved)
+        return True
 
     def _note_error(self, error: str) -> None:
-        log.warning("delivery failed", extra={"fields": {"endpoint": self._e.name, "shard": self._shard,
-                                                         "error": error}})
+        log.warning("delivery failed", extra={"fields": {"endpoint": self._e.name, "error": error}})
         status = keys.event_status(self._e.name)
         with self._r.pipeline(transaction=False) as pipe:
             pipe.hincrby(status, "failed", 1)

@@ -1,13 +1,14 @@
-"""One delivery replica: which outbox shards it owns, and a worker per (owned shard, endpoint).
+"""One delivery replica: which outbox shards it owns, and a delivery loop per endpoint over them.
 
 Several replicas may run. Redis consumer groups would spread events over them but lose the order
 per repository, so the outbox is sharded by repository (redis_keys.outbox_shard) and each shard
 has one owner at a time: a lease (``wharf:events:lease:<shard>``, a key with a TTL that only its
 holder renews or deletes). Every replica heartbeats into ``wharf:events:replicas`` and owns at most
 its fair share, ceil(shards / live replicas): a second replica that starts finds no free shard, so
-the first gives up shards above its new share (after its workers for them stopped, so no batch is
-in flight) and the second takes them. A replica that dies holds its shards until their leases
-lapse (``WHARF_EVENTS_LEASE``); then the others take them and go on from the cursors it left.
+the first gives up shards above its new share (once every delivery loop began a round without
+them, so no batch of theirs is in flight) and the second takes them. A replica that dies holds its
+shards until their leases lapse (``WHARF_EVENTS_LEASE``); then the others take them and go on from
+the cursors it left.
 
 The shard owner also trims its outbox shard up to the oldest cursor of the configured endpoints:
 the outbox holds only what some endpoint has yet to receive.
@@ -25,8 +26,8 @@ import redis
 import urllib3
 
 from services.common import metrics
-from services.events.config import Endpoint, Events
-from services.events.delivery import EndpointHealth, Sender, Worker
+from services.events.config import Events
+from services.events.delivery import Delivery, Sender
 from services.events.envelope import Source
 from services.metadata import redis_keys as keys
 
@@ -40,13 +41,15 @@ class Replica:
         self._events = events
         self._ttl_ms = int(lease_ttl * 1000)
         self._tick_every = lease_ttl / 3
-        self._source = Source(public_url, self.id)
-        self._senders: dict[str, tuple[Sender, EndpointHealth]] = {}
-        for endpoint in events.active:
-            pool = urllib3.PoolManager(num_pools=4, maxsize=keys.OUTBOX_SHARDS, block=False)
-            self._senders[endpoint.name] = (Sender(endpoint, self._source, pool), EndpointHealth(endpoint))
-        self._workers: dict[int, list[Worker]] = {}
-        self._releasing: set[int] = set()
+        source = Source(public_url, self.id)
+        self._lock = threading.Lock()
+        self._owned: set[int] = set()
+        # Shards being handed back -> each delivery loop's round when they stopped being delivered.
+        self._releasing: dict[int, list[int]] = {}
+        self._deliveries = [
+            Delivery(client, self.id, endpoint, Sender(endpoint, source, urllib3.PoolManager(num_pools=4, maxsize=4)),
+                     events.pull_share, self.delivering)
+            for endpoint in events.active]
         self._renew = client.register_script(keys.RENEW_IF_HELD)
         self._release = client.register_script(keys.RELEASE_IF_HELD)
         self._stop = threading.Event()
@@ -54,23 +57,33 @@ class Replica:
 
     @property
     def owned(self) -> list[int]:
-        return sorted(self._workers)
+        with self._lock:
+            return sorted(self._owned)
+
+    def delivering(self) -> list[int]:
+        """The shards the delivery loops serve: owned and not being handed back."""
+        with self._lock:
+            return sorted(self._owned - set(self._releasing))
 
     def start(self) -> None:
         log.info("delivery replica starting", extra={"fields": {"replica": self.id,
                                                                 "endpoints": [e.name for e in self._events.active]}})
+        for delivery in self._deliveries:
+            delivery.start()
         self._thread.start()
 
     def stop(self) -> None:
-        """Stops every worker (a batch in flight finishes or is abandoned to the next owner) and
-        hands the shards back at once, so another replica need not wait for the leases to lapse."""
+        """Stops the delivery loops (a batch in flight finishes or is abandoned to the next owner)
+        and hands the shards back at once, so another replica need not wait for the leases to lapse."""
         self._stop.set()
         self._thread.join(timeout=self._tick_every * 2)
-        for shard in list(self._workers):
-            self._stop_workers(shard)
-        for shard in list(self._workers):
-            if self._workers_done(shard, wait=max(e.timeout for e in self._events.active) + 1 if self._events.active
-                                  else 1):
+        for delivery in self._deliveries:
+            delivery.stop_flag.set()
+        wait = max((e.timeout for e in self._events.active), default=0) + 1
+        for delivery in self._deliveries:
+            delivery.join(timeout=wait)
+        if not any(delivery.is_alive() for delivery in self._deliveries):
+            for shard in self.owned:
                 self._drop(shard)
         self._r.zrem(keys.EVENT_REPLICAS, self.id)
 
@@ -86,20 +99,18 @@ class Replica:
 
     def tick(self) -> None:
         share = self._fair_share()
-        for shard in list(self._workers):
+        for shard in self.owned:
             if not self._renew(keys=[keys.event_lease(shard)], args=[self.id, self._ttl_ms]):
                 log.warning("lost an outbox shard", extra={"fields": {"shard": shard}})
-                self._stop_workers(shard)
-                self._workers_done(shard, wait=0)
-                self._workers.pop(shard, None)
-                self._releasing.discard(shard)
+                with self._lock:
+                    self._owned.discard(shard)
+                    self._releasing.pop(shard, None)
         self._hand_back(share)
         self._take(share)
-        for shard in self.owned:
-            if shard not in self._releasing:
-                self._trim(shard)
+        for shard in self.delivering():
+            self._trim(shard)
         self._report()
-        metrics.EVENTS_SHARDS.set(len(self._workers))
+        metrics.EVENTS_SHARDS.set(len(self.owned))
 
     def _fair_share(self) -> int:
         now_s, now_us = self._r.time()
@@ -112,48 +123,36 @@ class Replica:
         return math.ceil(keys.OUTBOX_SHARDS / max(1, int(live)))
 
     def _hand_back(self, share: int) -> None:
-        extra = len(self._workers) - share
-        for shard in sorted(self._workers, reverse=True)[:max(0, extra)]:
-            if shard not in self._releasing:
-                self._releasing.add(shard)
-                self._stop_workers(shard)
-        for shard in list(self._releasing):
-            if self._workers_done(shard, wait=0):
-                self._drop(shard)
+        with self._lock:
+            extra = len(self._owned) - share
+            for shard in sorted(self._owned, reverse=True)[:max(0, extra)]:
+                if shard not in self._releasing:
+                    self._releasing[shard] = [delivery.rounds for delivery in self._deliveries]
+            ready = [shard for shard, rounds in self._releasing.items()
+                     if all(d.rounds > r or not d.is_alive() for d, r in zip(self._deliveries, rounds, strict=True))]
+        for shard in ready:
+            self._drop(shard)
 
     def _take(self, share: int) -> None:
-        if len(self._workers) >= share:
+        if len(self.owned) >= share:
             return
         start = int(self.id, 16) % keys.OUTBOX_SHARDS  # replicas start at different shards
         for step in range(keys.OUTBOX_SHARDS):
             shard = (start + step) % keys.OUTBOX_SHARDS
-            if len(self._workers) >= share:
+            if len(self.owned) >= share:
                 return
-            if shard in self._workers:
+            if shard in self.owned:
                 continue
             if self._r.set(keys.event_lease(shard), self.id, nx=True, px=self._ttl_ms):
                 log.info("took an outbox shard", extra={"fields": {"shard": shard, "replica": self.id}})
-                self._workers[shard] = [self._worker(shard, e) for e in self._events.active]
-                for worker in self._workers[shard]:
-                    worker.start()
-
-    def _worker(self, shard: int, endpoint: Endpoint) -> Worker:
-        sender, health = self._senders[endpoint.name]
-        return Worker(self._r, self.id, shard, endpoint, sender, health, self._events.pull_share)
-
-    def _stop_workers(self, shard: int) -> None:
-        for worker in self._workers.get(shard, []):
-            worker.stop_flag.set()
-
-    def _workers_done(self, shard: int, wait: float) -> bool:
-        for worker in self._workers.get(shard, []):
-            worker.join(timeout=wait)
-        return not any(worker.is_alive() for worker in self._workers.get(shard, []))
+                with self._lock:
+                    self._owned.add(shard)
 
     def _drop(self, shard: int) -> None:
         self._release(keys=[keys.event_lease(shard)], args=[self.id])
-        self._workers.pop(shard, None)
-        self._releasing.discard(shard)
+        with self._lock:
+            self._owned.discard(shard)
+            self._releasing.pop(shard, None)
         log.info("handed back an outbox shard", extra={"fields": {"shard": shard, "replica": self.id}})
 
     # -- trimming and figures ---------------------------------------------------------------------------

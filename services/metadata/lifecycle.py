@@ -15,7 +15,7 @@ import secrets
 import redis.asyncio as aredis
 
 from services.common import digests
-from services.common.errors import NAME_INVALID, RegistryError
+from services.common.errors import NAME_INVALID, UNSUPPORTED, RegistryError
 from services.common.names import validate_name
 from services.common.redisconn import text
 from services.metadata import redis_keys as keys
@@ -84,7 +84,9 @@ class Lifecycle:
     async def record_pulls(self, pulls: list[tuple[str, str, str, int]]) -> None:
         """(upstream prefix, repository, manifest digest, when in ms) of mirrored pulls."""
         args: list[str | int] = []
-        for prefix, repository, digest, at in pulls[:MAX_PULLS]:
+        if len(pulls) > MAX_PULLS:
+            raise RegistryError(UNSUPPORTED, f"at most {MAX_PULLS} pulls per call")
+        for prefix, repository, digest, at in pulls:
             validate_name(repository)
             digests.validate(digest)
             if not repository.startswith(prefix + "/"):

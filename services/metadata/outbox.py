@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from services.common import digests
+from services.common.errors import UNSUPPORTED, RegistryError
 from services.common.names import validate_name, validate_tag
 from services.metadata import redis_keys as keys
 from services.metadata.scripts import TimedScript
@@ -67,8 +68,10 @@ class PullEvents:
     async def record(self, events: list[Any]) -> None:
         if not self._outbox.enabled:
             return
+        if len(events) > MAX_PULL_EVENTS:
+            raise RegistryError(UNSUPPORTED, f"at most {MAX_PULL_EVENTS} pull events per call")
         by_shard: dict[int, list[str | int]] = collections.defaultdict(list)
-        for event in events[:MAX_PULL_EVENTS]:
+        for event in events:
             validate_name(event.repository)
             digests.validate(event.digest)
             if event.tag:

@@ -589,27 +589,31 @@ return live
 
 # -- event delivery (services/events) ------------------------------------------------------------
 
-# KEYS: the shard's lease, the endpoint's cursor hash, its status hash, its dead-letter stream.
-# ARGV: replica id, shard, new cursor ("<stream id> <sequence>"), events delivered, now (s),
-#       dead-letter reason ("" none), attempts, then each dead event (JSON).
-# Moves the endpoint's cursor past what was delivered or dead-lettered, in one step with the dead
-# letters, and only while this replica still owns the shard (0 otherwise): a replica that lost its
-# lease can never move another's cursor.
-ADVANCE_CURSOR = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-if tonumber(ARGV[4]) > 0 then
-  redis.call('HINCRBY', KEYS[3], 'delivered', ARGV[4])
-  redis.call('HSET', KEYS[3], 'last_success_at', ARGV[5])
+# KEYS: the endpoint's cursor hash, its status hash, its dead-letter stream, then the lease of each
+# shard whose cursor moves. ARGV: replica id, now (s), events delivered, dead-letter reason ("" none),
+# attempts, the number of shards, (shard, new cursor "<stream id> <sequence>") per shard, then each
+# dead event (JSON).
+# Moves the endpoint's cursors past what was delivered or dead-lettered, in one step with the dead
+# letters and the counts, and only while this replica still owns every one of those shards (0
+# otherwise, nothing written): a replica that lost a lease can never move the next owner's cursor.
+ADVANCE_CURSORS = """
+local n = tonumber(ARGV[6])
+for i = 1, n do
+  if redis.call('GET', KEYS[3 + i]) ~= ARGV[1] then return 0 end
 end
-local dead = #ARGV - 7
-if dead > 0 then
-  for i = 8, #ARGV do
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', '""" + str(DEAD_LETTERS_MAX) + """', '*', 'event', ARGV[i],
-               'reason', ARGV[6], 'shard', ARGV[2], 'attempts', ARGV[7], 'at', ARGV[5])
+for i = 1, n do redis.call('HSET', KEYS[1], ARGV[5 + 2 * i], ARGV[6 + 2 * i]) end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HINCRBY', KEYS[2], 'delivered', ARGV[3])
+  redis.call('HSET', KEYS[2], 'last_success_at', ARGV[2])
+end
+local first = 7 + 2 * n
+if #ARGV >= first then
+  for i = first, #ARGV do
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', '""" + str(DEAD_LETTERS_MAX) + """', '*', 'event', ARGV[i],
+               'reason', ARGV[4], 'attempts', ARGV[5], 'at', ARGV[2])
   end
-  redis.call('HINCRBY', KEYS[3], 'dead', dead)
-  if ARGV[6] ~= 'attempts' then redis.call('HINCRBY', KEYS[3], 'overflow', dead) end
+  redis.call('HINCRBY', KEYS[2], 'dead', #ARGV - first + 1)
+  if ARGV[4] ~= 'attempts' then redis.call('HINCRBY', KEYS[2], 'overflow', #ARGV - first + 1) end
 end
 return 1
 """

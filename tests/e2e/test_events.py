@@ -144,6 +144,7 @@ def test_failed_writes_are_never_announced(hooked: tuple[RunningStack, Receiver]
     refused = f"events/refused-{uuid.uuid4().hex[:6]}"
     layer = b"a layer that exists"
     digest = push_blob([stack.url], refused, layer)
+    _wait_for(lambda: any(e["target"].get("digest") == digest for e in receiver.events()), 30, "the blob's event")
     before = {e["id"] for e in receiver.events()}
     # A manifest naming a blob the repository does not have.
     missing = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

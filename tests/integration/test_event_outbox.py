@@ -162,10 +162,10 @@ def test_the_cursor_moves_only_under_the_lease_and_a_replay_keeps_the_event_id(
     _blob(store, "team/r", b"r")
     shard = keys.outbox_shard("team/r")
     [event] = events_of(redis_client, "team/r")
-    advance = redis_client.register_script(keys.ADVANCE_CURSOR)
-    script_keys = [keys.event_lease(shard), keys.event_cursor("hook"), keys.event_status("hook"),
-                   keys.dead_letters("hook")]
-    args = [shard, "1-0 1", 0, 1, "attempts", 10, event.dead_letter()]
+    advance = redis_client.register_script(keys.ADVANCE_CURSORS)
+    script_keys = [keys.event_cursor("hook"), keys.event_status("hook"), keys.dead_letters("hook"),
+                   keys.event_lease(shard)]
+    args = [1, 0, "attempts", 10, 1, shard, "1-0 1", event.dead_letter()]
     redis_client.set(keys.event_lease(shard), "other", px=10_000)
     assert advance(keys=script_keys, args=["mine", *args]) == 0  # not the owner: nothing moves
     assert redis_client.xlen(keys.dead_letters("hook")) == 0

@@ -34,3 +34,12 @@ def test_repeated_pulls_by_one_client_are_one_event_and_distinct_clients_each_on
 
 def test_no_share_records_nothing() -> None:
     assert not PullEvents(0.0, Recorded()).enabled  # type: ignore[arg-type]
+
+
+def test_a_large_flush_goes_in_calls_the_metadata_service_accepts() -> None:
+    metadata = Recorded()
+    pulls = PullEvents(1.0, metadata)  # type: ignore[arg-type]
+    for n in range(12_000):
+        pulls.note({}, "", f"10.0.{n // 250}.{n % 250}", "r", "team/app", "sha256:" + "a" * 64, "m", 7)
+    pulls.flush()
+    assert [len(batch) for batch in metadata.batches] == [5000, 5000, 2000]
