@@ -10,7 +10,9 @@ it returns only when no gateway can still answer from what it changed.
   evicted, and notes the latest expiry it granted each watcher (measured from when the ping
   arrived, which is no earlier than when it was sent, so the gateway's lease ends first).
 - A write publishes the changed repositories on a Redis channel and waits for every replica
-  subscribed to it to confirm (an RPUSH of its id on a key named after the message). Each
+  subscribed to it to confirm (a message with its id on a second channel, which every replica
+  follows on the same subscription: a waiting writer holds no Redis connection, so any number
+  of concurrent writes cannot starve the pool the confirmations need). Each
   replica sends the invalidation to its watchers and waits for their acks; a watcher that does
   not ack in ``ack_timeout`` is evicted — its stream closed, its pings unanswered — and the
   replica waits until the lease it granted has run out before it confirms. A watcher whose
@@ -48,8 +50,6 @@ from services.metadata import redis_keys as keys
 
 log = logging.getLogger("wharf.metadata.invalidation")
 
-# How long an unconfirmed acknowledgement key lives in Redis (the writer deletes it when done).
-_ACK_KEY_TTL = 60
 
 
 class _Watcher:
@@ -74,6 +74,8 @@ class InvalidationHub:
         self._replica = migrations.replica_id()
         self._refresh = client.register_script(keys.REFRESH_GRANTOR)
         self._live_grantors = client.register_script(keys.LIVE_GRANTORS)
+        # Writes waiting for confirmations: message id -> (replicas that confirmed, woken on each).
+        self._waiting: dict[str, tuple[set[str], asyncio.Event]] = {}
 
     @property
     def watchers(self) -> int:
@@ -123,11 +125,15 @@ class InvalidationHub:
         while True:
             pubsub = self._r.pubsub()
             try:
-                await pubsub.subscribe(keys.INVALIDATIONS)
+                await pubsub.subscribe(keys.INVALIDATIONS, keys.INVALIDATION_ACKS)
                 self._subscribed = True
                 log.info("subscribed to manifest invalidations")
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    if message.get("type") != "message":
+                        continue
+                    if text(message["channel"]) == keys.INVALIDATION_ACKS:
+                        self._confirmed(message["data"])
+                    else:
                         await self._handle(message["data"])
             except (redis.RedisError, OSError) as exc:
                 log.warning("invalidation subscription lost", extra={"fields": {"error": str(exc)[:200]}})
@@ -142,13 +148,23 @@ class InvalidationHub:
         try:
             message = json.loads(raw)
             repositories = [str(name) for name in message["repositories"]]
-            ack_key = keys.invalidation_acks(str(message["id"]))
+            message_id = str(message["id"])
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed invalidation", extra={"fields": {"message": repr(raw)[:200]}})
             return
         await self._fan_out(repositories)
-        await self._r.pipeline(transaction=False).rpush(ack_key, self._replica).expire(ack_key, _ACK_KEY_TTL) \
-            .execute()
+        await self._r.publish(keys.INVALIDATION_ACKS, json.dumps({"id": message_id, "replica": self._replica}))
+
+    def _confirmed(self, raw: bytes) -> None:
+        try:
+            message = json.loads(raw)
+            waiting = self._waiting.get(str(message["id"]))
+            replica = str(message["replica"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if waiting is not None:
+            waiting[0].add(replica)
+            waiting[1].set()
 
     async def _fan_out(self, repositories: list[str]) -> None:
         self._seq += 1
@@ -199,23 +215,26 @@ class InvalidationHub:
 
     async def _publish(self, repositories: Iterable[str]) -> None:
         message_id = uuid.uuid4().hex
-        ack_key = keys.invalidation_acks(message_id)
         payload = json.dumps({"id": message_id, "repositories": sorted(set(repositories))})
-        receivers = int(await self._r.publish(keys.INVALIDATIONS, payload))
-        deadline = time.monotonic() + self.confirm_timeout
         confirmed: set[str] = set()
+        woken = asyncio.Event()
+        self._waiting[message_id] = (confirmed, woken)  # before publishing: a confirmation may come at once
+        deadline = time.monotonic() + self.confirm_timeout
         try:
-            while len(confirmed) < receivers:
+            receivers = int(await self._r.publish(keys.INVALIDATIONS, payload))
+            # Confirmations arrive on this replica's subscription; without it (lost, reconnecting)
+            # none will, and the grantor entries below decide.
+            while len(confirmed) < receivers and self._subscribed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                # Short blocking calls: each must end well inside the connection's socket timeout.
-                item = await self._r.blpop([ack_key], timeout=min(remaining, 2.0))
-                if item is not None:
-                    confirmed.add(text(item[1]))
+                woken.clear()
+                if len(confirmed) >= receivers:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, 0.5))
         finally:
-            with contextlib.suppress(redis.RedisError, OSError):
-                await self._r.delete(ack_key)
+            del self._waiting[message_id]
         while True:
             live = await self._live_grantors(keys=[keys.LEASE_GRANTORS])
             now_ms, entries = int(live[0]), live[1:]

@@ -30,7 +30,7 @@
     wharf:migration-lock                           STRING held (with a TTL) by the replica migrating
     wharf:migration:<version>:done                 SET   repositories already migrated to <version>
     wharf:invalidations                            pub/sub channel: {"id", "repositories"} per write
-    wharf:invalidation:<id>:acks                   LIST  one entry per replica that applied message <id>
+    wharf:invalidation-acks                        pub/sub channel: {"id", "replica"} once a replica applied <id>
     wharf:lease-grantors                           ZSET  replica id, score = when its last lease ends (ms)
     wharf:maintenance                              STRING set (with a TTL) by an operator (a restore, say):
                                                          every write script refuses to run
@@ -66,6 +66,7 @@ GC_LOCK = "wharf:gc-lock"
 SCHEMA = "wharf:schema"
 MIGRATION_LOCK = "wharf:migration-lock"
 INVALIDATIONS = "wharf:invalidations"
+INVALIDATION_ACKS = "wharf:invalidation-acks"
 LEASE_GRANTORS = "wharf:lease-grantors"
 MAINTENANCE = "wharf:maintenance"
 GC_RECORD = "wharf:gc-record"
@@ -110,10 +111,6 @@ def event_status(endpoint: str) -> str:
 
 def dead_letters(endpoint: str) -> str:
     return f"wharf:events:dead:{endpoint}"
-
-
-def invalidation_acks(message_id: str) -> str:
-    return f"wharf:invalidation:{message_id}:acks"
 
 
 def repo_prefix(name: str) -> str:
