@@ -8,7 +8,9 @@ metadata replica killed while its gateway holds a warm cache.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import json
 import os
 import pathlib
 import signal
@@ -16,12 +18,14 @@ import socket
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 
-from tests.support.pusher import OCI_MANIFEST, push_blob, push_image, random_layers
+from tests.support import prometheus
+from tests.support.pusher import OCI_MANIFEST, digest, push_blob, push_image, random_layers
+from tests.support.stack import RunningStack
 from tests.support.topology import Topology
 
 LEASE = 1.0
@@ -279,3 +283,27 @@ def test_a_lost_replica_leaves_no_stale_cache_behind(cluster: Cluster, fate: str
         while _digests_seen(reader, "cache/orphan", "latest") != {new}:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+
+
+def test_many_concurrent_writes_are_all_confirmed(start_stack: Callable[..., RunningStack]) -> None:
+    """More concurrent writes than the metadata service has Redis connections: each still gets its
+    confirmation (they once waited on a connection each, and starved the one that confirms)."""
+    stack = start_stack()
+    layer, config = b"a shared layer", b"{}"
+    for n in range(8):
+        push_blob([stack.url], f"burst/r{n}", layer)
+        push_blob([stack.url], f"burst/r{n}", config)
+
+    def put(n: int) -> int:
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer),
+                        "size": len(layer)}], "annotations": {"n": str(n)}})
+        return requests.put(f"{stack.url}/v2/burst/r{n % 8}/manifests/t{n}", data=manifest, timeout=60,
+                            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}).status_code
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        assert set(pool.map(put, range(256))) == {201}
+    figures, _ = prometheus.scrape(stack)
+    assert prometheus.value(figures["metadata"], "wharf_metadata_unconfirmed_invalidations_total") == 0
+    assert prometheus.value(figures["metadata"], "wharf_metadata_invalidations_published_total") >= 256
