@@ -19,6 +19,7 @@ from typing import Any
 import click
 import grpc
 
+from services.common import plugins
 from services.common.errors import from_rpc_error
 from services.common.internal_auth import TOKEN_VARIABLE, authenticated_channel, read_token
 from services.common.settings import SettingsError
@@ -295,6 +296,8 @@ for _command in MAINTENANCE_COMMANDS:
     main.add_command(_command)
 # `wharf-admin events` reads the outbox and the delivery service's records in Redis, no account.
 main.add_command(events_command)
+# `wharf-admin plugins` lists the installed extensions (this machine's packages).
+main.add_command(plugins.command())
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from services.common import plugins
 from services.common.settings import LOG_LEVELS, SettingsError, env, secret
 
 
 @dataclasses.dataclass(frozen=True)
 class BlobStoreSettings:
     listen: str = env("WHARF_BLOBSTORE_LISTEN", "127.0.0.1:50051", "gRPC address to bind (host:port)")
-    storage: str = env("WHARF_STORAGE", "filesystem", "storage driver: filesystem or s3", choices=("filesystem", "s3"))
+    storage: str = env("WHARF_STORAGE", "filesystem", "storage driver: filesystem, s3, or the name of an installed "
+                       "wharf.storage extension (docs/extending.md)")
     data_dir: pathlib.Path = env("WHARF_DATA_DIR", pathlib.Path("./data"), "root of local data")
     expose_paths: bool = env("WHARF_BLOBSTORE_EXPOSE_PATHS", False,
                              "report blob file paths to co-located gateways, which then serve them "
@@ -45,6 +47,12 @@ class BlobStoreSettings:
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
+        installed = plugins.names("wharf.storage")
+        if self.storage not in installed:
+            raise SettingsError(f"WHARF_STORAGE={self.storage!r}: expected {' or '.join(installed)} "
+                                "(or install the package of another storage driver: docs/extending.md)"
+                                if len(installed) > 2 or set(installed) != {"filesystem", "s3"}
+                                else f"WHARF_STORAGE={self.storage!r}: expected {' or '.join(installed)}")
         if self.storage == "s3" and not self.s3_endpoint:
             raise SettingsError("WHARF_STORAGE=s3 needs WHARF_S3_ENDPOINT")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-from services.common import logs
+from services.common import logs, plugins
 from services.common.settings import load_or_exit
-from services.events import config
+from services.events import config, sinks
 from services.events.server import run
 from services.events.settings import EventsSettings
 
@@ -16,7 +16,9 @@ def main() -> None:
     settings = load_or_exit(EventsSettings, os.environ, "wharf-events")
     try:
         events = config.load(os.environ)
-    except config.EventsError as exc:
+        for endpoint in events.active:  # before anything starts: a missing or broken sink stops it here
+            sinks.sink_class(endpoint.sink)
+    except (config.EventsError, plugins.PluginError) as exc:
         raise SystemExit(f"wharf-events: {exc}") from None
     logs.configure(settings.log_level)
     log = logging.getLogger("wharf.events")

@@ -20,6 +20,7 @@ an existing configuration carries over; Wharf adds the keys after the blank line
 
         secret_file: /run/secrets/ci-hook     # HMAC-SHA256 key (or secret: inline); X-Wharf-Signature-256
         format: distribution                  # or cloudevents (CloudEvents 1.0, structured batch)
+        sink: webhook                         # or an installed wharf.events extension; its settings in options:
         max_backoff: 1m
         attempts: 10                          # failed deliveries of an event before it is dead-lettered
         backlog: 100000                       # events waiting past which the oldest are dead-lettered ...
@@ -57,7 +58,7 @@ class EventsError(config_file.ConfigFileError):
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
     name: str
-    url: str
+    url: str = ""
     headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
     timeout: float = 5.0
     threshold: int = 3
@@ -73,6 +74,8 @@ class Endpoint:
     max_age: float = 86_400.0
     batch: int = 50
     pull_sample: float = 1.0
+    sink: str = "webhook"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def pull_share(self) -> float:
@@ -182,6 +185,12 @@ def _ignore(value: Any) -> dict[str, frozenset[str]]:
     return {"mediatypes": _strings(value.get("mediatypes", [])), "actions": actions}
 
 
+def _options(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError("expected a mapping of option names to values (the sink's own settings)")
+    return dict(value)
+
+
 def _choice(value: Any) -> str:
     if value not in FORMATS:
         raise ValueError(f"{value!r}: expected {' or '.join(FORMATS)}")
@@ -206,7 +215,7 @@ _PARSERS = {"name": _name, "url": _url, "headers": _headers, "timeout": _positiv
             "ignoredmediatypes": _strings, "ignore": _ignore, "disabled": flag, "secret": text, "secret_file": text,
             "format": _choice, "max_backoff": _positive_duration, "attempts": lambda v: whole(v, 1, 1000),
             "backlog": lambda v: whole(v, 1, 100_000_000), "max_age": duration, "batch": lambda v: whole(v, 1, 1000),
-            "pull_sample": _share}
+            "pull_sample": _share, "sink": _name, "options": _options}
 # Distribution's keys that mean something else here or nothing at all (accepted, so that its
 # configurations carry over).
 _ACCEPTED = {"queuepurge": str}
@@ -219,7 +228,7 @@ def _endpoint(check: yaml_section.Check, node: Any, where: str, base: pathlib.Pa
         return None
     before = len(check.found)
     fields = check.fields({k: v for k, v in keys.items() if k not in _ACCEPTED}, where, _PARSERS)
-    for name in ("name", "url"):
+    for name in ("name", "url") if fields.get("sink", "webhook") == "webhook" else ("name",):
         if name not in keys:
             check.problem(node, where, f"{name} is missing")
     if "secret" in keys and "secret_file" in keys:

@@ -24,20 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-import urllib3
 
 from services.common import metrics
-from services.events import envelope
 from services.events.config import Endpoint
-from services.events.envelope import Event, Source
+from services.events.envelope import Event
+from services.events.sinks import EventSink
 from services.metadata import redis_keys as keys
 
 log = logging.getLogger("wharf.events")
 # How long a worker's read waits for new events before it looks at its stop flag again (ms).
 _BLOCK_MS = 500
-# The most of a response body read (an error's text for the status); the rest is not wanted.
-_RESPONSE_READ = 65536
-_LAST_ERROR_MAX = 300
 # How long a read that found less than a batch waits for more before sending (seconds).
 _LINGER = 0.02
 
@@ -90,47 +86,6 @@ class EndpointHealth:
             self._next_try = max(self._next_try, self._last_failure + delay)
 
 
-class Sender:
-    """POSTs batches to one endpoint (a connection pool shared by its workers)."""
-
-    def __init__(self, endpoint: Endpoint, source: Source, pool: urllib3.PoolManager) -> None:
-        self._endpoint = endpoint
-        self._source = source
-        self._pool = pool
-
-    def send(self, events: list[Event]) -> str:
-        """"" when the endpoint took the batch, else why not (for the status and the logs)."""
-        e = self._endpoint
-        payload, content_type = envelope.body(events, self._source, e.format)
-        headers = urllib3.HTTPHeaderDict()
-        for name, value in e.headers:
-            headers.add(name, value)
-        headers["Content-Type"] = content_type
-        headers["User-Agent"] = "wharf-events/1"
-        headers[envelope.DELIVERY_HEADER] = f"{events[0].id} {events[-1].id}"
-        if e.secret:
-            headers[envelope.SIGNATURE_HEADER] = envelope.signature(e.secret, payload)
-        try:
-            response = self._pool.request("POST", e.url, body=payload, headers=headers, retries=False, redirect=False,
-                                          timeout=urllib3.Timeout(total=e.timeout), preload_content=False)
-        except urllib3.exceptions.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"[:_LAST_ERROR_MAX]
-        whole = False
-        try:
-            text = response.read(_RESPONSE_READ + 1, decode_content=False)
-            whole = len(text) <= _RESPONSE_READ  # read to its end: the connection may serve the next one
-            if response.status < 400:
-                return ""
-            return f"HTTP {response.status}: {text[:200].decode('utf-8', 'replace')}"[:_LAST_ERROR_MAX]
-        except urllib3.exceptions.HTTPError as exc:
-            return f"{type(exc).__name__} reading the answer"
-        finally:
-            if whole:
-                response.release_conn()
-            else:
-                response.close()
-
-
 class Delivery(threading.Thread):
     """Delivers the shards this replica owns to one endpoint, in order per shard.
 
@@ -140,13 +95,13 @@ class Delivery(threading.Thread):
     than a batch waits ``_LINGER`` for more before sending (a bounded delay for fewer requests).
     Another endpoint's loop never waits for this one."""
 
-    def __init__(self, client: redis.Redis, replica: str, endpoint: Endpoint, sender: Sender,
+    def __init__(self, client: redis.Redis, replica: str, endpoint: Endpoint, sink: EventSink,
                  pull_share: float, shards: Callable[[], list[int]]) -> None:
         super().__init__(daemon=True, name=f"events-{endpoint.name}")
         self._r = client
         self._replica = replica
         self._e = endpoint
-        self._sender = sender
+        self._sink = sink
         self._health = EndpointHealth(endpoint)
         self._pull_share = pull_share
         self._shards = shards
@@ -231,7 +186,7 @@ class Delivery(threading.Thread):
             return
         attempts = 0
         while (tried_at := self._health.wait(self.stop_flag)) is not None:
-            error = self._sender.send(wanted)
+            error = self._sink.send(wanted)
             attempts += 1
             if not error:
                 metrics.EVENTS_ATTEMPTS.labels(self._e.name, "ok").inc()

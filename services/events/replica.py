@@ -23,11 +23,11 @@ import threading
 from typing import Any
 
 import redis
-import urllib3
 
 from services.common import metrics
+from services.events import sinks
 from services.events.config import Events
-from services.events.delivery import Delivery, Sender
+from services.events.delivery import Delivery
 from services.events.envelope import Source
 from services.metadata import redis_keys as keys
 
@@ -47,7 +47,7 @@ class Replica:
         # Shards being handed back -> each delivery loop's round when they stopped being delivered.
         self._releasing: dict[int, list[int]] = {}
         self._deliveries = [
-            Delivery(client, self.id, endpoint, Sender(endpoint, source, urllib3.PoolManager(num_pools=4, maxsize=4)),
+            Delivery(client, self.id, endpoint, sinks.create(endpoint, source),
                      events.pull_share, self.delivering)
             for endpoint in events.active]
         self._renew = client.register_script(keys.RENEW_IF_HELD)

@@ -16,16 +16,19 @@ import pathlib
 import secrets
 import sys
 import time
+from collections.abc import Mapping
 
 from services.api.settings import GatewaySettings
 from services.auth.settings import AuthSettings
+from services.blobstore import storage
 from services.blobstore.settings import BlobStoreSettings
-from services.common import logs
+from services.common import config_file, logs, plugins
 from services.common.health import gateway_answers, grpc_serving
 from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
 from services.common.settings import check_all, load
 from services.common.signals import StopSignal
 from services.events import config as events_config
+from services.events import sinks
 from services.events.settings import EventsSettings
 from services.metadata.settings import MetadataSettings
 from services.mirror import config as mirror_config
@@ -191,6 +194,23 @@ def stop(children: list[Child]) -> None:
         child.stop()
 
 
+def extension_problems(environ: Mapping[str, str]) -> list[str]:
+    """The storage driver and the event sinks named must be installed and load (services/common/plugins.py)."""
+    try:
+        name = config_file.merged(environ).get("WHARF_STORAGE", "filesystem")
+        if name in plugins.names(storage.GROUP):  # else the settings check said so already
+            storage.driver_class(name)
+        storage.options(environ)
+    except (plugins.PluginError, config_file.ConfigFileError) as exc:
+        return [f"WHARF_STORAGE: {exc}"]
+    try:
+        for endpoint in events_config.load(environ, secrets=False).active:
+            sinks.sink_class(endpoint.sink)
+    except (plugins.PluginError, config_file.ConfigFileError) as exc:
+        return [f"events: {exc}"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wharf-stack", description="Runs the whole registry on this machine "
                                      "(what `make run` does); every setting is an environment variable (README).")
@@ -203,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                       EventsSettings)
     found += mirror_config.problems(os.environ)  # the mirrors' upstreams (gateway and blob store read them)
     found += events_config.problems(os.environ)  # the event endpoints (the delivery service reads them)
+    found += extension_problems(os.environ)  # the storage driver and event sinks: installed extensions
     if found:
         sys.stderr.write("".join(f"wharf-stack: {line}\n" for line in found))
         sys.exit(2)

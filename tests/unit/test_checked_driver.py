@@ -15,6 +15,8 @@ from services.blobstore.storage.base import API_VERSION, CheckedDriver, FileInfo
 class Careless(StorageDriver):
     """Accepts any key, and reports a missing object by raising everywhere."""
 
+    wharf_interface = API_VERSION
+
     def __init__(self) -> None:
         self.keys: list[str] = []
 
@@ -72,7 +74,7 @@ def test_not_found_is_mapped_to_the_contract() -> None:
 
 def test_a_driver_of_another_api_version_is_refused() -> None:
     class Old(Careless):
-        api_version = API_VERSION - 1
+        wharf_interface = API_VERSION - 1
 
     with pytest.raises(ValueError, match="storage driver API"):
         CheckedDriver(Old())

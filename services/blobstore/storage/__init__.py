@@ -1,33 +1,51 @@
-"""Storage drivers: one interface (:mod:`.base`), one module per backend, one factory."""
+"""Storage drivers: one interface (:mod:`.base`), one module per backend, found by name.
+
+Drivers are extensions of the ``wharf.storage`` entry-point group (services/common/plugins.py):
+the filesystem and S3 drivers are registered in pyproject.toml exactly as a third party's
+package registers its own, and ``WHARF_STORAGE`` names the one to use. An unknown name, a driver
+that fails to import or implements another interface version is an error, never a fallback.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from services.common import config_file, plugins
 
 if TYPE_CHECKING:
     from services.blobstore.settings import BlobStoreSettings
     from services.blobstore.storage.base import StorageDriver
 
+GROUP = "wharf.storage"
 
-def create_driver(settings: BlobStoreSettings) -> StorageDriver:
-    """Maps ``WHARF_STORAGE`` to a driver, behind the wrapper that checks keys and the not-found
-    contract (base.CheckedDriver); an unknown name is an error, never a fallback."""
+
+def options(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``storage_options`` section (``WHARF_STORAGE_OPTIONS_FILE``, or ``storage_options:`` in
+    ``WHARF_CONFIG``) for a third-party driver's own options; empty when absent."""
+    section = config_file.section(environ, "storage_options")
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise config_file.ConfigFileError("the storage_options section must be a mapping of option names to values")
+    return dict(section)
+
+
+def driver_class(name: str) -> type[StorageDriver]:
+    """The driver class registered as ``name``; PluginError naming what is wrong."""
+    from services.blobstore.storage.base import StorageDriver
+
+    found = plugins.load(GROUP, name)
+    if not (isinstance(found, type) and issubclass(found, StorageDriver)):
+        raise plugins.PluginError(f"{GROUP} {name!r} is not a StorageDriver subclass")
+    return found
+
+
+def create_driver(settings: BlobStoreSettings, environ: Mapping[str, str] | None = None) -> StorageDriver:
+    """The driver ``WHARF_STORAGE`` names, behind the wrapper that checks keys and the not-found
+    contract (base.CheckedDriver)."""
     from services.blobstore.storage.base import CheckedDriver
 
-    return CheckedDriver(_backend(settings))
-
-
-def _backend(settings: BlobStoreSettings) -> StorageDriver:
-    if settings.storage == "filesystem":
-        from services.blobstore.storage.filesystem import FilesystemDriver
-
-        return FilesystemDriver(settings.data_dir / "blobstore", expose_paths=settings.expose_paths)
-    if settings.storage == "s3":
-        from services.blobstore.storage.s3 import S3Config, S3Driver
-
-        return S3Driver(S3Config(
-            endpoint=settings.s3_endpoint, bucket=settings.s3_bucket, access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret(), region=settings.s3_region, prefix=settings.s3_prefix,
-            secure=settings.s3_secure, redirect=settings.s3_redirect, redirect_ttl=settings.s3_redirect_ttl,
-            redirect_endpoint=settings.s3_redirect_endpoint))
-    raise ValueError(f"WHARF_STORAGE={settings.storage!r}: unknown storage driver (known: filesystem, s3)")
+    cls = driver_class(settings.storage)
+    return CheckedDriver(cls.from_settings(settings, options(os.environ if environ is None else environ)))

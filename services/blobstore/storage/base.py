@@ -16,10 +16,13 @@ import abc
 import dataclasses
 import re
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, Self, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Self, TypeVar
 
 from services.common import metrics, tracing
+
+if TYPE_CHECKING:
+    from services.blobstore.settings import BlobStoreSettings
 
 T = TypeVar("T")
 
@@ -104,7 +107,16 @@ class StorageDriver(abc.ABC):
     raise ``FileNotFoundError``; ``stat`` returns None; ``delete`` returns False. Keys reach a
     driver already checked (:class:`CheckedDriver`)."""
 
-    api_version: int = API_VERSION
+    # A driver states the interface version it implements in its own class, ``wharf_interface =
+    # API_VERSION`` (not inherited from here: a driver written for version 1 must not claim 2).
+
+    @classmethod
+    def from_settings(cls, settings: BlobStoreSettings, options: Mapping[str, Any]) -> StorageDriver:
+        """The driver the blob store uses, built from its settings and the ``storage_options`` section
+        of the configuration (``WHARF_STORAGE_OPTIONS_FILE``, or ``storage_options:`` in
+        ``WHARF_CONFIG``: a mapping, empty when absent). Raise ValueError with a message for a
+        missing or malformed option."""
+        raise ValueError(f"{cls.__name__} does not say how to build it from settings (from_settings)")
 
     @abc.abstractmethod
     def get_content(self, key: str) -> bytes:
@@ -171,7 +183,7 @@ class CheckedDriver(StorageDriver):
     and measures each operation (a missing key is an answer, not an error)."""
 
     def __init__(self, inner: StorageDriver) -> None:
-        version = getattr(inner, "api_version", None)
+        version = getattr(type(inner), "wharf_interface", None)
         if version != API_VERSION:
             raise ValueError(f"{type(inner).__name__} implements storage driver API {version!r}; "
                              f"this blob store needs {API_VERSION}")

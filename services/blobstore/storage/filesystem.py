@@ -19,12 +19,15 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from services.blobstore.storage.base import FileInfo, FileWriter, StorageDriver, UploadBusyError, check_key
+from services.blobstore.storage.base import API_VERSION, FileInfo, FileWriter, StorageDriver, UploadBusyError, check_key
 
 log = logging.getLogger("wharf.blobstore.filesystem")
+
+if TYPE_CHECKING:
+    from services.blobstore.settings import BlobStoreSettings
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -237,6 +240,12 @@ class _FileWriter(FileWriter):
 
 
 class FilesystemDriver(StorageDriver):
+
+    wharf_interface = API_VERSION
+
+    @classmethod
+    def from_settings(cls, settings: BlobStoreSettings, options: Mapping[str, Any]) -> FilesystemDriver:
+        return cls(settings.data_dir / "blobstore", expose_paths=settings.expose_paths)
 
     def __init__(self, root: pathlib.Path, expose_paths: bool = False) -> None:
         self._root = root.resolve()

@@ -15,8 +15,8 @@ import email.utils
 import io
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import urllib3
 from minio import Minio
@@ -24,7 +24,7 @@ from minio.commonconfig import REPLACE, ComposeSource, CopySource
 from minio.datatypes import Part
 from minio.error import S3Error
 
-from services.blobstore.storage.base import FileInfo, FileWriter, StorageDriver, StorageError, check_key
+from services.blobstore.storage.base import API_VERSION, FileInfo, FileWriter, StorageDriver, StorageError, check_key
 from services.blobstore.storage.s3_session import STATE_SUFFIX, TAIL_SUFFIX, MultipartWriter, read_state
 
 log = logging.getLogger("wharf.blobstore.s3")
@@ -34,6 +34,9 @@ _MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchUpload", "ResourceNotFound"}
 # A conditional PUT that did not land: 412 from both servers; MinIO (like AWS) answers If-Match
 # on an absent object with 404 NoSuchKey; AWS answers a conditional write racing another with 409.
 _NOT_LANDED = {"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"}
+
+if TYPE_CHECKING:
+    from services.blobstore.settings import BlobStoreSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,16 @@ class _Reader(io.RawIOBase):
 
 
 class S3Driver(StorageDriver):
+
+    wharf_interface = API_VERSION
+
+    @classmethod
+    def from_settings(cls, settings: BlobStoreSettings, options: Mapping[str, Any]) -> S3Driver:
+        return cls(S3Config(
+            endpoint=settings.s3_endpoint, bucket=settings.s3_bucket, access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret(), region=settings.s3_region, prefix=settings.s3_prefix,
+            secure=settings.s3_secure, redirect=settings.s3_redirect, redirect_ttl=settings.s3_redirect_ttl,
+            redirect_endpoint=settings.s3_redirect_endpoint))
 
     def __init__(self, config: S3Config) -> None:
         self._config = config
