@@ -12,12 +12,13 @@ from typing import Any  # noqa: E402
 
 from gunicorn.app.base import BaseApplication  # noqa: E402
 
+from services.api import admission as admission_config  # noqa: E402
 from services.api import wire  # noqa: E402
 from services.api.app import create_app  # noqa: E402
 from services.api.metrics_hub import MetricsHub  # noqa: E402
 from services.api.settings import GatewaySettings  # noqa: E402
 from services.api.worker import raise_open_file_limit, record_request, worker_class, worker_exiting  # noqa: E402
-from services.common import logs  # noqa: E402
+from services.common import config_file, logs, plugins  # noqa: E402
 from services.common.settings import load_or_exit  # noqa: E402
 from services.events import config as events_config  # noqa: E402
 from services.mirror import config as mirror_config  # noqa: E402
@@ -42,7 +43,8 @@ def main() -> None:
     try:
         mirrors = mirror_config.load(os.environ, secrets=False)
         pull_share = events_config.load(os.environ, secrets=False).pull_share  # what share of pulls to record
-    except (mirror_config.MirrorsError, events_config.EventsError) as exc:
+        admission = admission_config.load(os.environ)
+    except (config_file.ConfigFileError, plugins.PluginError) as exc:
         raise SystemExit(f"wharf-gateway: {exc}") from None
     logs.configure(settings.log_level)
     wire.install(settings.max_body_bytes)
@@ -76,7 +78,7 @@ def main() -> None:
     if settings.tls_cert_file:
         # Blobs then leave through the TLS socket in 1 MiB reads instead of sendfile.
         options.update(certfile=settings.tls_cert_file, keyfile=settings.tls_key_file)
-    _Gunicorn(create_app(settings, mirrors=mirrors, pull_share=pull_share), options).run()
+    _Gunicorn(create_app(settings, mirrors=mirrors, pull_share=pull_share, admission=admission), options).run()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from flask import Flask, Response, g, has_app_context, request
 
 from services.api import http_metrics, routes
 from services.api.access import authorizer_for
+from services.api.admission import Admission
 from services.api.clients import Clients
 from services.api.context import Context
 from services.api.events import PullEvents, current_origin
@@ -65,14 +66,14 @@ def _current_request_id() -> str:
 
 
 def create_app(settings: GatewaySettings, clients: Clients | None = None, mirrors: Mirrors | None = None,
-               pull_share: float = 0.0) -> Flask:
+               pull_share: float = 0.0, admission: Admission | None = None) -> Flask:
     """The gateway's WSGI app. ``pull_share``: the share of pulls recorded as events (the events
     section's largest ``pull_sample``; 0 without endpoints that want pulls)."""
     trusted_proxies = parse_networks(settings.trusted_proxies)
     app = Flask("wharf")
     clients = clients or Clients(settings, _current_request_id, current_origin)
     ctx = Context(settings, clients, authorizer_for(settings, clients.auth), Mirror(mirrors or Mirrors(), clients),
-                  PullEvents(pull_share, clients.metadata))
+                  PullEvents(pull_share, clients.metadata), admission or Admission())
     if ctx.authorizer.issues_tokens and not settings.public_url:
         log.warning("WHARF_PUBLIC_URL is not set: the token realm is built from each request's Host header; "
                     "set it to the registry's external URL")

@@ -1,12 +1,13 @@
 """What every view is given, built once per app: the settings, the gRPC clients, the authorizer,
 the mirror (pull-through for mirrored prefixes; off when none is configured), pull events (off
-unless an endpoint wants them)."""
+unless an endpoint wants them), the admission policies (none unless configured)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from services.api.access import Authorizer
+from services.api.admission import Admission
 from services.api.clients import Clients
 from services.api.events import PullEvents
 from services.api.mirroring import Mirror
@@ -20,3 +21,4 @@ class Context:
     authorizer: Authorizer
     mirror: Mirror
     pull_events: PullEvents
+    admission: Admission

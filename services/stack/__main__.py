@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Mapping
 
+from services.api import admission
 from services.api.settings import GatewaySettings
 from services.auth.settings import AuthSettings
 from services.blobstore import storage
@@ -195,7 +196,8 @@ def stop(children: list[Child]) -> None:
 
 
 def extension_problems(environ: Mapping[str, str]) -> list[str]:
-    """The storage driver and the event sinks named must be installed and load (services/common/plugins.py)."""
+    """The storage driver, event sinks and admission policies named must be installed and load
+    (services/common/plugins.py)."""
     try:
         name = config_file.merged(environ).get("WHARF_STORAGE", "filesystem")
         if name in plugins.names(storage.GROUP):  # else the settings check said so already
@@ -208,6 +210,10 @@ def extension_problems(environ: Mapping[str, str]) -> list[str]:
             sinks.sink_class(endpoint.sink)
     except (plugins.PluginError, config_file.ConfigFileError) as exc:
         return [f"events: {exc}"]
+    try:
+        admission.load(environ)
+    except (plugins.PluginError, config_file.ConfigFileError) as exc:
+        return [f"admission: {exc}"]
     return []
 
 
@@ -223,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                       EventsSettings)
     found += mirror_config.problems(os.environ)  # the mirrors' upstreams (gateway and blob store read them)
     found += events_config.problems(os.environ)  # the event endpoints (the delivery service reads them)
-    found += extension_problems(os.environ)  # the storage driver and event sinks: installed extensions
+    found += extension_problems(os.environ)  # storage driver, event sinks, admission policies: extensions
     if found:
         sys.stderr.write("".join(f"wharf-stack: {line}\n" for line in found))
         sys.exit(2)

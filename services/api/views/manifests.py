@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask import Response, request
+from flask import Response, g, request
 
 from services.api import manifest_rules
+from services.api.admission import Candidate
 from services.api.mounts import mountable_size
 from services.api.request_input import read_body
 from services.api.responses import empty
 from services.common import digests, mediatypes
 from services.common.errors import (
+    DENIED,
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
@@ -138,6 +140,19 @@ def mirrored_put_request(name: str, digest: str, content: bytes, media_type: str
     return request
 
 
+def _admit(ctx: Context, name: str, digest: str, content: bytes, parsed: manifest_rules.ParsedManifest,
+           tags: list[str]) -> None:
+    """Asks the admission policies (services/api/admission.py); a refusal is DENIED, nothing stored."""
+    claims = g.get("claims")
+    refusal = ctx.admission.refusal(Candidate(
+        repository=name, digest=digest, media_type=parsed.media_type, artifact_type=parsed.artifact_type,
+        size=len(content), tags=tuple(tags), annotations=dict(parsed.annotations),
+        referenced_bytes=sum(parsed.blob_sizes) + sum(parsed.manifest_sizes), subject=parsed.subject,
+        account=claims.subject if claims else ""))
+    if refusal is not None:
+        raise RegistryError(DENIED, refusal)
+
+
 def put(ctx: Context, name: str, reference: str) -> Response:
     ctx.mirror.refuse_push(name)
     is_digest = digests.looks_like_digest(reference)
@@ -151,6 +166,8 @@ def put(ctx: Context, name: str, reference: str) -> Response:
     if is_digest and digest != reference:
         raise RegistryError(DIGEST_INVALID, f"manifest digest is {digest}, not {reference}")
     parsed = manifest_rules.parse(content, request.headers.get("Content-Type", ""))
+    if ctx.admission.enabled:
+        _admit(ctx, name, digest, content, parsed, tags)
     put_request = _put_request(name, digest, content, parsed, tags, ctx.settings.allow_sparse_manifests)
     try:
         ctx.clients.metadata.put_manifest(put_request)
