@@ -16,9 +16,11 @@ $(RUN_STAMP): pyproject.toml
 	$(PIP) -e .
 	touch $(RUN_STAMP)
 
-# What `make test` adds: test servers and clients, linters, the code generator.
-$(STAMP): $(RUN_STAMP)
+# What `make test` adds: test servers and clients, linters, the code generator, and the example
+# extension package (examples/wharf-example), which the tests find the way a user's would be found.
+$(STAMP): $(RUN_STAMP) examples/wharf-example/pyproject.toml
 	$(PIP) -e '.[dev]'
+	$(PIP) -e examples/wharf-example
 	touch $(STAMP)
 
 # Regenerate the committed gRPC code (a no-op when protos/ did not change). `make run` does
@@ -33,7 +35,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests scripts bench client
+	$(VENV)/bin/ruff check services tests scripts bench client examples
 	$(PY) -m mypy services client --exclude services/gen --ignore-missing-imports
 
 bench: gen

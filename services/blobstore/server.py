@@ -215,7 +215,10 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
                 on_port: Callable[[int], None] | None = None, mirrors: Mirrors | None = None) -> None:
     """Runs the blob store until SIGTERM; the janitor thread stops with it."""
     token = read_token(settings.internal_token_file)  # before anything starts: a bad file stops the service
-    driver = create_driver(settings)
+    try:
+        driver = create_driver(settings)
+    except ValueError as exc:  # a driver's options refused (an extension's, say): name it and stop
+        raise SystemExit(f"wharf-blobstore: WHARF_STORAGE={settings.storage}: {exc}") from None
     blobs = BlobService(driver, settings.upload_ttl)
     fills = Fills(blobs, driver, mirrors or Mirrors())
     blobs.expire_uploads()

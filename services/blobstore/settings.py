@@ -49,10 +49,9 @@ class BlobStoreSettings:
     def __post_init__(self) -> None:
         installed = plugins.names("wharf.storage")
         if self.storage not in installed:
-            raise SettingsError(f"WHARF_STORAGE={self.storage!r}: expected {' or '.join(installed)} "
-                                "(or install the package of another storage driver: docs/extending.md)"
-                                if len(installed) > 2 or set(installed) != {"filesystem", "s3"}
-                                else f"WHARF_STORAGE={self.storage!r}: expected {' or '.join(installed)}")
+            extensions = [name for name in installed if name not in ("filesystem", "s3")]
+            raise SettingsError(f"WHARF_STORAGE={self.storage!r}: expected filesystem or s3"
+                                + (f", or an installed extension: {', '.join(extensions)}" if extensions else ""))
         if self.storage == "s3" and not self.s3_endpoint:
             raise SettingsError("WHARF_STORAGE=s3 needs WHARF_S3_ENDPOINT")
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-LINTED = ("services", "tests", "scripts", "bench", "client")
+LINTED = ("services", "tests", "scripts", "bench", "client", "examples")
 
 
 def test_ruff_is_clean() -> None:

@@ -1,0 +1,1 @@
+"""Example Wharf extensions (docs/extending.md)."""
