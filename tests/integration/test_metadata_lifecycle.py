@@ -181,6 +181,7 @@ def test_push_times_and_the_catalog_by_push(parts: Any, redis_client: redis.Redi
     store, _, _, _ = parts
     for name in ("old", "middle", "new"):
         _image(store, name, ["v1"], [name.encode()])
+        time.sleep(0.002)  # push times are milliseconds: pushes in one millisecond would tie
     names, times, more = store.repositories_by_push("", 2)
     assert names == ["new", "middle"] and more and times[0] >= times[1] > 0
     names, _, more = store.repositories_by_push("middle", 2)
