@@ -47,13 +47,20 @@ class BlobStoreSettings:
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
-        installed = plugins.names("wharf.storage")
-        if self.storage not in installed:
-            extensions = [name for name in installed if name not in ("filesystem", "s3")]
-            raise SettingsError(f"WHARF_STORAGE={self.storage!r}: expected filesystem or s3"
-                                + (f", or an installed extension: {', '.join(extensions)}" if extensions else ""))
+        problem = storage_problem(self.storage)
+        if problem:
+            raise SettingsError(problem)
         if self.storage == "s3" and not self.s3_endpoint:
             raise SettingsError("WHARF_STORAGE=s3 needs WHARF_S3_ENDPOINT")
 
     def s3_secret(self) -> str:
         return secret(self.s3_secret_key, self.s3_secret_key_file)
+
+
+def storage_problem(name: str) -> str | None:
+    """Why ``WHARF_STORAGE=name`` cannot be used (None when a driver of that name is installed).
+    One message whatever is installed: `wharf-admin plugins` lists the extensions."""
+    if name in plugins.names("wharf.storage"):
+        return None
+    return (f"WHARF_STORAGE={name!r}: expected filesystem or s3, or the name of an installed storage extension "
+            "(wharf-admin plugins)")

@@ -22,7 +22,7 @@ from services.api import admission
 from services.api.settings import GatewaySettings
 from services.auth.settings import AuthSettings
 from services.blobstore import storage
-from services.blobstore.settings import BlobStoreSettings
+from services.blobstore.settings import BlobStoreSettings, storage_problem
 from services.common import config_file, logs, plugins
 from services.common.health import gateway_answers, grpc_serving
 from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
@@ -200,8 +200,10 @@ def extension_problems(environ: Mapping[str, str]) -> list[str]:
     (services/common/plugins.py)."""
     try:
         name = config_file.merged(environ).get("WHARF_STORAGE", "filesystem")
-        if name in plugins.names(storage.GROUP):  # else the settings check said so already
-            storage.driver_class(name)
+        problem = storage_problem(name)  # also the blob store settings' rule, which other problems may hide
+        if problem:
+            return [problem]
+        storage.driver_class(name)
         storage.options(environ)
     except (plugins.PluginError, config_file.ConfigFileError) as exc:
         return [f"WHARF_STORAGE: {exc}"]
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     found += mirror_config.problems(os.environ)  # the mirrors' upstreams (gateway and blob store read them)
     found += events_config.problems(os.environ)  # the event endpoints (the delivery service reads them)
     found += extension_problems(os.environ)  # storage driver, event sinks, admission policies: extensions
+    found = list(dict.fromkeys(found))
     if found:
         sys.stderr.write("".join(f"wharf-stack: {line}\n" for line in found))
         sys.exit(2)

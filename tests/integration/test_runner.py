@@ -84,7 +84,8 @@ def test_check_mode_reports_every_problem_and_starts_nothing(tmp_path: pathlib.P
         "wharf-stack: WHARF_PORT='99999': expected a number from 1 to 65535",
         "wharf-stack: WHARF_AUTH='bogus': expected none or token",
         "wharf-stack: WHARF_LOG_LEVEL='loud': expected debug or info or warning or error",
-        "wharf-stack: WHARF_STORAGE='s4': expected filesystem or s3",
+        "wharf-stack: WHARF_STORAGE='s4': expected filesystem or s3, or the name of an installed storage extension "
+        "(wharf-admin plugins)",
     ]
     good = _runner({"WHARF_DATA_DIR": str(tmp_path)}, "--check")
     assert good.returncode == 0 and "valid" in good.stdout
