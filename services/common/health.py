@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import ssl
 import urllib.error
 import urllib.request
@@ -43,8 +44,8 @@ def gateway_answers(url: str, instance: str) -> bool:
             return bool(response.status == 200 and response.headers.get(INSTANCE_HEADER) == instance)
     except urllib.error.HTTPError as err:
         return err.code == 401 and err.headers.get(INSTANCE_HEADER) == instance
-    except (urllib.error.URLError, OSError):
-        return False
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return False  # nothing there, or something that is not an HTTP server (it answered garbage)
 
 
 def http_ok(url: str) -> bool:

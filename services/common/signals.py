@@ -30,4 +30,7 @@ class StopSignal:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+        # Stopping now: further SIGTERMs are ignored. Otherwise one arriving while the interpreter
+        # exits (which resets Python's handlers to the default) would kill it mid-shutdown.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return True

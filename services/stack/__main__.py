@@ -101,7 +101,7 @@ def start(settings: StackSettings) -> list[Child]:
         # peaked at 118-139 MB instead of 215-244, at the same single-push and manifest rates.
         base.setdefault("MALLOC_ARENA_MAX", "2")
         figures = _metrics_addresses(settings)
-        metadata_addr = f"127.0.0.1:{free_port()}"
+        metadata_addr = f"127.0.0.1:{free_port(avoid=settings.port)}"
         # wharf-gc and wharf-admin check / export / import, run from the same directory, write through it.
         records.write(data_dir, records.METADATA_ADDRESS, metadata_addr)
         metadata = Child("metadata", python_module("services.metadata"),
@@ -110,7 +110,7 @@ def start(settings: StackSettings) -> list[Child]:
         children.append(metadata)
         blobstores = []
         for replica in range(max(settings.blobstore_replicas, 1)):
-            address = f"127.0.0.1:{free_port()}"
+            address = f"127.0.0.1:{free_port(avoid=settings.port)}"
             blobstores.append(Child(f"blobstore-{replica}", python_module("services.blobstore"),
                                     env_for("blobstore", base, WHARF_BLOBSTORE_LISTEN=address,
                                             WHARF_BLOBSTORE_EXPOSE_PATHS="true",
@@ -126,7 +126,7 @@ def start(settings: StackSettings) -> list[Child]:
                            WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth,
                            **_metrics_variable(figures, "gateway", "WHARF_METRICS_ADDR"))
         if settings.auth == "token":
-            auth_addr = f"127.0.0.1:{free_port()}"
+            auth_addr = f"127.0.0.1:{free_port(avoid=settings.port)}"
             auth_env = env_for("auth", base, WHARF_AUTH_LISTEN=auth_addr, WHARF_AUTH_REDIS_URL=redis_url,
                                WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys"),
                                **_metrics_variable(figures, "auth", "WHARF_AUTH_METRICS_ADDR"))
@@ -150,7 +150,7 @@ def start(settings: StackSettings) -> list[Child]:
         if events_config.load(os.environ, secrets=False).enabled:
             # The delivery service, when an endpoint is configured (the metadata service then writes
             # the outbox: WHARF_EVENTS_OUTBOX=auto). It needs no address of its own beyond health.
-            events_addr = f"127.0.0.1:{free_port()}"
+            events_addr = f"127.0.0.1:{free_port(avoid=settings.port)}"
             events = Child("events", python_module("services.events"),
                            env_for("events", base, WHARF_EVENTS_LISTEN=events_addr, WHARF_REDIS_URL=redis_url,
                                    WHARF_PUBLIC_URL=base.get("WHARF_PUBLIC_URL") or base_url(settings),
@@ -179,7 +179,7 @@ def _metrics_addresses(settings: StackSettings) -> dict[str, str]:
         names.append("auth")
     if events_config.load(os.environ, secrets=False).enabled:
         names.append("events")
-    return {name: f"127.0.0.1:{free_port()}" for name in names}
+    return {name: f"127.0.0.1:{free_port(avoid=settings.port)}" for name in names}
 
 
 def _metrics_variable(figures: dict[str, str], name: str, variable: str) -> dict[str, str]:

@@ -15,10 +15,15 @@ from collections.abc import Mapping
 from typing import IO
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", avoid: int = 0) -> int:
+    """A port free now; never ``avoid`` (the registry's own port, which the gateway binds last: a
+    service given it first would take it from the gateway)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port != avoid:
+            return port
 
 
 def redis_binary(explicit: str = "") -> str:
