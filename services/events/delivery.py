@@ -39,29 +39,24 @@ _LINGER = 0.02
 
 
 class EndpointHealth:
-    """Failures in a row of one endpoint, shared by its workers: when the next try may go.
-
-    Workers of several shards that tried at once and failed together count as one failure (the
-    endpoint was down once, not once per shard), so the backoff grows with time, not with the
-    number of shards that had something to send."""
+    """Failures in a row of one endpoint's delivery loop: when the next try may go. (One loop per
+    endpoint sends for every shard, so a failure is counted once however many shards it held.)"""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         self._lock = threading.Lock()
         self._failures = 0
         self._next_try = 0.0
-        self._last_failure = 0.0
 
-    def wait(self, stop: threading.Event) -> float | None:
-        """Waits until a try may go, and returns when (None when stopped meanwhile)."""
+    def wait(self, stop: threading.Event) -> bool:
+        """Waits until a try may go; False when stopped meanwhile."""
         while not stop.is_set():
             with self._lock:
-                now = time.monotonic()
-                delay = self._next_try - now
+                delay = self._next_try - time.monotonic()
             if delay <= 0:
-                return now
+                return True
             stop.wait(min(delay, 1.0))
-        return None
+        return False
 
     @property
     def backing_off(self) -> bool:
@@ -74,16 +69,13 @@ class EndpointHealth:
             self._failures = 0
             self._next_try = 0.0
 
-    def failed(self, tried_at: float) -> None:
+    def failed(self) -> None:
         e = self._endpoint
         with self._lock:
-            if tried_at <= self._last_failure:
-                return  # another worker's failure of the same moment counted already
-            self._last_failure = time.monotonic()
             self._failures += 1
             over = self._failures - e.threshold
             delay = 0.05 if over < 0 else min(e.max_backoff, e.backoff * 2 ** min(over, 30))
-            self._next_try = max(self._next_try, self._last_failure + delay)
+            self._next_try = time.monotonic() + delay
 
 
 class Delivery(threading.Thread):
@@ -185,7 +177,7 @@ class Delivery(threading.Thread):
             self._finish(moved)
             return
         attempts = 0
-        while (tried_at := self._health.wait(self.stop_flag)) is not None:
+        while self._health.wait(self.stop_flag):
             error = self._sink.send(wanted)
             attempts += 1
             if not error:
@@ -198,7 +190,7 @@ class Delivery(threading.Thread):
                 self._finish(moved, delivered=len(wanted))
                 return
             metrics.EVENTS_ATTEMPTS.labels(self._e.name, "failed").inc()
-            self._health.failed(tried_at)
+            self._health.failed()
             self._note_error(error)
             if attempts >= self._e.attempts:
                 self._finish(moved, dead=wanted, reason="attempts", attempts=attempts)
