@@ -20,7 +20,7 @@ def main() -> None:
         raise SystemExit(f"wharf-auth: {exc}") from None
     logs.configure(settings.log_level)
     run(settings, on_port=lambda port: logging.getLogger("wharf.auth").info(
-        "listening", extra={"fields": {"port": port}}), mirrors=mirrors)
+        "listening", extra={"fields": {"port": port}}), mirrors=mirrors, environ=os.environ)
 
 
 if __name__ == "__main__":

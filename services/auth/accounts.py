@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 
 import bcrypt
 import redis
@@ -28,6 +29,7 @@ KINDS = ("user", "robot")
 MIN_PASSWORD = 8
 # bcrypt looks at 72 bytes at most; longer passwords are refused rather than silently cut.
 MAX_PASSWORD = 72
+REFRESH_REFUSED = "refresh token is invalid, expired or revoked"
 
 
 def validate_account_name(name: str) -> str:
@@ -51,6 +53,11 @@ class AccountStore:
         self._failure_limit = failure_limit
         self._throttle = LoginThrottle(client, failure_window)
         self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(bcrypt_rounds))
+
+    @property
+    def client(self) -> redis.Redis:
+        """The auth keyspace's Redis client (identity backends share it)."""
+        return self._r
 
     # -- accounts ----------------------------------------------------------
 
@@ -146,7 +153,22 @@ class AccountStore:
     # -- passwords ---------------------------------------------------------
 
     def authenticate(self, name: str, password: str, address: str, *, account_limit: int | None = None) -> Principal:
-        """The account when the password matches; UNAUTHORIZED or TOOMANYREQUESTS otherwise.
+        """The account when the password matches; UNAUTHORIZED or TOOMANYREQUESTS otherwise
+        (the built-in accounts alone; the auth service asks its identity chain, which uses
+        :meth:`throttled` and :meth:`check_password` the same way)."""
+        def verify() -> bool:
+            return self.check_password(name, password) is True
+
+        principal = self.find(name) if self.throttled(name, address, verify, account_limit=account_limit) else None
+        if principal is None:  # a wrong password, or the account was deleted meanwhile
+            raise RegistryError(UNAUTHORIZED, "invalid username or password")
+        return principal
+
+    def throttled(self, name: str, address: str, verify: Callable[[], bool], *,
+                  account_limit: int | None = None) -> bool:
+        """Runs ``verify`` (a password check, by whichever identity backend) under the login
+        throttle and returns its answer; UNAUTHORIZED for a name no account can have,
+        TOOMANYREQUESTS while locked.
 
         Failures are counted per account and client address (IPv6 per /64); with
         ``account_limit`` also per account from all addresses together (the admin API,
@@ -160,41 +182,42 @@ class AccountStore:
         if account_limit is not None:
             buckets.append(Bucket(keys.failures(name, keys.ANY_ADDRESS), keys.checking(name, keys.ANY_ADDRESS),
                                   account_limit))
+        return self._throttle.check(buckets, verify)
+
+    def check_password(self, name: str, password: str) -> bool | None:
+        """True when ``password`` is the account's, False when it is not, None when there is no
+        such account (checked against a dummy hash then, so a miss costs as much as a hit)."""
         raw = password.encode()
         if len(raw) > MAX_PASSWORD:
             raw = b""  # never matches: stored passwords are at most MAX_PASSWORD bytes
-
-        def verify() -> bool:
-            stored = self._r.hget(keys.account(name), "hash")
-            # Checked against a dummy hash when the account does not exist, so a miss costs as much as a hit.
-            return bcrypt.checkpw(raw, stored or self._dummy_hash) and stored is not None
-
-        principal = self.find(name) if self._throttle.check(buckets, verify) else None
-        if principal is None:  # a wrong password, or the account was deleted meanwhile
-            raise RegistryError(UNAUTHORIZED, "invalid username or password")
-        return principal
+        stored = self._r.hget(keys.account(name), "hash") if keys.ACCOUNT_RE.match(name or "") else None
+        matches = bcrypt.checkpw(raw, stored or self._dummy_hash)
+        return None if stored is None else matches
 
     # -- refresh tokens ----------------------------------------------------
 
-    def new_refresh_token(self, name: str, lifetime: int) -> str:
+    def new_refresh_token(self, name: str, lifetime: int, backend: str = "") -> str:
+        """A refresh token for ``name``; ``backend`` names the identity backend that vouched for
+        it when that is not the built-in accounts (its redemption asks that backend again)."""
         token = secrets.token_urlsafe(32)
         token_id = hashlib.sha256(token.encode()).hexdigest()
+        fields: dict[str | bytes, bytes | float | int | str] = {"account": name, "backend": backend,
+                                                                "expires_at": int(time.time()) + lifetime}
         with self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.refresh(token_id), mapping={"account": name, "expires_at": int(time.time()) + lifetime})
+            pipe.hset(keys.refresh(token_id), mapping=fields)
             pipe.expire(keys.refresh(token_id), lifetime)
             pipe.sadd(keys.refresh_of(name), token_id)
             pipe.execute()
         return token
 
-    def redeem_refresh_token(self, token: str) -> Principal:
+    def redeem_refresh_token(self, token: str) -> tuple[str, str]:
+        """(account, backend) of a valid refresh token (backend "" for the built-in accounts);
+        UNAUTHORIZED otherwise."""
         token_id = hashlib.sha256(token.encode()).hexdigest()
-        account = self._r.hget(keys.refresh(token_id), "account")
+        account, backend = self._r.hmget(keys.refresh(token_id), "account", "backend")
         if account is None:
-            raise RegistryError(UNAUTHORIZED, "refresh token is invalid, expired or revoked")
-        try:
-            return self.get(text(account))
-        except RegistryError:
-            raise RegistryError(UNAUTHORIZED, "refresh token is invalid, expired or revoked") from None
+            raise RegistryError(UNAUTHORIZED, REFRESH_REFUSED)
+        return text(account), text(backend)
 
     def revoke_refresh_tokens(self, name: str) -> int:
         ids = [text(i) for i in self._r.smembers(keys.refresh_of(name))]

@@ -7,13 +7,14 @@ import base64
 import binascii
 import concurrent.futures
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 import redis
 
-from services.auth import peers, tokens
+from services.auth import identity, peers, tokens
 from services.auth.accounts import AccountStore
+from services.auth.identity import Identities, IdentityContext
 from services.auth.policy import (
     ANONYMOUS,
     MirrorPulls,
@@ -25,8 +26,8 @@ from services.auth.policy import (
 )
 from services.auth.settings import AuthSettings
 from services.auth.signing import ALGORITHM, KeyRing
-from services.common import grpcserver, metrics, redis_refusals, redisconn, scopes
-from services.common.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, RegistryError
+from services.common import config_file, grpcserver, metrics, plugins, redis_refusals, redisconn, scopes
+from services.common.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, UNAVAILABLE, RegistryError
 from services.common.grpcserver import threaded
 from services.common.internal_auth import read_token
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
@@ -48,23 +49,26 @@ def _account_pb(principal: Principal, created_at: int = 0) -> pb.Account:
 
 
 # wharf_auth_token_refusals_total's reasons: a bounded set (anything else is "invalid").
-_REFUSAL_REASONS = {UNAUTHORIZED.code: "credentials", TOOMANYREQUESTS.code: "throttled", DENIED.code: "denied"}
+_REFUSAL_REASONS = {UNAUTHORIZED.code: "credentials", TOOMANYREQUESTS.code: "throttled", DENIED.code: "denied",
+                    UNAVAILABLE.code: "unavailable"}
 
 
 class AuthServicer(pb_grpc.AuthServicer):
     def __init__(self, settings: AuthSettings, store: AccountStore, keyring: KeyRing,
-                 mirrored: MirrorPulls = ()) -> None:
+                 mirrored: MirrorPulls = (), identities: Identities | None = None) -> None:
         self._settings = settings
         self._store = store
+        self._identities = identities or Identities.builtin(store)
         self._keys = keyring
         self._mirrored = mirrored
 
     def _authenticate(self, name: str, password: str, address: str, via: str,
-                      account_limit: int | None = None) -> Principal:
-        """The store's authenticate, logging every refusal with the (sanitised) account name and
-        client address, never the password, so that guessing shows up in the logs."""
+                      account_limit: int | None = None) -> tuple[Principal, str]:
+        """(principal, identity backend) from the identity chain, logging every refusal with the
+        (sanitised) account name and client address, never the password, so that guessing shows
+        up in the logs."""
         try:
-            return self._store.authenticate(name, password, address, account_limit=account_limit)
+            return self._identities.authenticate(name, password, address, account_limit=account_limit)
         except RegistryError as err:
             if err.error in (UNAUTHORIZED, TOOMANYREQUESTS):
                 fields: dict[str, object] = {"account": peers.printable(name), "address": peers.printable(address),
@@ -87,8 +91,8 @@ class AuthServicer(pb_grpc.AuthServicer):
             log.warning("failed login", extra={"fields": {"account": "", "address": address, "via": "admin",
                                                           "reason": "malformed credentials"}})
             raise RegistryError(UNAUTHORIZED, "malformed credentials") from None
-        principal = self._authenticate(name, password, address, "admin",
-                                       self._settings.login_failures * ADMIN_ACCOUNT_FAILURE_FACTOR)
+        principal, _ = self._authenticate(name, password, address, "admin",
+                                          self._settings.login_failures * ADMIN_ACCOUNT_FAILURE_FACTOR)
         if not principal.admin:
             log.warning("administrative call by a non-admin account",
                         extra={"fields": {"account": principal.name, "address": address}})
@@ -115,10 +119,12 @@ class AuthServicer(pb_grpc.AuthServicer):
         if service != self._settings.token_service:
             raise RegistryError(DENIED, f"tokens are issued for service {self._settings.token_service!r} only")
         requested = scopes.parse_many(request.scopes, limit=_MAX_SCOPES)
+        backend = ""
         if request.refresh_token:
-            principal = self._store.redeem_refresh_token(request.refresh_token)
+            principal, backend = self._identities.redeem(request.refresh_token)
         elif request.username:
-            principal = self._authenticate(request.username, request.password, request.client_address, "token")
+            principal, backend = self._authenticate(request.username, request.password, request.client_address,
+                                                    "token")
         else:
             principal = ANONYMOUS
         access = grant(principal, self._store.public_patterns(), requested, self._mirrored)
@@ -126,7 +132,7 @@ class AuthServicer(pb_grpc.AuthServicer):
                               self._settings.token_ttl, refused(requested, access))
         refresh = ""
         if request.offline and not principal.anonymous:
-            refresh = request.refresh_token or self._new_refresh_token(principal.name)
+            refresh = request.refresh_token or self._new_refresh_token(principal.name, backend)
         log.info("token issued", extra={"fields": {"subject": principal.name or "<anonymous>",
                                                    "client_id": peers.printable(request.client_id),
                                                    "access": [str(s) for s in access]}})
@@ -134,11 +140,12 @@ class AuthServicer(pb_grpc.AuthServicer):
                                        refresh_token=refresh, subject=principal.name)
         return answer, "anonymous" if principal.anonymous else principal.kind
 
-    def _new_refresh_token(self, account: str) -> str:
+    def _new_refresh_token(self, account: str, backend: str) -> str:
         """A refresh token; none ("") while Redis refuses writes: the access token is still issued, and
         a client given no refresh token keeps logging in with its password (docker stores that instead)."""
         try:
-            return self._store.new_refresh_token(account, self._settings.refresh_ttl)
+            return self._store.new_refresh_token(account, self._settings.refresh_ttl,
+                                                 "" if backend == identity.BUILTIN else backend)
         except redis.RedisError as exc:
             reason = redis_refusals.refusal(exc)
             if reason is None:
@@ -151,7 +158,7 @@ class AuthServicer(pb_grpc.AuthServicer):
                            context: grpc.ServicerContext) -> pb.FilterRepositoriesResponse:
         # A token outlives its account: a deleted (or unknown) account sees what anyone sees,
         # and gets no error code the registry API never sends.
-        principal = (self._store.find(request.account) if request.account else None) or ANONYMOUS
+        principal = (self._identities.find(request.account) if request.account else None) or ANONYMOUS
         public = self._store.public_patterns()
         names = [n for n in list(request.repositories)[:_MAX_FILTER]
                  if "pull" in repository_actions(principal, public, n, self._mirrored)]
@@ -222,7 +229,8 @@ def bootstrap_admin(settings: AuthSettings, store: AccountStore) -> None:
 
 
 async def serve(settings: AuthSettings, address: str | None = None,
-                on_port: Callable[[int], None] | None = None, mirrors: Mirrors | None = None) -> None:
+                on_port: Callable[[int], None] | None = None, mirrors: Mirrors | None = None,
+                environ: Mapping[str, str] | None = None) -> None:
     """Runs the auth service until SIGTERM. Its calls are short but blocking (bcrypt, a blocking
     Redis client), so they run in a pool of ``WHARF_AUTH_WORKERS`` threads under the asyncio
     server every service shares."""
@@ -230,14 +238,20 @@ async def serve(settings: AuthSettings, address: str | None = None,
     client = redisconn.sync_client(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
                                    health_check_interval=30, max_connections=settings.workers + 4)
     store = AccountStore(client, settings.bcrypt_rounds, settings.login_failures, settings.login_window)
+    # The identity chain (services/auth/identity.py): a missing or broken backend stops the service here.
+    try:
+        identities = identity.load(environ or {}, IdentityContext(client, store), remember=settings.token_ttl + 300)
+    except (config_file.ConfigFileError, plugins.PluginError) as exc:
+        raise SystemExit(f"wharf-auth: {exc}") from None
     keyring = KeyRing(settings.keys_dir, settings.token_ttl, settings.key_publish_delay)
     bootstrap_admin(settings, store)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="auth")
     service = pb.DESCRIPTOR.services_by_name["Auth"]
 
     def register(server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_AuthServicer_to_server(threaded(AuthServicer(settings, store, keyring, mirror_pulls(
-            (u.prefix, u.anonymous) for u in (mirrors or Mirrors()).upstreams)), service, pool), server)
+        mirrored = mirror_pulls((u.prefix, u.anonymous) for u in (mirrors or Mirrors()).upstreams)
+        pb_grpc.add_AuthServicer_to_server(threaded(AuthServicer(settings, store, keyring, mirrored, identities),
+                                                    service, pool), server)
         return [service.full_name]
 
     try:
@@ -249,5 +263,5 @@ async def serve(settings: AuthSettings, address: str | None = None,
 
 
 def run(settings: AuthSettings, on_port: Callable[[int], None] | None = None,
-        mirrors: Mirrors | None = None) -> None:
-    asyncio.run(serve(settings, on_port=on_port, mirrors=mirrors))
+        mirrors: Mirrors | None = None, environ: Mapping[str, str] | None = None) -> None:
+    asyncio.run(serve(settings, on_port=on_port, mirrors=mirrors, environ=environ))

@@ -20,7 +20,7 @@ from typing import Any
 
 VARIABLE = "WHARF_CONFIG"
 # Top-level keys that are sections for features, not settings.
-SECTIONS = ("mirrors", "events", "policy", "storage_options", "admission")
+SECTIONS = ("mirrors", "events", "policy", "storage_options", "admission", "identity")
 
 
 class ConfigFileError(ValueError):

@@ -11,6 +11,7 @@ same way (pyproject.toml), so nothing distinguishes them from a third party's.
     wharf.storage   services.blobstore.storage.base.StorageDriver   blob storage drivers
     wharf.events    services.events.sinks.EventSink                 event sinks beside the webhook
     wharf.admission services.api.admission.AdmissionPolicy          rules consulted before a manifest is stored
+    wharf.identity  services.auth.identity.IdentityBackend          who a login is (accounts, LDAP)
 
 A name that is not installed, an extension that fails to import, or one that implements another
 version stops the service before it serves, with a message naming the group, the name and the
@@ -28,6 +29,7 @@ GROUPS: dict[str, tuple[int, ...]] = {
     "wharf.storage": (1,),
     "wharf.events": (1,),
     "wharf.admission": (1,),
+    "wharf.identity": (1,),
 }
 
 

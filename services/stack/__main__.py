@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from services.api import admission
 from services.api.settings import GatewaySettings
+from services.auth import identity
 from services.auth.settings import AuthSettings
 from services.blobstore import storage
 from services.blobstore.settings import BlobStoreSettings, storage_problem
@@ -196,7 +197,7 @@ def stop(children: list[Child]) -> None:
 
 
 def extension_problems(environ: Mapping[str, str]) -> list[str]:
-    """The storage driver, event sinks and admission policies named must be installed and load
+    """The storage driver, event sinks, admission policies and identity backends named must be installed and load
     (services/common/plugins.py)."""
     try:
         name = config_file.merged(environ).get("WHARF_STORAGE", "filesystem")
@@ -216,6 +217,10 @@ def extension_problems(environ: Mapping[str, str]) -> list[str]:
         admission.load(environ)
     except (plugins.PluginError, config_file.ConfigFileError) as exc:
         return [f"admission: {exc}"]
+    try:
+        identity.check(environ)
+    except (plugins.PluginError, config_file.ConfigFileError) as exc:
+        return [f"identity: {exc}"]
     return []
 
 
