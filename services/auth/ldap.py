@@ -34,6 +34,7 @@ Options (the entry's ``options`` in the ``identity`` section)::
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import ssl
 import threading
@@ -156,10 +157,15 @@ class LdapBackend(IdentityBackend):
     def __init__(self, options: LdapOptions) -> None:
         self._o = options
         self._slots = threading.BoundedSemaphore(options.max_concurrent)
-        tls = ldap3.Tls(ca_certs_file=options.ca_file or None,
-                        validate=ssl.CERT_REQUIRED if options.tls_verify else ssl.CERT_NONE)
-        self._servers = [ldap3.Server(url, use_ssl=url.startswith("ldaps://"), tls=tls, get_info=ldap3.NONE,
-                                      connect_timeout=options.timeout) for url in options.urls]
+        self._tls = ldap3.Tls(ca_certs_file=options.ca_file or None,
+                              validate=ssl.CERT_REQUIRED if options.tls_verify else ssl.CERT_NONE)
+
+    def _server(self, url: str) -> ldap3.Server:
+        """A fresh Server per connection: ldap3's keeps per-address state (marks an address
+        unavailable for a while after one failure, caches DNS) that threads would share, and a
+        directory back from an outage must be used at once."""
+        return ldap3.Server(url, use_ssl=url.startswith("ldaps://"), tls=self._tls, get_info=ldap3.NONE,
+                            connect_timeout=self._o.timeout, mode=ldap3.IP_SYSTEM_DEFAULT)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], context: IdentityContext) -> LdapBackend:
@@ -198,9 +204,10 @@ class LdapBackend(IdentityBackend):
         URLs in order. A refused bind is InvalidCredentials for a user, IdentityUnavailable for the
         service account (a configuration problem the operator must see)."""
         failures = []
-        for server in self._servers:
+        for url in self._o.urls:
+            server = self._server(url)
             conn = ldap3.Connection(server, user=dn or None, password=password or None, read_only=True,
-                                    receive_timeout=self._o.timeout, raise_exceptions=False,
+                                    receive_timeout=math.ceil(self._o.timeout), raise_exceptions=False,
                                     auto_referrals=False)
             try:
                 conn.open()
@@ -231,7 +238,7 @@ class LdapBackend(IdentityBackend):
                 limit: int) -> list[dict[str, Any]]:
         try:
             conn.search(base, query, search_scope=ldap3.SUBTREE, attributes=attributes, size_limit=limit,
-                        time_limit=max(1, int(self._o.timeout)))
+                        time_limit=math.ceil(self._o.timeout))
         except LDAPException as exc:
             raise IdentityUnavailable(f"search failed: {type(exc).__name__}") from None
         code = conn.result.get("result")

@@ -90,3 +90,11 @@ def test_an_unknown_or_broken_extension_stops_start_up_naming_it(tmp_path: pathl
     events.write_text(json.dumps({"endpoints": [{"name": "q", "sink": "kafka"}]}))
     sink = _check(tmp_path, WHARF_EVENTS_FILE=str(events))
     assert sink.returncode == 2 and "wharf.events: no extension named 'kafka' is installed" in sink.stderr
+    identity = tmp_path / "identity.yaml"
+    identity.write_text(json.dumps({"backends": [{"name": "accounts"}, {"name": "kerberos"}]}))
+    backend = _check(tmp_path, WHARF_IDENTITY_FILE=str(identity))
+    assert backend.returncode == 2 and "wharf.identity: no extension named 'kerberos' is installed" in backend.stderr
+    identity.write_text(json.dumps({"backends": [{"name": "ldap", "options": {"url": "http://ldap.example"}}]}))
+    ldap = _check(tmp_path, WHARF_IDENTITY_FILE=str(identity))
+    assert ldap.returncode == 2
+    assert "identity.backends[0] (ldap): url: one or more ldap:// or ldaps:// URLs; user_base:" in ldap.stderr

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 
-from tests.support.tools import require_tool
+from tests.support.tools import missing, require_tool
 from tests.support.topology import free_port
 
 SUFFIX = "dc=wharf,dc=test"
@@ -32,6 +32,12 @@ def ssha(password: str) -> str:
     """The {SSHA} form slapd checks simple binds against (a salted SHA-1, as ldappasswd writes)."""
     salt = os.urandom(8)
     return "{SSHA}" + base64.b64encode(hashlib.sha1(password.encode() + salt).digest() + salt).decode()
+
+
+def _sbin(name: str) -> str:
+    """slapd's tools live in /usr/sbin, which a non-root PATH often lacks."""
+    path = pathlib.Path("/usr/sbin") / name
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else require_tool(name, "Debian package slapd")
 
 
 @dataclasses.dataclass
@@ -93,10 +99,10 @@ class LdapServer:
     """slapd on 127.0.0.1 with the given people and groups; ``url``, ``service_password``."""
 
     def __init__(self, root: pathlib.Path, people: list[Person], service_password: str = "registry-bind-1") -> None:
-        self.slapd = require_tool("slapd", "Debian package slapd")
-        slapadd = require_tool("slapadd", "Debian package slapd")
+        self.slapd = _sbin("slapd")
+        slapadd = _sbin("slapadd")
         if not (SCHEMAS / "inetorgperson.ldif").is_file():
-            require_tool("slapd-schemas-missing", f"{SCHEMAS} from the Debian package slapd")
+            missing(f"{SCHEMAS} is missing (Debian package slapd); .ci/run installs it")
         self.root = root
         self.service_password = service_password
         self.port = free_port()
@@ -107,8 +113,10 @@ class LdapServer:
         (root / "config.ldif").write_text(_config(root, "manager-secret-1"))
         (root / "data.ldif").write_text(_entries(people, service_password))
         for database, ldif in (("0", "config.ldif"), ("1", "data.ldif")):
-            subprocess.run([slapadd, "-n", database, "-F", str(root / "slapd.d"), "-l", str(root / ldif)],
-                           check=True, capture_output=True, timeout=60)
+            loaded = subprocess.run([slapadd, "-n", database, "-F", str(root / "slapd.d"), "-l", str(root / ldif)],
+                                    capture_output=True, text=True, timeout=60)
+            if loaded.returncode:
+                raise RuntimeError(f"slapadd -n{database} {ldif}: {loaded.stderr[-2000:]}")
         self._process: subprocess.Popen[bytes] | None = None
         self.start()
 

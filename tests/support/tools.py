@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+from typing import NoReturn
 
 import pytest
 
@@ -33,7 +34,11 @@ def require_tool(name: str, hint: str = "") -> str:
     found = find_tool(name)
     if found:
         return found
-    reason = f"{name} is not installed" + (f" ({hint})" if hint else "") + "; .ci/run installs it"
+    missing(f"{name} is not installed" + (f" ({hint})" if hint else "") + "; .ci/run installs it")
+
+
+def missing(reason: str) -> NoReturn:
+    """Skips (locally) or fails (CI=true) a test whose outside tool or file is missing."""
     if in_ci():
         pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
