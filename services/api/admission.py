@@ -19,8 +19,9 @@ The ``admission`` section (``WHARF_ADMISSION_FILE``, or ``admission:`` in ``WHAR
 
 Policies run in their order; the first refusal wins. Signatures arrive after the push, so a
 signature requirement is not an admission policy. Built in: ``media-types`` (allowed manifest
-media types and artifact types), ``max-size`` (the total bytes a manifest references), and
-``required-annotations``.
+media types and artifact types), ``max-size`` (the total bytes a manifest references),
+``required-annotations``, and ``base-registries`` (the registries, e.g. this one's mirror
+prefixes, an image may be built on).
 """
 
 from __future__ import annotations
@@ -211,3 +212,57 @@ class RequiredAnnotations(AdmissionPolicy):
     def admit(self, candidate: Candidate) -> str | None:
         missing = sorted(self._keys - set(candidate.annotations))
         return f"annotations required here: {', '.join(missing)}" if missing else None
+
+
+BASE_NAME = "org.opencontainers.image.base.name"
+
+
+def normalise_reference(reference: str) -> str:
+    """A reference as docker reads it, with its registry: ``alpine`` is ``docker.io/library/alpine``,
+    ``user/app`` is ``docker.io/user/app``; a first component with a dot or a port, or
+    ``localhost``, is a registry. The host is compared in lower case."""
+    first, _, rest = reference.partition("/")
+    if not rest:
+        return f"docker.io/library/{first}"
+    if "." in first or ":" in first or first == "localhost":
+        return f"{first.lower()}/{rest}"
+    return f"docker.io/{reference}"
+
+
+class BaseRegistries(AdmissionPolicy):
+    """``allow``: where images may be built from, as registry hosts or host/path prefixes (a
+    mirror's prefix here, e.g. ``registry.example.com/dockerhub``), matched against the image's
+    ``org.opencontainers.image.base.name`` annotation (BuildKit and ``oras`` write it); ``require``
+    (default false): refuse images that do not name their base."""
+
+    wharf_interface = INTERFACE
+
+    def __init__(self, allow: tuple[str, ...], require: bool) -> None:
+        self._allow = allow
+        self._require = require
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> BaseRegistries:
+        allow = _strings(options, "allow")
+        require = options.get("require", False)
+        if not allow or not isinstance(require, bool) or set(options) - {"allow", "require"}:
+            raise ValueError("options: allow, a list of registries or registry/path prefixes; require, true or false")
+        if any(not entry.strip("/") or any(c.isspace() for c in entry) for entry in allow):
+            raise ValueError("allow: registry names or prefixes without spaces")
+        prefixes = tuple(sorted({normalise_reference(entry.strip("/")) if "/" in entry.strip("/")
+                                 else entry.strip("/").lower() for entry in allow}))
+        return cls(prefixes, require)
+
+    def admit(self, candidate: Candidate) -> str | None:
+        base = candidate.annotations.get(BASE_NAME, "")
+        if not base:
+            return f"images here must name their base image ({BASE_NAME})" if self._require else None
+        name = base.split("@", 1)[0]
+        if ":" in name.rsplit("/", 1)[-1] and "/" in name:  # a tag, not a registry's port
+            name = name.rsplit(":", 1)[0]
+        elif "/" not in name:
+            name = name.split(":", 1)[0]
+        name = normalise_reference(name)
+        if any(name == prefix or name.startswith(prefix + "/") for prefix in self._allow):
+            return None
+        return f"base image {base[:200]!r} is not from an allowed registry ({', '.join(self._allow)})"

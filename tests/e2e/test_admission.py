@@ -24,6 +24,8 @@ POLICIES = {"policies": [
     {"name": "required-annotations", "repositories": ["prod/**"],
      "options": {"keys": ["org.opencontainers.image.source"]}},
     {"name": "max-size", "options": {"bytes": 1000}},
+    {"name": "base-registries", "repositories": ["built/**"],
+     "options": {"allow": ["registry.example.com/dockerhub"], "require": True}},
 ]}
 
 
@@ -62,7 +64,16 @@ def test_policies_refuse_with_denied_and_store_nothing(tmp_path: pathlib.Path,
     assert requests.put(f"{stack.url}/v2/{repository}/manifests/v3", data=fine, headers=headers,
                         timeout=10).status_code == 201
     assert requests.get(f"{stack.url}/v2/{repository}/tags/list", timeout=10).json()["tags"] == ["v3"]
-    # Outside prod/, only the size rule applies.
+    # Under built/, images must be built on what the mirror serves.
+    built = f"built/app-{uuid.uuid4().hex[:6]}"
+    base = "org.opencontainers.image.base.name"
+    foreign = _manifest(stack, built, b"s", {base: "docker.io/library/alpine:3.20"})
+    refused = requests.put(f"{stack.url}/v2/{built}/manifests/v1", data=foreign, headers=headers, timeout=10)
+    assert refused.status_code == 403 and "base-registries: base image" in refused.json()["errors"][0]["message"]
+    mirrored = _manifest(stack, built, b"s", {base: "registry.example.com/dockerhub/library/alpine:3.20"})
+    assert requests.put(f"{stack.url}/v2/{built}/manifests/v1", data=mirrored, headers=headers,
+                        timeout=10).status_code == 201
+    # Outside prod/ and built/, only the size rule applies.
     other = f"dev/app-{uuid.uuid4().hex[:6]}"
     assert requests.put(f"{stack.url}/v2/{other}/manifests/v1", data=_manifest(stack, other, b"s", {}),
                         headers=headers, timeout=10).status_code == 201

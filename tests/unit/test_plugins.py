@@ -74,3 +74,28 @@ def test_two_packages_claiming_one_name_is_an_error(monkeypatch: pytest.MonkeyPa
     _fake(monkeypatch, "wharf.storage", "filesystem", "services.blobstore.storage.filesystem:FilesystemDriver")
     with pytest.raises(plugins.PluginError, match="registered by more than one package"):
         storage.driver_class("filesystem")
+
+
+def test_base_registries_reads_references_as_docker_does() -> None:
+    from services.api.admission import BaseRegistries, Candidate
+
+    policy = BaseRegistries.from_options({"allow": ["registry.example.com/dockerhub", "GHCR.io"], "require": True})
+
+    def verdict(base: str | None) -> str | None:
+        annotations = {"org.opencontainers.image.base.name": base} if base is not None else {}
+        return policy.admit(Candidate("team/app", "sha256:" + "0" * 64, "application/vnd.oci.image.manifest.v1+json",
+                                      "", 10, ("v1",), annotations, 10, "", "carol"))
+
+    for allowed in ("registry.example.com/dockerhub/library/alpine:3.20", "ghcr.io/org/tool@sha256:" + "1" * 64,
+                    "registry.example.com/dockerhub/x:y@sha256:" + "2" * 64, "GHCR.IO/org/tool"):
+        assert verdict(allowed) is None, allowed
+    for refused in ("alpine", "alpine:3.20", "docker.io/library/alpine", "registry.example.com/other/x",
+                    "registry.example.com:5000/dockerhub/x", "registry.example.com/dockerhubx/y",
+                    "ghcr.io.evil.example/x", "ghcr.io:443/x"):
+        message = verdict(refused)
+        assert message and "is not from an allowed registry" in message, refused
+    assert verdict(None) == "images here must name their base image (org.opencontainers.image.base.name)"
+    assert BaseRegistries.from_options({"allow": ["docker.io"]}).admit(
+        Candidate("a", "", "", "", 0, (), {"org.opencontainers.image.base.name": "alpine:3"}, 0, "", "")) is None
+    with pytest.raises(ValueError):
+        BaseRegistries.from_options({"allow": []})
