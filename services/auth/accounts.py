@@ -152,18 +152,6 @@ class AccountStore:
 
     # -- passwords ---------------------------------------------------------
 
-    def authenticate(self, name: str, password: str, address: str, *, account_limit: int | None = None) -> Principal:
-        """The account when the password matches; UNAUTHORIZED or TOOMANYREQUESTS otherwise
-        (the built-in accounts alone; the auth service asks its identity chain, which uses
-        :meth:`throttled` and :meth:`check_password` the same way)."""
-        def verify() -> bool:
-            return self.check_password(name, password) is True
-
-        principal = self.find(name) if self.throttled(name, address, verify, account_limit=account_limit) else None
-        if principal is None:  # a wrong password, or the account was deleted meanwhile
-            raise RegistryError(UNAUTHORIZED, "invalid username or password")
-        return principal
-
     def throttled(self, name: str, address: str, verify: Callable[[], bool], *,
                   account_limit: int | None = None) -> bool:
         """Runs ``verify`` (a password check, by whichever identity backend) under the login

@@ -24,6 +24,7 @@ import redis
 
 from services.auth import redis_keys as keys
 from services.auth.accounts import AccountStore
+from services.auth.identity import Identities
 from services.auth.server import ADMIN_ACCOUNT_FAILURE_FACTOR, AuthServicer
 from services.auth.settings import AuthSettings
 from services.auth.signing import KeyRing
@@ -81,7 +82,7 @@ class FakeContext:
 
 def attempt(store: AccountStore, password: str, address: str = "203.0.113.7") -> str:
     try:
-        store.authenticate("victim", password, address)
+        Identities.builtin(store).authenticate("victim", password, address)
     except RegistryError as err:
         if err.code == "TOOMANYREQUESTS":
             assert int(err.detail["retry_after"]) >= 1 and int(err.headers["Retry-After"]) >= 1
@@ -129,7 +130,7 @@ def test_a_right_password_resets_the_count(store: AccountStore) -> None:
 
 def test_account_names_with_a_final_newline_are_not_accounts(store: AccountStore) -> None:
     with pytest.raises(RegistryError) as raised:
-        store.authenticate("victim\n", PASSWORD, "203.0.113.7")
+        Identities.builtin(store).authenticate("victim\n", PASSWORD, "203.0.113.7")
     assert raised.value.code == "UNAUTHORIZED"
     with pytest.raises(RegistryError):
         store.create("victim2\n", PASSWORD)
