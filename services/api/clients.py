@@ -25,6 +25,8 @@ from services.gen.wharf.auth.v1 import auth_pb2 as apb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as apb_grpc
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
+from services.gen.wharf.governance.v1 import governance_pb2 as gpb
+from services.gen.wharf.governance.v1 import governance_pb2_grpc as gpb_grpc
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as mpb_grpc
 
@@ -301,6 +303,31 @@ class AuthClient:
         return list(self._c.unary("FilterRepositories", request).repositories)
 
 
+class GovernanceClient:
+    """Governance calls (protos/wharf/governance/v1), served by the metadata service."""
+
+    def __init__(self, caller: _Caller) -> None:
+        self._c = caller
+
+    def policy(self) -> gpb.Policy:
+        return self._c.unary("GetPolicy", gpb.GetPolicyRequest())
+
+    def reserve_upload(self, repository: str, upload_id: str, size: int) -> int:
+        """Holds ``size`` bytes for the upload against its namespace's quota (DENIED when over);
+        the quota's limit, 0 when none applies."""
+        request = gpb.ReserveUploadRequest(repository=repository, upload_id=upload_id, bytes=size)
+        return int(self._c.unary("ReserveUpload", request).limit)
+
+    def release_upload(self, repository: str, upload_id: str) -> None:
+        self._c.unary("ReleaseUpload", gpb.ReleaseUploadRequest(repository=repository, upload_id=upload_id))
+
+    def take_tokens(self, buckets: list[gpb.TokenBucket]) -> list[gpb.TokenGrant]:
+        return list(self._c.unary("TakeTokens", gpb.TakeTokensRequest(buckets=buckets)).grants)
+
+    def record_audit(self, records: list[gpb.AuditRecord]) -> None:
+        self._c.unary("RecordAudit", gpb.RecordAuditRequest(records=records))
+
+
 def _service_name(module: Any, name: str) -> str:
     return str(module.DESCRIPTOR.services_by_name[name].full_name)
 
@@ -321,3 +348,5 @@ class Clients:
         self.metadata = MetadataClient(metadata, origin)
         self.cache = ReadCache(metadata.stub, settings.manifest_cache_bytes, self.metadata.get_manifest,
                                self.metadata.blob_size, self.metadata.list_tags)
+        self.governance = GovernanceClient(caller(settings.metadata_addr, gpb_grpc.GovernanceStub,
+                                                  _service_name(gpb, "Governance")))

@@ -26,6 +26,7 @@ from services.common.internal_auth import authenticated_channel
 from services.common.rpc import MAX_MESSAGE_BYTES
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
+from services.gen.wharf.governance.v1 import governance_pb2_grpc as gpb_grpc
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as mpb_grpc
 from services.maintenance.targets import Targets
@@ -39,7 +40,7 @@ READ_BASE = 60.0
 READ_RATE = 5 * 1024 * 1024
 _OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-_NAMES = {"metadata": "metadata service", "blobstore": "blob store"}
+_NAMES = {"metadata": "metadata service", "governance": "metadata service", "blobstore": "blob store"}
 # Transport failures: the service never answered with a registry error of its own.
 _TRANSPORT = {grpc.StatusCode.UNAVAILABLE: "is not reachable", grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer "
               "in time", grpc.StatusCode.UNAUTHENTICATED: "refused the internal secret (not this stack's?)",
@@ -84,6 +85,7 @@ class RegistryCalls:
         self._channels: list[grpc.Channel] = []
         self._metadata: Any = None
         self._blobstore: Any = None
+        self._governance: Any = None
 
     def __enter__(self) -> RegistryCalls:
         return self
@@ -95,7 +97,7 @@ class RegistryCalls:
         for channel in self._channels:
             channel.close()
         self._channels.clear()
-        self._metadata = self._blobstore = None
+        self._metadata = self._blobstore = self._governance = None
 
     def _channel(self, address: str) -> grpc.Channel:
         channel = grpc.insecure_channel(address, options=_OPTIONS)
@@ -107,6 +109,10 @@ class RegistryCalls:
             if self._metadata is None:
                 self._metadata = mpb_grpc.MetadataStub(self._channel(self._targets.metadata_addr))
             stub, address = self._metadata, self._targets.metadata_addr
+        elif service == "governance":
+            if self._governance is None:
+                self._governance = gpb_grpc.GovernanceStub(self._channel(self._targets.metadata_addr))
+            stub, address = self._governance, self._targets.metadata_addr
         else:
             if self._blobstore is None:
                 self._blobstore = bpb_grpc.BlobStoreStub(self._channel(self._targets.blobstore_addr))
@@ -115,6 +121,10 @@ class RegistryCalls:
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as err:
             raise _translated(err, f"the {_NAMES[service]} at {address}") from None
+
+    def governance(self, method: str, request: Any, timeout: float = TIMEOUT) -> Any:
+        """A call of the Governance API (protos/wharf/governance/v1), served by the metadata service."""
+        return self._call("governance", method, request, timeout)
 
     # -- metadata ----------------------------------------------------------
 

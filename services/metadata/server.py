@@ -19,14 +19,20 @@ import redis.asyncio as aredis
 
 from services.common import grpcserver, metrics, redis_refusals, redisconn
 from services.common.errors import UNAVAILABLE, UNSUPPORTED, RegistryError
+from services.common.governance import Policy
 from services.common.internal_auth import read_token
 from services.gc import record
+from services.gen.wharf.governance.v1 import governance_pb2 as gpb
+from services.gen.wharf.governance.v1 import governance_pb2_grpc as gpb_grpc
 from services.gen.wharf.metadata.v1 import metadata_pb2 as pb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from services.metadata import migrations
+from services.metadata.audit import AuditLog
+from services.metadata.governance import GovernanceServicer
 from services.metadata.invalidation import InvalidationHub
 from services.metadata.lifecycle import Collected, Lifecycle
 from services.metadata.outbox import Outbox, PullEvents
+from services.metadata.policy import PolicyStore
 from services.metadata.settings import MetadataSettings
 from services.metadata.store import Descriptor, MetadataStore
 
@@ -196,8 +202,10 @@ def redis_client(url: str, connections: int) -> aredis.Redis:
 
 
 async def serve(settings: MetadataSettings, address: str | None = None,
-                on_port: Callable[[int], None] | None = None, events_on: bool = False) -> None:
-    """Serves until stopped; with ``events_on`` every change is recorded in the event outbox."""
+                on_port: Callable[[int], None] | None = None, events_on: bool = False,
+                file_policy: Policy | None = None) -> None:
+    """Serves until stopped; with ``events_on`` every change is recorded in the event outbox;
+    ``file_policy``: the policy file's governance rules."""
     token = read_token(settings.internal_token_file)  # before anything starts: a bad file stops the service
     client = redis_client(settings.redis_url, settings.workers + 4)
     outbox = Outbox(enabled=events_on)
@@ -205,9 +213,16 @@ async def serve(settings: MetadataSettings, address: str | None = None,
     hub = InvalidationHub(client, settings.cache_lease, settings.cache_ack_timeout)
     metrics.WATCHERS.set_function(lambda: hub.watchers)
 
+    policy = PolicyStore(client, file_policy or Policy())
+    audit = AuditLog(client, settings.audit_max_entries, settings.audit_max_age)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_MetadataServicer_to_server(MetadataServicer(store, hub, client, outbox), server)
-        return [pb.DESCRIPTOR.services_by_name["Metadata"].full_name]
+        metadata = MetadataServicer(store, hub, client, outbox)
+        pb_grpc.add_MetadataServicer_to_server(metadata, server)
+        gpb_grpc.add_GovernanceServicer_to_server(
+            GovernanceServicer(client, store, policy, metadata._change, audit), server)
+        return [pb.DESCRIPTOR.services_by_name["Metadata"].full_name,
+                gpb.DESCRIPTOR.services_by_name["Governance"].full_name]
 
     await migrations.migrate(client)  # before serving: a newer schema stops the service here
     subscription = asyncio.create_task(hub.run())
@@ -223,8 +238,9 @@ async def serve(settings: MetadataSettings, address: str | None = None,
         recount.cancel()
 
 
-def run(settings: MetadataSettings, on_port: Callable[[int], None] | None = None, events_on: bool = False) -> None:
+def run(settings: MetadataSettings, on_port: Callable[[int], None] | None = None, events_on: bool = False,
+        file_policy: Policy | None = None) -> None:
     try:
-        asyncio.run(serve(settings, on_port=on_port, events_on=events_on))
+        asyncio.run(serve(settings, on_port=on_port, events_on=events_on, file_policy=file_policy))
     except migrations.SchemaTooNew as exc:
         raise SystemExit(f"wharf-metadata: {exc}") from None

@@ -28,4 +28,8 @@ class MetadataSettings:
     events_outbox: str = env("WHARF_EVENTS_OUTBOX", "auto",
                              "record every change in the event outbox: auto (when the events section configures "
                              "an endpoint), on or off", choices=("auto", "on", "off"))
+    audit_max_entries: int = env("WHARF_AUDIT_MAX_ENTRIES", 1_000_000,
+                                 "the audit log keeps at most about this many records (the oldest go first)")
+    audit_max_age: float = env("WHARF_AUDIT_MAX_AGE", 90 * 86400.0,
+                               "seconds the audit log keeps a record (90 days)")
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)
