@@ -9,9 +9,10 @@ import uuid
 
 from flask import Flask, Response, g, has_app_context, request
 
-from services.api import http_metrics, routes
+from services.api import http_metrics, ratelimit, routes
 from services.api.access import authorizer_for
 from services.api.admission import Admission
+from services.api.audit import WriteAudit
 from services.api.clients import Clients
 from services.api.context import Context
 from services.api.events import PullEvents, current_origin
@@ -19,6 +20,7 @@ from services.api.hot_reads import HotReads
 from services.api.http_metrics import HttpMetrics
 from services.api.limits import InFlightLimit
 from services.api.mirroring import Mirror
+from services.api.policy import PolicyCache
 from services.api.responses import access_record, empty, request_id
 from services.api.settings import GatewaySettings
 from services.common import metrics, tracing
@@ -73,12 +75,15 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
     app = Flask("wharf")
     clients = clients or Clients(settings, _current_request_id, current_origin)
     ctx = Context(settings, clients, authorizer_for(settings, clients.auth), Mirror(mirrors or Mirrors(), clients),
-                  PullEvents(pull_share, clients.metadata), admission or Admission())
+                  PullEvents(pull_share, clients.metadata), admission or Admission(),
+                  PolicyCache(clients.governance.policy))
     if ctx.authorizer.issues_tokens and not settings.public_url:
         log.warning("WHARF_PUBLIC_URL is not set: the token realm is built from each request's Host header; "
                     "set it to the registry's external URL")
     access_log = AccessLog("wharf.gateway")
     figures = HttpMetrics()
+    # Every write and login, with its result, for the audit log (services/api/audit.py).
+    WriteAudit(clients.governance, ctx.authorizer).attach(app)
 
     @app.before_request
     def _begin() -> None:
@@ -173,4 +178,5 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
     app.extensions["wharf.http_metrics"] = figures
     # The worker answers read-cache hits with it before building a WSGI request (worker.py).
     app.extensions["wharf.hot_reads"] = HotReads(ctx, access_log if settings.access_log else None, trusted_proxies)
+    ratelimit.install(app, ctx, trusted_proxies)  # per account and address (issue 19); wraps the hot reads
     return app

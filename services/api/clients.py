@@ -127,8 +127,8 @@ class _Caller:
                 raise RegistryError(BLOB_UPLOAD_INVALID, "the request body could not be read") from None
             raise from_rpc_error(err) from None
 
-    def unary(self, method: str, request: Any) -> Any:
-        return self._invoke(method, request, self._settings.rpc_timeout)
+    def unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        return self._invoke(method, request, timeout or self._settings.rpc_timeout)
 
     def streaming(self, method: str, request: Any) -> Any:
         """A call whose request or response is a stream of data, under the longer transfer deadline."""
@@ -224,12 +224,12 @@ class MetadataClient:
         self._origin = origin
 
     def link_blob(self, repository: str, digest: str, size: int, pin: str = "", source: str = "",
-                  mirror_fill: bool = False) -> bool:
+                  mirror_fill: bool = False, upload_id: str = "") -> bool:
         """Links an uploaded blob (with the pin taken before its commit) or mounts one (``source``:
         a repository or "*"; False when the source no longer links it). ``mirror_fill``: the blob
         was fetched for a pull from a mirrored upstream (the pull is the event, not a push)."""
         request = mpb.LinkBlobRequest(repository=repository, digest=digest, size=size, pin=pin, source=source,
-                                      origin=self._origin_of(mirror_fill))
+                                      origin=self._origin_of(mirror_fill), upload_id=upload_id)
         return bool(self._c.unary("LinkBlob", request).linked)
 
     def _origin_of(self, mirror_fill: bool = False) -> mpb.Origin | None:
@@ -321,8 +321,10 @@ class GovernanceClient:
     def release_upload(self, repository: str, upload_id: str) -> None:
         self._c.unary("ReleaseUpload", gpb.ReleaseUploadRequest(repository=repository, upload_id=upload_id))
 
-    def take_tokens(self, buckets: list[gpb.TokenBucket]) -> list[gpb.TokenGrant]:
-        return list(self._c.unary("TakeTokens", gpb.TakeTokensRequest(buckets=buckets)).grants)
+    def take_tokens(self, buckets: list[gpb.TokenBucket], timeout: float | None = None) -> list[gpb.TokenGrant]:
+        """One grant per bucket (services/metadata/ratelimit.py); ``timeout``: a deadline shorter than
+        the usual, since a request waits on this call."""
+        return list(self._c.unary("TakeTokens", gpb.TakeTokensRequest(buckets=buckets), timeout).grants)
 
     def record_audit(self, records: list[gpb.AuditRecord]) -> None:
         self._c.unary("RecordAudit", gpb.RecordAuditRequest(records=records))

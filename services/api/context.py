@@ -1,6 +1,7 @@
 """What every view is given, built once per app: the settings, the gRPC clients, the authorizer,
 the mirror (pull-through for mirrored prefixes; off when none is configured), pull events (off
-unless an endpoint wants them), the admission policies (none unless configured)."""
+unless an endpoint wants them), the admission policies (none unless configured), the governance
+rules (fetched from the metadata service)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from services.api.admission import Admission
 from services.api.clients import Clients
 from services.api.events import PullEvents
 from services.api.mirroring import Mirror
+from services.api.policy import PolicyCache
 from services.api.settings import GatewaySettings
 
 
@@ -22,3 +24,4 @@ class Context:
     mirror: Mirror
     pull_events: PullEvents
     admission: Admission
+    policy: PolicyCache

@@ -56,6 +56,10 @@ class GatewaySettings:
                               "request ends (an upload keeps what was received; the client resumes)")
     keepalive_timeout: int = env("WHARF_KEEPALIVE_TIMEOUT", 75,
                                    "seconds an idle keep-alive connection is kept open")
+    ratelimit_lease: float = env("WHARF_RATELIMIT_LEASE", 0.1,
+                                 "share of a rate limit's burst each gateway worker takes at once from the shared "
+                                 "bucket (about one metadata call per that many requests); the limit holds to within "
+                                 "workers x replicas x that share (0: one token per call)", minimum=0.0, maximum=1.0)
     access_log: bool = env("WHARF_ACCESS_LOG", True, "log one line per HTTP request")
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "

@@ -26,7 +26,10 @@ from services.common.settings import SettingsError
 from services.events.admin import events as events_command
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
+from services.maintenance.audit_cli import audit as audit_command
 from services.maintenance.cli import COMMANDS as MAINTENANCE_COMMANDS
+from services.maintenance.governance_cli import COMMANDS as GOVERNANCE_COMMANDS
+from services.maintenance.governance_cli import repo_delete
 from services.stack import records
 from services.stack.status import status
 
@@ -227,7 +230,7 @@ def revoke(admin: Admin, name: str, pattern: str, as_json: bool) -> None:
 
 @main.group()
 def repo() -> None:
-    """Repository visibility."""
+    """Repositories: who may pull them (public), and deleting a whole one."""
 
 
 @repo.command("public")
@@ -298,6 +301,12 @@ for _command in MAINTENANCE_COMMANDS:
 main.add_command(events_command)
 # `wharf-admin plugins` lists the installed extensions (this machine's packages).
 main.add_command(plugins.command())
+# `wharf-admin audit` reads the audit log with the stack's internal secret, no account.
+main.add_command(audit_command)
+# Governance (immutable tags, quotas, retention, rate limits, usage): the internal secret, no account.
+for _command in GOVERNANCE_COMMANDS:
+    main.add_command(_command)
+repo.add_command(repo_delete)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ import binascii
 import concurrent.futures
 import logging
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import grpc
 import redis
 
 from services.auth import identity, peers, tokens
 from services.auth.accounts import AccountStore
+from services.auth.audit import AuditTrail, LoggedAudit, audit_for
 from services.auth.identity import Identities, IdentityContext
 from services.auth.policy import (
     ANONYMOUS,
@@ -32,6 +34,7 @@ from services.common.grpcserver import threaded
 from services.common.internal_auth import read_token
 from services.gen.wharf.auth.v1 import auth_pb2 as pb
 from services.gen.wharf.auth.v1 import auth_pb2_grpc as pb_grpc
+from services.gen.wharf.governance.v1 import governance_pb2 as gpb
 from services.mirror.config import Mirrors
 
 log = logging.getLogger("wharf.auth")
@@ -41,6 +44,7 @@ _MAX_FILTER = 10000
 # attacker who can vary addresses (any IPv6 host) gets this many guesses, not unlimited; a
 # multiple of the per-address limit, so a stranger's few failures do not lock the operator out.
 ADMIN_ACCOUNT_FAILURE_FACTOR = 4
+T = TypeVar("T")
 
 
 def _account_pb(principal: Principal, created_at: int = 0) -> pb.Account:
@@ -55,8 +59,10 @@ _REFUSAL_REASONS = {UNAUTHORIZED.code: "credentials", TOOMANYREQUESTS.code: "thr
 
 class AuthServicer(pb_grpc.AuthServicer):
     def __init__(self, settings: AuthSettings, store: AccountStore, keyring: KeyRing,
-                 mirrored: MirrorPulls = (), identities: Identities | None = None) -> None:
+                 mirrored: MirrorPulls = (), identities: Identities | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self._settings = settings
+        self._audit = audit or LoggedAudit()
         self._store = store
         self._identities = identities or Identities.builtin(store)
         self._keys = keyring
@@ -79,9 +85,28 @@ class AuthServicer(pb_grpc.AuthServicer):
                             extra={"fields": fields})
             raise
 
-    def _require_admin(self, context: grpc.ServicerContext) -> Principal:
+    def _require_admin(self, context: grpc.ServicerContext, call: str) -> Principal:
+        """The admin making this call. Every attempt, let in or refused, is an audit record
+        (``admin-login``, with the call's name): the account tried, never the password."""
         # Counted per client address *without* the source port, which changes with every connection.
         address = peers.peer_address(context.peer() or "")
+        name = ""
+        try:
+            name, password = self._admin_credentials(context, address)
+            principal, _ = self._authenticate(name, password, address, "admin",
+                                              self._settings.login_failures * ADMIN_ACCOUNT_FAILURE_FACTOR)
+            if not principal.admin:
+                log.warning("administrative call by a non-admin account",
+                            extra={"fields": {"account": principal.name, "address": address}})
+                raise RegistryError(DENIED, "administrative calls need an admin account")
+        except RegistryError as err:
+            self._audit.record(_admin_record(name, "", address, "admin-login", "", call, err.error.code))
+            raise
+        self._audit.record(_admin_record(principal.name, principal.kind, address, "admin-login", "", call))
+        return principal
+
+    @staticmethod
+    def _admin_credentials(context: grpc.ServicerContext, address: str) -> tuple[str, str]:
         header = dict(context.invocation_metadata() or ()).get("authorization", "")
         if not isinstance(header, str) or not header.lower().startswith("basic "):
             raise RegistryError(UNAUTHORIZED, "administrative calls need admin credentials")
@@ -91,13 +116,22 @@ class AuthServicer(pb_grpc.AuthServicer):
             log.warning("failed login", extra={"fields": {"account": "", "address": address, "via": "admin",
                                                           "reason": "malformed credentials"}})
             raise RegistryError(UNAUTHORIZED, "malformed credentials") from None
-        principal, _ = self._authenticate(name, password, address, "admin",
-                                          self._settings.login_failures * ADMIN_ACCOUNT_FAILURE_FACTOR)
-        if not principal.admin:
-            log.warning("administrative call by a non-admin account",
-                        extra={"fields": {"account": principal.name, "address": address}})
-            raise RegistryError(DENIED, "administrative calls need an admin account")
-        return principal
+        return name, password
+
+    def _change(self, context: grpc.ServicerContext, call: str, action: str, target: str, detail: str,
+                change: Callable[[Principal], T]) -> T:
+        """Runs an admin change as the admin this call logs in as, and records it with its result
+        (``target``: the account or pattern changed; ``detail``: what, never a password)."""
+        admin = self._require_admin(context, call)
+        address = peers.peer_address(context.peer() or "")
+        try:
+            result = change(admin)
+        except Exception as exc:
+            code = exc.error.code if isinstance(exc, RegistryError) else "ERROR"
+            self._audit.record(_admin_record(admin.name, admin.kind, address, action, target, detail, code))
+            raise
+        self._audit.record(_admin_record(admin.name, admin.kind, address, action, target, detail))
+        return result
 
     def ListPublicKeys(self, request: pb.ListPublicKeysRequest,
                        context: grpc.ServicerContext) -> pb.ListPublicKeysResponse:
@@ -167,53 +201,71 @@ class AuthServicer(pb_grpc.AuthServicer):
     # -- administration (admin credentials required) -----------------------
 
     def CreateAccount(self, request: pb.CreateAccountRequest, context: grpc.ServicerContext) -> pb.Account:
-        self._require_admin(context)
-        return _account_pb(self._store.create(request.name, request.password, request.kind or "user",
-                                              request.admin))
+        kind = request.kind or "user"
+        return self._change(context, "CreateAccount", "account-create", request.name,
+                            f"kind {kind}" + (", admin" if request.admin else ""),
+                            lambda _: _account_pb(self._store.create(request.name, request.password, kind,
+                                                                     request.admin)))
 
     def SetPassword(self, request: pb.SetPasswordRequest, context: grpc.ServicerContext) -> pb.Account:
-        self._require_admin(context)
-        return _account_pb(self._store.set_password(request.name, request.password))
+        return self._change(context, "SetPassword", "password-set", request.name, "",
+                            lambda _: _account_pb(self._store.set_password(request.name, request.password)))
 
     def DeleteAccount(self, request: pb.AccountRef, context: grpc.ServicerContext) -> pb.DeleteAccountResponse:
-        caller = self._require_admin(context)
-        if request.name == caller.name:
-            raise RegistryError(DENIED, "an admin cannot delete their own account")
-        self._store.delete(request.name)
-        return pb.DeleteAccountResponse()
+        def delete(caller: Principal) -> pb.DeleteAccountResponse:
+            if request.name == caller.name:
+                raise RegistryError(DENIED, "an admin cannot delete their own account")
+            self._store.delete(request.name)
+            return pb.DeleteAccountResponse()
+        return self._change(context, "DeleteAccount", "account-delete", request.name, "", delete)
 
     def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.ServicerContext) -> pb.ListAccountsResponse:
-        self._require_admin(context)
+        self._require_admin(context, "ListAccounts")
         return pb.ListAccountsResponse(accounts=[_account_pb(p) for p in self._store.all()])
 
     def Grant(self, request: pb.GrantRequest, context: grpc.ServicerContext) -> pb.Account:
-        self._require_admin(context)
-        return _account_pb(self._store.grant(request.name, request.grant.pattern, list(request.grant.actions)))
+        actions = list(request.grant.actions)
+        return self._change(context, "Grant", "grant", request.name,
+                            f"{request.grant.pattern} {','.join(actions)}",
+                            lambda _: _account_pb(self._store.grant(request.name, request.grant.pattern, actions)))
 
     def Revoke(self, request: pb.RevokeRequest, context: grpc.ServicerContext) -> pb.Account:
-        self._require_admin(context)
-        return _account_pb(self._store.revoke(request.name, request.pattern))
+        return self._change(context, "Revoke", "revoke", request.name, request.pattern,
+                            lambda _: _account_pb(self._store.revoke(request.name, request.pattern)))
 
     def SetVisibility(self, request: pb.SetVisibilityRequest,
                       context: grpc.ServicerContext) -> pb.SetVisibilityResponse:
-        self._require_admin(context)
-        self._store.set_public(request.pattern, request.public)
-        return pb.SetVisibilityResponse()
+        def change(_: Principal) -> pb.SetVisibilityResponse:
+            self._store.set_public(request.pattern, request.public)
+            return pb.SetVisibilityResponse()
+        return self._change(context, "SetVisibility", "visibility", request.pattern,
+                            "public" if request.public else "private", change)
 
     def ListPublic(self, request: pb.ListPublicRequest, context: grpc.ServicerContext) -> pb.ListPublicResponse:
-        self._require_admin(context)
+        self._require_admin(context, "ListPublic")
         return pb.ListPublicResponse(patterns=self._store.public_patterns())
 
     def RevokeRefreshTokens(self, request: pb.AccountRef,
                             context: grpc.ServicerContext) -> pb.RevokeRefreshTokensResponse:
-        self._require_admin(context)
-        return pb.RevokeRefreshTokensResponse(revoked=self._store.revoke_refresh_tokens(request.name))
+        return self._change(context, "RevokeRefreshTokens", "refresh-tokens-revoke", request.name, "",
+                            lambda _: pb.RevokeRefreshTokensResponse(
+                                revoked=self._store.revoke_refresh_tokens(request.name)))
 
     def RotateSigningKey(self, request: pb.RotateSigningKeyRequest,
                          context: grpc.ServicerContext) -> pb.ListPublicKeysResponse:
-        self._require_admin(context)
-        self._keys.rotate()
-        return self.ListPublicKeys(pb.ListPublicKeysRequest(), context)
+        def rotate(_: Principal) -> pb.ListPublicKeysResponse:
+            self._keys.rotate()
+            return self.ListPublicKeys(pb.ListPublicKeysRequest(), context)
+        return self._change(context, "RotateSigningKey", "signing-key-rotate", "", "", rotate)
+
+
+def _admin_record(account: str, kind: str, address: str, action: str, target: str, detail: str,
+                  result: str = "ok") -> gpb.AuditRecord:
+    """An audit record of the admin API. Names and patterns come from the caller: they are sent
+    as they are (cut), and the metadata service bounds and cleans every field before it stores one."""
+    return gpb.AuditRecord(account=account[:256], account_kind=kind if account else "", address=address,
+                           action=action, reference=target[:256], result=result, detail=detail[:1000],
+                           request_id=grpcserver.request_id.get()[:64], via="auth")
 
 
 def bootstrap_admin(settings: AuthSettings, store: AccountStore) -> None:
@@ -247,11 +299,12 @@ async def serve(settings: AuthSettings, address: str | None = None,
     bootstrap_admin(settings, store)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="auth")
     service = pb.DESCRIPTOR.services_by_name["Auth"]
+    trail = audit_for(settings.metadata_addr, token)
 
     def register(server: grpc.aio.Server) -> list[str]:
         mirrored = mirror_pulls((u.prefix, u.anonymous) for u in (mirrors or Mirrors()).upstreams)
-        pb_grpc.add_AuthServicer_to_server(threaded(AuthServicer(settings, store, keyring, mirrored, identities),
-                                                    service, pool), server)
+        servicer = AuthServicer(settings, store, keyring, mirrored, identities, trail)
+        pb_grpc.add_AuthServicer_to_server(threaded(servicer, service, pool), server)
         return [service.full_name]
 
     try:
@@ -260,6 +313,7 @@ async def serve(settings: AuthSettings, address: str | None = None,
                                metrics_address=settings.metrics_addr, otlp_endpoint=settings.otlp_endpoint)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(trail.close)  # what is queued is sent (briefly bounded)
 
 
 def run(settings: AuthSettings, on_port: Callable[[int], None] | None = None,

@@ -33,6 +33,9 @@ class AuthSettings:
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")
+    metadata_addr: str = env("WHARF_METADATA_ADDR", "127.0.0.1:50052",
+                             "metadata service gRPC target the audit log's records of admin logins and changes "
+                             "are sent to (set empty: they are only logged, with a warning at start-up)")
     metrics_addr: str = env("WHARF_AUTH_METRICS_ADDR", "",
                             "host:port serving Prometheus metrics on /metrics (empty: off)", address=True)
     otlp_endpoint: str = env("WHARF_OTLP_ENDPOINT", "", "OTLP/HTTP collector base URL traces are exported to "

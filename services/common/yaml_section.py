@@ -137,6 +137,16 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _BYTES[match[2]])
 
 
+def human_size(size: float) -> str:
+    """Bytes as people read them: ``512 B``, ``3.0 MiB`` (powers of 1024, as ``parse_size`` reads ``MiB``)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
 def text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected text, not {value!r}")

@@ -4,6 +4,7 @@ beside its Metadata API, on the same Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,11 +13,17 @@ import grpc
 import redis.asyncio as aredis
 
 from services.common import governance
-from services.common.errors import UNSUPPORTED, RegistryError
+from services.common.errors import DENIED, RegistryError
+from services.common.names import validate_name
+from services.common.redisconn import text
 from services.gen.wharf.governance.v1 import governance_pb2 as gpb
 from services.gen.wharf.governance.v1 import governance_pb2_grpc as gpb_grpc
+from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
+from services.metadata import redis_keys as keys
 from services.metadata.audit import AuditLog
+from services.metadata.outbox import Outbox
 from services.metadata.policy import PolicyStore
+from services.metadata.quotas import Quotas
 from services.metadata.ratelimit import TokenBuckets
 from services.metadata.retention import RetentionRunner
 from services.metadata.store import MetadataStore
@@ -34,14 +41,15 @@ def admin_record(actor: gpb.Actor, action: str, detail: str, result: str = "ok",
 
 class GovernanceServicer(gpb_grpc.GovernanceServicer):
     def __init__(self, client: aredis.Redis, store: MetadataStore, policy: PolicyStore, change: Change,
-                 audit: AuditLog) -> None:
+                 audit: AuditLog, outbox: Outbox | None = None) -> None:
         self._r = client
         self._store = store
         self._policy = policy
         self._change = change
         self._audit = audit
         self._buckets = TokenBuckets(client)
-        self._retention = RetentionRunner(client, store, policy, change, audit)
+        self._quotas = Quotas(client, policy)
+        self._retention = RetentionRunner(client, store, policy, change, audit, outbox)
 
     async def _policy_pb(self) -> gpb.Policy:
         effective, version = await self._policy.current(fresh=True)
@@ -72,15 +80,17 @@ class GovernanceServicer(gpb_grpc.GovernanceServicer):
         return await self._policy_pb()
 
     async def Usage(self, request: gpb.UsageRequest, context: grpc.aio.ServicerContext) -> gpb.UsageResponse:
-        raise RegistryError(UNSUPPORTED, "quotas are not built yet")
+        return gpb.UsageResponse(namespaces=await self._quotas.usage(request.namespace, request.repositories))
 
     async def ReserveUpload(self, request: gpb.ReserveUploadRequest,
                             context: grpc.aio.ServicerContext) -> gpb.ReserveUploadResponse:
-        raise RegistryError(UNSUPPORTED, "quotas are not built yet")
+        limit = await self._quotas.reserve(request.repository, request.upload_id, request.bytes)
+        return gpb.ReserveUploadResponse(limit=limit)
 
     async def ReleaseUpload(self, request: gpb.ReleaseUploadRequest,
                             context: grpc.aio.ServicerContext) -> gpb.ReserveUploadResponse:
-        raise RegistryError(UNSUPPORTED, "quotas are not built yet")
+        await self._quotas.release(request.repository, request.upload_id)
+        return gpb.ReserveUploadResponse()
 
     async def RunRetention(self, request: gpb.RetentionRequest,
                            context: grpc.aio.ServicerContext) -> gpb.RetentionReport:
@@ -101,4 +111,31 @@ class GovernanceServicer(gpb_grpc.GovernanceServicer):
 
     async def DeleteRepository(self, request: gpb.DeleteRepositoryRequest,
                                context: grpc.aio.ServicerContext) -> gpb.DeleteRepositoryResponse:
-        raise RegistryError(UNSUPPORTED, "not built yet")
+        """Every manifest (with its tags) and blob link of the repository, each through the store's
+        own delete (so events, caches and quotas follow); refused up front while a tag is immutable
+        (and each manifest delete checks again, so a tag made immutable meanwhile still holds)."""
+        name = validate_name(request.repository)
+        origin = mpb.Origin(account=request.actor.account or "operator", address=request.actor.address)
+        policy, _ = await self._policy.current(fresh=True)
+        tags = sorted(text(t) for t in await self._r.hkeys(keys.tags(name)))
+        held = [t for t in tags if policy.immutable_rule(name, t)]
+        if held:
+            await self._audit.record([admin_record(request.actor, "repository delete", f"immutable tag {held[0]}",
+                                                   DENIED.code, name)])
+            raise RegistryError(DENIED, f"{name} has immutable tags ({', '.join(held[:5])}); it cannot be deleted")
+        done = gpb.DeleteRepositoryResponse(tags=len(tags))
+
+        async def delete_all() -> None:
+            for digest in sorted(text(d) for d in await self._r.smembers(keys.manifests(name))):
+                with contextlib.suppress(RegistryError):  # gone meanwhile: as good
+                    await self._store.delete_manifest(name, digest, origin)
+                    done.manifests += 1
+            for digest in sorted(text(d) for d in await self._r.hkeys(keys.blobs(name))):
+                with contextlib.suppress(RegistryError):
+                    await self._store.unlink_blob(name, digest, origin)
+                    done.blobs += 1
+
+        await self._change(name, delete_all())
+        await self._audit.record([admin_record(request.actor, "repository delete",
+                                               f"{done.manifests} manifests, {done.blobs} blob links", "ok", name)])
+        return done

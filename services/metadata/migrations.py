@@ -3,7 +3,8 @@
 ``wharf:schema`` holds the version. Version 1 (no key, data present) is the model before push
 times and reference counts; version 2 adds, per repository, the counts garbage collection
 re-checks (``refs``, ``children``), link times, manifest arrival times, tag push times and the
-``wharf:pushed`` index (redis_keys.py lists them).
+``wharf:pushed`` index (redis_keys.py lists them). Version 3 adds the storage counters quotas
+read: each repository's usage and each namespace's unique blobs and usage (``RECOUNT_NAMESPACE``).
 
 - A metadata replica migrates at start-up, before it serves: under ``wharf:migration-lock`` (a
   TTL'd key it renews, so a crashed migrator's lock lapses), one repository per atomic script,
@@ -39,7 +40,7 @@ from services.metadata import redis_keys as keys
 
 log = logging.getLogger("wharf.metadata")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RECOUNT_NEEDED = "wharf:recount-needed"
 _LOCK_TTL_MS = 60_000
 _REPLICA_ID = re.compile(r"^s(\d+)-[0-9a-f]+\Z")
@@ -130,7 +131,8 @@ async def _migrate(client: aredis.Redis) -> None:
 
 
 async def backfill(client: aredis.Redis, holder: str) -> int:
-    """Schema 2's backfill of every repository not yet done; returns how many it did."""
+    """The backfill of every repository not yet done (schema 2's counts), then every namespace's
+    usage (schema 3's); returns how many repositories it did."""
     script = client.register_script(keys.MIGRATE_REPOSITORY)
     done_key = keys.migration_done(SCHEMA_VERSION)
     count = 0
@@ -142,7 +144,21 @@ async def backfill(client: aredis.Redis, holder: str) -> int:
             raise RuntimeError("lost the migration lock (another replica took over after it lapsed)")
         await _backfill_repository(client, script, name, done_key)
         count += 1
+    await recount_namespaces(client, holder)
     return count
+
+
+async def recount_namespaces(client: aredis.Redis, holder: str) -> None:
+    """Recounts every namespace's usage from its repositories, one namespace per atomic script."""
+    recount = client.register_script(keys.RECOUNT_NAMESPACE)
+    namespaces: dict[str, list[str]] = {}
+    async for raw in client.zscan_iter(keys.CATALOG, count=500):
+        name = text(raw[0])
+        namespaces.setdefault(name.split("/", 1)[0], []).append(name)
+    for namespace, names in sorted(namespaces.items()):
+        if not await client.eval(keys.RENEW_IF_HELD, 1, keys.MIGRATION_LOCK, holder, _LOCK_TTL_MS):
+            raise RuntimeError("lost the migration lock (another replica took over after it lapsed)")
+        await recount(args=[namespace, *sorted(names)])
 
 
 async def _backfill_repository(client: aredis.Redis, script: object, name: str, done_key: str) -> None:

@@ -33,7 +33,10 @@ GC_ORIGIN = json.dumps({"account": "wharf-gc"}, separators=(",", ":"))
 MAX_PULL_EVENTS = 5000
 
 
-def _clean(value: str, limit: int) -> str:
+def clean(value: str, limit: int) -> str:
+    """Client-supplied text, cut to ``limit`` characters, every character outside printable ASCII
+    (CR, LF, escapes, non-ASCII) replaced by "?": safe in Redis, a log line or a webhook body
+    (also the audit log's rule, services/metadata/audit.py)."""
     return _UNPRINTABLE.sub("?", value[:limit])
 
 
@@ -42,7 +45,7 @@ def origin_json(origin: Any) -> str:
     for a caller that sent none (an older gateway, wharf-admin)."""
     if origin is None:
         return "{}"
-    fields = {name: _clean(str(getattr(origin, name)), limit) for name, limit in _LIMITS.items()}
+    fields = {name: clean(str(getattr(origin, name)), limit) for name, limit in _LIMITS.items()}
     return json.dumps({k: v for k, v in fields.items() if v}, separators=(",", ":"), sort_keys=True)
 
 
@@ -76,7 +79,7 @@ class PullEvents:
             digests.validate(event.digest)
             if event.tag:
                 validate_tag(event.tag)
-            media_type = keys.BLOB_MEDIA_TYPE if event.blob else _clean(event.media_type, 255)
+            media_type = keys.BLOB_MEDIA_TYPE if event.blob else clean(event.media_type, 255)
             by_shard[keys.outbox_shard(event.repository)] += [
                 event.repository, event.digest, media_type, max(0, int(event.size)), event.tag,
                 origin_json(event.origin), max(0, int(event.at_ms))]

@@ -18,7 +18,16 @@
     wharf:repo:{<name>}:tagtimes                   HASH  tag -> when it was last pushed (ms)
       (each manifest hash also holds: created (ms, first arrival), blobs and children: the digests
        it names, space-separated, so that a delete can take back its counts)
+    wharf:repo:{<name>}:usage                      STRING bytes of the repository's blob links and manifests
     wharf:pushed                                   ZSET  repository -> its last manifest push (ms)
+    wharf:ns:<namespace>:blobs                     HASH  digest -> how many of the namespace's repositories link it
+    wharf:ns:<namespace>:usage                     STRING bytes of the namespace's unique blobs, plus its manifests
+                                                         (what its quota counts; kept by the write scripts)
+    wharf:ns:<namespace>:uploads                   HASH  upload id -> "<bytes> <expiry ms>": bytes open uploads hold
+                                                         against the quota (a commit's link gives them back)
+    wharf:policy:<kind>                            HASH  rule key -> rule JSON: governance rules set by wharf-admin
+                                                         (immutable, quota, retention, ratelimit; policy.py)
+    wharf:policy:version                           STRING bumped with every change of the stored rules
     wharf:blob:<digest>:repos                      HASH  repository -> size: who links the blob
     wharf:blob:<digest>:pins                       ZSET  pin id -> expiry (ms): uploads of the blob between
                                                          their commit in the blob store and their link
@@ -48,6 +57,12 @@
                                                          last_success_at (s)
     wharf:events:dead:<endpoint>                   STREAM the endpoint's dead letters: the event's fields, plus shard,
                                                          reason and attempts (capped at DEAD_LETTERS_MAX)
+    wharf:ratelimit:<key>                          HASH  tokens, at (ms): a rate-limit token bucket (ratelimit.py),
+                                                         with a TTL until it would be full again
+    wharf:audit                                    STREAM the audit log (services/metadata/audit.py): at, account, kind,
+                                                         address, agent, action, repository, reference, result,
+                                                         status, detail, request, via; trimmed to about
+                                                         WHARF_AUDIT_MAX_ENTRIES and WHARF_AUDIT_MAX_AGE
 
 Repository names and digests are validated by the gateway and again by the
 service before they reach a key. Every change that touches more than one key
@@ -70,6 +85,7 @@ INVALIDATION_ACKS = "wharf:invalidation-acks"
 LEASE_GRANTORS = "wharf:lease-grantors"
 MAINTENANCE = "wharf:maintenance"
 GC_RECORD = "wharf:gc-record"
+AUDIT = "wharf:audit"
 # The error a write script returns while MAINTENANCE exists (store.py turns it into a 503).
 READ_ONLY = "WHARF_READ_ONLY"
 _GUARD = f"""
@@ -157,6 +173,18 @@ def tag_times(name: str) -> str:
     return repo_prefix(name) + "tagtimes"
 
 
+def tags_of(name: str, digest: str) -> str:
+    return f"{repo_prefix(name)}tagsof:{digest}"
+
+
+def usage(name: str) -> str:
+    return f"{repo_prefix(name)}usage"
+
+
+def namespace_prefix(namespace: str) -> str:
+    return f"wharf:ns:{namespace}:"
+
+
 def blob_repos(digest: str) -> str:
     return f"wharf:blob:{digest}:repos"
 
@@ -167,6 +195,11 @@ def blob_pins(digest: str) -> str:
 
 def blob_deleting(digest: str) -> str:
     return f"wharf:blob:{digest}:deleting"
+
+
+def ratelimit_bucket(key: str) -> str:
+    """A rate-limit bucket (``key`` checked by services/metadata/ratelimit.py)."""
+    return f"wharf:ratelimit:{key}"
 
 
 def mirror_pulls(prefix: str) -> str:
@@ -218,6 +251,57 @@ local function decr(hash, field)
 end
 """
 
+# Storage accounting for quotas (services/metadata/quotas.py): a repository's usage is its blob
+# links plus its manifests; a namespace's (a repository name's first component) counts a blob once
+# however many of its repositories link it. Kept by every script that links, unlinks, stores or
+# removes, in the same step. A quota's limit ("" for none) comes from the caller, with the rules'
+# version (policy.py): a script refuses with WHARF_POLICY_STALE when the rules changed meanwhile.
+_USAGE = """
+local function ns_prefix(name)
+  return 'wharf:ns:' .. string.match(name, '^[^/]+') .. ':'
+end
+local function account_link(p, name, digest, size)
+  redis.call('INCRBY', p .. 'usage', size)
+  local ns = ns_prefix(name)
+  if redis.call('HINCRBY', ns .. 'blobs', digest, 1) == 1 then redis.call('INCRBY', ns .. 'usage', size) end
+end
+local function account_unlink(p, name, digest, size)
+  redis.call('DECRBY', p .. 'usage', size)
+  local ns = ns_prefix(name)
+  if redis.call('HINCRBY', ns .. 'blobs', digest, -1) <= 0 then
+    redis.call('HDEL', ns .. 'blobs', digest)
+    redis.call('DECRBY', ns .. 'usage', size)
+  end
+end
+local function account_manifest(p, name, size)
+  redis.call('INCRBY', p .. 'usage', size)
+  redis.call('INCRBY', ns_prefix(name) .. 'usage', size)
+end
+local function held_by_uploads(ns, except, now)
+  local total = 0
+  local all = redis.call('HGETALL', ns .. 'uploads')
+  for j = 1, #all, 2 do
+    local bytes, expiry = string.match(all[j + 1], '^(%d+) (%d+)$')
+    if not bytes or tonumber(expiry) < now then redis.call('HDEL', ns .. 'uploads', all[j])
+    elseif all[j] ~= except then total = total + tonumber(bytes) end
+  end
+  return total
+end
+-- nil when `adding` more bytes fit the namespace's quota (`limit`, "" for none), else {usage, held}
+local function over_quota(name, limit, adding, except)
+  if limit == '' or adding <= 0 then return nil end
+  local ns = ns_prefix(name)
+  local usage = tonumber(redis.call('GET', ns .. 'usage') or '0')
+  local held = held_by_uploads(ns, except, now_ms())
+  if usage + held + adding > tonumber(limit) then return {usage, held} end
+  return nil
+end
+local function policy_current(version)
+  return version == '' or (redis.call('GET', 'wharf:policy:version') or '0') == version
+end
+local STALE = 'WHARF_POLICY_STALE'
+"""
+
 # The event outbox, written by the same script as the change it announces (so an event exists
 # exactly when its change does). KEYS[1]: the repository's outbox shard, absent when events are off
 # (or the write is a mirror's fill); the script's last ARGV: the write's origin (JSON, checked by
@@ -234,6 +318,7 @@ local function drop_if_empty(p, catalog, name)
   if redis.call('SCARD', p .. 'manifests') == 0 and redis.call('HLEN', p .. 'blobs') == 0 then
     if redis.call('ZREM', catalog, name) == 1 then emit('delete', name, '', '', '', '', '') end
     redis.call('ZREM', '""" + PUSHED + """', name)
+    redis.call('DEL', p .. 'usage')
   end
 end
 """
@@ -241,11 +326,13 @@ BLOB_MEDIA_TYPE = "application/octet-stream"
 
 # ARGV: prefix, catalog, name, digest, type, body, subject, descriptor,
 #       nblobs, (blob, declared size or "")..., nmanifests, (manifest, size or "")..., ntags, tags...,
-#       count_only ("1": count the references without requiring them), origin
-# Returns {"ok"}, {"missing", digest...} or {"size", digest, declared, stored} (nothing written).
+#       count_only ("1": count the references without requiring them), rules version ("": none
+#       involved), nimmutable, immutable tags (of those pushed)..., quota limit ("": none), origin
+# Returns {"ok"}, {"missing", digest...}, {"size", digest, declared, stored}, {"immutable", tag} or
+# {"quota", usage, held} (nothing written but those).
 # A manifest stored for the first time counts what it names (refs, children) and records its
 # arrival; every tag it carries records its push time, and the repository its last push.
-PUT_MANIFEST = _GUARD + _NOW + _OUTBOX + """
+PUT_MANIFEST = _GUARD + _NOW + _USAGE + _OUTBOX + """
 local p = ARGV[1]
 local i = 9
 local missing = {}
@@ -270,18 +357,33 @@ for _ = 1, nman do
   kids[#kids + 1] = ARGV[i]
   i = i + 2
 end
+-- After the tags: count_only, the rules' version, the immutable tags, the quota.
+local j = i + 1 + tonumber(ARGV[i])
 -- A mirror's manifest (count_only "1"): its references are counted, not required (the
 -- blobs are filled when first pulled).
-local count_only = ARGV[#ARGV - 1] == '1'
+local count_only = ARGV[j] == '1'
+if not policy_current(ARGV[j + 1]) then return redis.error_reply(STALE) end
+local digest = ARGV[4]
+local nimmutable = tonumber(ARGV[j + 2])
+for k = j + 3, j + 2 + nimmutable do
+  local current = redis.call('HGET', p .. 'tags', ARGV[k])
+  if current and current ~= digest then return {'immutable', ARGV[k]} end
+end
+local limit = ARGV[j + 3 + nimmutable]
 if wrong and not count_only then return wrong end
 if #missing > 0 and not count_only then
   table.insert(missing, 1, 'missing')
   return missing
 end
 local now = now_ms()
-local digest = ARGV[4]
 local key = p .. 'manifest:' .. digest
-if redis.call('EXISTS', key) == 0 then
+local fresh = redis.call('EXISTS', key) == 0
+if fresh then
+  local over = over_quota(ARGV[3], limit, string.len(ARGV[6]), '')
+  if over then return {'quota', over[1], over[2]} end
+  account_manifest(p, ARGV[3], string.len(ARGV[6]))
+end
+if fresh then
   local seen = {}
   for _, d in ipairs(blobs) do
     if not seen[d] then seen[d] = true; redis.call('HINCRBY', p .. 'refs', d, 1) end
@@ -345,6 +447,7 @@ local function remove_manifest(p, catalog, name, digest)
   emit('delete', name, digest, v[4] or '', size, '', '')
   for d in string.gmatch(v[2] or '', '%S+') do decr(p .. 'refs', d) end
   for d in string.gmatch(v[3] or '', '%S+') do decr(p .. 'children', d) end
+  account_manifest(p, name, -size)
   redis.call('DEL', p .. 'tagsof:' .. digest, key)
   redis.call('SREM', p .. 'manifests', digest)
   if v[1] and v[1] ~= '' then
@@ -354,18 +457,30 @@ local function remove_manifest(p, catalog, name, digest)
 end
 """
 
-# ARGV: prefix, catalog, name, digest, origin. Returns 0 when the manifest was not stored.
-DELETE_MANIFEST = _GUARD + _NOW + _OUTBOX + _REMOVE_MANIFEST + """
+# ARGV: prefix, catalog, name, digest, rules version, ntags, the tags the caller found pointing at
+# it (and judged deletable)..., origin. Returns 0 when the manifest was not stored, -1 when its
+# tags are not those (a tag came meanwhile: the caller judges again), 1 when deleted.
+DELETE_MANIFEST = _GUARD + _NOW + _USAGE + _OUTBOX + _REMOVE_MANIFEST + """
 if redis.call('EXISTS', ARGV[1] .. 'manifest:' .. ARGV[4]) == 0 then return 0 end
+if not policy_current(ARGV[5]) then return redis.error_reply(STALE) end
+local tagsof = ARGV[1] .. 'tagsof:' .. ARGV[4]
+if redis.call('SCARD', tagsof) ~= tonumber(ARGV[6]) then return -1 end
+for k = 7, 6 + tonumber(ARGV[6]) do
+  if redis.call('SISMEMBER', tagsof, ARGV[k]) == 0 then return -1 end
+end
 remove_manifest(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 
-# ARGV: prefix, tag, name, origin. Returns 0 when the tag did not exist.
-DELETE_TAG = _GUARD + _OUTBOX + """
+# ARGV: prefix, tag, name, rules version (the caller judged the tag deletable by them), the push
+# time the caller judged it by ("" any: retention deletes only the push it judged), origin.
+# Returns 0 when the tag did not exist (or was pushed again since).
+DELETE_TAG = _GUARD + _NOW + _USAGE + _OUTBOX + """
+if not policy_current(ARGV[4]) then return redis.error_reply(STALE) end
 local p = ARGV[1]
 local digest = redis.call('HGET', p .. 'tags', ARGV[2])
 if not digest then return 0 end
+if ARGV[5] ~= '' and redis.call('HGET', p .. 'tagtimes', ARGV[2]) ~= ARGV[5] then return 0 end
 local key = p .. 'manifest:' .. digest
 emit('delete', ARGV[3], digest, redis.call('HGET', key, 'type') or '', redis.call('HSTRLEN', key, 'body'), ARGV[2], '')
 redis.call('HDEL', p .. 'tags', ARGV[2])
@@ -376,12 +491,23 @@ return 1
 """
 
 # ARGV: prefix, catalog, name, digest, size, blob_repos key, pin id ("" none), source ("" none,
-# "*" any repository, else a repository's key prefix), pins key, source name (for the event), origin.
+# "*" any repository, else a repository's key prefix), pins key, source name (for the event),
+# quota limit ("" none), rules version, upload id whose hold the link gives back ("" none), origin.
 # Returns 1, or 0 when the source does not link the blob (a mount that must become an upload),
 # or -1 when the pin is gone (the upload outlived its pin: the collector may have deleted the
-# bytes its commit found, so nothing is linked and the client uploads again).
-LINK_BLOB = _GUARD + _NOW + _OUTBOX + """
+# bytes its commit found, so nothing is linked and the client uploads again), or
+# {"quota", usage, held} when the namespace has no room for bytes it does not hold yet.
+LINK_BLOB = _GUARD + _NOW + _USAGE + _OUTBOX + """
 local p = ARGV[1]
+if not policy_current(ARGV[12]) then return redis.error_reply(STALE) end
+local new_here = redis.call('HEXISTS', p .. 'blobs', ARGV[4]) == 0
+if new_here and redis.call('HEXISTS', ns_prefix(ARGV[3]) .. 'blobs', ARGV[4]) == 0 then
+  local over = over_quota(ARGV[3], ARGV[11], tonumber(ARGV[5]), ARGV[13])
+  if over then
+    if ARGV[13] ~= '' then redis.call('HDEL', ns_prefix(ARGV[3]) .. 'uploads', ARGV[13]) end
+    return {'quota', over[1], over[2]}
+  end
+end
 if ARGV[8] == '*' then
   if redis.call('EXISTS', ARGV[6]) == 0 then return 0 end
 elseif ARGV[8] ~= '' then
@@ -390,13 +516,61 @@ end
 if ARGV[7] ~= '' then
   if redis.call('ZREM', ARGV[9], ARGV[7]) == 0 then return -1 end
 end
+if ARGV[13] ~= '' then redis.call('HDEL', ns_prefix(ARGV[3]) .. 'uploads', ARGV[13]) end
 redis.call('HSET', p .. 'blobs', ARGV[4], ARGV[5])
+if new_here then account_link(p, ARGV[3], ARGV[4], tonumber(ARGV[5])) end
 redis.call('HSET', p .. 'linked', ARGV[4], now_ms())
 redis.call('HSET', ARGV[6], ARGV[3], ARGV[5])
 redis.call('ZADD', ARGV[2], 0, ARGV[3])
 if ARGV[8] == '' then emit('push', ARGV[3], ARGV[4], '""" + BLOB_MEDIA_TYPE + """', ARGV[5], '', '')
 else emit('mount', ARGV[3], ARGV[4], '""" + BLOB_MEDIA_TYPE + """', ARGV[5], '', ARGV[10]) end
 return 1
+"""
+
+# ARGV: name, upload id, bytes to add to its hold, quota limit, rules version, ttl (ms).
+# Returns {1, held by this upload}, or {0, usage, held by others, this upload's} (nothing held).
+RESERVE_UPLOAD = _NOW + _USAGE + """
+if not policy_current(ARGV[5]) then return redis.error_reply(STALE) end
+local ns = ns_prefix(ARGV[1])
+local now = now_ms()
+local mine = tonumber(string.match(redis.call('HGET', ns .. 'uploads', ARGV[2]) or '', '^(%d+) ') or '0')
+local want = mine + tonumber(ARGV[3])
+local usage = tonumber(redis.call('GET', ns .. 'usage') or '0')
+local others = held_by_uploads(ns, ARGV[2], now)
+if usage + others + want > tonumber(ARGV[4]) then return {0, usage, others, mine} end
+redis.call('HSET', ns .. 'uploads', ARGV[2], want .. ' ' .. (now + tonumber(ARGV[6])))
+return {1, want}
+"""
+
+# ARGV: name, upload id. Gives back an upload's hold.
+RELEASE_UPLOAD = _NOW + _USAGE + """
+return redis.call('HDEL', ns_prefix(ARGV[1]) .. 'uploads', ARGV[2])
+"""
+
+# ARGV: namespace, repositories... Recounts the namespace's usage and each repository's from their
+# links and manifests (the upgrade to schema 3, and the recount after a rolling upgrade). Idempotent.
+RECOUNT_NAMESPACE = """
+local ns = 'wharf:ns:' .. ARGV[1] .. ':'
+redis.call('DEL', ns .. 'blobs', ns .. 'usage')
+local total = 0
+for k = 2, #ARGV do
+  local p = 'wharf:repo:{' .. ARGV[k] .. '}:'
+  local used = 0
+  local links = redis.call('HGETALL', p .. 'blobs')
+  for j = 1, #links, 2 do
+    local size = tonumber(links[j + 1])
+    used = used + size
+    if redis.call('HINCRBY', ns .. 'blobs', links[j], 1) == 1 then total = total + size end
+  end
+  for _, d in ipairs(redis.call('SMEMBERS', p .. 'manifests')) do
+    local size = redis.call('HSTRLEN', p .. 'manifest:' .. d, 'body')
+    used = used + size
+    total = total + size
+  end
+  redis.call('SET', p .. 'usage', used)
+end
+redis.call('SET', ns .. 'usage', total)
+return total
 """
 
 # ARGV: pins key, deleting key, pin id, ttl (ms). Returns 1, or 0 while the collector is
@@ -420,6 +594,7 @@ local function unlink(p, catalog, name, digest, holders)
   local size = redis.call('HGET', p .. 'blobs', digest)
   if not size then return 0 end
   redis.call('HDEL', p .. 'blobs', digest)
+  account_unlink(p, name, digest, tonumber(size))
   redis.call('HDEL', p .. 'linked', digest)
   redis.call('HDEL', holders, name)
   emit('delete', name, digest, '""" + BLOB_MEDIA_TYPE + """', size, '', '')
@@ -427,7 +602,7 @@ local function unlink(p, catalog, name, digest, holders)
   return 1
 end
 """
-UNLINK_BLOB = _GUARD + _OUTBOX + _UNLINK_BLOB + """
+UNLINK_BLOB = _GUARD + _NOW + _USAGE + _OUTBOX + _UNLINK_BLOB + """
 return unlink(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
@@ -436,7 +611,7 @@ return unlink(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 # ARGV: prefix, catalog, name, digest, blob_repos key, grace (ms), dry ("1"/"0"), origin.
 # Unlinks a blob no manifest of the repository names, linked longer ago than the grace.
 # Returns 1 when it (dry: would have) unlinked.
-GC_UNLINK_BLOB = _NOW + _OUTBOX + _UNLINK_BLOB + """
+GC_UNLINK_BLOB = _NOW + _USAGE + _OUTBOX + _UNLINK_BLOB + """
 local p = ARGV[1]
 if redis.call('HEXISTS', p .. 'blobs', ARGV[4]) == 0 then return 0 end
 if redis.call('HEXISTS', p .. 'refs', ARGV[4]) == 1 then return 0 end
@@ -451,7 +626,7 @@ return unlink(p, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 # Deletes a manifest no tag points at and no index of the repository names, that arrived longer
 # ago than the grace, and is not a referrer of a manifest still stored. Returns 1 when it (dry:
 # would have) deleted.
-GC_DELETE_MANIFEST = _NOW + _OUTBOX + _REMOVE_MANIFEST + """
+GC_DELETE_MANIFEST = _NOW + _USAGE + _OUTBOX + _REMOVE_MANIFEST + """
 local p = ARGV[1]
 local key = p .. 'manifest:' .. ARGV[4]
 local v = redis.call('HMGET', key, 'type', 'subject', 'created')

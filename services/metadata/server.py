@@ -33,6 +33,8 @@ from services.metadata.invalidation import InvalidationHub
 from services.metadata.lifecycle import Collected, Lifecycle
 from services.metadata.outbox import Outbox, PullEvents
 from services.metadata.policy import PolicyStore
+from services.metadata.retention import RetentionRunner
+from services.metadata.retention_schedule import RetentionSchedule
 from services.metadata.settings import MetadataSettings
 from services.metadata.store import Descriptor, MetadataStore
 
@@ -81,7 +83,7 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def LinkBlob(self, request: pb.LinkBlobRequest, context: grpc.aio.ServicerContext) -> pb.LinkBlobResponse:
         linked = await self._store.link_blob(request.repository, request.digest, request.size, request.pin,
-                                             request.source, _origin(request))
+                                             request.source, _origin(request), request.upload_id)
         return pb.LinkBlobResponse(linked=linked)
 
     async def PinBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.BlobPin:
@@ -209,24 +211,28 @@ async def serve(settings: MetadataSettings, address: str | None = None,
     token = read_token(settings.internal_token_file)  # before anything starts: a bad file stops the service
     client = redis_client(settings.redis_url, settings.workers + 4)
     outbox = Outbox(enabled=events_on)
-    store = MetadataStore(client, outbox)
+    policy = PolicyStore(client, file_policy or Policy())
+    store = MetadataStore(client, outbox, policy)
     hub = InvalidationHub(client, settings.cache_lease, settings.cache_ack_timeout)
     metrics.WATCHERS.set_function(lambda: hub.watchers)
 
-    policy = PolicyStore(client, file_policy or Policy())
     audit = AuditLog(client, settings.audit_max_entries, settings.audit_max_age)
 
+    metadata = MetadataServicer(store, hub, client, outbox)
+    retention = RetentionSchedule(client, RetentionRunner(client, store, store.policy, metadata._change, audit, outbox),
+                                  store.policy, settings.retention_interval)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        metadata = MetadataServicer(store, hub, client, outbox)
         pb_grpc.add_MetadataServicer_to_server(metadata, server)
         gpb_grpc.add_GovernanceServicer_to_server(
-            GovernanceServicer(client, store, policy, metadata._change, audit), server)
+            GovernanceServicer(client, store, store.policy, metadata._change, audit, outbox), server)
         return [pb.DESCRIPTOR.services_by_name["Metadata"].full_name,
                 gpb.DESCRIPTOR.services_by_name["Governance"].full_name]
 
     await migrations.migrate(client)  # before serving: a newer schema stops the service here
     subscription = asyncio.create_task(hub.run())
     recount = asyncio.create_task(migrations.recount_when_upgraded(client))
+    scheduled = asyncio.create_task(retention.forever())
     try:
         await grpcserver.serve("metadata", address or settings.listen, register, backend_errors=(redis.RedisError,),
                                internal_token=token, on_port=on_port, on_stop=hub.close,
@@ -236,6 +242,7 @@ async def serve(settings: MetadataSettings, address: str | None = None,
     finally:
         subscription.cancel()
         recount.cancel()
+        scheduled.cancel()
 
 
 def run(settings: MetadataSettings, on_port: Callable[[int], None] | None = None, events_on: bool = False,

@@ -32,4 +32,7 @@ class MetadataSettings:
                                  "the audit log keeps at most about this many records (the oldest go first)")
     audit_max_age: float = env("WHARF_AUDIT_MAX_AGE", 90 * 86400.0,
                                "seconds the audit log keeps a record (90 days)")
+    retention_interval: float = env("WHARF_RETENTION_INTERVAL", 3600.0,
+                                    "seconds between scheduled retention runs (one replica runs each; only "
+                                    "when the policy has retention rules); 0: off", minimum=0)
     log_level: str = env("WHARF_LOG_LEVEL", "info", "log level", choices=LOG_LEVELS)

@@ -19,6 +19,7 @@ from services.common.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
     BLOB_UPLOAD_UNKNOWN,
+    DENIED,
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
@@ -26,10 +27,13 @@ from services.common.errors import (
     UNAVAILABLE,
     RegistryError,
 )
+from services.common.governance import Policy
 from services.common.names import validate_name, validate_tag
 from services.common.redisconn import text
+from services.metadata import quotas
 from services.metadata import redis_keys as keys
 from services.metadata.outbox import Outbox, origin_json
+from services.metadata.policy import PolicyStore, raise_if_stale
 from services.metadata.scripts import TimedScript
 
 # Upper bound on a single listing page, whatever the client asks for.
@@ -78,13 +82,24 @@ class Descriptor:
                    dict(data.get("annotations") or {}))
 
 
+def immutable_refusal(name: str, tag: str, policy: Policy, consequence: str) -> RegistryError:
+    """DENIED naming the rule that makes ``tag`` immutable."""
+    rule = policy.immutable_rule(name, tag)
+    which = f" (rule: repositories {rule.repositories!r}, tags {rule.tags!r})" if rule else ""
+    return RegistryError(DENIED, f"tag {tag} of {name} is immutable{which} {consequence}")
+
+
 def _command(name: str) -> Any:
     """The span of one Redis command (a no-op unless tracing is on)."""
     return tracing.span(f"redis {name}", tracing.SpanKind.CLIENT, attributes={"db.system": "redis"})
 
 
 class MetadataStore:
-    def __init__(self, client: aredis.Redis, outbox: Outbox | None = None) -> None:
+    """The writes consult the governance rules (``policy``; the stored ones when not given): immutable
+    tags and quotas are enforced inside the write scripts, guarded by the rules' version."""
+
+    def __init__(self, client: aredis.Redis, outbox: Outbox | None = None, policy: PolicyStore | None = None) -> None:
+        self.policy = policy or PolicyStore(client)
         self._r = client
         self._outbox = outbox or Outbox(enabled=False)
         self._put_manifest = TimedScript(client, "put_manifest", keys.PUT_MANIFEST)
@@ -105,26 +120,36 @@ class MetadataStore:
             if str(exc).startswith(keys.READ_ONLY):
                 raise RegistryError(UNAVAILABLE, "the registry is read-only for maintenance; retry later",
                                     detail={"retry_after": 30}) from None
+            raise_if_stale(exc)
             raise
 
     # -- blob links --------------------------------------------------------
 
     async def link_blob(self, name: str, digest: str, size: int, pin: str = "", source: str = "",
-                        origin: Any = None) -> bool:
+                        origin: Any = None, upload_id: str = "") -> bool:
         """Links the blob. With ``pin`` (an upload's, from pin_blob) the link is made only if the pin
         still stands (BLOB_UPLOAD_UNKNOWN otherwise: the collector may have taken the bytes); with
         ``source`` (a mount: a repository, or "*" for any) only if the source links the blob
-        (False otherwise: the client uploads instead)."""
+        (False otherwise: the client uploads instead). Bytes new to the namespace must fit its
+        quota (DENIED otherwise; ``upload_id``'s hold is given back either way)."""
         validate_name(name)
         digests.validate(digest)
         if source and source != "*":
             validate_name(source)
         if pin and not _PIN_ID.match(pin):
             raise RegistryError(BLOB_UPLOAD_INVALID, "malformed pin")
-        linked = await self._write(self._link_blob, [
-            keys.repo_prefix(name), keys.CATALOG, name, digest, size, keys.blob_repos(digest), pin,
-            keys.repo_prefix(source) if source and source != "*" else source, keys.blob_pins(digest),
-            "" if source == "*" else source], name, origin)
+        quotas.validate_upload_id(upload_id)
+
+        async def run(policy: Policy, version: str) -> tuple[Any, str]:
+            limit = quotas.limit_for(policy, name, origin)
+            return await self._write(self._link_blob, [
+                keys.repo_prefix(name), keys.CATALOG, name, digest, size, keys.blob_repos(digest), pin,
+                keys.repo_prefix(source) if source and source != "*" else source, keys.blob_pins(digest),
+                "" if source == "*" else source, limit, version, upload_id], name, origin), limit
+
+        linked, limit = await self.policy.guarded(run)
+        if isinstance(linked, list):
+            raise quotas.refusal(name, linked, size, int(limit))
         if int(linked) < 0:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "the upload took longer than its pin on the blob lasts "
                                                      f"({PIN_TTL_MS // 3_600_000} h); upload the blob again")
@@ -193,11 +218,20 @@ class MetadataStore:
             validate_tag(tag, for_manifest_put=True)
         for ref in [*blob_refs, *manifest_refs, *([subject] if subject else [])]:
             digests.validate(ref)
-        args: list[str | bytes | int] = [keys.repo_prefix(name), keys.CATALOG, name, digest, media_type, content,
+        base: list[str | bytes | int] = [keys.repo_prefix(name), keys.CATALOG, name, digest, media_type, content,
                                          subject, descriptor.to_json() if descriptor else ""]
-        args += [len(blob_refs), *_with_sizes(blob_refs, blob_sizes), len(manifest_refs),
+        base += [len(blob_refs), *_with_sizes(blob_refs, blob_sizes), len(manifest_refs),
                  *_with_sizes(manifest_refs, manifest_sizes), len(tags), *tags, "1" if count_only else "0"]
-        result = [text(v) for v in await self._write(self._put_manifest, args, name, origin)]
+
+        async def run(policy: Policy, version: str) -> tuple[list[str], str]:
+            # A mirror's fill follows its upstream: its tags move when the upstream's do.
+            immutable = [] if count_only else [t for t in tags if policy.immutable_rule(name, t)]
+            limit = "" if count_only else quotas.limit_for(policy, name, origin)
+            args = [*base, version, len(immutable), *immutable, limit]
+            answer = await self._write(self._put_manifest, args, name, origin)
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in answer], limit
+
+        result, limit = await self.policy.guarded(run)
         if result[0] == "size":
             raise RegistryError(MANIFEST_INVALID, f"a descriptor gives {result[1]} a size of {result[2]} bytes; "
                                                   f"the registry holds {result[3]} bytes",
@@ -206,6 +240,11 @@ class MetadataStore:
             missing = result[1:]
             raise RegistryError(MANIFEST_BLOB_UNKNOWN, f"manifest references unknown content {missing[0]}",
                                 detail={"missing": missing})
+        if result[0] == "immutable":
+            policy, _ = await self.policy.current()
+            raise immutable_refusal(name, result[1], policy, f"cannot move to {digest}")
+        if result[0] == "quota":
+            raise quotas.refusal(name, [result[0], result[1], result[2]], len(content), int(limit))
 
     async def get_manifest(self, name: str, reference: str) -> StoredManifest:
         validate_name(name)
@@ -221,16 +260,40 @@ class MetadataStore:
         return StoredManifest(text(digest), text(media_type), bytes(body), text(subject or b""))
 
     async def delete_manifest(self, name: str, digest: str, origin: Any = None) -> None:
+        """Deletes the manifest and the tags pointing at it, unless one of them is immutable (DENIED)."""
         validate_name(name)
         digests.validate(digest)
-        if not await self._write(self._delete_manifest, [keys.repo_prefix(name), keys.CATALOG, name, digest],
-                                 name, origin):
-            raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} unknown to repository {name}")
 
-    async def delete_tag(self, name: str, tag: str, origin: Any = None) -> None:
+        async def run(policy: Policy, version: str) -> None:
+            for _ in range(20):
+                tags = sorted(text(t) for t in await self._r.smembers(keys.tags_of(name, digest)))
+                for tag in tags:
+                    if policy.immutable_rule(name, tag):
+                        raise immutable_refusal(name, tag, policy, f"so manifest {digest} cannot be deleted")
+                done = await self._write(self._delete_manifest, [keys.repo_prefix(name), keys.CATALOG, name, digest,
+                                                                 version, len(tags), *tags], name, origin)
+                if int(done) == 0:
+                    raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} unknown to repository {name}")
+                if int(done) == 1:
+                    return
+                # -1: its tags changed since they were read; judge them again
+            raise RegistryError(UNAVAILABLE, f"the tags of {digest} kept changing; retry", detail={"retry_after": 1})
+
+        await self.policy.guarded(run)
+
+    async def delete_tag(self, name: str, tag: str, origin: Any = None, pushed_at: int | None = None) -> None:
+        """Deletes the tag (MANIFEST_UNKNOWN when there is none); with ``pushed_at``, only the push
+        made then (a tag pushed again since is left, also as MANIFEST_UNKNOWN)."""
         validate_name(name)
         validate_tag(tag)
-        if not await self._write(self._delete_tag, [keys.repo_prefix(name), tag, name], name, origin):
+
+        async def run(policy: Policy, version: str) -> Any:
+            if policy.immutable_rule(name, tag):
+                raise immutable_refusal(name, tag, policy, "and cannot be deleted")
+            return await self._write(self._delete_tag, [keys.repo_prefix(name), tag, name, version,
+                                                        "" if pushed_at is None else str(pushed_at)], name, origin)
+
+        if not await self.policy.guarded(run):
             raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} unknown to repository {name}")
 
     # -- listings ----------------------------------------------------------

@@ -24,7 +24,7 @@ from services.auth import identity
 from services.auth.settings import AuthSettings
 from services.blobstore import storage
 from services.blobstore.settings import BlobStoreSettings, storage_problem
-from services.common import config_file, logs, plugins
+from services.common import config_file, governance, logs, plugins
 from services.common.health import gateway_answers, grpc_serving
 from services.common.internal_auth import TOKEN_VARIABLE, ensure_token_file
 from services.common.settings import check_all, load
@@ -130,6 +130,7 @@ def start(settings: StackSettings) -> list[Child]:
             auth_addr = f"127.0.0.1:{free_port(avoid=settings.port)}"
             auth_env = env_for("auth", base, WHARF_AUTH_LISTEN=auth_addr, WHARF_AUTH_REDIS_URL=redis_url,
                                WHARF_AUTH_KEYS_DIR=str(data_dir / "auth" / "keys"),
+                               WHARF_METADATA_ADDR=metadata_addr,  # the audit log's records of admin changes
                                **_metrics_variable(figures, "auth", "WHARF_AUTH_METRICS_ADDR"))
             if not auth_env.get("WHARF_ADMIN_PASSWORD") and not auth_env.get("WHARF_ADMIN_PASSWORD_FILE"):
                 # No password given: token mode must not be a dead end. Generate one (owner-only,
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     found += mirror_config.problems(os.environ)  # the mirrors' upstreams (gateway and blob store read them)
     found += events_config.problems(os.environ)  # the event endpoints (the delivery service reads them)
     found += extension_problems(os.environ)  # storage driver, event sinks, admission policies: extensions
+    found += governance.problems(os.environ)  # the policy file (immutable tags, quotas, retention, rate limits)
     found = list(dict.fromkeys(found))
     if found:
         sys.stderr.write("".join(f"wharf-stack: {line}\n" for line in found))

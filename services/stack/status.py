@@ -19,6 +19,7 @@ import click
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common import metrics_endpoint
+from services.common.yaml_section import human_size
 from services.stack import lock, records
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -44,14 +45,6 @@ def _probe(url: str) -> str:
     except requests.RequestException as exc:
         return f"unreachable ({type(exc).__name__})"
     return f"answers {answer.status_code}"
-
-
-def _bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return ""
 
 
 def gather(addresses: Mapping[str, str], registry_url: str = "") -> dict[str, Any]:
@@ -103,7 +96,8 @@ def render(facts: dict[str, Any]) -> str:
             continue
         uptime = service["uptime_seconds"]
         lines.append(f"  {name:<12} up    {service['address']:<22} wharf {service['version']}  "
-                     f"{_bytes(service['memory_bytes'])} resident" + (f", up {uptime} s" if uptime is not None else ""))
+                     f"{human_size(service['memory_bytes'])} resident"
+                     + (f", up {uptime} s" if uptime is not None else ""))
     req = facts["requests"]
     lines.append(f"requests   {req['served']:.0f} served, {req['server_errors']:.0f} server errors; now "
                  f"{req['in_flight']:.0f} in flight, {req['transfers']:.0f} transfers, {req['connections']:.0f} "
@@ -113,13 +107,13 @@ def render(facts: dict[str, Any]) -> str:
     cache = facts["cache"]
     ratio = f"{cache['hit_ratio']:.1%} hits" if cache["hit_ratio"] is not None else "no lookups yet"
     lines.append(f"cache      {cache['leases']:.0f} gateway processes hold a lease, {cache['watchers']:.0f} watching; "
-                 f"{_bytes(cache['bytes'])} cached; {ratio}")
+                 f"{human_size(cache['bytes'])} cached; {ratio}")
     storage = facts["storage"]
     if storage["blobs"] is not None:
-        lines.append(f"storage    {storage['blobs']:.0f} blobs, {_bytes(storage['bytes'] or 0)}")
+        lines.append(f"storage    {storage['blobs']:.0f} blobs, {human_size(storage['bytes'] or 0)}")
     gc = facts["gc"]
     last = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(gc["last_success"])) if gc["last_success"] else "never"
-    lines.append(f"gc         last success {last}; {_bytes(gc['bytes_removed'])} removed in all")
+    lines.append(f"gc         last success {last}; {human_size(gc['bytes_removed'])} removed in all")
     return "\n".join(lines)
 
 

@@ -206,9 +206,10 @@ def test_gc_values_choose_the_schedule_and_the_options() -> None:
     off = render("--set", "gc.enabled=false")
     assert not of_kind(off, "CronJob") and "wharf-gc" not in of_kind(off, "ConfigMap")
     assert "wharf-gc" not in of_kind(off, "NetworkPolicy")
-    for name in ("wharf-blobstore", "wharf-metadata"):
+    # (the auth service sends the audit log's records to the metadata service)
+    for name, callers in (("wharf-blobstore", ["gateway"]), ("wharf-metadata", ["gateway", "auth"])):
         peers = of_kind(off, "NetworkPolicy")[name]["spec"]["ingress"][0]["from"]
-        assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == ["gateway"]
+        assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == callers
 
 
 def test_network_policies_let_the_collector_reach_exactly_what_it_needs(objects: list[dict[str, Any]]) -> None:
@@ -223,7 +224,7 @@ def test_network_policies_let_the_collector_reach_exactly_what_it_needs(objects:
     dns = Endpoint("coredns", "kube-system", {"k8s-app": "kube-dns"})
     prometheus = Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
     controller = Endpoint("ingress-nginx", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
-    callers = {"blobstore": {"gateway", "gc"}, "metadata": {"gateway", "gc"}, "auth": {"gateway"}}
+    callers = {"blobstore": {"gateway", "gc"}, "metadata": {"gateway", "gc", "auth"}, "auth": {"gateway"}}
     for service, port in (("blobstore", 50051), ("metadata", 50052), ("auth", 50053)):
         for source, endpoint in pods.items():
             assert reachable(policies, endpoint, pods[service], port) == (source in callers[service]), \

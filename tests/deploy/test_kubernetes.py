@@ -327,7 +327,7 @@ def test_the_isolation_check_notices_a_missing_or_widened_policy(objects: list[d
 # Who may call whom: the gateway every gRPC service, the garbage collector the two it deletes
 # through; metadata, auth, the collector and (with the events component) the event delivery
 # service reach Redis; the blob store and the collector S3.
-CALLERS = {"blobstore": {"gateway", "gc"}, "metadata": {"gateway", "gc"}, "auth": {"gateway"}}
+CALLERS = {"blobstore": {"gateway", "gc"}, "metadata": {"gateway", "gc", "auth"}, "auth": {"gateway"}}
 REDIS_CLIENTS = {"metadata", "auth", "gc", "events"}
 S3_CLIENTS = {"blobstore", "gc"}
 # With the mirror component, the blob store fetches from the upstream registries (the internet).

@@ -196,11 +196,13 @@ def test_push_times_and_the_catalog_by_push(parts: Any, redis_client: redis.Redi
 
 
 def _as_schema_1(client: redis.Redis) -> None:
-    """Strips what schema 2 added, leaving the data as a version-1 Wharf wrote it."""
+    """Strips what schemas 2 and 3 added, leaving the data as a version-1 Wharf wrote it."""
     client.delete(keys.SCHEMA, keys.PUSHED)
+    for raw in client.scan_iter("wharf:ns:*"):
+        client.delete(raw)
     for raw in client.scan_iter("wharf:repo:*"):
         key = raw.decode()
-        if key.endswith((":refs", ":children", ":linked", ":tagtimes")):
+        if key.endswith((":refs", ":children", ":linked", ":tagtimes", ":usage")):
             client.delete(key)
         elif ":manifest:" in key:
             client.hdel(key, "created", "blobs", "children")
@@ -214,21 +216,26 @@ def test_the_migration_backfills_and_resumes(parts: Any, redis_client: redis.Red
     _image(store, "other", ["v1"], [b"x"])
     before = {k: redis_client.dump(k) for k in redis_client.scan_iter("wharf:repo:*")}
     counts = {n: redis_client.hgetall(keys.refs(n)) for n in ("app", "other")}
+    usage = {k: redis_client.get(k) for k in (keys.usage("app"), keys.usage("other"), "wharf:ns:app:usage",
+                                              "wharf:ns:other:usage")}
+    assert all(int(v or 0) > 0 for v in usage.values())
     _as_schema_1(redis_client)
     redis_client.delete(keys.blob_repos(digests.of(b"x")))  # a link older than the reverse index
     assert loop.run_until_complete(migrations.version(client)) == 1
     # A migration that stopped after one repository resumes with the rest.
-    redis_client.sadd(keys.migration_done(2), "other")
+    redis_client.sadd(keys.migration_done(migrations.SCHEMA_VERSION), "other")
     redis_client.hset(keys.refs("other"), mapping={**counts["other"], b"left-by-the-first-run": 1})
     redis_client.zadd(keys.PUSHED, {"other": 1})
     loop.run_until_complete(migrations.migrate(client))
-    assert loop.run_until_complete(migrations.version(client)) == 2
+    assert loop.run_until_complete(migrations.version(client)) == migrations.SCHEMA_VERSION
     assert redis_client.hget(keys.refs("other"), "left-by-the-first-run")  # done before: not redone
+    # Schema 3: the storage counters quotas read, recounted from the links and manifests.
+    assert {k: redis_client.get(k) for k in usage} == usage
     redis_client.hdel(keys.refs("other"), "left-by-the-first-run")
     assert {n: redis_client.hgetall(keys.refs(n)) for n in ("app", "other")} == counts
     assert redis_client.hget(keys.children("app"), child) == b"1"
     assert redis_client.hexists(keys.blob_repos(digests.of(b"x")), "app")  # ("other" was done before)
-    assert not redis_client.exists(keys.migration_done(2))
+    assert not redis_client.exists(keys.migration_done(migrations.SCHEMA_VERSION))
     _, pushed = store.tag_details("app", ["multi", "v1"])
     assert all(pushed)
     assert set(redis_client.zrange(keys.PUSHED, 0, -1)) == {b"app", b"other"}
@@ -245,9 +252,9 @@ def test_the_migration_backfills_and_resumes(parts: Any, redis_client: redis.Red
 def test_a_newer_schema_is_refused_and_an_empty_database_starts_current(parts: Any, redis_client: redis.Redis) -> None:
     _, _, loop, client = parts
     loop.run_until_complete(migrations.migrate(client))
-    assert redis_client.get(keys.SCHEMA) == b"2"
-    redis_client.set(keys.SCHEMA, 3)
-    with pytest.raises(migrations.SchemaTooNew, match="schema version 3"):
+    assert redis_client.get(keys.SCHEMA) == str(migrations.SCHEMA_VERSION).encode()
+    redis_client.set(keys.SCHEMA, migrations.SCHEMA_VERSION + 1)
+    with pytest.raises(migrations.SchemaTooNew, match=f"schema version {migrations.SCHEMA_VERSION + 1}"):
         loop.run_until_complete(migrations.migrate(client))
 
 

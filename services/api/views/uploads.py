@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from flask import Response, request
 
+from services.api import quotas
 from services.api.mounts import mountable_size
+from services.api.quotas import Held
 from services.api.request_input import digest_arg, request_body, small_body
 from services.api.responses import empty
 from services.common import digests
@@ -48,9 +50,11 @@ def _created(name: str, digest: str) -> Response:
     return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
 
 
-def _committed(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.BlobInfo]) -> Response:
+def _committed(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.BlobInfo],
+               held: Held | None = None) -> Response:
     """Commits an upload in the blob store and links it, holding the blob against garbage collection
-    in between (the metadata service's README, "Online garbage collection")."""
+    in between (the metadata service's README, "Online garbage collection"). The link gives the
+    upload's hold on the namespace's quota back (``held``)."""
     pin = ctx.clients.metadata.pin_blob(digest)
     try:
         blob = commit()
@@ -60,7 +64,7 @@ def _committed(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.Bl
         with contextlib.suppress(RegistryError):
             ctx.clients.metadata.unpin_blob(digest, pin)
         raise
-    ctx.clients.metadata.link_blob(name, digest, blob.size, pin=pin)
+    ctx.clients.metadata.link_blob(name, digest, blob.size, pin=pin, upload_id=held.upload_id if held else "")
     return _created(name, digest)
 
 
@@ -84,10 +88,16 @@ def start(ctx: Context, name: str) -> Response:
     elif "digest" in request.args:
         digest = digest_arg()
 
+        held = Held(ctx, name, quotas.one_request_id()) if quotas.applies(ctx, name) else None
+
         def put() -> bpb.BlobInfo:
             with request_body() as body:
-                return ctx.clients.blobs.put(digest, body)
-        return _committed(ctx, name, digest, put)
+                return ctx.clients.blobs.put(digest, held.pieces(body) if held else body)
+        if held is None:
+            return _committed(ctx, name, digest, put)
+        with _holding(held):
+            held.up_front()
+            return _committed(ctx, name, digest, put, held)
     status = ctx.clients.blobs.create_upload(name)
     return empty(202, _session_headers(name, status))
 
@@ -109,14 +119,18 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
     return first
 
 
-def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "") -> bpb.AppendResponse:
+def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "",
+            held: Held | None = None) -> bpb.AppendResponse:
     offset = _offset_from_content_range(ctx, name, upload_id)
     try:
+        if held is not None:
+            held.up_front()
         with small_body() as whole:
             if whole is not None:
                 return ctx.clients.blobs.append_single(name, upload_id, offset, whole, commit_digest)
         with request_body() as body:
-            return ctx.clients.blobs.append(name, upload_id, offset, body, commit_digest)
+            return ctx.clients.blobs.append(name, upload_id, offset, held.pieces(body) if held else body,
+                                            commit_digest)
     except RegistryError as err:
         if err.error is RANGE_INVALID:
             status = ctx.clients.blobs.get_upload(name, upload_id)
@@ -125,17 +139,50 @@ def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "") ->
         raise
 
 
+@contextlib.contextmanager
+def _holding(held: Held, session: tuple[Context, str] | None = None) -> Iterator[None]:
+    """Runs an upload request under its quota hold. Refused (the quota has no room) or failed
+    before its commit's link: the hold goes back; refused in the middle of a body, the session
+    (``session``: its gateway context and upload id) is cancelled too, so no half-written bytes
+    stay; the client gets the refusal, DENIED."""
+    try:
+        yield
+    except BaseException as exc:
+        held.release()
+        if held.refused is not None:
+            if session is not None and held.refused is not exc:
+                with contextlib.suppress(RegistryError):
+                    session[0].clients.blobs.cancel(held.name, session[1])
+            raise held.refused from None
+        raise
+
+
+def _session_held(ctx: Context, name: str, upload_id: str) -> Held | None:
+    return Held(ctx, name, upload_id) if quotas.applies(ctx, name) else None
+
+
 def patch(ctx: Context, name: str, upload_id: str) -> Response:
-    result = _append(ctx, name, upload_id)
+    held = _session_held(ctx, name, upload_id)
+    if held is None:
+        result = _append(ctx, name, upload_id)
+    else:
+        with _holding(held, (ctx, upload_id)):
+            result = _append(ctx, name, upload_id, held=held)
     return empty(202, _session_headers(name, result.status))
 
 
 def finish(ctx: Context, name: str, upload_id: str) -> Response:
     digest = digest_arg()
     has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
-    if has_body:
-        return _committed(ctx, name, digest, lambda: _append(ctx, name, upload_id, commit_digest=digest).blob)
-    return _committed(ctx, name, digest, lambda: ctx.clients.blobs.commit(name, upload_id, digest))
+    held = _session_held(ctx, name, upload_id)
+    if held is None:
+        if has_body:
+            return _committed(ctx, name, digest, lambda: _append(ctx, name, upload_id, commit_digest=digest).blob)
+        return _committed(ctx, name, digest, lambda: ctx.clients.blobs.commit(name, upload_id, digest))
+    with _holding(held, (ctx, upload_id)):
+        if has_body:
+            return _committed(ctx, name, digest, lambda: _append(ctx, name, upload_id, digest, held).blob, held)
+        return _committed(ctx, name, digest, lambda: ctx.clients.blobs.commit(name, upload_id, digest), held)
 
 
 def status(ctx: Context, name: str, upload_id: str) -> Response:
@@ -145,4 +192,7 @@ def status(ctx: Context, name: str, upload_id: str) -> Response:
 
 def cancel(ctx: Context, name: str, upload_id: str) -> Response:
     ctx.clients.blobs.cancel(name, upload_id)
+    held = _session_held(ctx, name, upload_id)
+    if held is not None:
+        held.release()
     return empty(204)

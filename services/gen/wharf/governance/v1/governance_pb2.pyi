@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -121,36 +122,54 @@ class RetentionRequest(_message.Message):
     def __init__(self, dry_run: _Optional[bool] = ..., repositories: _Optional[str] = ..., actor: _Optional[_Union[Actor, _Mapping]] = ...) -> None: ...
 
 class RetentionItem(_message.Message):
-    __slots__ = ("repository", "tag", "digest", "reason")
+    __slots__ = ("repository", "tag", "digest", "reason", "at_ms")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
     repository: str
     tag: str
     digest: str
     reason: str
-    def __init__(self, repository: _Optional[str] = ..., tag: _Optional[str] = ..., digest: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    at_ms: int
+    def __init__(self, repository: _Optional[str] = ..., tag: _Optional[str] = ..., digest: _Optional[str] = ..., reason: _Optional[str] = ..., at_ms: _Optional[int] = ...) -> None: ...
 
 class RetentionReport(_message.Message):
-    __slots__ = ("deleted", "kept")
+    __slots__ = ("deleted", "kept", "deleted_more", "kept_more", "repositories")
     DELETED_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_MORE_FIELD_NUMBER: _ClassVar[int]
+    KEPT_MORE_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORIES_FIELD_NUMBER: _ClassVar[int]
     deleted: _containers.RepeatedCompositeFieldContainer[RetentionItem]
     kept: _containers.RepeatedCompositeFieldContainer[RetentionItem]
-    def __init__(self, deleted: _Optional[_Iterable[_Union[RetentionItem, _Mapping]]] = ..., kept: _Optional[_Iterable[_Union[RetentionItem, _Mapping]]] = ...) -> None: ...
+    deleted_more: int
+    kept_more: int
+    repositories: int
+    def __init__(self, deleted: _Optional[_Iterable[_Union[RetentionItem, _Mapping]]] = ..., kept: _Optional[_Iterable[_Union[RetentionItem, _Mapping]]] = ..., deleted_more: _Optional[int] = ..., kept_more: _Optional[int] = ..., repositories: _Optional[int] = ...) -> None: ...
 
 class TokenBucket(_message.Message):
-    __slots__ = ("key", "rate", "burst", "want")
+    __slots__ = ("key", "rate", "burst", "want", "take")
+    class Take(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UP_TO: _ClassVar[TokenBucket.Take]
+        DEBT: _ClassVar[TokenBucket.Take]
+        CHARGE: _ClassVar[TokenBucket.Take]
+    UP_TO: TokenBucket.Take
+    DEBT: TokenBucket.Take
+    CHARGE: TokenBucket.Take
     KEY_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     BURST_FIELD_NUMBER: _ClassVar[int]
     WANT_FIELD_NUMBER: _ClassVar[int]
+    TAKE_FIELD_NUMBER: _ClassVar[int]
     key: str
     rate: float
     burst: float
     want: float
-    def __init__(self, key: _Optional[str] = ..., rate: _Optional[float] = ..., burst: _Optional[float] = ..., want: _Optional[float] = ...) -> None: ...
+    take: TokenBucket.Take
+    def __init__(self, key: _Optional[str] = ..., rate: _Optional[float] = ..., burst: _Optional[float] = ..., want: _Optional[float] = ..., take: _Optional[_Union[TokenBucket.Take, str]] = ...) -> None: ...
 
 class TokenGrant(_message.Message):
     __slots__ = ("granted", "retry_after_ms")
@@ -173,7 +192,7 @@ class TakeTokensResponse(_message.Message):
     def __init__(self, grants: _Optional[_Iterable[_Union[TokenGrant, _Mapping]]] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
-    __slots__ = ("at_ms", "account", "account_kind", "address", "action", "repository", "reference", "result", "status", "detail", "request_id", "via", "id")
+    __slots__ = ("at_ms", "account", "account_kind", "address", "action", "repository", "reference", "result", "status", "detail", "request_id", "via", "id", "user_agent")
     AT_MS_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +206,7 @@ class AuditRecord(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VIA_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
     at_ms: int
     account: str
     account_kind: str
@@ -200,7 +220,8 @@ class AuditRecord(_message.Message):
     request_id: str
     via: str
     id: str
-    def __init__(self, at_ms: _Optional[int] = ..., account: _Optional[str] = ..., account_kind: _Optional[str] = ..., address: _Optional[str] = ..., action: _Optional[str] = ..., repository: _Optional[str] = ..., reference: _Optional[str] = ..., result: _Optional[str] = ..., status: _Optional[int] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ..., via: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+    user_agent: str
+    def __init__(self, at_ms: _Optional[int] = ..., account: _Optional[str] = ..., account_kind: _Optional[str] = ..., address: _Optional[str] = ..., action: _Optional[str] = ..., repository: _Optional[str] = ..., reference: _Optional[str] = ..., result: _Optional[str] = ..., status: _Optional[int] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ..., via: _Optional[str] = ..., id: _Optional[str] = ..., user_agent: _Optional[str] = ...) -> None: ...
 
 class RecordAuditRequest(_message.Message):
     __slots__ = ("records",)
@@ -213,7 +234,7 @@ class RecordAuditResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class QueryAuditRequest(_message.Message):
-    __slots__ = ("account", "repository", "since_ms", "until_ms", "limit", "after", "action")
+    __slots__ = ("account", "repository", "since_ms", "until_ms", "limit", "after", "action", "oldest_first")
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     SINCE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +242,7 @@ class QueryAuditRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     account: str
     repository: str
     since_ms: int
@@ -228,7 +250,8 @@ class QueryAuditRequest(_message.Message):
     limit: int
     after: str
     action: str
-    def __init__(self, account: _Optional[str] = ..., repository: _Optional[str] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., limit: _Optional[int] = ..., after: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+    oldest_first: bool
+    def __init__(self, account: _Optional[str] = ..., repository: _Optional[str] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., limit: _Optional[int] = ..., after: _Optional[str] = ..., action: _Optional[str] = ..., oldest_first: _Optional[bool] = ...) -> None: ...
 
 class QueryAuditResponse(_message.Message):
     __slots__ = ("records", "next")

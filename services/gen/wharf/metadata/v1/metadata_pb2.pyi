@@ -129,20 +129,22 @@ class WatchEvent(_message.Message):
     def __init__(self, pong: _Optional[int] = ..., lease_ms: _Optional[int] = ..., seq: _Optional[int] = ..., repositories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LinkBlobRequest(_message.Message):
-    __slots__ = ("repository", "digest", "size", "pin", "source", "origin")
+    __slots__ = ("repository", "digest", "size", "pin", "source", "origin", "upload_id")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
     size: int
     pin: str
     source: str
     origin: Origin
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., pin: _Optional[str] = ..., source: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
+    upload_id: str
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., pin: _Optional[str] = ..., source: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., upload_id: _Optional[str] = ...) -> None: ...
 
 class LinkBlobResponse(_message.Message):
     __slots__ = ("linked",)
