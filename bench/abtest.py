@@ -4,6 +4,7 @@ noisy: 2 cores, other work may run), medians, and the variant's overhead against
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from collections.abc import Callable, Mapping
@@ -65,3 +66,14 @@ def print_overheads(runs: Runs, base: str, variant: str, rows: list[tuple[str, s
         lines.append([f"  overhead % ({label})", *[cell(100 * o) for o in found["per_round"]],
                       cell(100 * found["overhead"]), verdict])
     print_grid(["figure", *[f"round {n + 1}" for n in range(rounds)], "median", "target"], lines)
+
+
+def report(runs: Runs, base: str, variant: str, rows: list[tuple[str, str, bool, int, float | None]],
+           as_json: bool, heading: str, load_note: str) -> None:
+    """The A/B result: JSON (every run, each figure's overhead, the load) or the heading and the table."""
+    if as_json:
+        summary = {key: overhead(runs, base, variant, key, high) for _, key, high, _, _ in rows}
+        print(json.dumps({"runs": runs, "summary": summary, "load": load_note}, indent=2))
+        return
+    print(f"\n{heading};\n{load_note}\n")
+    print_overheads(runs, base, variant, rows)

@@ -28,7 +28,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import abtest
 from common import (
@@ -149,15 +148,11 @@ def main() -> int:
                (f"push MB/s ({args.blob_mib} MiB)", "push_mb_s", True, 0, TARGET),
                ("64 KiB pushes/s", "small_pushes_s", True, 0, None)]
     load_note = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    if args.json:
-        summary: dict[str, Any] = {key: abtest.overhead(runs, "off", "on", key, high)
-                                   for _, key, high, _, _ in figures}
-        print(json.dumps({"runs": runs, "summary": summary, "load": load_note}, indent=2))
-    else:
-        print(f"\nmetrics off vs on (scraped every {args.scrape_interval:g} s), {args.rounds} alternating round(s), "
-              f"wrk -t2 -c32 -d{args.wrk_seconds}s; "
-              f"overhead = how much worse 'on' is;\n{load_note}\n")
-        abtest.print_overheads(runs, "off", "on", figures)
+    abtest.report(runs, "off", "on", figures, args.json,
+                  f"metrics off vs on (scraped every {args.scrape_interval:g} s), {args.rounds} alternating round(s), "
+                  f"wrk -t2 -c32 -d{args.wrk_seconds}s; "
+                  f"overhead = how much worse 'on' is",
+                  load_note)
     return 0
 
 

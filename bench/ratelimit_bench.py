@@ -17,7 +17,6 @@ to show that the limits are in force in the "rule" stack.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -26,7 +25,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import abtest
 from common import BenchError, Client, Server, exit_on_sigterm, push_image, push_small, run_main, run_wrk
@@ -119,15 +117,11 @@ def main() -> int:
                ("CPU ms/request", "cpu_ms_per_request", False, 3, TARGET),
                ("64 KiB pushes/s", "small_pushes_s", True, 0, TARGET)]
     load_note = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    if args.json:
-        summary: dict[str, Any] = {key: abtest.overhead(runs, "none", "rule", key, high)
-                                   for _, key, high, _, _ in figures}
-        print(json.dumps({"runs": runs, "summary": summary, "load": load_note}, indent=2))
-    else:
-        print(f"\nno rate-limit rule vs a rule not reached, {args.rounds} alternating round(s), "
-              f"wrk -t2 -c32 -d{args.wrk_seconds}s, {args.pushes} pushes of 64 KiB over 8 connections; "
-              f"overhead = how much worse 'rule' is;\n{load_note}\n")
-        abtest.print_overheads(runs, "none", "rule", figures)
+    abtest.report(runs, "none", "rule", figures, args.json,
+                  f"no rate-limit rule vs a rule not reached, {args.rounds} alternating round(s), "
+                  f"wrk -t2 -c32 -d{args.wrk_seconds}s, {args.pushes} pushes of 64 KiB over 8 connections; "
+                  f"overhead = how much worse 'rule' is",
+                  load_note)
     return 0
 
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from services.api.ratelimit import OUTAGE_SECONDS, Leases, Want
+from services.api.leases import OUTAGE_SECONDS, Leases, Want
 from services.common.errors import REQUEST_INVALID, UNAVAILABLE, RegistryError
 from services.gen.wharf.governance.v1 import governance_pb2 as gpb
 from services.metadata import redis_keys as keys
