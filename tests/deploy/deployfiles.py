@@ -44,8 +44,13 @@ MIRROR_COMPONENT = K8S / "components" / "mirror"
 # Each overlay with the events component included as k8s/components/events says (render()).
 EVENTS_OVERLAYS = tuple(f"{overlay}+events" for overlay in OVERLAYS)
 EVENTS_COMPONENT = K8S / "components" / "events"
+# Each overlay with the policy component included as k8s/components/policy says (render()).
+POLICY_OVERLAYS = tuple(f"{overlay}+policy" for overlay in OVERLAYS)
+POLICY_COMPONENT = K8S / "components" / "policy"
 # The variable naming a section's own file (services/common/yaml_section.py: WHARF_<SECTION>_FILE).
 EVENTS_FILE_VARIABLE = f"WHARF_{events_config.SECTION.upper()}_FILE"
+# The governance rules' own file (services/common/governance.py: the section "policy").
+POLICY_FILE_VARIABLE = "WHARF_POLICY_FILE"
 
 # The program each image or container runs -> the settings object that program loads.
 SETTINGS: dict[str, type] = {
@@ -61,13 +66,14 @@ SETTINGS: dict[str, type] = {
 # (services/common/config_file.py): the gateway, the blob store, auth (who may pull a mirrored
 # prefix) and wharf-gc (each upstream's size_limit, for eviction) read the mirrors' upstreams; the
 # delivery service, the gateway (the share of pulls to record) and the metadata service (whether
-# to write the outbox, when WHARF_EVENTS_OUTBOX is auto) the event endpoints.
+# to write the outbox, when WHARF_EVENTS_OUTBOX is auto) the event endpoints; the metadata service
+# alone the governance rules (the gateways get them from it over gRPC).
 SECTION_FILES: dict[str, frozenset[str]] = {
     "wharf-gateway": frozenset({mirror_config.OWN_FILE, EVENTS_FILE_VARIABLE}),
     "wharf-blobstore": frozenset({mirror_config.OWN_FILE}),
     "wharf-auth": frozenset({mirror_config.OWN_FILE}),
     "wharf-gc": frozenset({mirror_config.OWN_FILE}),
-    "wharf-metadata": frozenset({EVENTS_FILE_VARIABLE}),
+    "wharf-metadata": frozenset({EVENTS_FILE_VARIABLE, POLICY_FILE_VARIABLE}),
     "wharf-events": frozenset({EVENTS_FILE_VARIABLE}),
 }
 
@@ -303,7 +309,8 @@ def dockerfile_stages() -> tuple[dict[str, str], dict[str, Stage]]:
 
 # Each component -> the ConfigMap its kustomization.yaml asks the overlay to generate, and the file
 # (in the overlay, a copy of the component's example) it is generated from.
-COMPONENT_FILES = {"mirror": ("wharf-mirrors", "mirrors.yaml"), "events": ("wharf-event-endpoints", "events.yaml")}
+COMPONENT_FILES = {"mirror": ("wharf-mirrors", "mirrors.yaml"), "events": ("wharf-event-endpoints", "events.yaml"),
+                   "policy": ("wharf-policy", "policy.yaml")}
 
 
 def render(kustomize: str, overlay: str) -> list[dict[str, Any]]:
@@ -311,8 +318,9 @@ def render(kustomize: str, overlay: str) -> list[dict[str, Any]]:
     overlay with the mirror component, added to a copy of deploy/k8s the way the component's
     kustomization.yaml says: the component, and a ``wharf-mirrors`` ConfigMap generated from a
     mirrors.yaml in the overlay (here the component's example). ``<overlay>+events`` likewise adds
-    the events component and a ``wharf-event-endpoints`` ConfigMap from an events.yaml;
-    ``<overlay>+mirror+events`` both."""
+    the events component and a ``wharf-event-endpoints`` ConfigMap from an events.yaml, and
+    ``<overlay>+policy`` the policy component and a ``wharf-policy`` ConfigMap from a policy.yaml;
+    ``<overlay>+mirror+events`` both, and so on."""
     name, *components = overlay.split("+")
     if not components:
         return _build(kustomize, K8S / "overlays" / name, overlay)

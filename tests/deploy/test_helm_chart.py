@@ -1,6 +1,6 @@
 """deploy/helm/wharf: `helm lint`, and `helm template` with the default, the production, the
-mirroring and the events values (tests/deploy/test_mirroring.py and tests/deploy/test_events.py have
-their own checks),
+mirroring, the events and the policy values (tests/deploy/test_mirroring.py, tests/deploy/test_events.py
+and tests/deploy/test_policy.py have their own checks),
 every object valid against the Kubernetes schemas, every container given only settings its
 service declares, pods unprivileged with limits, the choices the values make, and the garbage
 collection CronJob with the network paths it needs and no others."""
@@ -37,8 +37,9 @@ CHART = ROOT / "deploy" / "helm" / "wharf"
 PRODUCTION = CHART / "ci" / "production-values.yaml"
 MIRRORS = CHART / "ci" / "mirrors-values.yaml"
 EVENTS = CHART / "ci" / "events-values.yaml"
+POLICY = CHART / "ci" / "policy-values.yaml"
 VALUES = {"default": [], "production": ["-f", str(PRODUCTION)], "mirrors": ["-f", str(MIRRORS)],
-          "events": ["-f", str(EVENTS)]}
+          "events": ["-f", str(EVENTS)], "policy": ["-f", str(POLICY)]}
 SETTINGS = {"gateway": GatewaySettings, "blobstore": BlobStoreSettings, "metadata": MetadataSettings,
             "auth": AuthSettings}
 # Services only some values run: each is checked like the others where they do.
@@ -73,7 +74,7 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 def test_helm_lint_passes_with_every_values_file() -> None:
     production = ["-f", str(PRODUCTION)]
     for args in (*VALUES.values(), [*production, "-f", str(MIRRORS)], [*production, "-f", str(EVENTS)],
-                 [*production, "-f", str(MIRRORS), "-f", str(EVENTS)]):
+                 [*production, "-f", str(MIRRORS), "-f", str(EVENTS)], [*production, "-f", str(POLICY)]):
         result = subprocess.run([helm(), "lint", str(CHART), "--strict", *args], capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -3,8 +3,9 @@ of pinned Kubernetes versions (PyPI kubernetes-validate ships them); the rendere
 say what the code needs (settings, ports, probes) and what the issue asks (non-root pods,
 limits, autoscaling, disruption budgets, network isolation, Ingress for large uploads,
 garbage collection on a schedule, a Redis that refuses writes rather than evict). Each overlay
-is checked with the mirror component and with the events component too (tests/deploy/test_mirroring.py
-and tests/deploy/test_events.py have their own checks).
+is checked with the mirror component, with the events component and with the policy component too
+(tests/deploy/test_mirroring.py, tests/deploy/test_events.py and tests/deploy/test_policy.py have
+their own checks).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.deploy.deployfiles import (
     KUBERNETES_VERSIONS,
     MIRRORED_OVERLAYS,
     OVERLAYS,
+    POLICY_OVERLAYS,
     SETTINGS,
     declared,
     gc_variables,
@@ -51,7 +53,7 @@ def kustomize() -> str:
     return require_tool("kustomize", "go install sigs.k8s.io/kustomize/kustomize/v5")
 
 
-@pytest.fixture(scope="module", params=[*OVERLAYS, *MIRRORED_OVERLAYS, *EVENTS_OVERLAYS])
+@pytest.fixture(scope="module", params=[*OVERLAYS, *MIRRORED_OVERLAYS, *EVENTS_OVERLAYS, *POLICY_OVERLAYS])
 def objects(request: pytest.FixtureRequest, kustomize: str) -> list[dict[str, Any]]:
     return render(kustomize, request.param)
 

@@ -191,3 +191,25 @@ integers (YAML numbers reach templates as floats, 1000000 would be written 1e+06
 {{- range keys $ports | sortAlpha }}{{ $list = append $list (atoi .) }}{{ end -}}
 {{- toJson $list -}}
 {{- end -}}
+
+{{/* Where the metadata service finds the policy file. */}}
+{{- define "wharf.policyDir" -}}/etc/wharf/policy{{- end -}}
+
+{{/* The policy.yaml the metadata service reads, after checking what a template can (the sections,
+lists of mappings): a mistake fails the render rather than every start of the metadata service.
+The rules themselves are the service's to check (services/common/governance.py). */}}
+{{- define "wharf.policyFile" -}}
+{{- $sections := list "immutable" "quotas" "retention" "ratelimits" -}}
+{{- $policy := dict -}}
+{{- range $section, $given := .Values.policy -}}
+{{- if not (has $section $sections) -}}
+{{- fail (printf "policy.%s is not a section of the policy file (immutable, quotas, retention, ratelimits)" $section) -}}
+{{- end -}}
+{{- if and $given (not (kindIs "slice" $given)) }}{{ fail (printf "policy.%s must be a list of rules" $section) }}{{ end -}}
+{{- range $i, $rule := $given -}}
+{{- if not (kindIs "map" $rule) }}{{ fail (printf "policy.%s[%d] must be a mapping" $section $i) }}{{ end -}}
+{{- end -}}
+{{- if $given }}{{ $_ := set $policy $section $given }}{{ end -}}
+{{- end -}}
+{{- toYaml $policy -}}
+{{- end -}}
