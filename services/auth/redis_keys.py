@@ -6,10 +6,15 @@
     wharf-auth:account:<name>              HASH  kind (user|robot), admin (0|1), hash (bcrypt), created_at
     wharf-auth:grants:<name>               HASH  repository pattern -> "pull,push,delete"
     wharf-auth:public                      SET   repository patterns anyone may pull
-    wharf-auth:refresh:<id>                HASH  account, expires_at            (TTL = refresh token lifetime)
+    wharf-auth:refresh:<id>                HASH  account, expires_at, backend ("" built-in; else the identity
+                                                  backend asked again at redemption)   (TTL = refresh token lifetime)
     wharf-auth:refresh-of:<name>           SET   refresh token ids of an account (for revocation)
     wharf-auth:failures:<name>:<address>   STRING failed logins in the window   (TTL = window)
     wharf-auth:checking:<name>:<address>   ZSET  password checks in flight: token -> start (ms)
+    wharf-auth:identity:<name>             STRING the grants of an identity from a backend other than the
+                                                  built-in accounts (LDAP), as of its latest token (JSON;
+                                                  TTL = token lifetime + 5 min): the catalog filters by them
+    wharf-auth:ext:<backend>:...           keys a third-party identity backend keeps (services/auth/identity.py)
 
 Account names are validated (:data:`ACCOUNT_RE`) before they reach a key. ``<address>`` is
 a throttling bucket (:func:`services.auth.peers.throttle_bucket`: an IPv4 address, an IPv6
