@@ -23,10 +23,12 @@ $(STAMP): $(RUN_STAMP) examples/wharf-example/pyproject.toml
 	$(PIP) -e examples/wharf-example
 	touch $(STAMP)
 
-# Regenerate the committed gRPC code (a no-op when protos/ did not change). `make run` does
-# not need it: the generated code is committed, and a test checks it against protos/.
+# Regenerate the committed gRPC code (a no-op when protos/ did not change) and the OpenAPI
+# document. `make run` does not need it: the generated code is committed, and a test checks it
+# against protos/.
 gen: $(STAMP)
 	$(PY) scripts/genproto.py
+	$(PY) scripts/gen_openapi.py
 
 run: $(RUN_STAMP)
 	$(VENV)/bin/wharf-stack

@@ -8,6 +8,7 @@ import time
 import uuid
 
 from flask import Flask, Response, g, has_app_context, request
+from werkzeug.routing import PathConverter
 
 from services.api import http_metrics, ratelimit, routes
 from services.api.access import authorizer_for
@@ -42,6 +43,14 @@ from services.mirror.config import Mirrors
 log = logging.getLogger("wharf.gateway")
 # An encoded "/" in the path would be decoded into a name separator: refuse it, never reinterpret it.
 _ENCODED_SLASH_RE = re.compile(r"%2f", re.IGNORECASE)
+
+
+class _AnyPath(PathConverter):
+    """``path`` across newlines and from a leading "/" too: the route table judges every path under
+    /v2/, so that a name with "%0A" or "/a" is NAME_INVALID like any other invalid name."""
+
+    regex = "(?s:.+?)"
+    part_isolating = False  # werkzeug would infer True from a regex without "/"
 
 
 def _check_raw_path() -> None:
@@ -168,9 +177,13 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
                 figures.begin_transfer(request.environ, "upload")
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    # No redirect of "//" to "/": "/v2//a" or "/v2/%2Fa" names "/a" (NAME_INVALID), not the repository "a".
+    app.url_map.merge_slashes = False
+    app.url_map.converters["anypath"] = _AnyPath
     app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)
-    app.add_url_rule("/v2/<path:subpath>", "registry", dispatch, methods=methods)
+    app.add_url_rule("/v2/<anypath:subpath>", "registry", dispatch, methods=methods)
     app.add_url_rule("/token", "token", dispatch, methods=methods)
+    app.add_url_rule("/openapi.yaml", "openapi", dispatch, methods=methods)
     limit = InFlightLimit(app.wsgi_app, settings.max_in_flight)
     app.wsgi_app = limit  # type: ignore[method-assign]
     metrics.HTTP_IN_FLIGHT.set_function(lambda: limit.in_flight)

@@ -39,12 +39,24 @@ def _invalid(message: str) -> RegistryError:
     return RegistryError(MANIFEST_INVALID, message)
 
 
+def _is_text(value: str) -> bool:
+    """False for a string with a lone surrogate (JSON's "\\ud800"): it has no UTF-8 form, so it
+    could not reach the metadata service (protobuf strings are UTF-8) or any other client."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _descriptor(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _invalid(f"{where}: descriptor must be an object")
     media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
     if not isinstance(media_type, str) or not media_type:
         raise _invalid(f"{where}: mediaType is required")
+    if not _is_text(media_type):
+        raise _invalid(f"{where}: mediaType is not valid Unicode")
     if not isinstance(digest, str):
         raise _invalid(f"{where}: digest is required")
     try:
@@ -69,6 +81,8 @@ def _annotations(value: Any) -> dict[str, str]:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise _invalid("annotations must map strings to strings")
+    if not all(_is_text(k) and _is_text(v) for k, v in value.items()):
+        raise _invalid("annotations must be valid Unicode")
     return dict(value)
 
 
@@ -115,21 +129,31 @@ def _sized(descriptors: list[tuple[str, int]], where: str) -> tuple[list[str], l
     return list(sizes), list(sizes.values())
 
 
+def _not_json(constant: str) -> Any:
+    raise _invalid(f"manifest is not valid JSON ({constant} is not a JSON number)")
+
+
 def parse(content: bytes, content_type: str) -> ParsedManifest:
     try:
-        body = json.loads(content, object_pairs_hook=_unique_keys)
+        # UTF-8 only (RFC 8259): json.loads would also guess UTF-16/32 and skip a BOM, and
+        # would take NaN and Infinity, none of which a client's JSON parser has to accept.
+        body = json.loads(content.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_not_json)
     except RecursionError:
         raise _invalid("manifest is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise _invalid("manifest is not valid JSON") from None
     if not isinstance(body, dict):
         raise _invalid("manifest must be a JSON object")
-    if body.get("schemaVersion") != 2:
+    version = body.get("schemaVersion")
+    # Exactly the integer: 2.0 and true compare equal to 2 in Python, not in a Go client.
+    if type(version) is not int or version != 2:
         raise _invalid("schemaVersion must be 2")
     media_type = _media_type(content_type, body)
     artifact_type = body.get("artifactType") or ""
     if not isinstance(artifact_type, str):
         raise _invalid("artifactType must be a string")
+    if not _is_text(artifact_type):
+        raise _invalid("artifactType is not valid Unicode")
     subject = ""
     if body.get("subject") is not None:
         subject = _descriptor(body["subject"], "subject")["digest"]

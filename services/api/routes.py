@@ -17,14 +17,15 @@ from collections.abc import Callable, Mapping
 
 from flask import Response
 
-from services.api.views import base, blobs, catalog, manifests, referrers, tags, token, uploads
+from services.api.views import base, blobs, catalog, manifests, openapi, referrers, tags, token, uploads
 from services.common import scopes
 from services.common.scopes import Scope
 
 View = Callable[..., Response]
 # Loose on purpose: the views validate names, digests and tags and answer with
-# the spec's error codes rather than a 404.
-_NAME = r"(?P<name>[^?#]+?)"
+# the spec's error codes rather than a 404. Any character, so that a name with a decoded
+# "%3F" or "%23" (or a newline) is NAME_INVALID like any other invalid name.
+_NAME = r"(?P<name>(?s:.+?))"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,8 @@ ROUTES: tuple[Route, ...] = (
     _route("referrers", rf"/v2/{_NAME}/referrers/(?P<digest>[^/]+)", _read(referrers.list_referrers, PULL)),
     _route("token", r"/token", {**_read(token.get_token, PUBLIC), "POST": Handler(token.post_token, PUBLIC)},
            token_auth_only=True),
+    # The API's own description (docs/openapi.yaml): public, as the token endpoint is.
+    _route("openapi", r"/openapi\.yaml", _read(openapi.document, PUBLIC)),
 )
 
 

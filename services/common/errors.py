@@ -16,6 +16,9 @@ import grpc
 # Trailing-metadata keys that carry an error across a gRPC hop.
 ERROR_CODE_KEY = "wharf-error-code"
 ERROR_DETAIL_KEY = "wharf-error-detail"
+# The most missing references a MANIFEST_BLOB_UNKNOWN lists in its detail: the detail travels in
+# gRPC trailing metadata (16 KiB at most), where 50 sha512 digests fit easily.
+MISSING_LISTED = 50
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from services.common.errors import (
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
+    MISSING_LISTED,
     NAME_UNKNOWN,
     UNAVAILABLE,
     RegistryError,
@@ -238,8 +239,9 @@ class MetadataStore:
                                 detail={"digest": result[1], "declared": int(result[2]), "stored": int(result[3])})
         if result[0] == "missing":
             missing = result[1:]
-            raise RegistryError(MANIFEST_BLOB_UNKNOWN, f"manifest references unknown content {missing[0]}",
-                                detail={"missing": missing})
+            more = f" and {len(missing) - MISSING_LISTED} more" if len(missing) > MISSING_LISTED else ""
+            raise RegistryError(MANIFEST_BLOB_UNKNOWN, f"manifest references unknown content {missing[0]}{more}",
+                                detail={"missing": missing[:MISSING_LISTED]})
         if result[0] == "immutable":
             policy, _ = await self.policy.current()
             raise immutable_refusal(name, result[1], policy, f"cannot move to {digest}")

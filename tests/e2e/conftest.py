@@ -16,3 +16,10 @@ def stack(request: pytest.FixtureRequest, start_stack: Callable[..., RunningStac
     server = request.getfixturevalue("seaweedfs")
     redirect = "true" if request.param == "s3-redirect" else "false"
     return start_stack(env={**server.env(), "WHARF_S3_REDIRECT": redirect})
+
+
+@pytest.fixture(scope="session")
+def property_stack(start_stack: Callable[..., RunningStack]) -> RunningStack:
+    """A registry of its own for the property tests (test_properties_*.py), whose thousands of
+    generated requests then leave no repositories in the catalog other tests list."""
+    return start_stack()

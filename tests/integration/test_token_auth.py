@@ -183,6 +183,22 @@ def test_oauth_password_grant_issues_refresh_token(secure: RunningStack) -> None
     assert body["refresh_token"] and claims(body["access_token"])["access"][0]["actions"] == ["pull", "push"]
 
 
+def test_a_refused_login_at_the_token_endpoint_carries_a_challenge(secure: RunningStack) -> None:
+    """Found by the API fuzzer: /token answered 401 without WWW-Authenticate, which RFC 9110 requires."""
+    challenge = 'Basic realm="wharf", charset="UTF-8"'
+    refused = [
+        requests.get(f"{secure.url}/token", params={"service": "wharf"}, auth=("mallory", "wrong-password"),
+                     timeout=10),
+        requests.get(f"{secure.url}/token", headers={"Authorization": "Bearer not-basic"}, timeout=10),
+        requests.post(f"{secure.url}/token", data={"grant_type": "password", "username": "mallory",
+                                                   "password": "wrong-password"}, timeout=10),
+    ]
+    for response in refused:
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == challenge
+        assert response.json()["errors"][0]["code"] == "UNAUTHORIZED"
+
+
 def test_catalog_needs_an_account_and_is_filtered(secure: RunningStack) -> None:
     alice = token(secure, "alice", "repository:alice/app:pull,push")["token"]
     push_blob(secure, "alice/app", b"cat", bearer(alice))

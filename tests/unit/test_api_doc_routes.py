@@ -14,7 +14,7 @@ DOC_PATHS = {
     "base": "/v2/", "catalog": "/v2/_catalog", "tags": "/v2/<name>/tags/list",
     "uploads": "/v2/<name>/blobs/uploads/", "upload": "/v2/<name>/blobs/uploads/<id>",
     "blob": "/v2/<name>/blobs/<digest>", "manifest": "/v2/<name>/manifests/<reference>",
-    "referrers": "/v2/<name>/referrers/<digest>", "token": "/token",
+    "referrers": "/v2/<name>/referrers/<digest>", "token": "/token", "openapi": "/openapi.yaml",
 }
 
 

@@ -18,6 +18,7 @@ from services.common.errors import (
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
+    MISSING_LISTED,
     NAME_UNKNOWN,
     RegistryError,
 )
@@ -169,14 +170,19 @@ def put(ctx: Context, name: str, reference: str) -> Response:
     if ctx.admission.enabled:
         _admit(ctx, name, digest, content, parsed, tags)
     put_request = _put_request(name, digest, content, parsed, tags, ctx.settings.allow_sparse_manifests)
-    try:
-        ctx.clients.metadata.put_manifest(put_request)
-    except RegistryError as err:
-        missing = (err.detail or {}).get("missing", []) if isinstance(err.detail, dict) else []
-        blobs_missing = [d for d in missing if d in set(parsed.blob_refs)]
-        if err.error is not MANIFEST_BLOB_UNKNOWN or len(blobs_missing) != len(missing) \
-                or not _link_mountable(ctx, name, blobs_missing):
-            raise
+    blob_refs = set(parsed.blob_refs)
+    # A refusal lists at most MISSING_LISTED missing blobs: mount them and try again, once per batch.
+    for _ in range(len(blob_refs) // MISSING_LISTED + 1):
+        try:
+            ctx.clients.metadata.put_manifest(put_request)
+            break
+        except RegistryError as err:
+            missing = (err.detail or {}).get("missing", []) if isinstance(err.detail, dict) else []
+            blobs_missing = [d for d in missing if d in blob_refs]
+            if err.error is not MANIFEST_BLOB_UNKNOWN or not missing or len(blobs_missing) != len(missing) \
+                    or not _link_mountable(ctx, name, blobs_missing):
+                raise
+    else:
         ctx.clients.metadata.put_manifest(put_request)
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
     if parsed.subject:

@@ -8,6 +8,8 @@ The auth service decides; this view only translates.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from flask import Response, g, request
@@ -22,9 +24,22 @@ if TYPE_CHECKING:
 _TRUE = {"true", "1", "yes"}
 
 
+@contextlib.contextmanager
+def _challenged(ctx: Context) -> Iterator[None]:
+    """A 401 here is a failed login: it names the scheme to log in with (RFC 9110 requires a
+    challenge on every 401), Basic, as GET takes it."""
+    try:
+        yield
+    except RegistryError as err:
+        if err.error is UNAUTHORIZED:
+            err.headers.setdefault("WWW-Authenticate", f'Basic realm="{ctx.settings.token_service}", charset="UTF-8"')
+        raise
+
+
 def _issue(ctx: Context, message: apb.IssueTokenRequest, oauth: bool) -> Response:
     message.client_address = str(g.get("client_address") or request.remote_addr or "")
-    issued = ctx.clients.auth.issue_token(message)
+    with _challenged(ctx):
+        issued = ctx.clients.auth.issue_token(message)
     body: dict[str, object] = {"token": issued.token, "access_token": issued.token,
                                "expires_in": issued.expires_in, "issued_at": issued.issued_at}
     if issued.refresh_token:
@@ -40,16 +55,17 @@ def get_token(ctx: Context) -> Response:
                                     offline=args.get("offline_token", "").lower() in _TRUE,
                                     client_id=args.get("client_id", ""))
     auth = request.authorization
-    if auth is None and request.headers.get("Authorization", "").strip():
-        # Credentials that cannot be decoded are a failed login, not an anonymous request.
-        raise RegistryError(UNAUTHORIZED, "the token endpoint takes Basic credentials")
-    if auth is not None:
-        if auth.type != "basic" or not auth.username:
+    with _challenged(ctx):
+        if auth is None and request.headers.get("Authorization", "").strip():
+            # Credentials that cannot be decoded are a failed login, not an anonymous request.
             raise RegistryError(UNAUTHORIZED, "the token endpoint takes Basic credentials")
-        account = args.get("account")
-        if account and account != auth.username:
-            raise RegistryError(UNAUTHORIZED, "account does not match the credentials")
-        message.username, message.password = auth.username, auth.password or ""
+        if auth is not None:
+            if auth.type != "basic" or not auth.username:
+                raise RegistryError(UNAUTHORIZED, "the token endpoint takes Basic credentials")
+            account = args.get("account")
+            if account and account != auth.username:
+                raise RegistryError(UNAUTHORIZED, "account does not match the credentials")
+            message.username, message.password = auth.username, auth.password or ""
     return _issue(ctx, message, oauth=False)
 
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\Z")
+# Offsets are int64 on the wire to the blob store; no session can reach a larger one.
+_MAX_OFFSET = 2**63 - 1
 
 
 def _location(name: str, upload_id: str) -> str:
@@ -112,7 +114,7 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
         raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {header[:100]!r}")
     first, last = int(found.group(1)), int(found.group(2))
     length = request.content_length
-    if last < first or (length is not None and length != last - first + 1):
+    if last < first or last > _MAX_OFFSET or (length is not None and length != last - first + 1):
         status = ctx.clients.blobs.get_upload(name, upload_id)
         raise RegistryError(BLOB_UPLOAD_INVALID, "Content-Range does not match the body",
                             headers=_session_headers(name, status), http_status=416)
