@@ -307,6 +307,11 @@ class BlobService:
                 writer.commit()  # S3: completes the multipart upload so the bytes can be read back
                 actual = self._stored_digest(upload_id, algorithm, size)
                 if actual != digest:
+                    if self._driver.stat(layout.upload_info_key(upload_id)) is None:
+                        # A cancel or expiry ended the session under us (and a racing writer's open may
+                        # have left an empty data file for a moment): what was hashed is not the
+                        # client's upload, so its digest says nothing about it.
+                        raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
                     raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
                 if self._driver.stat(layout.blob_key(digest)) is None:
                     self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
