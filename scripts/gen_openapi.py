@@ -30,6 +30,7 @@ from scripts.openapi_parts import (  # noqa: E402 - after the path set-up above
     info,
     ref,
 )
+from scripts.openapi_ui import ui_paths  # noqa: E402
 from services.common import mediatypes  # noqa: E402
 
 OUTPUT = ROOT / "services" / "api" / "openapi.yaml"
@@ -319,6 +320,7 @@ def document() -> dict[str, Any]:
     paths: dict[str, Any] = dict(root_paths())
     for depth in range(1, MAX_COMPONENTS + 1):
         paths.update(name_paths(depth))
+    paths.update(ui_paths())
     return {
         "openapi": "3.1.0",
         "info": info(),
@@ -334,6 +336,7 @@ def document() -> dict[str, Any]:
             ("referrers", "manifests whose subject is a given digest"),
             ("token", "bearer tokens (WHARF_AUTH=token only)"),
             ("specification", "this document"),
+            ("web UI", "the registry's web interface (HTML pages and forms; services/ui)"),
         )],
         "paths": paths,
         "components": components(),

@@ -229,6 +229,12 @@ class Authorizer(abc.ABC):
         actor of a pull event recorded on the hot-read path, where no request context exists."""
         return ""
 
+    def adopt(self, token: str) -> bool:
+        """Lets this request speak for the holder of a bearer token that did not come in an
+        ``Authorization`` header (the web UI keeps it in its session cookie), so that ``pullable``
+        filters for that account; False when the token is not valid (then nothing changes)."""
+        return True
+
 
 class OpenAccess(Authorizer):
     """``WHARF_AUTH=none``: everyone may do everything."""
@@ -271,6 +277,13 @@ class TokenAccess(Authorizer):
             return self._verifier.verify(authorization[7:].strip()).subject
         except RegistryError:
             return ""
+
+    def adopt(self, token: str) -> bool:
+        try:
+            g.claims = self._verifier.verify(token)
+        except RegistryError:
+            return False
+        return True
 
     def authorize(self, needed: list[Scope] | None, endpoint: str) -> None:
         if needed is None:

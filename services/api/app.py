@@ -184,6 +184,8 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
     app.add_url_rule("/v2/<anypath:subpath>", "registry", dispatch, methods=methods)
     app.add_url_rule("/token", "token", dispatch, methods=methods)
     app.add_url_rule("/openapi.yaml", "openapi", dispatch, methods=methods)
+    app.add_url_rule("/", "ui", dispatch, methods=methods)  # the web UI (services/ui), in the route table too
+    app.add_url_rule("/ui/<anypath:subpath>", "ui_pages", dispatch, methods=methods)
     limit = InFlightLimit(app.wsgi_app, settings.max_in_flight)
     app.wsgi_app = limit  # type: ignore[method-assign]
     metrics.HTTP_IN_FLIGHT.set_function(lambda: limit.in_flight)

@@ -277,11 +277,14 @@ class MetadataClient:
     def delete_tag(self, repository: str, tag: str) -> None:
         self._c.unary("DeleteTag", mpb.ManifestRef(repository=repository, reference=tag, origin=self._origin()))
 
-    def list_tags(self, repository: str, last: str, limit: int) -> mpb.ListResponse:
-        return self._c.unary("ListTags", mpb.ListRequest(repository=repository, last=last, limit=limit))
+    def list_tags(self, repository: str, last: str, limit: int, with_details: bool = False) -> mpb.ListResponse:
+        """A page of tags; ``with_details``: each one's digest and push time too (the web UI)."""
+        return self._c.unary("ListTags", mpb.ListRequest(repository=repository, last=last, limit=limit,
+                                                         with_details=with_details))
 
-    def list_repositories(self, last: str, limit: int) -> mpb.ListResponse:
-        return self._c.unary("ListRepositories", mpb.ListRequest(last=last, limit=limit))
+    def list_repositories(self, last: str, limit: int, order: str = "") -> mpb.ListResponse:
+        """A page of the catalog; ``order="pushed"``: most recently pushed first, with push times."""
+        return self._c.unary("ListRepositories", mpb.ListRequest(last=last, limit=limit, order=order))
 
     def list_referrers(self, repository: str, subject: str, artifact_type: str) -> list[mpb.Descriptor]:
         request = mpb.ListReferrersRequest(repository=repository, subject=subject, artifact_type=artifact_type)
@@ -328,6 +331,13 @@ class GovernanceClient:
 
     def record_audit(self, records: list[gpb.AuditRecord]) -> None:
         self._c.unary("RecordAudit", gpb.RecordAuditRequest(records=records))
+
+    def usage(self, namespace: str = "", repositories: bool = False) -> gpb.UsageResponse:
+        return self._c.unary("Usage", gpb.UsageRequest(namespace=namespace, repositories=repositories))
+
+    def query_audit(self, limit: int) -> gpb.QueryAuditResponse:
+        """The newest ``limit`` audit records."""
+        return self._c.unary("QueryAudit", gpb.QueryAuditRequest(limit=limit))
 
 
 def _service_name(module: Any, name: str) -> str:

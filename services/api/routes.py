@@ -20,6 +20,7 @@ from flask import Response
 from services.api.views import base, blobs, catalog, manifests, openapi, referrers, tags, token, uploads
 from services.common import scopes
 from services.common.scopes import Scope
+from services.ui import views as ui
 
 View = Callable[..., Response]
 # Loose on purpose: the views validate names, digests and tags and answer with
@@ -97,6 +98,16 @@ ROUTES: tuple[Route, ...] = (
            token_auth_only=True),
     # The API's own description (docs/openapi.yaml): public, as the token endpoint is.
     _route("openapi", r"/openapi\.yaml", _read(openapi.document, PUBLIC)),
+    # The web UI (services/ui): public here, because its pages authorize with the session's token
+    # themselves, through the same authorizer; names come in the query, so one route serves all.
+    _route("ui_home", r"/", {"GET": Handler(ui.home, PUBLIC)}),
+    _route("ui_repositories", r"/ui/repositories", {"GET": Handler(ui.repository_list, PUBLIC)}),
+    _route("ui_repository", r"/ui/repository", {"GET": Handler(ui.repository, PUBLIC)}),
+    _route("ui_manifest", r"/ui/manifest", {"GET": Handler(ui.manifest, PUBLIC)}),
+    _route("ui_delete", r"/ui/delete", {"GET": Handler(ui.delete, PUBLIC), "POST": Handler(ui.delete, PUBLIC)}),
+    _route("ui_login", r"/ui/login", {"GET": Handler(ui.login, PUBLIC), "POST": Handler(ui.login, PUBLIC)}),
+    _route("ui_logout", r"/ui/logout", {"POST": Handler(ui.logout, PUBLIC)}),
+    _route("ui_static", r"/ui/static/(?P<file>[a-z0-9][a-z0-9._-]*)", {"GET": Handler(ui.static, PUBLIC)}),
 )
 
 

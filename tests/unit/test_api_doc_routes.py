@@ -15,6 +15,9 @@ DOC_PATHS = {
     "uploads": "/v2/<name>/blobs/uploads/", "upload": "/v2/<name>/blobs/uploads/<id>",
     "blob": "/v2/<name>/blobs/<digest>", "manifest": "/v2/<name>/manifests/<reference>",
     "referrers": "/v2/<name>/referrers/<digest>", "token": "/token", "openapi": "/openapi.yaml",
+    "ui_home": "/", "ui_repositories": "/ui/repositories", "ui_repository": "/ui/repository",
+    "ui_manifest": "/ui/manifest", "ui_delete": "/ui/delete", "ui_login": "/ui/login", "ui_logout": "/ui/logout",
+    "ui_static": "/ui/static/<file>",
 }
 
 
