@@ -7,6 +7,7 @@ keep-alive connection from this machine (the network adds nothing measurable on 
 
     .venv/bin/python bench/ui_bench.py                 # 10,000 repositories
     .venv/bin/python bench/ui_bench.py --repositories 2000 --rounds 20
+    .venv/bin/python bench/ui_bench.py --data-dir /tmp/wharf-ui-bench   # seeds once, reuses after
 """
 
 from __future__ import annotations
@@ -59,13 +60,16 @@ def seed(url: str, count: int, workers: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(url: str, path: str, rounds: int) -> tuple[float, float, int]:
-    """(median ms, max ms, rows) of GET path."""
+def measure(url: str, path: str, rounds: int, push_first: bool = False) -> tuple[float, float, int]:
+    """(median ms, max ms, rows) of GET path; ``push_first``: a new repository pushed before each
+    request (not timed), so each page merges a push into the worker's snapshot."""
     times: list[float] = []
     rows = 0
     with requests.Session() as session:
         session.get(url + path, timeout=30)  # warm the connection
-        for _ in range(rounds):
+        for round_ in range(rounds):
+            if push_first:
+                _push(session, url, f"pushed/during-bench-{time.time_ns()}-{round_}")
             started = time.perf_counter()
             answer = session.get(url + path, timeout=30)
             times.append((time.perf_counter() - started) * 1000)
@@ -79,22 +83,31 @@ def main() -> int:
     parser.add_argument("--repositories", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=32, help="pushes in parallel")
     parser.add_argument("--rounds", type=int, default=20, help="requests per page measured")
+    parser.add_argument("--data-dir", type=Path, help="keep the stack's data here; a directory this bench "
+                        "seeded before (with as many repositories) is reused without seeding again")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        stack = RunningStack(Path(folder) / "data", {"WHARF_LOG_LEVEL": "warning"}).start()
+        data = args.data_dir or Path(folder) / "data"
+        marker = data / f".ui-bench-seeded-{args.repositories}"
+        stack = RunningStack(data, {"WHARF_LOG_LEVEL": "warning"}).start()
         try:
-            seconds = seed(stack.url, args.repositories, args.workers)
-            print(f"seeded {args.repositories} repositories in {seconds:.1f} s "
-                  f"({args.repositories / seconds:.0f}/s, {args.workers} in parallel)")
+            if marker.exists():
+                print(f"reusing the {args.repositories} repositories seeded in {data}")
+            else:
+                seconds = seed(stack.url, args.repositories, args.workers)
+                marker.touch()
+                print(f"seeded {args.repositories} repositories in {seconds:.1f} s "
+                      f"({args.repositories / seconds:.0f}/s, {args.workers} in parallel)")
             middle = f"team{49:02d}/app-{(args.repositories // 2):05d}"
             pages = {"first page, by name": "/", "a middle page, by name": f"/?after={middle}",
                      "first page, last pushed first": "/?sort=pushed",
                      "a search ('app-0012'), by name": "/?q=app-0012",
                      "a search matching nothing": "/?q=no-such-name",
-                     "the list alone (search box)": "/ui/repositories?q=team07"}
+                     "the list alone (search box)": "/ui/repositories?q=team07",
+                     "last pushed first, a push before each": "/?sort=pushed"}
             print(f"{'page':40} {'median ms':>10} {'max ms':>8} {'rows':>5}")
             for label, path in pages.items():
-                median, worst, rows = measure(stack.url, path, args.rounds)
+                median, worst, rows = measure(stack.url, path, args.rounds, push_first="a push" in label)
                 print(f"{label:40} {median:10.1f} {worst:8.1f} {rows:5d}")
         finally:
             stack.stop()

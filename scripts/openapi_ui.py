@@ -80,6 +80,18 @@ def ui_paths() -> dict[str, Any]:
                         form=["csrf", "username", "password"])},
         "/ui/logout": {"post": _op("ui_logout", "uiLogout", "Sign out", {"303": _SEE_OTHER},
                                    _CSRF_NOTE + " Clears the session cookie.", form=["csrf"])},
+        "/ui/usage": {"get": _op("ui_usage", "uiUsage", "Storage per namespace and repository; recent activity",
+                                 {"200": _page("Bars per namespace (with the quota) or, with `namespace`, per "
+                                               "repository; the newest audit records for admins.")},
+                                 "In token mode only what the account may pull is counted or named; the "
+                                 "activity section is for admins (accounts granted `registry:admin:*`). Without "
+                                 "token auth everything is shown.",
+                                 [_query("namespace", "one namespace's repositories")])},
+        "/ui/activity": {"get": _op("ui_activity", "uiActivity", "The audit log, newest first",
+                                    {"200": _page("A page of audit records."),
+                                     "403": _page("Not an admin (token mode), or not signed in.")},
+                                    "Admins only in token mode; everyone without token auth.",
+                                    [_query("after", "the cursor: the previous page's `next`")])},
         "/ui/static/{file}": {"get": _op("ui_static", "uiStatic", "The UI's stylesheet and script", {
             "200": {"description": "The file.", "headers": dict(COMMON_HEADERS),
                     "content": {"text/css": {"schema": {"type": "string"}},

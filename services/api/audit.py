@@ -26,6 +26,11 @@ What counts (the action names ``wharf-admin audit --action`` filters on):
                       so this is where a denied push shows; a granted read is not recorded
 ====================  ==========================================================================
 
+The web UI's forms (services/ui) are recorded by the same hook, from the form's fields: its delete
+(``POST /ui/delete``) as ``delete`` (a digest) or ``untag`` (a tag), exactly like the API's
+``DELETE``, and its sign-in (``POST /ui/login``) as a ``login`` of the account attempted; both with
+detail ``web UI``. Their answers are HTML, so the UI leaves the error code in ``g.error_code``.
+
 Not recorded: reads (but the denied ones); anonymous token requests (no credentials: nobody logs
 in); and the redemption of a refresh token (``grant_type=refresh_token``), which docker does
 before nearly every command: it is a token check of a login already recorded, and the issue asks
@@ -75,8 +80,10 @@ def _cut(value: object) -> str:
 
 
 def error_code(response: Response) -> str:
-    """The registry error code of an error answer (its ``{"errors": [...]}`` body, or for a HEAD
-    its status), else "ERROR"."""
+    """The registry error code of an error answer (``g.error_code``, which a view answering in HTML
+    sets; else its ``{"errors": [...]}`` body, or for a HEAD its status), else "ERROR"."""
+    if g.get("error_code"):
+        return _cut(g.error_code)[:64]
     fallback = _CODE_OF_STATUS.get(response.status_code, "ERROR")
     if request.method == "HEAD" or response.is_streamed or (response.content_length or 0) > _FORM_MAX:
         return fallback
@@ -117,6 +124,19 @@ def write_action(method: str, endpoint: str, params: dict[str, str], args: Any,
             return ("delete" if ":" in reference else "untag"), reference, ""
     if method in ("GET", "HEAD") and status == 403 and "name" in params:
         return "pull", _cut(params.get("reference") or params.get("digest") or ""), ""
+    return None
+
+
+def ui_form_action(method: str, endpoint: str) -> tuple[str, str, str] | None:
+    """(action, repository, reference) of a web UI form post to record, or None (anything else:
+    the form is read only on the UI's own routes, whose bodies are small forms)."""
+    if method != "POST":
+        return None
+    if endpoint == "ui_delete":
+        reference = _cut(request.form.get("ref", ""))
+        return ("delete" if ":" in reference else "untag"), _cut(request.form.get("name", "")), reference
+    if endpoint == "ui_login":
+        return "login", "", ""
     return None
 
 
@@ -188,15 +208,22 @@ class WriteAudit:
             if found is None:
                 return None
             route, params = found
-            described = write_action(request.method, route.endpoint, params, request.args, status)
-            if described is None:
-                return None
-            action, reference, detail = described
-            if action == "push" and status < 400:
-                detail = push_detail(response, request.args)
+            form = ui_form_action(request.method, route.endpoint)
+            if form is not None:
+                action, repository, reference = form
+                detail = "web UI"
+            else:
+                described = write_action(request.method, route.endpoint, params, request.args, status)
+                if described is None:
+                    return None
+                action, reference, detail = described
+                if action == "push" and status < 400:
+                    detail = push_detail(response, request.args)
+                repository = _cut(params.get("name", ""))
             claims = g.get("claims")
             account = claims.subject if claims else self._authorizer.subject(request.headers.get("Authorization", ""))
-            repository = _cut(params.get("name", ""))
+            if action == "login":  # the web UI's sign-in: the account attempted
+                account = _cut(request.form.get("username", ""))
         return gpb.AuditRecord(
             at_ms=int(time.time() * 1000), account=account, account_kind="account" if account else "",
             address=_cut(g.get("client_address", "")), user_agent=_cut(request.headers.get("User-Agent", "")),

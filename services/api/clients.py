@@ -335,9 +335,9 @@ class GovernanceClient:
     def usage(self, namespace: str = "", repositories: bool = False) -> gpb.UsageResponse:
         return self._c.unary("Usage", gpb.UsageRequest(namespace=namespace, repositories=repositories))
 
-    def query_audit(self, limit: int) -> gpb.QueryAuditResponse:
-        """The newest ``limit`` audit records."""
-        return self._c.unary("QueryAudit", gpb.QueryAuditRequest(limit=limit))
+    def query_audit(self, limit: int, after: str = "") -> gpb.QueryAuditResponse:
+        """The newest ``limit`` audit records (older than entry ``after``: a previous answer's ``next``)."""
+        return self._c.unary("QueryAudit", gpb.QueryAuditRequest(limit=limit, after=after))
 
 
 def _service_name(module: Any, name: str) -> str:

@@ -1,7 +1,7 @@
 """What every view is given, built once per app: the settings, the gRPC clients, the authorizer,
 the mirror (pull-through for mirrored prefixes; off when none is configured), pull events (off
 unless an endpoint wants them), the admission policies (none unless configured), the governance
-rules (fetched from the metadata service)."""
+rules (fetched from the metadata service), the web UI's catalog snapshot."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from services.api.events import PullEvents
 from services.api.mirroring import Mirror
 from services.api.policy import PolicyCache
 from services.api.settings import GatewaySettings
+from services.ui.listing import Catalog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,3 +26,5 @@ class Context:
     pull_events: PullEvents
     admission: Admission
     policy: PolicyCache
+    # The web UI's per-worker snapshot of the catalog (services/ui/listing.py).
+    ui_catalog: Catalog = dataclasses.field(default_factory=Catalog)

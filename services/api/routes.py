@@ -20,6 +20,7 @@ from flask import Response
 from services.api.views import base, blobs, catalog, manifests, openapi, referrers, tags, token, uploads
 from services.common import scopes
 from services.common.scopes import Scope
+from services.ui import usage as ui_usage
 from services.ui import views as ui
 
 View = Callable[..., Response]
@@ -107,6 +108,8 @@ ROUTES: tuple[Route, ...] = (
     _route("ui_delete", r"/ui/delete", {"GET": Handler(ui.delete, PUBLIC), "POST": Handler(ui.delete, PUBLIC)}),
     _route("ui_login", r"/ui/login", {"GET": Handler(ui.login, PUBLIC), "POST": Handler(ui.login, PUBLIC)}),
     _route("ui_logout", r"/ui/logout", {"POST": Handler(ui.logout, PUBLIC)}),
+    _route("ui_usage", r"/ui/usage", {"GET": Handler(ui_usage.usage, PUBLIC)}),
+    _route("ui_activity", r"/ui/activity", {"GET": Handler(ui_usage.activity, PUBLIC)}),
     _route("ui_static", r"/ui/static/(?P<file>[a-z0-9][a-z0-9._-]*)", {"GET": Handler(ui.static, PUBLIC)}),
 )
 

@@ -85,6 +85,9 @@ def grant(principal: Principal, public_patterns: Iterable[str], requested: Itera
         elif scope.type == scopes.REGISTRY and scope.name == scopes.CATALOG:
             # Any signed-in account may list; the gateway filters the list by pull rights.
             actions = ("*",) if not principal.anonymous and "*" in scope.actions else ()
+        elif scope.type == scopes.REGISTRY and scope.name == scopes.ADMIN:
+            # Only an admin is one: the web UI shows the audit log to whoever holds this.
+            actions = ("*",) if principal.admin and "*" in scope.actions else ()
         else:
             actions = ()
         granted.append(Scope(scope.type, scope.name, actions))

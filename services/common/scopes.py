@@ -16,6 +16,10 @@ from services.common.errors import REQUEST_INVALID, RegistryError
 REPOSITORY = "repository"
 REGISTRY = "registry"
 CATALOG = "catalog"
+# ``registry:admin:*``: granted to admin accounts only, and to nothing else; no API route needs it.
+# The web UI asks for it to learn, from a token the auth service signed, whether the signed-in
+# account is an admin (services/ui/README.md).
+ADMIN = "admin"
 ACTIONS = ("pull", "push", "delete")
 _PART_RE = re.compile(r"\S+")
 

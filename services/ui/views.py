@@ -74,7 +74,7 @@ def _secure(ctx: Context) -> bool:
     return request.scheme == "https" or bool(ctx.settings.tls_cert_file)
 
 
-def _issue(ctx: Context, **fields: Any) -> apb.IssueTokenResponse:
+def issue(ctx: Context, **fields: Any) -> apb.IssueTokenResponse:
     message = apb.IssueTokenRequest(service=ctx.settings.token_service,
                                     client_address=str(g.get("client_address") or request.remote_addr or ""),
                                     client_id="wharf-ui", **fields)
@@ -89,7 +89,7 @@ def _visitor(ctx: Context) -> Visitor:
     if not ctx.authorizer.adopt(visitor.session.token):
         # The token expired: renewed from the refresh token, else the session is over.
         try:
-            renewed = _issue(ctx, refresh_token=visitor.session.refresh)
+            renewed = issue(ctx, refresh_token=visitor.session.refresh)
         except RegistryError:
             return Visitor(sessions.new_session(), save_cookie=True)
         visitor.session = Session(visitor.session.sid, renewed.token, visitor.session.refresh)
@@ -105,7 +105,7 @@ def _rights(ctx: Context, visitor: Visitor, name: str) -> frozenset[str]:
     as the API would judge that token (no auth: everything)."""
     if not ctx.authorizer.issues_tokens:
         return frozenset({"pull", "delete"})
-    issued = _issue(ctx, scopes=[f"repository:{name}:pull,delete"], refresh_token=visitor.session.refresh)
+    issued = issue(ctx, scopes=[f"repository:{name}:pull,delete"], refresh_token=visitor.session.refresh)
     return frozenset(action for action in ("pull", "delete")
                      if ctx.authorizer.grants("Bearer " + issued.token,
                                               [Scope(scopes.REPOSITORY, name, (action,))]))
@@ -115,7 +115,7 @@ def _registry_host(ctx: Context) -> str:
     return urlsplit(ctx.settings.public_url).netloc if ctx.settings.public_url else request.host
 
 
-def _render(ctx: Context, visitor: Visitor, template: str, status: int = 200, **values: Any) -> Response:
+def render(ctx: Context, visitor: Visitor, template: str, status: int = 200, **values: Any) -> Response:
     body = _ENV.get_template(template).render(
         visitor=visitor, csrf=visitor.session.csrf, token_mode=ctx.authorizer.issues_tokens, **values)
     response = Response(body, status=status, content_type="text/html; charset=utf-8")
@@ -125,7 +125,7 @@ def _render(ctx: Context, visitor: Visitor, template: str, status: int = 200, **
 
 
 def _error(ctx: Context, visitor: Visitor, status: int, title: str, message: str) -> Response:
-    return _render(ctx, visitor, "error.html", status, title=title, message=message)
+    return render(ctx, visitor, "error.html", status, title=title, message=message)
 
 
 _TITLES = {400: "Bad request", 401: "Sign in needed", 403: "Not allowed", 404: "Not found",
@@ -142,6 +142,7 @@ def page(view: Callable[..., Response]) -> Callable[..., Response]:
             visitor = _visitor(ctx)
             return view(ctx, visitor, **params)
         except RegistryError as err:
+            g.error_code = err.error.code  # for the audit record of a form post (services/api/audit.py)
             status = err.http_status if err.http_status in _TITLES else 500
             return _error(ctx, visitor, status, _TITLES.get(status, "Error"), err.message)
         except Exception:
@@ -150,12 +151,12 @@ def page(view: Callable[..., Response]) -> Callable[..., Response]:
     return wrapper
 
 
-def _argument(name: str, default: str = "") -> str:
+def argument(name: str, default: str = "") -> str:
     return request.values.get(name, default)[:_QUERY_MAX]
 
 
 def _repository_argument() -> str:
-    name = _argument("name")
+    name = argument("name")
     if not is_valid_name(name):
         raise RegistryError(NAME_INVALID, "not a valid repository name", http_status=400)
     return name
@@ -170,9 +171,9 @@ def _needs(rights: frozenset[str], action: str, name: str) -> None:
 # -- the repositories page ---------------------------------------------------------------------
 
 def _listing(ctx: Context, visitor: Visitor) -> dict[str, Any]:
-    query, order, after = _argument("q"), _argument("sort", "name"), _argument("after")
+    query, order, after = argument("q"), argument("sort", "name"), argument("after")
     order = order if order in listing.ORDERS else "name"
-    found = listing.repositories(ctx, query, order, after)
+    found = listing.repositories(ctx, ctx.ui_catalog, query, order, after)
     return {"query": query, "order": order, "after": after, "page": found}
 
 
@@ -180,7 +181,7 @@ def _listing(ctx: Context, visitor: Visitor) -> dict[str, Any]:
 def home(ctx: Context, visitor: Visitor) -> Response:
     if ctx.authorizer.issues_tokens and not visitor.signed_in:
         return _redirect("/ui/login")
-    return _render(ctx, visitor, "repositories.html", **_listing(ctx, visitor))
+    return render(ctx, visitor, "repositories.html", **_listing(ctx, visitor))
 
 
 @page
@@ -188,7 +189,7 @@ def repository_list(ctx: Context, visitor: Visitor) -> Response:
     """The list alone, for the search box's script to put in place as the visitor types."""
     if ctx.authorizer.issues_tokens and not visitor.signed_in:
         raise RegistryError(DENIED, "sign in first", http_status=403)
-    return _render(ctx, visitor, "repository_list.html", **_listing(ctx, visitor))
+    return render(ctx, visitor, "repository_list.html", **_listing(ctx, visitor))
 
 
 # -- a repository ------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def repository(ctx: Context, visitor: Visitor) -> Response:
     name = _repository_argument()
     rights = _rights(ctx, visitor, name)
     _needs(rights, "pull", name)
-    after, wanted, order = _argument("after"), _argument("filter").lower(), _argument("sort", "name")
+    after, wanted, order = argument("after"), argument("filter").lower(), argument("sort", "name")
     listed = ctx.clients.metadata.list_tags(name, after, _TAGS_PAGE, with_details=True)
     rows = [_tag_row(ctx, name, tag, digest, pushed)
             for tag, digest, pushed in zip(listed.names, listed.digests, listed.pushed_at_ms, strict=False)
@@ -226,9 +227,9 @@ def repository(ctx: Context, visitor: Visitor) -> Response:
     elif order == "size":
         rows.sort(key=lambda r: (-r["size"], r["tag"]))
     next_after = listed.names[-1] if listed.more and listed.names else ""
-    return _render(ctx, visitor, "repository.html", name=name, rows=rows, rights=rights, order=order,
-                   filter=_argument("filter"), next_after=next_after, host=_registry_host(ctx),
-                   deleted=_argument("deleted"))
+    return render(ctx, visitor, "repository.html", name=name, rows=rows, rights=rights, order=order,
+                   filter=argument("filter"), next_after=next_after, host=_registry_host(ctx),
+                   deleted=argument("deleted"))
 
 
 # -- an image or index -------------------------------------------------------------------------
@@ -236,7 +237,7 @@ def repository(ctx: Context, visitor: Visitor) -> Response:
 @page
 def manifest(ctx: Context, visitor: Visitor) -> Response:
     name = _repository_argument()
-    reference = _argument("ref")
+    reference = argument("ref")
     if not digests.looks_like_digest(reference):
         validate_tag(reference)
     rights = _rights(ctx, visitor, name)
@@ -262,13 +263,13 @@ def manifest(ctx: Context, visitor: Visitor) -> Response:
         values["total"] = image.image_size(parsed)
         values["config"] = image.config_summary(image.parse(config_bytes)) if config_bytes else None
         values["config_raw"] = image.pretty(config_bytes) if config_bytes else ""
-    return _render(ctx, visitor, "manifest.html", **values)
+    return render(ctx, visitor, "manifest.html", **values)
 
 
 # -- deleting ----------------------------------------------------------------------------------
 
 def _delete_target() -> tuple[str, str]:
-    name, reference = _repository_argument(), _argument("ref")
+    name, reference = _repository_argument(), argument("ref")
     if digests.looks_like_digest(reference):
         digests.validate(reference)
     else:
@@ -284,12 +285,13 @@ def delete(ctx: Context, visitor: Visitor) -> Response:
     name, reference = _delete_target()
     _needs(_rights(ctx, visitor, name), "delete", name)
     if request.method == "GET":
-        return _render(ctx, visitor, "delete.html", name=name, reference=reference,
+        return render(ctx, visitor, "delete.html", name=name, reference=reference,
                        is_digest=digests.looks_like_digest(reference))
     if digests.looks_like_digest(reference):
         ctx.clients.metadata.delete_manifest(name, reference)
     else:
         ctx.clients.metadata.delete_tag(name, reference)
+    ctx.ui_catalog.forget()  # the repository may have left the catalog
     log.info("deleted through the web UI", extra={"fields": {"repository": name, "reference": reference,
                                                              "account": visitor.subject}})
     return _redirect("/ui/repository?" + urlencode({"name": name, "deleted": reference}))
@@ -310,17 +312,18 @@ def login(ctx: Context, visitor: Visitor) -> Response:
     if not ctx.authorizer.issues_tokens:
         return _redirect("/")
     if request.method == "GET":
-        return _render(ctx, visitor, "login.html", failed=False, username="")
+        return render(ctx, visitor, "login.html", failed=False, username="")
     _check_post(ctx, visitor)
     username, password = request.form.get("username", "")[:_QUERY_MAX], request.form.get("password", "")
     try:
         if not username:
             raise RegistryError(UNAUTHORIZED, "a user name is needed")
-        issued = _issue(ctx, username=username, password=password, offline=True)
+        issued = issue(ctx, username=username, password=password, offline=True)
     except RegistryError as err:
         if err.error is not UNAUTHORIZED:
             raise
-        return _render(ctx, visitor, "login.html", 403, failed=True, username=username)
+        g.error_code = UNAUTHORIZED.code
+        return render(ctx, visitor, "login.html", 403, failed=True, username=username)
     # A new session id at login: a fixed id planted before it is worth nothing after.
     fresh = sessions.new_session(issued.token, issued.refresh_token)
     response = _redirect("/")

@@ -331,3 +331,118 @@ def test_a_cross_origin_delete_is_refused_and_deletes_nothing(browser: Any, regi
         server.server_close()
     assert "v1" in registry["pusher"].get("tags/list").json()["tags"]
     assert json.loads(registry["pusher"].get("manifests/v1", registry["image"].media_type).content)
+
+
+# -- the usage page --------------------------------------------------------------------------
+
+def _usage_json(stack: RunningStack, *args: str) -> list[dict[str, Any]]:
+    return list(json.loads(stack.admin(ADMIN, "usage", "--json", *args)))
+
+
+def _bars(driver: Any, table: str, link: str) -> dict[str, int]:
+    """Name -> bytes of each row of a usage chart, with one bar per row."""
+    rows = _all(driver, f"{table} tbody tr")
+    assert len(_all(driver, f"{table} td.bar-cell svg.size-bar rect")) == len(rows)
+    return {row.find_element("css selector", link).text:
+            int(row.find_element("css selector", "td.usage-bytes").get_attribute("data-bytes")) for row in rows}
+
+
+def test_usage_shows_a_user_only_what_they_may_pull_and_an_admin_everything_with_activity(
+        browser: Any, registry: dict[str, Any], shots: pathlib.Path) -> None:
+    stack = registry["stack"]
+    stack.admin(ADMIN, "quota", "set", USER, "50MiB")
+    usage = {row["namespace"]: row for row in _usage_json(stack)}
+    assert OTHER in usage  # dave's namespace holds something ...
+    _sign_in(browser, stack, USER, PASSWORD)
+    _by(browser, "#nav-usage").click()
+    _wait(browser, lambda d: _all(d, "#usage-title"))
+    shown = _bars(browser, "#usage-namespaces", "a.usage-namespace")
+    # ... which carol never sees, nor its name anywhere on the page.
+    assert sorted(shown) == ["carol", "library"]
+    assert OTHER not in browser.page_source
+    assert shown[USER] == usage[USER]["bytes"] and shown["library"] == usage["library"]["bytes"]
+    assert _all(browser, "#usage-namespaces td.quota-cell svg.quota")  # carol's quota, as a bar
+    assert "of 50.0 MiB" in _by(browser, "#usage-namespaces").text
+    assert not _all(browser, "#activity") and not _all(browser, "#all-activity")
+    browser.save_screenshot(str(shots / "10-usage.png"))
+
+    browser.find_element("link text", USER).click()
+    _wait(browser, lambda d: _all(d, "#usage-repositories"))
+    [mine] = _usage_json(stack, USER, "--repositories")
+    assert _bars(browser, "#usage-repositories", "a.usage-repository") == {
+        r["name"]: r["bytes"] for r in mine["repositories"]}
+    browser.save_screenshot(str(shots / "11-usage-namespace.png"))
+    # Someone else's namespace, and the activity log: refused, naming nothing.
+    browser.get(f"{stack.url}/ui/usage?namespace={OTHER}")
+    assert _by(browser, "h1").text == "Not found" and "secret" not in browser.page_source
+    cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
+    assert requests.get(f"{stack.url}/ui/activity", cookies=cookies, timeout=10).status_code == 403
+
+    # A delete through the UI is in the audit log, as the API's would be; an admin sees it, and all.
+    Pusher(stack, USER, PASSWORD, f"{USER}/multi").manifest(registry["image"].root, "audited",
+                                                            registry["image"].media_type)
+    browser.get(f"{stack.url}/ui/delete?name={USER}/multi&ref=audited")
+    _by(browser, "#confirm-delete").click()
+    _wait(browser, lambda d: _all(d, "#deleted"))
+    _sign_in(browser, stack, ADMIN_USER, ADMIN)
+    browser.get(f"{stack.url}/ui/usage")
+    assert set(_bars(browser, "#usage-namespaces", "a.usage-namespace")) == set(usage)
+    assert _all(browser, "#admin-view")
+
+    def untag_shown(driver: Any) -> bool:
+        driver.get(f"{stack.url}/ui/usage")
+        return any(r.find_element("css selector", ".audit-action").text == "untag"
+                   and r.find_element("css selector", ".audit-account").text == USER
+                   and r.find_element("css selector", ".audit-repository").text == f"{USER}/multi"
+                   and "audited" in r.text and r.find_element("css selector", ".audit-result").text == "ok"
+                   for r in _all(driver, "#activity tr.audit-record"))
+
+    _wait(browser, untag_shown, timeout=20)  # audit records are sent in batches, about every second
+    browser.save_screenshot(str(shots / "12-usage-admin-activity.png"))
+    _by(browser, "#all-activity").click()
+    _wait(browser, lambda d: _all(d, "#activity-title"))
+    assert _all(browser, "#activity tr.audit-record")
+    browser.save_screenshot(str(shots / "13-activity.png"))
+
+
+# -- without authentication ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def open_stack(start_stack: Callable[..., RunningStack]) -> RunningStack:
+    """A second, small stack without authentication (the web UI does not depend on the blob backend)."""
+    return start_stack()
+
+
+def test_without_authentication_every_page_shows_everything(browser: Any, open_stack: RunningStack,
+                                                            shots: pathlib.Path) -> None:
+    stack = open_stack
+    name = f"noauth{os.getpid()}/app"
+    pusher = Pusher.__new__(Pusher)
+    pusher.base, pusher.headers = f"{stack.url}/v2/{name}", {}
+    digest = _image(pusher, "v1", {"kind": "open"}, {})
+    browser.delete_all_cookies()
+    browser.get(f"{stack.url}/?q=noauth{os.getpid()}")
+    _wait(browser, lambda d: _listed(d) == [name])
+    assert not _all(browser, "#account") and "no authentication" in _by(browser, "header").text
+    browser.save_screenshot(str(shots / "14-noauth-repositories.png"))
+    _by(browser, "#repositories a.repository").click()
+    _wait(browser, lambda d: _all(d, "#tags"))
+    assert [a.text for a in _all(browser, "#tags a.tag")] == ["v1"] and _all(browser, "#tags a.delete")
+    browser.get(f"{stack.url}/ui/manifest?name={name}&ref=v1")
+    assert _by(browser, "#manifest-digest").text == digest and _all(browser, "#layers")
+    browser.get(f"{stack.url}/ui/usage")
+    assert _all(browser, "#open-registry") and f"noauth{os.getpid()}" in _bars(
+        browser, "#usage-namespaces", "a.usage-namespace")
+
+    def push_shown(driver: Any) -> bool:  # everyone sees the activity: there are no accounts
+        driver.get(f"{stack.url}/ui/usage")
+        return any(r.find_element("css selector", ".audit-action").text == "push"
+                   and r.find_element("css selector", ".audit-repository").text == name
+                   for r in _all(driver, "#activity tr.audit-record"))
+
+    _wait(browser, push_shown, timeout=20)
+    browser.save_screenshot(str(shots / "15-noauth-usage.png"))
+    browser.get(f"{stack.url}/ui/delete?name={name}&ref=v1")
+    _by(browser, "#confirm-delete").click()
+    _wait(browser, lambda d: _all(d, "#deleted"))
+    assert requests.get(f"{stack.url}/v2/{name}/tags/list", timeout=10).json()["tags"] in ([], None)

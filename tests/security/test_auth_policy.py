@@ -136,3 +136,16 @@ def test_mirrored_prefixes_are_pullable_by_signed_in_accounts_only_unless_anonym
     # Only under the prefix, and never more than pull; a non-canonical name gets nothing.
     assert repository_actions(robot, [], "docker.iox/a", mirrored) == frozenset()
     assert repository_actions(robot, [], "docker.io/../x", mirrored) == frozenset()
+
+
+# -- registry:admin:* (the web UI's way to learn that an account is an admin) -----------------
+
+def test_only_admins_are_granted_the_admin_scope() -> None:
+    wanted = [Scope(scopes.REGISTRY, scopes.ADMIN, ("*",))]
+    granted_everything = Principal("b", "user", grants=(("**", frozenset(ALL)),))
+    robot = Principal("b+ci", "robot", grants=(("**", frozenset(ALL)),))
+    assert grant(ADMIN, (), wanted)[0].actions == ("*",)
+    for principal in (USER_B, granted_everything, robot, ANONYMOUS):
+        assert grant(principal, ("**",), wanted)[0].actions == ()
+    # Only "*" is granted, and only when "*" is asked for.
+    assert grant(ADMIN, (), [Scope(scopes.REGISTRY, scopes.ADMIN, ("pull",))])[0].actions == ()

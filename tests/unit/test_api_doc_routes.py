@@ -17,7 +17,7 @@ DOC_PATHS = {
     "referrers": "/v2/<name>/referrers/<digest>", "token": "/token", "openapi": "/openapi.yaml",
     "ui_home": "/", "ui_repositories": "/ui/repositories", "ui_repository": "/ui/repository",
     "ui_manifest": "/ui/manifest", "ui_delete": "/ui/delete", "ui_login": "/ui/login", "ui_logout": "/ui/logout",
-    "ui_static": "/ui/static/<file>",
+    "ui_static": "/ui/static/<file>", "ui_usage": "/ui/usage", "ui_activity": "/ui/activity",
 }
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 import pytest
-from flask import Flask, Response
+from flask import Flask, Response, g
 from werkzeug.datastructures import MultiDict
 
-from services.api.audit import error_code, login_account, write_action
+from services.api.audit import WriteAudit, error_code, login_account, ui_form_action, write_action
 from services.gen.wharf.governance.v1 import governance_pb2 as gpb
 from services.maintenance.audit_cli import parse_time, record_json, record_text
 from services.metadata.audit import ACCEPT_PAST_MS, record_of, stream_fields
@@ -85,6 +85,47 @@ def test_the_error_code_comes_from_the_body_or_for_a_head_the_status() -> None:
         assert error_code(Response(b"", status=403)) == "DENIED"
         assert error_code(Response(b"", status=401)) == "UNAUTHORIZED"
         assert error_code(Response(b"", status=404)) == "ERROR"
+
+
+@pytest.mark.parametrize(("method", "endpoint", "form", "expected"), [
+    ("POST", "ui_delete", {"name": "a/b", "ref": "v1", "csrf": "x"}, ("untag", "a/b", "v1")),
+    ("POST", "ui_delete", {"name": "a/b", "ref": DIGEST, "csrf": "x"}, ("delete", "a/b", DIGEST)),
+    ("POST", "ui_delete", {}, ("untag", "", "")),          # a forged form: recorded, with what it said
+    ("POST", "ui_login", {"username": "carol"}, ("login", "", "")),
+    ("POST", "ui_logout", {"csrf": "x"}, None),
+    ("GET", "ui_delete", {"name": "a/b", "ref": "v1"}, None),   # the confirmation page changes nothing
+    ("POST", "uploads", {"digest": DIGEST}, None),              # an API route's body is never read here
+])
+def test_web_ui_forms(method: str, endpoint: str, form: dict[str, str], expected: tuple[str, str, str] | None) -> None:
+    app = Flask("t")
+    with app.test_request_context("/ui/x", method=method, data=form if method == "POST" else None):
+        assert ui_form_action(method, endpoint) == expected
+
+
+class _Authorizer:
+    def subject(self, authorization: str) -> str:
+        return ""
+
+
+def test_a_web_ui_delete_is_recorded_like_the_apis() -> None:
+    app = Flask("t")
+    audit = WriteAudit(None, _Authorizer())  # type: ignore[arg-type]
+    with app.test_request_context("/ui/delete", method="POST", data={"name": "a/b", "ref": "v1", "csrf": "x"},
+                                  headers={"User-Agent": "browser"}):
+        g.client_address, g.request_id = "10.0.0.9", "r1"
+        g.claims = type("Claims", (), {"subject": "carol"})()
+        record = audit.describe(Response(b"", status=303))
+        assert record is not None
+        assert (record.action, record.repository, record.reference, record.account, record.address, record.result,
+                record.status, record.detail, record.via) == ("untag", "a/b", "v1", "carol", "10.0.0.9", "ok", 303,
+                                                              "web UI", "gateway")
+        g.error_code = "DENIED"  # the UI's error pages are HTML: the code comes from g
+        refused = audit.describe(Response(b"<html>", status=403))
+        assert refused is not None and refused.result == "DENIED"
+    with app.test_request_context("/ui/login", method="POST", data={"username": "mallory", "password": "x"}):
+        g.error_code = "UNAUTHORIZED"
+        login = audit.describe(Response(b"<html>", status=403))
+        assert login is not None and (login.action, login.account, login.result) == ("login", "mallory", "UNAUTHORIZED")
 
 
 def test_stored_fields_are_all_present_bounded_and_printable() -> None:
