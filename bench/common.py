@@ -169,6 +169,27 @@ def push_small(client: Client, name: str, data: bytes) -> str:
     return digest
 
 
+
+def small_pushes(url: str, repository: str, count: int = 200, connections: int = 8, size: int = 64 * 1024) -> float:
+    """Single-request pushes of ``count`` random blobs of ``size`` bytes over ``connections``
+    keep-alive connections (each its share of the blobs), in blobs/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = [os.urandom(size) for _ in range(count)]
+
+    def pushes(first: int) -> None:
+        client = Client(url)
+        try:
+            for index in range(first, count, connections):
+                push_small(client, repository, data[index])
+        finally:
+            client.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(pushes, range(connections)))
+    return count / (time.perf_counter() - started)
+
 def fetch(target: str, payload: Payload, verify: bool = False, statuses: list[int] | None = None) -> float:
     """GET of ``target``, following redirects with fresh connections that carry no headers
     (so no Authorization reaches another host); the body is read and discarded. Returns seconds.

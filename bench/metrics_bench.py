@@ -23,9 +23,7 @@ import json
 import os
 import tempfile
 import threading
-import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -37,9 +35,9 @@ from common import (
     exit_on_sigterm,
     push,
     push_image,
-    push_small,
     run_main,
     run_wrk,
+    small_pushes,
 )
 from proctree import Sampler
 
@@ -47,7 +45,6 @@ REPOSITORY = "bench/metrics"
 TAG = "latest"
 TARGET = 0.03
 MIB = 1024 * 1024
-SMALL = 64 * 1024
 
 
 class Scraper:
@@ -76,23 +73,6 @@ class Scraper:
         self._thread.join()
 
 
-def small_pushes(url: str, count: int = 200, connections: int = 8) -> float:
-    data = [os.urandom(SMALL) for _ in range(count)]
-
-    def pushes(first: int) -> None:  # one connection each, its share of the blobs
-        client = Client(url)
-        try:
-            for index in range(first, count, connections):
-                push_small(client, REPOSITORY, data[index])
-        finally:
-            client.close()
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(connections) as pool:
-        list(pool.map(pushes, range(connections)))
-    return count / (time.perf_counter() - started)
-
-
 def one_round(server: Server, data_dir: Path | None, args: argparse.Namespace, seed: int) -> dict[str, float]:
     with ExitStack() as scraping:
         if data_dir is not None:
@@ -107,7 +87,7 @@ def one_round(server: Server, data_dir: Path | None, args: argparse.Namespace, s
         finally:
             client.close()
         result["push_mb_s"] = args.pushes * args.blob_mib * MIB / seconds / 1e6
-        result["small_pushes_s"] = small_pushes(server.url)
+        result["small_pushes_s"] = small_pushes(server.url, REPOSITORY)
     return result
 
 

@@ -19,21 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
 import abtest
-from common import BenchError, Client, Server, exit_on_sigterm, push_image, push_small, run_main, run_wrk
+from common import BenchError, Client, Server, exit_on_sigterm, push_image, run_main, run_wrk, small_pushes
 from proctree import Sampler
 
 REPOSITORY = "bench/ratelimit"
 TAG = "latest"
 TARGET = 0.03
-SMALL = 64 * 1024
 POLICY = """
 ratelimits:
   - repositories: "proof/**"          # reached on purpose: the limits are on
@@ -44,23 +41,6 @@ ratelimits:
     burst: 20000
     push_bytes_per_second: 10GiB
 """
-
-
-def small_pushes(url: str, count: int, connections: int = 8) -> float:
-    data = [os.urandom(SMALL) for _ in range(count)]
-
-    def pushes(first: int) -> None:  # one connection each, its share of the blobs
-        client = Client(url)
-        try:
-            for index in range(first, count, connections):
-                push_small(client, REPOSITORY, data[index])
-        finally:
-            client.close()
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(connections) as pool:
-        list(pool.map(pushes, range(connections)))
-    return count / (time.perf_counter() - started)
 
 
 def limits_in_force(server: Server) -> bool:
@@ -78,7 +58,7 @@ def one_round(server: Server, args: argparse.Namespace) -> dict[str, float]:
     with Sampler(server.root_pid, interval=0.5) as sampler:
         result = run_wrk(f"{server.url}/v2/{REPOSITORY}/manifests/{TAG}", args.wrk_seconds, strict=True)
     result["cpu_ms_per_request"] = sum(sampler.cpu_seconds().values()) * 1000 / max(result["requests"], 1)
-    result["small_pushes_s"] = small_pushes(server.url, args.pushes)
+    result["small_pushes_s"] = small_pushes(server.url, REPOSITORY, args.pushes)
     return result
 
 

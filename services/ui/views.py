@@ -24,6 +24,7 @@ from services.common import digests, scopes
 from services.common.errors import DENIED, NAME_INVALID, UNAUTHORIZED, RegistryError
 from services.common.names import is_valid_name, validate_tag
 from services.common.scopes import Scope
+from services.common.yaml_section import human_size
 from services.gen.wharf.auth.v1 import auth_pb2 as apb
 from services.ui import image, listing
 from services.ui import session as sessions
@@ -39,20 +40,12 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("services.ui", "templates"
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def _size(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(value)
-
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ms > 0 else "unknown"
 
 
-_ENV.filters["size"] = _size
+_ENV.filters["size"] = human_size
 _ENV.filters["when"] = _when
 _ENV.globals["urlencode"] = urlencode
 
