@@ -111,21 +111,27 @@ class Quotas:
         else:
             stored = {namespace_of(text(n)) async for n in self._catalog("")}
             names = sorted(stored | {q.namespace for q in policy.quotas})
+        # One round trip per batch, not per namespace or repository: an overview of a large
+        # registry reads thousands of counters.
+        async with self._r.pipeline(transaction=False) as pipe:
+            for ns in names:
+                pipe.get(keys.namespace_prefix(ns) + "usage")
+                pipe.hvals(keys.namespace_prefix(ns) + "uploads")
+            counters = await pipe.execute()
+        quotas = {q.namespace: q.size for q in policy.quotas}
         answers = []
-        for ns in names:
-            prefix = keys.namespace_prefix(ns)
-            usage = int(text(await self._r.get(prefix + "usage")) or 0)
-            held = 0
-            for value in (await self._r.hgetall(prefix + "uploads")).values():
-                parts = text(value).split(" ")
-                held += int(parts[0]) if parts[0].isdigit() else 0
-            quota = next((q for q in policy.quotas if q.namespace == ns), None)
-            found = gpb.NamespaceUsage(namespace=ns, bytes=usage, reserved=held, limit=quota.size if quota else 0)
+        for index, ns in enumerate(names):
+            usage, holds = counters[2 * index], counters[2 * index + 1]
+            held = sum(int(part) for part in (text(v).split(" ")[0] for v in holds) if part.isdigit())
+            found = gpb.NamespaceUsage(namespace=ns, bytes=int(text(usage) or 0), reserved=held,
+                                       limit=quotas.get(ns, 0))
             if with_repositories:
-                async for name in self._catalog(ns):
-                    repository = text(name)
-                    found.repositories.append(gpb.RepositoryUsage(
-                        name=repository, bytes=int(text(await self._r.get(keys.usage(repository))) or 0)))
+                repositories = [text(n) async for n in self._catalog(ns)]
+                for start in range(0, len(repositories), 1000):
+                    part = repositories[start:start + 1000]
+                    values = await self._r.mget([keys.usage(r) for r in part])
+                    found.repositories.extend(gpb.RepositoryUsage(name=r, bytes=int(text(v) or 0))
+                                              for r, v in zip(part, values, strict=True))
             answers.append(found)
         return answers
 
