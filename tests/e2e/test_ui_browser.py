@@ -1,7 +1,7 @@
 """Issue 21: the web UI in a real browser (Debian's chromium through its chromedriver, by Selenium).
 
-A token-mode stack holds a multi-arch image pushed by skopeo, a signature-like artifact that
-refers to one of its platforms, an image whose label and annotations carry ``<script>``, a
+A token-mode stack holds a multi-arch image pushed by skopeo, a cosign signature (an OCI 1.1
+referrer) and another artifact that refer to one of its platforms, an image whose label and annotations carry ``<script>``, a
 public repository and someone else's private one. The tests sign in, search, open the
 repository, the tag, a platform, its layers and referrers, delete a tag, and compare what the
 pages show with what the registry's API answers; they check what a user may not see or delete,
@@ -25,6 +25,8 @@ import pytest
 import requests
 
 from tests.e2e.images import OCI_MANIFEST, canonical_json, sha256, write_oci_index_layout
+from tests.e2e.test_cosign import COSIGN_MODULE, Cosign
+from tests.e2e.test_cosign import OFFLINE as COSIGN_OFFLINE
 from tests.e2e.test_skopeo import Skopeo
 from tests.support.stack import RunningStack
 from tests.support.tools import missing, require_tool
@@ -35,6 +37,7 @@ ADMIN = "ui-admin-pw-1"
 USER, PASSWORD = "carol", "carol-secret-1"
 OTHER, OTHER_PASSWORD = "dave", "dave-secret-1"
 SIGNATURE_TYPE = "application/vnd.example.signature.v1+json"
+COSIGN_SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 EMPTY = b"{}"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 
@@ -111,6 +114,12 @@ def registry(start_stack: Callable[..., RunningStack], tmp_path_factory: pytest.
         "subject": {"mediaType": OCI_MANIFEST, "digest": amd64, "size": len(image.objects[amd64])},
         "annotations": {"org.example.signed-by": "carol", "org.example.note": "<script>window.pwned = 2</script>"}})
     signature_digest = mine.manifest(signature, sha256(signature))
+    # And a real cosign signature, stored as an OCI 1.1 referrer of the same manifest.
+    cosign = Cosign(require_tool("cosign", f"go install {COSIGN_MODULE}"), tmp_path_factory.mktemp("cosign-home"))
+    key, _ = cosign.key_pair("keys")
+    cosign.run("login", stack.host, "-u", USER, "-p", PASSWORD)
+    cosign.run("sign", "--yes", "--key", key, "--tlog-upload=false", "--registry-referrers-mode=oci-1-1",
+               *COSIGN_OFFLINE, f"{stack.host}/{USER}/multi@{amd64}")
     evil = Pusher(stack, USER, PASSWORD, f"{USER}/xss")
     _image(evil, "v1", {"evil": "<script>window.pwned = 1</script>", "org.example.plain": "fine"},
            {"org.example.evil": "<img src=x onerror=\"window.pwned = 3\">"})
@@ -223,8 +232,11 @@ def test_a_user_browses_searches_opens_the_layers_and_referrers_and_deletes_a_ta
     assert len(_all(browser, "#history li")) == len(manifest["layers"])
     referrers = _by(browser, "#referrers").text
     assert SIGNATURE_TYPE in referrers and "org.example.signed-by" in referrers
+    assert COSIGN_SIGNATURE in referrers  # cosign's signature, as the referrers API lists it
     listed = registry["pusher"].get(f"referrers/{image.manifests['linux/amd64']}").json()["manifests"]
-    assert [m["digest"] for m in listed] == [registry["signature"]]
+    assert registry["signature"] in [m["digest"] for m in listed]
+    assert sorted(m["artifactType"] for m in listed) == sorted([COSIGN_SIGNATURE, SIGNATURE_TYPE])
+    assert all(m["digest"][:19] in referrers for m in listed)
     browser.save_screenshot(str(shots / "05-image-layers-referrers.png"))
 
     # Delete the tag "old", through the confirmation page.
