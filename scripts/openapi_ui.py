@@ -95,7 +95,12 @@ def ui_paths() -> dict[str, Any]:
         "/ui/static/{file}": {"get": _op("ui_static", "uiStatic", "The UI's stylesheet and script", {
             "200": {"description": "The file.", "headers": dict(COMMON_HEADERS),
                     "content": {"text/css": {"schema": {"type": "string"}},
-                                "text/javascript": {"schema": {"type": "string"}}}}},
+                                "text/javascript": {"schema": {"type": "string"}}}},
+            # No such file: a plain "not found"; a name outside the route's pattern is no route at
+            # all, answered like any unknown path (the error envelope, UNSUPPORTED).
+            "404": {"description": "No such file.", "headers": dict(COMMON_HEADERS),
+                    "content": {"text/plain": {"schema": {"type": "string"}},
+                                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}},
             parameters=[{"name": "file", "in": "path", "required": True, "description": "ui.css or ui.js",
                          "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$"}}])},
     }

@@ -306,12 +306,12 @@ class BlobService:
             try:
                 writer.commit()  # S3: completes the multipart upload so the bytes can be read back
                 actual = self._stored_digest(upload_id, algorithm, size)
+                # A cancel or expiry may have ended the session under us, and a racing writer's open
+                # recreated an empty object at the key: then what was read at the key is not the
+                # client's upload (its digest says nothing), and it must not be moved into place.
+                if not writer.still_at_key() or self._driver.stat(layout.upload_info_key(upload_id)) is None:
+                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
                 if actual != digest:
-                    if self._driver.stat(layout.upload_info_key(upload_id)) is None:
-                        # A cancel or expiry ended the session under us (and a racing writer's open may
-                        # have left an empty data file for a moment): what was hashed is not the
-                        # client's upload, so its digest says nothing about it.
-                        raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
                     raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
                 if self._driver.stat(layout.blob_key(digest)) is None:
                     self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))

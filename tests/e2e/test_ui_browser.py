@@ -1,8 +1,8 @@
 """Issue 21: the web UI in a real browser (Debian's chromium through its chromedriver, by Selenium).
 
 A token-mode stack holds a multi-arch image pushed by skopeo, a cosign signature (an OCI 1.1
-referrer) and another artifact that refer to one of its platforms, an image whose label and annotations carry ``<script>``, a
-public repository and someone else's private one. The tests sign in, search, open the
+referrer) and another artifact that refer to one of its platforms, an image whose label and
+annotations carry ``<script>``, a public repository and someone else's private one. The tests sign in, search, open the
 repository, the tag, a platform, its layers and referrers, delete a tag, and compare what the
 pages show with what the registry's API answers; they check what a user may not see or delete,
 that pushed markup is shown as text and never runs, and that a cross-origin delete is refused.

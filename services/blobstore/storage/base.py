@@ -95,6 +95,14 @@ class FileWriter(abc.ABC):
     @abc.abstractmethod
     def cancel(self) -> None: ...
 
+    def still_at_key(self) -> bool:
+        """Whether the object this writer holds is still the one at its key. A session deleted
+        under the writer (a cancel or expiry renames its directory away) and recreated empty by
+        another writer's open leaves this writer holding an orphan; the blob store checks this
+        before trusting what it reads at the key and before moving it. Drivers whose keys cannot
+        be replaced under a writer keep the default."""
+        return True
+
     def __enter__(self) -> Self:
         return self
 

@@ -227,6 +227,13 @@ class _FileWriter(FileWriter):
                 _BUFFERS.give(self._pair)
                 self._pair = None
 
+    def still_at_key(self) -> bool:
+        try:
+            held, found = os.fstat(self._fd), os.stat(self._path)
+        except (FileNotFoundError, OSError):
+            return False
+        return (held.st_dev, held.st_ino) == (found.st_dev, found.st_ino)
+
     def commit(self) -> None:
         # Finishing is making the bytes durable and readable. The lock stays held until
         # close(), so the caller can verify and move the file undisturbed.
