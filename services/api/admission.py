@@ -103,10 +103,7 @@ class Admission:
 
 
 def policy_class(name: str) -> type[AdmissionPolicy]:
-    found = plugins.load(GROUP, name)
-    if not (isinstance(found, type) and issubclass(found, AdmissionPolicy)):
-        raise plugins.PluginError(f"{GROUP} {name!r} is not an AdmissionPolicy subclass")
-    return found
+    return plugins.load_class(GROUP, name, AdmissionPolicy)
 
 
 def load(environ: Mapping[str, str]) -> Admission:

@@ -264,10 +264,7 @@ class IdentityConfig:
 
 
 def backend_class(name: str) -> type[IdentityBackend]:
-    found = plugins.load(GROUP, name)
-    if not (isinstance(found, type) and issubclass(found, IdentityBackend)):
-        raise plugins.PluginError(f"{GROUP} {name!r} is not an IdentityBackend subclass")
-    return found
+    return plugins.load_class(GROUP, name, IdentityBackend)
 
 
 def _grants(where: str, value: Any) -> Grants:

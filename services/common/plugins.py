@@ -98,6 +98,16 @@ def load(group: str, name: str) -> Any:
     return loaded
 
 
+def load_class(group: str, name: str, base: type[Any]) -> Any:
+    """``load``, for groups whose extensions are classes: also checked to subclass the group's
+    interface ``base`` (every group's loader is this, with its own interface)."""
+    found = load(group, name)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        article = "an" if base.__name__[0] in "AEIOU" else "a"
+        raise PluginError(f"{group} {name!r} is not {article} {base.__name__} subclass")
+    return found
+
+
 def command() -> Any:
     """`wharf-admin plugins`: what is installed, by group, with the package and its version."""
     import json

@@ -50,10 +50,7 @@ class EventSink(abc.ABC):
 
 def sink_class(name: str) -> type[EventSink]:
     """The sink class registered as ``name``; PluginError naming what is wrong."""
-    found = plugins.load(GROUP, name)
-    if not (isinstance(found, type) and issubclass(found, EventSink)):
-        raise plugins.PluginError(f"{GROUP} {name!r} is not an EventSink subclass")
-    return found
+    return plugins.load_class(GROUP, name, EventSink)
 
 
 def create(endpoint: Endpoint, source: Source) -> EventSink:

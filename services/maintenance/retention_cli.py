@@ -17,19 +17,14 @@ from typing import Any
 import click
 
 from services.common.errors import RegistryError
-from services.common.internal_auth import read_token
-from services.common.settings import SettingsError
 from services.gen.wharf.governance.v1 import governance_pb2 as gpb
-from services.maintenance.clients import RegistryCalls, Unreachable
+from services.maintenance.cli import CannotRun, _calls
+from services.maintenance.clients import Unreachable
 from services.maintenance.targets import locate
 from services.metadata.retention_plan import human
 
 # A run walks the whole catalog; the deadline only stops a run that hangs.
 RUN_TIMEOUT = 3600.0
-
-
-class CannotRun(click.ClickException):
-    exit_code = 2
 
 
 def _item_json(item: gpb.RetentionItem) -> dict[str, Any]:
@@ -91,14 +86,10 @@ def run(dry_run: bool, pattern: str, as_json: bool, metadata_addr: str | None, t
              wharf-admin retention run --json
     """
     targets = locate(os.environ, metadata_addr=metadata_addr)
-    try:
-        token = read_token(targets.token_file)
-    except SettingsError as exc:
-        raise CannotRun(f"{exc}; point WHARF_INTERNAL_TOKEN_FILE (or WHARF_DATA_DIR) at the stack's") from None
     request = gpb.RetentionRequest(dry_run=dry_run, repositories=pattern,
                                    actor=gpb.Actor(account="", via="wharf-admin"))
     try:
-        with RegistryCalls(targets, token) as calls:
+        with _calls(targets) as calls:  # the internal secret, as wharf-admin check reads it
             report = calls.governance("RunRetention", request, timeout)
     except Unreachable as exc:
         raise CannotRun(f"{exc}; point --metadata-addr (or WHARF_DATA_DIR) at the registry's") from None

@@ -36,10 +36,7 @@ def driver_class(name: str) -> type[StorageDriver]:
     """The driver class registered as ``name``; PluginError naming what is wrong."""
     from services.blobstore.storage.base import StorageDriver
 
-    found = plugins.load(GROUP, name)
-    if not (isinstance(found, type) and issubclass(found, StorageDriver)):
-        raise plugins.PluginError(f"{GROUP} {name!r} is not a StorageDriver subclass")
-    return found
+    return plugins.load_class(GROUP, name, StorageDriver)
 
 
 def create_driver(settings: BlobStoreSettings, environ: Mapping[str, str] | None = None) -> StorageDriver:
