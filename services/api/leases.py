@@ -5,6 +5,12 @@ a lease of several tokens per call and spends it request by request, so a client
 costs about one call per lease. A refusal is remembered until its Retry-After, so a flood over its
 limit costs no calls; when the metadata service is slow or down, requests pass (fail open, logged
 at most every ``_LOG_EVERY`` seconds). services/api/ratelimit.py says what is limited and why.
+
+A bucket that pays in debt (pushed bytes) is leased only from what it holds: a refill charges the
+body's shortfall as debt and, in the same call, takes the lease ``UP_TO`` what is left, so a bucket
+a body drove into debt leases nothing. (Leasing the body and the lease together as debt left the
+lease in the worker that took it: the client's next body, reaching that worker, was paid from it
+while the shared bucket was seconds in debt.)
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ class _Lease:
 
 @dataclasses.dataclass(frozen=True)
 class Want:
-    """``cost`` tokens of bucket ``key``; a refill asks for ``lease`` more (DEBT: plus the shortfall)."""
+    """``cost`` tokens of bucket ``key``; a refill asks for ``lease`` more (DEBT: the shortfall as debt,
+    and up to ``lease`` more only from what the bucket holds after it)."""
 
     key: str
     rate: float
@@ -149,9 +156,13 @@ class Leases:
         buckets = []
         for want, lease in short:
             lease.refilling = done
-            amount = want.lease if want.take == gpb.TokenBucket.UP_TO else want.cost - lease.tokens + want.lease
-            buckets.append(gpb.TokenBucket(key=want.key, rate=want.rate, burst=want.burst, want=amount,
-                                           take=want.take))  # type: ignore[arg-type]
+            if want.take == gpb.TokenBucket.DEBT:
+                # The shortfall, as debt when the bucket owes nothing; then the lease, only from what
+                # it still holds (nothing once in debt): a lease never lets a body skip a debt.
+                buckets.append(gpb.TokenBucket(key=want.key, rate=want.rate, burst=want.burst,
+                                               want=want.cost - lease.tokens, take=gpb.TokenBucket.DEBT))
+            buckets.append(gpb.TokenBucket(key=want.key, rate=want.rate, burst=want.burst, want=want.lease,
+                                           take=gpb.TokenBucket.UP_TO))
         try:
             self.calls += 1
             grants = self._take(buckets, TAKE_TIMEOUT)
@@ -164,15 +175,24 @@ class Leases:
             for _, lease in short:
                 lease.refilling = None
             done.set()
+        if len(grants) != len(buckets):
+            raise ValueError(f"{len(grants)} grants for {len(buckets)} buckets")
         now = self._clock()
         wait = 0.0
-        for (_, lease), grant in zip(short, grants, strict=True):
-            if grant.granted > 0:
+        answers = iter(grants)
+        for want, lease in short:
+            grant = next(answers)
+            if want.take == gpb.TokenBucket.DEBT:
+                topped = next(answers)  # its lease: none (not a refusal) when the bucket is in debt
+                if grant.granted > 0:
+                    lease.tokens += grant.granted + topped.granted
+                    continue
+            elif grant.granted > 0:
                 lease.tokens += grant.granted
-            else:
-                seconds = max(grant.retry_after_ms, 1) / 1000
-                lease.refused_until = now + seconds
-                wait = max(wait, seconds)
+                continue
+            seconds = max(grant.retry_after_ms, 1) / 1000
+            lease.refused_until = now + seconds
+            wait = max(wait, seconds)
         return wait
 
     def charge(self, key: str, rate: float, burst: float, amount: float) -> None:

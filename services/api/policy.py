@@ -22,17 +22,24 @@ from services.gen.wharf.governance.v1 import governance_pb2 as gpb
 
 log = logging.getLogger("wharf.gateway.policy")
 REFRESH_SECONDS = 2.0
+FIRST_RETRY_SECONDS = 0.1  # until the rules are first known: retried this soon, doubling up to the refresh
 
 
 class PolicyCache:
     """``current()``: the last rules fetched. The first call in a process fetches them (with the
-    call's deadline); after that a background thread refreshes them every ``every`` seconds."""
+    call's deadline); after that a background thread refreshes them every ``every`` seconds.
+
+    Until a fetch has succeeded there are no rules (``loaded`` is false): nothing is limited and no
+    quota is held (the metadata service still enforces its rules), so a process whose first fetch
+    failed retries after ``FIRST_RETRY_SECONDS``, doubling up to ``every``, rather than going a whole
+    refresh without its rate limits."""
 
     def __init__(self, fetch: Callable[[], gpb.Policy], every: float = REFRESH_SECONDS) -> None:
         self._fetch = fetch
         self._every = every
         self._policy = Policy()
         self._version = ""
+        self.loaded = False
         self._pid = 0
         self._lock = threading.Lock()
 
@@ -50,8 +57,13 @@ class PolicyCache:
         threading.Thread(target=self._forever, daemon=True, name="policy-refresh").start()
 
     def _forever(self) -> None:
+        retry = FIRST_RETRY_SECONDS
         while True:
-            time.sleep(self._every)
+            if self.loaded:
+                time.sleep(self._every)
+            else:
+                time.sleep(min(retry, self._every))
+                retry *= 2
             self._refresh()
 
     def _refresh(self) -> None:
@@ -66,5 +78,6 @@ class PolicyCache:
         try:
             self._policy = Policy.from_json(answer.document)
             self._version = key
+            self.loaded = True
         except (PolicyError, ValueError) as exc:
             log.error("governance rules unreadable", extra={"fields": {"error": str(exc)[:200]}})

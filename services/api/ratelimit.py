@@ -21,7 +21,8 @@ client's next requests do not reach are missing elsewhere (it may be refused tha
 A refusal is remembered locally until its ``Retry-After``, so a flood over its limit costs no
 calls. Bodies pay in bytes as debt: the declared ``Content-Length`` is charged up front whenever
 the bucket is not in debt (it may go below zero), a streamed body (no length) once it has arrived;
-the next body waits until the debt is repaid.
+the next body waits until the debt is repaid, on every worker: a lease of bytes is only taken from
+what the bucket holds, never borrowed with the debt (services/api/leases.py).
 
 When the metadata service is slow or down, requests pass (fail open, logged): a rate limit
 protects capacity, not secrets, and the registry must keep serving its cached reads. A call has

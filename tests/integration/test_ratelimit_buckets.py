@@ -190,10 +190,29 @@ def test_hot_path_spends_only_what_the_lease_holds_and_gives_back_a_miss(shared:
 def test_bytes_are_debt_and_a_streamed_body_is_charged_once_received(shared: Shared) -> None:
     leases = Leases(shared)
     body = Want("bytes", 1000, 1000, 3000, 100, DEBT)
-    assert leases.spend([body]) == 0  # not in debt: charged whole (plus a lease of 100)
-    assert leases.spend([Want("bytes", 1000, 1000, 1, 100, DEBT)]) == 0  # from the lease
-    wait = leases.spend([Want("bytes", 1000, 1000, 500, 100, DEBT)])
-    assert 1.9 < wait <= 2.2  # ~2,100 bytes of debt
+    assert leases.spend([body]) == 0  # not in debt: charged whole
+    wait = leases.spend([Want("bytes", 1000, 1000, 1, 100, DEBT)])
+    assert 1.9 < wait <= 2.0  # 2,000 bytes of debt (and no lease of bytes borrowed with it)
     streamed = Leases(shared)
     streamed.charge("streamed", 1000, 1000, 4000)
     assert streamed.spend([Want("streamed", 1000, 1000, 1, 100, DEBT)]) > 2.5
+
+
+def test_the_next_body_waits_for_the_debt_on_every_worker_also_the_one_that_charged_it(shared: Shared) -> None:
+    charged, other = Leases(shared), Leases(shared)
+    small = Want("push", 1000, 1000, 5, 100, DEBT)
+    assert charged.spend([Want("push", 1000, 1000, 8000, 100, DEBT)]) == 0  # 7 s of debt
+    assert charged._leases["push"].tokens == 0  # nothing leased from a bucket in debt
+    for worker in (charged, other):
+        assert 6.5 < worker.spend([small]) <= 7.0
+    assert shared.calls[0][1].take == UP_TO and shared.calls[0][1].want == 100  # the lease: only what it holds
+
+
+def test_bytes_under_the_limit_are_leased_one_call_per_lease(shared: Shared) -> None:
+    leases = Leases(shared)
+    manifest = Want("small", 1000, 1000, 10, 100, DEBT)
+    assert all(leases.spend([manifest]) == 0 for _ in range(11))  # 10 + a lease of 100
+    assert len(shared.calls) == 1
+    assert leases.spend([Want("small", 1000, 1000, 2000, 100, DEBT)]) == 0  # the shortfall, as debt
+    assert leases._leases["small"].tokens == 0 and len(shared.calls) == 2
+    assert leases.spend([manifest]) > 0  # in debt now: refused, whatever this worker held
