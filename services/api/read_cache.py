@@ -53,10 +53,10 @@ T = TypeVar("T")
 
 
 class ReadCache:
-    def __init__(self, stub: Callable[[], Any], max_bytes: int,
+    def __init__(self, open_stream: Callable[[str, Iterator[Any], float], Any], max_bytes: int,
                  fetch: Callable[[str, str], mpb.Manifest], fetch_link: Callable[[str, str], int],
                  fetch_tags: Callable[[str, str, int], mpb.ListResponse]) -> None:
-        self._stub = stub
+        self._open_stream = open_stream
         self._max_bytes = max_bytes
         self._fetch = fetch
         self._fetch_link = fetch_link
@@ -207,7 +207,7 @@ class ReadCache:
                         return
                     yield item
 
-        call = self._stub().WatchManifests(requests(), timeout=STREAM_DEADLINE)
+        call = self._open_stream("WatchManifests", requests(), STREAM_DEADLINE)
         first = True
         try:
             for event in call:

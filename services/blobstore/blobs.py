@@ -21,12 +21,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from services.blobstore import layout
 from services.blobstore.storage.base import FileWriter, StorageDriver, UploadBusyError
-from services.common import digests, metrics
+from services.common import digests, metrics, upload_ids
 from services.common.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
@@ -158,11 +158,21 @@ class AppendSession:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
 
 
+# What a sealed id's session info becomes when the session ends (services/common/upload_ids.py):
+# until the id expires, it must stay unknown rather than read as a new, empty session.
+_ENDED = b'{"ended": true}'
+# A sealed id issued this far in the future (clocks apart) is still believed.
+_CLOCK_SKEW = 300
+
+
 class BlobService:
-    def __init__(self, driver: StorageDriver, upload_ttl: int, max_hash_states: int = MAX_HASH_STATES) -> None:
+    def __init__(self, driver: StorageDriver, upload_ttl: int, max_hash_states: int = MAX_HASH_STATES,
+                 id_key: bytes | None = None) -> None:
         self._driver = driver
         self._upload_ttl = upload_ttl
         self._max_hash_states = max_hash_states
+        # The key gateways seal upload ids with; None: only this store's own ids are sessions.
+        self._id_key = id_key
         # Least recently used first; every entry is for a session this process appended to.
         self._hashes: collections.OrderedDict[str, _HashState] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -228,27 +238,56 @@ class BlobService:
     def create_upload(self, repository: str) -> Upload:
         upload_id = layout.new_upload_id()
         started = int(time.time())
+        # The info alone makes the session: its data object is created by the first append (a
+        # session without one is empty), which spares a small push's create a file and a writer.
         self._driver.put_content(layout.upload_info_key(upload_id),
                                  json.dumps({"repository": repository, "started_at": started}).encode())
-        self._driver.writer(layout.upload_data_key(upload_id), append=False).close()
         self._keep_hash(upload_id, _HashState(0, digests.hasher(_STREAMING_ALGORITHM)))
         return Upload(upload_id, repository, 0, started)
 
-    def _info(self, upload_id: str, repository: str) -> dict[str, object]:
+    def _read_info(self, upload_id: str) -> dict[str, object] | None:
+        """The session's info as stored (None: none is); what cannot be read is an unknown upload."""
         try:
             info = json.loads(self._driver.get_content(layout.upload_info_key(upload_id)))
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
+            return None
+        except ValueError:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired") from None
+        if not isinstance(info, dict):
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+        return info
+
+    def _stored_info(self, upload_id: str) -> dict[str, object] | None:
+        """The session's info as stored; None when there is none, or only an ended session's mark."""
+        info = self._read_info(upload_id)
+        return None if info is None or info.get("ended") else info
+
+    def _info(self, upload_id: str, repository: str) -> dict[str, object]:
+        """A session's info: stored, or, for a sealed id of ``repository`` that no request has written
+        to yet, the empty session it stands for (``fresh``)."""
+        info = self._read_info(upload_id)
+        if info is None:
+            issued = upload_ids.issued_at(self._id_key, upload_id, repository)
+            now = time.time()
+            if issued is None or now - issued > self._upload_ttl or issued > now + _CLOCK_SKEW:
+                raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+            return {"repository": repository, "started_at": issued, "fresh": True}
+        if info.get("ended"):
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
         if repository and info.get("repository") != repository:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload belongs to another repository")
         return info
 
+    def _fresh(self, upload_id: str, repository: str) -> Upload | None:
+        """The session of a sealed id nobody has written to yet; None when the session is stored."""
+        info = self._info(upload_id, repository)
+        return Upload(upload_id, repository, 0, int(info["started_at"])) if info.get("fresh") else None  # type: ignore[call-overload]
+
     def get_upload(self, upload_id: str, repository: str) -> Upload:
         info = self._info(upload_id, repository)
         stat = self._driver.stat(layout.upload_data_key(upload_id))
-        if stat is None:
-            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
-        return Upload(upload_id, str(info["repository"]), stat.size, int(info.get("started_at", 0)))  # type: ignore[call-overload]
+        return Upload(upload_id, str(info["repository"]), 0 if stat is None else stat.size,
+                      int(info.get("started_at", 0)))  # type: ignore[call-overload]
 
     @contextlib.contextmanager
     def _session_writer(self, upload_id: str) -> Iterator[FileWriter]:
@@ -258,9 +297,10 @@ class BlobService:
         and opening a writer recreates a missing object: that must not outlive this call as an
         empty session (whose commit would hash nothing) or as an orphan directory."""
         with _session_races(), self._driver.writer(layout.upload_data_key(upload_id), append=True) as writer:
-            if self._driver.stat(layout.upload_info_key(upload_id)) is None:
+            if self._stored_info(upload_id) is None:
                 writer.cancel()
-                self._driver.delete(layout.upload_dir(upload_id))
+                if not upload_ids.SEALED_RE.match(upload_id):  # a sealed id's mark of its end stays
+                    self._driver.delete(layout.upload_dir(upload_id))
                 raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
             yield writer
 
@@ -277,7 +317,14 @@ class BlobService:
     def open_append(self, upload_id: str, repository: str, offset: int) -> AppendSession:
         """An append taken one piece at a time, so that a caller waiting for its client's next bytes
         holds no thread meanwhile (the asyncio server calls each step in its executor)."""
-        upload = self.get_upload(upload_id, repository)
+        upload = self._fresh(upload_id, repository)
+        if upload is not None:
+            # The first bytes of a session a gateway started: now it is stored.
+            self._driver.put_content(layout.upload_info_key(upload_id),
+                                     json.dumps({"repository": repository, "started_at": upload.started_at}).encode())
+            self._keep_hash(upload_id, _HashState(0, digests.hasher(_STREAMING_ALGORITHM)))
+        else:
+            upload = self.get_upload(upload_id, repository)
         return AppendSession(self, upload, offset)
 
     def _take_hash(self, upload_id: str, size: int) -> _HashState | None:
@@ -298,6 +345,10 @@ class BlobService:
 
     def commit(self, upload_id: str, repository: str, digest: str) -> Blob:
         algorithm, _ = digests.parse(digest)
+        if self._fresh(upload_id, repository) is not None:  # nothing was sent: the empty blob, or a mismatch
+            whole = self.commit_whole(upload_id, repository, 0, b"", digest)
+            assert whole is not None
+            return whole[1]
         self.get_upload(upload_id, repository)
         # The writer is held until the end, so no append can slip in between hashing and moving.
         with self._session_writer(upload_id) as writer:
@@ -309,31 +360,88 @@ class BlobService:
                 # A cancel or expiry may have ended the session under us, and a racing writer's open
                 # recreated an empty object at the key: then what was read at the key is not the
                 # client's upload (its digest says nothing), and it must not be moved into place.
-                if not writer.still_at_key() or self._driver.stat(layout.upload_info_key(upload_id)) is None:
+                if not writer.still_at_key() or self._stored_info(upload_id) is None:
                     raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
                 if actual != digest:
                     raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
-                if self._driver.stat(layout.blob_key(digest)) is None:
-                    self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
-                else:
-                    try:
-                        # Already stored, and about to be linked again: young again for garbage collection.
-                        self._driver.touch(layout.blob_key(digest))
-                    except FileNotFoundError:  # deleted between the two looks: store this upload's bytes
-                        self._driver.move(layout.upload_data_key(upload_id), layout.blob_key(digest))
+                self._store(digest, lambda key: self._driver.move(layout.upload_data_key(upload_id), key))
             except UploadBusyError:
                 ours = False  # another writer took the session over: theirs to finish, not ours to delete
                 raise
             finally:
                 # Success or a digest mismatch: the session is over either way, nothing half-done stays.
                 if ours:
-                    self.discard(upload_id)
+                    self._end(upload_id)
         return Blob(digest, size)
+
+    def _store(self, digest: str, put: Callable[[str], None]) -> None:
+        """Makes verified bytes the blob ``digest``: ``put`` writes them at the blob's key, unless the
+        blob is stored already (then it is only made young again for garbage collection, as it is
+        about to be linked again)."""
+        key = layout.blob_key(digest)
+        if self._driver.stat(key) is None:
+            put(key)
+            return
+        try:
+            self._driver.touch(key)
+        except FileNotFoundError:  # deleted between the two looks: store these bytes
+            put(key)
+
+    def commit_whole(self, upload_id: str, repository: str, offset: int, data: bytes,
+                     digest: str) -> tuple[Upload, Blob] | None:
+        """Commits an empty session with its whole content in one piece (a small PUT with a body,
+        the commonest push of a small blob): the digest is checked in memory and the bytes are
+        written once, at the blob's key, instead of appended, read back and moved. None when the
+        session is not empty (the caller takes the general path). The session ends either way
+        but that one, as a commit's does."""
+        algorithm, _ = digests.parse(digest)
+        fresh = self._fresh(upload_id, repository)
+        if fresh is not None:
+            if offset > 0:
+                raise RegistryError(RANGE_INVALID, f"upload is at offset 0, not {offset}", detail={"size": 0})
+            try:
+                self._store_whole(algorithm, digest, data)
+            finally:
+                self._end(upload_id)
+            return Upload(upload_id, repository, len(data), fresh.started_at), Blob(digest, len(data))
+        upload = self.get_upload(upload_id, repository)
+        if upload.size or offset > 0:
+            return None
+        with self._session_writer(upload_id) as writer:
+            if writer.size:
+                return None  # an append got in first
+            try:
+                # Cancelled or expired under us: the client's session is gone, and so is its commit.
+                if self._stored_info(upload_id) is None:
+                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+                self._store_whole(algorithm, digest, data)
+            finally:
+                writer.cancel()
+                self._end(upload_id)
+        return Upload(upload_id, upload.repository, len(data), upload.started_at), Blob(digest, len(data))
+
+    def _store_whole(self, algorithm: str, digest: str, data: bytes) -> None:
+        hasher = digests.hasher(algorithm)
+        hasher.update(data)
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if actual != digest:
+            raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
+        self._store(digest, lambda key: self._driver.put_content(key, data))
+        _BYTES_WRITTEN.inc(len(data))
 
     def cancel(self, upload_id: str, repository: str) -> None:
         self._info(upload_id, repository)
-        if not self.discard(upload_id):  # a concurrent cancel, commit or expiry got there first
+        if not self._end(upload_id):  # a concurrent cancel, commit or expiry got there first
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+
+    def _end(self, upload_id: str) -> bool:
+        """Ends a session (False: it was already gone). A sealed id stays valid until it expires, so
+        its session leaves a mark that it ended: its upload URL must not start over, empty."""
+        if not upload_ids.SEALED_RE.match(upload_id):
+            return self.discard(upload_id)
+        self.discard(upload_id)
+        self._driver.put_content(layout.upload_info_key(upload_id), _ENDED)
+        return True
 
     def discard(self, upload_id: str) -> bool:
         """Ends a session; False when it was already gone."""

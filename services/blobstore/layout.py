@@ -26,7 +26,8 @@ from services.common.errors import BLOB_UPLOAD_UNKNOWN, RegistryError
 BLOBS = "blobs"
 UPLOADS = "uploads"
 FILLS = "fills"
-_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
+# 32 hex: an id the blob store made; 56 hex: one a gateway sealed (services/common/upload_ids.py).
+_UPLOAD_ID_RE = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{56})\Z")
 
 
 def blob_key(digest: str) -> str:

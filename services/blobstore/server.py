@@ -20,7 +20,7 @@ from services.blobstore.fills import Fills
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
-from services.common import digests, grpcserver, metrics
+from services.common import digests, grpcserver, metrics, upload_ids
 from services.common.errors import BLOB_UPLOAD_INVALID, UNAVAILABLE, RegistryError
 from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
@@ -174,6 +174,12 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
 
     async def AppendUploadSingle(self, request: pb.AppendRequest,
                                  context: grpc.aio.ServicerContext) -> pb.AppendResponse:
+        if request.commit_digest:
+            ref = request.upload
+            whole = await asyncio.shield(self._run(self._blobs.commit_whole, ref.upload_id, ref.repository,
+                                                   request.offset, request.data, request.commit_digest))
+            if whole is not None:
+                return pb.AppendResponse(status=_status(whole[0]), blob=_blob(whole[1]))
         return await self._append_response(request, _nothing())
 
     async def _append_response(self, first: pb.AppendRequest, rest: AsyncIterator[Any]) -> pb.AppendResponse:
@@ -219,7 +225,7 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
         driver = create_driver(settings)
     except ValueError as exc:  # a driver's options refused (an extension's, say): name it and stop
         raise SystemExit(f"wharf-blobstore: WHARF_STORAGE={settings.storage}: {exc}") from None
-    blobs = BlobService(driver, settings.upload_ttl)
+    blobs = BlobService(driver, settings.upload_ttl, id_key=upload_ids.key_from(token))
     fills = Fills(blobs, driver, mirrors or Mirrors())
     blobs.expire_uploads()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="storage")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 from services.blobstore.blobs import BlobService
 from services.blobstore.storage.filesystem import FilesystemDriver
-from services.common import digests
+from services.common import digests, upload_ids
 from services.common.errors import RegistryError
 
 
@@ -105,3 +106,84 @@ def test_expired_sessions_are_swept(blobs: BlobService) -> None:
     assert blobs.expire_uploads(now=time.time() + 7200) == 1
     with pytest.raises(RegistryError):
         blobs.get_upload(old.upload_id, "repo")
+
+
+def test_a_whole_body_commit_writes_the_blob_once_and_ends_the_session(root: pathlib.Path,
+                                                                       blobs: BlobService) -> None:
+    """The small-push path (services/blobstore/blobs.py, commit_whole): the digest checked in memory,
+    the bytes stored at the blob's key, the session gone; a mismatch stores nothing and ends the
+    session as a commit's mismatch does; a second push of stored bytes only touches them."""
+    data = b"a small layer"
+    upload = blobs.create_upload("repo")
+    assert blobs.get_upload(upload.upload_id, "repo").size == 0  # no data object until an append
+    whole = blobs.commit_whole(upload.upload_id, "repo", 0, data, digests.of(data))
+    assert whole is not None and whole[1].size == len(data) and whole[0].size == len(data)
+    assert b"".join(blobs.read(digests.of(data), 0, 0, 4)) == data
+    with pytest.raises(RegistryError) as info:
+        blobs.get_upload(upload.upload_id, "repo")
+    assert _code(info) == "BLOB_UPLOAD_UNKNOWN"
+    assert not any((root / "uploads").iterdir())
+
+    again = blobs.create_upload("repo")
+    blob_file = root / "blobs" / "sha256" / digests.of(data)[7:9] / digests.of(data)[7:] / "data"
+    old = time.time() - 3600
+    os.utime(blob_file, (old, old))
+    assert blobs.commit_whole(again.upload_id, "repo", -1, data, digests.of(data)) is not None
+    assert blob_file.stat().st_mtime > old + 3000  # young again for garbage collection
+
+    wrong = blobs.create_upload("repo")
+    with pytest.raises(RegistryError) as info:
+        blobs.commit_whole(wrong.upload_id, "repo", 0, b"other bytes", digests.of(b"claimed"))
+    assert _code(info) == "DIGEST_INVALID"
+    with pytest.raises(RegistryError):
+        blobs.stat(digests.of(b"claimed"))
+    with pytest.raises(RegistryError):
+        blobs.get_upload(wrong.upload_id, "repo")
+
+
+def test_a_whole_body_commit_leaves_a_started_session_to_the_general_path(blobs: BlobService) -> None:
+    upload = blobs.create_upload("repo")
+    blobs.append(upload.upload_id, "repo", 0, [b"first "])
+    assert blobs.commit_whole(upload.upload_id, "repo", 6, b"second", digests.of(b"first second")) is None
+    assert blobs.get_upload(upload.upload_id, "repo").size == 6  # untouched
+    with pytest.raises(RegistryError) as info:
+        blobs.commit_whole(upload.upload_id, "other", 0, b"x", digests.of(b"x"))
+    assert _code(info) == "BLOB_UPLOAD_UNKNOWN"
+    blobs.cancel(upload.upload_id, "repo")
+    with pytest.raises(RegistryError) as info:
+        blobs.commit_whole(upload.upload_id, "repo", 0, b"x", digests.of(b"x"))
+    assert _code(info) == "BLOB_UPLOAD_UNKNOWN"
+
+
+def test_sealed_ids_are_empty_sessions_until_they_expire(root: pathlib.Path) -> None:
+    """services/common/upload_ids.py: a sealed id is a session of its repository only, only with
+    the key, and only for the session lifetime; its end is marked until then, and swept after."""
+    key = upload_ids.key_from("x" * 40)
+    blobs = BlobService(FilesystemDriver(root), upload_ttl=60, id_key=key)
+    upload_id = upload_ids.issue(key, "repo")
+    assert blobs.get_upload(upload_id, "repo").size == 0
+    assert not (root / "uploads").exists() or not any((root / "uploads").iterdir())  # nothing stored yet
+    for repository, service in (("other", blobs), ("", blobs),
+                                ("repo", BlobService(FilesystemDriver(root), upload_ttl=60)),
+                                ("repo", BlobService(FilesystemDriver(root), upload_ttl=60,
+                                                     id_key=upload_ids.key_from("y" * 40)))):
+        with pytest.raises(RegistryError) as info:
+            service.get_upload(upload_id, repository)
+        assert _code(info) == "BLOB_UPLOAD_UNKNOWN"
+    old = upload_ids.issue(key, "repo", now=time.time() - 61)
+    with pytest.raises(RegistryError):
+        blobs.get_upload(old, "repo")
+    future = upload_ids.issue(key, "repo", now=time.time() + 3600)
+    with pytest.raises(RegistryError):
+        blobs.get_upload(future, "repo")
+
+    blobs.append(upload_id, "repo", 0, [b"abc"])  # now stored
+    assert blobs.get_upload(upload_id, "repo").size == 3
+    blobs.cancel(upload_id, "repo")
+    with pytest.raises(RegistryError):
+        blobs.get_upload(upload_id, "repo")
+    with pytest.raises(RegistryError):
+        blobs.append(upload_id, "repo", 0, [b"abc"])
+    # The mark of its end goes with the id's lifetime.
+    assert blobs.expire_uploads(now=time.time() + 120) == 1
+    assert not any((root / "uploads").iterdir())

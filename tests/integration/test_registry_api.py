@@ -150,8 +150,13 @@ def test_unavailable_backends_give_503_json(tmp_path: pathlib.Path) -> None:
     response = client.get("/v2/some/repo/manifests/latest")
     assert response.status_code == 503
     assert response.get_json()["errors"][0]["code"] == "UNAVAILABLE"
+    # Starting an upload needs no backend (the gateway seals the session's id itself); the first
+    # bytes do, and are refused with a 503 the client can retry.
     upload = client.post("/v2/some/repo/blobs/uploads/")
-    assert upload.status_code == 503 and b"Traceback" not in upload.data
+    assert upload.status_code == 202
+    chunk = client.patch(upload.headers["Location"], data=b"abc", content_type="application/octet-stream")
+    assert chunk.status_code == 503 and b"Traceback" not in chunk.data
+    assert chunk.get_json()["errors"][0]["code"] == "UNAVAILABLE"
 
 
 def test_truncated_monolithic_upload_commits_nothing(stack: RunningStack) -> None:
@@ -177,3 +182,63 @@ def test_head_works_wherever_get_does(stack: RunningStack, path: str) -> None:
     requests.put(f"{stack.url}/v2/head/a/manifests/v1", data=body, headers={"Content-Type": OCI}, timeout=10)
     assert requests.head(stack.url + path, timeout=10).status_code == 200
     assert requests.post(stack.url + "/v2/", timeout=10).status_code == 405
+
+
+def test_sessions_the_gateway_started_live_and_end_like_stored_ones(stack: RunningStack) -> None:
+    """A POST costs no blob store call (services/common/upload_ids.py): the session is an id the
+    gateway sealed, taken as an empty session until bytes arrive. It must answer exactly as a stored
+    one: status, a finished or cancelled session unknown afterwards, and no id usable elsewhere."""
+    def start(name: str) -> str:
+        answer = requests.post(f"{stack.url}/v2/{name}/blobs/uploads/", timeout=10)
+        assert answer.status_code == 202 and answer.headers["Range"] == "0-0", answer.text
+        return stack.url + answer.headers["Location"]
+
+    location = start("sealed/a")
+    status = requests.get(location, timeout=10)
+    assert status.status_code == 204 and status.headers["Range"] == "0-0"
+    upload_id = location.rsplit("/", 1)[1]
+    assert status.headers["Docker-Upload-UUID"] == upload_id
+    # Another repository's URL with this id, an altered id and a made-up one of the same shape: unknown.
+    altered = upload_id[:-1] + ("0" if upload_id[-1] != "0" else "1")
+    for url in (f"{stack.url}/v2/sealed/b/blobs/uploads/{upload_id}", location[:-len(upload_id)] + altered,
+                location[:-len(upload_id)] + "ab" * 28):
+        for method in ("GET", "PATCH", "PUT", "DELETE"):
+            answer = requests.request(method, url, params={"digest": digests.of(b"x")} if method == "PUT" else None,
+                                      data=b"x" if method in ("PATCH", "PUT") else None, timeout=10)
+            assert answer.status_code == 404 and _error_code(answer) == "BLOB_UPLOAD_UNKNOWN", (method, url)
+
+    # Finished with its whole body in the PUT: the blob is there, the URL is done with.
+    data = b"sealed session bytes"
+    done = requests.put(location, params={"digest": digests.of(data)}, data=data, timeout=10)
+    assert done.status_code == 201, done.text
+    assert requests.get(f"{stack.url}/v2/sealed/a/blobs/{digests.of(data)}", timeout=10).content == data
+    for method in ("GET", "PATCH", "PUT"):
+        again = requests.request(method, location, params={"digest": digests.of(data)} if method == "PUT" else None,
+                                 data=data if method != "GET" else None, timeout=10)
+        assert again.status_code == 404 and _error_code(again) == "BLOB_UPLOAD_UNKNOWN", method
+
+    # Cancelled before any byte: unknown afterwards, and a second cancel says so.
+    cancelled = start("sealed/a")
+    assert requests.delete(cancelled, timeout=10).status_code == 204
+    for method in ("GET", "PATCH", "DELETE"):
+        answer = requests.request(method, cancelled, data=b"late" if method == "PATCH" else None, timeout=10)
+        assert answer.status_code == 404 and _error_code(answer) == "BLOB_UPLOAD_UNKNOWN", method
+
+    # The empty blob (PUT without a body) and a mismatching digest, each on a fresh session.
+    empty_blob = start("sealed/a")
+    made = requests.put(empty_blob, params={"digest": digests.of(b"")}, timeout=10)
+    assert made.status_code == 201, made.text
+    mismatch = start("sealed/a")
+    refused = requests.put(mismatch, params={"digest": digests.of(b"claimed")}, data=b"actual", timeout=10)
+    assert refused.status_code == 400 and _error_code(refused) == "DIGEST_INVALID"
+    assert requests.head(f"{stack.url}/v2/sealed/a/blobs/{digests.of(b'claimed')}", timeout=10).status_code == 404
+    assert requests.get(mismatch, timeout=10).status_code == 404
+
+    # Written to, then finished: the general path, and the session ends there too.
+    chunked = start("sealed/a")
+    first = requests.patch(chunked, data=b"chunk one, ", timeout=10)
+    assert first.status_code == 202 and first.headers["Range"] == "0-10"
+    whole = b"chunk one, chunk two"
+    final = requests.put(chunked, params={"digest": digests.of(whole)}, data=b"chunk two", timeout=10)
+    assert final.status_code == 201, final.text
+    assert requests.get(chunked, timeout=10).status_code == 404

@@ -100,7 +100,7 @@ def start(ctx: Context, name: str) -> Response:
         with _holding(held):
             held.up_front()
             return _committed(ctx, name, digest, put, held)
-    status = ctx.clients.blobs.create_upload(name)
+    status = ctx.clients.blobs.start_upload(name)
     return empty(202, _session_headers(name, status))
 
 
