@@ -227,6 +227,14 @@ class MetadataClient:
     def __init__(self, caller: _Caller, origin: Callable[[], mpb.Origin | None]) -> None:
         self._c = caller
         self._origin = origin
+        # What the last link answered about garbage collection in this process: (collections
+        # started, whether one ran); None until a link answered.
+        self._collections: tuple[int, bool] | None = None
+
+    def _link(self, request: mpb.LinkBlobRequest) -> mpb.LinkBlobResponse:
+        answer = self._c.unary("LinkBlob", request)
+        self._collections = (answer.collections_started, answer.collecting)
+        return answer
 
     def link_blob(self, repository: str, digest: str, size: int, pin: str = "", source: str = "",
                   mirror_fill: bool = False, upload_id: str = "") -> bool:
@@ -235,7 +243,23 @@ class MetadataClient:
         was fetched for a pull from a mirrored upstream (the pull is the event, not a push)."""
         request = mpb.LinkBlobRequest(repository=repository, digest=digest, size=size, pin=pin, source=source,
                                       origin=self._origin_of(mirror_fill), upload_id=upload_id)
-        return bool(self._c.unary("LinkBlob", request).linked)
+        return bool(self._link(request).linked)
+
+    def collections_quiet(self) -> int | None:
+        """How many collections had started when the last link answered that none ran: an upload
+        whose bytes this process holds may then commit without a pin. None: one ran, or no link
+        has answered yet (the upload pins)."""
+        state = self._collections
+        return state[0] if state is not None and not state[1] else None
+
+    def link_unpinned(self, repository: str, digest: str, size: int, seen: int, upload_id: str = "") -> bool:
+        """Links an upload committed without a pin; False (nothing linked, the quota hold kept) when
+        a collection runs or started since ``seen`` (collections_quiet): the caller pins, makes sure
+        the bytes are stored, and links with the pin (services/metadata/README.md, "Uploads
+        without a pin")."""
+        request = mpb.LinkBlobRequest(repository=repository, digest=digest, size=size, origin=self._origin_of(),
+                                      upload_id=upload_id, unpinned=True, collections_seen=seen)
+        return not self._link(request).collection_moved
 
     def _origin_of(self, mirror_fill: bool = False) -> mpb.Origin | None:
         origin = self._origin()

@@ -364,6 +364,7 @@ class BlobService:
                     raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
                 if actual != digest:
                     raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
+                self._mark_ended(upload_id)
                 self._store(digest, lambda key: self._driver.move(layout.upload_data_key(upload_id), key))
             except UploadBusyError:
                 ours = False  # another writer took the session over: theirs to finish, not ours to delete
@@ -416,6 +417,7 @@ class BlobService:
                     raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
                 self._store_whole(algorithm, digest, data)
             finally:
+                self._mark_ended(upload_id)
                 writer.cancel()
                 self._end(upload_id)
         return Upload(upload_id, upload.repository, len(data), upload.started_at), Blob(digest, len(data))
@@ -433,6 +435,17 @@ class BlobService:
         self._info(upload_id, repository)
         if not self._end(upload_id):  # a concurrent cancel, commit or expiry got there first
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+
+    def _mark_ended(self, upload_id: str) -> None:
+        """Ends the session for every other request before its data leaves its key. Between a
+        commit's move (or a whole-blob commit's removal) of the data and the session's removal,
+        a racing append or commit would otherwise find the info without data, recreate an empty
+        data object by opening its writer, and take it for the session (a commit then hashed
+        nothing: DIGEST_INVALID instead of BLOB_UPLOAD_UNKNOWN)."""
+        if upload_ids.SEALED_RE.match(upload_id):
+            self._driver.put_content(layout.upload_info_key(upload_id), _ENDED)
+        else:
+            self._driver.delete(layout.upload_info_key(upload_id))
 
     def _end(self, upload_id: str) -> bool:
         """Ends a session (False: it was already gone). A sealed id stays valid until it expires, so

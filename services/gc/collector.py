@@ -3,7 +3,8 @@
 Deleting a manifest or a tag only changes metadata; the layers stay linked to the repository and
 their bytes stay in the blob store. A collection run, with no read-only window:
 
-1. takes ``wharf:gc-lock`` (one run at a time; a TTL it renews, so a dead run's lock lapses);
+1. takes ``wharf:gc-lock`` (one run at a time; a TTL it renews, so a dead run's lock lapses) and
+   counts the run started (``wharf:gc:started``), both before its first fence;
 2. evicts the least recently pulled content of each mirrored upstream past its ``size_limit``
    (eviction.py: through the metadata service's DeleteManifest, like any client delete);
 3. asks the metadata service, repository by repository, to remove what nothing keeps
@@ -106,6 +107,9 @@ class Collector:
             raise CollectionBusy("another garbage collection is running")
         self._renewed = time.monotonic()
         try:
+            # Before the first fence: an upload linked without a pin since then is refused (its
+            # gateway pins and links again: services/metadata/README.md, "Uploads without a pin").
+            self._r.incr(keys.GC_STARTED)
             report = self._collect()
         except BaseException:
             if not self._dry_run:

@@ -78,6 +78,9 @@ import zlib
 CATALOG = "wharf:catalog"
 PUSHED = "wharf:pushed"
 GC_LOCK = "wharf:gc-lock"
+# How many collections have started (the collector adds one right after taking GC_LOCK, before
+# its first fence): an upload linked without a pin checks it did not move (LINK_BLOB).
+GC_STARTED = "wharf:gc:started"
 SCHEMA = "wharf:schema"
 MIGRATION_LOCK = "wharf:migration-lock"
 INVALIDATIONS = "wharf:invalidations"
@@ -492,14 +495,23 @@ return 1
 
 # ARGV: prefix, catalog, name, digest, size, blob_repos key, pin id ("" none), source ("" none,
 # "*" any repository, else a repository's key prefix), pins key, source name (for the event),
-# quota limit ("" none), rules version, upload id whose hold the link gives back ("" none), origin.
-# Returns 1, or 0 when the source does not link the blob (a mount that must become an upload),
-# or -1 when the pin is gone (the upload outlived its pin: the collector may have deleted the
-# bytes its commit found, so nothing is linked and the client uploads again), or
-# {"quota", usage, held} when the namespace has no room for bytes it does not hold yet.
+# quota limit ("" none), rules version, upload id whose hold the link gives back ("" none),
+# collections seen by an upload linked without a pin ("" for any other link), origin.
+# Returns {result, collections started, 1 when one runs now}, result being 1 (linked), 0 when
+# the source does not link the blob (a mount that must become an upload), -1 when the pin is
+# gone (the upload outlived its pin: the collector may have deleted the bytes its commit found,
+# so nothing is linked and the client uploads again), -2 when an unpinned upload's collections
+# moved (a collection runs or started since: nothing is linked, not even the quota hold is given
+# back; the caller pins and links again); or {"quota", usage, held} when the namespace has no
+# room for bytes it does not hold yet.
 LINK_BLOB = _GUARD + _NOW + _USAGE + _OUTBOX + """
 local p = ARGV[1]
 if not policy_current(ARGV[12]) then return redis.error_reply(STALE) end
+local started = tonumber(redis.call('GET', '""" + GC_STARTED + """') or '0')
+local collecting = redis.call('EXISTS', '""" + GC_LOCK + """')
+if ARGV[14] ~= '' and (collecting == 1 or started ~= tonumber(ARGV[14])) then
+  return {-2, started, collecting}
+end
 local new_here = redis.call('HEXISTS', p .. 'blobs', ARGV[4]) == 0
 if new_here and redis.call('HEXISTS', ns_prefix(ARGV[3]) .. 'blobs', ARGV[4]) == 0 then
   local over = over_quota(ARGV[3], ARGV[11], tonumber(ARGV[5]), ARGV[13])
@@ -509,12 +521,12 @@ if new_here and redis.call('HEXISTS', ns_prefix(ARGV[3]) .. 'blobs', ARGV[4]) ==
   end
 end
 if ARGV[8] == '*' then
-  if redis.call('EXISTS', ARGV[6]) == 0 then return 0 end
+  if redis.call('EXISTS', ARGV[6]) == 0 then return {0, started, collecting} end
 elseif ARGV[8] ~= '' then
-  if redis.call('HEXISTS', ARGV[8] .. 'blobs', ARGV[4]) == 0 then return 0 end
+  if redis.call('HEXISTS', ARGV[8] .. 'blobs', ARGV[4]) == 0 then return {0, started, collecting} end
 end
 if ARGV[7] ~= '' then
-  if redis.call('ZREM', ARGV[9], ARGV[7]) == 0 then return -1 end
+  if redis.call('ZREM', ARGV[9], ARGV[7]) == 0 then return {-1, started, collecting} end
 end
 if ARGV[13] ~= '' then redis.call('HDEL', ns_prefix(ARGV[3]) .. 'uploads', ARGV[13]) end
 redis.call('HSET', p .. 'blobs', ARGV[4], ARGV[5])
@@ -524,7 +536,7 @@ redis.call('HSET', ARGV[6], ARGV[3], ARGV[5])
 redis.call('ZADD', ARGV[2], 0, ARGV[3])
 if ARGV[8] == '' then emit('push', ARGV[3], ARGV[4], '""" + BLOB_MEDIA_TYPE + """', ARGV[5], '', '')
 else emit('mount', ARGV[3], ARGV[4], '""" + BLOB_MEDIA_TYPE + """', ARGV[5], '', ARGV[10]) end
-return 1
+return {1, started, collecting}
 """
 
 # ARGV: name, upload id, bytes to add to its hold, quota limit, rules version, ttl (ms).

@@ -83,8 +83,10 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def LinkBlob(self, request: pb.LinkBlobRequest, context: grpc.aio.ServicerContext) -> pb.LinkBlobResponse:
         linked = await self._store.link_blob(request.repository, request.digest, request.size, request.pin,
-                                             request.source, _origin(request), request.upload_id)
-        return pb.LinkBlobResponse(linked=linked)
+                                             request.source, _origin(request), request.upload_id,
+                                             request.collections_seen if request.unpinned else None)
+        return pb.LinkBlobResponse(linked=linked.linked, collections_started=linked.collections_started,
+                                   collecting=linked.collecting, collection_moved=linked.collection_moved)
 
     async def PinBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.BlobPin:
         return pb.BlobPin(pin=await self._store.pin_blob(request.digest))

@@ -57,6 +57,20 @@ def _with_sizes(refs: list[str], sizes: list[int] | None) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class BlobLinked:
+    """What LINK_BLOB answered: whether it linked, and what an upload's gateway needs to link its
+    next one without a pin (services/metadata/README.md, "Uploads without a pin")."""
+
+    linked: bool
+    collections_started: int
+    collecting: bool
+    collection_moved: bool = False
+
+    def __bool__(self) -> bool:
+        return self.linked
+
+
+@dataclasses.dataclass(frozen=True)
 class StoredManifest:
     digest: str
     media_type: str
@@ -127,12 +141,15 @@ class MetadataStore:
     # -- blob links --------------------------------------------------------
 
     async def link_blob(self, name: str, digest: str, size: int, pin: str = "", source: str = "",
-                        origin: Any = None, upload_id: str = "") -> bool:
+                        origin: Any = None, upload_id: str = "", unpinned_after: int | None = None) -> BlobLinked:
         """Links the blob. With ``pin`` (an upload's, from pin_blob) the link is made only if the pin
         still stands (BLOB_UPLOAD_UNKNOWN otherwise: the collector may have taken the bytes); with
         ``source`` (a mount: a repository, or "*" for any) only if the source links the blob
-        (False otherwise: the client uploads instead). Bytes new to the namespace must fit its
-        quota (DENIED otherwise; ``upload_id``'s hold is given back either way)."""
+        (not linked otherwise: the client uploads instead); with ``unpinned_after`` (an upload
+        without a pin: the collections its gateway saw started) only if no collection runs or
+        started since (not linked otherwise, ``collection_moved``: the gateway pins and links
+        again). Bytes new to the namespace must fit its quota (DENIED otherwise; ``upload_id``'s
+        hold is given back either way, but for a moved collection's refusal)."""
         validate_name(name)
         digests.validate(digest)
         if source and source != "*":
@@ -146,15 +163,17 @@ class MetadataStore:
             return await self._write(self._link_blob, [
                 keys.repo_prefix(name), keys.CATALOG, name, digest, size, keys.blob_repos(digest), pin,
                 keys.repo_prefix(source) if source and source != "*" else source, keys.blob_pins(digest),
-                "" if source == "*" else source, limit, version, upload_id], name, origin), limit
+                "" if source == "*" else source, limit, version, upload_id,
+                "" if unpinned_after is None else unpinned_after], name, origin), limit
 
-        linked, limit = await self.policy.guarded(run)
-        if isinstance(linked, list):
-            raise quotas.refusal(name, linked, size, int(limit))
-        if int(linked) < 0:
+        answer, limit = await self.policy.guarded(run)
+        if isinstance(answer[0], (bytes, str)):  # {"quota", usage, held}
+            raise quotas.refusal(name, answer, size, int(limit))
+        result, started, collecting = (int(value) for value in answer)
+        if result == -1:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "the upload took longer than its pin on the blob lasts "
                                                      f"({PIN_TTL_MS // 3_600_000} h); upload the blob again")
-        return int(linked) == 1
+        return BlobLinked(result == 1, started, collecting == 1, collection_moved=result == -2)
 
     async def pin_blob(self, digest: str) -> str:
         """Holds the blob's bytes against the collector from before an upload's commit until its

@@ -33,6 +33,7 @@ from services.common.redisconn import text
 from services.common.settings import load
 from services.metadata import redis_keys as keys
 from tests.integration.test_gc import _gc, _redis_url
+from tests.support.prometheus import scrape, value
 from tests.support.pusher import OCI_MANIFEST
 from tests.support.s3 import S3Server
 from tests.support.stack import RunningStack
@@ -255,3 +256,47 @@ def _assert_nothing_unreferenced_is_left(stack: RunningStack) -> None:
     stored = {f"sha256:{encoded}" for shard in driver.list("blobs/sha256")
               for encoded in driver.list(f"blobs/sha256/{shard}")}
     assert stored == needed, (sorted(stored - needed)[:5], sorted(needed - stored)[:5])
+
+
+def test_uploads_skip_their_pin_only_while_no_collection_moves(start_stack: Callable[..., RunningStack]) -> None:
+    """services/metadata/README.md, "Uploads without a pin": a gateway process that saw no collection
+    running at its last link commits a whole blob without a pin, and its link checks that none
+    started since. A collection that started (even one that ended again) or runs makes the link
+    refuse; the push then pins, stores the bytes again (the collector may have taken what the first
+    commit found) and links with the pin: the client sees one 201, and the blob is there."""
+    stack = start_stack()
+    client = redis.Redis.from_url(_redis_url(stack))
+
+    def pins() -> float:
+        figures, _ = scrape(stack)
+        return value(figures["metadata"], "wharf_grpc_server_calls_total", grpc_method="PinBlob")
+
+    def push(count: int) -> None:
+        for _ in range(count):
+            data = os.urandom(64)
+            location = requests.post(f"{stack.url}/v2/unpinned/a/blobs/uploads/", timeout=10).headers["Location"]
+            done = requests.put(stack.url + location, params={"digest": _digest(data)}, data=data, timeout=10)
+            assert done.status_code == 201, done.text
+            assert requests.get(f"{stack.url}/v2/unpinned/a/blobs/{_digest(data)}", timeout=10).content == data
+
+    def settled() -> float:
+        """Pushes until a dozen in a row pinned nothing: every gateway worker has linked since
+        (its first upload pins: it knows nothing yet), whichever worker the kernel hands each to."""
+        for _ in range(20):
+            before = pins()
+            push(12)
+            if pins() == before:
+                return before
+        raise AssertionError("uploads kept taking pins with no collection running")
+
+    before = settled()
+    client.incr(keys.GC_STARTED)  # a collection started (and ended) since the workers last linked
+    push(12)
+    moved = pins()
+    assert before < moved <= before + 12  # a worker's next upload was refused once, then pinned
+
+    client.set(keys.GC_LOCK, "a collection runs", px=60_000)
+    push(6)
+    assert pins() == moved + 6  # while one runs, every upload pins
+    client.delete(keys.GC_LOCK)
+    settled()  # once a worker's link says none runs any more, its uploads skip the pin again

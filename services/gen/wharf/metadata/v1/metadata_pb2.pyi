@@ -129,7 +129,7 @@ class WatchEvent(_message.Message):
     def __init__(self, pong: _Optional[int] = ..., lease_ms: _Optional[int] = ..., seq: _Optional[int] = ..., repositories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LinkBlobRequest(_message.Message):
-    __slots__ = ("repository", "digest", "size", "pin", "source", "origin", "upload_id")
+    __slots__ = ("repository", "digest", "size", "pin", "source", "origin", "upload_id", "unpinned", "collections_seen")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,8 @@ class LinkBlobRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    UNPINNED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_SEEN_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
     size: int
@@ -144,13 +146,21 @@ class LinkBlobRequest(_message.Message):
     source: str
     origin: Origin
     upload_id: str
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., pin: _Optional[str] = ..., source: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., upload_id: _Optional[str] = ...) -> None: ...
+    unpinned: bool
+    collections_seen: int
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., pin: _Optional[str] = ..., source: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., upload_id: _Optional[str] = ..., unpinned: _Optional[bool] = ..., collections_seen: _Optional[int] = ...) -> None: ...
 
 class LinkBlobResponse(_message.Message):
-    __slots__ = ("linked",)
+    __slots__ = ("linked", "collections_started", "collecting", "collection_moved")
     LINKED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTING_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_MOVED_FIELD_NUMBER: _ClassVar[int]
     linked: bool
-    def __init__(self, linked: _Optional[bool] = ...) -> None: ...
+    collections_started: int
+    collecting: bool
+    collection_moved: bool
+    def __init__(self, linked: _Optional[bool] = ..., collections_started: _Optional[int] = ..., collecting: _Optional[bool] = ..., collection_moved: _Optional[bool] = ...) -> None: ...
 
 class BlobRef(_message.Message):
     __slots__ = ("repository", "digest", "origin")
