@@ -20,7 +20,9 @@ from services.api.request_input import digest_arg, request_body, small_body
 from services.api.responses import empty
 from services.common import digests
 from services.common.errors import (
+    BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
     RANGE_INVALID,
     RegistryError,
 )
@@ -55,23 +57,38 @@ def _created(name: str, digest: str) -> Response:
 def _committed(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.BlobInfo],
                held: Held | None = None, whole: bytes | None = None) -> Response:
     """Commits an upload in the blob store and links it, holding the blob against garbage collection
-    in between (the metadata service's README, "Online garbage collection"): with a pin taken
-    before the commit; or, when this process holds the whole blob (``whole``) and the last link
-    here saw no collection running, with the link's check that none started since ("Uploads
-    without a pin": one call and one durable Redis write less per small push). Should that check
-    refuse, the upload goes on as a pinned one that stores the bytes it holds again. The link
-    gives the upload's hold on the namespace's quota back (``held``)."""
+    in between (the metadata service's README, "Online garbage collection"). While the last link
+    in this process saw no collection running, the link itself checks that none started since
+    ("Uploads without a pin": one call and one durable Redis write less per push); else, and
+    when that check refuses, a pin taken before the commit (``_pinned``) holds it. The link gives
+    the upload's hold on the namespace's quota back (``held``)."""
     metadata = ctx.clients.metadata
     upload_id = held.upload_id if held else ""
     seen = metadata.collections_quiet()
-    if whole is not None and seen is not None:
-        blob = commit()
-        if metadata.link_unpinned(name, digest, blob.size, seen, upload_id):
-            return _created(name, digest)
+    if seen is None:
+        return _pinned(ctx, name, digest, commit, upload_id)
+    blob = commit()
+    if metadata.link_unpinned(name, digest, blob.size, seen, upload_id):
+        return _created(name, digest)
+    # A collection runs or started since: it may have taken the bytes the commit found.
+    if whole is not None:
         data: bytes = whole
+        return _pinned(ctx, name, digest, lambda: ctx.clients.blobs.put(digest, iter((data,))), upload_id)
 
-        def commit() -> bpb.BlobInfo:  # the collector may have taken the bytes the first commit found
-            return ctx.clients.blobs.put(digest, iter((data,)))
+    def still_stored() -> bpb.BlobInfo:
+        try:
+            return ctx.clients.blobs.stat(digest)
+        except RegistryError as err:
+            if err.error is not BLOB_UNKNOWN:
+                raise
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, "garbage collection removed the blob while it was being "
+                                                     "committed; upload it again") from None
+    return _pinned(ctx, name, digest, still_stored, upload_id)
+
+
+def _pinned(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.BlobInfo], upload_id: str) -> Response:
+    """``commit`` under a pin taken before it, then the link that consumes the pin."""
+    metadata = ctx.clients.metadata
     pin = metadata.pin_blob(digest)
     try:
         blob = commit()
