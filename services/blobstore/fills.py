@@ -15,10 +15,16 @@ worker is asked.
   multipart object cannot be read back, so followers read the committed blob, on any backend)
   and is then told it is stored, so that the gateway serves it the usual way (sendfile or a
   redirect); if the leader failed, the next asker leads a new attempt.
+- Leading is decided by the claim, not by the look before it: an asker that finds no blob and
+  then gets the writer looks for the blob again before fetching, because a leader may have stored
+  it and let go in between (a thread preempted there on a busy machine fetched it a second time).
+  The writer is opened to append, never to replace, and let go untouched when what it locked is
+  no longer at the fill's key (on a filesystem: the very file a leader just moved into place).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -113,17 +119,61 @@ class Fills:
         stored = self._driver.stat(layout.blob_key(digest))
         if stored is not None:
             return stored.size, None
+        writer = self._claim(digest)
+        if writer is None:
+            return None  # a leader elsewhere, or one that has just finished: asked again shortly
         try:
-            writer = self._driver.writer(layout.fill_data_key(digest), append=False)
-        except UploadBusyError:
-            return None  # a leader elsewhere
-        try:
-            stream = client.blob(repository, digest)
+            # Looked at again now that the fill is ours: a leader may have stored the blob and let
+            # go between the look above and the claim (a thread preempted on a busy machine).
+            stored = self._driver.stat(layout.blob_key(digest))
+            stream = None if stored is not None or writer.size else client.blob(repository, digest)
         except UpstreamError as err:
-            writer.cancel()
+            self._drop(writer, digest)
             metrics.MIRROR_FILLS.labels(prefix, "failed").inc()
             raise upstream_error(err, digest, prefix=prefix) from None
+        except BaseException:
+            self._drop(writer, digest)
+            raise
+        if stream is None:
+            self._drop(writer, digest)  # nothing half-done left behind, nor what a dead leader wrote
+            return (stored.size, None) if stored is not None else None  # None: the next ask leads
         return stream.size or 0, self._lead(prefix, client, stream, writer, digest)
+
+    def _claim(self, digest: str) -> FileWriter | None:
+        """The fill's writer, held; None when another fetcher holds it or it changed under the claim.
+
+        Opened to append, never to replace: on a filesystem the open finds the file at the fill's
+        key and locks it a moment later, and in between a leader may have moved that very file to
+        the blob's key and let go of it; replacing would empty the stored blob. A writer that ends
+        up holding a file no longer at the fill's key is let go untouched."""
+        try:
+            writer = self._driver.writer(layout.fill_data_key(digest), append=True)
+        except UploadBusyError:
+            return None
+        except FileNotFoundError:
+            return None  # the fill's directory was removed during the open: a fetcher finished
+        if not writer.still_at_key():
+            self._let_go(writer)  # nothing written: what it holds stays as it is
+            return None
+        return writer
+
+    def _drop(self, writer: FileWriter, digest: str) -> None:
+        """Lets go of a claimed writer that wrote nothing. The fill's directory goes while the writer
+        still holds it (so only this writer's object is there), and only then does the writer close;
+        not cancel(), which on a filesystem lets go first and removes the key after, by when it may
+        be the next asker's fill."""
+        try:
+            if writer.still_at_key():
+                self._driver.delete(layout.fill_dir(digest))
+        finally:
+            self._let_go(writer)
+
+    @staticmethod
+    def _let_go(writer: FileWriter) -> None:
+        """Closes a writer whose object is thrown away: on S3 its session may be gone already
+        (UploadBusyError), on a filesystem what it flushes goes to a file no longer at the key."""
+        with contextlib.suppress(UploadBusyError, OSError):
+            writer.close()
 
     def _lead(self, prefix: str, client: UpstreamClient, stream: BlobStream, writer: FileWriter,
               digest: str) -> Iterator[bytes]:
@@ -148,6 +198,11 @@ class Fills:
                                      prefix=prefix)
             writer.commit()
             if self._driver.stat(layout.blob_key(digest)) is None:
+                if not writer.still_at_key():
+                    # What was verified is no longer the object at the fill's key (a cleanup took it
+                    # away, another asker leads now): moving the key would store someone else's bytes.
+                    raise RegistryError(UNAVAILABLE, f"the fill of {digest} from {client.host} lost its claim; "
+                                                     "try again", detail={"retry_after": 1})
                 self._driver.move(layout.fill_data_key(digest), layout.blob_key(digest))
             done = True
             result = "stored"
@@ -156,10 +211,17 @@ class Fills:
             raise upstream_error(err, digest, prefix=prefix) from None
         finally:
             metrics.MIRROR_FILLS.labels(prefix, result).inc()
-            if not done:
-                writer.cancel()
-            writer.close()
-            self._driver.delete(layout.fill_dir(digest))
+            if done:
+                try:
+                    self._driver.delete(layout.fill_dir(digest))  # what the move left, while still held
+                finally:
+                    writer.close()
+            else:
+                # Not followed by deleting the fill's directory: the writer has let go by then, and
+                # the next asker's fill may already be there (nor cancelled once it lost the key).
+                if writer.still_at_key():
+                    writer.cancel()
+                self._let_go(writer)
         if held:
             yield held
 

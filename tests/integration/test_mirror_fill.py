@@ -15,12 +15,19 @@ import grpc
 import pytest
 import requests
 
+from services.blobstore import layout
+from services.blobstore.blobs import BlobService
+from services.blobstore.fills import Fills
 from services.blobstore.settings import BlobStoreSettings
-from services.blobstore.storage import create_driver
+from services.blobstore.storage import create_driver, filesystem
+from services.blobstore.storage.base import FileInfo
+from services.blobstore.storage.filesystem import FilesystemDriver
 from services.common.internal_auth import authenticated_channel, read_token
 from services.common.settings import load
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 from services.gen.wharf.blobstore.v1 import blobstore_pb2_grpc as bpb_grpc
+from services.mirror.config import Mirrors, Upstream
+from services.mirror.upstream import BlobStream
 from services.stack import records
 from tests.support.distribution import running_distribution
 from tests.support.pusher import OCI_MANIFEST
@@ -162,3 +169,79 @@ def test_an_unreachable_upstream_is_unavailable_but_stored_blobs_still_serve(
 def _fill_from(stub: bpb_grpc.BlobStoreStub, prefix: str, digest: str) -> bytes:
     return b"".join(c.data for c in stub.Fill(bpb.FillRequest(upstream=prefix, repository="team/app",
                                                               digest=digest), timeout=30))
+
+
+class _Paused(FilesystemDriver):
+    """A filesystem driver whose ``paused`` thread stops at a chosen point until ``resume`` is set
+    (a thread preempted on a busy machine): after a look that finds no blob, or after its writer's
+    open and before that writer's lock."""
+
+    def __init__(self, root: pathlib.Path, window: str) -> None:
+        super().__init__(root)
+        self.window = window
+        self.paused: threading.Thread | None = None
+        self.reached, self.resume = threading.Event(), threading.Event()
+
+    def pause(self, window: str) -> None:
+        if window == self.window and threading.current_thread() is self.paused and not self.reached.is_set():
+            self.reached.set()
+            assert self.resume.wait(30)
+
+    def stat(self, key: str) -> FileInfo | None:
+        found = super().stat(key)
+        if found is None and key.startswith(layout.BLOBS + "/"):
+            self.pause("look")
+        return found
+
+
+@pytest.mark.parametrize("window", ["look", "lock"])
+def test_an_asker_that_claims_the_fill_just_after_its_leader_stored_the_blob_serves_it(
+        upstream: tuple[str, pathlib.Path, bytes, str], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        window: str) -> None:
+    """The windows of a second asker between its look for the blob and its claim of the fill: the
+    leader stores the blob and lets go in between. It must answer "stored" (no second upstream GET)
+    and leave the stored blob as it is (a claim taken on the file just moved into place must not
+    empty it)."""
+    address, _, layer, _ = upstream
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    driver = _Paused(tmp_path / "store", window)
+    fills = Fills(BlobService(driver, 3600), driver,
+                  Mirrors((Upstream("up.example", f"http://{address}", insecure=True),)))
+    fetches: list[str] = []
+    client = fills._client("up.example")
+    get = client.blob
+
+    def counted(repository: str, wanted: str) -> BlobStream:
+        fetches.append(wanted)
+        return get(repository, wanted)
+    monkeypatch.setattr(client, "blob", counted)
+    if window == "lock":  # the asker's writer has opened the leader's file and not locked it yet
+        real = filesystem.fcntl
+
+        class Flock:
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+            def flock(self, fd: int, operation: int) -> None:
+                driver.pause("lock")
+                real.flock(fd, operation)
+        monkeypatch.setattr(filesystem, "fcntl", Flock())
+
+    led = fills.fill("up.example", "team/app", digest)
+    assert led is not None and led[1] is not None
+    chunks = iter(led[1])
+    body = next(chunks)  # the leader streams
+    asked: list[tuple[int, Iterator[bytes] | None] | None] = []
+    driver.paused = threading.Thread(target=lambda: asked.append(fills.fill("up.example", "team/app", digest)))
+    driver.paused.start()
+    assert driver.reached.wait(30)
+    body += b"".join(chunks)  # the leader verifies, stores and lets go
+    assert body == layer and driver.get_content(layout.blob_key(digest)) == layer
+    driver.resume.set()
+    driver.paused.join(30)
+    assert driver.get_content(layout.blob_key(digest)) == layer  # not emptied by the asker's claim
+    # Stored (served the usual way), or None (asked again, as the blob store's Fill does): never fetched again.
+    assert asked in ([(len(layer), None)], [None])
+    assert fills.fill("up.example", "team/app", digest) == (len(layer), None)
+    assert fetches == [digest]
+    assert not list(driver.list("fills/sha256"))

@@ -127,3 +127,30 @@ def test_the_janitor_sweeps_stale_scratch(root: pathlib.Path) -> None:
     assert blobs.expire_uploads() == 2
     assert _scratch(root) == ["tmp-live-put"]
     assert blobs.expire_uploads() == 0
+
+
+def test_a_writer_never_touches_a_file_moved_away_before_its_lock(root: pathlib.Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a writer's open and its lock, the holder may move the file away (a commit makes a
+    session's data a blob): the writer must not write to it, or truncate it, through its fd."""
+    import fcntl
+
+    from services.blobstore.storage.base import UploadBusyError
+
+    driver = FilesystemDriver(root)
+    real = fcntl.flock
+    for append in (False, True):
+        with driver.writer("uploads/s/data", append=True) as first:
+            first.write(b"the session's bytes")
+        blob = f"blobs/sha256/ab/ab{int(append)}/data"
+
+        def moved_first(fd: int, operation: int, blob: str = blob) -> None:
+            if operation & fcntl.LOCK_EX and (root / "uploads/s/data").exists():
+                driver.move("uploads/s/data", blob)
+            real(fd, operation)
+
+        monkeypatch.setattr(fcntl, "flock", moved_first)
+        with pytest.raises(UploadBusyError):
+            driver.writer("uploads/s/data", append=append)
+        monkeypatch.setattr(fcntl, "flock", real)
+        assert driver.get_content(blob) == b"the session's bytes"

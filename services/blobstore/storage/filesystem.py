@@ -125,12 +125,26 @@ class _FileWriter(FileWriter):
             self._direct = False  # tmpfs and some network filesystems refuse O_DIRECT
             self._fd = os.open(path, flags, 0o644)
         self._closed = False
+        self._pair: tuple[mmap.mmap, mmap.mmap] | None = None
+        self._pending: concurrent.futures.Future[None] | None = None
+        try:
+            self._take(path, append)
+        except BaseException:
+            self._release()
+            raise
+
+    def _take(self, path: pathlib.Path, append: bool) -> None:
+        """The rest of opening, once the file is open (a failure releases what was taken)."""
         try:
             # Two writers on one upload would interleave bytes; the second is refused.
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._fd)
             raise UploadBusyError(str(path)) from None
+        if not self.still_at_key():
+            # Between the open and the lock, the holder moved the file away (a commit made it a
+            # blob) or removed it: what is locked is not the key's any more, and must not be
+            # written to, let alone truncated. The caller sees the key busy and looks again.
+            raise UploadBusyError(str(path))
         if not append:
             os.ftruncate(self._fd, 0)
         self._size = os.fstat(self._fd).st_size
@@ -141,7 +155,6 @@ class _FileWriter(FileWriter):
             self._direct = False
         self._buffer: mmap.mmap | None = self._pair[0] if self._pair is not None else None
         self._spare: mmap.mmap | None = self._pair[1] if self._pair is not None else None
-        self._pending: concurrent.futures.Future[None] | None = None
         # The buffer always holds the file's bytes from _base (block-aligned) up to _size.
         self._base = self._size - self._size % _ALIGN if self._direct else self._size
         if self._buffer is not None and self._size > self._base:
@@ -240,10 +253,15 @@ class _FileWriter(FileWriter):
         self._flush()
 
     def cancel(self) -> None:
-        if not self._closed:
-            with contextlib.suppress(OSError):  # a failed background write: the file goes anyway
-                self._release()
-        self._path.unlink(missing_ok=True)
+        if self._closed:
+            self._path.unlink(missing_ok=True)
+            return
+        # Removed while still held, and only if it is still the key's file: once released, the
+        # path may already be the next writer's file.
+        if self.still_at_key():
+            self._path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failed background write: the file goes anyway
+            self._release()
 
 
 class FilesystemDriver(StorageDriver):
