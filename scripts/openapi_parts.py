@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common import mediatypes
+from services.common import mediatypes, upload_ids
 from services.common.errors import INTERNAL, OCI_CODES, UNAVAILABLE
 from services.common.names import MAX_NAME_LENGTH, TAG_RE
 
@@ -17,7 +17,7 @@ NAME = rf"^{COMPONENT}(?:/{COMPONENT})*$"
 # The digests Wharf verifies (services/common/digests.py); any other algorithm is DIGEST_INVALID.
 DIGEST = r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$"
 TAG = "^" + TAG_RE.pattern.removeprefix("^").removesuffix(r"\Z") + "$"
-UPLOAD_ID = r"^[0-9a-f]{32}$"
+UPLOAD_ID = rf"^{upload_ids.ANY_ID}$"
 INT64_MAX = 2**63 - 1
 
 DESCRIPTION = f"""\

@@ -20,14 +20,13 @@ from __future__ import annotations
 import re
 import uuid
 
-from services.common import digests
+from services.common import digests, upload_ids
 from services.common.errors import BLOB_UPLOAD_UNKNOWN, RegistryError
 
 BLOBS = "blobs"
 UPLOADS = "uploads"
 FILLS = "fills"
-# 32 hex: an id the blob store made; 56 hex: one a gateway sealed (services/common/upload_ids.py).
-_UPLOAD_ID_RE = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{56})\Z")
+_UPLOAD_ID_RE = re.compile(rf"^{upload_ids.ANY_ID}\Z")
 
 
 def blob_key(digest: str) -> str:

@@ -23,6 +23,8 @@ import re
 import time
 
 SEALED_RE = re.compile(r"^[0-9a-f]{56}\Z")
+# Any upload id (unanchored): 32 hex characters, made by the blob store, or 56, sealed here.
+ANY_ID = "(?:[0-9a-f]{32}|[0-9a-f]{56})"
 _PURPOSE = b"wharf upload ids v1"
 
 
