@@ -353,7 +353,7 @@ class BlobService:
         # The writer is held until the end, so no append can slip in between hashing and moving.
         with self._session_writer(upload_id) as writer:
             size = writer.size
-            ours = True
+            ours, completed = True, False
             try:
                 writer.commit()  # S3: completes the multipart upload so the bytes can be read back
                 actual = self._stored_digest(upload_id, algorithm, size)
@@ -366,13 +366,14 @@ class BlobService:
                     raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
                 self._mark_ended(upload_id)
                 self._store(digest, lambda key: self._driver.move(layout.upload_data_key(upload_id), key))
+                completed = True
             except UploadBusyError:
                 ours = False  # another writer took the session over: theirs to finish, not ours to delete
                 raise
             finally:
                 # Success or a digest mismatch: the session is over either way, nothing half-done stays.
                 if ours:
-                    self._end(upload_id)
+                    self._end(upload_id, completed)
         return Blob(digest, size)
 
     def _store(self, digest: str, put: Callable[[str], None]) -> None:
@@ -402,8 +403,10 @@ class BlobService:
                 raise RegistryError(RANGE_INVALID, f"upload is at offset 0, not {offset}", detail={"size": 0})
             try:
                 self._store_whole(algorithm, digest, data)
-            finally:
+            except BaseException:
                 self._end(upload_id)
+                raise
+            self._end(upload_id, completed=True)
             return Upload(upload_id, repository, len(data), fresh.started_at), Blob(digest, len(data))
         upload = self.get_upload(upload_id, repository)
         if upload.size or offset > 0:
@@ -411,15 +414,17 @@ class BlobService:
         with self._session_writer(upload_id) as writer:
             if writer.size:
                 return None  # an append got in first
+            completed = False
             try:
                 # Cancelled or expired under us: the client's session is gone, and so is its commit.
                 if self._stored_info(upload_id) is None:
                     raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
                 self._store_whole(algorithm, digest, data)
+                completed = True
             finally:
                 self._mark_ended(upload_id)
                 writer.cancel()
-                self._end(upload_id)
+                self._end(upload_id, completed)
         return Upload(upload_id, upload.repository, len(data), upload.started_at), Blob(digest, len(data))
 
     def _store_whole(self, algorithm: str, digest: str, data: bytes) -> None:
@@ -447,13 +452,18 @@ class BlobService:
         else:
             self._driver.delete(layout.upload_info_key(upload_id))
 
-    def _end(self, upload_id: str) -> bool:
+    def _end(self, upload_id: str, completed: bool = False) -> bool:
         """Ends a session (False: it was already gone). A sealed id stays valid until it expires, so
-        its session leaves a mark that it ended: its upload URL must not start over, empty."""
+        a session that was cancelled or refused leaves a mark that it ended (its URL answers
+        BLOB_UPLOAD_UNKNOWN, as the client was told). A committed one leaves nothing: a mark per
+        pushed blob would be a write per push and a directory entry kept for the session lifetime
+        (millions a day at a few hundred pushes a second), so its URL, should the client use it
+        again, starts a new empty session of the same repository."""
         if not upload_ids.SEALED_RE.match(upload_id):
             return self.discard(upload_id)
         self.discard(upload_id)
-        self._driver.put_content(layout.upload_info_key(upload_id), _ENDED)
+        if not completed:
+            self._driver.put_content(layout.upload_info_key(upload_id), _ENDED)
         return True
 
     def discard(self, upload_id: str) -> bool:
