@@ -189,6 +189,10 @@ class BlobStoreClient:
                 yield bpb.PutRequest(data=data)
         return self._c.streaming("Put", requests())
 
+    def put_whole(self, digest: str, data: bytes) -> bpb.BlobInfo:
+        """A blob held whole, in one message: the blob store writes it once, with no session."""
+        return self._c.streaming("Put", iter((bpb.PutRequest(digest=digest, data=data),)))
+
     def start_upload(self, repository: str) -> bpb.UploadStatus:
         """A new, empty session of ``repository``: an id sealed here, which the blob store takes as
         one until bytes arrive (services/common/upload_ids.py), so starting an upload costs no call."""

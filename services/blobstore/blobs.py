@@ -427,6 +427,11 @@ class BlobService:
                 self._end(upload_id, completed)
         return Upload(upload_id, upload.repository, len(data), upload.started_at), Blob(digest, len(data))
 
+    def put_whole(self, digest: str, data: bytes) -> Blob:
+        """A blob given whole (a small monolithic push): no session, the bytes written once."""
+        self._store_whole(digests.parse(digest)[0], digest, data)
+        return Blob(digest, len(data))
+
     def _store_whole(self, algorithm: str, digest: str, data: bytes) -> None:
         hasher = digests.hasher(algorithm)
         hasher.update(data)

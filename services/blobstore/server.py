@@ -46,10 +46,24 @@ async def _nothing() -> AsyncIterator[Any]:
     yield  # an async generator that yields nothing: the rest of a single-message append
 
 
-async def _first(requests: AsyncIterator[Any]) -> Any:
+async def _next(requests: AsyncIterator[Any]) -> Any:
+    """The stream's next message; None at its end."""
     async for message in requests:
         return message
-    raise RegistryError(BLOB_UPLOAD_INVALID, "empty request stream")
+    return None
+
+
+async def _first(requests: AsyncIterator[Any]) -> Any:
+    message = await _next(requests)
+    if message is None:
+        raise RegistryError(BLOB_UPLOAD_INVALID, "empty request stream")
+    return message
+
+
+async def _then(message: Any, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield message
+    async for rest in requests:
+        yield rest
 
 
 class BlobStoreServicer(pb_grpc.BlobStoreServicer):
@@ -155,9 +169,15 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
                   context: grpc.aio.ServicerContext) -> pb.BlobInfo:
         first = await _first(request_iterator)
         digests.parse(first.digest)
+        second = await _next(request_iterator)
+        if second is None:
+            # The whole blob in one message (a small monolithic push): checked in memory, written
+            # once at its key, no session.
+            return _blob(await asyncio.shield(self._run(self._blobs.put_whole, first.digest, first.data)))
         upload = await self._run(self._blobs.create_upload, "")
         try:
-            _, blob = await self._append(upload.upload_id, "", 0, first, request_iterator, first.digest)
+            _, blob = await self._append(upload.upload_id, "", 0, first, _then(second, request_iterator),
+                                         first.digest)
             assert blob is not None
             return _blob(blob)
         except BaseException:

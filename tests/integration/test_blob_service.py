@@ -187,3 +187,17 @@ def test_sealed_ids_are_empty_sessions_until_they_expire(root: pathlib.Path) -> 
     # The mark of its end goes with the id's lifetime.
     assert blobs.expire_uploads(now=time.time() + 120) == 1
     assert not any((root / "uploads").iterdir())
+
+
+def test_a_blob_given_whole_needs_no_session(root: pathlib.Path, blobs: BlobService) -> None:
+    """Put with everything in one message (a small monolithic push): stored once, no session made;
+    a mismatch stores nothing."""
+    data = b"monolithic and small"
+    assert blobs.put_whole(digests.of(data), data).size == len(data)
+    assert b"".join(blobs.read(digests.of(data), 0, 0, 64)) == data
+    with pytest.raises(RegistryError) as info:
+        blobs.put_whole(digests.of(b"claimed"), data)
+    assert _code(info) == "DIGEST_INVALID"
+    with pytest.raises(RegistryError):
+        blobs.stat(digests.of(b"claimed"))
+    assert not (root / "uploads").exists() or not any((root / "uploads").iterdir())

@@ -73,7 +73,7 @@ def _committed(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.Bl
     # A collection runs or started since: it may have taken the bytes the commit found.
     if whole is not None:
         data: bytes = whole
-        return _pinned(ctx, name, digest, lambda: ctx.clients.blobs.put(digest, iter((data,))), upload_id)
+        return _pinned(ctx, name, digest, lambda: ctx.clients.blobs.put_whole(digest, data), upload_id)
 
     def still_stored() -> bpb.BlobInfo:
         try:
@@ -130,7 +130,7 @@ def start(ctx: Context, name: str) -> Response:
 
             def put() -> bpb.BlobInfo:
                 if whole is not None:
-                    return ctx.clients.blobs.put(digest, iter((whole,)))
+                    return ctx.clients.blobs.put_whole(digest, whole)
                 with request_body() as body:
                     return ctx.clients.blobs.put(digest, held.pieces(body) if held else body)
             return _committed(ctx, name, digest, put, held, whole)

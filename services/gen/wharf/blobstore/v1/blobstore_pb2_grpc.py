@@ -127,7 +127,8 @@ class BlobStoreServicer:
 
     def Put(self, request_iterator, context):
         """Single-request upload: the first message carries the expected digest, the
-        following ones the bytes. Nothing is visible unless the digest matches.
+        following ones the bytes (or the first all of them: then no session is made).
+        Nothing is visible unless the digest matches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
