@@ -52,6 +52,8 @@ class Upload:
     repository: str
     size: int
     started_at: int
+    # False for a sealed id nobody has written to yet: an empty session with nothing stored.
+    stored: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,13 +280,10 @@ class BlobService:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload belongs to another repository")
         return info
 
-    def _fresh(self, upload_id: str, repository: str) -> Upload | None:
-        """The session of a sealed id nobody has written to yet; None when the session is stored."""
-        info = self._info(upload_id, repository)
-        return Upload(upload_id, repository, 0, int(info["started_at"])) if info.get("fresh") else None  # type: ignore[call-overload]
-
     def get_upload(self, upload_id: str, repository: str) -> Upload:
         info = self._info(upload_id, repository)
+        if info.get("fresh"):
+            return Upload(upload_id, repository, 0, int(info["started_at"]), stored=False)  # type: ignore[call-overload]
         stat = self._driver.stat(layout.upload_data_key(upload_id))
         return Upload(upload_id, str(info["repository"]), 0 if stat is None else stat.size,
                       int(info.get("started_at", 0)))  # type: ignore[call-overload]
@@ -317,14 +316,12 @@ class BlobService:
     def open_append(self, upload_id: str, repository: str, offset: int) -> AppendSession:
         """An append taken one piece at a time, so that a caller waiting for its client's next bytes
         holds no thread meanwhile (the asyncio server calls each step in its executor)."""
-        upload = self._fresh(upload_id, repository)
-        if upload is not None:
+        upload = self.get_upload(upload_id, repository)
+        if not upload.stored:
             # The first bytes of a session a gateway started: now it is stored.
             self._driver.put_content(layout.upload_info_key(upload_id),
                                      json.dumps({"repository": repository, "started_at": upload.started_at}).encode())
             self._keep_hash(upload_id, _HashState(0, digests.hasher(_STREAMING_ALGORITHM)))
-        else:
-            upload = self.get_upload(upload_id, repository)
         return AppendSession(self, upload, offset)
 
     def _take_hash(self, upload_id: str, size: int) -> _HashState | None:
@@ -345,11 +342,9 @@ class BlobService:
 
     def commit(self, upload_id: str, repository: str, digest: str) -> Blob:
         algorithm, _ = digests.parse(digest)
-        if self._fresh(upload_id, repository) is not None:  # nothing was sent: the empty blob, or a mismatch
-            whole = self.commit_whole(upload_id, repository, 0, b"", digest)
-            assert whole is not None
-            return whole[1]
-        self.get_upload(upload_id, repository)
+        upload = self.get_upload(upload_id, repository)
+        if not upload.stored:  # nothing was sent: the empty blob, or a mismatch
+            return self._commit_whole(upload, b"", digest)[1]
         # The writer is held until the end, so no append can slip in between hashing and moving.
         with self._session_writer(upload_id) as writer:
             size = writer.size
@@ -396,19 +391,12 @@ class BlobService:
         written once, at the blob's key, instead of appended, read back and moved. None when the
         session is not empty (the caller takes the general path). The session ends either way
         but that one, as a commit's does."""
-        algorithm, _ = digests.parse(digest)
-        fresh = self._fresh(upload_id, repository)
-        if fresh is not None:
+        digests.parse(digest)
+        upload = self.get_upload(upload_id, repository)
+        if not upload.stored:
             if offset > 0:
                 raise RegistryError(RANGE_INVALID, f"upload is at offset 0, not {offset}", detail={"size": 0})
-            try:
-                self._store_whole(algorithm, digest, data)
-            except BaseException:
-                self._end(upload_id)
-                raise
-            self._end(upload_id, completed=True)
-            return Upload(upload_id, repository, len(data), fresh.started_at), Blob(digest, len(data))
-        upload = self.get_upload(upload_id, repository)
+            return self._commit_whole(upload, data, digest)
         if upload.size or offset > 0:
             return None
         with self._session_writer(upload_id) as writer:
@@ -419,23 +407,31 @@ class BlobService:
                 # Cancelled or expired under us: the client's session is gone, and so is its commit.
                 if self._stored_info(upload_id) is None:
                     raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
-                self._store_whole(algorithm, digest, data)
+                self._store_whole(digest, data)
                 completed = True
             finally:
                 self._mark_ended(upload_id)
                 writer.cancel()
                 self._end(upload_id, completed)
-        return Upload(upload_id, upload.repository, len(data), upload.started_at), Blob(digest, len(data))
+        return dataclasses.replace(upload, size=len(data)), Blob(digest, len(data))
+
+    def _commit_whole(self, upload: Upload, data: bytes, digest: str) -> tuple[Upload, Blob]:
+        """commit_whole of a session nothing is stored for yet: no writer to hold, only its end."""
+        try:
+            self._store_whole(digest, data)
+        except BaseException:
+            self._end(upload.upload_id)
+            raise
+        self._end(upload.upload_id, completed=True)
+        return dataclasses.replace(upload, size=len(data)), Blob(digest, len(data))
 
     def put_whole(self, digest: str, data: bytes) -> Blob:
         """A blob given whole (a small monolithic push): no session, the bytes written once."""
-        self._store_whole(digests.parse(digest)[0], digest, data)
+        self._store_whole(digest, data)
         return Blob(digest, len(data))
 
-    def _store_whole(self, algorithm: str, digest: str, data: bytes) -> None:
-        hasher = digests.hasher(algorithm)
-        hasher.update(data)
-        actual = f"{algorithm}:{hasher.hexdigest()}"
+    def _store_whole(self, digest: str, data: bytes) -> None:
+        actual = digests.of(data, digests.parse(digest)[0])
         if actual != digest:
             raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
         self._store(digest, lambda key: self._driver.put_content(key, data))
