@@ -159,9 +159,8 @@ class Fills:
 
     def _drop(self, writer: FileWriter, digest: str) -> None:
         """Lets go of a claimed writer that wrote nothing. The fill's directory goes while the writer
-        still holds it (so only this writer's object is there), and only then does the writer close;
-        not cancel(), which on a filesystem lets go first and removes the key after, by when it may
-        be the next asker's fill."""
+        still holds it (so only this writer's object is there, and nothing a dead leader left in
+        the directory stays), and only then does the writer close."""
         try:
             if writer.still_at_key():
                 self._driver.delete(layout.fill_dir(digest))

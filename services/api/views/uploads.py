@@ -162,9 +162,7 @@ def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "",
     try:
         if held is not None:
             held.up_front()
-        if body_read is not None:
-            return ctx.clients.blobs.append_single(name, upload_id, offset, body_read, commit_digest)
-        with small_body() as whole:
+        with contextlib.nullcontext(body_read) if body_read is not None else small_body() as whole:
             if whole is not None:
                 return ctx.clients.blobs.append_single(name, upload_id, offset, whole, commit_digest)
         with request_body() as body:
