@@ -37,12 +37,14 @@ from typing import Any
 import gevent
 import gunicorn.http
 import gunicorn.util
+from gevent.socket import socket as _GeventSocket
 from gevent.socket import wait_read, wait_write
 from greenlet import getcurrent
 from gunicorn.workers.ggevent import GeventWorker
 
 from services.api.http_metrics import HttpMetrics
 from services.api.metrics_hub import MetricsHub
+from services.api.quick_heads import QuickParser, QuickRequest
 from services.common import metrics, tracing
 
 # Bytes per os.sendfile call: the receiver's ACKs are processed between calls instead of
@@ -102,10 +104,14 @@ def _http_date(timestamp: float | None = None) -> str:
     return _date[1]
 
 
-def _parser_seen_by_deadline(get_parser: Callable[..., Any]) -> Callable[..., Any]:
-    """gunicorn's parser factory, telling the connection's head deadline about the parser's reader."""
-    def made(*args: Any, **kwargs: Any) -> Any:
-        parser = get_parser(*args, **kwargs)
+def _quick_parser_seen_by_deadline(get_parser: Callable[..., Any]) -> Callable[..., Any]:
+    """gunicorn's parser factory, making HTTP/1 parsers that take the hot reads' heads themselves
+    (quick_heads.py) and telling the connection's head deadline about the parser's reader."""
+    def made(cfg: Any, source: Any, source_addr: Any, http2_connection: bool = False) -> Any:
+        if http2_connection or getattr(cfg, "protocol", "http") != "http":
+            parser = get_parser(cfg, source, source_addr, http2_connection)
+        else:
+            parser = QuickParser(cfg, source, source_addr)
         deadline = _deadlines.get(getcurrent())
         if deadline is not None:
             deadline.unreader = getattr(parser, "unreader", None)
@@ -123,6 +129,20 @@ def _environ_of(req: Any, addr: Any) -> dict[str, Any]:
         key = key if key in ("CONTENT_LENGTH", "CONTENT_TYPE") else "HTTP_" + key
         environ[key] = f"{environ[key]},{value}" if key in environ else value
     return environ
+
+
+def _send(sock: Any, data: bytes) -> None:
+    """``sendall`` for a small answer: one send on the plain socket underneath when it takes it
+    all (as it nearly always does), without gevent's per-call socket-option lookup."""
+    if type(sock) is _GeventSocket:
+        try:
+            sent = sock._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    sock.sendall(data)
 
 
 def _cork(sock: Any, on: int) -> None:
@@ -213,7 +233,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
 
         _socket3.socket.sendfile = cooperative_sendfile
         gunicorn.util.http_date = _http_date
-        gunicorn.http.get_parser = _parser_seen_by_deadline(gunicorn.http.get_parser)
+        gunicorn.http.get_parser = _quick_parser_seen_by_deadline(gunicorn.http.get_parser)
 
     def run(self) -> None:
         """After the fork: this worker's traces, and its figures for the master (metrics_hub.py)."""
@@ -228,12 +248,12 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         return extensions.get(name) if isinstance(extensions, dict) else None
 
     def _answer_hit(self, req: Any, sock: Any, addr: Any, started: float) -> bool | None:
-        """A read-cache hit answered from gunicorn's parsed request, without the WSGI environ and
+        """A read-cache hit answered from the parsed request, without the WSGI environ and
         response objects (which cost as much as the rest of such a request); None when it is not one."""
         hot = self._extension("wharf.hot_reads")
         if hot is None or (req.method != "GET" and req.method != "HEAD") or "%" in req.path:
             return None
-        hit = hot.respond(_environ_of(req, addr))
+        hit = hot.respond(req.environ if type(req) is QuickRequest else _environ_of(req, addr))
         if hit is None:
             return None
         route, headers, body = hit
@@ -243,7 +263,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         close = req.should_close() or not self.alive or not self.cfg.keepalive
         head = [f"HTTP/{req.version[0]}.{req.version[1]} 200 OK", "Server: gunicorn", f"Date: {_http_date()}",
                 f"Connection: {'close' if close else 'keep-alive'}", *(f"{k}: {v}" for k, v in headers)]
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        _send(sock, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         self._figures.record(route, req.method, 200, time.perf_counter() - started, 0, len(body))
         if tracing.enabled():
             tracing.name_request(f"{req.method} {route}", {"http.route": route})
@@ -263,6 +283,9 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         answered = self._answer_hit(req, sock, addr, started)
         if answered is not None:
             return answered
+        if type(req) is QuickRequest:
+            req = req.parser.full_request(req)  # a miss: the application reads gunicorn's request
+            req.wharf_started = started
         # gunicorn sends a response's head and its body in separate writes: corked, a small
         # answer (a manifest) leaves in one segment instead of two, and the client wakes once.
         # Full segments are never held; the rest leaves when the response is done. A HEAD's
