@@ -39,6 +39,8 @@ MAX_FIELDS = 64
 _GUNICORN_LINE_CAP = 8190  # gunicorn's largest request line and default largest header line
 _REQUEST_LINE = re.compile(rb"(GET|HEAD) (/(?!/)[!-~]*) HTTP/1\.([01])")
 # RFC 9110 token, without "_" (see above); values: printable ASCII, spaces and tabs.
+# What an unfinished request line may hold (its version checked once the line ends).
+_REQUEST_LINE_SO_FAR = re.compile(rb"[!-~]+( [!-~]*( [!-~]*)?)?")
 _NAME = re.compile(rb"[!#$&'*+\-.^`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\t -~]*")
 _REFUSED = frozenset((b"CONTENT-LENGTH", b"TRANSFER-ENCODING", b"EXPECT", b"UPGRADE", b"HTTP2-SETTINGS"))
@@ -61,7 +63,7 @@ class Limits:
     """gunicorn's head limits from its config, read once per connection (each config read is a
     lookup through gunicorn's settings)."""
 
-    __slots__ = ("field_size", "fields", "line", "scheme_headers")
+    __slots__ = ("buffer_ok", "field_size", "fields", "line", "scheme_headers")
 
     def __init__(self, cfg: Any) -> None:
         line = int(cfg.limit_request_line)  # gunicorn: 0 is no limit, below 0 or above its cap is the cap
@@ -70,6 +72,11 @@ class Limits:
         self.fields = min(fields, MAX_FIELDS) if fields > 0 else MAX_FIELDS
         size = int(cfg.limit_request_field_size)
         self.field_size = size if size > 0 else _GUNICORN_LINE_CAP
+        # gunicorn also refuses a head once more than fields * (size + 2) + 4 bytes are buffered
+        # behind its request line, which depends on how the bytes arrived. This reader holds at
+        # most MAX_HEAD plus one read (of at most gunicorn's 8 KiB): with limits that small it
+        # stands aside rather than accept what gunicorn might have refused.
+        self.buffer_ok = (fields if fields > 0 else 32768) * (self.field_size + 2) + 4 > 4 * MAX_HEAD
         self.scheme_headers = frozenset(name.upper().encode() for name in (cfg.secure_scheme_headers or {}))
 
 
@@ -142,7 +149,7 @@ def parse_head(head: bytes, remote_addr: str, limits: Limits) -> tuple[str, str,
                 return None  # gunicorn refuses those that disagree
         text_name = upper.decode()
         text = value.strip(b" \t").decode()
-        key = "HTTP_" + text_name.replace("-", "_")
+        key = "CONTENT_TYPE" if upper == b"CONTENT-TYPE" else "HTTP_" + text_name.replace("-", "_")
         if key in environ:
             return None  # a repeated field: gunicorn's reading of it is the one that counts
         if upper == b"CONNECTION":
@@ -158,6 +165,19 @@ def parse_head(head: bytes, remote_addr: str, limits: Limits) -> tuple[str, str,
     return method, uri, version, headers, environ, close
 
 
+def _may_become_quick(data: bytes, limits: Limits) -> bool:
+    """Whether an unfinished head may still be one this reader takes. Only such a head is waited
+    on here: any other goes to gunicorn's parser at once, so that a bad request line is refused
+    as soon as gunicorn would refuse it, not once the head ends or the header timeout does."""
+    line_end = data.find(b"\r\n")
+    if line_end >= 0:
+        return _REQUEST_LINE.fullmatch(data, 0, line_end) is not None and not line_end > limits.line > 0
+    line = data[:-1] if data.endswith(b"\r") else data
+    if len(line) > limits.line > 0 or _REQUEST_LINE_SO_FAR.fullmatch(line) is None:
+        return False
+    return line.startswith((b"GET /", b"HEAD /")) or b"GET /".startswith(line) or b"HEAD /".startswith(line)
+
+
 class QuickParser(RequestParser):  # type: ignore[misc]
     """gunicorn's request parser, taking the heads described above itself (when ``quick``)."""
 
@@ -167,7 +187,8 @@ class QuickParser(RequestParser):  # type: ignore[misc]
         super().__init__(cfg, source, source_addr)
         quick = quick and getattr(cfg, "proxy_protocol", "off") in ("off", False, None)
         self._remote = source_addr[0] if isinstance(source_addr, tuple) else ""
-        self._limits = Limits(cfg) if quick else None
+        limits = Limits(cfg) if quick else None
+        self._limits = limits if limits is not None and limits.buffer_ok else None
 
     def __next__(self) -> Any:
         limits = self._limits
@@ -196,7 +217,8 @@ class QuickParser(RequestParser):  # type: ignore[misc]
             end = data.find(b"\r\n\r\n")
             if end >= 0:
                 break
-            if len(data) > MAX_HEAD or data.count(b"\n") != data.count(b"\r\n"):
+            if len(data) > MAX_HEAD or data.count(b"\n") != data.count(b"\r\n") \
+                    or not _may_become_quick(data, limits):
                 self.unreader.unread(data)
                 return None
             more = self.unreader.read()
