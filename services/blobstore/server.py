@@ -83,6 +83,10 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         step = functools.partial(contextvars.copy_context().run, fn, *args)
         return await asyncio.get_running_loop().run_in_executor(self._pool, step)
 
+    def _submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        """``_run``'s step, started without waiting for it."""
+        return self._pool.submit(contextvars.copy_context().run, fn, *args)
+
     async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext) -> pb.BlobInfo:
         return _blob(await self._run(self._blobs.stat, request.digest, request.want_location))
 
@@ -156,12 +160,26 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             upload = session.finish()
             return upload, self._blobs.commit(upload_id, repository, commit_digest) if commit_digest else None
 
+        # One write in flight while the next message is received: the event loop's share of a
+        # message (gRPC's) and the writer's (hashing, the direct write; both without the GIL)
+        # overlap instead of taking turns. Writes stay one at a time, in order.
+        writing: concurrent.futures.Future[None] | None = None
+
+        def abort(exc: BaseException) -> None:
+            if writing is not None:
+                concurrent.futures.wait([writing])  # never closes the writer under a write still running
+            session.abort(exc)
+
         session = await self._run(open_and_write)
         try:
             async for message in rest:
-                await self._run(session.write, message.data)
+                if writing is not None:
+                    await asyncio.wrap_future(writing)
+                writing = self._submit(session.write, message.data)
+            if writing is not None:
+                await asyncio.wrap_future(writing)
         except BaseException as exc:
-            await asyncio.shield(self._run(session.abort, exc))
+            await asyncio.shield(self._run(abort, exc))
             raise
         return await asyncio.shield(self._run(finish_and_commit))
 
