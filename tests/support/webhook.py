@@ -55,7 +55,10 @@ class Receiver:
         if not self.record.exists():
             return []
         found = []
-        for line in self.record.read_text().splitlines():
+        text = self.record.read_text()
+        # Only whole lines: the receiver may be writing the last one (a long line leaves in more
+        # than one write), and a half-written line is a delivery not yet answered.
+        for line in text[:text.rfind("\n") + 1].splitlines():
             entry = json.loads(line)
             entry["body"] = base64.b64decode(entry["body"])
             found.append(entry)
