@@ -28,6 +28,7 @@ on a miss it turns it back into gunicorn's own request object from the same byte
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -60,8 +61,8 @@ _NO_BODY = _NoBody()
 
 
 class Limits:
-    """gunicorn's head limits from its config, read once per connection (each config read is a
-    lookup through gunicorn's settings)."""
+    """gunicorn's head limits from its config (each config read is a lookup through gunicorn's
+    settings)."""
 
     __slots__ = ("buffer_ok", "field_size", "fields", "line", "scheme_headers")
 
@@ -78,6 +79,12 @@ class Limits:
         # stands aside rather than accept what gunicorn might have refused.
         self.buffer_ok = (fields if fields > 0 else 32768) * (self.field_size + 2) + 4 > 4 * MAX_HEAD
         self.scheme_headers = frozenset(name.upper().encode() for name in (cfg.secure_scheme_headers or {}))
+
+
+@functools.lru_cache(maxsize=8)
+def _limits_of(cfg: Any) -> Limits:
+    """A worker's one config's limits, read once (a parser is made per connection)."""
+    return Limits(cfg)
 
 
 class QuickRequest:
@@ -187,7 +194,7 @@ class QuickParser(RequestParser):  # type: ignore[misc]
         super().__init__(cfg, source, source_addr)
         quick = quick and getattr(cfg, "proxy_protocol", "off") in ("off", False, None)
         self._remote = source_addr[0] if isinstance(source_addr, tuple) else ""
-        limits = Limits(cfg) if quick else None
+        limits = _limits_of(cfg) if quick else None
         self._limits = limits if limits is not None and limits.buffer_ok else None
 
     def __next__(self) -> Any:
