@@ -152,7 +152,7 @@ def _cork(sock: Any, on: int) -> None:
 
 def _input_waiting(client: Any) -> bool:
     """True when the connection already has bytes (or its end) to read: one non-blocking peek,
-    so a busy keep-alive connection skips the idle wait's watcher and hub switch. A TLS socket
+    so a busy keep-alive connection skips the idle wait (its watcher and timeout). A TLS socket
     may hold decrypted bytes the kernel no longer has: those count too."""
     pending = getattr(client, "pending", None)
     if pending is not None:
@@ -190,7 +190,14 @@ class _RequestHeadDeadline:
         return buffer is not None and bool(buffer.getbuffer().nbytes)
 
     def __enter__(self) -> None:
-        if not self._buffered() and not _input_waiting(self._client):
+        if self._buffered() or _input_waiting(self._client):
+            # The next request is already here. Served at once, a client that sends each request
+            # as soon as it has the last answer kept the hub from running anyone else for as
+            # long as it went on: under hey -c256, 1% of requests waited 0.3-1.9 s (p99 212-265
+            # ms; Distribution 102 ms). Letting every other ready connection go first took p99
+            # to ~90 ms (13 ms at -c32, was 22-40) for ~3-6% of blob HEAD throughput.
+            gevent.sleep(0)
+        else:
             try:
                 wait_read(self._client.fileno(), timeout=self._keepalive, timeout_exc=TimeoutError())
             except TimeoutError:

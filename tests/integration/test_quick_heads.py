@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -416,3 +417,37 @@ def test_a_refused_request_line_is_answered_before_the_head_ends(connect: Callab
     conn.sock.settimeout(1.0)
     conn.send(partial)
     assert conn.reply().status == 400
+
+
+def test_a_client_that_never_pauses_does_not_hold_the_worker(registry: Registry,
+                                                             connect: Callable[[], Connection]) -> None:
+    """One gateway worker; a greedy connection pipelines thousands of cache hits (its next request
+    is always already there) while a thread reads its answers. Another client's request is
+    answered while the greedy answers are still coming, not after the last of them."""
+    auth = f"Authorization: {registry.owner}"
+    total = 4000
+    greedy, other = connect(), connect()
+    greedy.sock.settimeout(30)
+    received = 0
+    done = threading.Event()
+
+    def read_greedy() -> None:
+        nonlocal received
+        for _ in range(total):
+            assert_blob_head(greedy.reply("HEAD"), registry)
+            received += 1
+        done.set()
+
+    reader = threading.Thread(target=read_greedy, daemon=True)
+    reader.start()
+    greedy.send(head("HEAD", registry.blob_path, auth) * total)
+    # The other client's request, once the worker is busy with the greedy one.
+    while received < 50:
+        assert not done.is_set() and reader.is_alive()
+        time.sleep(0.001)
+    other.send(head("HEAD", registry.blob_path, auth))
+    assert_blob_head(other.reply("HEAD"), registry)
+    answered_at = received
+    reader.join(60)
+    assert done.is_set() and received == total
+    assert answered_at < total, "the other client waited for every one of the greedy client's answers"
