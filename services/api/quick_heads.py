@@ -39,9 +39,9 @@ MAX_HEAD = 8192
 MAX_FIELDS = 64
 _GUNICORN_LINE_CAP = 8190  # gunicorn's largest request line and default largest header line
 _REQUEST_LINE = re.compile(rb"(GET|HEAD) (/(?!/)[!-~]*) HTTP/1\.([01])")
-# RFC 9110 token, without "_" (see above); values: printable ASCII, spaces and tabs.
 # What an unfinished request line may hold (its version checked once the line ends).
 _REQUEST_LINE_SO_FAR = re.compile(rb"[!-~]+( [!-~]*( [!-~]*)?)?")
+# RFC 9110 token, without "_" (see above); values: printable ASCII, spaces and tabs.
 _NAME = re.compile(rb"[!#$&'*+\-.^`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\t -~]*")
 _REFUSED = frozenset((b"CONTENT-LENGTH", b"TRANSFER-ENCODING", b"EXPECT", b"UPGRADE", b"HTTP2-SETTINGS"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -79,12 +78,11 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         self._pool = pool
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        # In the call's context, so the step's storage span and log lines belong to the call.
-        step = functools.partial(contextvars.copy_context().run, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, step)
+        return await asyncio.wrap_future(self._submit(fn, *args))
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        """``_run``'s step, started without waiting for it."""
+        """A storage step started in the pool without waiting for it. In the call's context, so
+        the step's storage span and log lines belong to the call."""
         return self._pool.submit(contextvars.copy_context().run, fn, *args)
 
     async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext) -> pb.BlobInfo:
