@@ -32,16 +32,16 @@ class CountingInput:
     so gunicorn's reader underneath stays reachable: services/api/wire.py)."""
 
     def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
+        self.inner = stream
         self.received = 0
 
     def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
+        data = self.inner.read(size)
         self.received += len(data)
         return data
 
     def readline(self, size: int = -1) -> bytes:
-        data = self._stream.readline(size)
+        data = self.inner.readline(size)
         self.received += len(data)
         return data
 
@@ -49,7 +49,7 @@ class CountingInput:
         return iter(self.readline, b"")
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
+        return getattr(self.inner, name)
 
 
 class HttpMetrics:

@@ -51,7 +51,7 @@ class Held:
         if length:
             self._hold(length)
 
-    def pieces(self, body: Iterable[bytes]) -> Iterator[bytes]:
+    def pieces(self, body: Iterable[bytes | bytearray]) -> Iterator[bytes | bytearray]:
         """The body, holding STEP bytes ahead of what has arrived when no Content-Length said how much."""
         if request.content_length is not None:
             yield from body

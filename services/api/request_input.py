@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from flask import request
 
-from services.api.wire import body_unreader
+from services.api.wire import SocketBody, body_unreader
 from services.common import digests
 from services.common.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INVALID, RegistryError
 
@@ -53,7 +53,7 @@ class BodyPieces:
     read side shut under it rather than being waited for.
     """
 
-    def __init__(self, stream: IO[bytes], declared: int | None, sock: socket.socket | None = None,
+    def __init__(self, stream: IO[bytes] | SocketBody, declared: int | None, sock: socket.socket | None = None,
                  unreader: Any = None) -> None:
         self._stream = stream
         self._sock = sock
@@ -67,7 +67,7 @@ class BodyPieces:
         _bodies_in_flight += 1
         self._counted = True
         # At most READ_AHEAD deep; _wait_for_room keeps it shallower while many bodies are in flight.
-        self._pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+        self._pieces: queue.Queue[bytes | bytearray | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
         self._room = threading.Event()
         self._stop = threading.Event()
         self._done = False
@@ -105,10 +105,10 @@ class BodyPieces:
                 return
             self._room.wait(_POLL)
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | bytearray]:
         return self
 
-    def __next__(self) -> bytes:
+    def __next__(self) -> bytes | bytearray:
         while not self._done:
             if self._stop.is_set():
                 raise StopIteration
@@ -152,8 +152,12 @@ class BodyPieces:
 
 @contextlib.contextmanager
 def request_body() -> Iterator[BodyPieces]:
-    body = BodyPieces(request.stream, request.content_length, request.environ.get("gunicorn.socket"),
-                      body_unreader(request.environ))
+    """The request's body in pieces: a body of known length straight off the connection under
+    gunicorn (wire.SocketBody), any other (chunked, another server) through ``request.stream``."""
+    environ = request.environ
+    direct = SocketBody.of(environ)
+    body = BodyPieces(direct or request.stream, request.content_length, environ.get("gunicorn.socket"),
+                      None if direct else body_unreader(environ))
     try:
         yield body
     finally:

@@ -8,6 +8,9 @@
 - **Chunk sizes.** gunicorn accepts any chunk size (2^64 included) and then waits for the
   bytes; a chunk larger than the largest body the gateway accepts is refused as soon as
   its size line is read.
+- **Bodies of known length** are read straight off the connection when streamed to the blob
+  store (:class:`SocketBody`): on their way through gunicorn's readers, werkzeug's stream and
+  the metrics' counter, a body's bytes were copied six to eight times.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import socket
 from typing import Any
 
 import gunicorn.http.body
+import gunicorn.http.unreader
 import gunicorn.util
 from gunicorn.http.errors import InvalidChunkSize
 
@@ -41,6 +45,72 @@ def body_unreader(environ: dict[str, Any]) -> Any:
     reader = getattr(environ.get("wsgi.input"), "reader", None)
     unreader = getattr(reader, "unreader", None)
     return unreader if hasattr(unreader, "max_body_chunk") else None
+
+
+class SocketBody:
+    """The rest of a request body of known length, read off the connection into one buffer per
+    piece: the kernel's copy is the only one before the gRPC message is framed (gunicorn's
+    readers, werkzeug's limited stream and the byte counter each copied it once or twice more:
+    a 1 GiB push cost the gateway 0.9 s of CPU, mostly copying).
+
+    It consumes the body through gunicorn's own state, so what follows the request stays
+    gunicorn's: first what its reader had buffered past the head, then the socket, never beyond
+    the body's declared end (a pipelined request behind it stays unread), the body's remaining
+    length kept current, and a failed read marks the body failed, as gunicorn's reader does
+    (the connection is then not reused)."""
+
+    def __init__(self, body: Any, sock: socket.socket, counter: Any) -> None:
+        self._body = body
+        self._reader = body.reader
+        self._sock = sock
+        self._counter = counter
+
+    @classmethod
+    def of(cls, environ: dict[str, Any]) -> SocketBody | None:
+        """The body of this request when it has gunicorn's shape for a Content-Length body that
+        nothing has read from yet; else None (the caller reads ``wsgi.input``)."""
+        stream = environ.get("wsgi.input")
+        body: Any = getattr(stream, "inner", stream)  # under the metrics' byte counter (CountingInput)
+        reader: Any = getattr(body, "reader", None)
+        sock = environ.get("gunicorn.socket")
+        if type(reader) is not gunicorn.http.body.LengthReader or sock is None \
+                or not isinstance(reader.unreader, gunicorn.http.unreader.SocketUnreader) \
+                or body.buf.getbuffer().nbytes:
+            return None
+        return cls(body, sock, stream if stream is not body and hasattr(stream, "received") else None)
+
+    def read(self, size: int) -> bytearray:
+        """Up to ``size`` bytes of the body, fewer only at its end (empty there) or when the
+        client closed the connection early."""
+        want = min(size, self._reader.length)
+        if want <= 0:
+            return bytearray()
+        piece = bytearray(want)
+        view = memoryview(piece)
+        filled = 0
+        try:
+            held = self._reader.unreader.take_buffered()
+            if held:
+                filled = min(len(held), want)
+                view[:filled] = held[:filled]
+                if len(held) > filled:
+                    self._reader.unreader.unread(held[filled:])
+            while filled < want:
+                got = self._sock.recv_into(view[filled:], want - filled)
+                if not got:
+                    break
+                filled += got
+        except BaseException:
+            self._body.failed = True
+            raise
+        finally:
+            view.release()
+            self._reader.length -= filled
+            if self._counter is not None:
+                self._counter.received += filled
+        if filled < want:
+            del piece[filled:]
+        return piece
 
 
 def install(max_body_bytes: int) -> None:

@@ -224,3 +224,24 @@ def test_pipelined_requests_are_answered_at_once(strict: RunningStack) -> None:
                 answers += chunk
         assert answers.count(b"HTTP/1.1 200") == 3, answers[:300]
         assert time.monotonic() - started < 1.5, path
+
+
+def test_a_streamed_body_and_the_request_pipelined_behind_it_are_both_served(strict: RunningStack) -> None:
+    """A body too large to be read whole is read off the connection up to its declared end and
+    no further (services/api/wire.py, SocketBody): the request sent right behind it on the same
+    connection is answered, and the blob is exactly the body."""
+    data = bytes(i % 241 for i in range(1_500_000))
+    location = requests.post(f"{strict.url}/v2/streamed/x/blobs/uploads/", timeout=10).headers["Location"]
+    patch = f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+    commit = f"PUT {location}?digest={digests.of(data)} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" \
+             "Connection: close\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=20) as sock:
+        sock.sendall(patch + commit)
+        answers = b""
+        while chunk := sock.recv(65536):
+            answers += chunk
+    assert answers.startswith(b"HTTP/1.1 202"), answers[:300]
+    assert b"HTTP/1.1 201" in answers, answers[:600]
+    assert f"Range: 0-{len(data) - 1}".encode() in answers
+    blob = requests.get(f"{strict.url}/v2/streamed/x/blobs/{digests.of(data)}", timeout=10)
+    assert blob.content == data
