@@ -416,13 +416,15 @@ class BlobService:
         return dataclasses.replace(upload, size=len(data)), Blob(digest, len(data))
 
     def _commit_whole(self, upload: Upload, data: bytes, digest: str) -> tuple[Upload, Blob]:
-        """commit_whole of a session nothing is stored for yet: no writer to hold, only its end."""
+        """commit_whole of a session nothing is stored for yet: no writer to hold, and, once
+        committed, nothing to remove (``_end`` of a completed sealed session only removes what
+        is stored; an append that raced in and stored bytes started the new session a committed
+        URL's reuse starts). A failed commit still ends the session for good."""
         try:
             self._store_whole(digest, data)
         except BaseException:
             self._end(upload.upload_id)
             raise
-        self._end(upload.upload_id, completed=True)
         return dataclasses.replace(upload, size=len(data)), Blob(digest, len(data))
 
     def put_whole(self, digest: str, data: bytes) -> Blob:

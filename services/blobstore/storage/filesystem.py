@@ -290,10 +290,15 @@ class FilesystemDriver(StorageDriver):
         _ensure_dir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fdatasync(handle.fileno())
+            try:
+                # os.write rather than a file object: open() of a descriptor costs an fstat, an
+                # isatty ioctl and a seek, a fifth of the system calls of a small blob's commit.
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             pathlib.Path(tmp).unlink(missing_ok=True)
