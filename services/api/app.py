@@ -192,6 +192,7 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
     # The worker records every request's figures with it (worker.py), once the answer is sent.
     app.extensions["wharf.http_metrics"] = figures
     # The worker answers read-cache hits with it before building a WSGI request (worker.py).
-    app.extensions["wharf.hot_reads"] = HotReads(ctx, access_log if settings.access_log else None, trusted_proxies)
+    app.extensions["wharf.hot_reads"] = HotReads(ctx, access_log if settings.access_log else None, trusted_proxies,
+                                                 settings.instance_id)
     ratelimit.install(app, ctx, trusted_proxies)  # per account and address (issue 19); wraps the hot reads
     return app

@@ -1,12 +1,13 @@
 """The hottest reads answered from the read cache before any WSGI request exists.
 
 A manifest GET or HEAD and a blob HEAD are most of a registry's requests (every pull starts
-with them, and pushers HEAD every layer). When the read cache holds the answer, what is left
-of such a request is the framework: building Flask's request context, its hooks and its
-response object cost about as much as the HTTP parsing itself. The gateway's worker
-(worker.py) hands each parsed GET and HEAD to :meth:`HotReads.respond` and writes a hit's
-answer itself; the answer has the same headers the views send (it builds them with the views'
-own functions), the same route table (with its access rule per method) and the same authorizer.
+with them, and pushers HEAD every layer), with the ``/v2/`` version check before each. When
+the read cache holds the answer, what is left of such a request is the framework: building
+Flask's request context, its hooks and its response object cost about as much as the HTTP
+parsing itself. The gateway's worker (worker.py) hands each parsed GET and HEAD to
+:meth:`HotReads.respond` and writes a hit's answer itself; the answer has the same headers the
+views send (it builds them with the views' own functions), the same route table (with its
+access rule per method) and the same authorizer.
 
 It never answers anything else, and never an error: a miss, a body, an encoded character in
 the path, a missing or insufficient token, an Accept header that refuses the manifest's type
@@ -22,10 +23,12 @@ from typing import Any
 from services.api import routes
 from services.api.context import Context
 from services.api.responses import access_record, request_id
+from services.api.views.base import PING as _PING
 from services.api.views.blobs import blob_headers
 from services.api.views.manifests import accepts, manifest_headers
 from services.common.client_address import Network, client_address
 from services.common.digests import looks_like_digest
+from services.common.health import INSTANCE_HEADER
 from services.common.logs import AccessLog
 
 _API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -35,8 +38,10 @@ _ACCEPTS_MEMO_MAX = 1024
 
 
 class HotReads:
-    def __init__(self, ctx: Context, access_log: AccessLog | None, trusted_proxies: tuple[Network, ...]) -> None:
+    def __init__(self, ctx: Context, access_log: AccessLog | None, trusted_proxies: tuple[Network, ...],
+                 instance_id: str = "") -> None:
         self._cache = ctx.clients.cache
+        self._instance = [(INSTANCE_HEADER, instance_id)] if instance_id else []
         self._authorizer = ctx.authorizer
         self._mirror = ctx.mirror
         self._pulls = ctx.pull_events
@@ -91,6 +96,13 @@ class HotReads:
             headers = manifest_headers(manifest)
             headers["Content-Length"] = str(len(manifest.content))
             return route.endpoint, list(headers.items()), b"" if method == "HEAD" else manifest.content
+        if route.endpoint == "base":
+            # The API version check every client starts a pull or push with (docker, containerd
+            # and podman send it before each): thousands at once when a node pool scales up.
+            if not self._allowed(environ, route.handlers[method], params):
+                return None  # the full path challenges
+            return route.endpoint, [("Content-Type", "application/json"), ("Content-Length", str(len(_PING))),
+                                    *self._instance], b"" if method == "HEAD" else _PING
         if route.endpoint == "blob" and method == "HEAD":
             size = self._cache.cached(params["name"], "blob", params["digest"])
             if size is None or not self._allowed(environ, route.handlers[method], params):

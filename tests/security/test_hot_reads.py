@@ -3,6 +3,8 @@ never answer a caller, a path or an Accept header that the full path would refus
 
 from __future__ import annotations
 
+import socket
+
 import requests
 
 from services.common import mediatypes
@@ -87,3 +89,40 @@ def test_hits_carry_the_same_headers_as_misses(target: RunningStack) -> None:
     forged = requests.get(url, headers={**owner, "Accept": mediatypes.OCI_MANIFEST, "X-Request-Id": "a\tb"},
                           timeout=10)
     assert forged.headers["X-Request-Id"] != "a\tb" and len(forged.headers["X-Request-Id"]) == 32
+
+
+def _raw(stack: RunningStack, head: str) -> tuple[int, dict[str, str], bytes]:
+    """One request over a fresh socket; (status, headers by lower-case name, body)."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(head.encode("latin-1"))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    top, _, body = answer.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_the_version_check_on_the_hot_path_answers_as_the_full_path(target: RunningStack) -> None:
+    """``/v2/`` is answered before Flask for a caller the full path lets through, and only then: the
+    same status, headers and body as the full path (reached here with a chunked, empty body,
+    which the hot path never takes)."""
+    valid = token(target, "a")
+    volatile = {"date", "x-request-id", "connection", "transfer-encoding"}
+    for method in ("GET", "HEAD"):
+        for path in ("/v2/", "/v2"):
+            base = f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {valid}\r\nConnection: close\r\n"
+            hot = _raw(target, base + "\r\n")
+            full = _raw(target, base + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            assert hot[0] == full[0] == 200, (method, path, hot, full)
+            assert {k: v for k, v in hot[1].items() if k not in volatile} == \
+                   {k: v for k, v in full[1].items() if k not in volatile}, (method, path)
+            assert hot[2] == full[2] == (b"{}" if method == "GET" else b"")
+            assert hot[1]["x-request-id"]
+        assert _each_worker(method, f"{target.url}/v2/", {}) == {401}
+        assert _each_worker(method, f"{target.url}/v2/", bearer(valid + "x")) == {401}
+        assert _each_worker(method, f"{target.url}/v2/", bearer(valid)) == {200}
+    challenge = requests.get(f"{target.url}/v2/", timeout=10)
+    assert challenge.headers["WWW-Authenticate"].startswith("Bearer realm=")
+    assert challenge.json()["errors"][0]["code"] == "UNAUTHORIZED"
