@@ -222,7 +222,9 @@ class LimitedHotReads:
         except KeyError:
             pass
         found = routes.match(key[0])
-        rule = self._limiter.watch.rule_for(found[1]["name"]) if found and "name" in found[1] else None
+        # The rule the application would count the request under (before_request): a route without
+        # a repository (the /v2/ check) under the rule for the name "".
+        rule = self._limiter.watch.rule_for(found[1].get("name", "")) if found else None
         wants = None
         if rule is not None:
             wants = self._limiter.wants(rule, client_address(key[1], key[2], self._trusted),
