@@ -110,8 +110,15 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
     rounds = [small_pushes(server.url) for _ in range(args.runs)]
     result["small_push"] = (max if args.aggregate == "best" else statistics.median)(rounds)
     log(f"small-blob push {result['small_push']:.0f} blobs/s (rounds: {', '.join(f'{r:.0f}' for r in rounds)})")
-    result["head"] = run_hey(f"{server.url}/v2/bench/small/blobs/{small_digest(server.url)}", args.wrk_seconds)
+    head_url = f"{server.url}/v2/bench/small/blobs/{small_digest(server.url)}"
+    result["head"] = run_hey(head_url, args.wrk_seconds)
     log(f"blob HEAD {result['head']:.0f} req/s")
+    # Neighbours of the figures above: a client that opens a connection per request (scripts,
+    # health checks, the load bench's prober), and the /v2/ check every client starts with.
+    result["head_fresh"] = run_hey(head_url, args.wrk_seconds, "-disable-keepalive")
+    log(f"blob HEAD, a fresh connection each {result['head_fresh']:.0f} req/s")
+    result["ping"] = run_wrk(f"{server.url}/v2/", args.wrk_seconds, strict=True)
+    log(f"GET /v2/ {result['ping']['rps']:.0f} req/s")
     result["tags_ms"] = tag_listing_ms(server.url)
     log(f"1,000 tags in pages of 100: {result['tags_ms']:.1f} ms")
     aggregate = max if args.aggregate == "best" else statistics.median
@@ -150,13 +157,14 @@ def small_digest(url: str) -> str:
         client.close()
 
 
-def run_hey(url: str, seconds: int) -> float:
-    """Requests/s of HEAD under hey -c32 (built into .tools/bin when missing)."""
+def run_hey(url: str, seconds: int, *options: str) -> float:
+    """Requests/s of HEAD under hey -c32 (built into .tools/bin when missing); ``options`` adds
+    hey's own (``-disable-keepalive``: a fresh connection per request)."""
     binary = REPO / ".tools" / "bin" / "hey"
     if not binary.exists():
         subprocess.run(["go", "install", HEY_MODULE], check=True, env={**os.environ, "GOBIN": str(binary.parent)})
-    out = subprocess.run([str(binary), "-z", f"{seconds}s", "-c", "32", "-m", "HEAD", url], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([str(binary), "-z", f"{seconds}s", "-c", "32", "-m", "HEAD", *options, url],
+                         capture_output=True, text=True, check=True).stdout
     codes = re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)
     if any(code != "200" for code, _ in codes):
         raise BenchError(f"blob HEAD answered {codes}")
@@ -211,6 +219,8 @@ def build_rows(ours: dict[str, Any], theirs: dict[str, Any] | None) -> list[dict
     row("manifest GET non-2xx + socket errors", lambda r: r["manifest"]["non_2xx"] + r["manifest"]["socket_errors"])
     row("small-blob push (64 KiB, 8 threads) blobs/s", lambda r: r["small_push"], ratio_target=1.0)
     row("blob HEAD (hey -c32) req/s", lambda r: r["head"], ratio_target=1.0)
+    row("blob HEAD, a fresh connection each (hey -c32 -disable-keepalive) req/s", lambda r: r["head_fresh"])
+    row("GET /v2/ (wrk -c32) req/s", lambda r: r["ping"]["rps"])
     row("1,000 tags in pages of 100, ms (lower is better)", lambda r: r["tags_ms"], target="<= 1x")
     for phase in ("push", "pull"):
         rss, cpu = f"rss_{phase}_mb", f"cpu_{phase}_s"
