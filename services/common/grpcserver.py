@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import gc
 import logging
 import signal
 import time
@@ -240,9 +239,6 @@ async def serve(service: str, address: str, register: Callable[[grpc.aio.Server]
     await server.start()
     if on_port:
         on_port(port)
-    # What the service loaded lives as long as it does: frozen out of the collector's sight, a
-    # full collection no longer walks it while every call in flight waits (services/api/worker.py).
-    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -127,6 +127,21 @@ def test_impossible_framing_is_answered_at_once(strict: RunningStack, request_by
     assert elapsed < 1.0
 
 
+def _resume(stack: RunningStack, name: str, location: str, data: bytes) -> int:
+    """Resumes an interrupted upload from where its status says it is, to a blob that must be
+    ``data``; returns the offset it resumed from."""
+    status = requests.get(stack.url + location, timeout=10)
+    assert status.status_code == 204
+    stored = int(status.headers["Range"].split("-")[1]) + 1 if status.headers["Range"] != "0-0" else 0
+    rest = requests.patch(stack.url + location, data=data[stored:],
+                          headers={"Content-Range": f"{stored}-{len(data) - 1}"}, timeout=10)
+    assert rest.status_code == 202, rest.text
+    done = requests.put(stack.url + location, params={"digest": digests.of(data)}, timeout=10)
+    assert done.status_code == 201, done.text
+    assert requests.get(f"{stack.url}/v2/{name}/blobs/{digests.of(data)}", timeout=10).content == data
+    return stored
+
+
 @pytest.mark.parametrize(("size", "sent"), [(2048, 100), (3_000_000, 1_500_000)], ids=["whole", "streamed"])
 def test_a_stalled_patch_ends_and_the_upload_resumes_from_what_was_stored(strict: RunningStack, size: int,
                                                                         sent: int) -> None:
@@ -144,16 +159,8 @@ def test_a_stalled_patch_ends_and_the_upload_resumes_from_what_was_stored(strict
         elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert 1.5 < elapsed < 8, elapsed
-    status = requests.get(strict.url + location, timeout=10)
-    assert status.status_code == 204
-    stored = int(status.headers["Range"].split("-")[1]) + 1 if status.headers["Range"] != "0-0" else 0
+    stored = _resume(strict, "stalled/x", location, data)
     assert stored <= sent and (size < 1_000_000 or stored > 0), stored
-    rest = requests.patch(strict.url + location, data=data[stored:],
-                          headers={"Content-Range": f"{stored}-{len(data) - 1}"}, timeout=10)
-    assert rest.status_code == 202, rest.text
-    done = requests.put(strict.url + location, params={"digest": digests.of(data)}, timeout=10)
-    assert done.status_code == 201, done.text
-    assert requests.get(f"{strict.url}/v2/stalled/x/blobs/{digests.of(data)}", timeout=10).content == data
 
 
 def test_a_small_body_cut_short_fails_at_once_and_stores_nothing(strict: RunningStack) -> None:
@@ -188,15 +195,7 @@ def test_a_streamed_body_cut_short_fails_at_once_and_the_session_resumes(strict:
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert time.monotonic() - started < 1.5
-    status = requests.get(strict.url + location, timeout=10)
-    stored = int(status.headers["Range"].split("-")[1]) + 1 if status.headers["Range"] != "0-0" else 0
-    assert stored <= 2_000_000
-    rest = requests.patch(strict.url + location, data=data[stored:],
-                          headers={"Content-Range": f"{stored}-{len(data) - 1}"}, timeout=10)
-    assert rest.status_code == 202, rest.text
-    done = requests.put(strict.url + location, params={"digest": digests.of(data)}, timeout=10)
-    assert done.status_code == 201, done.text
-    assert requests.get(f"{strict.url}/v2/short/streamed/blobs/{digests.of(data)}", timeout=10).content == data
+    assert _resume(strict, "short/streamed", location, data) <= 2_000_000
 
 
 def test_requests_beyond_the_cap_get_503_with_retry_after(strict: RunningStack) -> None:
