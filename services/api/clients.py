@@ -378,7 +378,7 @@ def _service_name(module: Any, name: str) -> str:
 def _blob_store_stub(channel: grpc.Channel) -> bpb_grpc.BlobStoreStub:
     """The generated stub, but for the two calls that stream a blob's bytes: after their first
     message, the request stream's items are the bytes themselves, each framed as a message with
-    only its data field (services/common/data_frames.py), in one copy rather than three."""
+    only its data field (services/common/data_frames.py), in one copy rather than two."""
     stub = bpb_grpc.BlobStoreStub(channel)
     service = _service_name(bpb, "BlobStore")
     for method, message, answer in (("AppendUpload", bpb.AppendRequest, bpb.AppendResponse),
