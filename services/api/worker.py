@@ -36,6 +36,7 @@ from typing import Any
 
 import gevent
 import gunicorn.http
+import gunicorn.http.wsgi
 import gunicorn.util
 from gevent.socket import socket as _GeventSocket
 from gevent.socket import wait_read, wait_write
@@ -145,9 +146,56 @@ def _send(sock: Any, data: bytes) -> None:
     sock.sendall(data)
 
 
-def _cork(sock: Any, on: int) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
+# A body chunk up to this size leaves in one send with the response's head (it is copied once to
+# join it); a larger one follows the head in a send of its own.
+COALESCED_BODY = 64 * 1024
+
+
+class CoalescedResponse(gunicorn.http.wsgi.Response):  # type: ignore[misc]
+    """gunicorn's response, whose head waits to leave with the first piece of the body.
+
+    gunicorn sends a response's head and its body in separate writes, so a small answer (a
+    manifest, an error) took two segments and woke the client twice. Corking the socket for
+    every request fixed that but cost two ``setsockopt`` calls a request, each holding the GIL
+    while the kernel pushed the segment through loopback: a tenth of a small push's gateway
+    time. Here the head is kept once gunicorn commits to it (``headers_sent``, which gunicorn's
+    error handling reads, means "committed": a head kept and never sent ends as one sent and
+    then abandoned does, with the connection closed) and goes out with the first body chunk,
+    or on its own before a file, a chunked body or the response's end."""
+
+    _head = b""
+    headers_sent: bool
+
+    def send_headers(self) -> None:
+        if self.headers_sent:
+            return
+        tosend = self.default_headers()
+        tosend.extend(f"{k}: {v}\r\n" for k, v in self.headers)
+        self._head = f"{''.join(tosend)}\r\n".encode("latin-1")
+        self.headers_sent = True
+
+    def _flush_head(self) -> None:
+        head, self._head = self._head, b""
+        if head:
+            _send(self.sock, head)
+
+    def _emit_body(self, data: bytes) -> None:
+        if self._head and not self.chunked and len(data) <= COALESCED_BODY:
+            head, self._head = self._head, b""
+            _send(self.sock, head + data)
+            return
+        self._flush_head()
+        super()._emit_body(data)
+
+    def sendfile(self, respiter: Any) -> bool:
+        self.send_headers()
+        self._flush_head()
+        return bool(super().sendfile(respiter))
+
+    def close(self) -> None:
+        self.send_headers()
+        self._flush_head()
+        super().close()
 
 
 def _input_waiting(client: Any) -> bool:
@@ -240,6 +288,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
 
         _socket3.socket.sendfile = cooperative_sendfile
         gunicorn.util.http_date = _http_date
+        gunicorn.http.wsgi.Response = CoalescedResponse  # what gunicorn.http.wsgi.create() builds
         gunicorn.http.get_parser = _quick_parser_seen_by_deadline(gunicorn.http.get_parser)
 
     def run(self) -> None:
@@ -293,17 +342,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         if type(req) is QuickRequest:
             req = req.parser.full_request(req)  # a miss: the application reads gunicorn's request
             req.wharf_started = started
-        # gunicorn sends a response's head and its body in separate writes: corked, a small
-        # answer (a manifest) leaves in one segment instead of two, and the client wakes once.
-        # Full segments are never held; the rest leaves when the response is done. A HEAD's
-        # answer is one write already: the two calls would only cost it.
-        if req.method == "HEAD":
-            return bool(super().handle_request(listener_name, req, sock, addr))
-        _cork(sock, 1)
-        try:
-            return bool(super().handle_request(listener_name, req, sock, addr))
-        finally:
-            _cork(sock, 0)
+        return bool(super().handle_request(listener_name, req, sock, addr))
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout)
