@@ -204,6 +204,12 @@ SERVER_OPTIONS = [
     # out start receiving calls without restarting the gateways.
     ("grpc.max_connection_age_ms", 300_000),
     ("grpc.max_connection_age_grace_ms", 3_600_000),
+    # Each stream's receive window stays at gRPC's initial 64 KiB instead of growing with its
+    # bandwidth-delay estimate: what a service buffers for its callers is then at most that per
+    # stream. With the estimate on, 500 slow uploads into a blob store whose disk lagged
+    # (load_bench (b)) grew its windows to ~2.6 MB each: 1.2-1.3 GB resident, against 309 MB
+    # with it off. A single large push loses up to ~10% (docs/performance.md).
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 

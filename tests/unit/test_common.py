@@ -103,3 +103,13 @@ def test_settings_load_converts_and_fails_fast() -> None:
         load(_Settings, {"T_PORT": "many", "T_REQUIRED": "x"})
     with pytest.raises(SettingsError, match="T_FLAG"):
         load(_Settings, {"T_FLAG": "maybe", "T_REQUIRED": "x"})
+
+
+def test_services_keep_each_streams_receive_window_at_its_initial_size() -> None:
+    """What a gRPC service buffers for a caller is bounded per stream only while the window does
+    not grow with the bandwidth-delay estimate: with it on, 500 slow uploads into a lagging disk
+    grew the blob store to 1.2-1.3 GB (bench/load_bench.py (b); docs/performance.md)."""
+    from services.common.grpcserver import SERVER_OPTIONS
+
+    assert ("grpc.http2.bdp_probe", 0) in SERVER_OPTIONS
+    assert not any(key == "grpc.http2.lookahead_bytes" for key, _ in SERVER_OPTIONS)
