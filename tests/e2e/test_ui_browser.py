@@ -172,8 +172,12 @@ def _all(driver: Any, css: str) -> list[Any]:
 
 
 def _wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 10) -> Any:
+    """Waits for ``condition``; an element the page re-rendered while the condition read it
+    (stale) is looked up again on the next poll rather than failing the wait (seen on a loaded
+    CI machine while the search results replaced the list)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout).until(condition)
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def _sign_in(driver: Any, stack: RunningStack, user: str, password: str) -> None:
