@@ -159,10 +159,11 @@ class CoalescedResponse(gunicorn.http.wsgi.Response):  # type: ignore[misc]
     every request fixed that but cost two ``setsockopt`` calls a request, each holding the GIL
     while the kernel pushed the segment through loopback (a tenth of a small push's gateway
     samples in py-spy), and held the answer until gunicorn's work after the response was done
-    (a ``POST`` on one connection: p50 1.9 ms corked, 0.85 ms now). Here the head is kept once gunicorn commits to it (``headers_sent``, which gunicorn's
-    error handling reads, means "committed": a head kept and never sent ends as one sent and
-    then abandoned does, with the connection closed) and goes out with the first body chunk,
-    or on its own before a file, a chunked body or the response's end."""
+    (a ``POST`` on one connection: p50 1.9 ms corked, 0.85 ms now). Here the head is kept once
+    gunicorn commits to it (``headers_sent``, which gunicorn's error handling reads, means
+    "committed": a head kept and never sent ends as one sent and then abandoned does, with the
+    connection closed) and goes out with the first body chunk, or on its own before a file, a
+    chunked body or the response's end."""
 
     _head = b""
     headers_sent: bool
