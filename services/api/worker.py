@@ -41,11 +41,12 @@ import gunicorn.util
 from gevent.socket import socket as _GeventSocket
 from gevent.socket import wait_read, wait_write
 from greenlet import getcurrent
+from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers.ggevent import GeventWorker
 
 from services.api.http_metrics import HttpMetrics
 from services.api.metrics_hub import MetricsHub
-from services.api.quick_heads import QuickParser, QuickRequest
+from services.api.quick_heads import DRAIN_LIMIT, QuickParser, QuickRequest
 from services.common import metrics, tracing
 
 # Bytes per os.sendfile call: the receiver's ACKs are processed between calls instead of
@@ -198,6 +199,27 @@ class CoalescedResponse(gunicorn.http.wsgi.Response):  # type: ignore[misc]
         self.send_headers()
         self._flush_head()
         super().close()
+
+    def should_close(self) -> bool:
+        """gunicorn's answer, and also when the application left more of the request's body
+        unread than the parser drains before the next request (``DRAIN_LIMIT``): the answer
+        says ``Connection: close`` rather than promising a connection it will drop."""
+        return bool(super().should_close()) or body_left_over(self.req)
+
+
+def body_left_over(req: Any) -> bool:
+    """True when the request's body cannot be discarded within ``DRAIN_LIMIT``: a declared length
+    that much beyond what was read, a chunked body not read to its end, or a body whose reading
+    failed (where the next request would start is unknown)."""
+    body = getattr(req, "body", None)
+    if body is None:
+        return False
+    if getattr(body, "failed", False) is True:
+        return True
+    reader = getattr(body, "reader", None)
+    if isinstance(reader, LengthReader):
+        return int(reader.length) > DRAIN_LIMIT
+    return isinstance(reader, ChunkedReader) and reader.parser is not None
 
 
 def _input_waiting(client: Any) -> bool:

@@ -131,6 +131,48 @@ def test_impossible_framing_is_answered_at_once(strict: RunningStack, request_by
     assert elapsed < 1.0
 
 
+@pytest.mark.parametrize("target,length,status", [
+    ("/v2/framing/x/blobs/uploads/0", 10**13, 413),  # over WHARF_MAX_BODY_BYTES (1 TiB)
+    ("/v2/Framing/x/blobs/uploads/0", 10**9, 400),   # an invalid name, refused before the body is read
+])
+def test_a_refused_body_is_not_read_and_the_connection_closes(strict: RunningStack, target: str, length: int,
+                                                              status: int) -> None:
+    """A body refused before it is read is not drained: gunicorn would read it 1 KiB at a time
+    for as long as the client sent, a core's worth of CPU for a single connection. The answer
+    says ``Connection: close`` and the gateway closes, however much the client goes on sending."""
+    head = f"PATCH {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.sendall(head + b"x" * 65536)
+        answer = sock.recv(65536)
+        assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
+        assert b"\r\nConnection: close\r\n" in answer.split(b"\r\n\r\n")[0] + b"\r\n"
+        started, sent = time.monotonic(), 0
+        with contextlib.suppress(OSError):  # the gateway closed: a reset or a broken pipe
+            while time.monotonic() - started < 5:
+                sock.sendall(b"x" * 65536)
+                sent += 65536
+        assert time.monotonic() - started < 5, f"the gateway was still reading after {sent} bytes"
+    assert requests.get(f"{strict.url}/v2/", timeout=5).status_code == 200
+
+
+def test_a_small_unread_body_is_discarded_and_the_connection_kept(strict: RunningStack) -> None:
+    """Up to 64 KiB the application left unread (here: refused for its invalid name before a byte was
+    read) is read past, so the connection serves the next request."""
+    body = b"x" * 1000
+    head = (b"PUT /v2/Framing/y/blobs/uploads/0?digest=sha256:" + b"0" * 64 + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.sendall(head + body + b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 2:
+            piece = sock.recv(65536)
+            assert piece, answers[:400]
+            answers += piece
+    first, second = answers.split(b"HTTP/1.1 ")[1:3]
+    assert not first.startswith(b"2") and b"Connection: keep-alive" in first, first[:300]
+    assert second.startswith(b"200"), second[:200]
+
+
 def _resume(stack: RunningStack, name: str, location: str, data: bytes) -> int:
     """Resumes an interrupted upload from where its status says it is, to a blob that must be
     ``data``; returns the offset it resumed from."""
