@@ -50,8 +50,10 @@ _WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_pref
 # Direct writes need two aligned buffers per writer. They come from a bounded pool, so that
 # memory stays flat however many uploads are open at once (500 slow uploads would otherwise
 # hold 1 GB of buffers): a writer that finds the pool empty writes through the page cache
-# instead, which needs no buffer, rather than waiting for one.
-_DIRECT_BUFFER_PAIRS = 32
+# instead, which needs no buffer, rather than waiting for one. Sixteen pairs (32 MiB) keep
+# the four writer threads busy with room to spare; 32 took load_bench (b)'s 500 slow uploads
+# to 309 MB resident, over the 300 MB every process must stay under.
+_DIRECT_BUFFER_PAIRS = 16
 
 
 class _BufferPool:
