@@ -203,9 +203,9 @@ class QuickParser(RequestParser):  # type: ignore[misc]
     def finish_body(self, deadline: float | None = None, max_bytes: int | None = None) -> bool:
         """Discards what the application left of the last request's body, up to ``DRAIN_LIMIT``
         bytes; False (the connection closes) when more is left. gunicorn drains without a cap,
-        1 KiB a read: a ``PATCH`` refused at once
-        (413 for its declared length, 401, 404) then had its worker read whatever the client
-        sent for as long as it sent it, one core's worth (19 MB/s, 19 CPU-seconds in 20 s)."""
+        1 KiB a read: a ``PATCH`` refused at once (413 for its declared length, 401, 404) then
+        had its worker read whatever the client sent for as long as it sent it, one core's
+        worth (19 MB/s, 19 CPU-seconds in 20 s)."""
         cap = DRAIN_LIMIT if max_bytes is None else min(max_bytes, DRAIN_LIMIT)
         return bool(super().finish_body(deadline, cap + 1))  # gunicorn gives up on reaching its cap
 
