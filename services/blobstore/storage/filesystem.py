@@ -51,8 +51,8 @@ _WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_pref
 # memory stays flat however many uploads are open at once (500 slow uploads would otherwise
 # hold 1 GB of buffers): a writer that finds the pool empty writes through the page cache
 # instead, which needs no buffer, rather than waiting for one. Sixteen pairs (32 MiB) keep
-# the four writer threads busy with room to spare; 32 took load_bench (b)'s 500 slow uploads
-# to 309 MB resident, over the 300 MB every process must stay under.
+# the four writer threads busy with room to spare. load_bench (b), 500 slow uploads: the blob
+# store peaked at 309 MB with 32 pairs, at 243-267 MB (five runs) with 16.
 _DIRECT_BUFFER_PAIRS = 16
 
 
