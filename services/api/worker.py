@@ -49,9 +49,12 @@ from services.api.metrics_hub import MetricsHub
 from services.api.quick_heads import DRAIN_LIMIT, QuickParser, QuickRequest
 from services.common import metrics, tracing
 
-# Bytes per os.sendfile call: the receiver's ACKs are processed between calls instead of
-# piling up behind one long send (measured: 4 MiB calls beat 1 GiB ones on loopback).
-SENDFILE_CHUNK = 4 * 1024 * 1024
+# Bytes per os.sendfile call. Small calls let the receiver copy each piece while the next is
+# queued, instead of waiting behind one long send that holds the socket. 1 GiB pulls over
+# loopback, four per size: 16-48 KiB 1.7-2.8 GB/s (32 KiB: median ~2.1), 64 KiB 0.9-1.4,
+# 128-256 KiB 1.5-2.2, 1 MiB 1.6-1.8, 4 MiB (before) 1.4-2.0; Distribution v3.0.0, writing
+# 32 KiB at a time, 1.6-1.9. The gateway's CPU per pull fell too (0.4-0.6 s against 0.5-0.8).
+SENDFILE_CHUNK = 32 * 1024
 # The head deadline of the connection each greenlet serves (greenlet-local state, without
 # gevent.local's cost on every request).
 _deadlines: dict[Any, _RequestHeadDeadline] = {}
