@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
@@ -13,15 +12,6 @@ from gunicorn.http.unreader import SocketUnreader
 
 from services.api.http_metrics import CountingInput
 from services.api.wire import SocketBody
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair()
-    ours.settimeout(5)
-    yield ours, theirs
-    ours.close()
-    theirs.close()
 
 
 def _body(sock: socket.socket, length: int, buffered: bytes = b"") -> tuple[dict, Body, SocketUnreader]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,6 @@ from gunicorn.config import Config
 
 from services.api.quick_heads import DRAIN_LIMIT, QuickParser
 from services.api.worker import CoalescedResponse, body_left_over
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair()
-    ours.settimeout(2)
-    yield ours, theirs
-    ours.close()
-    theirs.close()
 
 
 def _parse(pair: tuple[socket.socket, socket.socket], head: bytes, body: bytes) -> tuple[QuickParser, Any]:
