@@ -52,7 +52,7 @@ _WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_pref
 # hold 1 GB of buffers): a writer that finds the pool empty writes through the page cache
 # instead, which needs no buffer, rather than waiting for one. Sixteen pairs (32 MiB) keep
 # the four writer threads busy with room to spare. load_bench (b), 500 slow uploads: the blob
-# store peaked at 309 MB with 32 pairs, at 243-267 MB (five runs) with 16.
+# store peaked at 309 MB with 32 pairs, at 243-273 MB (nine runs) with 16.
 _DIRECT_BUFFER_PAIRS = 16
 
 
