@@ -55,6 +55,9 @@ from services.common import metrics, tracing
 # 128-256 KiB 1.5-2.2, 1 MiB 1.6-1.8, 4 MiB (before) 1.4-2.0; Distribution v3.0.0, writing
 # 32 KiB at a time, 1.6-1.9. The gateway's CPU per pull fell too (0.4-0.6 s against 0.5-0.8).
 SENDFILE_CHUNK = 32 * 1024
+# How long a connection closed with a request body still arriving waits for the client to read
+# the answer before it is closed for good (GatewayWorker._handle_request).
+LINGER_SECONDS = 2.0
 # The head deadline of the connection each greenlet serves (greenlet-local state, without
 # gevent.local's cost on every request).
 _deadlines: dict[Any, _RequestHeadDeadline] = {}
@@ -369,7 +372,17 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         if type(req) is QuickRequest:
             req = req.parser.full_request(req)  # a miss: the application reads gunicorn's request
             req.wharf_started = started
-        return bool(super().handle_request(listener_name, req, sock, addr))
+        try:
+            return bool(super().handle_request(listener_name, req, sock, addr))
+        except StopIteration:
+            if type(sock) is _GeventSocket and body_left_over(req):
+                # The answer went out with a body still arriving: closed at once, the unread bytes
+                # make the kernel reset the connection, and a client may lose the answer (a 413,
+                # a quota's DENIED) to the reset. Half-closed first, the client reads the answer
+                # and its end; what it still sends is read past, up to the same limit, for up to
+                # LINGER_SECONDS (RFC 9112, 9.6).
+                gunicorn.util.close_graceful(sock, timeout=LINGER_SECONDS, max_drain=DRAIN_LIMIT)
+            raise
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout)

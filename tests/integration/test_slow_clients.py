@@ -146,6 +146,9 @@ def test_a_refused_body_is_not_read_and_the_connection_closes(strict: RunningSta
         answer = sock.recv(65536)
         assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
         assert b"\r\nConnection: close\r\n" in answer.split(b"\r\n\r\n")[0] + b"\r\n"
+        # The answer is followed by the connection's orderly end, not a reset that could have
+        # taken the answer with it.
+        assert sock.recv(65536) == b""
         started, sent = time.monotonic(), 0
         with contextlib.suppress(OSError):  # the gateway closed: a reset or a broken pipe
             while time.monotonic() - started < 5:
