@@ -15,26 +15,44 @@ from tests.support import s3
 from tests.support.stack import RunningStack
 from tests.support.tools import find_tool, require_tool
 
+# Every stack started, and whether it is kept to the session's end (a session- or package-wide
+# fixture's) rather than stopped with the module that started it.
+_STARTED: list[tuple[RunningStack, bool]] = []
+
 
 @pytest.fixture(scope="session")
 def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningStack]]:
-    """Factory: start_stack(env={...}, data_dir=None) -> a running stack, stopped at session end."""
-    started: list[RunningStack] = []
+    """Factory: start_stack(env={...}, data_dir=None, keep=False) -> a running stack, stopped when
+    the test module that started it ends (``keep``: at the session's end, for a fixture shared
+    beyond one module)."""
 
-    def start(env: dict[str, str] | None = None, data_dir: pathlib.Path | None = None) -> RunningStack:
+    def start(env: dict[str, str] | None = None, data_dir: pathlib.Path | None = None,
+              keep: bool = False) -> RunningStack:
         stack = RunningStack(data_dir or tmp_path_factory.mktemp("wharf"), env)
-        started.append(stack.start())
+        _STARTED.append((stack.start(), keep))
         return stack
 
     yield start
-    for stack in started:
+    for stack, _ in _STARTED:
         stack.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_modules_stacks() -> Iterator[None]:
+    """Stops the stacks a module started once it ends. Kept to the session's end, they piled up:
+    ~70 idle stacks (~480 processes, each with its timers) half-way through the suite, a
+    machine's worth of CPU that slowed every later test."""
+    first = len(_STARTED)
+    yield
+    for stack, keep in _STARTED[first:]:
+        if not keep:
+            stack.stop()
 
 
 @pytest.fixture(scope="session")
 def stack(start_stack: Callable[..., RunningStack]) -> RunningStack:
     """One registry with default settings, shared by the tests that only need a registry."""
-    return start_stack()
+    return start_stack(keep=True)
 
 
 @pytest.fixture(scope="session")

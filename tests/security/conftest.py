@@ -27,7 +27,7 @@ def admin(stack: RunningStack, *args: str, stdin: str = "") -> str:
 
 @pytest.fixture(scope="package")
 def target(start_stack: Callable[..., RunningStack]) -> Iterator[RunningStack]:
-    stack = start_stack(env={"WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": ADMIN_PASSWORD,
+    stack = start_stack(keep=True, env={"WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": ADMIN_PASSWORD,
                              "WHARF_BCRYPT_ROUNDS": "4", "WHARF_LOGIN_FAILURES": str(LOGIN_FAILURES),
                              "WHARF_ACCESS_LOG": "true"})
     for user, password in PASSWORDS.items():

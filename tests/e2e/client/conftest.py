@@ -44,7 +44,7 @@ def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]
 @pytest.fixture(scope="session")
 def wharf_stack(start_stack: Callable[..., RunningStack]) -> RunningStack:
     """A Wharf of its own (filesystem blobs): ``tests/e2e`` runs its shared stack over several backends."""
-    return start_stack()
+    return start_stack(keep=True)
 
 
 @pytest.fixture(scope="session")
