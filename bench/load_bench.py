@@ -47,8 +47,6 @@ from common import (
 )
 from proctree import Sampler
 
-from services.common import digests
-
 RATE = 256 * 1024  # bytes per second, per client
 PIECE = 16 * 1024
 DISTRIBUTION_MODULE = "github.com/distribution/distribution/v3/cmd/registry@v3.0.0"
@@ -112,7 +110,31 @@ async def slow_pull(host: str, port: int, path: str, digest: str) -> bool:
         writer.close()
 
 
-async def slow_push(host: str, port: int, name: str, data: bytes) -> bool:
+class PushBody:
+    """A client's 4 MiB body: the shared ``base`` with its last 8 bytes replaced by the client's
+    number, so that every blob differs. Neither the body nor its digest costs the load processes
+    a copy or a hash of their own while the clock runs: the pieces are views of ``base``, and the
+    digest continues a hash of the shared part taken once (``hashlib``'s ``copy``)."""
+
+    def __init__(self, base: memoryview, shared: hashlib._Hash, number: int) -> None:
+        self.number = number
+        self.tail = number.to_bytes(8, "big")
+        self.base = base
+        hasher = shared.copy()
+        hasher.update(self.tail)
+        self.digest = f"sha256:{hasher.hexdigest()}"
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def pieces(self, size: int) -> list[memoryview | bytes]:
+        body = len(self.base) - len(self.tail)
+        out: list[memoryview | bytes] = [self.base[start:min(start + size, body)] for start in range(0, body, size)]
+        out.append(self.tail)
+        return out
+
+
+async def slow_push(host: str, port: int, name: str, data: PushBody) -> bool:
     """POST, one streamed PATCH at RATE, PUT ?digest=; True when the registry committed it (201)."""
     reader, writer = await _open(host, port)
     try:
@@ -124,10 +146,12 @@ async def slow_push(host: str, port: int, name: str, data: bytes) -> bool:
         writer.write(f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
                      f"Content-Length: {len(data)}\r\n\r\n".encode())
         started = time.monotonic()
-        for offset in range(0, len(data), PIECE):
-            writer.write(data[offset:offset + PIECE])
+        sent = 0
+        for piece in data.pieces(PIECE):
+            writer.write(piece)
             await writer.drain()
-            ahead = (offset + PIECE) / RATE - (time.monotonic() - started)
+            sent += len(piece)
+            ahead = sent / RATE - (time.monotonic() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
         status, headers = await _head(reader)
@@ -137,7 +161,7 @@ async def slow_push(host: str, port: int, name: str, data: bytes) -> bool:
         location = headers["location"].split("://", 1)[-1]
         location = location[location.index("/"):] if not location.startswith("/") else location
         separator = "&" if "?" in location else "?"
-        writer.write(f"PUT {location}{separator}digest={digests.of(data)} HTTP/1.1\r\nHost: {host}\r\n"
+        writer.write(f"PUT {location}{separator}digest={data.digest} HTTP/1.1\r\nHost: {host}\r\n"
                      "Content-Length: 0\r\n\r\n".encode())
         status, _ = await _head(reader)
         return status == 201
@@ -178,18 +202,27 @@ async def idle(host: str, port: int, seconds: float) -> bool:
         writer.close()
 
 
-def _load(kind: str, host: str, port: int, count: int, arg: object, results: multiprocessing.Queue) -> None:
-    """One load process: ``count`` clients of ``kind`` at once; puts (ok, failed) on ``results``."""
+def _load(kind: str, host: str, port: int, count: int, arg: object, results: multiprocessing.Queue,
+          ready: multiprocessing.synchronize.Event, go: multiprocessing.synchronize.Event) -> None:
+    """One load process: ``count`` clients of ``kind`` at once, from when ``go`` is set (after
+    each process has set ``ready``: its clients' bodies are prepared off the clock); puts (ok,
+    failed) on ``results``."""
     raise_nofile()
+    bodies: list[PushBody] = []
+    if kind == "push":
+        prefix, base, offset = arg  # type: ignore[misc]
+        view = memoryview(base)
+        shared = hashlib.sha256(view[:-8])
+        bodies = [PushBody(view, shared, offset + i) for i in range(count)]
+    ready.set()
+    go.wait()
 
     async def run() -> tuple[int, int]:
         if kind == "pull":
             path, digest = arg  # type: ignore[misc]
             jobs = [slow_pull(host, port, path, digest) for _ in range(count)]
         elif kind == "push":
-            prefix, base, offset = arg  # type: ignore[misc]
-            jobs = [slow_push(host, port, f"{prefix}/c{offset + i}", (offset + i).to_bytes(8, "big") + base[8:])
-                    for i in range(count)]
+            jobs = [slow_push(host, port, f"{prefix}/c{body.number}", body) for body in bodies]
         elif kind == "slowloris":
             jobs = [slowloris(host, port, float(arg)) for _ in range(count)]  # type: ignore[arg-type]
         else:
@@ -240,24 +273,30 @@ def scenario(name: str, url: str, root_pid: int | None, count: int, seconds: flo
     sampler = Sampler(root_pid) if root_pid else None
     prober.start()
     time.sleep(0.5)
+    go = context.Event()
+    loads, readies = [], []
+    offset = 0
+    for part in share:
+        if name == "a":
+            arg: object = (setup["blob_path"], setup["blob_digest"])
+            kind = "pull"
+        elif name == "b":
+            arg, kind = (f"load/{os.getpid()}-{time.monotonic_ns()}", setup["push_base"], offset), "push"
+        elif name == "c":
+            arg, kind = seconds, "slowloris"
+        else:
+            arg, kind = seconds, "idle"
+        readies.append(context.Event())
+        loads.append(context.Process(target=_load, args=(kind, host, int(port), part, arg, load_results,
+                                                         readies[-1], go)))
+        offset += part
+    for process in loads:
+        process.start()
+    for ready in readies:
+        ready.wait()
     started = time.monotonic()
     with sampler if sampler else _nothing():
-        loads = []
-        offset = 0
-        for part in share:
-            if name == "a":
-                arg: object = (setup["blob_path"], setup["blob_digest"])
-                kind = "pull"
-            elif name == "b":
-                arg, kind = (f"load/{os.getpid()}-{time.monotonic_ns()}", setup["push_base"], offset), "push"
-            elif name == "c":
-                arg, kind = seconds, "slowloris"
-            else:
-                arg, kind = seconds, "idle"
-            loads.append(context.Process(target=_load, args=(kind, host, int(port), part, arg, load_results)))
-            offset += part
-        for process in loads:
-            process.start()
+        go.set()
         outcomes = [load_results.get() for _ in loads]
         for process in loads:
             process.join()

@@ -16,6 +16,8 @@ registry, and this worker puts right:
   byte (gunicorn's async workers have no header timeout of their own); an idle keep-alive
   connection lasts ``WHARF_KEEPALIVE_TIMEOUT``; any read or write that makes no progress
   for ``WHARF_IDLE_TIMEOUT`` ends the request.
+- **accepting**: up to ACCEPT_BATCH new connections per turn of the loop, not gunicorn's one
+  (``_BatchAcceptingServer``), so a burst of clients is not queued in the kernel for seconds.
 - **open files**: the soft limit is raised to the hard one (by main, before the workers fork
   and inherit it), since every connection is a file descriptor and many systems default to
   1,024.
@@ -38,6 +40,8 @@ import gevent
 import gunicorn.http
 import gunicorn.http.wsgi
 import gunicorn.util
+import gunicorn.workers.ggevent
+from gevent.server import StreamServer
 from gevent.socket import socket as _GeventSocket
 from gevent.socket import wait_read, wait_write
 from greenlet import getcurrent
@@ -58,6 +62,27 @@ SENDFILE_CHUNK = 32 * 1024
 # How long a connection closed with a request body still arriving waits for the client to read
 # the answer before it is closed for good (GatewayWorker._handle_request).
 LINGER_SECONDS = 2.0
+# Connections a worker accepts per turn of its event loop (_BatchAcceptingServer).
+ACCEPT_BATCH = 64
+
+
+class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
+    """gevent's server, accepting up to ACCEPT_BATCH waiting connections per turn of the loop.
+
+    gunicorn sets ``max_accept = 1`` on its gevent servers whenever there is more than one
+    worker (to spread connections between them), so a busy worker took one new connection per
+    turn of its loop. When 500 clients connected at once (bench/load_bench.py (b)) a turn took
+    50-250 ms and a new connection waited in the kernel's listen queue for 2.4-4.7 s: the
+    manifest probe's worst case. With a batch of 64 it waited 0.6-0.8 s at most, and both
+    workers still take their share, since each wakes for the shared listening socket."""
+
+    @property  # type: ignore[override]
+    def max_accept(self) -> int:
+        return ACCEPT_BATCH
+
+    @max_accept.setter
+    def max_accept(self, value: int) -> None:
+        """gunicorn's 1 is ignored (see the class)."""
 # The head deadline of the connection each greenlet serves (greenlet-local state, without
 # gevent.local's cost on every request).
 _deadlines: dict[Any, _RequestHeadDeadline] = {}
@@ -320,6 +345,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         gunicorn.util.http_date = _http_date
         gunicorn.http.wsgi.Response = CoalescedResponse  # what gunicorn.http.wsgi.create() builds
         gunicorn.http.get_parser = _quick_parser_seen_by_deadline(gunicorn.http.get_parser)
+        gunicorn.workers.ggevent.StreamServer = _BatchAcceptingServer  # what GeventWorker.run builds
 
     def run(self) -> None:
         """After the fork: this worker's traces, and its figures for the master (metrics_hub.py)."""
