@@ -63,7 +63,7 @@ SENDFILE_CHUNK = 32 * 1024
 # the answer before it is closed for good (GatewayWorker._handle_request).
 LINGER_SECONDS = 2.0
 # Connections a worker accepts per turn of its event loop (_BatchAcceptingServer).
-ACCEPT_BATCH = 16
+ACCEPT_BATCH = 64
 
 
 class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
@@ -73,10 +73,11 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
     worker (to spread connections between them), so a busy worker took one new connection per
     turn of its loop. When 500 clients connected at once (bench/load_bench.py (b)) a turn took
     50-250 ms and a new connection waited in the kernel's listen queue for 2.4-4.7 s: the
-    manifest probe's worst case. With a batch of 64 it waited 0.6-0.9 s at most, but 10,000
-    idle connections arriving (scenario (d)) raised the probe's p99 from 40 to 323 ms; with 16,
-    (b) 0.6 s, (d) p99 120 ms. Both workers still take their share, since each wakes for the
-    shared listening socket."""
+    manifest probe's worst case. Measured in (b), two runs each: a batch of 1 gave probe max
+    3.2-3.9 s and 22.3-22.7 s in all; 16, 1.0-1.2 s and 22.7-23.3 s; 64, 0.55-0.57 s and
+    21.2-21.3 s. Scenario (d), 10,000 idle connections arriving, probe p99: 104-323 ms with 64,
+    114-196 with 16. Both workers still take their share: each is woken for the shared
+    listening socket."""
 
     @property  # type: ignore[override]
     def max_accept(self) -> int:
