@@ -16,8 +16,9 @@ registry, and this worker puts right:
   byte (gunicorn's async workers have no header timeout of their own); an idle keep-alive
   connection lasts ``WHARF_KEEPALIVE_TIMEOUT``; any read or write that makes no progress
   for ``WHARF_IDLE_TIMEOUT`` ends the request.
-- **accepting**: up to ACCEPT_BATCH new connections per turn of the loop, not gunicorn's one
-  (``_BatchAcceptingServer``), so a burst of clients is not queued in the kernel for seconds.
+- **accepting**: a worker's share of the connections waiting (up to ACCEPT_BATCH) per turn of
+  the loop, not gunicorn's one (``_BatchAcceptingServer``), so a burst of clients is not
+  queued in the kernel for seconds.
 - **open files**: the soft limit is raised to the hard one (by main, before the workers fork
   and inherit it), since every connection is a file descriptor and many systems default to
   1,024.
@@ -62,12 +63,23 @@ SENDFILE_CHUNK = 32 * 1024
 # How long a connection closed with a request body still arriving waits for the client to read
 # the answer before it is closed for good (GatewayWorker._handle_request).
 LINGER_SECONDS = 2.0
-# Connections a worker accepts per turn of its event loop (_BatchAcceptingServer).
+# The most connections a worker accepts per turn of its event loop (_BatchAcceptingServer).
 ACCEPT_BATCH = 64
 
 
+def listen_queue(sock: socket.socket) -> int | None:
+    """How many connections wait in a listening TCP socket's accept queue (Linux reports it in
+    ``tcpi_unacked`` for a listener), or None where that cannot be read."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    except (OSError, AttributeError):
+        return None
+    return int.from_bytes(info[24:28], "little") if len(info) >= 28 else None
+
+
 class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
-    """gevent's server, accepting up to ACCEPT_BATCH waiting connections per turn of the loop.
+    """gevent's server, accepting per turn of the loop this worker's share of the connections
+    waiting, up to ACCEPT_BATCH.
 
     gunicorn sets ``max_accept = 1`` on its gevent servers whenever there is more than one
     worker (to spread connections between them), so a busy worker took one new connection per
@@ -75,13 +87,20 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
     50-250 ms and a new connection waited in the kernel's listen queue for 2.4-4.7 s: the
     manifest probe's worst case. Measured in (b), two runs each: a batch of 1 gave probe max
     3.2-3.9 s and 22.3-22.7 s in all; 16, 1.0-1.2 s and 22.7-23.3 s; 64, 0.55-0.57 s and
-    21.2-21.3 s. Scenario (d), 10,000 idle connections arriving, probe p99: 104-323 ms with 64,
-    114-196 with 16. Both workers still take their share: each is woken for the shared
-    listening socket."""
+    21.2-21.3 s. But a fixed batch lets the first worker to wake take a whole burst of
+    keep-alive connections: 32 opened at once (``wrk -c32``) all went to one worker, and `GET
+    /v2/` ran at half the rate. So each worker takes its share of what waits (the queue's length
+    over the number of workers, rounded up), and both are woken for the shared socket."""
+
+    workers = 1  # gunicorn's worker count, set by GatewayWorker.patch
 
     @property  # type: ignore[override]
     def max_accept(self) -> int:
-        return ACCEPT_BATCH
+        listener = getattr(self, "socket", None)
+        waiting = listen_queue(listener) if listener is not None else None
+        if waiting is None:
+            return ACCEPT_BATCH
+        return max(1, min(ACCEPT_BATCH, -(-waiting // max(1, self.workers))))
 
     @max_accept.setter
     def max_accept(self, value: int) -> None:
@@ -349,6 +368,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         gunicorn.http.wsgi.Response = CoalescedResponse  # what gunicorn.http.wsgi.create() builds
         gunicorn.http.get_parser = _quick_parser_seen_by_deadline(gunicorn.http.get_parser)
         gunicorn.workers.ggevent.StreamServer = _BatchAcceptingServer  # what GeventWorker.run builds
+        _BatchAcceptingServer.workers = self.cfg.workers
 
     def run(self) -> None:
         """After the fork: this worker's traces, and its figures for the master (metrics_hub.py)."""

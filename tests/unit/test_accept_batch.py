@@ -16,7 +16,7 @@ import gevent
 import pytest
 from gunicorn.workers.ggevent import GeventWorker
 
-from services.api.worker import ACCEPT_BATCH, _BatchAcceptingServer
+from services.api.worker import ACCEPT_BATCH, _BatchAcceptingServer, listen_queue
 
 CLIENTS = 100
 TURN = 0.02  # how long each turn of the loop is kept busy by other work
@@ -31,10 +31,24 @@ def test_gunicorn_still_builds_its_servers_by_that_name_and_sets_one() -> None:
     assert "max_accept = 1" in source
 
 
-def test_the_batch_ignores_gunicorns_one() -> None:
-    server = _BatchAcceptingServer(("127.0.0.1", 0), handle=lambda sock, addr: None)
-    server.max_accept = 1
-    assert server.max_accept == ACCEPT_BATCH > 1
+@pytest.mark.parametrize(("waiting", "workers", "share"), [(40, 2, 20), (41, 2, 21), (40, 1, 40),
+                                                           (200, 2, ACCEPT_BATCH), (0, 2, 1)])
+def test_a_worker_takes_its_share_of_what_waits(waiting: int, workers: int, share: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn's 1 is ignored; a worker takes the waiting connections over the workers, so a
+    burst of keep-alive connections does not all land on the first worker to wake."""
+    monkeypatch.setattr(_BatchAcceptingServer, "workers", workers)
+    server = _BatchAcceptingServer(("127.0.0.1", 0), handle=lambda sock, addr: None, backlog=512)
+    server.init_socket()
+    clients = [socket.create_connection(server.address) for _ in range(waiting)]
+    try:
+        server.max_accept = 1  # what gunicorn sets
+        assert listen_queue(server.socket) == waiting
+        assert server.max_accept == share
+    finally:
+        server.close()
+        for sock in clients:
+            sock.close()
 
 
 def test_a_burst_of_connections_is_accepted_in_few_turns_of_a_busy_loop() -> None:
