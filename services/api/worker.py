@@ -32,6 +32,7 @@ import functools
 import os
 import resource
 import socket
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -74,7 +75,7 @@ def listen_queue(sock: socket.socket) -> int | None:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
     except (OSError, AttributeError):
         return None
-    return int.from_bytes(info[24:28], "little") if len(info) >= 28 else None
+    return int.from_bytes(info[24:28], sys.byteorder) if len(info) >= 28 else None
 
 
 class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
