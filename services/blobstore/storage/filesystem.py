@@ -16,6 +16,7 @@ import mmap
 import os
 import pathlib
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -89,15 +90,23 @@ _SWEEP_MIN_AGE = 60.0
 
 def _ensure_dir(path: pathlib.Path) -> None:
     """``mkdir -p`` that survives a concurrent delete renaming the directory away: pathlib's own
-    reports FileExistsError when the directory vanishes between its mkdir and its check."""
-    for _ in range(3):
+    reports FileExistsError when the directory vanishes between its mkdir and its check. Should
+    the delete win every time, it is reported as having come first (FileNotFoundError: for an
+    upload's directory, the session is gone)."""
+    for _ in range(4):
         try:
             path.mkdir(parents=True, exist_ok=True)
             return
         except FileExistsError:
-            if path.exists() and not path.is_dir():
+            try:
+                # One look, not two: the directory was once seen to exist and then, renamed away
+                # between the two, not to be a directory (tests/security/test_blobstore_fs_races.py).
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(mode):
                 raise  # a file is in the way: a real error
-    path.mkdir(parents=True, exist_ok=True)
+    raise FileNotFoundError(errno.ENOENT, "removed while it was being created", str(path))
 
 
 class _FileWriter(FileWriter):
