@@ -106,6 +106,8 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
     @max_accept.setter
     def max_accept(self, value: int) -> None:
         """gunicorn's 1 is ignored (see the class)."""
+
+
 # The head deadline of the connection each greenlet serves (greenlet-local state, without
 # gevent.local's cost on every request).
 _deadlines: dict[Any, _RequestHeadDeadline] = {}
