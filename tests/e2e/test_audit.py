@@ -131,8 +131,12 @@ def test_writes_logins_and_admin_changes_are_recorded_with_who_where_what_and_re
     anonymous = {"Authorization": f"Bearer {json.loads(body)['token']}", "Accept": image.media_type}
     assert _request(secure, "GET", f"/v2/{USER}/public/manifests/v1", anonymous)[0] == 200
 
+    # Each gateway worker sends its own batch: wait for the last of each kind asserted below
+    # (the failed /token login once arrived after the rest, from the other worker).
     records = _wait_for(secure, lambda rs: bool(_find(rs, action="delete", result="ok")
-                                                and _find(rs, action="admin-login", result="UNAUTHORIZED")))
+                                                and _find(rs, action="admin-login", result="UNAUTHORIZED")
+                                                and _find(rs, action="login", account=USER, result="UNAUTHORIZED")
+                                                and _find(rs, repository="someone/else", action="upload")))
     for record in records:
         assert record["at_ms"] >= started_ms - 5000 and record["via"] in ("gateway", "auth"), record
         assert record["address"] in ("127.0.0.1", "unix"), record
