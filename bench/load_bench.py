@@ -271,8 +271,6 @@ def scenario(name: str, url: str, root_pid: int | None, count: int, seconds: flo
     load_results = context.Queue()
     share = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
     sampler = Sampler(root_pid) if root_pid else None
-    prober.start()
-    time.sleep(0.5)
     go = context.Event()
     loads, readies = [], []
     offset = 0
@@ -294,6 +292,10 @@ def scenario(name: str, url: str, root_pid: int | None, count: int, seconds: flo
         process.start()
     for ready in readies:
         ready.wait()
+    # The probe starts once the clients are prepared, half a second before the load: what it
+    # measures is the load, not the idle registry while the load processes prepare.
+    prober.start()
+    time.sleep(0.5)
     started = time.monotonic()
     with sampler if sampler else _nothing():
         go.set()
