@@ -13,7 +13,9 @@ registry, and this worker puts right:
   would cost pulls their figure; here it is a loop of real ``os.sendfile`` calls on the
   non-blocking socket that yields to the hub when the client's window is full.
 - **time limits**: a request head must arrive within ``WHARF_HEADER_TIMEOUT`` of its first
-  byte (gunicorn's async workers have no header timeout of their own); an idle keep-alive
+  byte (gunicorn's async workers have no header timeout of their own), and a TLS handshake
+  within the same time of the connection's accept (gevent's server otherwise shakes hands
+  with no time limit at all, before any of gunicorn's code runs); an idle keep-alive
   connection lasts ``WHARF_KEEPALIVE_TIMEOUT``; any read or write that makes no progress
   for ``WHARF_IDLE_TIMEOUT`` ends the request.
 - **accepting**: a worker's share of the connections waiting (up to ACCEPT_BATCH) per turn of
@@ -32,6 +34,7 @@ import functools
 import os
 import resource
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -94,6 +97,15 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
     over the number of workers, rounded up), and both are woken for the shared socket."""
 
     workers = 1  # gunicorn's worker count, set by GatewayWorker.patch
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.ssl_args is not None:
+            # gevent's server would complete each TLS handshake inside the wrap, with the new
+            # socket's timeout (none): a client that connects and sends nothing, or a byte of
+            # its ClientHello now and then, held its connection for good. The handshake is the
+            # worker's instead, under the header timeout (GatewayWorker.handle).
+            self.ssl_args["do_handshake_on_connect"] = False
 
     @property  # type: ignore[override]
     def max_accept(self) -> int:
@@ -345,6 +357,20 @@ class _RequestHeadDeadline:
         self._timeout.close()
 
 
+def handshake_within(client: ssl.SSLSocket, seconds: float) -> bool:
+    """Completes the TLS handshake of a new connection within ``seconds`` of its accept; False
+    when it failed or did not finish in time (the caller drops the connection quietly, as gunicorn
+    drops one whose handshake fails). A handshake that trickles in, one byte per read, makes
+    progress on every read, so only a deadline on the whole of it ends it."""
+    with gevent.Timeout(seconds, False):
+        try:
+            client.do_handshake()
+        except OSError:  # ssl.SSLError is one
+            return False
+        return True
+    return False
+
+
 class GatewayWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker with the fixes above. Its limits are class attributes, set by
     :func:`worker_class` from the settings main built (gunicorn instantiates the class itself)."""
@@ -437,10 +463,12 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
             raise
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout)
         client.setblocking(1)
         # Every read and write on the connection makes progress within this, or fails.
         client.settimeout(self.idle_timeout)
+        if isinstance(client, ssl.SSLSocket) and not handshake_within(client, self.header_timeout):
+            return  # the server closes the connection
+        deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout)
         self._figures.connections += 1
         try:
             super(GeventWorker, self).handle(listener, client, addr)

@@ -4,9 +4,7 @@ the token realm follows the scheme."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import os
 import pathlib
 import subprocess
@@ -15,61 +13,26 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.e2e.images import assert_same_objects, write_oci_index_layout
 from tests.e2e.test_skopeo import Skopeo, oci_layout_objects
 from tests.support.stack import RunningStack
+from tests.support.tls import certificate, tls_env
 from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.e2e
 
 
-def _certificate(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """A self-signed certificate for 127.0.0.1 (its own CA), and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wharf test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                  critical=False)
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(key, hashes.SHA256()))
-    directory.mkdir(parents=True, exist_ok=True)
-    # Only the certificate in `directory`: skopeo takes any *.key there for a client key.
-    (directory.parent / f"{directory.name}-private").mkdir(exist_ok=True)
-    cert, key_file = directory / "ca.crt", directory.parent / f"{directory.name}-private" / "server.key"
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    return cert, key_file
-
-
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     directory = tmp_path_factory.mktemp("tls")
-    _certificate(directory)
+    certificate(directory)
     return directory
-
-
-def _key(tls_dir: pathlib.Path) -> pathlib.Path:
-    return tls_dir.parent / f"{tls_dir.name}-private" / "server.key"
-
-
-def _tls_env(tls_dir: pathlib.Path) -> dict[str, str]:
-    return {"WHARF_TLS_CERT_FILE": str(tls_dir / "ca.crt"), "WHARF_TLS_KEY_FILE": str(_key(tls_dir))}
 
 
 def test_skopeo_round_trip_with_verification(start_stack: Callable[..., RunningStack], tls_dir: pathlib.Path,
                                              tmp_path: pathlib.Path) -> None:
-    stack = start_stack(env=_tls_env(tls_dir))
+    stack = start_stack(env=tls_env(tls_dir))
     assert stack.url.startswith("https://")
     ca = str(tls_dir / "ca.crt")
     response = requests.get(f"{stack.url}/v2/", verify=ca, timeout=10)
@@ -98,7 +61,7 @@ def test_skopeo_round_trip_with_verification(start_stack: Callable[..., RunningS
 
 
 def test_the_token_realm_follows_the_scheme(start_stack: Callable[..., RunningStack], tls_dir: pathlib.Path) -> None:
-    stack = start_stack(env={**_tls_env(tls_dir), "WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": "tls-admin-secret",
+    stack = start_stack(env={**tls_env(tls_dir), "WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": "tls-admin-secret",
                              "WHARF_BCRYPT_ROUNDS": "4"})
     response = requests.get(f"{stack.url}/v2/", verify=str(tls_dir / "ca.crt"), timeout=10)
     assert response.status_code == 401
@@ -106,7 +69,8 @@ def test_the_token_realm_follows_the_scheme(start_stack: Callable[..., RunningSt
 
 
 def test_a_key_without_a_certificate_is_refused(tmp_path: pathlib.Path, tls_dir: pathlib.Path) -> None:
-    env = {"WHARF_TLS_KEY_FILE": str(_key(tls_dir)), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    key = tls_env(tls_dir)["WHARF_TLS_KEY_FILE"]
+    env = {"WHARF_TLS_KEY_FILE": key, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     result = subprocess.run([sys.executable, "-m", "services.api"], env=env, cwd=pathlib.Path(__file__).parents[2],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "go together" in result.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import requests
 
 from services.common import digests, mediatypes
 from tests.support.stack import RunningStack
+from tests.support.tls import certificate, tls_env
 
 MANIFEST_TYPE = mediatypes.OCI_MANIFEST
 
@@ -112,6 +114,53 @@ def test_an_idle_keep_alive_connection_outlives_the_header_timeout(strict: Runni
     with _connections(strict.port, 1, b"") as [sock]:
         closed = _closed_within(sock, 15)
     assert closed is not None and 4 < closed < 12, closed
+
+
+@pytest.fixture(scope="module")
+def strict_tls(start_stack: Callable[..., RunningStack], tmp_path_factory: pytest.TempPathFactory) -> RunningStack:
+    """``strict``'s limits on a stack that serves HTTPS itself."""
+    directory = tmp_path_factory.mktemp("tls")
+    certificate(directory)
+    return start_stack(env={**tls_env(directory), "WHARF_GATEWAY_WORKERS": "1", "WHARF_HEADER_TIMEOUT": "2",
+                            "WHARF_IDLE_TIMEOUT": "2", "WHARF_KEEPALIVE_TIMEOUT": "6"})
+
+
+def _client_hello() -> bytes:
+    """The first flight of a real TLS client: what a handshake starts with."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    connection = context.wrap_bio(ssl.MemoryBIO(), outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        connection.do_handshake()
+    return outgoing.read()
+
+
+def test_a_tls_handshake_must_finish_within_the_header_timeout(strict_tls: RunningStack) -> None:
+    """gevent's server used to shake hands with no time limit: a connection that sent nothing, or
+    its ClientHello a byte at a time (each read making progress, so the idle timeout never
+    fired), was held for good."""
+    with _connections(strict_tls.port, 1, b"") as [silent]:
+        closed = _closed_within(silent, 15)
+    assert closed is not None and closed < 5, closed
+
+    hello = _client_hello()
+    with _connections(strict_tls.port, 1, b"") as [dripping]:
+        started, sent = time.monotonic(), 0
+        with contextlib.suppress(OSError):  # the server closing the connection ends the drip
+            while sent < len(hello) and time.monotonic() - started < 15:
+                dripping.sendall(hello[sent:sent + 1])
+                sent += 1
+                time.sleep(0.5)
+        assert sent < len(hello), "the whole ClientHello went out a byte every 0.5 s without the server closing"
+        assert time.monotonic() - started < 6
+
+    # A client that shakes hands at once is served, on a connection kept alive between requests.
+    with requests.Session() as session:
+        for _ in range(2):
+            assert session.get(f"{strict_tls.url}/v2/", verify=False, timeout=10).status_code == 200
+            time.sleep(3)  # past the header timeout, within the keep-alive timeout
 
 
 @pytest.mark.parametrize("request_bytes,status", [
