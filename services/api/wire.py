@@ -8,6 +8,9 @@
 - **Chunk sizes.** gunicorn accepts any chunk size (2^64 included) and then waits for the
   bytes; a chunk larger than the largest body the gateway accepts is refused as soon as
   its size line is read.
+- **100 Continue** is sent when the application first waits for the body (``defer_continue``),
+  not by gunicorn before the application has looked at the request: a refused upload (a bad
+  name, no permission, no room in the quota) is answered before the client sends its body.
 - **Bodies of known length** are read straight off the connection when streamed to the blob
   store (:class:`SocketBody`): on their way through gunicorn's readers, werkzeug's stream and
   the metrics' counter, a body's bytes were copied six to eight times.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import gunicorn.http.body
@@ -88,13 +92,16 @@ class SocketBody:
         piece = bytearray(want)
         view = memoryview(piece)
         filled = 0
+        unreader = self._reader.unreader
         try:
-            held = self._reader.unreader.take_buffered()
+            held = unreader.take_buffered()
             if held:
                 filled = min(len(held), want)
                 view[:filled] = held[:filled]
                 if len(held) > filled:
-                    self._reader.unreader.unread(held[filled:])
+                    unreader.unread(held[filled:])
+            if filled < want and getattr(unreader, "wharf_continue", None) is not None:
+                send_pending_continue(unreader)  # the client waits for it (worker.defer_continue)
             while filled < want:
                 got = self._sock.recv_into(view[filled:], want - filled)
                 if not got:
@@ -111,6 +118,47 @@ class SocketBody:
         if filled < want:
             del piece[filled:]
         return piece
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def defer_continue(req: Any, sock: Any) -> bool:
+    """Takes a request's ``Expect: 100-continue`` from gunicorn (which answers it before the
+    application has seen the request) and arms its connection's reader to send ``100 Continue``
+    just before the first read that would wait for the body (SocketUnreader.chunk, SocketBody).
+    True when armed: the caller disarms it once the request is answered (disarm_continue)."""
+    unreader: Any = getattr(req, "unreader", None)
+    if not getattr(req, "_expected_100_continue", False) or not hasattr(unreader, "wharf_continue"):
+        return False
+    req._expected_100_continue = False
+    unreader.wharf_continue = sock
+    return True
+
+
+def continue_pending(unreader: Any) -> bool:
+    return getattr(unreader, "wharf_continue", None) is not None
+
+
+def send_pending_continue(unreader: Any) -> None:
+    """Sends the armed ``100 Continue`` (once): the body is about to be waited for."""
+    sock = unreader.wharf_continue
+    if sock is not None:
+        unreader.wharf_continue = None
+        sock.sendall(_CONTINUE)
+
+
+def disarm_continue(unreader: Any) -> None:
+    """After the answer: a later read (the parser draining the body) must not send it."""
+    unreader.wharf_continue = None
+
+
+def continue_before_waiting(chunk: Callable[..., bytes]) -> Callable[..., bytes]:
+    def waiting_chunk(self: Any, size_hint: int | None = None) -> bytes:
+        if self.wharf_continue is not None:
+            send_pending_continue(self)
+        return chunk(self, size_hint)
+    return waiting_chunk
 
 
 def install(max_body_bytes: int) -> None:

@@ -18,6 +18,8 @@ registry, and this worker puts right:
   with no time limit at all, before any of gunicorn's code runs); an idle keep-alive
   connection lasts ``WHARF_KEEPALIVE_TIMEOUT``; any read or write that makes no progress
   for ``WHARF_IDLE_TIMEOUT`` ends the request.
+- **100 Continue** is sent when the application first waits for the body, not by gunicorn
+  before the application has seen the request (wire.defer_continue).
 - **accepting**: a worker's share of the connections waiting (up to ACCEPT_BATCH) per turn of
   the loop, not gunicorn's one (``_BatchAcceptingServer``), so a burst of clients is not
   queued in the kernel for seconds.
@@ -51,11 +53,13 @@ from gevent.socket import socket as _GeventSocket
 from gevent.socket import wait_read, wait_write
 from greenlet import getcurrent
 from gunicorn.http.body import ChunkedReader, LengthReader
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.ggevent import GeventWorker
 
 from services.api.http_metrics import HttpMetrics
 from services.api.metrics_hub import MetricsHub
 from services.api.quick_heads import DRAIN_LIMIT, QuickParser, QuickRequest
+from services.api.wire import continue_before_waiting, continue_pending, defer_continue, disarm_continue
 from services.common import metrics, tracing
 
 # Bytes per os.sendfile call. Small calls let the receiver copy each piece while the next is
@@ -285,8 +289,10 @@ def body_left_over(req: Any) -> bool:
     if getattr(body, "failed", False) is True:
         return True
     reader = getattr(body, "reader", None)
+    # A client still waiting for 100 Continue may never send what is left: nothing to drain.
+    limit = 0 if continue_pending(getattr(req, "unreader", None)) else DRAIN_LIMIT
     if isinstance(reader, LengthReader):
-        return int(reader.length) > DRAIN_LIMIT
+        return int(reader.length) > limit
     return isinstance(reader, ChunkedReader) and reader.parser is not None
 
 
@@ -396,6 +402,8 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         gunicorn.util.http_date = _http_date
         gunicorn.http.wsgi.Response = CoalescedResponse  # what gunicorn.http.wsgi.create() builds
         gunicorn.http.get_parser = _quick_parser_seen_by_deadline(gunicorn.http.get_parser)
+        SocketUnreader.wharf_continue = None  # the socket a deferred 100 Continue goes to (defer_continue)
+        SocketUnreader.chunk = continue_before_waiting(SocketUnreader.chunk)
         gunicorn.workers.ggevent.StreamServer = _BatchAcceptingServer  # what GeventWorker.run builds
         _BatchAcceptingServer.workers = self.cfg.workers
 
@@ -450,6 +458,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         if type(req) is QuickRequest:
             req = req.parser.full_request(req)  # a miss: the application reads gunicorn's request
             req.wharf_started = started
+        deferred = defer_continue(req, sock)
         try:
             return bool(super().handle_request(listener_name, req, sock, addr))
         except StopIteration:
@@ -461,6 +470,9 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
                 # LINGER_SECONDS (RFC 9112, 9.6).
                 gunicorn.util.close_graceful(sock, timeout=LINGER_SECONDS, max_drain=DRAIN_LIMIT)
             raise
+        finally:
+            if deferred:
+                disarm_continue(req.unreader)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         client.setblocking(1)
