@@ -50,7 +50,8 @@ class GatewaySettings:
     max_in_flight: int = env("WHARF_MAX_REQUESTS_IN_FLIGHT", 2000,
                              "requests each worker process serves at once; more get 503 with Retry-After")
     header_timeout: float = env("WHARF_HEADER_TIMEOUT", 30.0,
-                                "seconds a request head may take from its first byte; then the connection closes")
+                                "seconds a request head may take from its first byte (and a TLS handshake from "
+                                "the accept); then the connection closes")
     idle_timeout: float = env("WHARF_IDLE_TIMEOUT", 60.0,
                               "seconds a read or write on a connection may make no progress before the "
                               "request ends (an upload keeps what was received; the client resumes)")
