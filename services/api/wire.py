@@ -154,10 +154,15 @@ def disarm_continue(unreader: Any) -> None:
 
 
 def continue_before_waiting(chunk: Callable[..., bytes]) -> Callable[..., bytes]:
+    """gunicorn's socket read (``SocketUnreader.chunk``), sending an armed 100 Continue first."""
+    if getattr(chunk, "wharf_continue", False):
+        return chunk  # already this
+
     def waiting_chunk(self: Any, size_hint: int | None = None) -> bytes:
         if self.wharf_continue is not None:
             send_pending_continue(self)
         return chunk(self, size_hint)
+    waiting_chunk.wharf_continue = True  # type: ignore[attr-defined]
     return waiting_chunk
 
 
