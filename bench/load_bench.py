@@ -352,6 +352,8 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each scenario's clients")
     parser.add_argument("--scenarios", default="a,b,c,d")
     parser.add_argument("--registries", default="wharf,distribution")
+    parser.add_argument("--stream-pulls", action="store_true",
+                        help="Wharf serves pulls through the blob store (no sendfile), as in compose and Kubernetes")
     args = parser.parse_args()
     raise_nofile()
     rows: list[list[str]] = []
@@ -359,7 +361,8 @@ def main() -> int:
     for registry in args.registries.split(","):
         with tempfile.TemporaryDirectory(prefix=f"load-{registry}-") as scratch:
             workdir = Path(scratch)
-            server = wharf(workdir) if registry == "wharf" else distribution(workdir, distribution_v3())
+            streamed = {"WHARF_LOCAL_BLOB_ROOT": ""} if args.stream_pulls else None
+            server = wharf(workdir, streamed) if registry == "wharf" else distribution(workdir, distribution_v3())
             with server as running:
                 setup = prepare(running.url)
                 for name in args.scenarios.split(","):

@@ -30,6 +30,10 @@ log = logging.getLogger("wharf.blobstore")
 T = TypeVar("T")
 
 
+# The smallest chunk a caller may ask a Read for: below it, per-message costs dominate.
+MIN_READ_CHUNK = 16 * 1024
+
+
 def _blob(blob: Blob) -> pb.BlobInfo:
     return pb.BlobInfo(digest=blob.digest, size=blob.size, local_path=blob.local_path,
                        redirect_url=blob.redirect_url)
@@ -90,8 +94,11 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
 
     async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         reader = await self._run(self._blobs.open_read, request.digest, request.offset, request.length)
+        size = self._chunk_size
+        if request.chunk_size:
+            size = max(MIN_READ_CHUNK, min(size, request.chunk_size))
         try:
-            while data := await self._run(reader.next_chunk, self._chunk_size):
+            while data := await self._run(reader.next_chunk, size):
                 yield pb.Chunk(data=data)
         finally:
             await self._run(reader.close)

@@ -124,7 +124,10 @@ def start(settings: StackSettings) -> list[Child]:
         records.write(data_dir, records.BLOBSTORE_ADDRESS, blobstore_addr)
         gateway_env = env_for("gateway", base, WHARF_HOST=settings.host, WHARF_PORT=str(settings.port),
                            WHARF_BLOBSTORE_ADDR=blobstore_addr, WHARF_METADATA_ADDR=metadata_addr,
-                           WHARF_LOCAL_BLOB_ROOT=str(data_dir / "blobstore"), WHARF_AUTH=settings.auth,
+                           # Set empty, pulls stream from the blob store, as where the gateway
+                           # runs apart from the blob store's disk (compose, Kubernetes).
+                           WHARF_LOCAL_BLOB_ROOT=os.environ.get("WHARF_LOCAL_BLOB_ROOT", str(data_dir / "blobstore")),
+                           WHARF_AUTH=settings.auth,
                            **_metrics_variable(figures, "gateway", "WHARF_METRICS_ADDR"))
         if settings.auth == "token":
             auth_addr = f"127.0.0.1:{free_port(avoid=settings.port)}"

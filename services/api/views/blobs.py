@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -87,30 +88,71 @@ def head(ctx: Context, name: str, digest: str) -> Response:
     return response
 
 
+# What the downloads a gateway worker passes through its memory may hold at once: those streamed
+# from the blob store, and files sent over TLS (where sendfile cannot be used). Each holds about
+# two pieces (the one being sent to its client, the next one arriving), sized when it starts by
+# how many are in flight, so 1,000 slow clients do not hold a full-sized piece each: with 1 MiB
+# pieces and gRPC's windows growing, load_bench (a) through the blob store took a worker to 4.9 GB.
+DOWNLOAD_BUDGET = 32 * 1024 * 1024
+MIN_DOWNLOAD_PIECE = 64 * 1024
+_downloads = 0
+
+
+class _Download:
+    """A response body that passes through memory, counted from its creation to its close (the
+    WSGI server closes it, sent or not); ``piece`` is the size it reads in."""
+
+    def __init__(self) -> None:
+        global _downloads
+        _downloads += 1
+        each = DOWNLOAD_BUDGET // (2 * _downloads)
+        self.piece = max(MIN_DOWNLOAD_PIECE, min(IO_CHUNK, each - each % MIN_DOWNLOAD_PIECE))
+        self._first = b""
+        self._rest: Iterator[bytes] = iter(())
+        self._cancel: Callable[[], None] | None = None
+        self._open = True
+
+    def attach(self, first: bytes, rest: Iterator[bytes], cancel: Callable[[], None]) -> _Download:
+        self._first, self._rest, self._cancel = first, rest, cancel
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+            return data
+        try:
+            return next(self._rest)
+        except StopIteration:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        global _downloads
+        if self._open:
+            self._open = False
+            _downloads -= 1
+            if self._cancel is not None:
+                self._cancel()
+
+
 def _file_response(path: str, first: int, length: int) -> Iterable[bytes]:
     handle = open(path, "rb")  # noqa: SIM115 - the WSGI server closes the wrapper
     handle.seek(first)
     wrapper = request.environ.get("wsgi.file_wrapper")
-    if wrapper is not None:
+    if wrapper is not None and not isinstance(request.environ.get("gunicorn.socket"), ssl.SSLSocket):
         # gunicorn sends from the current offset for Content-Length bytes with sendfile().
         return wrapper(handle, IO_CHUNK)  # type: ignore[no-any-return]
+    download = _Download()
 
     def chunks() -> Iterator[bytes]:
-        with handle:
-            remaining = length
-            while remaining > 0 and (data := handle.read(min(IO_CHUNK, remaining))):
-                remaining -= len(data)
-                yield data
-    return chunks()
-
-
-def _stream(first_chunk: bytes, rest: Iterator[bytes], cancel: Callable[[], None]) -> Iterator[bytes]:
-    try:
-        if first_chunk:
-            yield first_chunk
-        yield from rest
-    finally:
-        cancel()
+        remaining = length
+        while remaining > 0 and (data := handle.read(min(download.piece, remaining))):
+            remaining -= len(data)
+            yield data
+    return download.attach(b"", chunks(), handle.close)
 
 
 def _local_path(ctx: Context, path: str) -> str | None:
@@ -169,8 +211,12 @@ def get(ctx: Context, name: str, digest: str) -> Response:
     if path is not None:
         body = _file_response(path, first, length)
     else:
-        first_chunk, rest, cancel = ctx.clients.blobs.read(digest, first, length)
-        body = _stream(first_chunk, rest, cancel)
+        download = _Download()
+        try:
+            body = download.attach(*ctx.clients.blobs.read(digest, first, length, download.piece))
+        except BaseException:
+            download.close()
+            raise
     ctx.pull_events.note_request(name, digest, "", size, blob=True)
     return Response(body, status=status, headers=headers, direct_passthrough=True)
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/services/gen/wharf/blobstore/v1/blobstore.proto\x12\x12wharf.blobstore.v1\"d\n\x15\x46\x65tchReferrersRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x15\n\rartifact_type\x18\x04 \x01(\t\"!\n\x10\x46\x65tchedReferrers\x12\r\n\x05index\x18\x01 \x01(\x0c\"C\n\x0b\x46illRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"]\n\x14\x46\x65tchManifestRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0c\n\x04head\x18\x04 \x01(\x08\"T\n\x0f\x46\x65tchedManifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"4\n\x0bStatRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x15\n\rwant_location\x18\x02 \x01(\x08\"R\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x12\n\nlocal_path\x18\x03 \x01(\t\x12\x14\n\x0credirect_url\x18\x04 \x01(\t\"=\n\x0bReadRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"4\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0e\n\x06stored\x18\x03 \x01(\x08\"\x1f\n\rDeleteRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"*\n\nPutRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\")\n\x13\x43reateUploadRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\"2\n\tUploadRef\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"W\n\x0cUploadStatus\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nstarted_at\x18\x04 \x01(\x03\"s\n\rAppendRequest\x12-\n\x06upload\x18\x01 \x01(\x0b\x32\x1d.wharf.blobstore.v1.UploadRef\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x15\n\rcommit_digest\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"n\n\x0e\x41ppendResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .wharf.blobstore.v1.UploadStatus\x12*\n\x04\x62lob\x18\x02 \x01(\x0b\x32\x1c.wharf.blobstore.v1.BlobInfo\"T\n\x13\x43ommitUploadRequest\x12-\n\x06upload\x18\x01 \x01(\x0b\x32\x1d.wharf.blobstore.v1.UploadRef\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\x16\n\x14\x43\x61ncelUploadResponse2\xc8\x08\n\tBlobStore\x12\x45\n\x04Stat\x12\x1f.wharf.blobstore.v1.StatRequest\x1a\x1c.wharf.blobstore.v1.BlobInfo\x12\x44\n\x04Read\x12\x1f.wharf.blobstore.v1.ReadRequest\x1a\x19.wharf.blobstore.v1.Chunk0\x01\x12O\n\x06\x44\x65lete\x12!.wharf.blobstore.v1.DeleteRequest\x1a\".wharf.blobstore.v1.DeleteResponse\x12\x45\n\x03Put\x12\x1e.wharf.blobstore.v1.PutRequest\x1a\x1c.wharf.blobstore.v1.BlobInfo(\x01\x12Y\n\x0c\x43reateUpload\x12\'.wharf.blobstore.v1.CreateUploadRequest\x1a .wharf.blobstore.v1.UploadStatus\x12W\n\x0c\x41ppendUpload\x12!.wharf.blobstore.v1.AppendRequest\x1a\".wharf.blobstore.v1.AppendResponse(\x01\x12[\n\x12\x41ppendUploadSingle\x12!.wharf.blobstore.v1.AppendRequest\x1a\".wharf.blobstore.v1.AppendResponse\x12L\n\tGetUpload\x12\x1d.wharf.blobstore.v1.UploadRef\x1a .wharf.blobstore.v1.UploadStatus\x12U\n\x0c\x43ommitUpload\x12\'.wharf.blobstore.v1.CommitUploadRequest\x1a\x1c.wharf.blobstore.v1.BlobInfo\x12W\n\x0c\x43\x61ncelUpload\x12\x1d.wharf.blobstore.v1.UploadRef\x1a(.wharf.blobstore.v1.CancelUploadResponse\x12\x44\n\x04\x46ill\x12\x1f.wharf.blobstore.v1.FillRequest\x1a\x19.wharf.blobstore.v1.Chunk0\x01\x12^\n\rFetchManifest\x12(.wharf.blobstore.v1.FetchManifestRequest\x1a#.wharf.blobstore.v1.FetchedManifest\x12\x61\n\x0e\x46\x65tchReferrers\x12).wharf.blobstore.v1.FetchReferrersRequest\x1a$.wharf.blobstore.v1.FetchedReferrersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/services/gen/wharf/blobstore/v1/blobstore.proto\x12\x12wharf.blobstore.v1\"d\n\x15\x46\x65tchReferrersRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x15\n\rartifact_type\x18\x04 \x01(\t\"!\n\x10\x46\x65tchedReferrers\x12\r\n\x05index\x18\x01 \x01(\x0c\"C\n\x0b\x46illRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"]\n\x14\x46\x65tchManifestRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0c\n\x04head\x18\x04 \x01(\x08\"T\n\x0f\x46\x65tchedManifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"4\n\x0bStatRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x15\n\rwant_location\x18\x02 \x01(\x08\"R\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x12\n\nlocal_path\x18\x03 \x01(\t\x12\x14\n\x0credirect_url\x18\x04 \x01(\t\"Q\n\x0bReadRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"4\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0e\n\x06stored\x18\x03 \x01(\x08\"\x1f\n\rDeleteRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"*\n\nPutRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\")\n\x13\x43reateUploadRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\"2\n\tUploadRef\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"W\n\x0cUploadStatus\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x12\n\nstarted_at\x18\x04 \x01(\x03\"s\n\rAppendRequest\x12-\n\x06upload\x18\x01 \x01(\x0b\x32\x1d.wharf.blobstore.v1.UploadRef\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x15\n\rcommit_digest\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"n\n\x0e\x41ppendResponse\x12\x30\n\x06status\x18\x01 \x01(\x0b\x32 .wharf.blobstore.v1.UploadStatus\x12*\n\x04\x62lob\x18\x02 \x01(\x0b\x32\x1c.wharf.blobstore.v1.BlobInfo\"T\n\x13\x43ommitUploadRequest\x12-\n\x06upload\x18\x01 \x01(\x0b\x32\x1d.wharf.blobstore.v1.UploadRef\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\x16\n\x14\x43\x61ncelUploadResponse2\xc8\x08\n\tBlobStore\x12\x45\n\x04Stat\x12\x1f.wharf.blobstore.v1.StatRequest\x1a\x1c.wharf.blobstore.v1.BlobInfo\x12\x44\n\x04Read\x12\x1f.wharf.blobstore.v1.ReadRequest\x1a\x19.wharf.blobstore.v1.Chunk0\x01\x12O\n\x06\x44\x65lete\x12!.wharf.blobstore.v1.DeleteRequest\x1a\".wharf.blobstore.v1.DeleteResponse\x12\x45\n\x03Put\x12\x1e.wharf.blobstore.v1.PutRequest\x1a\x1c.wharf.blobstore.v1.BlobInfo(\x01\x12Y\n\x0c\x43reateUpload\x12\'.wharf.blobstore.v1.CreateUploadRequest\x1a .wharf.blobstore.v1.UploadStatus\x12W\n\x0c\x41ppendUpload\x12!.wharf.blobstore.v1.AppendRequest\x1a\".wharf.blobstore.v1.AppendResponse(\x01\x12[\n\x12\x41ppendUploadSingle\x12!.wharf.blobstore.v1.AppendRequest\x1a\".wharf.blobstore.v1.AppendResponse\x12L\n\tGetUpload\x12\x1d.wharf.blobstore.v1.UploadRef\x1a .wharf.blobstore.v1.UploadStatus\x12U\n\x0c\x43ommitUpload\x12\'.wharf.blobstore.v1.CommitUploadRequest\x1a\x1c.wharf.blobstore.v1.BlobInfo\x12W\n\x0c\x43\x61ncelUpload\x12\x1d.wharf.blobstore.v1.UploadRef\x1a(.wharf.blobstore.v1.CancelUploadResponse\x12\x44\n\x04\x46ill\x12\x1f.wharf.blobstore.v1.FillRequest\x1a\x19.wharf.blobstore.v1.Chunk0\x01\x12^\n\rFetchManifest\x12(.wharf.blobstore.v1.FetchManifestRequest\x1a#.wharf.blobstore.v1.FetchedManifest\x12\x61\n\x0e\x46\x65tchReferrers\x12).wharf.blobstore.v1.FetchReferrersRequest\x1a$.wharf.blobstore.v1.FetchedReferrersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,29 +46,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLOBINFO']._serialized_start=512
   _globals['_BLOBINFO']._serialized_end=594
   _globals['_READREQUEST']._serialized_start=596
-  _globals['_READREQUEST']._serialized_end=657
-  _globals['_CHUNK']._serialized_start=659
-  _globals['_CHUNK']._serialized_end=711
-  _globals['_DELETEREQUEST']._serialized_start=713
-  _globals['_DELETEREQUEST']._serialized_end=744
-  _globals['_DELETERESPONSE']._serialized_start=746
-  _globals['_DELETERESPONSE']._serialized_end=779
-  _globals['_PUTREQUEST']._serialized_start=781
-  _globals['_PUTREQUEST']._serialized_end=823
-  _globals['_CREATEUPLOADREQUEST']._serialized_start=825
-  _globals['_CREATEUPLOADREQUEST']._serialized_end=866
-  _globals['_UPLOADREF']._serialized_start=868
-  _globals['_UPLOADREF']._serialized_end=918
-  _globals['_UPLOADSTATUS']._serialized_start=920
-  _globals['_UPLOADSTATUS']._serialized_end=1007
-  _globals['_APPENDREQUEST']._serialized_start=1009
-  _globals['_APPENDREQUEST']._serialized_end=1124
-  _globals['_APPENDRESPONSE']._serialized_start=1126
-  _globals['_APPENDRESPONSE']._serialized_end=1236
-  _globals['_COMMITUPLOADREQUEST']._serialized_start=1238
-  _globals['_COMMITUPLOADREQUEST']._serialized_end=1322
-  _globals['_CANCELUPLOADRESPONSE']._serialized_start=1324
-  _globals['_CANCELUPLOADRESPONSE']._serialized_end=1346
-  _globals['_BLOBSTORE']._serialized_start=1349
-  _globals['_BLOBSTORE']._serialized_end=2445
+  _globals['_READREQUEST']._serialized_end=677
+  _globals['_CHUNK']._serialized_start=679
+  _globals['_CHUNK']._serialized_end=731
+  _globals['_DELETEREQUEST']._serialized_start=733
+  _globals['_DELETEREQUEST']._serialized_end=764
+  _globals['_DELETERESPONSE']._serialized_start=766
+  _globals['_DELETERESPONSE']._serialized_end=799
+  _globals['_PUTREQUEST']._serialized_start=801
+  _globals['_PUTREQUEST']._serialized_end=843
+  _globals['_CREATEUPLOADREQUEST']._serialized_start=845
+  _globals['_CREATEUPLOADREQUEST']._serialized_end=886
+  _globals['_UPLOADREF']._serialized_start=888
+  _globals['_UPLOADREF']._serialized_end=938
+  _globals['_UPLOADSTATUS']._serialized_start=940
+  _globals['_UPLOADSTATUS']._serialized_end=1027
+  _globals['_APPENDREQUEST']._serialized_start=1029
+  _globals['_APPENDREQUEST']._serialized_end=1144
+  _globals['_APPENDRESPONSE']._serialized_start=1146
+  _globals['_APPENDRESPONSE']._serialized_end=1256
+  _globals['_COMMITUPLOADREQUEST']._serialized_start=1258
+  _globals['_COMMITUPLOADREQUEST']._serialized_end=1342
+  _globals['_CANCELUPLOADRESPONSE']._serialized_start=1344
+  _globals['_CANCELUPLOADRESPONSE']._serialized_end=1366
+  _globals['_BLOBSTORE']._serialized_start=1369
+  _globals['_BLOBSTORE']._serialized_end=2465
 # @@protoc_insertion_point(module_scope)

@@ -78,14 +78,16 @@ class BlobInfo(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., local_path: _Optional[str] = ..., redirect_url: _Optional[str] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("digest", "offset", "length")
+    __slots__ = ("digest", "offset", "length", "chunk_size")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     digest: str
     offset: int
     length: int
-    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+    chunk_size: int
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("data", "total", "stored")
