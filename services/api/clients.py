@@ -41,6 +41,7 @@ CHANNEL_OPTIONS = [
     # however slowly its client reads: with the estimate on, 1,000 slow pulls streamed from the
     # blob store (bench/load_bench.py (a) without sendfile) took a worker to 4.9 GB.
     ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 16384),
 ]
 
 
@@ -167,10 +168,15 @@ class BlobStoreClient:
     def read(self, digest: str, offset: int, length: int,
              chunk_size: int = 0) -> tuple[bytes, Iterator[bytes], Callable[[], None]]:
         """Returns the first chunk (so errors surface early), an iterator over the rest, and a
-        cancel; ``chunk_size``: the bytes per chunk wanted (0: the blob store's own size)."""
-        first, rest, cancel = self._chunks("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length,
-                                                                   chunk_size=chunk_size))
-        return first.data, rest, cancel
+        cancel; ``chunk_size``: the most bytes per chunk wanted (0: the blob store's own size).
+        The call's messages are the chunks' bytes already (``_blob_store_stub``)."""
+        call = self._c.streaming("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length,
+                                                         chunk_size=chunk_size))
+        try:
+            first = next(call, b"")
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return first, call, call.cancel
 
     def fill(self, upstream: str, repository: str,
              digest: str) -> tuple[int, bool, bytes, Iterator[bytes], Callable[[], None]]:
@@ -384,11 +390,14 @@ def _service_name(module: Any, name: str) -> str:
 
 
 def _blob_store_stub(channel: grpc.Channel) -> bpb_grpc.BlobStoreStub:
-    """The generated stub, but for the two calls that stream a blob's bytes: after their first
+    """The generated stub, but for the calls that stream a blob's bytes: after their first
     message, the request stream's items are the bytes themselves, each framed as a message with
-    only its data field (services/common/data_frames.py), in one copy rather than two."""
+    only its data field (services/common/data_frames.py), in one copy rather than two; a Read's
+    messages are the chunks' bytes, taken out of their frames in one copy."""
     stub = bpb_grpc.BlobStoreStub(channel)
     service = _service_name(bpb, "BlobStore")
+    stub.Read = channel.unary_stream(f"/{service}/Read", request_serializer=bpb.ReadRequest.SerializeToString,
+                                     response_deserializer=data_frames.deserializer(bpb.Chunk, "data"))
     for method, message, answer in (("AppendUpload", bpb.AppendRequest, bpb.AppendResponse),
                                     ("Put", bpb.PutRequest, bpb.BlobInfo)):
         setattr(stub, method, channel.stream_unary(f"/{service}/{method}",

@@ -14,12 +14,12 @@ import grpc
 from minio.error import MinioException
 
 from services.blobstore import fills
-from services.blobstore.blobs import AppendSession, Blob, BlobService, Upload
+from services.blobstore.blobs import AppendSession, Blob, BlobReader, BlobService, Upload
 from services.blobstore.fills import Fills
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
-from services.common import digests, grpcserver, metrics, upload_ids
+from services.common import data_frames, digests, grpcserver, metrics, upload_ids
 from services.common.errors import BLOB_UPLOAD_INVALID, UNAVAILABLE, RegistryError
 from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
@@ -30,8 +30,14 @@ log = logging.getLogger("wharf.blobstore")
 T = TypeVar("T")
 
 
-# The smallest chunk a caller may ask a Read for: below it, per-message costs dominate.
+# The smallest chunk a Read sends: below it, per-message costs dominate.
 MIN_READ_CHUNK = 16 * 1024
+# What the chunks of all streamed reads in this process may hold at once while they wait to be
+# sent (a slow or stalled reader's window is full), give or take MIN_READ_CHUNK per read: each
+# read's next chunk is its share of what the others do not hold. A lone fast download reads in
+# large chunks; a thousand stalled ones hold a thousand small chunks, not a thousand of the size
+# the first of them read in before the rest arrived.
+READ_BUDGET = 32 * 1024 * 1024
 
 
 def _blob(blob: Blob) -> pb.BlobInfo:
@@ -42,6 +48,41 @@ def _blob(blob: Blob) -> pb.BlobInfo:
 def _status(upload: Upload) -> pb.UploadStatus:
     return pb.UploadStatus(upload_id=upload.upload_id, repository=upload.repository, size=upload.size,
                            started_at=upload.started_at)
+
+
+_frame_chunk = data_frames.framer(pb.Chunk, "data")
+
+
+def _next_framed(reader: BlobReader, size: int) -> bytes:
+    """A Read's next chunk serialized as a Chunk message, in the storage thread that read it (the
+    unframed bytes go before the chunk waits for its reader); empty at the end."""
+    return _frame_chunk(reader.next_chunk(size))
+
+
+def add_servicer(servicer: BlobStoreServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that Read's messages come from the servicer already
+    serialized (services/common/data_frames.py): a chunk waiting for a slow reader is then held
+    as its frame and gRPC's copy only."""
+    captured = _Registration()
+    pb_grpc.add_BlobStoreServicer_to_server(servicer, captured)
+    methods = dict(captured.methods)
+    methods["Read"] = methods["Read"]._replace(response_serializer=None)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, methods),))
+    server.add_registered_method_handlers(captured.service, methods)
+
+
+class _Registration:
+    """Stands in for a server to catch the method handlers the generated code registers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.methods: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, methods: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.methods = service, methods
 
 
 async def _nothing() -> AsyncIterator[Any]:
@@ -80,6 +121,8 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         self._fills = fills
         self._chunk_size = chunk_size
         self._pool = pool
+        self._reading = 0  # streamed reads in progress
+        self._held = 0  # bytes of their chunks waiting to be sent
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._submit(fn, *args))
@@ -92,15 +135,27 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
     async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext) -> pb.BlobInfo:
         return _blob(await self._run(self._blobs.stat, request.digest, request.want_location))
 
-    async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
+    async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Yields each chunk already framed as a serialized Chunk (``add_servicer``)."""
         reader = await self._run(self._blobs.open_read, request.digest, request.offset, request.length)
         size = self._chunk_size
         if request.chunk_size:
             size = max(MIN_READ_CHUNK, min(size, request.chunk_size))
+        self._reading += 1
         try:
-            while data := await self._run(reader.next_chunk, size):
-                yield pb.Chunk(data=data)
+            while True:
+                share = max(0, READ_BUDGET - self._held) // self._reading
+                step = max(MIN_READ_CHUNK, min(size, share - share % MIN_READ_CHUNK))
+                framed = await self._run(_next_framed, reader, step)
+                if not framed:
+                    break
+                self._held += len(framed)
+                try:
+                    yield framed  # returns once gRPC has sent it on
+                finally:
+                    self._held -= len(framed)
         finally:
+            self._reading -= 1
             await self._run(reader.close)
 
     async def Fill(self, request: pb.FillRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
@@ -274,7 +329,7 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="storage")
 
     def register(server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_BlobStoreServicer_to_server(BlobStoreServicer(blobs, settings.chunk_size, pool, fills), server)
+        add_servicer(BlobStoreServicer(blobs, settings.chunk_size, pool, fills), server)
         return [pb.DESCRIPTOR.services_by_name["BlobStore"].full_name]
 
     stop = threading.Event()

@@ -8,6 +8,11 @@ form. A data-only message is just the field's tag, the length as a varint and th
 writes that in one copy, and anything else (the first message) is serialized as usual. The
 bytes on the wire are the same either way, which ``tests/unit/test_data_frames.py`` checks
 against protobuf itself.
+
+Downloads go the other way: the blob store frames each chunk of a Read once, in its storage
+thread, and the gateway takes the bytes back out of the frame in one copy. A chunk that waits for
+a slow reader is then held twice (the frame, gRPC's copy of it) instead of four times, which is
+what a thousand stalled downloads cost.
 """
 
 from __future__ import annotations
@@ -28,16 +33,55 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _tag(message_class: type[Any], field: str) -> bytes:
+    return _varint(message_class.DESCRIPTOR.fields_by_name[field].number << 3 | _LENGTH_DELIMITED)
+
+
+def framer(message_class: type[Any], field: str) -> Callable[[bytes | bytearray | memoryview], bytes]:
+    """Bytes to the serialized ``message_class`` with only ``field`` set to them."""
+    tag = _tag(message_class, field)
+
+    def frame(data: bytes | bytearray | memoryview) -> bytes:
+        if not len(data):
+            return b""  # proto3 leaves an empty field out: an empty message
+        return b"".join((tag, _varint(len(data)), data))
+    return frame
+
+
 def serializer(message_class: type[Any], field: str) -> Callable[[Any], bytes]:
     """For a gRPC request stream of ``message_class``: a protobuf message is serialized as
     protobuf does; a bytes-like item is taken as a message with only ``field`` set to it."""
-    number = message_class.DESCRIPTOR.fields_by_name[field].number
-    tag = _varint(number << 3 | _LENGTH_DELIMITED)
+    frame = framer(message_class, field)
 
     def serialize(item: Any) -> bytes:
         if isinstance(item, _BUFFERS):
-            if not len(item):
-                return b""  # proto3 leaves an empty field out: an empty message
-            return b"".join((tag, _varint(len(item)), item))
+            return frame(item)
         return item.SerializeToString()  # type: ignore[no-any-return]
     return serialize
+
+
+def _read_varint(raw: bytes, start: int) -> tuple[int, int]:
+    """The varint at ``start`` and where it ends; (-1, 0) when there is none (cut short, or longer
+    than the 10 bytes a 64-bit value takes)."""
+    value = shift = 0
+    for index in range(start, min(len(raw), start + 10)):
+        value |= (raw[index] & 0x7F) << shift
+        if raw[index] < 0x80:
+            return value, index + 1
+        shift += 7
+    return -1, 0
+
+
+def deserializer(message_class: type[Any], field: str) -> Callable[[bytes], bytes]:
+    """For a gRPC response stream of ``message_class`` messages that carry ``field`` alone: that
+    field's bytes, sliced out of a lone frame in one copy. Anything else (other fields, a repeated
+    frame, an empty message) is parsed by protobuf, so the answer is what protobuf would give."""
+    tag = _tag(message_class, field)
+
+    def deserialize(raw: bytes) -> bytes:
+        if raw.startswith(tag):
+            length, start = _read_varint(raw, len(tag))
+            if start + length == len(raw):
+                return raw[start:]
+        return getattr(message_class.FromString(raw), field)  # type: ignore[no-any-return]
+    return deserialize

@@ -30,3 +30,40 @@ def test_a_message_is_serialized_by_protobuf() -> None:
     first = bpb.AppendRequest(upload=bpb.UploadRef(upload_id="u", repository="r"), offset=7, commit_digest="d",
                               data=b"x")
     assert data_frames.serializer(bpb.AppendRequest, "data")(first) == first.SerializeToString()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_chunk_framed_by_the_blob_store_is_a_chunk_message(size: int) -> None:
+    data = bytes(i % 253 for i in range(size))
+    framed = data_frames.framer(bpb.Chunk, "data")(data)
+    assert framed == bpb.Chunk(data=data).SerializeToString()
+    assert data_frames.deserializer(bpb.Chunk, "data")(framed) == data
+
+
+@pytest.mark.parametrize("message", [
+    bpb.Chunk(),  # empty: no frame at all
+    bpb.Chunk(data=b"abc", total=9),  # another field after the data
+    bpb.Chunk(total=3, data=b"abc"),
+    bpb.Chunk(stored=True),
+])
+def test_anything_but_a_lone_data_frame_is_read_as_protobuf_reads_it(message: bpb.Chunk) -> None:
+    raw = message.SerializeToString()
+    assert data_frames.deserializer(bpb.Chunk, "data")(raw) == message.data
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x0a\x05abc",  # a length past the end
+    b"\x0a\x80",  # a varint cut short
+    b"\x0a" + b"\xff" * 11,  # a varint longer than ten bytes
+    b"\x0a\x01a\x0a\x01b",  # the field twice: protobuf keeps the last
+])
+def test_a_malformed_or_repeated_frame_is_left_to_protobuf(raw: bytes) -> None:
+    try:
+        expected: bytes | type[Exception] = bpb.Chunk.FromString(raw).data
+    except Exception as exc:  # whatever protobuf raises, the deserializer raises too
+        expected = type(exc)
+    if isinstance(expected, bytes):
+        assert data_frames.deserializer(bpb.Chunk, "data")(raw) == expected
+    else:
+        with pytest.raises(expected):
+            data_frames.deserializer(bpb.Chunk, "data")(raw)

@@ -90,12 +90,15 @@ def head(ctx: Context, name: str, digest: str) -> Response:
 
 # What the downloads a gateway worker passes through its memory may hold at once: those streamed
 # from the blob store, and files sent over TLS (where sendfile cannot be used). Each holds about
-# two pieces (the one being sent to its client, the next one arriving), sized when it starts by
-# how many are in flight, so 1,000 slow clients do not hold a full-sized piece each: with 1 MiB
-# pieces and gRPC's windows growing, load_bench (a) through the blob store took a worker to 4.9 GB.
+# two pieces (the one being sent to its client, the next one arriving), sized when it starts as
+# its share of what the pieces of those in flight leave free, so 1,000 slow clients do not hold a
+# full-sized piece each (with 1 MiB pieces and gRPC's windows growing, load_bench (a) through the
+# blob store took a worker to 4.9 GB), nor do the first few to arrive in a burst, which took
+# large pieces while the worker was still idle and kept them once their clients stalled.
 DOWNLOAD_BUDGET = 32 * 1024 * 1024
-MIN_DOWNLOAD_PIECE = 64 * 1024
+MIN_DOWNLOAD_PIECE = 16 * 1024
 _downloads = 0
+_pieces = 0  # the sum of their pieces
 
 
 class _Download:
@@ -103,10 +106,11 @@ class _Download:
     WSGI server closes it, sent or not); ``piece`` is the size it reads in."""
 
     def __init__(self) -> None:
-        global _downloads
+        global _downloads, _pieces
         _downloads += 1
-        each = DOWNLOAD_BUDGET // (2 * _downloads)
+        each = max(0, DOWNLOAD_BUDGET // 2 - _pieces) // _downloads
         self.piece = max(MIN_DOWNLOAD_PIECE, min(IO_CHUNK, each - each % MIN_DOWNLOAD_PIECE))
+        _pieces += self.piece
         self._first = b""
         self._rest: Iterator[bytes] = iter(())
         self._cancel: Callable[[], None] | None = None
@@ -130,10 +134,11 @@ class _Download:
             raise
 
     def close(self) -> None:
-        global _downloads
+        global _downloads, _pieces
         if self._open:
             self._open = False
             _downloads -= 1
+            _pieces -= self.piece
             if self._cancel is not None:
                 self._cancel()
 
