@@ -19,10 +19,12 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from services.blobstore import layout
 from services.blobstore.storage.base import FileWriter, StorageDriver, UploadBusyError
@@ -88,19 +90,53 @@ _BYTES_READ = metrics.STORAGE_BYTES.labels("read")
 _BYTES_WRITTEN = metrics.STORAGE_BYTES.labels("written")
 
 
+_Read = TypeVar("_Read", bytes, memoryview)
+
+
 class BlobReader:
-    """An open blob and how many bytes of it are still to be read."""
+    """An open blob and how many bytes of it are still to be read.
+
+    A blob in a local file is read with ``pread`` from an offset kept here, which also lets a
+    caller on an event loop try the page cache first (``next_cached``): most downloads are of
+    blobs read a moment ago, and a read that does not wait for the disk costs less on the loop
+    than the hop to a thread and back."""
 
     def __init__(self, handle: BinaryIO, remaining: int) -> None:
         self._handle = handle
         self._remaining = remaining
+        self._fd, self._offset, self._nowait = -1, 0, hasattr(os, "RWF_NOWAIT")
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # not a file: read it as a stream
+            fd = handle.fileno()
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                self._fd, self._offset = fd, handle.tell()
 
     def next_chunk(self, chunk_size: int) -> bytes:
         """Up to ``chunk_size`` bytes; empty at the end."""
         if self._remaining <= 0:
             return b""
-        data = self._handle.read(min(chunk_size, self._remaining))
+        want = min(chunk_size, self._remaining)
+        return self._took(self._handle.read(want) if self._fd < 0 else os.pread(self._fd, want, self._offset))
+
+    def next_cached(self, chunk_size: int) -> bytes | memoryview | None:
+        """``next_chunk``, but only if it need not wait for the disk: None when some of it is not
+        in the page cache, or the blob is not in a local file."""
+        if self._remaining <= 0:
+            return b""
+        if self._fd < 0 or not self._nowait:
+            return None
+        buffer = bytearray(min(chunk_size, self._remaining))
+        try:
+            got = os.preadv(self._fd, [buffer], self._offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:  # the file system does not take the flag: always read in a thread
+            self._nowait = False
+            return None
+        return self._took(memoryview(buffer)[:got])
+
+    def _took(self, data: _Read) -> _Read:
         self._remaining -= len(data)
+        self._offset += len(data)
         _BYTES_READ.inc(len(data))
         if not data:
             self._remaining = 0

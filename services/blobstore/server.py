@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 
 # The smallest chunk a Read sends: below it, per-message costs dominate.
-MIN_READ_CHUNK = 16 * 1024
+MIN_READ_CHUNK = 64 * 1024
 # What the chunks of all streamed reads in this process may hold at once while they wait to be
 # sent (a slow or stalled reader's window is full), give or take MIN_READ_CHUNK per read: each
 # read's next chunk is its share of what the others do not hold. A lone fast download reads in
@@ -54,9 +54,15 @@ _frame_chunk = data_frames.framer(pb.Chunk, "data")
 
 
 def _next_framed(reader: BlobReader, size: int) -> bytes:
-    """A Read's next chunk serialized as a Chunk message, in the storage thread that read it (the
-    unframed bytes go before the chunk waits for its reader); empty at the end."""
+    """A Read's next chunk serialized as a Chunk message where it was read (the unframed bytes go
+    before the chunk waits for its reader); empty at the end."""
     return _frame_chunk(reader.next_chunk(size))
+
+
+def _next_framed_cached(reader: BlobReader, size: int) -> bytes | None:
+    """``_next_framed`` from the page cache, on the event loop; None when it would wait for the disk."""
+    data = reader.next_cached(size)
+    return None if data is None else _frame_chunk(data)
 
 
 def add_servicer(servicer: BlobStoreServicer, server: grpc.aio.Server) -> None:
@@ -146,7 +152,9 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             while True:
                 share = max(0, READ_BUDGET - self._held) // self._reading
                 step = max(MIN_READ_CHUNK, min(size, share - share % MIN_READ_CHUNK))
-                framed = await self._run(_next_framed, reader, step)
+                framed = _next_framed_cached(reader, step)
+                if framed is None:
+                    framed = await self._run(_next_framed, reader, step)
                 if not framed:
                     break
                 self._held += len(framed)

@@ -96,7 +96,7 @@ def head(ctx: Context, name: str, digest: str) -> Response:
 # blob store took a worker to 4.9 GB), nor do the first few to arrive in a burst, which took
 # large pieces while the worker was still idle and kept them once their clients stalled.
 DOWNLOAD_BUDGET = 32 * 1024 * 1024
-MIN_DOWNLOAD_PIECE = 16 * 1024
+MIN_DOWNLOAD_PIECE = 64 * 1024
 _downloads = 0
 _pieces = 0  # the sum of their pieces
 
