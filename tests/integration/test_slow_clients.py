@@ -477,8 +477,10 @@ def test_stalled_streamed_downloads_hold_little_memory_each(streamed: RunningSta
         for sock in opened:
             sock.close()
     held = {kind: (during[kind] - before[kind]) / count for kind in before}
-    # Measured here: 120-210 KB a download in the blob store, 200-300 KB in the gateway (the
-    # greenlet, the gRPC call, its window and a chunk or two); before, ~1,100 KB and ~760 KB.
-    assert held["blob store"] < 350_000 and held["gateway"] < 450_000, held
+    # Measured here: 120-300 KB a download in the blob store, 200-390 KB in the gateway (the
+    # greenlet, the gRPC call, its window and a chunk or two), 490-550 KB in all; before,
+    # ~1,100 KB and ~760 KB.
+    assert held["blob store"] < 400_000 and held["gateway"] < 600_000, held
+    assert held["blob store"] + held["gateway"] < 800_000, held
     whole = requests.get(f"{streamed.url}/v2/stalled/x/blobs/{digest}", timeout=60)
     assert whole.status_code == 200 and digests.of(whole.content) == digest
