@@ -33,7 +33,8 @@ class BlobStoreSettings:
     s3_redirect_ttl: int = env("WHARF_S3_REDIRECT_TTL", 600, "seconds a presigned blob URL stays valid")
     upload_ttl: int = env("WHARF_UPLOAD_TTL", 86400, "seconds an idle upload session lives")
     janitor_interval: int = env("WHARF_UPLOAD_JANITOR_INTERVAL", 600, "seconds between expired-upload sweeps")
-    chunk_size: int = env("WHARF_READ_CHUNK", 1024 * 1024, "bytes per streamed read message")
+    chunk_size: int = env("WHARF_READ_CHUNK", 1024 * 1024, "most bytes per streamed read message (fewer as more "
+                          "downloads wait on slow clients)", minimum=64 * 1024, maximum=4 * 1024 * 1024)
     workers: int = env("WHARF_BLOBSTORE_WORKERS", 32,
                        "threads that run storage steps (the gRPC server is asyncio: a transfer holds a thread "
                        "only while a step runs)")

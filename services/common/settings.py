@@ -66,6 +66,13 @@ def split_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _number(bound: float | None) -> str | None:
+    """A bound as a person writes it: 4194304 rather than 4.1943e+06, 0.5 as 0.5."""
+    if bound is None:
+        return None
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
 def _checked(field: dataclasses.Field[Any], var: str, raw: str, kind: Any) -> Any:
     value = _convert(var, raw, kind)
     if field.metadata.get("address") and value:
@@ -78,8 +85,9 @@ def _checked(field: dataclasses.Field[Any], var: str, raw: str, kind: Any) -> An
         raise SettingsError(f"{var}={raw!r}: expected {' or '.join(choices)}")
     low, high = field.metadata.get("minimum"), field.metadata.get("maximum")
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"from {low:g} to {high:g}" if low is not None and high is not None else \
-            (f"at least {low:g}" if low is not None else f"at most {high:g}")
+        low, high = (_number(low), _number(high))
+        bounds = f"from {low} to {high}" if low is not None and high is not None else \
+            (f"at least {low}" if low is not None else f"at most {high}")
         raise SettingsError(f"{var}={raw!r}: expected a number {bounds}")
     return value
 

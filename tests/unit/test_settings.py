@@ -45,6 +45,10 @@ def test_a_shared_variable_has_one_name_and_one_default_everywhere() -> None:
     (BlobStoreSettings, {"WHARF_STORAGE": "s3"}, "WHARF_STORAGE=s3 needs WHARF_S3_ENDPOINT"),
     (GatewaySettings, {"WHARF_TLS_KEY_FILE": "k.pem"}, "WHARF_TLS_CERT_FILE and WHARF_TLS_KEY_FILE go together"),
     (GatewaySettings, {"WHARF_PORT": "eighty"}, "WHARF_PORT='eighty': expected a number"),
+    # A read message must fit gRPC's 8 MiB limit, and a tiny one would cost a message per few bytes.
+    (BlobStoreSettings, {"WHARF_READ_CHUNK": "16777216"},
+     "WHARF_READ_CHUNK='16777216': expected a number from 65536 to 4194304"),
+    (BlobStoreSettings, {"WHARF_READ_CHUNK": "0"}, "WHARF_READ_CHUNK='0': expected a number from 65536 to 4194304"),
 ])
 def test_a_bad_value_is_refused_with_one_message(cls: type, environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
