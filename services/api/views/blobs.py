@@ -160,6 +160,33 @@ def _file_response(path: str, first: int, length: int) -> Iterable[bytes]:
     return download.attach(b"", chunks(), handle.close)
 
 
+# Where this worker last found each blob's file (digest -> path under WHARF_LOCAL_BLOB_ROOT), so
+# that a blob pulled again is sent without asking the blob store: a small blob's GET (an image's
+# config, pulled by every node) cost a Stat call as much as the rest of the request. A blob's
+# file holds its digest's bytes wherever it is, so a path found stays right until the file is
+# gone (garbage collection), and then the open fails and the blob store is asked again. Whether
+# the client may read the blob was decided before, from the repository's link.
+_KNOWN_FILES_MAX = 4096
+_known_files: dict[str, str] = {}
+
+
+def _known_file(digest: str, first: int, length: int) -> Iterable[bytes] | None:
+    path = _known_files.get(digest)
+    if path is None:
+        return None
+    try:
+        return _file_response(path, first, length)
+    except FileNotFoundError:
+        _known_files.pop(digest, None)
+        return None
+
+
+def _remember_file(digest: str, path: str) -> None:
+    if len(_known_files) >= _KNOWN_FILES_MAX:
+        del _known_files[next(iter(_known_files))]  # the oldest
+    _known_files[digest] = path
+
+
 def _local_path(ctx: Context, path: str) -> str | None:
     """The blob store's path, if it lies under the directory this gateway may read."""
     root = ctx.settings.local_blob_root
@@ -206,16 +233,19 @@ def get(ctx: Context, name: str, digest: str) -> Response:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     if length == 0:
         return empty(status, headers)
-    location = ctx.clients.blobs.stat(digest, want_location=True)
-    if location.redirect_url:
-        # Object storage serves the bytes; the client follows the short-lived presigned URL.
-        ctx.pull_events.note_request(name, digest, "", size, blob=True)
-        return empty(307, {"Location": location.redirect_url, "Docker-Content-Digest": digest,
-                           "Cache-Control": "no-store"})
-    path = _local_path(ctx, location.local_path)
-    if path is not None:
-        body = _file_response(path, first, length)
-    else:
+    body = _known_file(digest, first, length)
+    if body is None:
+        location = ctx.clients.blobs.stat(digest, want_location=True)
+        if location.redirect_url:
+            # Object storage serves the bytes; the client follows the short-lived presigned URL.
+            ctx.pull_events.note_request(name, digest, "", size, blob=True)
+            return empty(307, {"Location": location.redirect_url, "Docker-Content-Digest": digest,
+                               "Cache-Control": "no-store"})
+        path = _local_path(ctx, location.local_path)
+        if path is not None:
+            body = _file_response(path, first, length)
+            _remember_file(digest, path)
+    if body is None:
         download = _Download()
         try:
             body = download.attach(*ctx.clients.blobs.read(digest, first, length, download.piece))
