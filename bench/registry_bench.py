@@ -16,8 +16,9 @@ What is measured, one registry after the other (never both at once, the machine 
    per-request cost of the gateway (HTTP + gRPC + Redis) versus one Go process.
 4. small requests: 200 blobs of 64 KiB pushed by 8 threads (POST, then PUT ``?digest=`` with
    the body: the monolithic upload clients use for small layers), in blobs/s; blob HEAD under
-   ``hey -c32`` (wrk cannot read HEAD answers), in req/s; and a listing of 1,000 tags in pages
-   of 100 following ``Link``, in ms (median of 5).
+   ``hey -c32`` (wrk cannot read HEAD answers), in req/s; the same small blob's GET under
+   ``wrk -c32`` (an image's config, which every node pulling it fetches); and a listing of
+   1,000 tags in pages of 100 following ``Link``, in ms (median of 5).
 5. memory: a thread samples VmRSS of every descendant of each registry's root process every
    ~50 ms during push and pull; peaks are reported per process (named from its cmdline), with
    the CPU seconds each process used in the phase (the largest over runs), which shows where
@@ -119,6 +120,9 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
     log(f"blob HEAD, a fresh connection each {result['head_fresh']:.0f} req/s")
     result["ping"] = run_wrk(f"{server.url}/v2/", args.wrk_seconds, strict=True)
     log(f"GET /v2/ {result['ping']['rps']:.0f} req/s")
+    # A small blob's GET: an image's config, which every node pulling the image fetches.
+    result["small_get"] = run_wrk(head_url, args.wrk_seconds, strict=True)
+    log(f"small blob GET {result['small_get']['rps']:.0f} req/s")
     result["tags_ms"] = tag_listing_ms(server.url)
     log(f"1,000 tags in pages of 100: {result['tags_ms']:.1f} ms")
     aggregate = max if args.aggregate == "best" else statistics.median
@@ -220,6 +224,7 @@ def build_rows(ours: dict[str, Any], theirs: dict[str, Any] | None) -> list[dict
     row("small-blob push (64 KiB, 8 threads) blobs/s", lambda r: r["small_push"], ratio_target=1.0)
     row("blob HEAD (hey -c32) req/s", lambda r: r["head"], ratio_target=1.0)
     row("blob HEAD, a fresh connection each (hey -c32 -disable-keepalive) req/s", lambda r: r["head_fresh"])
+    row("small blob GET (wrk -c32) req/s", lambda r: r["small_get"]["rps"])
     row("GET /v2/ (wrk -c32) req/s", lambda r: r["ping"]["rps"])
     row("1,000 tags in pages of 100, ms (lower is better)", lambda r: r["tags_ms"], target="<= 1x")
     for phase in ("push", "pull"):
