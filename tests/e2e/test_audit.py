@@ -77,12 +77,20 @@ def _token(stack: RunningStack, scope: str) -> str:
 
 
 def _wait_for(stack: RunningStack, check: Callable[[list[dict[str, Any]]], bool], *args: str) -> list[dict[str, Any]]:
-    """The audit log once ``check`` holds (records arrive within about a second: they are batched)."""
+    """The audit log once ``check`` holds and no more records arrive. Records come in batches,
+    each gateway worker's at most a second apart (services/api/audit.py), so a read that meets
+    ``check`` may still precede a batch: CI once counted 33 records, then 43 a moment later."""
     deadline = time.monotonic() + 15
     while True:
         records = audit(stack, *args)
-        if check(records) or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             return records
+        if check(records):
+            time.sleep(1.5)  # past the next flush of every worker
+            settled = audit(stack, *args)
+            if len(settled) == len(records) or time.monotonic() > deadline:
+                return settled
+            continue
         time.sleep(0.3)
 
 
