@@ -111,17 +111,17 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
     rounds = [small_pushes(server.url) for _ in range(args.runs)]
     result["small_push"] = (max if args.aggregate == "best" else statistics.median)(rounds)
     log(f"small-blob push {result['small_push']:.0f} blobs/s (rounds: {', '.join(f'{r:.0f}' for r in rounds)})")
-    head_url = f"{server.url}/v2/bench/small/blobs/{small_digest(server.url)}"
-    result["head"] = run_hey(head_url, args.wrk_seconds)
+    small_url = f"{server.url}/v2/bench/small/blobs/{small_digest(server.url)}"
+    result["head"] = run_hey(small_url, args.wrk_seconds)
     log(f"blob HEAD {result['head']:.0f} req/s")
     # Neighbours of the figures above: a client that opens a connection per request (scripts,
     # health checks, the load bench's prober), and the /v2/ check every client starts with.
-    result["head_fresh"] = run_hey(head_url, args.wrk_seconds, "-disable-keepalive")
+    result["head_fresh"] = run_hey(small_url, args.wrk_seconds, "-disable-keepalive")
     log(f"blob HEAD, a fresh connection each {result['head_fresh']:.0f} req/s")
     result["ping"] = run_wrk(f"{server.url}/v2/", args.wrk_seconds, strict=True)
     log(f"GET /v2/ {result['ping']['rps']:.0f} req/s")
     # A small blob's GET: an image's config, which every node pulling the image fetches.
-    result["small_get"] = run_wrk(head_url, args.wrk_seconds, strict=True)
+    result["small_get"] = run_wrk(small_url, args.wrk_seconds, strict=True)
     log(f"small blob GET {result['small_get']['rps']:.0f} req/s")
     result["tags_ms"] = tag_listing_ms(server.url)
     log(f"1,000 tags in pages of 100: {result['tags_ms']:.1f} ms")

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -29,6 +29,8 @@ from services.gen.wharf.governance.v1 import governance_pb2 as gpb
 from services.gen.wharf.governance.v1 import governance_pb2_grpc as gpb_grpc
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 from services.gen.wharf.metadata.v1 import metadata_pb2_grpc as mpb_grpc
+
+T = TypeVar("T")
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -151,31 +153,22 @@ class BlobStoreClient:
     def stat(self, digest: str, want_location: bool = False) -> bpb.BlobInfo:
         return self._c.unary("Stat", bpb.StatRequest(digest=digest, want_location=want_location))
 
-    def _chunks(self, method: str, request: Any) -> tuple[bpb.Chunk, Iterator[bytes], Callable[[], None]]:
-        """A stream of chunks: the first message (so errors surface before any header is sent), an
-        iterator over the rest's bytes, and a cancel."""
+    def _opened(self, method: str, request: Any, empty: T) -> tuple[T, Any]:
+        """A streamed answer's first message (``empty`` for none), read at once so that errors
+        surface before any header is sent, and the call, for the rest and its cancel."""
         call = self._c.streaming(method, request)
         try:
-            first = next(call, None)
+            return next(call, empty), call
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
-
-        def rest() -> Iterator[bytes]:
-            for chunk in call:
-                yield chunk.data
-        return first or bpb.Chunk(), rest(), call.cancel
 
     def read(self, digest: str, offset: int, length: int,
              chunk_size: int = 0) -> tuple[bytes, Iterator[bytes], Callable[[], None]]:
         """Returns the first chunk (so errors surface early), an iterator over the rest, and a
         cancel; ``chunk_size``: the most bytes per chunk wanted (0: the blob store's own size).
         The call's messages are the chunks' bytes already (``_blob_store_stub``)."""
-        call = self._c.streaming("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length,
-                                                         chunk_size=chunk_size))
-        try:
-            first = next(call, b"")
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        first, call = self._opened("Read", bpb.ReadRequest(digest=digest, offset=offset, length=length,
+                                                           chunk_size=chunk_size), b"")
         return first, call, call.cancel
 
     def fill(self, upstream: str, repository: str,
@@ -184,9 +177,13 @@ class BlobStoreClient:
         whether it is stored already (then nothing is streamed), the first chunk (so errors surface
         before any header is sent), the rest, and a cancel. An error after the first chunk (a digest
         mismatch) ends the iterator with an exception."""
-        first, rest, cancel = self._chunks("Fill", bpb.FillRequest(upstream=upstream, repository=repository,
-                                                                   digest=digest))
-        return first.total, first.stored, first.data, rest, cancel
+        first, call = self._opened("Fill", bpb.FillRequest(upstream=upstream, repository=repository,
+                                                           digest=digest), bpb.Chunk())
+
+        def rest() -> Iterator[bytes]:  # a generator, not an expression: the call is iterated only once asked
+            for chunk in call:
+                yield chunk.data
+        return first.total, first.stored, first.data, rest(), call.cancel
 
     def fetch_manifest(self, upstream: str, repository: str, reference: str, head: bool) -> bpb.FetchedManifest:
         return self._c.unary("FetchManifest", bpb.FetchManifestRequest(

@@ -66,10 +66,8 @@ def split_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _number(bound: float | None) -> str | None:
+def _number(bound: Any) -> str:
     """A bound as a person writes it: 4194304 rather than 4.1943e+06, 0.5 as 0.5."""
-    if bound is None:
-        return None
     return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
@@ -85,9 +83,12 @@ def _checked(field: dataclasses.Field[Any], var: str, raw: str, kind: Any) -> An
         raise SettingsError(f"{var}={raw!r}: expected {' or '.join(choices)}")
     low, high = field.metadata.get("minimum"), field.metadata.get("maximum")
     if (low is not None and value < low) or (high is not None and value > high):
-        low, high = (_number(low), _number(high))
-        bounds = f"from {low} to {high}" if low is not None and high is not None else \
-            (f"at least {low}" if low is not None else f"at most {high}")
+        if low is None:
+            bounds = f"at most {_number(high)}"
+        elif high is None:
+            bounds = f"at least {_number(low)}"
+        else:
+            bounds = f"from {_number(low)} to {_number(high)}"
         raise SettingsError(f"{var}={raw!r}: expected a number {bounds}")
     return value
 
