@@ -228,7 +228,7 @@ def name_paths(depth: int) -> dict[str, Any]:
         f"{base}/blobs/uploads/": {
             "parameters": names,
             "post": _op("uploads", f"startUpload{n}", "uploads", "Open an upload session, upload a blob whole, "
-                        "or mount one", {"201": created, "202": session}, ("413", *NAMED_ERRORS),
+                        "or mount one", {"201": created, "202": session}, ("413", "501", *NAMED_ERRORS),
                         parameters=upload_query,
                         body=_octets(False, "monolithic upload (?digest=): the whole blob; otherwise empty"),
                         description="No query: a session (202). `?digest=` with the blob as the body: stored, "
@@ -243,10 +243,10 @@ def name_paths(depth: int) -> dict[str, Any]:
                         {"204": _answer("The session.", SESSION_HEADERS)}, ("404", *NAMED_ERRORS), head=True),
             "patch": _op("upload", f"patchUpload{n}", "uploads", "Append a chunk",
                          {"202": _answer("The chunk is stored (durably).", SESSION_HEADERS, links=session_links)},
-                         ("404", "413", "416", *NAMED_ERRORS), parameters=[ref("parameters", "ContentRange")],
+                         ("404", "413", "416", "501", *NAMED_ERRORS), parameters=[ref("parameters", "ContentRange")],
                          body=_octets(False, "the chunk")),
             "put": _op("upload", f"finishUpload{n}", "uploads", "Close a session: append the body, verify, link",
-                       {"201": created}, ("404", "413", "416", *NAMED_ERRORS),
+                       {"201": created}, ("404", "413", "416", "501", *NAMED_ERRORS),
                        parameters=[ref("parameters", "digestQuery"), ref("parameters", "ContentRange")],
                        body=_octets(False, "an optional last chunk"),
                        description="The session is removed whether the digest matches (201) or not (400)."),
@@ -292,7 +292,7 @@ def name_paths(depth: int) -> dict[str, Any]:
                     "Docker-Content-Digest": ref("headers", "DockerContentDigest"),
                     "OCI-Subject": ref("headers", "OCISubject"), "OCI-Tag": ref("headers", "OCITag")},
                     links=pushed_links)},
-                ("404", "413", *NAMED_ERRORS), parameters=[tags_query],
+                ("404", "413", "501", *NAMED_ERRORS), parameters=[tags_query],
                 body={"required": True, "description": "the manifest (at most WHARF_MAX_MANIFEST_BYTES)",
                       "content": {**manifest_content, "application/json": {"schema": ref("schemas",
                                                                                         "AnyManifest")}}},

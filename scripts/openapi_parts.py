@@ -252,6 +252,8 @@ ERRORS: dict[str, tuple[str, dict[str, Any]]] = {
             "Content-Length; the session headers say where to resume.", {}),
     "429": ("TOOMANYREQUESTS: a rate limit, or too many failed logins.", {"Retry-After": ref("headers",
                                                                                             "RetryAfter")}),
+    "501": ("UNSUPPORTED: the body is sent in a transfer coding other than chunked (gzip, deflate, "
+            "compress), which the registry does not decode.", {}),
     "500": ("INTERNAL: an unexpected failure (the details are logged, never sent).", {}),
     "503": ("UNAVAILABLE: a backend service is down or too slow, or the registry is read-only for maintenance "
             "(then with Retry-After).", {"Retry-After": ref("headers", "RetryAfter")}),

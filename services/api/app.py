@@ -149,6 +149,7 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
             # Answered before a byte of the body is read: an impossible length is never waited on.
             raise RegistryError(SIZE_INVALID, f"a body of {request.content_length} bytes is over the limit of "
                                               f"{settings.max_body_bytes}", http_status=413)
+        _check_transfer_coding()
         handler = route.handlers.get(request.method)
         if handler is None:
             raise RegistryError(UNSUPPORTED, f"{request.method} is not supported on this endpoint")
@@ -158,6 +159,15 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
         ctx.authorizer.authorize(handler.access.scopes(params), route.endpoint)
         _count_transfer(route.endpoint)
         return handler.view(ctx, **params)
+
+    def _check_transfer_coding() -> None:
+        """gunicorn passes a body coded ``gzip, chunked`` (or deflate, compress) on undecoded, and a
+        registry that took it would store the compressed bytes as the blob: such a body is refused
+        before it is read (RFC 9112, 6.1: 501 for a transfer coding not understood)."""
+        coding = request.environ.get("HTTP_TRANSFER_ENCODING")
+        if coding is not None and coding.strip(" \t").lower() != "chunked":
+            raise RegistryError(UNSUPPORTED, f"transfer coding {coding[:100]!r} is not supported: send the body "
+                                             "chunked or with a Content-Length", http_status=501)
 
     def _note_route(endpoint: str) -> None:
         """Tells the worker the route (its figures' label) and names the request's span after it."""

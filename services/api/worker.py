@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 import gunicorn.http
@@ -58,6 +58,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from services.api.http_metrics import HttpMetrics
 from services.api.metrics_hub import MetricsHub
+from services.api.parking import PARK_AFTER, ParkingLot
 from services.api.quick_heads import DRAIN_LIMIT, QuickParser, QuickRequest
 from services.api.wire import continue_before_waiting, continue_pending, defer_continue, disarm_continue
 from services.common import metrics, tracing
@@ -101,15 +102,34 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
     over the number of workers, rounded up), and both are woken for the shared socket."""
 
     workers = 1  # gunicorn's worker count, set by GatewayWorker.patch
+    # How many connections this worker holds parked (parking.py), set by GatewayWorker.patch:
+    # they count against the pool's size (gunicorn's worker_connections) as its greenlets do.
+    parked: Callable[[], int] = staticmethod(lambda: 0)
+    # This worker's servers by their listening socket's descriptor.
+    by_listener: ClassVar[dict[int, _BatchAcceptingServer]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        listener = getattr(self, "socket", None)  # None until start() when given an address
+        if listener is not None:
+            self.by_listener[listener.fileno()] = self
+        if self.pool is not None:
+            self.full = self._full  # gevent's set_spawn made the pool's own full() the instance's
         if self.ssl_args is not None:
             # gevent's server would complete each TLS handshake inside the wrap, with the new
             # socket's timeout (none): a client that connects and sends nothing, or a byte of
             # its ClientHello now and then, held its connection for good. The handshake is the
             # worker's instead, under the header timeout (GatewayWorker.handle).
             self.ssl_args["do_handshake_on_connect"] = False
+
+    def _full(self) -> bool:
+        return bool(self.pool.full()) or len(self.pool) + self.parked() >= self.pool.size
+
+    def room_made(self) -> None:
+        """A parked connection closed: accept again if only the parked ones had stopped it (a
+        greenlet's end restarts accepting by itself, through the pool's semaphore)."""
+        if self._watcher is None and not self.full():
+            self._start_accepting_if_started()
 
     @property  # type: ignore[override]
     def max_accept(self) -> int:
@@ -323,13 +343,20 @@ class _RequestHeadDeadline:
     connection quietly, as gunicorn's own keep-alive timeout does. One per connection, re-armed
     for every request on it (a timer per request costs a busy connection measurably)."""
 
-    def __init__(self, client: socket.socket, keepalive: float, header_timeout: float) -> None:
+    def __init__(self, client: socket.socket, keepalive: float, header_timeout: float,
+                 may_park: Callable[[], bool] | None = None) -> None:
         self._client = client
         self._keepalive = keepalive
         self._timeout = gevent.Timeout(header_timeout, False)
         # gunicorn's reader of this connection (set when its parser is made): bytes it already
         # holds are a request waiting too (a pipelined one), though the socket has none.
         self.unreader: Any = None
+        # Whether the connection may be parked now (parking.py); None: never (a TLS connection,
+        # whose state is more than its descriptor).
+        self._may_park = may_park if keepalive > PARK_AFTER else None
+        # The connection's descriptor once it is parked: gunicorn's loop has ended, the
+        # connection has not (GatewayWorker.handle hands it to the parking lot).
+        self.parked_fd: int | None = None
 
     def _buffered(self) -> bool:
         buffer = getattr(self.unreader, "buf", None)
@@ -343,16 +370,33 @@ class _RequestHeadDeadline:
             # ms; Distribution 102 ms). Letting every other ready connection go first took p99
             # to ~90 ms (13 ms at -c32, was 22-40) for ~3-6% of blob HEAD throughput.
             gevent.sleep(0)
-        else:
-            try:
-                wait_read(self._client.fileno(), timeout=self._keepalive, timeout_exc=TimeoutError())
-            except TimeoutError:
-                # The parser then reads end-of-file and gunicorn closes the connection.
-                with contextlib.suppress(OSError):
-                    self._client.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
+        elif not self._wait_for_input():
+            # Parked: ends gunicorn's loop for the connection quietly, without closing it.
+            self.parked_fd = self._client.detach()
+            raise StopIteration("idle: parked")
         self._timeout.start()
+
+    def _wait_for_input(self) -> bool:
+        """Waits for the next request's first byte; False when the connection is to be parked
+        instead (idle for PARK_AFTER, nothing buffered, and the worker has room for it)."""
+        fd, waited = self._client.fileno(), 0.0
+        try:
+            if self._may_park is not None:
+                try:
+                    wait_read(fd, timeout=PARK_AFTER, timeout_exc=TimeoutError())
+                    return True
+                except TimeoutError:
+                    if self._may_park() and not self._buffered():
+                        return False
+                    waited = PARK_AFTER
+            wait_read(fd, timeout=self._keepalive - waited, timeout_exc=TimeoutError())
+        except TimeoutError:
+            # The parser then reads end-of-file and gunicorn closes the connection.
+            with contextlib.suppress(OSError):
+                self._client.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        return True
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
@@ -406,6 +450,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         SocketUnreader.chunk = continue_before_waiting(SocketUnreader.chunk)
         gunicorn.workers.ggevent.StreamServer = _BatchAcceptingServer  # what GeventWorker.run builds
         _BatchAcceptingServer.workers = self.cfg.workers
+        _BatchAcceptingServer.parked = staticmethod(lambda: len(self._lot))
 
     def run(self) -> None:
         """After the fork: this worker's traces, and its figures for the master (metrics_hub.py)."""
@@ -413,7 +458,10 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         if self.metrics_hub is not None:
             self._registry = metrics.registry_for("gateway")
             self.metrics_hub.serve_worker(self._registry)
-        super().run()
+        try:
+            super().run()
+        finally:
+            self._lot.close_all()
 
     def _extension(self, name: str) -> Any:
         extensions = getattr(self.wsgi, "extensions", None)
@@ -475,19 +523,51 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
                 disarm_continue(req.unreader)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        if isinstance(client, ssl.SSLSocket):
+            client.setblocking(True)
+            client.settimeout(self.idle_timeout)
+            if not handshake_within(client, self.header_timeout):
+                return  # the server closes the connection
+        self._figures.connections += 1
+        self._serve(listener, client, addr)
+
+    def _serve(self, listener: Any, client: Any, addr: Any) -> None:
+        """gunicorn's loop over the connection's requests, from its first or from being parked."""
         client.setblocking(1)
         # Every read and write on the connection makes progress within this, or fails.
         client.settimeout(self.idle_timeout)
-        if isinstance(client, ssl.SSLSocket) and not handshake_within(client, self.header_timeout):
-            return  # the server closes the connection
-        deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout)
-        self._figures.connections += 1
+        may_park = self._may_park if type(client) is _GeventSocket else None
+        deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout,
+                                                                   may_park)
         try:
             super(GeventWorker, self).handle(listener, client, addr)
         finally:
-            self._figures.connections -= 1
             del _deadlines[getcurrent()]
             deadline.close()
+            if deadline.parked_fd is None:
+                self._figures.connections -= 1
+            else:
+                self._lot.park(deadline.parked_fd, self.cfg.keepalive - PARK_AFTER,
+                               functools.partial(self._resume, listener, addr))
+
+    def _may_park(self) -> bool:
+        return bool(self.alive) and len(self._lot) < self.worker_connections
+
+    def _resume(self, listener: Any, addr: Any, client: Any) -> None:
+        """A parked connection's first byte arrived (in the hub): serve it in a greenlet of its
+        server's pool, which has room (parked connections count against its size)."""
+        server = _BatchAcceptingServer.by_listener.get(listener.fileno())
+        spawn = server.pool.spawn if server is not None and not server.pool.full() else gevent.spawn
+        spawn(self._serve, listener, client, addr)
+
+    def _parked_closed(self) -> None:
+        self._figures.connections -= 1
+        for server in _BatchAcceptingServer.by_listener.values():
+            server.room_made()
+
+    @functools.cached_property
+    def _lot(self) -> ParkingLot:
+        return ParkingLot(self._parked_closed)
 
     @functools.cached_property
     def _figures(self) -> HttpMetrics:
