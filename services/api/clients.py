@@ -17,6 +17,7 @@ import grpc
 
 from services.api.read_cache import ReadCache
 from services.api.settings import GatewaySettings
+from services.api.wire import why_unreadable
 from services.common import data_frames, metrics, tracing, upload_ids
 from services.common.errors import BLOB_UPLOAD_INVALID, RegistryError, from_rpc_error
 from services.common.internal_auth import TOKEN_KEY, read_token
@@ -134,7 +135,7 @@ class _Caller:
                 # The call was cancelled because reading the client's body failed: report that.
                 if isinstance(body.error, RegistryError):
                     raise body.error from None
-                raise RegistryError(BLOB_UPLOAD_INVALID, "the request body could not be read") from None
+                raise RegistryError(BLOB_UPLOAD_INVALID, why_unreadable(body.error)) from None
             raise from_rpc_error(err) from None
 
     def unary(self, method: str, request: Any, timeout: float | None = None) -> Any:

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from flask import request
 
-from services.api.wire import SocketBody, body_unreader
+from services.api.wire import SocketBody, body_unreader, why_unreadable
 from services.common import digests
 from services.common.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INVALID, RegistryError
 
@@ -190,8 +190,8 @@ def small_body() -> Iterator[bytes | None]:
             while received < length and (data := request.stream.read(length - received)):
                 parts.append(data)
                 received += len(data)
-        except Exception:
-            raise RegistryError(BLOB_UPLOAD_INVALID, "the request body could not be read") from None
+        except Exception as exc:
+            raise RegistryError(BLOB_UPLOAD_INVALID, why_unreadable(exc)) from None
         if received != length:
             raise RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {length}")
         yield b"".join(parts)

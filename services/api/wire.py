@@ -26,18 +26,58 @@ from typing import Any
 import gunicorn.http.body
 import gunicorn.http.unreader
 import gunicorn.util
-from gunicorn.http.errors import InvalidChunkSize
+from gunicorn.http.errors import InvalidChunkSize, ParseException
 
 # By status: what was wrong, in the spec's terms.
 _CODES = {400: "UNSUPPORTED", 403: "DENIED", 413: "SIZE_INVALID", 414: "NAME_INVALID", 431: "UNSUPPORTED",
           417: "UNSUPPORTED", 501: "UNSUPPORTED"}
 
 
+# What gunicorn's message (which quotes the client's bytes, never echoed) says was wrong, by its
+# start, first match wins: a fixed explanation a client's author can act on.
+_EXPLAINED = (
+    ("Invalid HTTP Header: 'CONTENT-LENGTH'", "Content-Length must be one decimal number, and not beside "
+                                              "Transfer-Encoding"),
+    ("Invalid HTTP Header: 'HOST'", "an HTTP/1.1 request needs one Host header"),
+    ("Invalid HTTP Header: 'TRANSFER-ENCODING'", "Transfer-Encoding must end with chunked, once, and needs "
+                                                 "HTTP/1.1"),
+    ("Invalid HTTP Header", "a header field is malformed or repeated where it may not be"),
+    ("Invalid HTTP header name", "a header name is malformed"),
+    ("Obsolete line folding", "a header field is folded over several lines"),
+    ("Invalid Request Line", "the request line is malformed (method, target or version), or the target is "
+                             "not ASCII"),
+    ("Invalid Method", "the method is malformed"),
+    ("Invalid HTTP Version", "the HTTP version is not supported"),
+    ("Unsupported transfer coding", "the transfer coding is not supported: send the body chunked or with a "
+                                    "Content-Length"),
+    ("Invalid chunk size", "a chunk size is malformed"),
+    ("Invalid chunk terminator", "a chunk does not end with CRLF"),
+    ("Invalid chunk extension", "a chunk extension is malformed"),
+    ("Request Line is too large", "the request line is too long"),
+    ("Error parsing headers", "the header section is too large"),
+    ("Contradictory scheme headers", "the forwarded-scheme headers contradict each other"),
+    ("Unable to comply with expectation", "only Expect: 100-continue is supported"),
+)
+
+
+def _explain(mesg: str, reason: str) -> str:
+    return next((said for start, said in _EXPLAINED if mesg.startswith(start)), reason.lower())
+
+
+def why_unreadable(exc: BaseException) -> str:
+    """What a client is told when reading its request body failed with ``exc``."""
+    if isinstance(exc, ParseException):
+        return f"the request body could not be read: {_explain(str(exc), 'it is malformed')}"
+    if isinstance(exc, TimeoutError):
+        return "the request body could not be read: no byte of it arrived within the idle timeout"
+    return "the request body could not be read"
+
+
 def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     code = _CODES.get(status_int, "INTERNAL" if status_int >= 500 else "UNSUPPORTED")
     if status_int == 400 and mesg.startswith("Invalid Request Line") and "/v2/" in mesg:
         code = "NAME_INVALID"  # in practice, a repository name with bytes outside ASCII
-    body = json.dumps({"errors": [{"code": code, "message": f"malformed request: {reason.lower()}"}]}).encode()
+    body = json.dumps({"errors": [{"code": code, "message": f"malformed request: {_explain(mesg, reason)}"}]}).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
     gunicorn.util.write_nonblock(sock, head + body)

@@ -53,6 +53,7 @@ from gevent.socket import socket as _GeventSocket
 from gevent.socket import wait_read, wait_write
 from greenlet import getcurrent
 from gunicorn.http.body import ChunkedReader, LengthReader
+from gunicorn.http.errors import InvalidHeader
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -500,6 +501,11 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
             return self._handle_request(listener_name, req, sock, addr, started)
 
     def _handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any, started: float) -> bool:
+        if req.version >= (1, 1) and ("HTTP_HOST" not in req.environ if type(req) is QuickRequest
+                                      else all(name != "HOST" for name, _ in req.headers)):
+            # RFC 9112, 3.2: an HTTP/1.1 request without Host gets 400 (gunicorn lets it through);
+            # gunicorn's error answer follows, and the connection closes.
+            raise InvalidHeader("HOST", req=req)
         answered = self._answer_hit(req, sock, addr, started)
         if answered is not None:
             return answered

@@ -217,6 +217,30 @@ def test_impossible_framing_is_answered_at_once(strict: RunningStack, request_by
     assert elapsed < 1.0
 
 
+def test_framing_errors_say_what_was_wrong(strict: RunningStack) -> None:
+    """An HTTP/1.1 request without Host is refused (RFC 9112, 3.2; HTTP/1.0 needs none), and a
+    malformed head or chunk is answered with what was wrong, never with the client's bytes."""
+    def answer(raw: bytes) -> tuple[bytes, dict[str, str]]:
+        with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+            sock.sendall(raw)
+            head, _, body = sock.recv(65536).partition(b"\r\n\r\n")
+        errors = json.loads(body).get("errors", [{}])
+        return head.split(b"\r\n")[0], errors[0]
+
+    status, error = answer(b"GET /v2/ HTTP/1.1\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400") and "Host" in error["message"], error
+    status, _ = answer(b"GET /v2/ HTTP/1.0\r\n\r\n")
+    assert status.startswith(b"HTTP/1.0 200"), status
+    status, error = answer(b"PATCH /v2/framing/x/blobs/uploads/0 HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nabcde")
+    assert status.startswith(b"HTTP/1.1 400") and "Content-Length" in error["message"], error
+    location = requests.post(f"{strict.url}/v2/framing/x/blobs/uploads/", timeout=10).headers["Location"]
+    status, error = answer(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                           + b"zz<script>\r\nabc\r\n0\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400") and error["code"] == "BLOB_UPLOAD_INVALID", error
+    assert "chunk size" in error["message"] and "script" not in error["message"], error
+
+
 @pytest.mark.parametrize("target,length,status", [
     ("/v2/framing/x/blobs/uploads/0", 10**13, 413),  # over WHARF_MAX_BODY_BYTES (1 TiB)
     ("/v2/Framing/x/blobs/uploads/0", 10**9, 400),   # an invalid name, refused before the body is read

@@ -817,9 +817,9 @@ def test_a_miss_is_served_from_gunicorns_request(monkeypatch: pytest.MonkeyPatch
     served: list[Any] = []
     monkeypatch.setattr(GeventWorker, "handle_request",
                         lambda self, listener_name, req, sock, addr: served.append(req) or True)
-    data = (request(b"GET", MANIFEST, b"HTTP/1.1", b"Accept: */*")
-            + request(b"POST", b"/v2/a/blobs/uploads/", b"HTTP/1.1", b"Content-Length: 2", body=b"ok")
-            + request(b"HEAD", BLOB, b"HTTP/1.1"))
+    data = (request(b"GET", MANIFEST, b"HTTP/1.1", b"Host: x", b"Accept: */*")
+            + request(b"POST", b"/v2/a/blobs/uploads/", b"HTTP/1.1", b"Host: x", b"Content-Length: 2", body=b"ok")
+            + request(b"HEAD", BLOB, b"HTTP/1.1", b"Host: x"))
     hot = _Hot(None)
     worker = _worker(hot)
     parser = QuickParser(CFG, iter([data]), ADDR)
