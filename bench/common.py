@@ -172,7 +172,8 @@ def push_small(client: Client, name: str, data: bytes) -> str:
 
 def small_pushes(url: str, repository: str, count: int = 200, connections: int = 8, size: int = 64 * 1024) -> float:
     """Single-request pushes of ``count`` random blobs of ``size`` bytes over ``connections``
-    keep-alive connections (each its share of the blobs), in blobs/s."""
+    keep-alive connections (each its share of the blobs), in blobs/s. ``repository`` may hold
+    ``{}``, replaced by the connection's number (a repository per connection)."""
     from concurrent.futures import ThreadPoolExecutor
 
     data = [os.urandom(size) for _ in range(count)]
@@ -181,7 +182,7 @@ def small_pushes(url: str, repository: str, count: int = 200, connections: int =
         client = Client(url)
         try:
             for index in range(first, count, connections):
-                push_small(client, repository, data[index])
+                push_small(client, repository.format(first), data[index])
         finally:
             client.close()
 

@@ -35,7 +35,6 @@ ratio within about +-20% of 1 is a tie (../shared/PERFORMANCE-NOTES.md).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import re
@@ -70,6 +69,7 @@ from common import (
     push_small,
     run_main,
     run_wrk,
+    small_pushes,
     wharf,
 )
 from proctree import Sampler
@@ -107,8 +107,11 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
     run_wrk(url, 2)  # warm-up: lazy gRPC channels, connection pools, caches
     result["manifest"] = run_wrk(url, args.wrk_seconds)
     log(f"manifest GET {result['manifest']['rps']:.0f} req/s")
-    small_pushes(server.url)  # warm-up, as for the GETs: each worker's first upload and channels
-    rounds = [small_pushes(server.url) for _ in range(args.runs)]
+    # SMALL_BLOBS distinct 64 KiB blobs, each POST then PUT ?digest=, SMALL_THREADS connections
+    # each to a repository of its own; the first round is a warm-up, as for the GETs (each
+    # worker's first upload and channels).
+    rounds = [small_pushes(server.url, "bench/small{}", SMALL_BLOBS, SMALL_THREADS, SMALL_SIZE)
+              for _ in range(args.runs + 1)][1:]
     result["small_push"] = (max if args.aggregate == "best" else statistics.median)(rounds)
     log(f"small-blob push {result['small_push']:.0f} blobs/s (rounds: {', '.join(f'{r:.0f}' for r in rounds)})")
     small_url = f"{server.url}/v2/bench/small/blobs/{small_digest(server.url)}"
@@ -132,25 +135,6 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
 
 SMALL_BLOBS, SMALL_THREADS, SMALL_SIZE = 200, 8, 64 * 1024
 HEY_MODULE = "github.com/rakyll/hey@v0.1.4"
-
-
-def small_pushes(url: str) -> float:
-    """Blobs per second: SMALL_BLOBS distinct 64 KiB blobs, each POST then PUT ?digest= with the body."""
-    blobs = [os.urandom(SMALL_SIZE) for _ in range(SMALL_BLOBS)]
-    clients = [Client(url) for _ in range(SMALL_THREADS)]
-
-    def work(index: int) -> None:
-        client = clients[index]
-        for data in blobs[index::SMALL_THREADS]:
-            push_small(client, f"bench/small{index}", data)
-    started = time.perf_counter()
-    try:
-        with concurrent.futures.ThreadPoolExecutor(SMALL_THREADS) as pool:
-            list(pool.map(work, range(SMALL_THREADS)))
-    finally:
-        for client in clients:
-            client.close()
-    return SMALL_BLOBS / (time.perf_counter() - started)
 
 
 def small_digest(url: str) -> str:
