@@ -8,7 +8,9 @@ bound. A connection that has been idle for ``PARK_AFTER`` seconds, with nothing 
 handed to this process's :class:`ParkingLot` instead: its file descriptor with an io watcher
 and a timer, about 1 KB. Its first byte spawns a greenlet that serves it again from a fresh
 parser (nothing was buffered when it was parked, so nothing is lost); the keep-alive timeout,
-counted from its last answer as before, closes it. A connection that is busy keeps its
+counted from its last answer as before, closes it. A TLS connection is parked as its socket
+object (OpenSSL's state cannot be detached from it), which saves the greenlet's share. A
+connection that is busy keeps its
 greenlet: parking costs a few system calls, so it is for connections idle long enough that
 they no longer cost anything else.
 """
@@ -26,11 +28,34 @@ from gevent.socket import socket as _GeventSocket
 PARK_AFTER = 1.0
 
 
-class _Parked:
-    __slots__ = ("expiry", "fd", "readable", "resume")
+def _kept_open() -> None:
+    """A parked TLS socket's ``close`` while it is parked: gunicorn and gevent's server close the
+    connection when its greenlet ends, and this one has not ended."""
 
-    def __init__(self, fd: int, resume: Callable[[Any], None]) -> None:
-        self.fd = fd
+
+def keep(sock: Any) -> Any:
+    """Takes a connection out of its socket object's hands before gunicorn closes it: a plain
+    socket's descriptor (the object is detached; its state is all in the kernel), or a TLS socket
+    itself (its state is OpenSSL's too), whose ``close`` does nothing until the lot gives it back.
+    What it returns is what :meth:`ParkingLot.park` takes."""
+    if type(sock) is _GeventSocket:
+        return sock.detach()
+    sock.close = _kept_open  # an instance attribute, over the class's method
+    return sock
+
+
+def _given_back(kept: Any) -> Any:
+    if isinstance(kept, int):
+        return _GeventSocket(fileno=kept)
+    kept.__dict__.pop("close", None)
+    return kept
+
+
+class _Parked:
+    __slots__ = ("expiry", "kept", "readable", "resume")
+
+    def __init__(self, kept: Any, resume: Callable[[Any], None]) -> None:
+        self.kept = kept
         self.resume = resume
         self.readable: Any = None
         self.expiry: Any = None
@@ -47,21 +72,22 @@ class ParkingLot:
     def __len__(self) -> int:
         return len(self._parked)
 
-    def park(self, fd: int, seconds: float, resume: Callable[[Any], None]) -> None:
-        """Holds the connection ``fd`` (detached from its socket object) until it is readable, then
-        calls ``resume`` with a new socket object for it, in the hub: ``resume`` must not block;
-        after ``seconds`` with nothing to read, closes it."""
+    def park(self, kept: Any, seconds: float, resume: Callable[[Any], None]) -> None:
+        """Holds a connection (what :func:`keep` returned) until it is readable, then calls
+        ``resume`` with a socket object for it, in the hub (``resume`` must not block); after
+        ``seconds`` with nothing to read, closes it."""
+        fd = kept if isinstance(kept, int) else kept.fileno()
         loop = gevent.get_hub().loop
-        entry = _Parked(fd, resume)
+        entry = _Parked(kept, resume)
         entry.readable = loop.io(fd, 1)
         entry.expiry = loop.timer(max(0.0, seconds))
-        self._parked[fd] = entry
+        self._parked[id(entry)] = entry
         # libev's io watchers are level-triggered: a byte that arrived before this line wakes it at once.
         entry.readable.start(self._wake, entry)
         entry.expiry.start(self._expire, entry)
 
     def _leave(self, entry: _Parked) -> None:
-        del self._parked[entry.fd]
+        del self._parked[id(entry)]
         for watcher in (entry.readable, entry.expiry):
             watcher.stop()
             watcher.close()
@@ -69,16 +95,21 @@ class ParkingLot:
     def _wake(self, entry: _Parked) -> None:
         self._leave(entry)
         try:
-            sock = _GeventSocket(fileno=entry.fd)
+            sock = _given_back(entry.kept)
         except OSError:
-            os.close(entry.fd)
-            self._closed()
+            self._close(entry)
             return
         entry.resume(sock)
 
     def _expire(self, entry: _Parked) -> None:
         self._leave(entry)
-        os.close(entry.fd)
+        self._close(entry)
+
+    def _close(self, entry: _Parked) -> None:
+        if isinstance(entry.kept, int):
+            os.close(entry.kept)
+        else:
+            _given_back(entry.kept).close()
         self._closed()
 
     def close_all(self) -> None:

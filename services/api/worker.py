@@ -59,7 +59,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from services.api.http_metrics import HttpMetrics
 from services.api.metrics_hub import MetricsHub
-from services.api.parking import PARK_AFTER, ParkingLot
+from services.api.parking import PARK_AFTER, ParkingLot, keep
 from services.api.quick_heads import DRAIN_LIMIT, QuickParser, QuickRequest
 from services.api.wire import continue_before_waiting, continue_pending, defer_continue, disarm_continue
 from services.common import metrics, tracing
@@ -317,17 +317,21 @@ def body_left_over(req: Any) -> bool:
     return isinstance(reader, ChunkedReader) and reader.parser is not None
 
 
+def _tls_pending(client: Any) -> bool:
+    """Whether a TLS connection holds decrypted bytes not read yet (the kernel no longer has them)."""
+    pending = getattr(client, "pending", None)
+    try:
+        return pending is not None and bool(pending())
+    except (OSError, ValueError):
+        return True
+
+
 def _input_waiting(client: Any) -> bool:
     """True when the connection already has bytes (or its end) to read: one non-blocking peek,
     so a busy keep-alive connection skips the idle wait (its watcher and timeout). A TLS socket
     may hold decrypted bytes the kernel no longer has: those count too."""
-    pending = getattr(client, "pending", None)
-    if pending is not None:
-        try:
-            if pending():
-                return True
-        except (OSError, ValueError):
-            return True
+    if _tls_pending(client):
+        return True
     try:
         client._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
@@ -352,12 +356,11 @@ class _RequestHeadDeadline:
         # gunicorn's reader of this connection (set when its parser is made): bytes it already
         # holds are a request waiting too (a pipelined one), though the socket has none.
         self.unreader: Any = None
-        # Whether the connection may be parked now (parking.py); None: never (a TLS connection,
-        # whose state is more than its descriptor).
+        # Whether the connection may be parked now (parking.py); None: never.
         self._may_park = may_park if keepalive > PARK_AFTER else None
-        # The connection's descriptor once it is parked: gunicorn's loop has ended, the
-        # connection has not (GatewayWorker.handle hands it to the parking lot).
-        self.parked_fd: int | None = None
+        # The connection, as parking.keep took it, once it is parked: gunicorn's loop has ended,
+        # the connection has not (GatewayWorker._serve hands it to the parking lot).
+        self.parked: Any = None
 
     def _buffered(self) -> bool:
         buffer = getattr(self.unreader, "buf", None)
@@ -373,7 +376,7 @@ class _RequestHeadDeadline:
             gevent.sleep(0)
         elif not self._wait_for_input():
             # Parked: ends gunicorn's loop for the connection quietly, without closing it.
-            self.parked_fd = self._client.detach()
+            self.parked = keep(self._client)
             raise StopIteration("idle: parked")
         self._timeout.start()
 
@@ -387,7 +390,7 @@ class _RequestHeadDeadline:
                     wait_read(fd, timeout=PARK_AFTER, timeout_exc=TimeoutError())
                     return True
                 except TimeoutError:
-                    if self._may_park() and not self._buffered():
+                    if self._may_park() and not self._buffered() and not _tls_pending(self._client):
                         return False
                     waited = PARK_AFTER
             wait_read(fd, timeout=self._keepalive - waited, timeout_exc=TimeoutError())
@@ -542,18 +545,17 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         client.setblocking(1)
         # Every read and write on the connection makes progress within this, or fails.
         client.settimeout(self.idle_timeout)
-        may_park = self._may_park if type(client) is _GeventSocket else None
         deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout,
-                                                                   may_park)
+                                                                   self._may_park)
         try:
             super(GeventWorker, self).handle(listener, client, addr)
         finally:
             del _deadlines[getcurrent()]
             deadline.close()
-            if deadline.parked_fd is None:
+            if deadline.parked is None:
                 self._figures.connections -= 1
             else:
-                self._lot.park(deadline.parked_fd, self.cfg.keepalive - PARK_AFTER,
+                self._lot.park(deadline.parked, self.cfg.keepalive - PARK_AFTER,
                                functools.partial(self._resume, listener, addr))
 
     def _may_park(self) -> bool:
