@@ -532,19 +532,15 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
                 disarm_continue(req.unreader)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        if isinstance(client, ssl.SSLSocket):
-            client.setblocking(True)
-            client.settimeout(self.idle_timeout)
-            if not handshake_within(client, self.header_timeout):
-                return  # the server closes the connection
+        # Every read and write on the connection makes progress within this, or fails.
+        client.settimeout(self.idle_timeout)
+        if isinstance(client, ssl.SSLSocket) and not handshake_within(client, self.header_timeout):
+            return  # the server closes the connection
         self._figures.connections += 1
         self._serve(listener, client, addr)
 
     def _serve(self, listener: Any, client: Any, addr: Any) -> None:
         """gunicorn's loop over the connection's requests, from its first or from being parked."""
-        client.setblocking(1)
-        # Every read and write on the connection makes progress within this, or fails.
-        client.settimeout(self.idle_timeout)
         deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout,
                                                                    self._may_park)
         try:
@@ -564,6 +560,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
     def _resume(self, listener: Any, addr: Any, client: Any) -> None:
         """A parked connection's first byte arrived (in the hub): serve it in a greenlet of its
         server's pool, which has room (parked connections count against its size)."""
+        client.settimeout(self.idle_timeout)  # a plain connection comes back as a new socket object
         server = _BatchAcceptingServer.by_listener.get(listener.fileno())
         spawn = server.pool.spawn if server is not None and not server.pool.full() else gevent.spawn
         spawn(self._serve, listener, client, addr)
