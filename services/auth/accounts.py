@@ -163,6 +163,14 @@ class AccountStore:
         where rotating addresses must not buy unlimited guesses). The check-and-count is
         atomic (:mod:`services.auth.throttle`), so concurrent guesses cannot overrun a limit.
         """
+        return self._throttle.check(self._buckets(name, address, account_limit), verify)
+
+    def refuse_if_locked(self, name: str, address: str, account_limit: int | None = None) -> None:
+        """TOOMANYREQUESTS while failed logins lock ``name`` from ``address`` (as ``throttled``
+        counts them), without checking or counting anything."""
+        self._throttle.refuse_if_locked(self._buckets(name, address, account_limit))
+
+    def _buckets(self, name: str, address: str, account_limit: int | None) -> list[Bucket]:
         if not keys.ACCOUNT_RE.match(name or "") or len(name) > 64:
             raise RegistryError(UNAUTHORIZED, "invalid username or password")
         bucket = peers.throttle_bucket(address)
@@ -170,7 +178,16 @@ class AccountStore:
         if account_limit is not None:
             buckets.append(Bucket(keys.failures(name, keys.ANY_ADDRESS), keys.checking(name, keys.ANY_ADDRESS),
                                   account_limit))
-        return self._throttle.check(buckets, verify)
+        return buckets
+
+    def password_stamp(self, name: str) -> str | None:
+        """The account's stored password hash (what a remembered login is checked against,
+        services/auth/verified.py); None when there is no such account."""
+        stored = self._stored_hash(name)
+        return text(stored) if stored is not None else None
+
+    def _stored_hash(self, name: str) -> bytes | None:
+        return self._r.hget(keys.account(name), "hash") if keys.ACCOUNT_RE.match(name or "") else None
 
     def check_password(self, name: str, password: str) -> bool | None:
         """True when ``password`` is the account's, False when it is not, None when there is no
@@ -178,7 +195,7 @@ class AccountStore:
         raw = password.encode()
         if len(raw) > MAX_PASSWORD:
             raw = b""  # never matches: stored passwords are at most MAX_PASSWORD bytes
-        stored = self._r.hget(keys.account(name), "hash") if keys.ACCOUNT_RE.match(name or "") else None
+        stored = self._stored_hash(name)
         matches = bcrypt.checkpw(raw, stored or self._dummy_hash)
         return None if stored is None else matches
 

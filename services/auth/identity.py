@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ import redis
 
 from services.auth.accounts import REFRESH_REFUSED, AccountStore
 from services.auth.policy import Principal, normalise_actions
+from services.auth.verified import VerifiedLogins
 from services.common import config_file, plugins
 from services.common.errors import UNAUTHORIZED, UNAVAILABLE, RegistryError
 from services.common.patterns import pattern_problem
@@ -104,6 +106,13 @@ class IdentityBackend(abc.ABC):
     def lookup(self, name: str) -> Identity | None:
         """The identity as it is now (for refresh tokens), None when gone; IdentityUnavailable."""
 
+    def credential_stamp(self, name: str) -> str | None:
+        """Optional: a value that changes whenever ``name``'s password does (or the name goes),
+        read cheaply. A backend that gives one has a right password remembered for a minute, so
+        identical logins cost one check (services/auth/verified.py); None (the default): every
+        login asks :meth:`authenticate`."""
+        return None
+
 
 class Accounts(IdentityBackend):
     """The built-in accounts: users and robots in Redis, bcrypt passwords, grants by wharf-admin."""
@@ -124,6 +133,9 @@ class Accounts(IdentityBackend):
         if matches is False:
             raise InvalidCredentials()
         return self.lookup(name) if matches else None
+
+    def credential_stamp(self, name: str) -> str | None:
+        return self._store.password_stamp(name)
 
     def lookup(self, name: str) -> Identity | None:
         principal = self._store.find(name)
@@ -148,6 +160,7 @@ class Identities:
         self._groups = {group.casefold(): grants for group, grants in (groups or {}).items()}
         self._admin_groups = frozenset(group.casefold() for group in admin_groups)
         self._remember = remember
+        self._verified = VerifiedLogins()
 
     @classmethod
     def builtin(cls, store: AccountStore) -> Identities:
@@ -160,7 +173,37 @@ class Identities:
     def authenticate(self, name: str, password: str, address: str, account_limit: int | None = None) -> \
             tuple[Principal, str]:
         """(principal, backend name) for a right password; UNAUTHORIZED, TOOMANYREQUESTS or
-        UNAVAILABLE otherwise. Every backend's check runs under the same login throttle."""
+        UNAVAILABLE otherwise. Every backend's check runs under the same login throttle; identical
+        logins share one check, and a right password is remembered briefly where the backend
+        allows it (services/auth/verified.py)."""
+        mac = self._verified.mac(name, password)
+        with self._verified.flight(name, mac):
+            return self._remembered(name, mac, address, account_limit) or \
+                self._checked(name, password, mac, address, account_limit)
+
+    def _remembered(self, name: str, mac: bytes, address: str,
+                    account_limit: int | None) -> tuple[Principal, str] | None:
+        """A login remembered with this password whose backend stamp is unchanged, the account not
+        locked: its principal as it is now; None to check the password."""
+        entry = self._verified.find(name, mac)
+        if entry is None:
+            return None
+        backend = dict(self._backends).get(entry.backend)
+        stamp: str | None = None
+        try:
+            stamp = backend.credential_stamp(name) if backend is not None else None
+            identity = backend.lookup(name) if backend is not None and stamp is not None else None
+        except IdentityUnavailable:
+            identity = None
+        if stamp is None or identity is None or identity.name != name or \
+                not hmac.compare_digest(stamp.encode(), entry.stamp.encode()):
+            self._verified.forget(name)
+            return None
+        self._store.refuse_if_locked(name, address, account_limit)
+        return self._principal(entry.backend, identity), entry.backend
+
+    def _checked(self, name: str, password: str, mac: bytes, address: str,
+                 account_limit: int | None) -> tuple[Principal, str]:
         found: list[tuple[str, Identity]] = []
 
         def verify() -> bool:
@@ -168,6 +211,7 @@ class Identities:
                 return False
             for backend_name, backend in self._backends:
                 try:
+                    stamp = backend.credential_stamp(name)  # before the check: what it checks against
                     identity = backend.authenticate(name, password)
                 except InvalidCredentials:
                     return False
@@ -182,6 +226,10 @@ class Identities:
                                   extra={"fields": {"backend": backend_name}})
                         return False
                     found.append((backend_name, identity))
+                    if stamp is not None and stamp == backend.credential_stamp(name):
+                        # Unchanged across the check, so it is the password's: remembered (a password
+                        # set meanwhile leaves nothing remembered).
+                        self._verified.remember(name, mac, backend_name, stamp)
                     return True
             return False
 

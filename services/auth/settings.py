@@ -29,7 +29,8 @@ class AuthSettings:
     login_failures: int = env("WHARF_LOGIN_FAILURES", 5,
                               "failed logins per account and address before further attempts are refused")
     login_window: int = env("WHARF_LOGIN_WINDOW", 300, "seconds failed logins are counted over (and locked)")
-    workers: int = env("WHARF_AUTH_WORKERS", 16, "threads that run the service's blocking calls (bcrypt, Redis)")
+    workers: int = env("WHARF_AUTH_WORKERS", 16, "threads in each of the service's two pools for blocking calls: "
+                                                 "logins with a password (bcrypt, LDAP), and every other call")
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")

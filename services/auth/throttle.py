@@ -153,6 +153,12 @@ class LoginThrottle:
                 self._note(reason)
                 self._local.settle(buckets, outcome, reserved=False)
 
+    def refuse_if_locked(self, buckets: Sequence[Bucket]) -> None:
+        """TOOMANYREQUESTS when failures lock a bucket (those in Redis, and those this process
+        counted while Redis refused writes); nothing is reserved or counted. For a login let in
+        without a password check (services/auth/verified.py): a locked account stays locked."""
+        self._local.refuse_if_locked(buckets)
+
     def _note(self, reason: str) -> None:
         if not self._degraded:
             self._degraded = True
@@ -198,6 +204,18 @@ class LocalThrottle:
             return ok
         finally:
             self.settle(buckets, outcome, reserved=True)
+
+    def refuse_if_locked(self, buckets: Sequence[Bucket]) -> None:
+        """LoginThrottle.refuse_if_locked: the failures in Redis plus those counted here."""
+        stored = self._stored(buckets)
+        now = time.monotonic()
+        with self._lock:
+            for bucket in buckets:
+                count, ends = self._failures.get(bucket.failures_key, (0, now))
+                redis_count, redis_ttl = stored[bucket.failures_key]
+                if redis_count + (count if ends > now else 0) >= bucket.limit:
+                    left = max(ends - now, float(redis_ttl) if redis_count else 0.0)
+                    raise _refused(True, left if left > 0 else self._window)
 
     def _stored(self, buckets: Sequence[Bucket]) -> dict[str, tuple[int, int]]:
         """Each bucket's failures in Redis and the seconds their window has left (reads only)."""

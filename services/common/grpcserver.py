@@ -258,19 +258,23 @@ async def serve(service: str, address: str, register: Callable[[grpc.aio.Server]
         metrics_server.shutdown()
 
 
-def threaded(servicer: Any, service: Any, pool: futures.ThreadPoolExecutor) -> Any:
+def threaded(servicer: Any, service: Any, pool: futures.ThreadPoolExecutor,
+             route: Callable[[str, Any], futures.ThreadPoolExecutor | None] | None = None) -> Any:
     """An asyncio servicer whose methods run ``servicer``'s blocking ones in ``pool``: how a service
     written against blocking clients (the auth service: bcrypt, a blocking Redis client) runs on
-    the same asyncio server, interceptor and bootstrap as the others. Only unary methods."""
+    the same asyncio server, interceptor and bootstrap as the others. Only unary methods.
+    ``route(method name, request)`` may name another pool for a call (the auth service's password
+    checks, so that a storm of them never queues the quick calls behind it)."""
     adapter = type(f"Threaded{type(servicer).__name__}", (), {})()
     for method in service.methods:
         blocking = getattr(servicer, method.name)
 
-        def call(blocking: Callable[..., Any] = blocking) -> Callable[..., Awaitable[Any]]:
+        def call(blocking: Callable[..., Any] = blocking, name: str = method.name) -> Callable[..., Awaitable[Any]]:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 # In the caller's context: the request id and the current span go with the call.
                 call = contextvars.copy_context().run
-                return await asyncio.get_running_loop().run_in_executor(pool, call, blocking, request, context)
+                chosen = (route(name, request) if route is not None else None) or pool
+                return await asyncio.get_running_loop().run_in_executor(chosen, call, blocking, request, context)
             return run
         setattr(adapter, method.name, call())
     return adapter

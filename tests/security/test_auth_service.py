@@ -118,6 +118,67 @@ def test_concurrent_right_passwords_are_not_locked_out(store: AccountStore) -> N
     assert all_at_once(16, lambda i: attempt(store, PASSWORD)) == ["OK"] * 16
 
 
+# -- identical logins at once: one password check, remembered briefly (services/auth/verified.py) --
+
+def _counting_checks(store: AccountStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    checked: list[str] = []
+    real = store.check_password
+
+    def check_password(name: str, password: str) -> bool | None:
+        checked.append(password)
+        return real(name, password)
+    monkeypatch.setattr(store, "check_password", check_password)
+    return checked
+
+
+def test_identical_logins_at_once_share_one_password_check(store: AccountStore,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node pool or a CI fleet sends one robot's password with every token request: 100 at once
+    took 10 s, and 22 were refused (429 after the throttle's wait, 503 past the gateway's deadline)."""
+    checked = _counting_checks(store, monkeypatch)
+    identities = Identities.builtin(store)
+
+    def login(_: int) -> str:
+        return identities.authenticate("victim", PASSWORD, "203.0.113.7")[0].name
+    assert all_at_once(24, login) == ["victim"] * 24
+    assert checked == [PASSWORD]
+
+
+def test_a_remembered_login_ends_with_its_password_or_account(store: AccountStore,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    identities = Identities.builtin(store)
+    checked = _counting_checks(store, monkeypatch)
+    assert identities.authenticate("victim", PASSWORD, "203.0.113.7")[0].name == "victim"
+    assert identities.authenticate("victim", PASSWORD, "203.0.113.7")[0].name == "victim"
+    assert len(checked) == 1
+    store.set_password("victim", "new-password-2")
+    with pytest.raises(RegistryError) as raised:
+        identities.authenticate("victim", PASSWORD, "203.0.113.7")
+    assert raised.value.code == "UNAUTHORIZED"
+    assert identities.authenticate("victim", "new-password-2", "203.0.113.7")[0].name == "victim"
+    store.delete("victim")
+    with pytest.raises(RegistryError) as raised:
+        identities.authenticate("victim", "new-password-2", "203.0.113.7")
+    assert raised.value.code == "UNAUTHORIZED"
+
+
+def test_a_remembered_login_stays_locked_out_and_guesses_are_all_checked(
+        store: AccountStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    identities = Identities.builtin(store)
+    assert identities.authenticate("victim", PASSWORD, "203.0.113.7")[0].name == "victim"
+    checked = _counting_checks(store, monkeypatch)
+    for _ in range(LIMIT):  # the same wrong guess again and again: each one checked and counted
+        with pytest.raises(RegistryError) as raised:
+            identities.authenticate("victim", "wrong-password", "203.0.113.7")
+        assert raised.value.code == "UNAUTHORIZED"
+    assert checked == ["wrong-password"] * LIMIT
+    assert int(redis_client.get(keys.failures("victim", "203.0.113.7")) or 0) == LIMIT
+    with pytest.raises(RegistryError) as raised:
+        identities.authenticate("victim", PASSWORD, "203.0.113.7")  # remembered, and locked all the same
+    assert raised.value.code == "TOOMANYREQUESTS" and int(raised.value.headers["Retry-After"]) >= 1
+    assert identities.authenticate("victim", PASSWORD, "198.51.100.1")[0].name == "victim"  # per address
+
+
 def test_a_right_password_resets_the_count(store: AccountStore) -> None:
     for _ in range(LIMIT - 1):
         assert attempt(store, "wrong-password") == "UNAUTHORIZED"
