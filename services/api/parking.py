@@ -51,12 +51,21 @@ def _given_back(kept: Any) -> Any:
     return kept
 
 
-class _Parked:
-    __slots__ = ("expiry", "kept", "readable", "resume")
+def release(kept: Any) -> None:
+    """Closes a connection :func:`keep` took that is not parked after all."""
+    if isinstance(kept, int):
+        os.close(kept)
+    else:
+        _given_back(kept).close()
 
-    def __init__(self, kept: Any, resume: Callable[[Any], None]) -> None:
+
+class _Parked:
+    __slots__ = ("expiry", "kept", "readable", "resume", "slot")
+
+    def __init__(self, kept: Any, resume: Callable[[Any], None], slot: Any) -> None:
         self.kept = kept
         self.resume = resume
+        self.slot = slot
         self.readable: Any = None
         self.expiry: Any = None
 
@@ -72,13 +81,14 @@ class ParkingLot:
     def __len__(self) -> int:
         return len(self._parked)
 
-    def park(self, kept: Any, seconds: float, resume: Callable[[Any], None]) -> None:
+    def park(self, kept: Any, seconds: float, resume: Callable[[Any], None], slot: Any = None) -> None:
         """Holds a connection (what :func:`keep` returned) until it is readable, then calls
         ``resume`` with a socket object for it, in the hub (``resume`` must not block); after
-        ``seconds`` with nothing to read, closes it."""
+        ``seconds`` with nothing to read, closes it. ``slot``: a semaphore the caller acquired for
+        the connection (its server's pool), released when it leaves the lot."""
         fd = kept if isinstance(kept, int) else kept.fileno()
         loop = gevent.get_hub().loop
-        entry = _Parked(kept, resume)
+        entry = _Parked(kept, resume, slot)
         entry.readable = loop.io(fd, 1)
         entry.expiry = loop.timer(max(0.0, seconds))
         self._parked[id(entry)] = entry
@@ -91,6 +101,8 @@ class ParkingLot:
         for watcher in (entry.readable, entry.expiry):
             watcher.stop()
             watcher.close()
+        if entry.slot is not None:
+            entry.slot.release()
 
     def _wake(self, entry: _Parked) -> None:
         self._leave(entry)
@@ -106,10 +118,7 @@ class ParkingLot:
         self._close(entry)
 
     def _close(self, entry: _Parked) -> None:
-        if isinstance(entry.kept, int):
-            os.close(entry.kept)
-        else:
-            _given_back(entry.kept).close()
+        release(entry.kept)
         self._closed()
 
     def close_all(self) -> None:

@@ -59,7 +59,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from services.api.http_metrics import HttpMetrics
 from services.api.metrics_hub import MetricsHub
-from services.api.parking import PARK_AFTER, ParkingLot, keep
+from services.api.parking import PARK_AFTER, ParkingLot, keep, release
 from services.api.quick_heads import DRAIN_LIMIT, QuickParser, QuickRequest
 from services.api.wire import continue_before_waiting, continue_pending, defer_continue, disarm_continue
 from services.common import metrics, tracing
@@ -103,9 +103,6 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
     over the number of workers, rounded up), and both are woken for the shared socket."""
 
     workers = 1  # gunicorn's worker count, set by GatewayWorker.patch
-    # How many connections this worker holds parked (parking.py), set by GatewayWorker.patch:
-    # they count against the pool's size (gunicorn's worker_connections) as its greenlets do.
-    parked: Callable[[], int] = staticmethod(lambda: 0)
     # This worker's servers by their listening socket's descriptor.
     by_listener: ClassVar[dict[int, _BatchAcceptingServer]] = {}
 
@@ -124,13 +121,11 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
             self.ssl_args["do_handshake_on_connect"] = False
 
     def _full(self) -> bool:
-        return bool(self.pool.full()) or len(self.pool) + self.parked() >= self.pool.size
-
-    def room_made(self) -> None:
-        """A parked connection closed: accept again if only the parked ones had stopped it (a
-        greenlet's end restarts accepting by itself, through the pool's semaphore)."""
-        if self._watcher is None and not self.full():
-            self._start_accepting_if_started()
+        """Whether the pool's semaphore is taken: by its greenlets, and by the connections parked
+        (parking.py), each holding a slot of it. Full is when the semaphore is, so that gevent's
+        accept loop, which waits on the semaphore to accept again, is woken exactly when a slot
+        is given back (by a greenlet's end or a parked connection's)."""
+        return bool(self.pool._semaphore.locked())
 
     @property  # type: ignore[override]
     def max_accept(self) -> int:
@@ -210,6 +205,7 @@ def _quick_parser_seen_by_deadline(get_parser: Callable[..., Any]) -> Callable[.
         deadline = _deadlines.get(getcurrent())
         if deadline is not None:
             deadline.unreader = getattr(parser, "unreader", None)
+            deadline.parser = parser
         return parser
     return made
 
@@ -309,11 +305,18 @@ def body_left_over(req: Any) -> bool:
         return False
     if getattr(body, "failed", False) is True:
         return True
-    reader = getattr(body, "reader", None)
     # A client still waiting for 100 Continue may never send what is left: nothing to drain.
-    limit = 0 if continue_pending(getattr(req, "unreader", None)) else DRAIN_LIMIT
+    return _body_unread(req, 0 if continue_pending(getattr(req, "unreader", None)) else DRAIN_LIMIT)
+
+
+def _body_unread(req: Any, beyond: int = 0) -> bool:
+    """Whether more than ``beyond`` bytes of ``req``'s body are still to come off the connection
+    (a chunked body not read to its end: always). gunicorn reads past what is left before the
+    next request, with the parser a parked connection gives up: such a connection is not parked
+    (its leftover body would be read as a request)."""
+    reader = getattr(getattr(req, "body", None), "reader", None)
     if isinstance(reader, LengthReader):
-        return int(reader.length) > limit
+        return int(reader.length) > beyond
     return isinstance(reader, ChunkedReader) and reader.parser is not None
 
 
@@ -341,6 +344,19 @@ def _input_waiting(client: Any) -> bool:
     return True
 
 
+class _NamedListener:
+    """What gunicorn's loop asks of the listening socket (its name), for a connection served again
+    after it was parked."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: Any) -> None:
+        self._name = name
+
+    def getsockname(self) -> Any:
+        return self._name
+
+
 class _RequestHeadDeadline:
     """What gunicorn's keep-alive loop runs ``next(parser)`` under: first an idle wait of up to
     the keep-alive timeout for the request's first byte (an idle connection is cheap and left
@@ -356,6 +372,8 @@ class _RequestHeadDeadline:
         # gunicorn's reader of this connection (set when its parser is made): bytes it already
         # holds are a request waiting too (a pipelined one), though the socket has none.
         self.unreader: Any = None
+        # The connection's parser (set with the reader): the last request's body may be unread.
+        self.parser: Any = None
         # Whether the connection may be parked now (parking.py); None: never.
         self._may_park = may_park if keepalive > PARK_AFTER else None
         # The connection, as parking.keep took it, once it is parked: gunicorn's loop has ended,
@@ -390,7 +408,8 @@ class _RequestHeadDeadline:
                     wait_read(fd, timeout=PARK_AFTER, timeout_exc=TimeoutError())
                     return True
                 except TimeoutError:
-                    if self._may_park() and not self._buffered() and not _tls_pending(self._client):
+                    if self._may_park() and not self._buffered() and not _tls_pending(self._client) \
+                            and not _body_unread(getattr(self.parser, "mesg", None)):
                         return False
                     waited = PARK_AFTER
             wait_read(fd, timeout=self._keepalive - waited, timeout_exc=TimeoutError())
@@ -454,7 +473,6 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         SocketUnreader.chunk = continue_before_waiting(SocketUnreader.chunk)
         gunicorn.workers.ggevent.StreamServer = _BatchAcceptingServer  # what GeventWorker.run builds
         _BatchAcceptingServer.workers = self.cfg.workers
-        _BatchAcceptingServer.parked = staticmethod(lambda: len(self._lot))
 
     def run(self) -> None:
         """After the fork: this worker's traces, and its figures for the master (metrics_hub.py)."""
@@ -537,12 +555,13 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         if isinstance(client, ssl.SSLSocket) and not handshake_within(client, self.header_timeout):
             return  # the server closes the connection
         self._figures.connections += 1
-        self._serve(listener, client, addr)
+        self._serve(listener, client, addr, _BatchAcceptingServer.by_listener.get(listener.fileno()))
 
-    def _serve(self, listener: Any, client: Any, addr: Any) -> None:
+    def _serve(self, listener: Any, client: Any, addr: Any, server: _BatchAcceptingServer | None) -> None:
         """gunicorn's loop over the connection's requests, from its first or from being parked."""
+        may_park = functools.partial(self._may_park, server) if server is not None else None
         deadline = _deadlines[getcurrent()] = _RequestHeadDeadline(client, self.cfg.keepalive, self.header_timeout,
-                                                                   self._may_park)
+                                                                   may_park)
         try:
             super(GeventWorker, self).handle(listener, client, addr)
         finally:
@@ -551,24 +570,33 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
             if deadline.parked is None:
                 self._figures.connections -= 1
             else:
-                self._lot.park(deadline.parked, self.cfg.keepalive - PARK_AFTER,
-                               functools.partial(self._resume, listener, addr))
+                self._park(deadline.parked, listener, addr, server)
 
-    def _may_park(self) -> bool:
-        return bool(self.alive) and len(self._lot) < self.worker_connections
+    def _may_park(self, server: _BatchAcceptingServer) -> bool:
+        """Parking takes a slot of the server's pool (parking.py holds it): only while one is free."""
+        return bool(self.alive) and not server.pool._semaphore.locked()
 
-    def _resume(self, listener: Any, addr: Any, client: Any) -> None:
+    def _park(self, kept: Any, listener: Any, addr: Any, server: _BatchAcceptingServer | None) -> None:
+        if server is None or not server.pool._semaphore.acquire(blocking=False):
+            release(kept)  # not reached: _may_park said a slot was free, and nothing ran since
+            self._figures.connections -= 1
+            return
+        slot = server.pool._semaphore
+        # gunicorn asks the listener for its name when it serves the connection again; by then a
+        # stopping worker has closed the listener, so its name is kept instead.
+        named = _NamedListener(listener.getsockname()) if not isinstance(listener, _NamedListener) else listener
+        self._lot.park(kept, self.cfg.keepalive - PARK_AFTER, functools.partial(self._resume, named, addr, server),
+                       slot)
+
+    def _resume(self, listener: Any, addr: Any, server: _BatchAcceptingServer, client: Any) -> None:
         """A parked connection's first byte arrived (in the hub): serve it in a greenlet of its
-        server's pool, which has room (parked connections count against its size)."""
+        server's pool (its slot was just given back), where a stopping worker waits for it."""
         client.settimeout(self.idle_timeout)  # a plain connection comes back as a new socket object
-        server = _BatchAcceptingServer.by_listener.get(listener.fileno())
-        spawn = server.pool.spawn if server is not None and not server.pool.full() else gevent.spawn
-        spawn(self._serve, listener, client, addr)
+        spawn = server.pool.spawn if not server.pool._semaphore.locked() else gevent.spawn
+        spawn(self._serve, listener, client, addr, server)
 
     def _parked_closed(self) -> None:
         self._figures.connections -= 1
-        for server in _BatchAcceptingServer.by_listener.values():
-            server.room_made()
 
     @functools.cached_property
     def _lot(self) -> ParkingLot:

@@ -176,10 +176,22 @@ class Identities:
         UNAVAILABLE otherwise. Every backend's check runs under the same login throttle; identical
         logins share one check, and a right password is remembered briefly where the backend
         allows it (services/auth/verified.py)."""
+        if not self._rememberable(name):
+            return self._checked(name, password, None, address, account_limit)
         mac = self._verified.mac(name, password)
         with self._verified.flight(name, mac):
             return self._remembered(name, mac, address, account_limit) or \
                 self._checked(name, password, mac, address, account_limit)
+
+    def _rememberable(self, name: str) -> bool:
+        """Whether the name's login may be shared and remembered: the first backend asked gives a
+        stamp for it (the built-in accounts, for an account they have). Any other login (LDAP, a
+        third party's backend, a name the first backend does not know) is checked alone, as before:
+        waiting on an identical one could never end in a remembered login."""
+        try:
+            return self._backends[0][1].credential_stamp(name) is not None
+        except Exception:  # a backend's failure here only means "not remembered"; its login reports it
+            return False
 
     def _remembered(self, name: str, mac: bytes, address: str,
                     account_limit: int | None) -> tuple[Principal, str] | None:
@@ -202,7 +214,7 @@ class Identities:
         self._store.refuse_if_locked(name, address, account_limit)
         return self._principal(entry.backend, identity), entry.backend
 
-    def _checked(self, name: str, password: str, mac: bytes, address: str,
+    def _checked(self, name: str, password: str, mac: bytes | None, address: str,
                  account_limit: int | None) -> tuple[Principal, str]:
         found: list[tuple[str, Identity]] = []
 
@@ -211,7 +223,8 @@ class Identities:
                 return False
             for backend_name, backend in self._backends:
                 try:
-                    stamp = backend.credential_stamp(name)  # before the check: what it checks against
+                    # Before the check: what it checks against.
+                    stamp = backend.credential_stamp(name) if mac is not None else None
                     identity = backend.authenticate(name, password)
                 except InvalidCredentials:
                     return False
@@ -226,7 +239,7 @@ class Identities:
                                   extra={"fields": {"backend": backend_name}})
                         return False
                     found.append((backend_name, identity))
-                    if stamp is not None and stamp == backend.credential_stamp(name):
+                    if mac is not None and stamp is not None and stamp == backend.credential_stamp(name):
                         # Unchanged across the check, so it is the password's: remembered (a password
                         # set meanwhile leaves nothing remembered).
                         self._verified.remember(name, mac, backend_name, stamp)

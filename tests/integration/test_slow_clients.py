@@ -151,6 +151,45 @@ def test_idle_keep_alive_connections_are_parked_cheaply_and_served_again(one_wor
             sock.close()
 
 
+def _gateway_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by the gateway's processes under ``root``."""
+    total = 0.0
+    for pid in _descendants(root):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"services.api" not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@pytest.fixture(scope="module")
+def few_connections(start_stack: Callable[..., RunningStack]) -> RunningStack:
+    return start_stack(env={"WHARF_GATEWAY_WORKERS": "1", "WHARF_WORKER_CONNECTIONS": "40"})
+
+
+def test_parked_connections_count_against_the_connection_limit(few_connections: RunningStack) -> None:
+    """Parked connections hold a slot of the worker's connection limit: with all 40 taken by idle
+    ones, a new client waits in the listen queue, with the worker idle (counting them as full while
+    gevent's accept loop saw room made it spin a core), and is served as soon as one closes."""
+    assert few_connections.process is not None
+    with _connections(few_connections.port, 40, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n") as idle:
+        assert all(sock.recv(65536).startswith(b"HTTP/1.1 200") for sock in idle)
+        time.sleep(2)  # all parked
+        with socket.create_connection(("127.0.0.1", few_connections.port), timeout=10) as waiting:
+            waiting.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            before = _gateway_cpu_seconds(few_connections.process.pid)
+            waiting.settimeout(2)
+            with pytest.raises(TimeoutError):
+                waiting.recv(65536)  # not accepted while the limit is taken
+            assert _gateway_cpu_seconds(few_connections.process.pid) - before < 0.5
+            idle[0].close()
+            waiting.settimeout(10)
+            assert waiting.recv(65536).startswith(b"HTTP/1.1 200")
+
+
 @pytest.fixture(scope="module")
 def strict_tls(start_stack: Callable[..., RunningStack], tmp_path_factory: pytest.TempPathFactory) -> RunningStack:
     """``strict``'s limits on a stack that serves HTTPS itself."""
@@ -284,6 +323,29 @@ def test_a_small_unread_body_is_discarded_and_the_connection_kept(strict: Runnin
     first, second = answers.split(b"HTTP/1.1 ")[1:3]
     assert not first.startswith(b"2") and b"Connection: keep-alive" in first, first[:300]
     assert second.startswith(b"200"), second[:200]
+
+
+def test_an_unread_body_that_comes_late_is_never_read_as_a_request(strict: RunningStack) -> None:
+    """The same, with the body sent after the connection has been idle past the parking delay
+    (services/api/parking.py): it is still the refused request's body, read past and never
+    answered, even when it looks like a request (a proxy sharing the connection would otherwise
+    get two answers for one request)."""
+    smuggled = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Request-Id: smuggled\r\n\r\n"
+    body = smuggled + b"x" * (500 - len(smuggled))
+    head = (b"PUT /v2/Framing/y/blobs/uploads/0?digest=sha256:" + b"0" * 64 + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.sendall(head)
+        first = _read_answer(sock)
+        assert not first.startswith(b"HTTP/1.1 2") and b"Connection: keep-alive" in first, first[:300]
+        time.sleep(1.5)
+        sock.sendall(body + b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Request-Id: real\r\n\r\n")
+        answers = b""
+        while b"X-Request-Id: real" not in answers:
+            piece = sock.recv(65536)
+            assert piece, answers[:400]
+            answers += piece
+    assert b"smuggled" not in answers and answers.count(b"HTTP/1.1 ") == 1, answers[:600]
 
 
 def _read_answer(sock: socket.socket) -> bytes:
@@ -472,8 +534,7 @@ def test_a_streamed_body_and_the_request_pipelined_behind_it_are_both_served(str
     assert blob.content == data
 
 
-def _tree_rss(root: int) -> dict[str, int]:
-    """Resident bytes of the blob store and of the gateway's processes below ``root``."""
+def _descendants(root: int) -> set[int]:
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -486,8 +547,13 @@ def _tree_rss(root: int) -> dict[str, int]:
             if ppid == parent and pid not in below:
                 below.add(pid)
                 frontier.append(pid)
+    return below
+
+
+def _tree_rss(root: int) -> dict[str, int]:
+    """Resident bytes of the blob store and of the gateway's processes below ``root``."""
     totals = {"blob store": 0, "gateway": 0}
-    for pid in below:
+    for pid in _descendants(root):
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 argv = handle.read().split(b"\0")
