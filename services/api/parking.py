@@ -10,9 +10,8 @@ and a timer, about 1 KB. Its first byte spawns a greenlet that serves it again f
 parser (nothing was buffered when it was parked, so nothing is lost); the keep-alive timeout,
 counted from its last answer as before, closes it. A TLS connection is parked as its socket
 object (OpenSSL's state cannot be detached from it), which saves the greenlet's share. A
-connection that is busy keeps its
-greenlet: parking costs a few system calls, so it is for connections idle long enough that
-they no longer cost anything else.
+connection that is busy keeps its greenlet: parking costs a few system calls, so it is for
+connections idle long enough that they no longer cost anything else.
 """
 
 from __future__ import annotations

@@ -111,6 +111,9 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
         listener = getattr(self, "socket", None)  # None until start() when given an address
         if listener is not None:
             self.by_listener[listener.fileno()] = self
+            # What a connection served again after parking is given as its listener: gunicorn asks
+            # it for its name, and a stopping worker has closed the socket itself by then.
+            self.named_listener = _NamedListener(listener.getsockname())
         if self.pool is not None:
             self.full = self._full  # gevent's set_spawn made the pool's own full() the instance's
         if self.ssl_args is not None:
@@ -570,23 +573,19 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
             if deadline.parked is None:
                 self._figures.connections -= 1
             else:
-                self._park(deadline.parked, listener, addr, server)
+                self._park(deadline.parked, addr, server)
 
     def _may_park(self, server: _BatchAcceptingServer) -> bool:
         """Parking takes a slot of the server's pool (parking.py holds it): only while one is free."""
         return bool(self.alive) and not server.pool._semaphore.locked()
 
-    def _park(self, kept: Any, listener: Any, addr: Any, server: _BatchAcceptingServer | None) -> None:
+    def _park(self, kept: Any, addr: Any, server: _BatchAcceptingServer | None) -> None:
         if server is None or not server.pool._semaphore.acquire(blocking=False):
             release(kept)  # not reached: _may_park said a slot was free, and nothing ran since
             self._figures.connections -= 1
             return
-        slot = server.pool._semaphore
-        # gunicorn asks the listener for its name when it serves the connection again; by then a
-        # stopping worker has closed the listener, so its name is kept instead.
-        named = _NamedListener(listener.getsockname()) if not isinstance(listener, _NamedListener) else listener
-        self._lot.park(kept, self.cfg.keepalive - PARK_AFTER, functools.partial(self._resume, named, addr, server),
-                       slot)
+        self._lot.park(kept, self.cfg.keepalive - PARK_AFTER,
+                       functools.partial(self._resume, server.named_listener, addr, server), server.pool._semaphore)
 
     def _resume(self, listener: Any, addr: Any, server: _BatchAcceptingServer, client: Any) -> None:
         """A parked connection's first byte arrived (in the hub): serve it in a greenlet of its
