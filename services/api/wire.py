@@ -7,7 +7,7 @@
   message is never echoed back.
 - **Chunk sizes.** gunicorn accepts any chunk size (2^64 included) and then waits for the
   bytes; a chunk larger than the largest body the gateway accepts is refused as soon as
-  its size line is read.
+  its size line is read, and so is a size line ended by a bare LF (which gunicorn waited on).
 - **100 Continue** is sent when the application first waits for the body (``defer_continue``),
   not by gunicorn before the application has looked at the request: a refused upload (a bad
   name, no permission, no room in the quota) is answered before the client sends its body.
@@ -217,7 +217,17 @@ def install(max_body_bytes: int) -> None:
         return
 
     def parse_chunk_size(self: Any, unreader: Any, data: Any = None) -> Any:
-        size, rest = parse(self, unreader, data)
+        # gunicorn looks for the line's CRLF and waits for more bytes until one comes: a size
+        # line ended by a bare LF (RFC 9112 allows none in chunked framing) left the request
+        # waiting for the idle timeout. It is refused as soon as the LF is read.
+        line = bytearray(data) if data else bytearray()
+        while (end := line.find(b"\r\n")) < 0 or 0 <= line.find(b"\n") < end:
+            if b"\n" in line:
+                raise InvalidChunkSize(b"bare LF ending a chunk size line")
+            if len(line) > self.limit_chunk_size_line:
+                break  # gunicorn's own refusal of an overlong line follows
+            self.read_into(unreader, line)
+        size, rest = parse(self, unreader, line)
         if size > max_body_bytes:
             raise InvalidChunkSize(f"chunk of {size} bytes, over the limit of {max_body_bytes}".encode())
         return size, rest

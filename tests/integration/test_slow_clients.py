@@ -240,6 +240,9 @@ def test_a_tls_handshake_must_finish_within_the_header_timeout(strict_tls: Runni
 @pytest.mark.parametrize("request_bytes,status", [
     (b"Content-Length: 18446744073709551616\r\n\r\nabc", 413),
     (b"Transfer-Encoding: chunked\r\n\r\n10000000000000000\r\nabc", 400),
+    # A size line ended by a bare LF, its chunk's bytes sent and nothing more: refused, not waited on.
+    (b"Transfer-Encoding: chunked\r\n\r\n3\nabc", 400),
+    (b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;x=y\nabcd", 400),
     (b"Content-Length: -5\r\n\r\nabc", 400),
     (b"Content-Length: 12, 13\r\n\r\nabc", 400),
     # A transfer coding the gateway does not decode: refused, never stored still coded.
