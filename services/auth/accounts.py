@@ -165,10 +165,10 @@ class AccountStore:
         """
         return self._throttle.check(self._buckets(name, address, account_limit), verify)
 
-    def refuse_if_locked(self, name: str, address: str, account_limit: int | None = None) -> None:
-        """TOOMANYREQUESTS while failed logins lock ``name`` from ``address`` (as ``throttled``
-        counts them), without checking or counting anything."""
-        self._throttle.refuse_if_locked(self._buckets(name, address, account_limit))
+    def admit_verified(self, name: str, address: str, account_limit: int | None = None) -> None:
+        """A right password known without a check: TOOMANYREQUESTS while failed logins lock
+        ``name`` from ``address`` (as ``throttled`` counts them), else their failures cleared."""
+        self._throttle.admit_verified(self._buckets(name, address, account_limit))
 
     def _buckets(self, name: str, address: str, account_limit: int | None) -> list[Bucket]:
         if not keys.ACCOUNT_RE.match(name or "") or len(name) > 64:

@@ -211,7 +211,7 @@ class Identities:
                 not hmac.compare_digest(stamp.encode(), entry.stamp.encode()):
             self._verified.forget(name)
             return None
-        self._store.refuse_if_locked(name, address, account_limit)
+        self._store.admit_verified(name, address, account_limit)
         return self._principal(entry.backend, identity), entry.backend
 
     def _checked(self, name: str, password: str, mac: bytes | None, address: str,

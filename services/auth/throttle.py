@@ -153,11 +153,13 @@ class LoginThrottle:
                 self._note(reason)
                 self._local.settle(buckets, outcome, reserved=False)
 
-    def refuse_if_locked(self, buckets: Sequence[Bucket]) -> None:
-        """TOOMANYREQUESTS when failures lock a bucket (those in Redis, and those this process
-        counted while Redis refused writes); nothing is reserved or counted. For a login let in
-        without a password check (services/auth/verified.py): a locked account stays locked."""
-        self._local.refuse_if_locked(buckets)
+    def admit_verified(self, buckets: Sequence[Bucket]) -> None:
+        """A right password known without a check (services/auth/verified.py): TOOMANYREQUESTS
+        when failures lock a bucket (those in Redis, and those this process counted while Redis
+        refused writes), so a locked account stays locked; else the buckets' failures are cleared,
+        as a checked right password clears them. Nothing is reserved, and nothing is written
+        unless there are failures to clear (a storm of remembered logins reads only)."""
+        self._local.admit_verified(buckets)
 
     def _note(self, reason: str) -> None:
         if not self._degraded:
@@ -205,8 +207,8 @@ class LocalThrottle:
         finally:
             self.settle(buckets, outcome, reserved=True)
 
-    def refuse_if_locked(self, buckets: Sequence[Bucket]) -> None:
-        """LoginThrottle.refuse_if_locked: the failures in Redis plus those counted here."""
+    def admit_verified(self, buckets: Sequence[Bucket]) -> None:
+        """LoginThrottle.admit_verified: the failures in Redis plus those counted here."""
         stored = self._stored(buckets)
         now = time.monotonic()
         with self._lock:
@@ -216,6 +218,15 @@ class LocalThrottle:
                 if redis_count + (count if ends > now else 0) >= bucket.limit:
                     left = max(ends - now, float(redis_ttl) if redis_count else 0.0)
                     raise _refused(True, left if left > 0 else self._window)
+            for bucket in buckets:
+                self._failures.pop(bucket.failures_key, None)
+        counted = [key for key, (count, _) in stored.items() if count]
+        if counted:
+            try:
+                self._r.delete(*counted)
+            except redis.RedisError as exc:
+                if redis_refusals.refusal(exc) is None:
+                    raise  # refused writes: those failures run out with their window, as in settle()
 
     def _stored(self, buckets: Sequence[Bucket]) -> dict[str, tuple[int, int]]:
         """Each bucket's failures in Redis and the seconds their window has left (reads only)."""

@@ -12,8 +12,9 @@ Now the first of identical logins checks the password while the others wait for 
 HMAC under a key that lives only in this process's memory, never the password. A remembered
 login is let in only while the backend's credential stamp (for the built-in accounts, the stored
 bcrypt hash) is unchanged: a new password, or the account's removal, ends it at once. It still
-answers TOOMANYREQUESTS while the account is locked, and it never counts as a failure or clears
-them. A wrong password is never remembered, so every guess still costs a checked, counted attempt.
+answers TOOMANYREQUESTS while the account is locked, and it clears the failures counted since,
+as a checked right password does (a user's typos between two logins do not stay counted). A
+wrong password is never remembered, so every guess still costs a checked, counted attempt.
 
 Only backends that give a stamp take part (``IdentityBackend.credential_stamp``); for any other
 (LDAP, a third party's), every login asks the backend, as before.

@@ -179,6 +179,26 @@ def test_a_remembered_login_stays_locked_out_and_guesses_are_all_checked(
     assert identities.authenticate("victim", PASSWORD, "198.51.100.1")[0].name == "victim"  # per address
 
 
+def test_a_remembered_login_resets_the_count_as_a_checked_one_does(
+        store: AccountStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typos between two logins within the remembered minute are cleared by the second, as a
+    checked right password clears them; a lone remembered login writes nothing."""
+    identities = Identities.builtin(store)
+    assert identities.authenticate("victim", PASSWORD, "203.0.113.7")[0].name == "victim"
+    for _ in range(LIMIT - 1):
+        with pytest.raises(RegistryError):
+            identities.authenticate("victim", "wrong-password", "203.0.113.7")
+    checked = _counting_checks(store, monkeypatch)
+    assert identities.authenticate("victim", PASSWORD, "203.0.113.7")[0].name == "victim"  # remembered
+    assert checked == []
+    assert redis_client.get(keys.failures("victim", "203.0.113.7")) is None
+    for _ in range(LIMIT - 1):  # as many typos again, and still not locked
+        with pytest.raises(RegistryError) as raised:
+            identities.authenticate("victim", "wrong-password", "203.0.113.7")
+        assert raised.value.code == "UNAUTHORIZED"
+    assert identities.authenticate("victim", PASSWORD, "203.0.113.7")[0].name == "victim"
+
+
 def test_a_right_password_resets_the_count(store: AccountStore) -> None:
     for _ in range(LIMIT - 1):
         assert attempt(store, "wrong-password") == "UNAUTHORIZED"
