@@ -209,8 +209,9 @@ class Mirror:
 
     def fill(self, name: str, digest: str, upstream: Upstream, remote: str) -> tuple[int, Iterator[bytes]] | None:
         """(size or 0, chunks) of a blob the repository does not link yet, streamed from the blob
-        store's fill and linked once the whole of it arrived verified; None when the blob store has
-        it stored (then it is linked at once and served the usual way). The pin holds the blob
+        store's fill and linked once the whole of it arrived verified, before its last chunk is
+        sent; None when the blob store has it stored (then it is linked at once and served the
+        usual way). The pin holds the blob
         against garbage collection from before the fill stores it until the link. Iterate the
         chunks within the request's context (flask.stream_with_context): the link is a call."""
         metadata = self._clients.metadata
@@ -227,18 +228,21 @@ class Mirror:
         metrics.MIRROR_READS.labels(upstream.prefix, "blob", "fetched").inc()
 
         def chunks() -> Iterator[bytes]:
-            size, whole = len(first), False
+            # Each chunk is held until the next arrives, so the last one leaves only once the blob
+            # is linked: a client that has the whole blob can count on the repository linking it.
+            size, whole, held = len(first), False, first
             try:
-                if first:
-                    yield first
                 for data in rest:
                     size += len(data)
-                    yield data
+                    if held:
+                        yield held
+                    held = data
                 whole = True
+                metadata.link_blob(name, digest, size, pin=pin, mirror_fill=True)
+                if held:
+                    yield held
             finally:
-                if whole:
-                    metadata.link_blob(name, digest, size, pin=pin, mirror_fill=True)
-                else:
+                if not whole:
                     cancel()
                     _unpin(metadata, digest, pin)
         return total, chunks()
