@@ -67,3 +67,45 @@ def test_a_malformed_or_repeated_frame_is_left_to_protobuf(raw: bytes) -> None:
     else:
         with pytest.raises(expected):
             data_frames.deserializer(bpb.Chunk, "data")(raw)
+
+
+# -- a push's pieces as the blob store receives them -----------------------------------------
+
+_FIELDS = {bpb.AppendRequest: ("upload", "offset", "commit_digest"), bpb.PutRequest: ("digest",)}
+
+
+@pytest.mark.parametrize("message", [bpb.AppendRequest, bpb.PutRequest])
+@pytest.mark.parametrize("size", SIZES)
+def test_a_data_piece_is_received_as_a_view_with_protobufs_defaults(message: type, size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    raw = data_frames.serializer(message, "data")(data)
+    received = data_frames.request_deserializer(message, "data")(raw)
+    assert isinstance(received.data, memoryview) and received.data.readonly and received.data == data
+    parsed = message.FromString(raw)
+    for field in _FIELDS[message]:
+        assert getattr(received, field) == getattr(parsed, field)
+
+
+@pytest.mark.parametrize("message", [
+    bpb.AppendRequest(upload=bpb.UploadRef(upload_id="u", repository="r"), offset=7, commit_digest="d", data=b"x"),
+    bpb.AppendRequest(upload=bpb.UploadRef(upload_id="u", repository="r")),
+    bpb.AppendRequest(),
+    bpb.AppendRequest(data=b"abc", offset=3),
+])
+def test_a_first_message_is_received_as_protobuf_parses_it(message: bpb.AppendRequest) -> None:
+    received = data_frames.request_deserializer(bpb.AppendRequest, "data")(message.SerializeToString())
+    assert received == message
+
+
+@pytest.mark.parametrize("raw", [b"\x22\x05abc", b"\x22\x80", b"\x22\x01a\x22\x01b"])
+def test_a_malformed_piece_is_left_to_protobuf(raw: bytes) -> None:
+    try:
+        expected: bytes | type[Exception] = bpb.AppendRequest.FromString(raw).data
+    except Exception as exc:
+        expected = type(exc)
+    deserialize = data_frames.request_deserializer(bpb.AppendRequest, "data")
+    if isinstance(expected, bytes):
+        assert bytes(deserialize(raw).data) == expected
+    else:
+        with pytest.raises(expected):
+            deserialize(raw)

@@ -84,7 +84,9 @@ class FileWriter(abc.ABC):
         """Bytes in the object, including what this writer appended."""
 
     @abc.abstractmethod
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None:
+        """Appends ``data``: ``bytes``, or a read-only ``memoryview`` (a push's piece as gRPC
+        received it, not copied again); a writer that keeps it past the call may keep the view."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
