@@ -47,7 +47,7 @@ class _Writer(FileWriter):
         self._file.flush()
         return os.fstat(self._file.fileno()).st_size
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes) -> None:
         assert self._file is not None
         self._file.write(data)
 

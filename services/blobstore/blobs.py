@@ -170,7 +170,7 @@ class AppendSession:
             raise
         self._state = service._take_hash(upload.upload_id, self._writer.size)
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes) -> None:
         if not data:
             return
         with _session_races():

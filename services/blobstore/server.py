@@ -73,8 +73,6 @@ def add_servicer(servicer: BlobStoreServicer, server: grpc.aio.Server) -> None:
     pb_grpc.add_BlobStoreServicer_to_server(servicer, captured)
     methods = dict(captured.methods)
     methods["Read"] = methods["Read"]._replace(response_serializer=None)
-    for name, message in (("AppendUpload", pb.AppendRequest), ("Put", pb.PutRequest)):
-        methods[name] = methods[name]._replace(request_deserializer=data_frames.request_deserializer(message, "data"))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, methods),))
     server.add_registered_method_handlers(captured.service, methods)
 

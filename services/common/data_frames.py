@@ -85,29 +85,3 @@ def deserializer(message_class: type[Any], field: str) -> Callable[[bytes], byte
                 return raw[start:]
         return getattr(message_class.FromString(raw), field)  # type: ignore[no-any-return]
     return deserialize
-
-
-def request_deserializer(message_class: type[Any], field: str) -> Callable[[bytes], Any]:
-    """For a gRPC request stream of ``message_class`` whose later messages carry ``field`` alone (a
-    push's pieces): such a message is taken as one with that field a view into the received bytes,
-    no copy (protobuf copied each piece twice: into its message, then out as the field's value);
-    its other fields read as protobuf's defaults. Anything else is parsed by protobuf."""
-    tag = _tag(message_class, field)
-    defaults = message_class()
-
-    class Only:
-        __slots__ = (field,)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(defaults, name)
-
-    def deserialize(raw: bytes) -> Any:
-        if raw.startswith(tag):
-            length, start = _read_varint(raw, len(tag))
-            if start + length == len(raw):
-                only = Only()
-                setattr(only, field, memoryview(raw)[start:])
-                return only
-        return message_class.FromString(raw)
-    return deserialize
-

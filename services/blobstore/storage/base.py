@@ -84,9 +84,7 @@ class FileWriter(abc.ABC):
         """Bytes in the object, including what this writer appended."""
 
     @abc.abstractmethod
-    def write(self, data: bytes | memoryview) -> None:
-        """Appends ``data``: ``bytes``, or a read-only ``memoryview`` (a push's piece as gRPC
-        received it, not copied again); a writer that keeps it past the call may keep the view."""
+    def write(self, data: bytes) -> None: ...
 
     @abc.abstractmethod
     def close(self) -> None: ...

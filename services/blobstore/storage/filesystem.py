@@ -181,7 +181,7 @@ class _FileWriter(FileWriter):
     def size(self) -> int:
         return self._size
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes) -> None:
         if not data:
             return
         self._dirty = True

@@ -212,7 +212,7 @@ class MultipartWriter(FileWriter):
     def size(self) -> int:
         return int(self._state["size"]) + self._buffered
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes) -> None:
         self._check_open()
         if not data:
             return
