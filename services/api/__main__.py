@@ -17,7 +17,13 @@ from services.api import wire  # noqa: E402
 from services.api.app import create_app  # noqa: E402
 from services.api.metrics_hub import MetricsHub  # noqa: E402
 from services.api.settings import GatewaySettings  # noqa: E402
-from services.api.worker import raise_open_file_limit, record_request, worker_class, worker_exiting  # noqa: E402
+from services.api.worker import (  # noqa: E402
+    listen_backlog,
+    raise_open_file_limit,
+    record_request,
+    worker_class,
+    worker_exiting,
+)
 from services.common import config_file, logs, plugins  # noqa: E402
 from services.common.settings import load_or_exit  # noqa: E402
 from services.events import config as events_config  # noqa: E402
@@ -57,6 +63,7 @@ def main() -> None:
         "worker_class": worker_class(settings.header_timeout, settings.idle_timeout, hub, settings.otlp_endpoint),
         # Connections each worker holds open at once (idle keep-alive ones included).
         "worker_connections": settings.worker_connections,
+        "backlog": listen_backlog(settings.listen_backlog),
         "timeout": 120,
         "graceful_timeout": 30,
         "keepalive": settings.keepalive_timeout,

@@ -47,6 +47,10 @@ class GatewaySettings:
     workers: int = env("WHARF_GATEWAY_WORKERS", 2, "gunicorn worker processes (gevent)")
     worker_connections: int = env("WHARF_WORKER_CONNECTIONS", 10000,
                                   "connections each worker process holds open at once, idle ones included")
+    listen_backlog: int = env("WHARF_LISTEN_BACKLOG", 0,
+                              "connections the kernel queues for the gateway to accept (0: the system's "
+                              "net.core.somaxconn, as Go servers take; gunicorn's own default is 2048)",
+                              minimum=0, maximum=1 << 20)
     max_in_flight: int = env("WHARF_MAX_REQUESTS_IN_FLIGHT", 2000,
                              "requests each worker process serves at once; more get 503 with Retry-After")
     header_timeout: float = env("WHARF_HEADER_TIMEOUT", 30.0,

@@ -158,6 +158,21 @@ def raise_open_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def listen_backlog(configured: int, somaxconn: str = "/proc/sys/net/core/somaxconn") -> int:
+    """The listen queue to ask for: ``configured``, or (0) the kernel's cap, which it would apply to
+    any larger request anyway. gunicorn's default of 2048 is half of Linux's default cap: when
+    thousands of clients connect at once (a node pool scaling up, 20,000 keep-alive connections
+    opened together), connections beyond the queue are dropped and retried by their clients a
+    second or more later, so a queue the size the kernel allows absorbs twice the burst."""
+    if configured > 0:
+        return configured
+    try:
+        with open(somaxconn) as cap:
+            return max(int(cap.read().strip()), 2048)
+    except (OSError, ValueError):
+        return 4096
+
+
 def cooperative_sendfile(sock: Any, file: Any, offset: int = 0, count: int | None = None) -> int:
     """``socket.sendfile`` for gevent sockets: zero-copy os.sendfile, waiting in the hub on EAGAIN.
 
