@@ -211,9 +211,9 @@ class Mirror:
         """(size or 0, chunks) of a blob the repository does not link yet, streamed from the blob
         store's fill and linked once the whole of it arrived verified, before its last chunk is
         sent; None when the blob store has it stored (then it is linked at once and served the
-        usual way). The pin holds the blob
-        against garbage collection from before the fill stores it until the link. Iterate the
-        chunks within the request's context (flask.stream_with_context): the link is a call."""
+        usual way). The pin holds the blob against garbage collection from before the fill stores
+        it until the link. Iterate the chunks within the request's context
+        (flask.stream_with_context): the link is a call."""
         metadata = self._clients.metadata
         pin = metadata.pin_blob(digest)
         try:
