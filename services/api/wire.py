@@ -220,14 +220,13 @@ def install(max_body_bytes: int) -> None:
         # gunicorn looks for the line's CRLF and waits for more bytes until one comes: a size
         # line ended by a bare LF (RFC 9112 allows none in chunked framing) left the request
         # waiting for the idle timeout. It is refused as soon as the LF is read.
-        line = bytearray(data) if data else bytearray()
-        while (end := line.find(b"\r\n")) < 0 or 0 <= line.find(b"\n") < end:
-            if b"\n" in line:
-                raise InvalidChunkSize(b"bare LF ending a chunk size line")
-            if len(line) > self.limit_chunk_size_line:
-                break  # gunicorn's own refusal of an overlong line follows
+        line, searched = bytearray(data) if data else bytearray(), 0
+        while (lf := line.find(b"\n", searched)) < 0 and len(line) <= self.limit_chunk_size_line:
+            searched = len(line)
             self.read_into(unreader, line)
-        size, rest = parse(self, unreader, line)
+        if lf == 0 or (lf > 0 and line[lf - 1] != 0x0D):  # the line's first LF, without its CR
+            raise InvalidChunkSize(b"bare LF ending a chunk size line")
+        size, rest = parse(self, unreader, line)  # an overlong line: gunicorn's own refusal
         if size > max_body_bytes:
             raise InvalidChunkSize(f"chunk of {size} bytes, over the limit of {max_body_bytes}".encode())
         return size, rest
