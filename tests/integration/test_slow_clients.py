@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pathlib
 import resource
 import signal
 import socket
@@ -154,14 +153,22 @@ def test_idle_keep_alive_connections_are_parked_cheaply_and_served_again(one_wor
             sock.close()
 
 
+def _argv(pid: int) -> list[bytes]:
+    """A process's command line, split; empty once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().split(b"\0")
+    except OSError:
+        return []
+
+
 def _gateway_cpu_seconds(root: int) -> float:
     """CPU seconds used so far by the gateway's processes under ``root``."""
     total = 0.0
     for pid in _descendants(root):
+        if b"services.api" not in _argv(pid):
+            continue
         with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"services.api" not in handle.read().split(b"\0"):
-                    continue
             with open(f"/proc/{pid}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -241,17 +248,10 @@ def test_a_tls_handshake_must_finish_within_the_header_timeout(strict_tls: Runni
 
 
 def _gateway_workers(stack: RunningStack) -> list[int]:
-    """The pids of the stack's gateway worker processes (children of the gateway's master)."""
-    parents, commands = {}, {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            proc = pathlib.Path("/proc", entry)
-            parents[int(entry)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            commands[int(entry)] = (proc / "cmdline").read_bytes()
-    # This stack's gateway: the master is the one whose parent is the stack's supervisor.
-    masters = {pid for pid, command in commands.items()
-               if b"services.api" in command and stack.process is not None and parents.get(pid) == stack.process.pid}
-    return [pid for pid in commands if parents.get(pid) in masters]
+    """The pids of the stack's gateway worker processes (those below the gateway's master)."""
+    assert stack.process is not None
+    gateway = {pid for pid in _descendants(stack.process.pid) if b"services.api" in _argv(pid)}
+    return sorted(gateway & set().union(*(_descendants(pid) for pid in gateway)))
 
 
 def test_a_burst_of_connections_beyond_gunicorns_default_queue_is_queued_not_dropped(
@@ -611,9 +611,8 @@ def _tree_rss(root: int) -> dict[str, int]:
     """Resident bytes of the blob store and of the gateway's processes below ``root``."""
     totals = {"blob store": 0, "gateway": 0}
     for pid in _descendants(root):
+        argv = _argv(pid)
         with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
             kind = "blob store" if b"services.blobstore" in argv else "gateway" if b"services.api" in argv else ""
             if kind:
                 with open(f"/proc/{pid}/status") as handle:
