@@ -16,6 +16,7 @@ from services.api import admission as admission_config  # noqa: E402
 from services.api import wire  # noqa: E402
 from services.api.app import create_app  # noqa: E402
 from services.api.metrics_hub import MetricsHub  # noqa: E402
+from services.api.server_log import GatewayLog  # noqa: E402
 from services.api.settings import GatewaySettings  # noqa: E402
 from services.api.worker import (  # noqa: E402
     listen_backlog,
@@ -53,7 +54,7 @@ def main() -> None:
     except (config_file.ConfigFileError, plugins.PluginError) as exc:
         raise SystemExit(f"wharf-gateway: {exc}") from None
     logs.configure(settings.log_level)
-    wire.install(settings.max_body_bytes)
+    wire.install(settings.max_body_bytes, settings.access_log)
     # Every connection is a file descriptor: say how many this gateway may hold.
     logging.getLogger("wharf.gateway").debug("open-file limit", extra={"fields": {"limit": raise_open_file_limit()}})
     hub = MetricsHub(settings.metrics_addr) if settings.metrics_addr else None
@@ -67,8 +68,10 @@ def main() -> None:
         "timeout": 120,
         "graceful_timeout": 30,
         "keepalive": settings.keepalive_timeout,
-        # gunicorn's own lines (booting, workers) are start-up chatter: warnings and up, unless debugging.
+        # gunicorn's own lines (booting, workers) are start-up chatter: warnings and up, unless
+        # debugging; in JSON, as every other line (server_log.py).
         "loglevel": "debug" if settings.log_level == "debug" else "warning",
+        "logger_class": GatewayLog,
         "accesslog": None,
         "proc_name": "wharf-gateway",
         # gunicorn's control socket lives at one fixed path per user; two gateways would collide.

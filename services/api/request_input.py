@@ -14,7 +14,7 @@ from flask import request
 
 from services.api.wire import SocketBody, body_unreader, why_unreadable
 from services.common import digests
-from services.common.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INVALID, RegistryError
+from services.common.errors import BLOB_UPLOAD_INVALID, DIGEST_INVALID, SIZE_INVALID, ErrorCode, RegistryError
 
 # Bytes per read from a request body and per streamed response chunk.
 IO_CHUNK = 1024 * 1024
@@ -199,21 +199,30 @@ def small_body() -> Iterator[bytes | None]:
         _small_bytes -= length
 
 
-def read_body(limit: int) -> bytes | None:
-    """The whole body, or None when it is larger than ``limit``."""
+def read_body(limit: int, unreadable: ErrorCode) -> bytes | None:
+    """The whole body, or None when it is larger than ``limit``. A body that cannot be read (a
+    malformed chunk, a client gone or silent for the idle timeout) or ends before its
+    Content-Length is refused with ``unreadable`` (the endpoint's code) or SIZE_INVALID."""
     length = request.content_length
     if length is not None and length > limit:
         return None
     parts: list[bytes] = []
     received = 0
     stream = request.stream
-    while received <= limit:
-        data = stream.read(min(IO_CHUNK, limit + 1 - received))
-        if not data:
-            break
-        parts.append(data)
-        received += len(data)
-    return None if received > limit else b"".join(parts)
+    try:
+        while received <= limit:
+            data = stream.read(min(IO_CHUNK, limit + 1 - received))
+            if not data:
+                break
+            parts.append(data)
+            received += len(data)
+    except Exception as exc:
+        raise RegistryError(unreadable, why_unreadable(exc)) from None
+    if received > limit:
+        return None
+    if length is not None and received != length:
+        raise RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {length}")
+    return b"".join(parts)
 
 
 def digest_arg(name: str = "digest") -> str:

@@ -4,7 +4,10 @@
   malformed header) itself, with an HTML page. Clients of a registry expect the
   ``{"errors": [...]}`` form with a code from the spec's list, so the gateway replaces the
   function gunicorn writes those answers with. The attacker-supplied part of gunicorn's
-  message is never echoed back.
+  message is never echoed back, nor logged: the answer is counted with the other requests
+  (route ``none``, method ``other``) and logged as an access line with the explanation the
+  client was given (services/api/server_log.py keeps gunicorn's own line, which quotes the
+  client's bytes, to debug level).
 - **Chunk sizes.** gunicorn accepts any chunk size (2^64 included) and then waits for the
   bytes; a chunk larger than the largest body the gateway accepts is refused as soon as
   its size line is read, and so is a size line ended by a bare LF (which gunicorn waited on).
@@ -27,6 +30,10 @@ import gunicorn.http.body
 import gunicorn.http.unreader
 import gunicorn.util
 from gunicorn.http.errors import InvalidChunkSize, ParseException
+
+from services.api.http_metrics import NO_ROUTE
+from services.common import metrics
+from services.common.logs import AccessLog
 
 # By status: what was wrong, in the spec's terms.
 _CODES = {400: "UNSUPPORTED", 403: "DENIED", 413: "SIZE_INVALID", 414: "NAME_INVALID", 431: "UNSUPPORTED",
@@ -77,10 +84,22 @@ def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -
     code = _CODES.get(status_int, "INTERNAL" if status_int >= 500 else "UNSUPPORTED")
     if status_int == 400 and mesg.startswith("Invalid Request Line") and "/v2/" in mesg:
         code = "NAME_INVALID"  # in practice, a repository name with bytes outside ASCII
-    body = json.dumps({"errors": [{"code": code, "message": f"malformed request: {_explain(mesg, reason)}"}]}).encode()
+    said = _explain(mesg, reason)
+    body = json.dumps({"errors": [{"code": code, "message": f"malformed request: {said}"}]}).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
     gunicorn.util.write_nonblock(sock, head + body)
+    metrics.HTTP_REQUESTS.inc((NO_ROUTE, "other", status_int))
+    if _access_log is not None:
+        try:
+            remote = str(sock.getpeername()[0])
+        except (OSError, IndexError, TypeError):  # gone already, or a Unix socket's peer
+            remote = ""
+        _access_log.write("malformed request", {"status": status_int, "error": said, "remote": remote})
+
+
+# Where malformed requests are logged (install: None when access lines are off).
+_access_log: AccessLog | None = None
 
 
 def body_unreader(environ: dict[str, Any]) -> Any:
@@ -206,10 +225,13 @@ def continue_before_waiting(chunk: Callable[..., bytes]) -> Callable[..., bytes]
     return waiting_chunk
 
 
-def install(max_body_bytes: int) -> None:
-    """Applies both changes (checked, not assumed: the hooks must exist in this gunicorn)."""
+def install(max_body_bytes: int, access_log: bool = True) -> None:
+    """Applies both changes (checked, not assumed: the hooks must exist in this gunicorn);
+    ``access_log``: malformed requests are logged (WHARF_ACCESS_LOG)."""
     if not callable(getattr(gunicorn.util, "write_error", None)):
         raise RuntimeError("gunicorn.util.write_error is gone: update services/api/wire.py")
+    global _access_log
+    _access_log = AccessLog("wharf.gateway") if access_log else None
     gunicorn.util.write_error = _write_error
     reader = gunicorn.http.body.ChunkedReader
     parse = reader.parse_chunk_size

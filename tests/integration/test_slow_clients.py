@@ -97,9 +97,11 @@ def test_hundreds_of_slow_connections_do_not_delay_a_manifest_get(stack: Running
 
 @pytest.fixture(scope="module")
 def strict(start_stack: Callable[..., RunningStack]) -> RunningStack:
-    """One worker with short limits, so that each limit shows within a test's time."""
+    """One worker with short limits, so that each limit shows within a test's time; with access
+    lines, which say how malformed requests were logged."""
     return start_stack(env={"WHARF_GATEWAY_WORKERS": "1", "WHARF_HEADER_TIMEOUT": "2", "WHARF_IDLE_TIMEOUT": "2",
-                            "WHARF_KEEPALIVE_TIMEOUT": "6", "WHARF_MAX_REQUESTS_IN_FLIGHT": "4"})
+                            "WHARF_KEEPALIVE_TIMEOUT": "6", "WHARF_MAX_REQUESTS_IN_FLIGHT": "4",
+                            "WHARF_ACCESS_LOG": "true"})
 
 
 def test_a_slow_request_head_is_closed_after_the_header_timeout(strict: RunningStack) -> None:
@@ -335,6 +337,60 @@ def test_framing_errors_say_what_was_wrong(strict: RunningStack) -> None:
                            + b"zz<script>\r\nabc\r\n0\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 400") and error["code"] == "BLOB_UPLOAD_INVALID", error
     assert "chunk size" in error["message"] and "script" not in error["message"], error
+
+
+def _whole_answer(sock: socket.socket) -> tuple[bytes, dict[str, str]]:
+    """The status line and the first error of the answer on ``sock``, read to the connection's end."""
+    data = b""
+    while piece := sock.recv(65536):
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], json.loads(body)["errors"][0]
+
+
+def test_a_manifest_body_that_cannot_be_read_is_the_clients_error(strict: RunningStack) -> None:
+    """A manifest's body is read whole: a malformed chunk in it was an internal error (500, and a
+    traceback logged at error level per request), and one cut short was parsed as truncated JSON."""
+    put = (b"PUT /v2/framing/manifest/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: "
+           + MANIFEST_TYPE.encode() + b"\r\n")
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.sendall(put + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+        status, error = _whole_answer(sock)  # read to the end: the connection closes
+    assert status.startswith(b"HTTP/1.1 400") and error["code"] == "MANIFEST_INVALID", (status, error)
+    assert "chunk size" in error["message"], error
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.sendall(put + b'Content-Length: 100\r\n\r\n{"schemaVersion": 2')
+        sock.shutdown(socket.SHUT_WR)
+        status, error = _whole_answer(sock)
+    assert status.startswith(b"HTTP/1.1 400") and error["code"] == "SIZE_INVALID", (status, error)
+    assert requests.get(f"{strict.url}/v2/framing/manifest/manifests/v1", timeout=10).status_code == 404
+
+
+def test_a_malformed_request_is_logged_once_in_json_without_the_clients_bytes(strict: RunningStack) -> None:
+    """gunicorn logged each request it could not parse as a plain-text warning quoting the client's
+    bytes; now it is one JSON access line with the explanation the client got, and counted."""
+    marker = f"hostile{os.getpid()}x{time.monotonic_ns()}"
+    before = strict.log_path.read_bytes()
+    for raw in (f"GET /v2/ HTTP/1.1\r\nHost: x\r\n{marker}\x1b[31m: a\r\n\r\n",
+                f"{marker * 20} /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+            sock.sendall(raw.encode())
+            assert _whole_answer(sock)[0].startswith(b"HTTP/1.1 400")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = strict.log_path.read_bytes()[len(before):].decode(errors="replace").splitlines()
+        malformed = [entry for entry in map(json.loads, (line for line in lines if line.startswith("{")))
+                     if entry.get("msg") == "malformed request"]
+        if len(malformed) >= 2:
+            break
+        time.sleep(0.1)
+    assert [(entry["status"], entry["error"], entry["remote"]) for entry in malformed] == [
+        (400, "a header name is malformed", "127.0.0.1"), (400, "the method is malformed", "127.0.0.1")]
+    assert not any(marker in line for line in lines), lines
+    assert not [line for line in lines if "[WARNING]" in line or "Invalid request" in line], lines
+    gateway = json.loads((strict.data_dir / "metrics.json").read_text())["gateway"]
+    metrics = requests.get(f"http://{gateway}/metrics", timeout=10).text
+    assert 'wharf_http_requests_total{method="other",route="none",status="400"}' in metrics
 
 
 @pytest.mark.parametrize("target,length,status", [

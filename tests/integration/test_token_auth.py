@@ -291,6 +291,21 @@ def test_key_rotation_keeps_old_tokens_valid(secure: RunningStack) -> None:
         assert response.status_code in (200, 404)
 
 
+def test_a_login_form_that_cannot_be_read_is_the_clients_error(secure: RunningStack) -> None:
+    """A form body with a malformed chunk was an internal error (500, a traceback per request)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", secure.port), timeout=10) as sock:
+        sock.sendall(b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\nzz\r\ngrant_type=password\r\n0\r\n\r\n")
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert json.loads(body)["errors"][0]["message"] == "the request body could not be read: a chunk size is malformed"
+
+
 def test_secrets_never_reach_the_logs(secure: RunningStack) -> None:
     log = pathlib.Path(secure.log_path).read_text(errors="replace")
     for secret in [ADMIN_PASSWORD, PASSWORDS["alice"], PASSWORDS["bob"]]:

@@ -158,7 +158,7 @@ def put(ctx: Context, name: str, reference: str) -> Response:
     ctx.mirror.refuse_push(name)
     is_digest = digests.looks_like_digest(reference)
     tags = _tags_to_apply(reference, is_digest)
-    content = read_body(ctx.settings.max_manifest_bytes)
+    content = read_body(ctx.settings.max_manifest_bytes, MANIFEST_INVALID)
     if content is None:
         raise RegistryError(MANIFEST_INVALID, f"manifest exceeds {ctx.settings.max_manifest_bytes} bytes",
                             http_status=413)
