@@ -49,6 +49,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import NoMoreData, ParseException
+from werkzeug.exceptions import HTTPException
 
 from services.api import routes
 from services.api.batching import Batcher
@@ -127,14 +129,25 @@ def write_action(method: str, endpoint: str, params: dict[str, str], args: Any,
     return None
 
 
+def _form_field(name: str) -> str:
+    """A field of the request's form, "" when its body cannot be read as one (malformed framing,
+    a client gone, over the form size limit): the request was answered with that refusal, and its
+    record says what was tried without the field, instead of failing with a traceback logged per
+    such request."""
+    try:
+        return str(request.form.get(name, ""))
+    except (ParseException, NoMoreData, HTTPException, OSError):
+        return ""
+
+
 def ui_form_action(method: str, endpoint: str) -> tuple[str, str, str] | None:
     """(action, repository, reference) of a web UI form post to record, or None (anything else:
     the form is read only on the UI's own routes, whose bodies are small forms)."""
     if method != "POST":
         return None
     if endpoint == "ui_delete":
-        reference = _cut(request.form.get("ref", ""))
-        return ("delete" if ":" in reference else "untag"), _cut(request.form.get("name", "")), reference
+        reference = _cut(_form_field("ref"))
+        return ("delete" if ":" in reference else "untag"), _cut(_form_field("name")), reference
     if endpoint == "ui_login":
         return "login", "", ""
     return None
@@ -163,9 +176,9 @@ def login_account() -> str | None:
     if request.method == "POST":
         if not 0 < (request.content_length or 0) <= _FORM_MAX:
             return None
-        if request.form.get("grant_type", "") != "password":
+        if _form_field("grant_type") != "password":
             return None
-        return _cut(request.form.get("username", ""))
+        return _cut(_form_field("username"))
     return None
 
 
@@ -223,7 +236,7 @@ class WriteAudit:
             claims = g.get("claims")
             account = claims.subject if claims else self._authorizer.subject(request.headers.get("Authorization", ""))
             if action == "login":  # the web UI's sign-in: the account attempted
-                account = _cut(request.form.get("username", ""))
+                account = _cut(_form_field("username"))
         return gpb.AuditRecord(
             at_ms=int(time.time() * 1000), account=account, account_kind="account" if account else "",
             address=_cut(g.get("client_address", "")), user_agent=_cut(request.headers.get("User-Agent", "")),

@@ -6,7 +6,9 @@ forks workers after the app is built and a gRPC channel does not survive a fork.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -56,7 +58,13 @@ def _target(address: str) -> str:
 
 
 class _RequestStream:
-    """Remembers why a streamed request body stopped, since gRPC only reports a cancellation."""
+    """Remembers why a streamed request body stopped, since gRPC only reports a cancellation.
+
+    Raising is how the stream stops: gRPC then cancels the call, so the blob store never takes
+    a body cut short for a whole one. gRPC also logs that as an error with its traceback
+    ("Exception iterating requests!"), once per client that sent a malformed chunk or left
+    mid-body, which the client is told itself (a 400); ``_ReportedToTheClient`` drops those
+    lines, and only those."""
 
     def __init__(self, messages: Iterator[Any]) -> None:
         self._messages = messages
@@ -72,7 +80,17 @@ class _RequestStream:
             raise
         except BaseException as exc:
             self.error = exc
+            with contextlib.suppress(AttributeError):
+                exc.wharf_reported = True  # type: ignore[attr-defined]
             raise
+
+
+class _ReportedToTheClient(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and getattr(record.exc_info[1], "wharf_reported", False))
+
+
+logging.getLogger("grpc._channel").addFilter(_ReportedToTheClient())
 
 
 class _Lazy:

@@ -193,7 +193,7 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
-                await asyncio.shield(self._run(close))
+                await grpcserver.shielded(self._run(close))
 
     async def FetchManifest(self, request: pb.FetchManifestRequest,
                             context: grpc.aio.ServicerContext) -> pb.FetchedManifest:
@@ -247,9 +247,9 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             if writing is not None:
                 await asyncio.wrap_future(writing)
         except BaseException as exc:
-            await asyncio.shield(self._run(abort, exc))
+            await grpcserver.shielded(self._run(abort, exc))
             raise
-        return await asyncio.shield(self._run(finish_and_commit))
+        return await grpcserver.shielded(self._run(finish_and_commit))
 
     async def Put(self, request_iterator: AsyncIterator[pb.PutRequest],
                   context: grpc.aio.ServicerContext) -> pb.BlobInfo:
@@ -259,7 +259,7 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         if second is None:
             # The whole blob in one message (a small monolithic push): checked in memory, written
             # once at its key, no session.
-            return _blob(await asyncio.shield(self._run(self._blobs.put_whole, first.digest, first.data)))
+            return _blob(await grpcserver.shielded(self._run(self._blobs.put_whole, first.digest, first.data)))
         upload = await self._run(self._blobs.create_upload, "")
         try:
             _, blob = await self._append(upload.upload_id, "", 0, first, _then(second, request_iterator),
@@ -267,7 +267,7 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             assert blob is not None
             return _blob(blob)
         except BaseException:
-            await asyncio.shield(self._run(self._blobs.discard, upload.upload_id))
+            await grpcserver.shielded(self._run(self._blobs.discard, upload.upload_id))
             raise
 
     async def CreateUpload(self, request: pb.CreateUploadRequest,
@@ -282,7 +282,7 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
                                  context: grpc.aio.ServicerContext) -> pb.AppendResponse:
         if request.commit_digest:
             ref = request.upload
-            whole = await asyncio.shield(self._run(self._blobs.commit_whole, ref.upload_id, ref.repository,
+            whole = await grpcserver.shielded(self._run(self._blobs.commit_whole, ref.upload_id, ref.repository,
                                                    request.offset, request.data, request.commit_digest))
             if whole is not None:
                 return pb.AppendResponse(status=_status(whole[0]), blob=_blob(whole[1]))

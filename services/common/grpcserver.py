@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent import futures
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +32,28 @@ from services.common.rpc import MAX_MESSAGE_BYTES, REQUEST_ID_KEY
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 log = logging.getLogger("wharf.rpc")
+
+T = TypeVar("T")
+
+
+async def shielded(step: Awaitable[T]) -> T:
+    """``asyncio.shield`` for a step that must finish even when its call is cancelled (the client
+    went away): a commit or a clean-up half done is worse than one done for no one. Once no one
+    awaits it, its outcome is still retrieved: asyncio otherwise logs each such failure as "Task
+    exception was never retrieved", a traceback at error level per client that left mid-call,
+    which a client could repeat at will. A registry error there is the client's own (a digest
+    that did not match); anything else is logged once, as a warning."""
+    task = asyncio.ensure_future(step)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, RegistryError):
+        log.warning("a step that outlived its cancelled call failed", exc_info=exc)
 
 
 def _request_id_from(context: grpc.ServicerContext) -> str:

@@ -79,7 +79,7 @@ class MetadataServicer(pb_grpc.MetadataServicer):
             except (redis.RedisError, OSError):
                 await self._hub.publish_failed()
                 raise
-        await asyncio.shield(asyncio.ensure_future(write_then_invalidate()))
+        await grpcserver.shielded(write_then_invalidate())
 
     async def LinkBlob(self, request: pb.LinkBlobRequest, context: grpc.aio.ServicerContext) -> pb.LinkBlobResponse:
         linked = await self._store.link_blob(request.repository, request.digest, request.size, request.pin,

@@ -393,6 +393,29 @@ def test_a_malformed_request_is_logged_once_in_json_without_the_clients_bytes(st
     assert 'wharf_http_requests_total{method="other",route="none",status="400"}' in metrics
 
 
+def test_clients_that_fail_mid_body_leave_no_error_in_the_logs(strict: RunningStack) -> None:
+    """A malformed chunk in a streamed push, a monolithic one or a form was logged as an error with
+    its traceback, up to three times per request (gRPC's "Exception iterating requests!", the
+    blob store's "Task exception was never retrieved" for the commit the cancelled call left
+    running, the audit hook's form read): a client could fill the log with tracebacks at will.
+    Each such client is told its error (a 4xx); the log keeps only that answer's line."""
+    before = len(strict.log_path.read_bytes())
+    location = requests.post(f"{strict.url}/v2/framing/quiet/blobs/uploads/", timeout=10).headers["Location"]
+    bad_chunk = b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    for head in (f"PATCH {location} HTTP/1.1\r\nHost: x\r\n",
+                 f"POST /v2/framing/quiet/blobs/uploads/?digest=sha256:{'a' * 64} HTTP/1.1\r\nHost: x\r\n",
+                 f"PUT /v2/framing/quiet/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: {MANIFEST_TYPE}\r\n",
+                 "POST /ui/delete HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"):
+        with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+            sock.sendall(head.encode() + bad_chunk)
+            status = _read_answer(sock).split(b"\r\n")[0]
+        assert status.split()[1].startswith(b"4"), (head, status)
+    time.sleep(1.0)  # what the blob store's cancelled call left running has finished
+    lines = strict.log_path.read_bytes()[before:].decode(errors="replace").splitlines()
+    errors = [line for line in lines if '"level": "error"' in line or "Traceback" in line]
+    assert not errors, errors
+
+
 @pytest.mark.parametrize("target,length,status", [
     ("/v2/framing/x/blobs/uploads/0", 10**13, 413),  # over WHARF_MAX_BODY_BYTES (1 TiB)
     ("/v2/Framing/x/blobs/uploads/0", 10**9, 400),   # an invalid name, refused before the body is read

@@ -292,18 +292,28 @@ def test_key_rotation_keeps_old_tokens_valid(secure: RunningStack) -> None:
 
 
 def test_a_login_form_that_cannot_be_read_is_the_clients_error(secure: RunningStack) -> None:
-    """A form body with a malformed chunk was an internal error (500, a traceback per request)."""
+    """A form body with a malformed chunk was an internal error (500, a traceback per request), and
+    the audit hook's read of a web UI form logged a traceback of its own per request."""
     import socket
 
-    with socket.create_connection(("127.0.0.1", secure.port), timeout=10) as sock:
-        sock.sendall(b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\nzz\r\ngrant_type=password\r\n0\r\n\r\n")
-        answer = b""
-        while piece := sock.recv(65536):
-            answer += piece
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+    def answer(path: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", secure.port), timeout=10) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\nzz\r\ngrant_type=password\r\n0\r\n\r\n".encode())
+            data = b""
+            while piece := sock.recv(65536):
+                data += piece
+        return data
+
+    before = len(pathlib.Path(secure.log_path).read_bytes())
+    head, _, body = answer("/token").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
     assert json.loads(body)["errors"][0]["message"] == "the request body could not be read: a chunk size is malformed"
+    for path in ("/ui/login", "/ui/delete"):
+        assert answer(path).split(b" ")[1].startswith(b"4")
+    time.sleep(0.5)
+    lines = pathlib.Path(secure.log_path).read_bytes()[before:].decode(errors="replace").splitlines()
+    assert not [line for line in lines if '"level": "error"' in line or "Traceback" in line], lines
 
 
 def test_secrets_never_reach_the_logs(secure: RunningStack) -> None:
