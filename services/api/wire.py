@@ -95,7 +95,9 @@ def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -
             remote = str(sock.getpeername()[0])
         except (OSError, IndexError, TypeError):  # gone already, or a Unix socket's peer
             remote = ""
-        _access_log.write("malformed request", {"status": status_int, "error": said, "remote": remote})
+        # gunicorn answers with this an application error that escaped too (500), logged by it.
+        _access_log.write("malformed request" if status_int < 500 else "request failed",
+                          {"status": status_int, "error": said, "remote": remote})
 
 
 # Where malformed requests are logged (install: None when access lines are off).
