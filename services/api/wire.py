@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,8 +89,12 @@ def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -
     body = json.dumps({"errors": [{"code": code, "message": f"malformed request: {said}"}]}).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    started = time.perf_counter()
     gunicorn.util.write_nonblock(sock, head + body)
+    # Counted and timed like every answered request (the time is the answer's: the head's own
+    # is not known here).
     metrics.HTTP_REQUESTS.inc((NO_ROUTE, "other", status_int))
+    metrics.HTTP_DURATION.observe((NO_ROUTE, "other"), time.perf_counter() - started)
     if _access_log is not None:
         try:
             remote = str(sock.getpeername()[0])

@@ -38,14 +38,20 @@ T = TypeVar("T")
 
 async def shielded(step: Awaitable[T]) -> T:
     """``asyncio.shield`` for a step that must finish even when its call is cancelled (the client
-    went away): a commit or a clean-up half done is worse than one done for no one. Once no one
-    awaits it, its outcome is still retrieved: asyncio otherwise logs each such failure as "Task
-    exception was never retrieved", a traceback at error level per client that left mid-call,
-    which a client could repeat at will. A registry error there is the client's own (a digest
-    that did not match); anything else is logged once, as a warning."""
+    went away): a commit or a clean-up half done is worse than one done for no one. When the call
+    is cancelled, the step's outcome is still retrieved once it ends: asyncio otherwise logs each
+    such failure as "Task exception was never retrieved", a traceback at error level per client
+    that left mid-call, which a client could repeat at will. A registry error there is the
+    client's own (a digest that did not match); anything else is one warning line."""
     task = asyncio.ensure_future(step)
-    task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.done():
+            _retrieve(task)
+        else:
+            task.add_done_callback(_retrieve)
+        raise
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -53,7 +59,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         return
     exc = task.exception()
     if exc is not None and not isinstance(exc, RegistryError):
-        log.warning("a step that outlived its cancelled call failed", exc_info=exc)
+        log.warning("a step that outlived its cancelled call failed", extra={"fields": {"error": repr(exc)[:300]}})
 
 
 def _request_id_from(context: grpc.ServicerContext) -> str:

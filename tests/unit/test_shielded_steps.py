@@ -40,11 +40,18 @@ def test_a_step_that_fails_after_its_call_is_cancelled_is_logged_once_or_not_at_
         caplog: pytest.LogCaptureFixture, error: BaseException, logged: list[str]) -> None:
     with caplog.at_level(logging.DEBUG):
         asyncio.run(_cancelled_while(error))
-    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == logged
+    assert [record.getMessage() for record in caplog.records
+            if record.name == "wharf.rpc" and record.levelno >= logging.WARNING] == logged
 
 
-def test_a_step_still_answers_its_call() -> None:
+def test_a_step_still_answers_its_call_and_its_failure_is_the_calls(caplog: pytest.LogCaptureFixture) -> None:
     async def step() -> int:
         return 7
 
+    async def failing() -> int:
+        raise OSError("read-only replica")
+
     assert asyncio.run(shielded(step())) == 7
+    with caplog.at_level(logging.DEBUG), pytest.raises(OSError):
+        asyncio.run(shielded(failing()))
+    assert not [record for record in caplog.records if record.name == "wharf.rpc"]  # the caller has it
