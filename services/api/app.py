@@ -8,7 +8,6 @@ import time
 import uuid
 
 from flask import Flask, Response, g, has_app_context, request
-from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.routing import PathConverter
 
 from services.api import http_metrics, ratelimit, routes
@@ -25,7 +24,7 @@ from services.api.mirroring import Mirror
 from services.api.policy import PolicyCache
 from services.api.responses import access_record, empty, request_id
 from services.api.settings import GatewaySettings
-from services.api.wire import why_unreadable
+from services.api.wire import UNREADABLE, why_unreadable
 from services.common import metrics, tracing
 from services.common.client_address import client_address, is_trusted, parse_networks
 from services.common.errors import (
@@ -135,12 +134,13 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
     def _not_allowed(_: Exception) -> Response:
         return _registry_error(RegistryError(UNSUPPORTED, "method not allowed on this endpoint"))
 
-    @app.errorhandler(ParseException)
-    @app.errorhandler(NoMoreData)
     def _unreadable(exc: Exception) -> Response:
         # A body that could not be read where a view reads it whole without saying what it was
         # (a form): the client's fault, said as such, not an internal error with its traceback.
         return _registry_error(RegistryError(UNSUPPORTED, why_unreadable(exc), http_status=400))
+
+    for failure in UNREADABLE:
+        app.register_error_handler(failure, _unreadable)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -49,11 +49,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
-from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 from services.api import routes
 from services.api.batching import Batcher
+from services.api.wire import UNREADABLE
 from services.common.errors import DENIED, INTERNAL, TOOMANYREQUESTS, UNAUTHORIZED, UNAVAILABLE
 from services.gen.wharf.governance.v1 import governance_pb2 as gpb
 
@@ -136,7 +136,7 @@ def _form_field(name: str) -> str:
     such request."""
     try:
         return str(request.form.get(name, ""))
-    except (ParseException, NoMoreData, HTTPException, OSError):
+    except (*UNREADABLE, HTTPException, OSError):
         return ""
 
 

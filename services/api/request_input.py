@@ -39,6 +39,11 @@ def _piece_plan() -> tuple[int, int]:
     return max(MIN_PIECE, min(IO_CHUNK, piece - piece % MIN_PIECE)), depth
 
 
+def cut_short(received: int, declared: int) -> RegistryError:
+    """The refusal of a body that ended before its Content-Length (the client went away)."""
+    return RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {declared}")
+
+
 class BodyPieces:
     """The request body as an iterator of bounded pieces, never whole in memory.
 
@@ -128,8 +133,7 @@ class BodyPieces:
             if item is None:
                 self._done = True
                 if self._declared is not None and self._received != self._declared:
-                    raise RegistryError(SIZE_INVALID, f"received {self._received} bytes, "
-                                                      f"Content-Length said {self._declared}")
+                    raise cut_short(self._received, self._declared)
                 raise StopIteration
             self._received += len(item)
             return item
@@ -193,7 +197,7 @@ def small_body() -> Iterator[bytes | None]:
         except Exception as exc:
             raise RegistryError(BLOB_UPLOAD_INVALID, why_unreadable(exc)) from None
         if received != length:
-            raise RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {length}")
+            raise cut_short(received, length)
         yield b"".join(parts)
     finally:
         _small_bytes -= length
@@ -221,7 +225,7 @@ def read_body(limit: int, unreadable: ErrorCode) -> bytes | None:
     if received > limit:
         return None
     if length is not None and received != length:
-        raise RegistryError(SIZE_INVALID, f"received {received} bytes, Content-Length said {length}")
+        raise cut_short(received, length)
     return b"".join(parts)
 
 

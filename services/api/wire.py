@@ -30,7 +30,7 @@ from typing import Any
 import gunicorn.http.body
 import gunicorn.http.unreader
 import gunicorn.util
-from gunicorn.http.errors import InvalidChunkSize, ParseException
+from gunicorn.http.errors import InvalidChunkSize, NoMoreData, ParseException
 
 from services.api.http_metrics import NO_ROUTE
 from services.common import metrics
@@ -72,6 +72,11 @@ def _explain(mesg: str, reason: str) -> str:
     return next((said for start, said in _EXPLAINED if mesg.startswith(start)), reason.lower())
 
 
+# What reading a request body through gunicorn raises when the client broke it: malformed
+# framing, or the connection closed before the body's end.
+UNREADABLE = (ParseException, NoMoreData)
+
+
 def why_unreadable(exc: BaseException) -> str:
     """What a client is told when reading its request body failed with ``exc``."""
     if isinstance(exc, ParseException):
@@ -79,6 +84,10 @@ def why_unreadable(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "the request body could not be read: no byte of it arrived within the idle timeout"
     return "the request body could not be read"
+
+
+# Where malformed requests are logged (install: None when access lines are off).
+_access_log: AccessLog | None = None
 
 
 def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
@@ -103,10 +112,6 @@ def _write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -
         # gunicorn answers with this an application error that escaped too (500), logged by it.
         _access_log.write("malformed request" if status_int < 500 else "request failed",
                           {"status": status_int, "error": said, "remote": remote})
-
-
-# Where malformed requests are logged (install: None when access lines are off).
-_access_log: AccessLog | None = None
 
 
 def body_unreader(environ: dict[str, Any]) -> Any:

@@ -47,10 +47,7 @@ async def shielded(step: Awaitable[T]) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        if task.done():
-            _retrieve(task)
-        else:
-            task.add_done_callback(_retrieve)
+        task.add_done_callback(_retrieve)  # run soon if the step has already ended
         raise
 
 
