@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import socket
@@ -22,12 +23,65 @@ IO_CHUNK = 1024 * 1024
 # Pieces read ahead of the gRPC stream; bounds the memory an upload holds in the gateway.
 READ_AHEAD = 4
 _POLL = 0.5
-# Bytes all the request bodies a worker reads at once may hold. A body's pieces and read-ahead
-# shrink as more bodies are in flight (from 1 MiB pieces 4 deep down to 64 KiB pieces 1 deep),
-# so memory stays flat whether one client pushes fast or 500 push slowly.
+# Bytes all the request bodies a worker reads at once may hold, from the read until the gRPC
+# stream has taken the piece (BodyBudget). A body's pieces and read-ahead shrink as more bodies
+# are in flight (from 1 MiB pieces 4 deep down to MIN_PIECE 1 deep), and past the budget a body
+# waits for its turn rather than reading more: memory stays flat whether one client pushes fast
+# or thousands push slowly.
 BODY_BUDGET = 48 * 1024 * 1024
 MIN_PIECE = 64 * 1024
 _bodies_in_flight = 0
+
+
+class BodyBudget:
+    """A worker's bytes for request-body pieces, handed out first come, first served.
+
+    A body takes a piece's worth before it reads and gives it back once the gRPC stream has
+    taken the piece (or the body ends). A body of known length takes it only when the piece is
+    already in the kernel (wire.SocketBody.wait_ready), so a slow client holds no share while it
+    sends; a chunked body holds its share while the piece fills. Waiters are served in order, so
+    a large piece is not passed over forever by small ones."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[tuple[int, threading.Event]] = collections.deque()
+
+    def take(self, size: int, stop: threading.Event) -> int:
+        """Takes ``size`` bytes (at most the whole budget), waiting for them; 0 when ``stop`` is set first."""
+        size = min(size, self.total)
+        with self._lock:
+            if not self._waiting and self._free >= size:
+                self._free -= size
+                return size
+            turn = (size, threading.Event())
+            self._waiting.append(turn)
+        while not turn[1].wait(_POLL):
+            if stop.is_set():
+                with self._lock:
+                    if not turn[1].is_set():
+                        self._waiting.remove(turn)
+                        self._serve()
+                        return 0
+                self.give(size)  # served just as it was given up
+                return 0
+        return size
+
+    def give(self, size: int) -> None:
+        if size:
+            with self._lock:
+                self._free += size
+                self._serve()
+
+    def _serve(self) -> None:
+        while self._waiting and self._waiting[0][0] <= self._free:
+            size, turn = self._waiting.popleft()
+            self._free -= size
+            turn.set()
+
+
+_BUDGET = BodyBudget(BODY_BUDGET)
 
 
 def _piece_plan() -> tuple[int, int]:
@@ -76,6 +130,11 @@ class BodyPieces:
         self._room = threading.Event()
         self._stop = threading.Event()
         self._done = False
+        # Budget bytes this body holds (read pieces not yet taken on by the gRPC stream), and the
+        # size of the piece the consumer has now.
+        self._owed = 0
+        self._owed_lock = threading.Lock()
+        self._handed = 0
         self._reader = threading.Thread(target=self._read, daemon=True, name="body-reader")
         self._reader.start()
 
@@ -86,9 +145,13 @@ class BodyPieces:
                 if self._unreader is not None:
                     self._unreader.max_body_chunk = piece
                 self._wait_for_room(depth)
-                if self._stop.is_set():
+                ready = getattr(self._stream, "wait_ready", None)
+                if ready is not None:
+                    ready(piece)
+                if self._stop.is_set() or not self._owe(_BUDGET.take(piece, self._stop)):
                     return
                 item = self._stream.read(piece) or None
+                self._settle(piece - (len(item) if item else 0))
                 while not self._stop.is_set():
                     try:
                         self._pieces.put(item, timeout=_POLL)
@@ -101,6 +164,21 @@ class BodyPieces:
             self._failure = exc
             with contextlib.suppress(queue.Full):
                 self._pieces.put_nowait(exc)
+        finally:
+            if self._stop.is_set():
+                self._settle()  # closed while reading: close() may have settled before this read
+
+    def _owe(self, taken: int) -> int:
+        with self._owed_lock:
+            self._owed += taken
+        return taken
+
+    def _settle(self, size: int | None = None) -> None:
+        """Gives ``size`` bytes of this body's share back to the worker's budget (all of it when None)."""
+        with self._owed_lock:
+            size = self._owed if size is None else min(size, self._owed)
+            self._owed -= size
+        _BUDGET.give(size)
 
     def _wait_for_room(self, depth: int) -> None:
         """Until fewer than ``depth`` pieces wait for the consumer (or the body is closed)."""
@@ -114,6 +192,9 @@ class BodyPieces:
         return self
 
     def __next__(self) -> bytes | bytearray:
+        # Asked for the next piece, the gRPC stream has sent the last one on.
+        self._settle(self._handed)
+        self._handed = 0
         while not self._done:
             if self._stop.is_set():
                 raise StopIteration
@@ -136,6 +217,7 @@ class BodyPieces:
                     raise cut_short(self._received, self._declared)
                 raise StopIteration
             self._received += len(item)
+            self._handed = len(item)
             return item
         raise StopIteration
 
@@ -152,6 +234,7 @@ class BodyPieces:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RD)
             self._reader.join(_POLL * 2)
+        self._settle()  # the pieces nobody will take on (a reader still running settles its own)
 
 
 @contextlib.contextmanager

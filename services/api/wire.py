@@ -21,8 +21,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
+import ssl
+import sys
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +34,7 @@ from typing import Any
 import gunicorn.http.body
 import gunicorn.http.unreader
 import gunicorn.util
+from gevent.socket import wait_read
 from gunicorn.http.errors import InvalidChunkSize, NoMoreData, ParseException
 
 from services.api.http_metrics import NO_ROUTE
@@ -154,6 +159,50 @@ class SocketBody:
             return None
         return cls(body, sock, stream if stream is not body and hasattr(stream, "received") else None)
 
+    def wait_ready(self, size: int) -> None:
+        """Returns once a read of ``size`` bytes (or the rest of the body, if less) will not wait:
+        that many are in the connection's receive buffer, or the client closed it or broke off.
+
+        A slow body's bytes thus gather in the kernel, not in a buffer of the worker's that a
+        slow client would fill for seconds (500 uploads at 256 KiB/s each held a 64 KiB-1 MiB
+        piece apiece), and the worker's share of the body budget is taken only for the moment
+        a piece is read and forwarded (request_input.BodyPieces). On Linux the socket is made
+        readable only at that many bytes (SO_RCVLOWAT; the kernel grows the receive buffer to
+        fit, and wakes the reader earlier only when that buffer is nearly full, as it then must
+        be read to keep the connection moving). The idle timeout still counts bytes, not
+        pieces: it ends the wait only when no byte at all arrived within it. Elsewhere, and on
+        TLS (whose records the kernel cannot count), reads go ahead as they come."""
+        want = min(size, self._reader.length)
+        unreader = self._reader.unreader
+        if want <= 0 or _NO_LOW_MARK or isinstance(self._sock, ssl.SSLSocket):
+            return
+        with unreader.buf.getbuffer() as held:
+            if held.nbytes:
+                return  # the head's read brought some of the body: the next read has bytes to take
+        if getattr(unreader, "wharf_continue", None) is not None:
+            send_pending_continue(unreader)  # the client waits for it before sending any
+        sock = self._sock
+        try:
+            if _in_receive_buffer(sock) >= want:
+                return
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+            try:
+                seen = _in_receive_buffer(sock)
+                while True:
+                    try:
+                        wait_read(sock.fileno(), sock.gettimeout())
+                        return
+                    except TimeoutError:
+                        now = _in_receive_buffer(sock)
+                        if now == seen:
+                            raise  # not a byte within the idle timeout
+                        seen = now
+            finally:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        except BaseException:
+            self._body.failed = True
+            raise
+
     def read(self, size: int) -> bytearray:
         """Up to ``size`` bytes of the body, fewer only at its end (empty there) or when the
         client closed the connection early."""
@@ -189,6 +238,14 @@ class SocketBody:
         if filled < want:
             del piece[filled:]
         return piece
+
+
+_NO_LOW_MARK = not sys.platform.startswith("linux")
+
+
+def _in_receive_buffer(sock: socket.socket) -> int:
+    """Bytes the kernel holds for the connection, not yet read (FIONREAD)."""
+    return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

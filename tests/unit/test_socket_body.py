@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
@@ -101,3 +102,84 @@ def test_other_bodies_are_left_to_gunicorns_reader(pair: tuple[socket.socket, so
     body.buf.write(b"already read")
     assert SocketBody.of(environ) is None
     assert SocketBody.of({"wsgi.input": environ["wsgi.input"]}) is None  # no socket: another server
+
+
+@pytest.fixture()
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A loopback TCP connection (the kernel honours a low-water mark on TCP, not on a socketpair)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        theirs = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    ours.settimeout(5)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def _waiting(direct: SocketBody, size: int) -> tuple[threading.Thread, list[BaseException | None]]:
+    outcome: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            direct.wait_ready(size)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_slow_body_gathers_in_the_kernel_until_a_whole_piece_is_there(
+        tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    """The worker holds no buffer while a client sends: it wakes once the piece is there."""
+    ours, theirs = tcp_pair
+    environ, _, _ = _body(ours, 300_000)
+    direct = SocketBody.of(environ)
+    assert direct is not None
+    theirs.sendall(b"a" * 20_000)  # well under the piece (the kernel wakes early only when its buffer fills)
+    waiter, outcome = _waiting(direct, 64 * 1024)
+    waiter.join(0.6)
+    assert waiter.is_alive(), "woke before the piece was there"
+    theirs.sendall(b"b" * 50_000)
+    waiter.join(3)
+    assert outcome == [None]
+    assert direct.read(64 * 1024) == b"a" * 20_000 + b"b" * (64 * 1024 - 20_000)
+    assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1  # left as it was
+
+
+@pytest.mark.parametrize(("length", "sent", "close"), [(5000, 5000, False), (1 << 20, 300, True)],
+                         ids=["the rest of the body", "the client closed"])
+def test_the_wait_ends_with_the_body_or_the_clients_close(tcp_pair: tuple[socket.socket, socket.socket],
+                                                          length: int, sent: int, close: bool) -> None:
+    """Asked for more than is left, the rest is enough; a client that closes ends the wait (the
+    caller then reports the body cut short)."""
+    ours, theirs = tcp_pair
+    environ, _, _ = _body(ours, length)
+    direct = SocketBody.of(environ)
+    assert direct is not None
+    theirs.sendall(b"x" * sent)
+    if close:
+        theirs.shutdown(socket.SHUT_WR)
+    waiter, outcome = _waiting(direct, 1 << 20)
+    waiter.join(3)
+    assert outcome == [None]
+    assert direct.read(1 << 20) == b"x" * sent
+
+
+def test_a_trickle_is_not_idle_but_silence_is(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    """The idle timeout counts bytes, not pieces: a client that sends a byte within each idle
+    period is waited for; one that goes silent ends the wait, and the body is failed."""
+    ours, theirs = tcp_pair
+    ours.settimeout(0.6)
+    environ, body, _ = _body(ours, 1 << 20)
+    direct = SocketBody.of(environ)
+    assert direct is not None
+    waiter, outcome = _waiting(direct, 64 * 1024)
+    for _ in range(6):  # 1.8 s in all, three idle timeouts
+        theirs.sendall(b"z")
+        waiter.join(0.3)
+        assert waiter.is_alive(), f"the wait ended on a trickle: {outcome}"
+    waiter.join(3)
+    assert outcome and isinstance(outcome[0], TimeoutError)
+    assert body.failed
