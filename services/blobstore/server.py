@@ -68,11 +68,14 @@ def _next_framed_cached(reader: BlobReader, size: int) -> bytes | None:
 def add_servicer(servicer: BlobStoreServicer, server: grpc.aio.Server) -> None:
     """The generated registration, except that Read's messages come from the servicer already
     serialized (services/common/data_frames.py): a chunk waiting for a slow reader is then held
-    as its frame and gRPC's copy only."""
+    as its frame and gRPC's copy only; and a push's pieces after the first arrive as their bytes
+    (data_frames.DataOnly), each held once while it is written."""
     captured = _Registration()
     pb_grpc.add_BlobStoreServicer_to_server(servicer, captured)
     methods = dict(captured.methods)
     methods["Read"] = methods["Read"]._replace(response_serializer=None)
+    for name, message in (("AppendUpload", pb.AppendRequest), ("Put", pb.PutRequest)):
+        methods[name] = methods[name]._replace(request_deserializer=data_frames.request_deserializer(message))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, methods),))
     server.add_registered_method_handlers(captured.service, methods)
 
@@ -103,10 +106,13 @@ async def _next(requests: AsyncIterator[Any]) -> Any:
     return None
 
 
-async def _first(requests: AsyncIterator[Any]) -> Any:
+async def _first(requests: AsyncIterator[Any], message_class: type[Any]) -> Any:
+    """The stream's first message, as ``message_class`` even when it carried data alone."""
     message = await _next(requests)
     if message is None:
         raise RegistryError(BLOB_UPLOAD_INVALID, "empty request stream")
+    if isinstance(message, data_frames.DataOnly):
+        return message_class(data=message.data)
     return message
 
 
@@ -253,7 +259,7 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
 
     async def Put(self, request_iterator: AsyncIterator[pb.PutRequest],
                   context: grpc.aio.ServicerContext) -> pb.BlobInfo:
-        first = await _first(request_iterator)
+        first = await _first(request_iterator, pb.PutRequest)
         digests.parse(first.digest)
         second = await _next(request_iterator)
         if second is None:
@@ -276,7 +282,7 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
 
     async def AppendUpload(self, request_iterator: AsyncIterator[pb.AppendRequest],
                            context: grpc.aio.ServicerContext) -> pb.AppendResponse:
-        return await self._append_response(await _first(request_iterator), request_iterator)
+        return await self._append_response(await _first(request_iterator, pb.AppendRequest), request_iterator)
 
     async def AppendUploadSingle(self, request: pb.AppendRequest,
                                  context: grpc.aio.ServicerContext) -> pb.AppendResponse:

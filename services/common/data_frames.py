@@ -9,6 +9,9 @@ writes that in one copy, and anything else (the first message) is serialized as 
 bytes on the wire are the same either way, which ``tests/unit/test_data_frames.py`` checks
 against protobuf itself.
 
+The receiving side takes a data-only message's bytes out in one copy too
+(``request_deserializer``), instead of building a message around them.
+
 Downloads go the other way: the blob store frames each chunk of a Read once, in its storage
 thread, and the gateway takes the bytes back out of the frame in one copy. A chunk that waits for
 a slow reader is then held twice (the frame, gRPC's copy of it) instead of four times, which is
@@ -72,6 +75,15 @@ def _read_varint(raw: bytes, start: int) -> tuple[int, int]:
     return -1, 0
 
 
+def _lone_frame(raw: bytes, tag: bytes) -> int:
+    """Where the bytes of ``raw`` start when it is one frame of the field ``tag`` names, else -1."""
+    if raw.startswith(tag):
+        length, start = _read_varint(raw, len(tag))
+        if start + length == len(raw):
+            return start
+    return -1
+
+
 def deserializer(message_class: type[Any], field: str) -> Callable[[bytes], bytes]:
     """For a gRPC response stream of ``message_class`` messages that carry ``field`` alone: that
     field's bytes, sliced out of a lone frame in one copy. Anything else (other fields, a repeated
@@ -79,9 +91,33 @@ def deserializer(message_class: type[Any], field: str) -> Callable[[bytes], byte
     tag = _tag(message_class, field)
 
     def deserialize(raw: bytes) -> bytes:
-        if raw.startswith(tag):
-            length, start = _read_varint(raw, len(tag))
-            if start + length == len(raw):
-                return raw[start:]
+        start = _lone_frame(raw, tag)
+        if start >= 0:
+            return raw[start:]
         return getattr(message_class.FromString(raw), field)  # type: ignore[no-any-return]
+    return deserialize
+
+
+class DataOnly:
+    """A request-stream message that carried its ``data`` field alone, as those bytes without a
+    protobuf message around them (``request_deserializer``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def request_deserializer(message_class: type[Any]) -> Callable[[bytes], Any]:
+    """For a gRPC request stream of ``message_class`` (a push's pieces, on the receiving side):
+    a lone ``data`` frame becomes a :class:`DataOnly` holding the bytes, sliced out in one copy
+    (protobuf copied them twice, into the message and out of it again, and kept both while the
+    piece was written); any other message is parsed by protobuf."""
+    tag = _tag(message_class, "data")
+
+    def deserialize(raw: bytes) -> Any:
+        start = _lone_frame(raw, tag)
+        if start >= 0:
+            return DataOnly(raw[start:])
+        return message_class.FromString(raw)
     return deserialize

@@ -67,3 +67,25 @@ def test_a_malformed_or_repeated_frame_is_left_to_protobuf(raw: bytes) -> None:
     else:
         with pytest.raises(expected):
             data_frames.deserializer(bpb.Chunk, "data")(raw)
+
+
+@pytest.mark.parametrize("message", [bpb.AppendRequest, bpb.PutRequest])
+@pytest.mark.parametrize("size", SIZES)
+def test_a_pushed_data_piece_arrives_as_its_bytes(message: type, size: int) -> None:
+    """The blob store's side of a push: a lone data frame becomes a DataOnly of those bytes."""
+    data = bytes(i % 241 for i in range(size))
+    got = data_frames.request_deserializer(message)(data_frames.serializer(message, "data")(data))
+    assert isinstance(got, data_frames.DataOnly)
+    assert got.data == data and type(got.data) is bytes
+
+
+@pytest.mark.parametrize("sent", [
+    bpb.AppendRequest(upload=bpb.UploadRef(upload_id="u", repository="r"), offset=7, data=b"x"),
+    bpb.AppendRequest(commit_digest="sha256:" + "0" * 64),
+    bpb.AppendRequest(),
+    bpb.PutRequest(digest="sha256:" + "1" * 64, data=b"abc"),
+])
+def test_any_other_pushed_message_is_read_as_protobuf_reads_it(sent: object) -> None:
+    raw = sent.SerializeToString()  # type: ignore[attr-defined]
+    got = data_frames.request_deserializer(type(sent))(raw)
+    assert type(got) is type(sent) and got == sent
