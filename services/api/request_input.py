@@ -23,11 +23,10 @@ IO_CHUNK = 1024 * 1024
 # Pieces read ahead of the gRPC stream; bounds the memory an upload holds in the gateway.
 READ_AHEAD = 4
 _POLL = 0.5
-# Bytes all the request bodies a worker reads at once may hold, from the read until the gRPC
-# stream has taken the piece (BodyBudget). A body's pieces and read-ahead shrink as more bodies
-# are in flight (from 1 MiB pieces 4 deep down to MIN_PIECE 1 deep), and past the budget a body
-# waits for its turn rather than reading more: memory stays flat whether one client pushes fast
-# or thousands push slowly.
+# Bytes the request bodies a worker reads at once may hold. A body's pieces and read-ahead
+# shrink as more bodies are in flight (from 1 MiB pieces 4 deep down to MIN_PIECE 1 deep), and
+# past the budget a body of known length waits for its turn rather than reading more
+# (BodyBudget): memory stays flat whether one client pushes fast or thousands push slowly.
 BODY_BUDGET = 48 * 1024 * 1024
 MIN_PIECE = 64 * 1024
 _bodies_in_flight = 0
@@ -36,11 +35,13 @@ _bodies_in_flight = 0
 class BodyBudget:
     """A worker's bytes for request-body pieces, handed out first come, first served.
 
-    A body takes a piece's worth before it reads and gives it back once the gRPC stream has
-    taken the piece (or the body ends). A body of known length takes it only when the piece is
-    already in the kernel (wire.SocketBody.wait_ready), so a slow client holds no share while it
-    sends; a chunked body holds its share while the piece fills. Waiters are served in order, so
-    a large piece is not passed over forever by small ones."""
+    A body of known length takes a piece's worth once the piece is in the kernel
+    (wire.SocketBody.wait_ready), reads it, and gives it back once the gRPC stream has taken the
+    piece on (or the body ends): the share is held only while the blob store takes the piece,
+    never while a client sends, so slow or silent clients cannot hold it and stall the others.
+    Bodies whose pieces fill as bytes come (chunked framing, TLS) take no share, for that reason:
+    their pieces are bounded by _piece_plan alone. Waiters are served in order, so a large piece
+    is not passed over forever by small ones."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -148,7 +149,9 @@ class BodyPieces:
                 ready = getattr(self._stream, "wait_ready", None)
                 if ready is not None:
                     ready(piece)
-                if self._stop.is_set() or not self._owe(_BUDGET.take(piece, self._stop)):
+                    if self._stop.is_set() or not self._owe(_BUDGET.take(piece, self._stop)):
+                        return
+                elif self._stop.is_set():
                     return
                 item = self._stream.read(piece) or None
                 self._settle(piece - (len(item) if item else 0))

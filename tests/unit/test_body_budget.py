@@ -58,23 +58,47 @@ def test_a_waiter_that_is_stopped_leaves_the_line() -> None:
     assert budget.take(100, never) == 100
 
 
+class _Ready(io.BytesIO):
+    """A body of known length whose pieces are always in the kernel (wire.SocketBody's shape)."""
+
+    def wait_ready(self, size: int) -> None:
+        pass
+
+
+class _ReadyThenFails(_FailsAfter):
+    def wait_ready(self, size: int) -> None:
+        pass
+
+
 @pytest.mark.parametrize("ending", ["read whole", "closed early", "client failed"])
 def test_a_body_gives_back_all_it_took(ending: str) -> None:
     budget = request_input._BUDGET
     assert budget._free == budget.total
     if ending == "client failed":
-        body = BodyPieces(_FailsAfter(3), None)  # type: ignore[arg-type]
+        body = BodyPieces(_ReadyThenFails(3), None)  # type: ignore[arg-type]
         with pytest.raises(ConnectionResetError):
             list(body)
     else:
-        body = BodyPieces(io.BytesIO(b"y" * (3 << 20)), 3 << 20)
+        body = BodyPieces(_Ready(b"y" * (3 << 20)), 3 << 20)
         if ending == "read whole":
             assert sum(len(piece) for piece in body) == 3 << 20
         else:
             next(body)
             time.sleep(0.2)  # the reader has read ahead
+            assert budget._free < budget.total
     body.close()
     deadline = time.monotonic() + 3
     while budget._free != budget.total and time.monotonic() < deadline:
         time.sleep(0.05)
     assert budget._free == budget.total
+
+
+def test_a_body_that_fills_as_bytes_come_takes_no_share() -> None:
+    """A chunked body's piece fills at the client's pace: were it counted, a few hundred silent
+    clients would hold the whole budget and stall every other upload of the worker."""
+    budget = request_input._BUDGET
+    body = BodyPieces(io.BytesIO(b"z" * (2 << 20)), None)
+    next(body)
+    time.sleep(0.2)
+    assert budget._free == budget.total
+    body.close()
