@@ -155,6 +155,46 @@ def test_idle_keep_alive_connections_are_parked_cheaply_and_served_again(one_wor
             sock.close()
 
 
+def test_silent_upload_bodies_do_not_stall_other_uploads(one_worker: RunningStack) -> None:
+    """A thousand uploads whose clients went silent mid-body, on one worker: 900 chunked (their
+    pieces fill at the client's pace, so they must not hold the worker's body budget: 900 x 64
+    KiB is more than it) and 100 of known length (which hold nothing until a piece is in the
+    kernel). Meanwhile a 6 MiB push, streamed both ways, completes at once and is correct."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    url = one_worker.url
+    with requests.Session() as session:
+        locations = [session.post(f"{url}/v2/silent/x/blobs/uploads/", timeout=10).headers["Location"]
+                     for _ in range(1000)]
+    opened: list[socket.socket] = []
+    try:
+        for number, location in enumerate(locations):
+            sock = socket.create_connection(("127.0.0.1", one_worker.port), timeout=30)
+            if number < 900:
+                sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             "1000\r\n".encode() + b"c" * 4096 + b"\r\n2000\r\n" + b"c" * 1000)
+            else:
+                sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n".encode()
+                             + b"k" * 30_000)
+            opened.append(sock)
+        time.sleep(1)
+        data = os.urandom(6 << 20)
+        for body in (data, iter([data[i:i + 65536] for i in range(0, len(data), 65536)])):
+            started = time.monotonic()
+            location = requests.post(f"{url}/v2/silent/fast/blobs/uploads/", timeout=10).headers["Location"]
+            patched = requests.patch(url + location, data=body, timeout=30)
+            assert patched.status_code == 202, patched.text
+            done = requests.put(url + patched.headers["Location"], params={"digest": digests.of(data)}, timeout=30)
+            assert done.status_code == 201, done.text
+            elapsed = time.monotonic() - started
+            assert elapsed < 5, elapsed
+        assert requests.get(f"{url}/v2/silent/fast/blobs/{digests.of(data)}", timeout=30).content == data
+    finally:
+        for sock in opened:
+            sock.close()
+
+
 def _argv(pid: int) -> list[bytes]:
     """A process's command line, split; empty once it is gone."""
     try:
