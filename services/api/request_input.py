@@ -35,12 +35,13 @@ _bodies_in_flight = 0
 class BodyBudget:
     """A worker's bytes for request-body pieces, handed out first come, first served.
 
-    A body of known length takes a piece's worth once the piece is in the kernel
-    (wire.SocketBody.wait_ready), reads it, and gives it back once the gRPC stream has taken the
-    piece on (or the body ends): the share is held only while the blob store takes the piece,
-    never while a client sends, so slow or silent clients cannot hold it and stall the others.
-    Bodies whose pieces fill as bytes come (chunked framing, TLS) take no share, for that reason:
-    their pieces are bounded by _piece_plan alone. Waiters are served in order, so a large piece
+    A body of known length waits for a share of what is already in the kernel once its piece is
+    there (wire.SocketBody.wait_ready), reads the piece, counts what came meanwhile without
+    waiting, and gives it all back once the gRPC stream has taken the piece on (or the body
+    ends). A body thus waits for the budget only for bytes it already has, never for a client,
+    and a client holds no more of it than it sent: slow or silent clients cannot hold it and
+    stall the others. Bodies whose pieces fill as bytes come (chunked framing, TLS) take no
+    share, for that reason: their pieces are bounded by _piece_plan alone. Waiters are served in order, so a large piece
     is not passed over forever by small ones."""
 
     def __init__(self, total: int) -> None:
@@ -67,6 +68,12 @@ class BodyBudget:
                         return 0
                 self.give(size)  # served just as it was given up
                 return 0
+        return size
+
+    def charge(self, size: int) -> int:
+        """Counts ``size`` bytes taken without waiting (they already arrived); returns it."""
+        with self._lock:
+            self._free -= size
         return size
 
     def give(self, size: int) -> None:
@@ -146,15 +153,23 @@ class BodyPieces:
                 if self._unreader is not None:
                     self._unreader.max_body_chunk = piece
                 self._wait_for_room(depth)
-                ready = getattr(self._stream, "wait_ready", None)
-                if ready is not None:
-                    ready(piece)
-                    if self._stop.is_set() or not self._owe(_BUDGET.take(piece, self._stop)):
-                        return
-                elif self._stop.is_set():
+                wait_ready = getattr(self._stream, "wait_ready", None)
+                ready = wait_ready(piece) if wait_ready is not None else None
+                if self._stop.is_set():
                     return
+                taken = 0
+                if ready is not None:
+                    # A share for what is already there: a client that sent little (or made the
+                    # kernel wake the reader early, then went silent) can hold little of it.
+                    taken = self._owe(_BUDGET.take(max(1, ready), self._stop))
+                    if not taken:
+                        return
                 item = self._stream.read(piece) or None
-                self._settle(piece - (len(item) if item else 0))
+                got = len(item) if item else 0
+                if got > taken and ready is not None:
+                    self._owe(_BUDGET.charge(got - taken))  # what came during the read
+                elif taken > got:
+                    self._settle(taken - got)
                 while not self._stop.is_set():
                     try:
                         self._pieces.put(item, timeout=_POLL)

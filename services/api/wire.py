@@ -159,49 +159,61 @@ class SocketBody:
             return None
         return cls(body, sock, stream if stream is not body and hasattr(stream, "received") else None)
 
-    def wait_ready(self, size: int) -> None:
-        """Returns once a read of ``size`` bytes (or the rest of the body, if less) will not wait:
-        that many are in the connection's receive buffer, or the client closed it or broke off.
+    def wait_ready(self, size: int) -> int | None:
+        """Waits until a read of ``size`` bytes (or the rest of the body, if less) will not wait,
+        and returns how many bytes can be read now without waiting: that many, or fewer when the
+        kernel woke the reader early, or the client closed the connection or broke off (then
+        the read finds the end at once). None where it cannot tell (TLS, whose records the
+        kernel cannot count; not Linux): the read then waits for bytes as they come.
 
         A slow body's bytes thus gather in the kernel, not in a buffer of the worker's that a
         slow client would fill for seconds (500 uploads at 256 KiB/s each held a 64 KiB-1 MiB
-        piece apiece), and the worker's share of the body budget is taken only for the moment
-        a piece is read and forwarded (request_input.BodyPieces). On Linux the socket is made
-        readable only at that many bytes (SO_RCVLOWAT; the kernel grows the receive buffer to
-        fit, and wakes the reader earlier only when that buffer is nearly full, as it then must
-        be read to keep the connection moving). The idle timeout still counts bytes, not
-        pieces: it ends the wait only when no byte at all arrived within it. Elsewhere, and on
-        TLS (whose records the kernel cannot count), reads go ahead as they come."""
+        piece apiece), and the worker's share of the body budget is taken only for bytes that
+        are already there (request_input.BodyPieces): a client that goes silent holds none of
+        it. On Linux the socket is made readable only at that many bytes (SO_RCVLOWAT; the
+        kernel grows the receive buffer to fit, and wakes the reader earlier when that buffer is
+        nearly full, as it must then be read). The idle timeout still counts bytes, not pieces:
+        it ends the wait only when no byte at all arrived within it."""
         want = min(size, self._reader.length)
         unreader = self._reader.unreader
-        if want <= 0 or _NO_LOW_MARK or isinstance(self._sock, ssl.SSLSocket):
-            return
-        with unreader.buf.getbuffer() as held:
-            if held.nbytes:
-                return  # the head's read brought some of the body: the next read has bytes to take
-        if getattr(unreader, "wharf_continue", None) is not None:
+        if _NO_LOW_MARK or isinstance(self._sock, ssl.SSLSocket):
+            return None
+        if want <= 0:
+            return 0
+        with unreader.buf.getbuffer() as held_view:
+            held = held_view.nbytes
+        if not held and getattr(unreader, "wharf_continue", None) is not None:
             send_pending_continue(unreader)  # the client waits for it before sending any
         sock = self._sock
         try:
-            if _in_receive_buffer(sock) >= want:
-                return
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
-            try:
-                seen = _in_receive_buffer(sock)
-                while True:
-                    try:
-                        wait_read(sock.fileno(), sock.gettimeout())
-                        return
-                    except TimeoutError:
-                        now = _in_receive_buffer(sock)
-                        if now == seen:
-                            raise  # not a byte within the idle timeout
-                        seen = now
-            finally:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            there = held + _in_receive_buffer(sock)
+            if there < want and not held:
+                there = self._wait_for(sock, want)
+            # Nothing there after a wake: the client closed or broke off, and the read finds
+            # that at once.
+            return min(want, there) or want
         except BaseException:
             self._body.failed = True
             raise
+
+    @staticmethod
+    def _wait_for(sock: socket.socket, want: int) -> int:
+        """Until ``want`` bytes are in ``sock``'s receive buffer (or it is readable for another
+        reason); what is there then. TimeoutError when not a byte came within the socket's timeout."""
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+        try:
+            seen = _in_receive_buffer(sock)
+            while True:
+                try:
+                    wait_read(sock.fileno(), sock.gettimeout())
+                    return _in_receive_buffer(sock)
+                except TimeoutError:
+                    now = _in_receive_buffer(sock)
+                    if now == seen:
+                        raise  # not a byte within the idle timeout
+                    seen = now
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
     def read(self, size: int) -> bytearray:
         """Up to ``size`` bytes of the body, fewer only at its end (empty there) or when the

@@ -61,13 +61,13 @@ def test_a_waiter_that_is_stopped_leaves_the_line() -> None:
 class _Ready(io.BytesIO):
     """A body of known length whose pieces are always in the kernel (wire.SocketBody's shape)."""
 
-    def wait_ready(self, size: int) -> None:
-        pass
+    def wait_ready(self, size: int) -> int:
+        return size
 
 
 class _ReadyThenFails(_FailsAfter):
-    def wait_ready(self, size: int) -> None:
-        pass
+    def wait_ready(self, size: int) -> int:
+        return size
 
 
 @pytest.mark.parametrize("ending", ["read whole", "closed early", "client failed"])

@@ -4,7 +4,9 @@ the body, leaves what follows it for gunicorn, keeps gunicorn's state and the by
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -116,13 +118,13 @@ def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     theirs.close()
 
 
-def _waiting(direct: SocketBody, size: int) -> tuple[threading.Thread, list[BaseException | None]]:
-    outcome: list[BaseException | None] = []
+def _waiting(direct: SocketBody, size: int) -> tuple[threading.Thread, list[BaseException | int | None]]:
+    """wait_ready in a thread; its outcome: what it said can be read now, or what it raised."""
+    outcome: list[BaseException | int | None] = []
 
     def wait() -> None:
         try:
-            direct.wait_ready(size)
-            outcome.append(None)
+            outcome.append(direct.wait_ready(size))
         except BaseException as exc:
             outcome.append(exc)
     thread = threading.Thread(target=wait, daemon=True)
@@ -143,7 +145,7 @@ def test_a_slow_body_gathers_in_the_kernel_until_a_whole_piece_is_there(
     assert waiter.is_alive(), "woke before the piece was there"
     theirs.sendall(b"b" * 50_000)
     waiter.join(3)
-    assert outcome == [None]
+    assert outcome == [64 * 1024]
     assert direct.read(64 * 1024) == b"a" * 20_000 + b"b" * (64 * 1024 - 20_000)
     assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1  # left as it was
 
@@ -163,7 +165,7 @@ def test_the_wait_ends_with_the_body_or_the_clients_close(tcp_pair: tuple[socket
         theirs.shutdown(socket.SHUT_WR)
     waiter, outcome = _waiting(direct, 1 << 20)
     waiter.join(3)
-    assert outcome == [None]
+    assert outcome == [sent]  # what can be read without waiting: all that came
     assert direct.read(1 << 20) == b"x" * sent
 
 
@@ -183,3 +185,25 @@ def test_a_trickle_is_not_idle_but_silence_is(tcp_pair: tuple[socket.socket, soc
     waiter.join(3)
     assert outcome and isinstance(outcome[0], TimeoutError)
     assert body.failed
+
+
+def test_what_was_read_ahead_with_the_head_is_read_without_waiting(
+        tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    """Bytes gunicorn read past the head are there at once: no wait, and the read takes only
+    what is there (it must not wait for the client while the caller holds a share)."""
+    ours, theirs = tcp_pair
+    environ, _, _ = _body(ours, 100_000, buffered=b"h" * 1000)
+    direct = SocketBody.of(environ)
+    assert direct is not None
+    theirs.sendall(b"i" * 500)
+    time.sleep(0.2)
+    assert direct.wait_ready(64 * 1024) == 1500
+    assert direct.read(1500) == b"h" * 1000 + b"i" * 500
+
+
+def test_over_tls_it_cannot_tell(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, _ = tcp_pair
+    fake_tls = ssl.SSLSocket.__new__(ssl.SSLSocket)  # only its type is looked at
+    unreader = SocketUnreader(ours)
+    direct = SocketBody(Body(LengthReader(unreader, 10)), fake_tls, None)
+    assert direct.wait_ready(10) is None
