@@ -41,8 +41,8 @@ class BodyBudget:
     ends). A body thus waits for the budget only for bytes it already has, never for a client,
     and a client holds no more of it than it sent: slow or silent clients cannot hold it and
     stall the others. Bodies whose pieces fill as bytes come (chunked framing, TLS) take no
-    share, for that reason: their pieces are bounded by _piece_plan alone. Waiters are served in order, so a large piece
-    is not passed over forever by small ones."""
+    share, for that reason: their pieces are bounded by _piece_plan alone. Waiters are served
+    in order, so a large piece is not passed over forever by small ones."""
 
     def __init__(self, total: int) -> None:
         self.total = total

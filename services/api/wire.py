@@ -182,7 +182,7 @@ class SocketBody:
             return 0
         with unreader.buf.getbuffer() as held_view:
             held = held_view.nbytes
-        if not held and getattr(unreader, "wharf_continue", None) is not None:
+        if not held and continue_pending(unreader):
             send_pending_continue(unreader)  # the client waits for it before sending any
         sock = self._sock
         try:
