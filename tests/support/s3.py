@@ -118,9 +118,15 @@ def start_seaweedfs(directory: pathlib.Path, port: int | None = None, secret: st
                                                 "filer.port", "filer.port.grpc", "s3.port.grpc", "debug.port",
                                                 "s3.port.iceberg", "s3.port.lance", "s3.debug.port"]}
         admin, admin_grpc = _admin_ports()
+        # Every bucket is a SeaweedFS collection with volumes of its own, and by default weed mini
+        # allows only free-disk / volume-size volumes: on a CI disk with a few GiB free, a full run's
+        # buckets exhausted them and every later write got a 500 ("no free volumes left"). Small
+        # volumes (sparse files: the count costs no disk) and a fixed count keep the suite off the
+        # machine's free space.
         args = [binary, "mini", f"-dir={directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.port={s3_port}", f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
-                "-master.volumeSizeLimitMB=1024", f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}"]
+                "-master.volumeSizeLimitMB=64", "-volume.max=2000",
+                f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}"]
         args += [f"-{name}={value}" for name, value in ports.items()]
         with open(log_path, "ab") as log:
             log.write(f"--- start attempt {attempt + 1}\n".encode())
