@@ -207,6 +207,8 @@ def name_paths(depth: int) -> dict[str, Any]:
     tags_query = _query("tag", "more tags to apply in the same step", {"type": "array", "items": ref("schemas", "Tag")},
                         style="form", explode=True)
     artifact_type = _query("artifactType", "only referrers of exactly this artifact type", {"type": "string"})
+    referrers_after = _query("last", "only referrers whose digest sorts after this one (the Link header's cursor: "
+                             "a page holds up to 4 MiB of descriptors)", ref("schemas", "Digest"))
     upload_query = [
         _query("digest", "monolithic upload: the digest of the body, which is the whole blob",
                ref("schemas", "Digest")),
@@ -303,14 +305,17 @@ def name_paths(depth: int) -> dict[str, Any]:
                           {"202": _answer("Deleted.")}, ("404", *NAMED_ERRORS)),
         },
         f"{base}/referrers/{{digest}}": {
-            "parameters": [*names, digest, artifact_type],
+            "parameters": [*names, digest, artifact_type, referrers_after],
             "get": _op("referrers", f"listReferrers{n}", "referrers", "List the manifests whose subject is a digest",
-                       {"200": _answer("An OCI index of the referrers (empty for an unknown subject or repository).",
-                                       {"OCI-Filters-Applied": ref("headers", "FiltersApplied")},
+                       {"200": _answer("An OCI index of the referrers in digest order (empty for an unknown subject "
+                                       "or repository); Link leads to the next page, when there is one.",
+                                       {"OCI-Filters-Applied": ref("headers", "FiltersApplied"),
+                                        "Link": ref("headers", "Link")},
                                        _json("ReferrersIndex", mediatypes.OCI_INDEX))}, NAMED_ERRORS),
             "head": _op("referrers", f"listReferrersHead{n}", "referrers", "List referrers (headers only)",
                         {"200": _answer("Headers of the list.",
-                                        {"OCI-Filters-Applied": ref("headers", "FiltersApplied")})},
+                                        {"OCI-Filters-Applied": ref("headers", "FiltersApplied"),
+                                         "Link": ref("headers", "Link")})},
                         NAMED_ERRORS, head=True),
         },
     }

@@ -347,9 +347,13 @@ class MetadataClient:
         """A page of the catalog; ``order="pushed"``: most recently pushed first, with push times."""
         return self._c.unary("ListRepositories", mpb.ListRequest(last=last, limit=limit, order=order))
 
-    def list_referrers(self, repository: str, subject: str, artifact_type: str) -> list[mpb.Descriptor]:
-        request = mpb.ListReferrersRequest(repository=repository, subject=subject, artifact_type=artifact_type)
-        return list(self._c.unary("ListReferrers", request).referrers)
+    def list_referrers(self, repository: str, subject: str, artifact_type: str,
+                       after: str = "") -> tuple[list[mpb.Descriptor], bool]:
+        """A page of referrers in digest order, after ``after``, and whether more remain."""
+        request = mpb.ListReferrersRequest(repository=repository, subject=subject, artifact_type=artifact_type,
+                                           after=after)
+        answer = self._c.unary("ListReferrers", request)
+        return list(answer.referrers), answer.more
 
 
 class AuthClient:

@@ -73,6 +73,10 @@ def _descriptor(value: Any, where: str) -> dict[str, Any]:
             raise _invalid(f"{where}: data is not base64") from None
         if len(raw) != size or digests.of(raw, digest.split(":", 1)[0]) != digest:
             raise _invalid(f"{where}: data does not match size and digest")
+    artifact_type = value.get("artifactType")
+    if artifact_type is not None and (not isinstance(artifact_type, str) or not _is_text(artifact_type)):
+        raise _invalid(f"{where}: artifactType must be a string")
+    _annotations(value.get("annotations"))
     return value
 
 
@@ -149,7 +153,11 @@ def parse(content: bytes, content_type: str) -> ParsedManifest:
     if type(version) is not int or version != 2:
         raise _invalid("schemaVersion must be 2")
     media_type = _media_type(content_type, body)
-    artifact_type = body.get("artifactType") or ""
+    # null reads as absent (as a Go client decodes it); any other non-string ({}, [], 0, false) is
+    # refused, falsy or not: a client could not decode it back.
+    artifact_type = body.get("artifactType")
+    if artifact_type is None:
+        artifact_type = ""
     if not isinstance(artifact_type, str):
         raise _invalid("artifactType must be a string")
     if not _is_text(artifact_type):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from services.common.rpc import MAX_MANIFEST_BYTES
 from services.common.settings import LOG_LEVELS, SettingsError, env
 
 
@@ -26,7 +27,8 @@ class GatewaySettings:
     max_body_bytes: int = env("WHARF_MAX_BODY_BYTES", 1 << 40,
                               "largest request body (and chunk) accepted: a larger Content-Length or chunk "
                               "size is refused at once (413 / 400), never waited on")
-    max_manifest_bytes: int = env("WHARF_MAX_MANIFEST_BYTES", 4 * 1024 * 1024, "largest manifest accepted")
+    max_manifest_bytes: int = env("WHARF_MAX_MANIFEST_BYTES", 4 * 1024 * 1024, "largest manifest accepted",
+                                  minimum=4096, maximum=MAX_MANIFEST_BYTES)
     allow_sparse_manifests: bool = env("WHARF_ALLOW_SPARSE_MANIFESTS", False,
                                        "accept manifests whose layers or child manifests are not in the "
                                        "repository (the spec's optional sparse manifests)")

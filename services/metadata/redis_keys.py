@@ -395,16 +395,22 @@ if fresh then
   for _, d in ipairs(kids) do
     if not seen[d] then seen[d] = true; redis.call('HINCRBY', p .. 'children', d, 1) end
   end
-  redis.call('HSET', key, 'created', now, 'blobs', table.concat(blobs, ' '), 'children', table.concat(kids, ' '))
+  redis.call('HSET', key, 'created', now, 'blobs', table.concat(blobs, ' '), 'children', table.concat(kids, ' '),
+             'type', ARGV[5], 'body', ARGV[6], 'subject', ARGV[7])
 end
-redis.call('HSET', key, 'type', ARGV[5], 'body', ARGV[6], 'subject', ARGV[7])
+-- The same bytes pushed again keep the media type of their first push: a manifest without a
+-- mediaType field takes its type from the request's Content-Type, and a later push of those
+-- bytes with another one must not change what every tag on them serves (an immutable tag's
+-- included).
+local mtype = ARGV[5]
+if not fresh then mtype = redis.call('HGET', key, 'type') or ARGV[5] end
 redis.call('SADD', p .. 'manifests', digest)
 local ntags = tonumber(ARGV[i]); i = i + 1
 local size = string.len(ARGV[6])
-if ntags == 0 then emit('push', ARGV[3], digest, ARGV[5], size, '', '') end
+if ntags == 0 then emit('push', ARGV[3], digest, mtype, size, '', '') end
 for _ = 1, ntags do
   local tag = ARGV[i]
-  emit('push', ARGV[3], digest, ARGV[5], size, tag, '')
+  emit('push', ARGV[3], digest, mtype, size, tag, '')
   local old = redis.call('HGET', p .. 'tags', tag)
   if old and old ~= digest then redis.call('SREM', p .. 'tagsof:' .. old, tag) end
   redis.call('HSET', p .. 'tags', tag, digest)
@@ -414,7 +420,8 @@ for _ = 1, ntags do
   i = i + 1
 end
 if ARGV[7] ~= '' then
-  redis.call('HSET', p .. 'referrers:' .. ARGV[7], digest, ARGV[8])
+  -- Written once, with the manifest: its descriptor names the first push's media type too.
+  redis.call(fresh and 'HSET' or 'HSETNX', p .. 'referrers:' .. ARGV[7], digest, ARGV[8])
 end
 redis.call('ZADD', ARGV[2], 0, ARGV[3])
 redis.call('ZADD', '""" + PUSHED + """', now, ARGV[3])

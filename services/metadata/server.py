@@ -154,8 +154,9 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def ListReferrers(self, request: pb.ListReferrersRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListReferrersResponse:
-        found = await self._store.list_referrers(request.repository, request.subject, request.artifact_type)
-        return pb.ListReferrersResponse(referrers=[_descriptor_pb(d) for d in found])
+        found, more = await self._store.list_referrers(request.repository, request.subject, request.artifact_type,
+                                                       request.after, request.max_bytes)
+        return pb.ListReferrersResponse(referrers=[_descriptor_pb(d) for d in found], more=more)
 
     async def WatchManifests(self, request_iterator: AsyncIterator[pb.WatchRequest],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:

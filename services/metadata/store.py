@@ -39,6 +39,8 @@ from services.metadata.scripts import TimedScript
 
 # Upper bound on a single listing page, whatever the client asks for.
 MAX_PAGE = 10000
+# Upper bound on a page of referrers, in bytes of descriptors: well inside a gRPC message.
+REFERRERS_PAGE_BYTES = 4 * 1024 * 1024
 # How long an upload's pin holds a blob against the collector, from before its commit (whose
 # request may still be streaming the body from a slow client) to its link: far above any single
 # upload request; a dead gateway's pin only delays the collection of that one blob.
@@ -379,13 +381,30 @@ class MetadataStore:
         page = [(text(n), int(sc)) for n, sc in found]
         return [n for n, _ in page[:limit]], [t for _, t in page[:limit]], len(page) > limit
 
-    async def list_referrers(self, name: str, subject: str, artifact_type: str) -> list[Descriptor]:
+    async def list_referrers(self, name: str, subject: str, artifact_type: str, after: str = "",
+                             max_bytes: int = REFERRERS_PAGE_BYTES) -> tuple[list[Descriptor], bool]:
+        """A page of ``subject``'s referrers in digest order, after ``after``: descriptors up to
+        ``max_bytes`` of their stored JSON (at least one), and whether more remain. Unbounded, a
+        subject with many referrers, or a few with large annotations, made an answer larger than
+        a gRPC message may be, and the list could not be read at all."""
         validate_name(name)
         digests.validate(subject)
+        if after:
+            digests.validate(after)
+        max_bytes = min(max_bytes, REFERRERS_PAGE_BYTES) if max_bytes > 0 else REFERRERS_PAGE_BYTES
         with _command("HGETALL"):
             raw = await self._r.hgetall(keys.referrers(name, subject))
-        found = [Descriptor.from_json(value) for _, value in sorted(raw.items())]
-        if artifact_type:
-            found = [d for d in found if d.artifact_type == artifact_type]
-        return found
+        found: list[Descriptor] = []
+        taken = 0
+        for key, value in sorted(raw.items()):
+            if after and key.decode() <= after:
+                continue
+            descriptor = Descriptor.from_json(value)
+            if artifact_type and descriptor.artifact_type != artifact_type:
+                continue
+            if found and taken + len(value) > max_bytes:
+                return found, True
+            found.append(descriptor)
+            taken += len(value)
+        return found, False
 

@@ -145,7 +145,7 @@ def referrers(ctx: Context, name: str, digest: str, depth: int = 0, budget: list
     if depth >= _REFERRER_DEPTH or budget[0] <= 0:
         return []
     found: list[Referrer] = []
-    for d in ctx.clients.metadata.list_referrers(name, digest, ""):
+    for d in ctx.clients.metadata.list_referrers(name, digest, "")[0]:  # the first page: the budget is smaller
         if budget[0] <= 0:
             break
         budget[0] -= 1

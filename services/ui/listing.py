@@ -202,8 +202,10 @@ def repositories(ctx: Context, catalog: Catalog, query: str, order: str, after: 
     if not after:
         start = 0
     elif order == "pushed":
+        # A cursor the caller may not pull counts as gone: where a hidden repository sits in the
+        # push order (or that it exists at all) must not show in which page comes back.
         try:
-            start = names.index(after) + 1
+            start = names.index(after) + 1 if ctx.authorizer.pullable([after]) else 0
         except ValueError:  # the cursor's repository has gone: from the start
             start = 0
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from services.common import digests
+from services.common import digests, mediatypes
 from services.common.errors import RegistryError
 from services.metadata.store import Descriptor, MetadataStore
 
@@ -105,12 +106,56 @@ def test_referrers_follow_the_referrer_lifecycle(store: SyncStore) -> None:
     _link(store)
     subject = _put(store, b"subject", [])
     referrer = _put(store, b"sig", [], subject=subject)
-    found = store.list_referrers("repo", subject, "")
+    found, more = store.list_referrers("repo", subject, "")
     assert [(d.digest, d.artifact_type, d.annotations) for d in found] == [(referrer, "application/x.a", {"k": "v"})]
-    assert store.list_referrers("repo", subject, "application/x.other") == []
+    assert not more
+    assert store.list_referrers("repo", subject, "application/x.other") == ([], False)
     store.delete_manifest("repo", referrer)
-    assert store.list_referrers("repo", subject, "") == []
+    assert store.list_referrers("repo", subject, "") == ([], False)
 
+
+def test_referrers_come_in_pages_bounded_in_bytes(store: SyncStore) -> None:
+    """Many referrers (or large annotations) are paged in digest order, each page within the byte
+    bound and holding at least one descriptor, so no answer outgrows a gRPC message."""
+    _link(store)
+    subject = _put(store, b"subject", [])
+    referrers = sorted(_put(store, b"sig%d" % i, [], subject=subject) for i in range(7))
+    seen: list[str] = []
+    after, pages = "", 0
+    while True:
+        page, more = store.list_referrers("repo", subject, "", after, 400)
+        assert page and (len(page) == 1 or sum(len(d.to_json()) for d in page) <= 400)
+        seen += [d.digest for d in page]
+        pages += 1
+        if not more:
+            break
+        after = page[-1].digest
+    assert seen == referrers and pages > 1
+    assert store.list_referrers("repo", subject, "", referrers[-1]) == ([], False)
+    one, more = store.list_referrers("repo", subject, "", "", 1)
+    assert [d.digest for d in one] == referrers[:1] and more
+
+
+
+def test_the_same_bytes_pushed_again_keep_their_first_media_type(store: SyncStore) -> None:
+    """A manifest without a mediaType field takes its type from the push's Content-Type; pushing
+    the same bytes again with another type (by digest, to its tag or to a new one) must not change
+    what its tags serve, nor its referrers descriptor."""
+    _link(store)
+    docker = "application/vnd.docker.distribution.manifest.v2+json"
+    subject = _put(store, b"subject", [])
+    body = b"the same bytes"
+    digest = digests.of(body)
+    descriptor = Descriptor(mediatypes.OCI_MANIFEST, digest, len(body), "application/x.a", {})
+    store.put_manifest("repo", digest, mediatypes.OCI_MANIFEST, body, ["release-1"], [CONFIG, LAYER], [],
+                       subject, descriptor)
+    for tags in (["release-1"], ["other"], []):
+        store.put_manifest("repo", digest, docker, body, tags, [CONFIG, LAYER], [], subject,
+                           dataclasses.replace(descriptor, media_type=docker))
+    for reference in ("release-1", "other", digest):
+        assert store.get_manifest("repo", reference).media_type == mediatypes.OCI_MANIFEST
+    [listed], _ = store.list_referrers("repo", subject, "")
+    assert listed.media_type == mediatypes.OCI_MANIFEST
 
 def test_blob_links_are_per_repository(store: SyncStore) -> None:
     store.link_blob("one", CONFIG, 6)

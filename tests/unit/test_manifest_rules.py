@@ -77,3 +77,23 @@ def test_docker_schema2_manifest_list() -> None:
     body = {"schemaVersion": 2, "mediaType": mediatypes.DOCKER_MANIFEST_LIST, "manifests": [child]}
     parsed = manifest_rules.parse(json.dumps(body).encode(), mediatypes.DOCKER_MANIFEST_LIST)
     assert parsed.media_type == mediatypes.DOCKER_MANIFEST_LIST and parsed.manifest_refs == [child["digest"]]
+
+
+@pytest.mark.parametrize("value", [{}, [], 0, False, 1, ["x"]])
+def test_an_artifact_type_that_is_not_a_string_is_refused_falsy_or_not(value: object) -> None:
+    with pytest.raises(RegistryError, match="artifactType must be a string") as info:
+        manifest_rules.parse(json.dumps(_image(artifactType=value)).encode(), mediatypes.OCI_MANIFEST)
+    assert info.value.code == "MANIFEST_INVALID"
+    # In a descriptor too (an index's entry), with its annotations.
+    index = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX,
+             "manifests": [_desc(b"child", mediatypes.OCI_MANIFEST, artifactType=value)]}
+    with pytest.raises(RegistryError, match="artifactType must be a string"):
+        manifest_rules.parse(json.dumps(index).encode(), "")
+    index["manifests"] = [_desc(b"child", mediatypes.OCI_MANIFEST, annotations={"k": value})]
+    with pytest.raises(RegistryError, match="annotations"):
+        manifest_rules.parse(json.dumps(index).encode(), "")
+
+
+def test_a_null_artifact_type_reads_as_absent() -> None:
+    parsed = manifest_rules.parse(json.dumps(_image(artifactType=None)).encode(), mediatypes.OCI_MANIFEST)
+    assert parsed.artifact_type == mediatypes.OCI_CONFIG

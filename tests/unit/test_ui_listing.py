@@ -185,3 +185,15 @@ def test_a_cursor_by_push_that_is_gone_or_last_ends_cleanly(after: str) -> None:
     ctx, _ = _context(5)
     page = listing.repositories(ctx, Catalog(), "", "pushed", after)
     assert page.next_after == ""
+
+
+def test_a_cursor_by_push_the_caller_may_not_pull_reads_as_gone() -> None:
+    """Else where a hidden repository sits in the push order (and that it exists) showed in the
+    page that came back: the page after it, instead of the first."""
+    ctx, metadata = _context(60)
+    allowed = {n for n in metadata.names if n.startswith("team1/")}
+    ctx.authorizer.allowed = allowed
+    hidden = next(n for n in sorted(metadata.names) if n not in allowed)
+    first = listing.repositories(ctx, Catalog(), "", "pushed", "", size=500)
+    assert listing.repositories(ctx, Catalog(), "", "pushed", hidden, size=500) == first
+    assert listing.repositories(ctx, Catalog(), "", "pushed", "zzz/none", size=500) == first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from flask import Response, request
 
@@ -14,10 +15,18 @@ if TYPE_CHECKING:
 
 
 def list_referrers(ctx: Context, name: str, digest: str) -> Response:
+    """The referrers in pages bounded in bytes (services/metadata/store.py, list_referrers): a
+    subject with thousands of signatures, or referrers with large annotations, is still listed.
+    ``Link`` names the next page by the last digest of this one (as the tag list does), so the
+    cursor reveals nothing the caller was not just shown."""
     digests.validate(digest)
     artifact_type = request.args.get("artifactType", "")
+    after = request.args.get("last", "")
+    if after:
+        digests.validate(after)
     manifests: list[dict[str, Any]] = []
-    for d in ctx.clients.metadata.list_referrers(name, digest, artifact_type):
+    found, more = ctx.clients.metadata.list_referrers(name, digest, artifact_type, after)
+    for d in found:
         entry: dict[str, Any] = {"mediaType": d.media_type, "digest": d.digest, "size": d.size}
         if d.artifact_type:
             entry["artifactType"] = d.artifact_type
@@ -25,7 +34,10 @@ def list_referrers(ctx: Context, name: str, digest: str) -> Response:
             entry["annotations"] = dict(d.annotations)
         manifests.append(entry)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
-    mirrored = ctx.mirror.route(name)
+    if more and found:
+        query = {"last": found[-1].digest, **({"artifactType": artifact_type} if artifact_type else {})}
+        headers["Link"] = f'<{request.path}?{urlencode(query)}>; rel="next"'
+    mirrored = ctx.mirror.route(name) if not more else None  # the upstream's on the last page
     if mirrored is not None:
         # A mirrored repository: the upstream's referrers too (what is stored here stays listed
         # when the upstream cannot be asked).

@@ -330,17 +330,23 @@ class ListResponse(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ..., more: _Optional[bool] = ..., pushed_at_ms: _Optional[_Iterable[int]] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListReferrersRequest(_message.Message):
-    __slots__ = ("repository", "subject", "artifact_type")
+    __slots__ = ("repository", "subject", "artifact_type", "after", "max_bytes")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     repository: str
     subject: str
     artifact_type: str
-    def __init__(self, repository: _Optional[str] = ..., subject: _Optional[str] = ..., artifact_type: _Optional[str] = ...) -> None: ...
+    after: str
+    max_bytes: int
+    def __init__(self, repository: _Optional[str] = ..., subject: _Optional[str] = ..., artifact_type: _Optional[str] = ..., after: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class ListReferrersResponse(_message.Message):
-    __slots__ = ("referrers",)
+    __slots__ = ("referrers", "more")
     REFERRERS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     referrers: _containers.RepeatedCompositeFieldContainer[Descriptor]
-    def __init__(self, referrers: _Optional[_Iterable[_Union[Descriptor, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, referrers: _Optional[_Iterable[_Union[Descriptor, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
