@@ -386,8 +386,10 @@ class GovernanceClient:
         request = gpb.ReserveUploadRequest(repository=repository, upload_id=upload_id, bytes=size)
         return int(self._c.unary("ReserveUpload", request).limit)
 
-    def release_upload(self, repository: str, upload_id: str) -> None:
-        self._c.unary("ReleaseUpload", gpb.ReleaseUploadRequest(repository=repository, upload_id=upload_id))
+    def release_upload(self, repository: str, upload_id: str, keep: int = 0) -> None:
+        """Gives the upload's hold back down to ``keep`` bytes (0: all of it)."""
+        self._c.unary("ReleaseUpload", gpb.ReleaseUploadRequest(repository=repository, upload_id=upload_id,
+                                                                keep=keep))
 
     def take_tokens(self, buckets: list[gpb.TokenBucket], timeout: float | None = None) -> list[gpb.TokenGrant]:
         """One grant per bucket (services/metadata/ratelimit.py); ``timeout``: a deadline shorter than

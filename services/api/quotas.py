@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from flask import g, request
 
-from services.common.errors import RegistryError
+from services.common.errors import DENIED, RegistryError
 
 if TYPE_CHECKING:
     from services.api.context import Context
@@ -44,6 +44,8 @@ class Held:
         # A refusal raised inside the body's iterator reaches the caller as a cancelled gRPC
         # stream; it is kept here so that the client still gets DENIED with its message.
         self.refused: RegistryError | None = None
+        # Refused once part of the body was stored: the session is cancelled (views/uploads.py).
+        self.mid_body = False
 
     def up_front(self) -> None:
         """Holds the request's Content-Length (when it has one) before anything is read."""
@@ -60,8 +62,23 @@ class Held:
         for piece in body:
             seen += len(piece)
             while seen > self._held:
-                self._hold(STEP)
+                try:
+                    self._hold_step(seen - self._held)
+                except RegistryError:
+                    self.mid_body = True
+                    raise
             yield piece
+
+    def _hold_step(self, needed: int) -> None:
+        """Holds a STEP ahead, or, when the quota has less room than a STEP left, just what has
+        arrived: else a small body of unknown length was refused wherever less than a STEP remained."""
+        try:
+            self._hold(max(STEP, needed))
+        except RegistryError as err:
+            if err.error is not DENIED or needed >= STEP:
+                raise
+            self.refused = None
+            self._hold(needed)
 
     def _hold(self, size: int) -> None:
         try:
@@ -71,6 +88,9 @@ class Held:
             raise
         self._held += size
 
-    def release(self) -> None:
+    def release(self, keep: int = 0) -> None:
+        """Gives the hold back down to ``keep`` bytes: what the session still stores after a failed
+        request stays held (else every failed request freed its session's bytes from the quota, and
+        sessions full of bytes could be left open past it)."""
         with contextlib.suppress(RegistryError):
-            self._ctx.clients.governance.release_upload(self.name, self.upload_id)
+            self._ctx.clients.governance.release_upload(self.name, self.upload_id, keep)

@@ -89,7 +89,7 @@ class GovernanceServicer(gpb_grpc.GovernanceServicer):
 
     async def ReleaseUpload(self, request: gpb.ReleaseUploadRequest,
                             context: grpc.aio.ServicerContext) -> gpb.ReserveUploadResponse:
-        await self._quotas.release(request.repository, request.upload_id)
+        await self._quotas.release(request.repository, request.upload_id, request.keep)
         return gpb.ReserveUploadResponse()
 
     async def RunRetention(self, request: gpb.RetentionRequest,

@@ -95,11 +95,15 @@ class Quotas:
             raise refusal(name, ["quota", usage, others + mine], size, limit)
         return limit
 
-    async def release(self, name: str, upload_id: str) -> None:
+    async def release(self, name: str, upload_id: str, keep: int = 0) -> None:
+        """Gives the upload's hold back down to ``keep`` bytes (what its session still stores after
+        a failed request: those bytes stay counted until the session ends); 0 gives it all back."""
         validate_name(name)
         validate_upload_id(upload_id)
+        if keep < 0:
+            raise RegistryError(REQUEST_INVALID, "bytes to keep must not be negative")
         if upload_id:
-            await self._release([name, upload_id])
+            await self._release([name, upload_id, keep, HOLD_TTL_MS])
 
     async def usage(self, namespace: str, with_repositories: bool) -> list[gpb.NamespaceUsage]:
         """Usage per namespace: one (empty ``namespace``: every namespace that stores something or

@@ -561,9 +561,17 @@ redis.call('HSET', ns .. 'uploads', ARGV[2], want .. ' ' .. (now + tonumber(ARGV
 return {1, want}
 """
 
-# ARGV: name, upload id. Gives back an upload's hold.
+# ARGV: name, upload id, bytes to keep held (0: all goes back), ttl (ms). Gives back an upload's
+# hold down to what its session still stores; never raises it.
 RELEASE_UPLOAD = _NOW + _USAGE + """
-return redis.call('HDEL', ns_prefix(ARGV[1]) .. 'uploads', ARGV[2])
+local ns = ns_prefix(ARGV[1])
+local keep = tonumber(ARGV[3] or '0') or 0
+if keep <= 0 then return redis.call('HDEL', ns .. 'uploads', ARGV[2]) end
+local mine = tonumber(string.match(redis.call('HGET', ns .. 'uploads', ARGV[2]) or '', '^(%d+) ') or '0')
+if mine > keep then
+  redis.call('HSET', ns .. 'uploads', ARGV[2], keep .. ' ' .. (now_ms() + tonumber(ARGV[4])))
+end
+return 1
 """
 
 # ARGV: namespace, repositories... Recounts the namespace's usage and each repository's from their

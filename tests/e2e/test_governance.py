@@ -10,7 +10,7 @@ import pathlib
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 MIB = 1024 * 1024
 POLICY = {"immutable": [{"repositories": "prod/**", "tags": "v*"}],
-          "quotas": [{"namespace": "quota", "size": "3MiB"}]}
+          "quotas": [{"namespace": "quota", "size": "3MiB"}, {"namespace": "held", "size": "1MiB"}]}
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +196,40 @@ def test_parallel_uploads_do_not_overshoot_the_quota(governed: RunningStack) -> 
     assert int(after["bytes"]) <= 3 * MIB and after["held_by_uploads"] == 0  # type: ignore[arg-type]
     assert outcomes.count(201) <= room // size
 
+
+
+def test_a_failed_request_keeps_its_sessions_stored_bytes_held(governed: RunningStack) -> None:
+    """A request that fails on a session (a wrong Content-Range here) gives back only its own hold:
+    the bytes the session still stores stay counted, else sessions full of bytes could be left
+    open past the quota, one failed request each."""
+    url = governed.url
+    started = requests.post(f"{url}/v2/held/one/blobs/uploads/", timeout=30)
+    location = url + started.headers["Location"]
+    stored = requests.patch(location, data=os.urandom(200 * 1024), timeout=60,
+                            headers={"Content-Type": "application/octet-stream", "Content-Range": "0-204799"})
+    assert stored.status_code == 202, stored.text
+    assert usage(governed, "held")["held_by_uploads"] == 200 * 1024
+    wrong = requests.patch(location, data=b"z", timeout=30,
+                           headers={"Content-Type": "application/octet-stream", "Content-Range": "0-0"})
+    assert wrong.status_code == 416
+    assert usage(governed, "held")["held_by_uploads"] == 200 * 1024
+    assert requests.delete(location, timeout=30).status_code == 204
+    assert usage(governed, "held")["held_by_uploads"] == 0
+
+
+def test_a_small_body_of_unknown_length_fits_where_less_than_a_step_is_left(governed: RunningStack) -> None:
+    """A chunked body is held in 8 MiB steps as it streams; where the quota has less room than a
+    step, what has arrived is held instead, so a small streamed push is not refused."""
+    url = governed.url
+    data = os.urandom(100)
+
+    def chunked() -> Iterator[bytes]:
+        yield data  # a generator: requests sends it chunked, without a Content-Length
+
+    done = requests.post(f"{url}/v2/held/streamed/blobs/uploads/", params={"digest": digest(data)},
+                         data=chunked(), headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    assert done.status_code == 201, done.text
+    assert usage(governed, "held")["held_by_uploads"] == 0
 
 def test_a_manifest_push_over_the_quota_is_refused(governed: RunningStack) -> None:
     url = governed.url

@@ -179,19 +179,30 @@ def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "",
 @contextlib.contextmanager
 def _holding(held: Held, session: tuple[Context, str] | None = None) -> Iterator[None]:
     """Runs an upload request under its quota hold. Refused (the quota has no room) or failed
-    before its commit's link: the hold goes back; refused in the middle of a body, the session
-    (``session``: its gateway context and upload id) is cancelled too, so no half-written bytes
-    stay; the client gets the refusal, DENIED."""
+    before its commit's link: the hold goes back down to what the session (``session``: its
+    gateway context and upload id) still stores; refused in the middle of a body, the session is
+    cancelled too, so no half-written bytes stay; the client gets the refusal, DENIED."""
     try:
         yield
-    except BaseException as exc:
-        held.release()
+    except BaseException:
+        if held.refused is not None and session is not None and held.mid_body:
+            with contextlib.suppress(RegistryError):
+                session[0].clients.blobs.cancel(held.name, session[1])
+            session = None  # cancelled: nothing stays stored
+        held.release(_still_stored(held.name, session))
         if held.refused is not None:
-            if session is not None and held.refused is not exc:
-                with contextlib.suppress(RegistryError):
-                    session[0].clients.blobs.cancel(held.name, session[1])
             raise held.refused from None
         raise
+
+
+def _still_stored(name: str, session: tuple[Context, str] | None) -> int:
+    """What a session holds after a failed request (0: none, or it ended): its bytes stay counted."""
+    if session is None:
+        return 0
+    try:
+        return int(session[0].clients.blobs.get_upload(name, session[1]).size)
+    except RegistryError:
+        return 0
 
 
 def _session_held(ctx: Context, name: str, upload_id: str) -> Held | None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1services/gen/wharf/governance/v1/governance.proto\x12\x13wharf.governance.v1\"6\n\x05\x41\x63tor\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0b\n\x03via\x18\x03 \x01(\t\"\x12\n\x10GetPolicyRequest\"B\n\x06Policy\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rfile_document\x18\x03 \x01(\t\"W\n\x0eSetRuleRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12)\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x1a.wharf.governance.v1.Actor\"Y\n\x11RemoveRuleRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12)\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x1a.wharf.governance.v1.Actor\"7\n\x0cUsageRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0crepositories\x18\x02 \x01(\x08\".\n\x0fRepositoryUsage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\x8f\x01\n\x0eNamespaceUsage\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\x12:\n\x0crepositories\x18\x05 \x03(\x0b\x32$.wharf.governance.v1.RepositoryUsage\"H\n\rUsageResponse\x12\x37\n\nnamespaces\x18\x01 \x03(\x0b\x32#.wharf.governance.v1.NamespaceUsage\"L\n\x14ReserveUploadRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\"=\n\x14ReleaseUploadRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\"&\n\x15ReserveUploadResponse\x12\r\n\x05limit\x18\x01 \x01(\x03\"d\n\x10RetentionRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x14\n\x0crepositories\x18\x02 \x01(\t\x12)\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x1a.wharf.governance.v1.Actor\"_\n\rRetentionItem\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\"\xb7\x01\n\x0fRetentionReport\x12\x33\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\".wharf.governance.v1.RetentionItem\x12\x30\n\x04kept\x18\x02 \x03(\x0b\x32\".wharf.governance.v1.RetentionItem\x12\x14\n\x0c\x64\x65leted_more\x18\x03 \x01(\x03\x12\x11\n\tkept_more\x18\x04 \x01(\x03\x12\x14\n\x0crepositories\x18\x05 \x01(\x05\"\xa3\x01\n\x0bTokenBucket\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\x01\x12\x0c\n\x04want\x18\x04 \x01(\x01\x12\x33\n\x04take\x18\x05 \x01(\x0e\x32%.wharf.governance.v1.TokenBucket.Take\"\'\n\x04Take\x12\t\n\x05UP_TO\x10\x00\x12\x08\n\x04\x44\x45\x42T\x10\x01\x12\n\n\x06\x43HARGE\x10\x02\"5\n\nTokenGrant\x12\x0f\n\x07granted\x18\x01 \x01(\x01\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\x03\"F\n\x11TakeTokensRequest\x12\x31\n\x07\x62uckets\x18\x01 \x03(\x0b\x32 .wharf.governance.v1.TokenBucket\"E\n\x12TakeTokensResponse\x12/\n\x06grants\x18\x01 \x03(\x0b\x32\x1f.wharf.governance.v1.TokenGrant\"\xfc\x01\n\x0b\x41uditRecord\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_kind\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x12\n\nrepository\x18\x06 \x01(\t\x12\x11\n\treference\x18\x07 \x01(\t\x12\x0e\n\x06result\x18\x08 \x01(\t\x12\x0e\n\x06status\x18\t \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x0b\n\x03via\x18\x0c \x01(\t\x12\n\n\x02id\x18\r \x01(\t\x12\x12\n\nuser_agent\x18\x0e \x01(\t\"G\n\x12RecordAuditRequest\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .wharf.governance.v1.AuditRecord\"\x15\n\x13RecordAuditResponse\"\xa0\x01\n\x11QueryAuditRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\x12\x10\n\x08until_ms\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\r\n\x05\x61\x66ter\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\x14\n\x0coldest_first\x18\x08 \x01(\x08\"U\n\x12QueryAuditResponse\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .wharf.governance.v1.AuditRecord\x12\x0c\n\x04next\x18\x02 \x01(\t\"X\n\x17\x44\x65leteRepositoryRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12)\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x1a.wharf.governance.v1.Actor\"J\n\x18\x44\x65leteRepositoryResponse\x12\x0c\n\x04tags\x18\x01 \x01(\x05\x12\x11\n\tmanifests\x18\x02 \x01(\x05\x12\r\n\x05\x62lobs\x18\x03 \x01(\x05\x32\x8b\x08\n\nGovernance\x12O\n\tGetPolicy\x12%.wharf.governance.v1.GetPolicyRequest\x1a\x1b.wharf.governance.v1.Policy\x12K\n\x07SetRule\x12#.wharf.governance.v1.SetRuleRequest\x1a\x1b.wharf.governance.v1.Policy\x12Q\n\nRemoveRule\x12&.wharf.governance.v1.RemoveRuleRequest\x1a\x1b.wharf.governance.v1.Policy\x12N\n\x05Usage\x12!.wharf.governance.v1.UsageRequest\x1a\".wharf.governance.v1.UsageResponse\x12\x66\n\rReserveUpload\x12).wharf.governance.v1.ReserveUploadRequest\x1a*.wharf.governance.v1.ReserveUploadResponse\x12\x66\n\rReleaseUpload\x12).wharf.governance.v1.ReleaseUploadRequest\x1a*.wharf.governance.v1.ReserveUploadResponse\x12[\n\x0cRunRetention\x12%.wharf.governance.v1.RetentionRequest\x1a$.wharf.governance.v1.RetentionReport\x12]\n\nTakeTokens\x12&.wharf.governance.v1.TakeTokensRequest\x1a\'.wharf.governance.v1.TakeTokensResponse\x12`\n\x0bRecordAudit\x12\'.wharf.governance.v1.RecordAuditRequest\x1a(.wharf.governance.v1.RecordAuditResponse\x12]\n\nQueryAudit\x12&.wharf.governance.v1.QueryAuditRequest\x1a\'.wharf.governance.v1.QueryAuditResponse\x12o\n\x10\x44\x65leteRepository\x12,.wharf.governance.v1.DeleteRepositoryRequest\x1a-.wharf.governance.v1.DeleteRepositoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1services/gen/wharf/governance/v1/governance.proto\x12\x13wharf.governance.v1\"6\n\x05\x41\x63tor\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0b\n\x03via\x18\x03 \x01(\t\"\x12\n\x10GetPolicyRequest\"B\n\x06Policy\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rfile_document\x18\x03 \x01(\t\"W\n\x0eSetRuleRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12)\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x1a.wharf.governance.v1.Actor\"Y\n\x11RemoveRuleRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12)\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x1a.wharf.governance.v1.Actor\"7\n\x0cUsageRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0crepositories\x18\x02 \x01(\x08\".\n\x0fRepositoryUsage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\x8f\x01\n\x0eNamespaceUsage\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\x12:\n\x0crepositories\x18\x05 \x03(\x0b\x32$.wharf.governance.v1.RepositoryUsage\"H\n\rUsageResponse\x12\x37\n\nnamespaces\x18\x01 \x03(\x0b\x32#.wharf.governance.v1.NamespaceUsage\"L\n\x14ReserveUploadRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\"K\n\x14ReleaseUploadRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\x0c\n\x04keep\x18\x03 \x01(\x03\"&\n\x15ReserveUploadResponse\x12\r\n\x05limit\x18\x01 \x01(\x03\"d\n\x10RetentionRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x14\n\x0crepositories\x18\x02 \x01(\t\x12)\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x1a.wharf.governance.v1.Actor\"_\n\rRetentionItem\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\"\xb7\x01\n\x0fRetentionReport\x12\x33\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\".wharf.governance.v1.RetentionItem\x12\x30\n\x04kept\x18\x02 \x03(\x0b\x32\".wharf.governance.v1.RetentionItem\x12\x14\n\x0c\x64\x65leted_more\x18\x03 \x01(\x03\x12\x11\n\tkept_more\x18\x04 \x01(\x03\x12\x14\n\x0crepositories\x18\x05 \x01(\x05\"\xa3\x01\n\x0bTokenBucket\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\x01\x12\x0c\n\x04want\x18\x04 \x01(\x01\x12\x33\n\x04take\x18\x05 \x01(\x0e\x32%.wharf.governance.v1.TokenBucket.Take\"\'\n\x04Take\x12\t\n\x05UP_TO\x10\x00\x12\x08\n\x04\x44\x45\x42T\x10\x01\x12\n\n\x06\x43HARGE\x10\x02\"5\n\nTokenGrant\x12\x0f\n\x07granted\x18\x01 \x01(\x01\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\x03\"F\n\x11TakeTokensRequest\x12\x31\n\x07\x62uckets\x18\x01 \x03(\x0b\x32 .wharf.governance.v1.TokenBucket\"E\n\x12TakeTokensResponse\x12/\n\x06grants\x18\x01 \x03(\x0b\x32\x1f.wharf.governance.v1.TokenGrant\"\xfc\x01\n\x0b\x41uditRecord\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_kind\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x12\n\nrepository\x18\x06 \x01(\t\x12\x11\n\treference\x18\x07 \x01(\t\x12\x0e\n\x06result\x18\x08 \x01(\t\x12\x0e\n\x06status\x18\t \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x0b\n\x03via\x18\x0c \x01(\t\x12\n\n\x02id\x18\r \x01(\t\x12\x12\n\nuser_agent\x18\x0e \x01(\t\"G\n\x12RecordAuditRequest\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .wharf.governance.v1.AuditRecord\"\x15\n\x13RecordAuditResponse\"\xa0\x01\n\x11QueryAuditRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\x12\x10\n\x08until_ms\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\r\n\x05\x61\x66ter\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\x14\n\x0coldest_first\x18\x08 \x01(\x08\"U\n\x12QueryAuditResponse\x12\x31\n\x07records\x18\x01 \x03(\x0b\x32 .wharf.governance.v1.AuditRecord\x12\x0c\n\x04next\x18\x02 \x01(\t\"X\n\x17\x44\x65leteRepositoryRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12)\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x1a.wharf.governance.v1.Actor\"J\n\x18\x44\x65leteRepositoryResponse\x12\x0c\n\x04tags\x18\x01 \x01(\x05\x12\x11\n\tmanifests\x18\x02 \x01(\x05\x12\r\n\x05\x62lobs\x18\x03 \x01(\x05\x32\x8b\x08\n\nGovernance\x12O\n\tGetPolicy\x12%.wharf.governance.v1.GetPolicyRequest\x1a\x1b.wharf.governance.v1.Policy\x12K\n\x07SetRule\x12#.wharf.governance.v1.SetRuleRequest\x1a\x1b.wharf.governance.v1.Policy\x12Q\n\nRemoveRule\x12&.wharf.governance.v1.RemoveRuleRequest\x1a\x1b.wharf.governance.v1.Policy\x12N\n\x05Usage\x12!.wharf.governance.v1.UsageRequest\x1a\".wharf.governance.v1.UsageResponse\x12\x66\n\rReserveUpload\x12).wharf.governance.v1.ReserveUploadRequest\x1a*.wharf.governance.v1.ReserveUploadResponse\x12\x66\n\rReleaseUpload\x12).wharf.governance.v1.ReleaseUploadRequest\x1a*.wharf.governance.v1.ReserveUploadResponse\x12[\n\x0cRunRetention\x12%.wharf.governance.v1.RetentionRequest\x1a$.wharf.governance.v1.RetentionReport\x12]\n\nTakeTokens\x12&.wharf.governance.v1.TakeTokensRequest\x1a\'.wharf.governance.v1.TakeTokensResponse\x12`\n\x0bRecordAudit\x12\'.wharf.governance.v1.RecordAuditRequest\x1a(.wharf.governance.v1.RecordAuditResponse\x12]\n\nQueryAudit\x12&.wharf.governance.v1.QueryAuditRequest\x1a\'.wharf.governance.v1.QueryAuditResponse\x12o\n\x10\x44\x65leteRepository\x12,.wharf.governance.v1.DeleteRepositoryRequest\x1a-.wharf.governance.v1.DeleteRepositoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,39 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVEUPLOADREQUEST']._serialized_start=723
   _globals['_RESERVEUPLOADREQUEST']._serialized_end=799
   _globals['_RELEASEUPLOADREQUEST']._serialized_start=801
-  _globals['_RELEASEUPLOADREQUEST']._serialized_end=862
-  _globals['_RESERVEUPLOADRESPONSE']._serialized_start=864
-  _globals['_RESERVEUPLOADRESPONSE']._serialized_end=902
-  _globals['_RETENTIONREQUEST']._serialized_start=904
-  _globals['_RETENTIONREQUEST']._serialized_end=1004
-  _globals['_RETENTIONITEM']._serialized_start=1006
-  _globals['_RETENTIONITEM']._serialized_end=1101
-  _globals['_RETENTIONREPORT']._serialized_start=1104
-  _globals['_RETENTIONREPORT']._serialized_end=1287
-  _globals['_TOKENBUCKET']._serialized_start=1290
-  _globals['_TOKENBUCKET']._serialized_end=1453
-  _globals['_TOKENBUCKET_TAKE']._serialized_start=1414
-  _globals['_TOKENBUCKET_TAKE']._serialized_end=1453
-  _globals['_TOKENGRANT']._serialized_start=1455
-  _globals['_TOKENGRANT']._serialized_end=1508
-  _globals['_TAKETOKENSREQUEST']._serialized_start=1510
-  _globals['_TAKETOKENSREQUEST']._serialized_end=1580
-  _globals['_TAKETOKENSRESPONSE']._serialized_start=1582
-  _globals['_TAKETOKENSRESPONSE']._serialized_end=1651
-  _globals['_AUDITRECORD']._serialized_start=1654
-  _globals['_AUDITRECORD']._serialized_end=1906
-  _globals['_RECORDAUDITREQUEST']._serialized_start=1908
-  _globals['_RECORDAUDITREQUEST']._serialized_end=1979
-  _globals['_RECORDAUDITRESPONSE']._serialized_start=1981
-  _globals['_RECORDAUDITRESPONSE']._serialized_end=2002
-  _globals['_QUERYAUDITREQUEST']._serialized_start=2005
-  _globals['_QUERYAUDITREQUEST']._serialized_end=2165
-  _globals['_QUERYAUDITRESPONSE']._serialized_start=2167
-  _globals['_QUERYAUDITRESPONSE']._serialized_end=2252
-  _globals['_DELETEREPOSITORYREQUEST']._serialized_start=2254
-  _globals['_DELETEREPOSITORYREQUEST']._serialized_end=2342
-  _globals['_DELETEREPOSITORYRESPONSE']._serialized_start=2344
-  _globals['_DELETEREPOSITORYRESPONSE']._serialized_end=2418
-  _globals['_GOVERNANCE']._serialized_start=2421
-  _globals['_GOVERNANCE']._serialized_end=3456
+  _globals['_RELEASEUPLOADREQUEST']._serialized_end=876
+  _globals['_RESERVEUPLOADRESPONSE']._serialized_start=878
+  _globals['_RESERVEUPLOADRESPONSE']._serialized_end=916
+  _globals['_RETENTIONREQUEST']._serialized_start=918
+  _globals['_RETENTIONREQUEST']._serialized_end=1018
+  _globals['_RETENTIONITEM']._serialized_start=1020
+  _globals['_RETENTIONITEM']._serialized_end=1115
+  _globals['_RETENTIONREPORT']._serialized_start=1118
+  _globals['_RETENTIONREPORT']._serialized_end=1301
+  _globals['_TOKENBUCKET']._serialized_start=1304
+  _globals['_TOKENBUCKET']._serialized_end=1467
+  _globals['_TOKENBUCKET_TAKE']._serialized_start=1428
+  _globals['_TOKENBUCKET_TAKE']._serialized_end=1467
+  _globals['_TOKENGRANT']._serialized_start=1469
+  _globals['_TOKENGRANT']._serialized_end=1522
+  _globals['_TAKETOKENSREQUEST']._serialized_start=1524
+  _globals['_TAKETOKENSREQUEST']._serialized_end=1594
+  _globals['_TAKETOKENSRESPONSE']._serialized_start=1596
+  _globals['_TAKETOKENSRESPONSE']._serialized_end=1665
+  _globals['_AUDITRECORD']._serialized_start=1668
+  _globals['_AUDITRECORD']._serialized_end=1920
+  _globals['_RECORDAUDITREQUEST']._serialized_start=1922
+  _globals['_RECORDAUDITREQUEST']._serialized_end=1993
+  _globals['_RECORDAUDITRESPONSE']._serialized_start=1995
+  _globals['_RECORDAUDITRESPONSE']._serialized_end=2016
+  _globals['_QUERYAUDITREQUEST']._serialized_start=2019
+  _globals['_QUERYAUDITREQUEST']._serialized_end=2179
+  _globals['_QUERYAUDITRESPONSE']._serialized_start=2181
+  _globals['_QUERYAUDITRESPONSE']._serialized_end=2266
+  _globals['_DELETEREPOSITORYREQUEST']._serialized_start=2268
+  _globals['_DELETEREPOSITORYREQUEST']._serialized_end=2356
+  _globals['_DELETEREPOSITORYRESPONSE']._serialized_start=2358
+  _globals['_DELETEREPOSITORYRESPONSE']._serialized_end=2432
+  _globals['_GOVERNANCE']._serialized_start=2435
+  _globals['_GOVERNANCE']._serialized_end=3470
 # @@protoc_insertion_point(module_scope)

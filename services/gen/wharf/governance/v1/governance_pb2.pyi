@@ -98,12 +98,14 @@ class ReserveUploadRequest(_message.Message):
     def __init__(self, repository: _Optional[str] = ..., upload_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class ReleaseUploadRequest(_message.Message):
-    __slots__ = ("repository", "upload_id")
+    __slots__ = ("repository", "upload_id", "keep")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
     repository: str
     upload_id: str
-    def __init__(self, repository: _Optional[str] = ..., upload_id: _Optional[str] = ...) -> None: ...
+    keep: int
+    def __init__(self, repository: _Optional[str] = ..., upload_id: _Optional[str] = ..., keep: _Optional[int] = ...) -> None: ...
 
 class ReserveUploadResponse(_message.Message):
     __slots__ = ("limit",)

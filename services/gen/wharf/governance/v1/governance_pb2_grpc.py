@@ -132,7 +132,8 @@ class GovernanceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseUpload(self, request, context):
-        """Gives an upload's hold back (cancelled, failed); a commit gives it back by itself.
+        """Gives an upload's hold back (cancelled, failed) down to what it still stores; a commit gives
+        it back by itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
