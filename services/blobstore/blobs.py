@@ -196,9 +196,9 @@ class AppendSession:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
 
 
-# What a sealed id's session info becomes when the session ends (services/common/upload_ids.py):
-# until the id expires, it must stay unknown rather than read as a new, empty session.
-_ENDED = b'{"ended": true}'
+# A sealed id's session that ended must stay unknown until the id expires rather than read as a
+# new, empty session (services/common/upload_ids.py): its mark is layout.upload_ended_key. Marks
+# written by earlier versions, as the info itself ({"ended": true}), are still honoured.
 # A sealed id issued this far in the future (clocks apart) is still believed.
 _CLOCK_SKEW = 300
 
@@ -285,6 +285,8 @@ class BlobService:
 
     def _read_info(self, upload_id: str) -> dict[str, object] | None:
         """The session's info as stored (None: none is); what cannot be read is an unknown upload."""
+        if upload_ids.SEALED_RE.match(upload_id) and self._driver.stat(layout.upload_ended_key(upload_id)):
+            return {"ended": True}
         try:
             info = json.loads(self._driver.get_content(layout.upload_info_key(upload_id)))
         except FileNotFoundError:
@@ -477,7 +479,9 @@ class BlobService:
 
     def cancel(self, upload_id: str, repository: str) -> None:
         self._info(upload_id, repository)
-        if not self._end(upload_id):  # a concurrent cancel, commit or expiry got there first
+        with _session_races():  # a concurrent cancel, commit or expiry removing the session under us
+            ended = self._end(upload_id)
+        if not ended:  # a concurrent cancel, commit or expiry got there first
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
 
     def _mark_ended(self, upload_id: str) -> None:
@@ -487,7 +491,7 @@ class BlobService:
         data object by opening its writer, and take it for the session (a commit then hashed
         nothing: DIGEST_INVALID instead of BLOB_UPLOAD_UNKNOWN)."""
         if upload_ids.SEALED_RE.match(upload_id):
-            self._driver.put_content(layout.upload_info_key(upload_id), _ENDED)
+            self._driver.put_content(layout.upload_ended_key(upload_id), b"")
         else:
             self._driver.delete(layout.upload_info_key(upload_id))
 
@@ -500,9 +504,17 @@ class BlobService:
         again, starts a new empty session of the same repository."""
         if not upload_ids.SEALED_RE.match(upload_id):
             return self.discard(upload_id)
-        self.discard(upload_id)
-        if not completed:
-            self._driver.put_content(layout.upload_info_key(upload_id), _ENDED)
+        if completed:
+            self.discard(upload_id)
+            return True
+        # The mark first, in a key no append writes, and only then the bytes: there is no moment
+        # in which the session reads as a fresh one (when the mark followed the removal, an append
+        # in between started a new session under the cancelled URL, or overwrote the mark with its
+        # own info).
+        self._mark_ended(upload_id)
+        with self._lock:
+            self._hashes.pop(upload_id, None)
+        self._driver.delete(layout.upload_data_key(upload_id))
         return True
 
     def discard(self, upload_id: str) -> bool:
@@ -553,7 +565,8 @@ class BlobService:
             if not layout.upload_id_ok(upload_id):
                 continue
             info = self._driver.stat(layout.upload_data_key(upload_id)) or \
-                self._driver.stat(layout.upload_info_key(upload_id))
+                self._driver.stat(layout.upload_info_key(upload_id)) or \
+                self._driver.stat(layout.upload_ended_key(upload_id))
             if (info is None or now - info.modified_at > self._upload_ttl) and self.discard(upload_id):
                 removed += 1
         with self._lock:

@@ -67,3 +67,8 @@ def upload_data_key(upload_id: str) -> str:
 
 def upload_info_key(upload_id: str) -> str:
     return f"{upload_dir(upload_id)}/info"
+
+
+def upload_ended_key(upload_id: str) -> str:
+    """A sealed session's mark that it ended: a key of its own, which no append ever writes."""
+    return f"{upload_dir(upload_id)}/ended"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import threading
 import time
 
 import pytest
@@ -188,6 +189,47 @@ def test_sealed_ids_are_empty_sessions_until_they_expire(root: pathlib.Path) -> 
     assert blobs.expire_uploads(now=time.time() + 120) == 1
     assert not any((root / "uploads").iterdir())
 
+
+
+@pytest.mark.parametrize("other", ["cancel", "append"])
+@pytest.mark.parametrize("stored", [b"", b"0123456789"])
+def test_a_cancel_racing_a_cancel_or_an_append_ends_the_session_for_good(root: pathlib.Path, stored: bytes,
+                                                                        other: str) -> None:
+    """Two cancels at once, or a cancel beside an append, on a sealed session (fresh or holding
+    bytes): no storage error (once a 503 from a mark written into a directory another cancel had
+    just renamed away), and the session ends whoever wins (once the append's new info overwrote the
+    mark, or the append landed in the gap between removal and mark: the cancelled URL lived on)."""
+    key = upload_ids.key_from("x" * 40)
+    blobs = BlobService(FilesystemDriver(root), upload_ttl=60, id_key=key)
+    for _ in range(60):
+        upload_id = upload_ids.issue(key, "repo")
+        if stored:
+            blobs.append(upload_id, "repo", 0, [stored])
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def run(step: str, upload_id: str = upload_id, barrier: threading.Barrier = barrier,
+                outcomes: list[str] = outcomes) -> None:
+            barrier.wait()
+            try:
+                if step == "cancel":
+                    blobs.cancel(upload_id, "repo")
+                else:
+                    blobs.append(upload_id, "repo", -1, [b"x" * 100])
+                outcomes.append(step)
+            except RegistryError as err:
+                outcomes.append(err.code)
+
+        threads = [threading.Thread(target=run, args=("cancel",)), threading.Thread(target=run, args=(other,))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert "cancel" in outcomes, outcomes
+        assert set(outcomes) <= {"cancel", "append", "BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"}, outcomes
+        with pytest.raises(RegistryError) as info:
+            blobs.get_upload(upload_id, "repo")
+        assert _code(info) == "BLOB_UPLOAD_UNKNOWN"
 
 def test_a_blob_given_whole_needs_no_session(root: pathlib.Path, blobs: BlobService) -> None:
     """Put with everything in one message (a small monolithic push): stored once, no session made;
