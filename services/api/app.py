@@ -199,12 +199,13 @@ def create_app(settings: GatewaySettings, clients: Clients | None = None, mirror
     # No redirect of "//" to "/": "/v2//a" or "/v2/%2Fa" names "/a" (NAME_INVALID), not the repository "a".
     app.url_map.merge_slashes = False
     app.url_map.converters["anypath"] = _AnyPath
-    app.add_url_rule("/v2/", "v2", dispatch, methods=methods, strict_slashes=False)
-    app.add_url_rule("/v2/<anypath:subpath>", "registry", dispatch, methods=methods)
-    app.add_url_rule("/token", "token", dispatch, methods=methods)
-    app.add_url_rule("/openapi.yaml", "openapi", dispatch, methods=methods)
-    app.add_url_rule("/", "ui", dispatch, methods=methods)  # the web UI (services/ui), in the route table too
-    app.add_url_rule("/ui/<anypath:subpath>", "ui_pages", dispatch, methods=methods)
+    # Every answer comes from the route table (routes.py), OPTIONS included: Flask's own OPTIONS
+    # answered any path, unauthenticated and as HTML, with every method listed.
+    for rule, endpoint in (("/v2/", "v2"), ("/v2/<anypath:subpath>", "registry"), ("/token", "token"),
+                           ("/openapi.yaml", "openapi"),
+                           ("/", "ui"), ("/ui/<anypath:subpath>", "ui_pages")):  # the web UI (services/ui)
+        app.add_url_rule(rule, endpoint, dispatch, methods=methods, provide_automatic_options=False,
+                         strict_slashes=rule != "/v2/")
     limit = InFlightLimit(app.wsgi_app, settings.max_in_flight)
     app.wsgi_app = limit  # type: ignore[method-assign]
     metrics.HTTP_IN_FLIGHT.set_function(lambda: limit.in_flight)

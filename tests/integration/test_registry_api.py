@@ -184,6 +184,13 @@ def test_head_works_wherever_get_does(stack: RunningStack, path: str) -> None:
     assert requests.post(stack.url + "/v2/", timeout=10).status_code == 405
 
 
+
+@pytest.mark.parametrize("path", ["/v2/", "/v2/alice/x/blobs/uploads/0123", "/v2/a/manifests/v1", "/token", "/"])
+def test_options_is_a_method_outside_the_table_like_any_other(path: str, stack: RunningStack) -> None:
+    """Flask's automatic OPTIONS answered every path, unauthenticated and as HTML, listing methods."""
+    answer = requests.options(stack.url + path, timeout=10)
+    assert answer.status_code == 405 and answer.json()["errors"][0]["code"] == "UNSUPPORTED"
+
 def test_sessions_the_gateway_started_live_and_end_like_stored_ones(stack: RunningStack) -> None:
     """A POST costs no blob store call (services/common/upload_ids.py): the session is an id the
     gateway sealed, taken as an empty session until bytes arrive. It must answer as a stored one:
