@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -140,6 +141,28 @@ def test_chunked_upload_out_of_order_gets_416_with_range(stack: RunningStack) ->
                        timeout=10)
     assert got.status_code == 206 and got.content == b"bcd" and got.headers["Content-Range"] == "bytes 1-3/6"
 
+
+
+@pytest.mark.parametrize("declared", ["0-9", "0-199"])
+def test_a_chunked_body_must_be_as_long_as_its_content_range(stack: RunningStack, declared: str) -> None:
+    """Without a Content-Length only the body's end shows its length: longer or shorter than the
+    range it claims is 416 with the session's Range, and the session goes on from what it stores."""
+    start = requests.post(f"{stack.url}/v2/chunks/declared/blobs/uploads/", timeout=10)
+    location = stack.url + start.headers["Location"]
+
+    def chunked() -> Iterator[bytes]:
+        yield b"x" * 100  # a generator: requests sends it chunked, without a Content-Length
+
+    answer = requests.patch(location, data=chunked(), headers={"Content-Range": declared}, timeout=10)
+    assert answer.status_code == 416, answer.text
+    assert answer.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+    stored = int(answer.headers["Range"].split("-")[1]) + 1 if answer.headers["Range"] != "0-0" else 0
+    assert stored in (0, 100)
+    rest = b"y" * 10
+    content = b"x" * stored + rest
+    done = requests.put(location, params={"digest": digests.of(content)}, data=rest,
+                        headers={"Content-Range": f"{stored}-{stored + len(rest) - 1}"}, timeout=10)
+    assert done.status_code == 201, done.text
 
 def test_unavailable_backends_give_503_json(tmp_path: pathlib.Path) -> None:
     dead = f"127.0.0.1:{free_port()}"

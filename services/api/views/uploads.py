@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from flask import Response, request
@@ -138,11 +138,12 @@ def start(ctx: Context, name: str) -> Response:
     return empty(202, _session_headers(name, status))
 
 
-def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
-    """The offset a chunk claims via Content-Range, or -1 for "append at the end"."""
+def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> tuple[int, int | None]:
+    """The offset a chunk claims via Content-Range (-1 for "append at the end"), and the length
+    the range declares (None without one)."""
     header = request.headers.get("Content-Range")
     if not header:
-        return -1
+        return -1, None
     found = _CONTENT_RANGE_RE.match(header.strip())
     if not found:
         raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {header[:100]!r}")
@@ -152,13 +153,27 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> int:
         status = ctx.clients.blobs.get_upload(name, upload_id)
         raise RegistryError(BLOB_UPLOAD_INVALID, "Content-Range does not match the body",
                             headers=_session_headers(name, status), http_status=416)
-    return first
+    return first, last - first + 1
+
+
+def _as_declared(pieces: Iterable[bytes | bytearray], declared: int) -> Iterator[bytes | bytearray]:
+    """A body of unknown length (chunked) held to the length its Content-Range declares, which
+    only its end can show: a piece past it is not sent on, and the request fails as a range that
+    does not match (what came before it stays stored, as after any failure part-way)."""
+    received = 0
+    for piece in pieces:
+        received += len(piece)
+        if received > declared:
+            raise RegistryError(RANGE_INVALID, "the body is longer than its Content-Range")
+        yield piece
+    if received != declared:
+        raise RegistryError(RANGE_INVALID, "the body is shorter than its Content-Range")
 
 
 def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "",
             held: Held | None = None, body_read: bytes | None = None) -> bpb.AppendResponse:
     """Appends the request's body (``body_read``: already read whole), committing with ``commit_digest``."""
-    offset = _offset_from_content_range(ctx, name, upload_id)
+    offset, declared = _offset_from_content_range(ctx, name, upload_id)
     try:
         if held is not None:
             held.up_front()
@@ -166,8 +181,10 @@ def _append(ctx: Context, name: str, upload_id: str, commit_digest: str = "",
             if whole is not None:
                 return ctx.clients.blobs.append_single(name, upload_id, offset, whole, commit_digest)
         with request_body() as body:
-            return ctx.clients.blobs.append(name, upload_id, offset, held.pieces(body) if held else body,
-                                            commit_digest)
+            pieces: Iterable[bytes | bytearray] = held.pieces(body) if held else body
+            if declared is not None and request.content_length is None:
+                pieces = _as_declared(pieces, declared)
+            return ctx.clients.blobs.append(name, upload_id, offset, pieces, commit_digest)
     except RegistryError as err:
         if err.error is RANGE_INVALID:
             status = ctx.clients.blobs.get_upload(name, upload_id)
