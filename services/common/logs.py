@@ -38,6 +38,23 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    sys.unraisablehook = _unraisable
+
+
+def _unraisable(info: sys.UnraisableHookArgs) -> None:
+    """An exception Python could not raise (one in a finalizer) as one JSON line, written without
+    the logging module: Python's own hook printed a plain-text traceback. Under gevent a worker's
+    exit finalizes its greenlets, and a finalizer that then asks for the current thread (the
+    logging module's, gRPC's) gets "greenlet is being finalized": noise of the exit, left out."""
+    if isinstance(info.exc_value, RuntimeError) and "greenlet is being finalized" in str(info.exc_value):
+        return
+    with contextlib.suppress(Exception):
+        now = time.time()
+        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+                 "level": "warning", "logger": "wharf", "msg": "exception not raised",
+                 "error": f"{info.exc_type.__name__}: {info.exc_value}"[:500],
+                 "where": (info.err_msg or repr(info.object))[:300]}
+        os.write(2, (json.dumps(entry, default=str) + "\n").encode())
 
 
 class AccessLog:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import types
 from collections.abc import Iterator
 
 import pytest
 from gunicorn.config import Config
 
 from services.api.server_log import GatewayLog
+from services.common import logs
 from services.common.logs import JsonFormatter
 
 
@@ -55,3 +58,27 @@ def test_a_request_gunicorn_could_not_parse_is_logged_at_debug_only(lines: io.St
     assert lines.getvalue() == ""
     _logger("debug").warning(quoted)
     assert json.loads(lines.getvalue())["level"] == "debug"
+
+
+
+def test_an_exception_python_cannot_raise_is_one_json_line(capfd: pytest.CaptureFixture[str]) -> None:
+    """A finalizer's exception, as Python's default hook would print it in plain text; gevent's
+    "greenlet is being finalized" at a worker's exit is left out."""
+    hook, root = sys.unraisablehook, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure("info")
+
+        class Finalized:
+            def __del__(self) -> None:
+                raise ValueError("boom")
+
+        Finalized()
+        [line] = [json.loads(text) for text in capfd.readouterr().err.splitlines() if text]
+        assert line["level"] == "warning" and line["error"] == "ValueError: boom"
+        sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, object=None, err_msg=None, exc_traceback=None,
+                                                 exc_value=RuntimeError("greenlet is being finalized")))
+        assert capfd.readouterr().err == ""
+    finally:
+        sys.unraisablehook = hook
+        root.handlers[:], root.level = handlers, level
