@@ -59,7 +59,9 @@ class Claims:
 
     def was_refused(self, scope: Scope) -> bool:
         """True when the token's request asked for a needed action and the auth service said no."""
-        return bool(self.refused.get((scope.type, scope.name), frozenset()) & set(scope.actions))
+        refused = self.refused.get((scope.type, scope.name), frozenset())
+        # "*" refused: nothing at all was given (tokens signed before the auth service named each action).
+        return "*" in refused or bool(refused & set(scope.actions))
 
 
 class KeyCache:

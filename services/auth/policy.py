@@ -101,8 +101,15 @@ def refused(requested: Iterable[Scope], granted: Iterable[Scope]) -> list[Scope]
     out: list[Scope] = []
     for scope in requested:
         have = given.get((scope.type, scope.name), set())
-        # "*" counts as refused only when nothing at all was granted.
-        missing = tuple(a for a in scope.actions if a not in have and (a != "*" or not have))
+        if scope.type == scopes.REPOSITORY:
+            # Only actions there are (a name the client made up would only grow the token), and a
+            # "*" stands for each of them: a DELETE after "*" got pull and push alone is refused
+            # (403), as it is after asking for "delete" by name.
+            asked = ALL_ACTIONS if "*" in scope.actions else set(scope.actions)
+            missing = tuple(a for a in scopes.ACTIONS if a in asked and a not in have)
+        else:
+            # A registry scope's one action is "*": refused only when nothing was granted.
+            missing = ("*",) if "*" in scope.actions and not have else ()
         if missing:
             out.append(Scope(scope.type, scope.name, missing))
     return out

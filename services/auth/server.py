@@ -171,7 +171,8 @@ class AuthServicer(pb_grpc.AuthServicer):
                                                    "client_id": peers.printable(request.client_id),
                                                    "access": [str(s) for s in access]}})
         answer = pb.IssueTokenResponse(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at,
-                                       refresh_token=refresh, subject=principal.name)
+                                       refresh_token=refresh, subject=principal.name,
+                                       scopes=[str(s) for s in access if s.actions])
         return answer, "anonymous" if principal.anonymous else principal.kind
 
     def _new_refresh_token(self, account: str, backend: str) -> str:

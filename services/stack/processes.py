@@ -102,8 +102,10 @@ def start_redis(directory: pathlib.Path, env: Mapping[str, str], deadline: float
     mode, an append-only file in ``directory`` and no RDB snapshots; its log (a banner and
     start-up warnings) goes to ``redis.log`` there, not to the terminal. The runner fsyncs every
     write, so an acknowledged push survives a crash; tests may trade that for speed
-    (``appendfsync="everysec"``). Returns the process and its URL once it answers."""
+    (``appendfsync="everysec"``). Returns the process and its URL once it answers. The directory
+    is the owner's alone: the append-only file holds password hashes (Redis writes it 0644)."""
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
     port = port or free_port()
     argv = [redis_binary(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
             "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--protected-mode", "yes",

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from urllib.parse import urlsplit
 
@@ -60,6 +61,9 @@ def new_session(token: str = "", refresh: str = "") -> Session:
     return Session(secrets.token_urlsafe(24), token, refresh)
 
 
+_PRINTABLE = re.compile(r"[\x21-\x7e]*")
+
+
 def read_session(request: Request) -> Session | None:
     """The request's session, or None when it has none (or a malformed one)."""
     value = request.cookies.get(COOKIE, "")
@@ -70,6 +74,10 @@ def read_session(request: Request) -> Session | None:
     except (ValueError, binascii.Error):
         return None
     if not isinstance(fields, dict) or not all(isinstance(fields.get(k, ""), str) for k in ("sid", "t", "r")):
+        return None
+    # Ids and tokens are printable ASCII: anything else (a lone surrogate JSON allows, which no
+    # encoder takes) made every page a 500 for whoever holds the cookie.
+    if not all(_PRINTABLE.fullmatch(fields.get(k, "")) for k in ("sid", "t", "r")):
         return None
     if len(fields.get("sid", "")) < 16:
         return None

@@ -97,6 +97,8 @@ def test_token_mode_without_a_password_generates_one_that_wharf_admin_finds(
     stack = start_stack(env={"WHARF_AUTH": "token", "WHARF_BCRYPT_ROUNDS": "4"})
     generated = stack.data_dir / "admin-password"
     assert generated.stat().st_mode & 0o777 == 0o600 and len(generated.read_text().strip()) >= 32
+    # Redis's append-only file holds the password hashes: its directory is the owner's alone.
+    assert (stack.data_dir / "redis").stat().st_mode & 0o777 == 0o700
     assert str(generated) in stack.log_path.read_text()
     env = {k: v for k, v in os.environ.items() if k != "WHARF_ADMIN_PASSWORD"}
     env["WHARF_DATA_DIR"] = str(stack.data_dir)

@@ -184,6 +184,19 @@ def test_oauth_password_grant_issues_refresh_token(secure: RunningStack) -> None
     assert body["refresh_token"] and claims(body["access_token"])["access"][0]["actions"] == ["pull", "push"]
 
 
+
+def test_the_oauth_answer_names_what_was_granted_and_a_star_refused_in_part_is_403(secure: RunningStack) -> None:
+    """The "scope" of the OAuth answer is the granted subset (RFC 6749, 5.1), not the request
+    echoed back; a "*" granted in part refuses the rest by name, so a DELETE gets 403 DENIED
+    (asking again would not help), not 401."""
+    form = {"grant_type": "password", "username": "ci-bot", "password": PASSWORDS["ci-bot"], "service": "wharf",
+            "client_id": "probe", "scope": "repository:team/app:* repository:alice/private:pull"}
+    body = requests.post(f"{secure.url}/token", data=form, timeout=10).json()
+    assert body["scope"] == "repository:team/app:pull,push"
+    deleted = requests.delete(f"{secure.url}/v2/team/app/manifests/{digests.of(b'x')}",
+                              headers=bearer(body["access_token"]), timeout=10)
+    assert deleted.status_code == 403 and deleted.json()["errors"][0]["code"] == "DENIED"
+
 def test_a_refused_login_at_the_token_endpoint_carries_a_challenge(secure: RunningStack) -> None:
     """Found by the API fuzzer: /token answered 401 without WWW-Authenticate, which RFC 9110 requires."""
     challenge = 'Basic realm="wharf", charset="UTF-8"'

@@ -149,3 +149,18 @@ def test_only_admins_are_granted_the_admin_scope() -> None:
         assert grant(principal, ("**",), wanted)[0].actions == ()
     # Only "*" is granted, and only when "*" is asked for.
     assert grant(ADMIN, (), [Scope(scopes.REGISTRY, scopes.ADMIN, ("pull",))])[0].actions == ()
+
+
+def test_what_was_refused_names_real_actions_and_a_star_stands_for_each() -> None:
+    """A "*" partly granted refuses the rest by name (a DELETE then gets 403, not 401); actions the
+    client made up are never signed into the token (they only grew it: 63 KB from 32 scopes)."""
+    from services.auth.policy import refused
+
+    made_up = tuple(f"a{i:03d}" for i in range(195))
+    asked = [Scope("repository", "team/app", ("*",)), Scope("repository", "alice/app", ("*",)),
+             Scope("repository", "bob/x", ("pull", *made_up)), Scope("registry", "catalog", ("*",))]
+    given = [Scope("repository", "team/app", ("pull", "push")), Scope("repository", "alice/app", ()),
+             Scope("repository", "bob/x", ("pull",)), Scope("registry", "catalog", ())]
+    assert refused(asked, given) == [Scope("repository", "team/app", ("delete",)),
+                                     Scope("repository", "alice/app", ("pull", "push", "delete")),
+                                     Scope("registry", "catalog", ("*",))]

@@ -38,6 +38,9 @@ def test_a_session_survives_its_own_cookie() -> None:
     _encoded("a string"), _encoded(None), _encoded({"sid": 5}), _encoded({"sid": "s" * 20, "t": ["x"]}),
     _encoded({"sid": "s" * 20, "r": {"x": 1}}), _encoded({"sid": "short"}), _encoded({"t": "token only"}),
     _encoded({"sid": "s" * 5000}), "A" * 10_000, _encoded({"sid": "s" * 20}) + "\u2603",
+    # A lone surrogate (JSON allows it, no encoder takes it): every page was a 500.
+    _encoded({"sid": "\ud800" + "a" * 20}), _encoded({"sid": "a" * 20, "t": "\ud800x", "r": "y"}),
+    _encoded({"sid": "a" * 20, "r": "\udfff"}), _encoded({"sid": "a" * 20 + " b"}),
 ])
 def test_a_hostile_cookie_is_no_session(cookie: str) -> None:
     assert _read(cookie) is None

@@ -45,7 +45,7 @@ def _issue(ctx: Context, message: apb.IssueTokenRequest, oauth: bool) -> Respons
     if issued.refresh_token:
         body["refresh_token"] = issued.refresh_token
     if oauth:
-        body["scope"] = " ".join(message.scopes)
+        body["scope"] = " ".join(issued.scopes)  # what was granted, not what was asked (RFC 6749, 5.1)
     return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 

@@ -47,18 +47,20 @@ class IssueTokenRequest(_message.Message):
     def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., refresh_token: _Optional[str] = ..., service: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., offline: _Optional[bool] = ..., client_address: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class IssueTokenResponse(_message.Message):
-    __slots__ = ("token", "expires_in", "issued_at", "refresh_token", "subject")
+    __slots__ = ("token", "expires_in", "issued_at", "refresh_token", "subject", "scopes")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     REFRESH_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
     token: str
     expires_in: int
     issued_at: str
     refresh_token: str
     subject: str
-    def __init__(self, token: _Optional[str] = ..., expires_in: _Optional[int] = ..., issued_at: _Optional[str] = ..., refresh_token: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, token: _Optional[str] = ..., expires_in: _Optional[int] = ..., issued_at: _Optional[str] = ..., refresh_token: _Optional[str] = ..., subject: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FilterRepositoriesRequest(_message.Message):
     __slots__ = ("account", "repositories")
