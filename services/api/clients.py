@@ -370,6 +370,9 @@ class AuthClient:
         request = apb.FilterRepositoriesRequest(account=account, repositories=repositories)
         return list(self._c.unary("FilterRepositories", request).repositories)
 
+    def revoke_refresh_token(self, refresh_token: str) -> None:
+        self._c.unary("RevokeRefreshToken", apb.RevokeRefreshTokenRequest(refresh_token=refresh_token))
+
 
 class GovernanceClient:
     """Governance calls (protos/wharf/governance/v1), served by the metadata service."""

@@ -224,6 +224,17 @@ class AccountStore:
             raise RegistryError(UNAUTHORIZED, REFRESH_REFUSED)
         return text(account), text(backend)
 
+    def revoke_refresh_token(self, token: str) -> int:
+        """Ends one refresh token (1; 0 when it was not valid): the web UI's sign-out."""
+        token_id = hashlib.sha256(token.encode()).hexdigest()
+        account = self._r.hget(keys.refresh(token_id), "account")
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.refresh(token_id))
+            if account is not None:
+                pipe.srem(keys.refresh_of(text(account)), token_id)
+            deleted = pipe.execute()[0]
+        return int(deleted)
+
     def revoke_refresh_tokens(self, name: str) -> int:
         ids = [text(i) for i in self._r.smembers(keys.refresh_of(name))]
         with self._r.pipeline(transaction=True) as pipe:

@@ -252,6 +252,14 @@ class AuthServicer(pb_grpc.AuthServicer):
                             lambda _: pb.RevokeRefreshTokensResponse(
                                 revoked=self._store.revoke_refresh_tokens(request.name)))
 
+    def RevokeRefreshToken(self, request: pb.RevokeRefreshTokenRequest,
+                           context: grpc.ServicerContext) -> pb.RevokeRefreshTokensResponse:
+        """No admin needed: the caller holds the token it ends (a bounded one: a valid token is
+        ~43 characters, and anything longer is no token of ours)."""
+        if not request.refresh_token or len(request.refresh_token) > 256:
+            return pb.RevokeRefreshTokensResponse(revoked=0)
+        return pb.RevokeRefreshTokensResponse(revoked=self._store.revoke_refresh_token(request.refresh_token))
+
     def RotateSigningKey(self, request: pb.RotateSigningKeyRequest,
                          context: grpc.ServicerContext) -> pb.ListPublicKeysResponse:
         def rotate(_: Principal) -> pb.ListPublicKeysResponse:

@@ -8,6 +8,7 @@ delete made, checked with ``Authorizer.grants`` exactly as a request to the API 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -326,7 +327,13 @@ def login(ctx: Context, visitor: Visitor) -> Response:
 
 @page
 def logout(ctx: Context, visitor: Visitor) -> Response:
+    """Signing out ends the session's refresh token in the auth service, not only the browser's
+    cookie: a copy of the cookie (a shared machine, a proxy's log) is signed out too. Its access
+    token lapses by itself, within WHARF_TOKEN_TTL."""
     _check_post(ctx, visitor)
+    if visitor.session.refresh:
+        with contextlib.suppress(RegistryError):  # the auth service away: the cookie goes all the same
+            ctx.clients.auth.revoke_refresh_token(visitor.session.refresh)
     response = _redirect("/ui/login" if ctx.authorizer.issues_tokens else "/")
     sessions.clear_cookie(response, _secure(ctx))
     return response

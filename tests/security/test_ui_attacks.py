@@ -131,3 +131,25 @@ def test_forged_and_planted_cookies_speak_for_nobody(stack: RunningStack) -> Non
     assert browser.cookies.get("wharf_ui") != planted
     set_cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+
+
+def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(stack: RunningStack) -> None:
+    """Sign-out ended only the browser's cookie: a copy of it (a shared machine, a proxy's log)
+    stayed signed in for the refresh token's 30 days, renewing its access token at will."""
+    browser, _ = _signed_in(stack)
+    cookie = browser.cookies.get("wharf_ui")
+    assert cookie
+    fields = json.loads(base64.urlsafe_b64decode(cookie + "=" * (-len(cookie) % 4)))
+    home = browser.get(f"{stack.url}/", timeout=10)
+    answer = browser.post(f"{stack.url}/ui/logout", data={"csrf": _csrf(home)}, headers={"Origin": stack.url},
+                          allow_redirects=False, timeout=10)
+    assert answer.status_code in (302, 303), answer.text
+    refreshed = requests.post(f"{stack.url}/token", data={"grant_type": "refresh_token", "service": "wharf",
+                                                           "refresh_token": fields["r"], "client_id": "copy"},
+                              timeout=10)
+    assert refreshed.status_code == 401, refreshed.text
+    # The copy with its access token spoilt must renew it, and cannot any more.
+    spoilt = base64.urlsafe_b64encode(json.dumps({**fields, "t": "expired.or.garbage"}).encode()).decode()
+    page = requests.get(f"{stack.url}/ui/repository", params={"name": f"{USER}/app"}, timeout=10,
+                        cookies={"wharf_ui": spoilt.rstrip("=")})
+    assert "Sign out" not in page.text

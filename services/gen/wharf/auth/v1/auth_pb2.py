@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%services/gen/wharf/auth/v1/auth.proto\x12\rwharf.auth.v1\"\x17\n\x15ListPublicKeysRequest\"8\n\tPublicKey\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x0b\n\x03pem\x18\x03 \x01(\t\"@\n\x16ListPublicKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.wharf.auth.v1.PublicKey\"\xab\x01\n\x11IssueTokenRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x0f\n\x07offline\x18\x06 \x01(\x08\x12\x16\n\x0e\x63lient_address\x18\x07 \x01(\t\x12\x11\n\tclient_id\x18\x08 \x01(\t\"\x82\x01\n\x12IssueTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x03\x12\x11\n\tissued_at\x18\x03 \x01(\t\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0e\n\x06scopes\x18\x06 \x03(\t\"B\n\x19\x46ilterRepositoriesRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x14\n\x0crepositories\x18\x02 \x03(\t\"2\n\x1a\x46ilterRepositoriesResponse\x12\x14\n\x0crepositories\x18\x01 \x03(\t\")\n\x05Grant\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\"n\n\x07\x41\x63\x63ount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12$\n\x06grants\x18\x04 \x03(\x0b\x32\x14.wharf.auth.v1.Grant\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\"S\n\x14\x43reateAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\"4\n\x12SetPasswordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x1a\n\nAccountRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteAccountResponse\"\x15\n\x13ListAccountsRequest\"@\n\x14ListAccountsResponse\x12(\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x16.wharf.auth.v1.Account\"A\n\x0cGrantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05grant\x18\x02 \x01(\x0b\x32\x14.wharf.auth.v1.Grant\".\n\rRevokeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07pattern\x18\x02 \x01(\t\"7\n\x14SetVisibilityRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\x08\"\x17\n\x15SetVisibilityResponse\"\x13\n\x11ListPublicRequest\"&\n\x12ListPublicResponse\x12\x10\n\x08patterns\x18\x01 \x03(\t\".\n\x1bRevokeRefreshTokensResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x05\"\x19\n\x17RotateSigningKeyRequest2\xd4\x08\n\x04\x41uth\x12]\n\x0eListPublicKeys\x12$.wharf.auth.v1.ListPublicKeysRequest\x1a%.wharf.auth.v1.ListPublicKeysResponse\x12Q\n\nIssueToken\x12 .wharf.auth.v1.IssueTokenRequest\x1a!.wharf.auth.v1.IssueTokenResponse\x12i\n\x12\x46ilterRepositories\x12(.wharf.auth.v1.FilterRepositoriesRequest\x1a).wharf.auth.v1.FilterRepositoriesResponse\x12L\n\rCreateAccount\x12#.wharf.auth.v1.CreateAccountRequest\x1a\x16.wharf.auth.v1.Account\x12H\n\x0bSetPassword\x12!.wharf.auth.v1.SetPasswordRequest\x1a\x16.wharf.auth.v1.Account\x12P\n\rDeleteAccount\x12\x19.wharf.auth.v1.AccountRef\x1a$.wharf.auth.v1.DeleteAccountResponse\x12W\n\x0cListAccounts\x12\".wharf.auth.v1.ListAccountsRequest\x1a#.wharf.auth.v1.ListAccountsResponse\x12<\n\x05Grant\x12\x1b.wharf.auth.v1.GrantRequest\x1a\x16.wharf.auth.v1.Account\x12>\n\x06Revoke\x12\x1c.wharf.auth.v1.RevokeRequest\x1a\x16.wharf.auth.v1.Account\x12Z\n\rSetVisibility\x12#.wharf.auth.v1.SetVisibilityRequest\x1a$.wharf.auth.v1.SetVisibilityResponse\x12Q\n\nListPublic\x12 .wharf.auth.v1.ListPublicRequest\x1a!.wharf.auth.v1.ListPublicResponse\x12\\\n\x13RevokeRefreshTokens\x12\x19.wharf.auth.v1.AccountRef\x1a*.wharf.auth.v1.RevokeRefreshTokensResponse\x12\x61\n\x10RotateSigningKey\x12&.wharf.auth.v1.RotateSigningKeyRequest\x1a%.wharf.auth.v1.ListPublicKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%services/gen/wharf/auth/v1/auth.proto\x12\rwharf.auth.v1\"\x17\n\x15ListPublicKeysRequest\"8\n\tPublicKey\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x0b\n\x03pem\x18\x03 \x01(\t\"@\n\x16ListPublicKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.wharf.auth.v1.PublicKey\"\xab\x01\n\x11IssueTokenRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x0f\n\x07offline\x18\x06 \x01(\x08\x12\x16\n\x0e\x63lient_address\x18\x07 \x01(\t\x12\x11\n\tclient_id\x18\x08 \x01(\t\"\x82\x01\n\x12IssueTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x03\x12\x11\n\tissued_at\x18\x03 \x01(\t\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0e\n\x06scopes\x18\x06 \x03(\t\"B\n\x19\x46ilterRepositoriesRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x14\n\x0crepositories\x18\x02 \x03(\t\"2\n\x1a\x46ilterRepositoriesResponse\x12\x14\n\x0crepositories\x18\x01 \x03(\t\")\n\x05Grant\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\"n\n\x07\x41\x63\x63ount\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12$\n\x06grants\x18\x04 \x03(\x0b\x32\x14.wharf.auth.v1.Grant\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\"S\n\x14\x43reateAccountRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\"4\n\x12SetPasswordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x1a\n\nAccountRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x19RevokeRefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteAccountResponse\"\x15\n\x13ListAccountsRequest\"@\n\x14ListAccountsResponse\x12(\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x16.wharf.auth.v1.Account\"A\n\x0cGrantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05grant\x18\x02 \x01(\x0b\x32\x14.wharf.auth.v1.Grant\".\n\rRevokeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07pattern\x18\x02 \x01(\t\"7\n\x14SetVisibilityRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\x08\"\x17\n\x15SetVisibilityResponse\"\x13\n\x11ListPublicRequest\"&\n\x12ListPublicResponse\x12\x10\n\x08patterns\x18\x01 \x03(\t\".\n\x1bRevokeRefreshTokensResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x05\"\x19\n\x17RotateSigningKeyRequest2\xc0\t\n\x04\x41uth\x12]\n\x0eListPublicKeys\x12$.wharf.auth.v1.ListPublicKeysRequest\x1a%.wharf.auth.v1.ListPublicKeysResponse\x12Q\n\nIssueToken\x12 .wharf.auth.v1.IssueTokenRequest\x1a!.wharf.auth.v1.IssueTokenResponse\x12i\n\x12\x46ilterRepositories\x12(.wharf.auth.v1.FilterRepositoriesRequest\x1a).wharf.auth.v1.FilterRepositoriesResponse\x12L\n\rCreateAccount\x12#.wharf.auth.v1.CreateAccountRequest\x1a\x16.wharf.auth.v1.Account\x12H\n\x0bSetPassword\x12!.wharf.auth.v1.SetPasswordRequest\x1a\x16.wharf.auth.v1.Account\x12P\n\rDeleteAccount\x12\x19.wharf.auth.v1.AccountRef\x1a$.wharf.auth.v1.DeleteAccountResponse\x12W\n\x0cListAccounts\x12\".wharf.auth.v1.ListAccountsRequest\x1a#.wharf.auth.v1.ListAccountsResponse\x12<\n\x05Grant\x12\x1b.wharf.auth.v1.GrantRequest\x1a\x16.wharf.auth.v1.Account\x12>\n\x06Revoke\x12\x1c.wharf.auth.v1.RevokeRequest\x1a\x16.wharf.auth.v1.Account\x12Z\n\rSetVisibility\x12#.wharf.auth.v1.SetVisibilityRequest\x1a$.wharf.auth.v1.SetVisibilityResponse\x12Q\n\nListPublic\x12 .wharf.auth.v1.ListPublicRequest\x1a!.wharf.auth.v1.ListPublicResponse\x12\\\n\x13RevokeRefreshTokens\x12\x19.wharf.auth.v1.AccountRef\x1a*.wharf.auth.v1.RevokeRefreshTokensResponse\x12j\n\x12RevokeRefreshToken\x12(.wharf.auth.v1.RevokeRefreshTokenRequest\x1a*.wharf.auth.v1.RevokeRefreshTokensResponse\x12\x61\n\x10RotateSigningKey\x12&.wharf.auth.v1.RotateSigningKeyRequest\x1a%.wharf.auth.v1.ListPublicKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,28 +55,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETPASSWORDREQUEST']._serialized_end=924
   _globals['_ACCOUNTREF']._serialized_start=926
   _globals['_ACCOUNTREF']._serialized_end=952
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=954
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=977
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=979
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1000
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1002
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1066
-  _globals['_GRANTREQUEST']._serialized_start=1068
-  _globals['_GRANTREQUEST']._serialized_end=1133
-  _globals['_REVOKEREQUEST']._serialized_start=1135
-  _globals['_REVOKEREQUEST']._serialized_end=1181
-  _globals['_SETVISIBILITYREQUEST']._serialized_start=1183
-  _globals['_SETVISIBILITYREQUEST']._serialized_end=1238
-  _globals['_SETVISIBILITYRESPONSE']._serialized_start=1240
-  _globals['_SETVISIBILITYRESPONSE']._serialized_end=1263
-  _globals['_LISTPUBLICREQUEST']._serialized_start=1265
-  _globals['_LISTPUBLICREQUEST']._serialized_end=1284
-  _globals['_LISTPUBLICRESPONSE']._serialized_start=1286
-  _globals['_LISTPUBLICRESPONSE']._serialized_end=1324
-  _globals['_REVOKEREFRESHTOKENSRESPONSE']._serialized_start=1326
-  _globals['_REVOKEREFRESHTOKENSRESPONSE']._serialized_end=1372
-  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=1374
-  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=1399
-  _globals['_AUTH']._serialized_start=1402
-  _globals['_AUTH']._serialized_end=2510
+  _globals['_REVOKEREFRESHTOKENREQUEST']._serialized_start=954
+  _globals['_REVOKEREFRESHTOKENREQUEST']._serialized_end=1004
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1006
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=1029
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1031
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1052
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1054
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1118
+  _globals['_GRANTREQUEST']._serialized_start=1120
+  _globals['_GRANTREQUEST']._serialized_end=1185
+  _globals['_REVOKEREQUEST']._serialized_start=1187
+  _globals['_REVOKEREQUEST']._serialized_end=1233
+  _globals['_SETVISIBILITYREQUEST']._serialized_start=1235
+  _globals['_SETVISIBILITYREQUEST']._serialized_end=1290
+  _globals['_SETVISIBILITYRESPONSE']._serialized_start=1292
+  _globals['_SETVISIBILITYRESPONSE']._serialized_end=1315
+  _globals['_LISTPUBLICREQUEST']._serialized_start=1317
+  _globals['_LISTPUBLICREQUEST']._serialized_end=1336
+  _globals['_LISTPUBLICRESPONSE']._serialized_start=1338
+  _globals['_LISTPUBLICRESPONSE']._serialized_end=1376
+  _globals['_REVOKEREFRESHTOKENSRESPONSE']._serialized_start=1378
+  _globals['_REVOKEREFRESHTOKENSRESPONSE']._serialized_end=1424
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=1426
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=1451
+  _globals['_AUTH']._serialized_start=1454
+  _globals['_AUTH']._serialized_end=2670
 # @@protoc_insertion_point(module_scope)

@@ -124,6 +124,12 @@ class AccountRef(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class RevokeRefreshTokenRequest(_message.Message):
+    __slots__ = ("refresh_token",)
+    REFRESH_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    refresh_token: str
+    def __init__(self, refresh_token: _Optional[str] = ...) -> None: ...
+
 class DeleteAccountResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

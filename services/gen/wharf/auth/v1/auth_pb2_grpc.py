@@ -94,6 +94,11 @@ class AuthStub:
                 request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.SerializeToString,
                 response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.FromString,
                 _registered_method=True)
+        self.RevokeRefreshToken = channel.unary_unary(
+                '/wharf.auth.v1.Auth/RevokeRefreshToken',
+                request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokenRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.FromString,
+                _registered_method=True)
         self.RotateSigningKey = channel.unary_unary(
                 '/wharf.auth.v1.Auth/RotateSigningKey',
                 request_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.SerializeToString,
@@ -180,6 +185,14 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeRefreshToken(self, request, context):
+        """Ends one refresh token, given the token itself (holding it is the right to end it, as in
+        RFC 7009): the web UI's sign-out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RotateSigningKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -247,6 +260,11 @@ def add_AuthServicer_to_server(servicer, server):
             'RevokeRefreshTokens': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeRefreshTokens,
                     request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.FromString,
+                    response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.SerializeToString,
+            ),
+            'RevokeRefreshToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeRefreshToken,
+                    request_deserializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokenRequest.FromString,
                     response_serializer=services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.SerializeToString,
             ),
             'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
@@ -578,6 +596,33 @@ class Auth:
             target,
             '/wharf.auth.v1.Auth/RevokeRefreshTokens',
             services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.AccountRef.SerializeToString,
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeRefreshToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wharf.auth.v1.Auth/RevokeRefreshToken',
+            services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokenRequest.SerializeToString,
             services_dot_gen_dot_wharf_dot_auth_dot_v1_dot_auth__pb2.RevokeRefreshTokensResponse.FromString,
             options,
             channel_credentials,
