@@ -23,7 +23,7 @@ from flask import Response, g, request
 
 from services.common import digests, scopes
 from services.common.errors import DENIED, NAME_INVALID, UNAUTHORIZED, RegistryError
-from services.common.names import is_valid_name, validate_tag
+from services.common.names import is_valid_name, is_valid_tag, validate_tag
 from services.common.scopes import Scope
 from services.common.yaml_section import human_size
 from services.gen.wharf.auth.v1 import auth_pb2 as apb
@@ -138,7 +138,10 @@ def page(view: Callable[..., Response]) -> Callable[..., Response]:
         except RegistryError as err:
             g.error_code = err.error.code  # for the audit record of a form post (services/api/audit.py)
             status = err.http_status if err.http_status in _TITLES else 500
-            return _error(ctx, visitor, status, _TITLES.get(status, "Error"), err.message)
+            answer = _error(ctx, visitor, status, _TITLES.get(status, "Error"), err.message)
+            if "Retry-After" in err.headers:  # a throttled sign-in or a registry busy: when to try again
+                answer.headers["Retry-After"] = err.headers["Retry-After"]
+            return answer
         except Exception:
             log.exception("a web UI page failed", extra={"fields": {"request_id": g.get("request_id")}})
             return _error(ctx, visitor, 500, "Error", "something went wrong; the log has the details")
@@ -147,6 +150,18 @@ def page(view: Callable[..., Response]) -> Callable[..., Response]:
 
 def argument(name: str, default: str = "") -> str:
     return request.values.get(name, default)[:_QUERY_MAX]
+
+
+def _deleted_reference() -> str:
+    """The tag or digest a delete just took (the delete's redirect names it); anything else is
+    not shown, so a crafted link cannot put a message of its choosing on the page."""
+    reference = argument("deleted")
+    if is_valid_tag(reference):
+        return reference
+    try:
+        return digests.validate(reference)
+    except RegistryError:
+        return ""
 
 
 def _repository_argument() -> str:
@@ -223,7 +238,7 @@ def repository(ctx: Context, visitor: Visitor) -> Response:
     next_after = listed.names[-1] if listed.more and listed.names else ""
     return render(ctx, visitor, "repository.html", name=name, rows=rows, rights=rights, order=order,
                    filter=argument("filter"), next_after=next_after, host=_registry_host(ctx),
-                   deleted=argument("deleted"))
+                   deleted=_deleted_reference())
 
 
 # -- an image or index -------------------------------------------------------------------------

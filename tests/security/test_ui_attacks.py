@@ -153,3 +153,22 @@ def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(stack: Runnin
     page = requests.get(f"{stack.url}/ui/repository", params={"name": f"{USER}/app"}, timeout=10,
                         cookies={"wharf_ui": spoilt.rstrip("=")})
     assert "Sign out" not in page.text
+
+
+def test_a_crafted_deleted_message_is_not_shown_and_a_throttled_sign_in_says_when_to_retry(
+        stack: RunningStack) -> None:
+    browser, _ = _signed_in(stack)
+    crafted = "Your account is suspended: call 555-0100"
+    page = browser.get(f"{stack.url}/ui/repository", params={"name": f"{USER}/app", "deleted": crafted}, timeout=10)
+    assert page.status_code == 200 and "555-0100" not in page.text
+    shown = browser.get(f"{stack.url}/ui/repository", params={"name": f"{USER}/app", "deleted": "v1"}, timeout=10)
+    assert "v1" in shown.text
+    guesser = requests.Session()
+    for _ in range(12):
+        form = guesser.get(f"{stack.url}/ui/login", timeout=10)
+        answer = guesser.post(f"{stack.url}/ui/login", data={"csrf": _csrf(form), "username": "nobody-here",
+                                                              "password": "wrong-guess"},
+                              headers={"Origin": stack.url}, allow_redirects=False, timeout=10)
+        if answer.status_code == 429:
+            break
+    assert answer.status_code == 429 and int(answer.headers["Retry-After"]) > 0
