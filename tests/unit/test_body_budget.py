@@ -33,8 +33,13 @@ def test_waiters_are_served_in_order_and_a_large_one_is_not_passed_over() -> Non
     small = _taking(budget, 10, never, order)  # 20 are free, but the large one came first
     small.join(0.3)
     assert order == [] and small.is_alive()
-    budget.give(80)
+    # Room for the large one alone (20 + 30): it goes first, and the small one still waits behind
+    # it. (Room for both at once would wake both, and their threads record in either order.)
+    budget.give(30)
     large.join(2)
+    small.join(0.3)
+    assert order == [50] and small.is_alive()
+    budget.give(50)
     small.join(2)
     assert order == [50, 10]
     budget.give(60)
