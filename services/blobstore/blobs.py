@@ -512,16 +512,18 @@ class BlobService:
         # in between started a new session under the cancelled URL, or overwrote the mark with its
         # own info).
         self._mark_ended(upload_id)
-        with self._lock:
-            self._hashes.pop(upload_id, None)
+        self._forget_hash(upload_id)
         self._driver.delete(layout.upload_data_key(upload_id))
         return True
 
     def discard(self, upload_id: str) -> bool:
         """Ends a session; False when it was already gone."""
+        self._forget_hash(upload_id)
+        return self._driver.delete(layout.upload_dir(upload_id))
+
+    def _forget_hash(self, upload_id: str) -> None:
         with self._lock:
             self._hashes.pop(upload_id, None)
-        return self._driver.delete(layout.upload_dir(upload_id))
 
     def put(self, repository: str, digest: str, chunks: Iterable[bytes]) -> Blob:
         digests.parse(digest)

@@ -13,6 +13,11 @@ import time
 from services.common import tracing
 
 
+def _timestamp(seconds: float) -> str:
+    """UTC, to the millisecond, as every log line carries it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -49,9 +54,7 @@ def _unraisable(info: sys.UnraisableHookArgs) -> None:
     if isinstance(info.exc_value, RuntimeError) and "greenlet is being finalized" in str(info.exc_value):
         return
     with contextlib.suppress(Exception):
-        now = time.time()
-        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
-                 "level": "warning", "logger": "wharf", "msg": "exception not raised",
+        entry = {"ts": _timestamp(time.time()), "level": "warning", "logger": "wharf", "msg": "exception not raised",
                  "error": f"{info.exc_type.__name__}: {info.exc_value}"[:500],
                  "where": (info.err_msg or repr(info.object))[:300]}
         os.write(2, (json.dumps(entry, default=str) + "\n").encode())
@@ -73,9 +76,7 @@ class AccessLog:
     def write(self, msg: str, fields: dict[str, object]) -> None:
         if not self._enabled:
             return
-        now = time.time()
-        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
-                 "level": "info", "logger": self._logger, "msg": msg, **fields}
+        entry = {"ts": _timestamp(time.time()), "level": "info", "logger": self._logger, "msg": msg, **fields}
         trace_id = tracing.current_trace_id()
         if trace_id:
             entry["trace_id"] = trace_id

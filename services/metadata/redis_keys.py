@@ -280,6 +280,10 @@ local function account_manifest(p, name, size)
   redis.call('INCRBY', p .. 'usage', size)
   redis.call('INCRBY', ns_prefix(name) .. 'usage', size)
 end
+-- The bytes one upload holds (its entry is "<bytes> <expiry ms>"; 0 for none).
+local function upload_hold(ns, upload_id)
+  return tonumber(string.match(redis.call('HGET', ns .. 'uploads', upload_id) or '', '^(%d+) ') or '0')
+end
 local function held_by_uploads(ns, except, now)
   local total = 0
   local all = redis.call('HGETALL', ns .. 'uploads')
@@ -552,7 +556,7 @@ RESERVE_UPLOAD = _NOW + _USAGE + """
 if not policy_current(ARGV[5]) then return redis.error_reply(STALE) end
 local ns = ns_prefix(ARGV[1])
 local now = now_ms()
-local mine = tonumber(string.match(redis.call('HGET', ns .. 'uploads', ARGV[2]) or '', '^(%d+) ') or '0')
+local mine = upload_hold(ns, ARGV[2])
 local want = mine + tonumber(ARGV[3])
 local usage = tonumber(redis.call('GET', ns .. 'usage') or '0')
 local others = held_by_uploads(ns, ARGV[2], now)
@@ -567,7 +571,7 @@ RELEASE_UPLOAD = _NOW + _USAGE + """
 local ns = ns_prefix(ARGV[1])
 local keep = tonumber(ARGV[3] or '0') or 0
 if keep <= 0 then return redis.call('HDEL', ns .. 'uploads', ARGV[2]) end
-local mine = tonumber(string.match(redis.call('HGET', ns .. 'uploads', ARGV[2]) or '', '^(%d+) ') or '0')
+local mine = upload_hold(ns, ARGV[2])
 if mine > keep then
   redis.call('HSET', ns .. 'uploads', ARGV[2], keep .. ' ' .. (now_ms() + tonumber(ARGV[4])))
 end
