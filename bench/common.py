@@ -249,6 +249,37 @@ def push_image(client: Client, name: str, tag: str, layer: bytes | None = None) 
     return f"sha256:{hashlib.sha256(manifest).hexdigest()}"
 
 
+def manifest_puts(url: str, repository: str, count: int = 600, connections: int = 8) -> float:
+    """``count`` distinct image manifests (one config and one layer, pushed first; each manifest
+    told apart by an annotation) PUT under tags of their own over ``connections`` keep-alive
+    connections, in manifests/s: the last request of every image push."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = Client(url)
+    try:
+        digest = push_image(client, repository, "base")
+        _, body = client.call("GET", f"/v2/{repository}/manifests/{digest}", headers={"Accept": OCI_MANIFEST})
+    finally:
+        client.close()
+    base = json.loads(body)
+    manifests = [json.dumps({**base, "annotations": {"bench.index": str(index), "bench.nonce": os.urandom(8).hex()}})
+                 .encode() for index in range(count)]
+
+    def puts(first: int) -> None:
+        client = Client(url)
+        try:
+            for index in range(first, count, connections):
+                client.call("PUT", f"/v2/{repository}/manifests/t{index}", manifests[index],
+                            {"Content-Type": OCI_MANIFEST}, expect=201)
+        finally:
+            client.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(puts, range(connections)))
+    return count / (time.perf_counter() - started)
+
+
 def run_wrk(url: str, seconds: int, headers: Mapping[str, str] | None = None, strict: bool = False) -> dict[str, float]:
     """``wrk -t2 -c32`` GETs of ``url`` with the OCI manifest Accept header (plus ``headers``).
 

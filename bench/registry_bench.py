@@ -15,7 +15,8 @@ What is measured, one registry after the other (never both at once, the machine 
    ``wrk -t2 -c32`` asks for it by tag with the OCI manifest Accept header. This is the
    per-request cost of the gateway (HTTP + gRPC + Redis) versus one Go process.
 4. small requests: 200 blobs of 64 KiB pushed by 8 threads (POST, then PUT ``?digest=`` with
-   the body: the monolithic upload clients use for small layers), in blobs/s; blob HEAD under
+   the body: the monolithic upload clients use for small layers), in blobs/s, and beside it
+   100 blobs of 1 MiB the same way and 600 manifest PUTs (a tag each) by 8 threads; blob HEAD under
    ``hey -c32`` (wrk cannot read HEAD answers), in req/s; the same small blob's GET under
    ``wrk -c32`` (an image's config, which every node pulling it fetches); and a listing of
    1,000 tags in pages of 100 following ``Link``, in ms (median of 5).
@@ -61,6 +62,7 @@ from common import (
     cell,
     distribution,
     exit_on_sigterm,
+    manifest_puts,
     merge_max,
     print_grid,
     pull,
@@ -112,8 +114,17 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
     # worker's first upload and channels).
     rounds = [small_pushes(server.url, "bench/small{}", SMALL_BLOBS, SMALL_THREADS, SMALL_SIZE)
               for _ in range(args.runs + 1)][1:]
-    result["small_push"] = (max if args.aggregate == "best" else statistics.median)(rounds)
+    aggregate = max if args.aggregate == "best" else statistics.median
+    result["small_push"] = aggregate(rounds)
     log(f"small-blob push {result['small_push']:.0f} blobs/s (rounds: {', '.join(f'{r:.0f}' for r in rounds)})")
+    # Neighbours of the small push: a 1 MiB blob the same way (oras and helm push every blob as
+    # one PUT), and the manifest PUT that ends every image push.
+    rounds = [small_pushes(server.url, "bench/mid{}", MID_BLOBS, SMALL_THREADS, MID_SIZE) for _ in range(args.runs)]
+    result["mid_push"] = aggregate(rounds)
+    log(f"1 MiB blob push {result['mid_push']:.0f} blobs/s")
+    rounds = [manifest_puts(server.url, f"bench/manifests{run}") for run in range(args.runs)]
+    result["manifest_put"] = aggregate(rounds)
+    log(f"manifest PUT {result['manifest_put']:.0f} manifests/s")
     small_url = f"{server.url}/v2/bench/small/blobs/{small_digest(server.url)}"
     result["head"] = run_hey(small_url, args.wrk_seconds)
     log(f"blob HEAD {result['head']:.0f} req/s")
@@ -128,12 +139,12 @@ def measure(server: Server, payloads: list[Payload], args: argparse.Namespace) -
     log(f"small blob GET {result['small_get']['rps']:.0f} req/s")
     result["tags_ms"] = tag_listing_ms(server.url)
     log(f"1,000 tags in pages of 100: {result['tags_ms']:.1f} ms")
-    aggregate = max if args.aggregate == "best" else statistics.median
     result["push"], result["pull"] = aggregate(result["push_mbps"]), aggregate(result["pull_mbps"])
     return result
 
 
 SMALL_BLOBS, SMALL_THREADS, SMALL_SIZE = 200, 8, 64 * 1024
+MID_BLOBS, MID_SIZE = 100, 1024 * 1024
 HEY_MODULE = "github.com/rakyll/hey@v0.1.4"
 
 
@@ -206,6 +217,8 @@ def build_rows(ours: dict[str, Any], theirs: dict[str, Any] | None) -> list[dict
     row("manifest GET req/s", lambda r: r["manifest"]["rps"], ratio_target=1.0)
     row("manifest GET non-2xx + socket errors", lambda r: r["manifest"]["non_2xx"] + r["manifest"]["socket_errors"])
     row("small-blob push (64 KiB, 8 threads) blobs/s", lambda r: r["small_push"], ratio_target=1.0)
+    row("1 MiB blob push (8 threads) blobs/s", lambda r: r["mid_push"])
+    row("manifest PUT, a tag each (8 threads) manifests/s", lambda r: r["manifest_put"])
     row("blob HEAD (hey -c32) req/s", lambda r: r["head"], ratio_target=1.0)
     row("blob HEAD, a fresh connection each (hey -c32 -disable-keepalive) req/s", lambda r: r["head_fresh"])
     row("small blob GET (wrk -c32) req/s", lambda r: r["small_get"]["rps"])

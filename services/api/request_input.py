@@ -272,7 +272,7 @@ def request_body() -> Iterator[BodyPieces]:
 # Bodies up to SMALL_BODY with a Content-Length are read whole and sent to the blob store in
 # one unary call, which costs a fraction of a stream (measured: a 64 KiB PUT 10 -> 6 ms). What
 # such bodies hold at once in a worker is bounded by SMALL_BODY_BUDGET; past it they stream.
-SMALL_BODY = 256 * 1024
+SMALL_BODY = 1024 * 1024
 SMALL_BODY_BUDGET = 16 * 1024 * 1024
 _small_bytes = 0
 
