@@ -52,6 +52,12 @@ log = logging.getLogger("wharf.metadata.invalidation")
 
 
 
+def _retrieved(done: asyncio.Future[None]) -> None:
+    """Marks a round's failure as seen: every writer in it may have given up before it ended."""
+    if not done.cancelled():
+        done.exception()
+
+
 class _Watcher:
     def __init__(self) -> None:
         self.outbox: asyncio.Queue[pb.WatchEvent | None] = asyncio.Queue()
@@ -76,6 +82,10 @@ class InvalidationHub:
         self._live_grantors = client.register_script(keys.LIVE_GRANTORS)
         # Writes waiting for confirmations: message id -> (replicas that confirmed, woken on each).
         self._waiting: dict[str, tuple[set[str], asyncio.Event]] = {}
+        # Group commit of invalidations (``publish``): the round in flight, and the repositories
+        # of the writes that came during it, with the future they wait on, for the next round.
+        self._round: asyncio.Task[None] | None = None
+        self._next: tuple[set[str], asyncio.Future[None]] | None = None
 
     @property
     def watchers(self) -> int:
@@ -205,17 +215,57 @@ class InvalidationHub:
     # -- writers ---------------------------------------------------------------------------
 
     async def publish(self, repositories: Iterable[str]) -> None:
-        """Returns once no gateway can serve what these repositories had before (or on timeout)."""
+        """Returns once no gateway can serve what these repositories had before (or on timeout).
+
+        Writes share rounds, as a database's commits share a log flush: a write that comes while
+        no round is in flight starts one; writes that come during a round join the next, which
+        starts when it ends, for all of them at once. A round is a Redis publish, every replica's
+        fan-out to its gateways and their acks, and the confirmations, whatever the number of
+        repositories in it: eight concurrent manifest pushes made eight rounds, each waking every
+        gateway worker. A write never joins a round in flight, whose message may have gone out
+        before the write was made; so it waits for at most two rounds. A round that fails
+        fails every write in it, as their own publish would have."""
         started = time.monotonic()
         metrics.INVALIDATIONS.inc()
         try:
-            await self._publish(repositories)
+            await asyncio.shield(self._join(repositories))  # a writer giving up leaves the round to the others
         finally:
             metrics.INVALIDATION_WAIT.observe(time.monotonic() - started)
 
-    async def _publish(self, repositories: Iterable[str]) -> None:
+    def _join(self, repositories: Iterable[str]) -> asyncio.Future[None]:
+        if self._next is None:
+            done = asyncio.get_running_loop().create_future()
+            done.add_done_callback(_retrieved)
+            self._next = (set(), done)
+        names, done = self._next
+        names.update(repositories)
+        if self._round is None:
+            self._start_round()
+        return done
+
+    def _start_round(self) -> None:
+        assert self._next is not None
+        names, done = self._next
+        self._next = None
+        self._round = asyncio.create_task(self._run_round(names, done))
+
+    async def _run_round(self, names: set[str], done: asyncio.Future[None]) -> None:
+        try:
+            await self._publish(names)
+        except Exception as exc:  # handed to the writers, who raise it
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        finally:
+            if not done.done():  # cancelled (the server stops): so are its writers
+                done.cancel()
+            self._round = None
+            if self._next is not None:
+                self._start_round()
+
+    async def _publish(self, repositories: set[str]) -> None:
         message_id = uuid.uuid4().hex
-        payload = json.dumps({"id": message_id, "repositories": sorted(set(repositories))})
+        payload = json.dumps({"id": message_id, "repositories": sorted(repositories)})
         confirmed: set[str] = set()
         woken = asyncio.Event()
         self._waiting[message_id] = (confirmed, woken)  # before publishing: a confirmation may come at once
