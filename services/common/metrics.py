@@ -138,6 +138,9 @@ REDIS_SCRIPT_ERRORS = _counter("wharf_redis_script_errors", "Redis scripts that 
                                "refusing)", ("script",))
 WATCHERS = _gauge("wharf_metadata_watchers", "Gateway processes watching this replica for invalidations")
 INVALIDATIONS = _counter("wharf_metadata_invalidations_published", "Invalidations published by writes")
+INVALIDATION_ROUNDS = _counter("wharf_metadata_invalidation_rounds",
+                               "Invalidation rounds run (publish, fan-out, acks, confirmations); concurrent "
+                               "writes share them")
 INVALIDATION_WAIT = _histogram("wharf_metadata_invalidation_wait_seconds",
                                "Time a write waited until no gateway could serve what it changed", (),
                                WAIT_BUCKETS)
@@ -308,8 +311,8 @@ HTTP = (HTTP_REQUESTS, HTTP_DURATION, HTTP_RECEIVED, HTTP_SENT, HTTP_IN_FLIGHT, 
 READ_CACHE = (CACHE_LOOKUPS, CACHE_INVALIDATIONS, CACHE_LEASE, CACHE_BYTES)
 GRPC_SERVER = (GRPC_SERVER_CALLS, GRPC_SERVER_DURATION)
 GRPC_CLIENT = (GRPC_CLIENT_CALLS, GRPC_CLIENT_DURATION)
-METADATA = (REDIS_SCRIPT_DURATION, REDIS_SCRIPT_ERRORS, WATCHERS, INVALIDATIONS, INVALIDATION_WAIT, LEASE_WAITS,
-            UNCONFIRMED)
+METADATA = (REDIS_SCRIPT_DURATION, REDIS_SCRIPT_ERRORS, WATCHERS, INVALIDATIONS, INVALIDATION_ROUNDS,
+            INVALIDATION_WAIT, LEASE_WAITS, UNCONFIRMED)
 STORAGE = (STORAGE_DURATION, STORAGE_ERRORS, STORAGE_BYTES)
 AUTH = (TOKENS_ISSUED, TOKENS_REFUSED, LOCKOUTS)
 MIRROR_STORE = (MIRROR_FILLS, MIRROR_FILL_WAITS, MIRROR_UPSTREAM_BYTES, MIRROR_UPSTREAM_ERRORS)

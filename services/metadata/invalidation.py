@@ -250,6 +250,7 @@ class InvalidationHub:
         self._round = asyncio.create_task(self._run_round(names, done))
 
     async def _run_round(self, names: set[str], done: asyncio.Future[None]) -> None:
+        metrics.INVALIDATION_ROUNDS.inc()
         try:
             await self._publish(names)
         except Exception as exc:  # handed to the writers, who raise it
