@@ -9,6 +9,7 @@ asks, so ``referrers`` works the same everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from wharf_client import digest as digests
 from wharf_client import mediatypes
-from wharf_client.blobio import BytesSource, FileSource
+from wharf_client.blobio import BytesSource, FileSource, copy_stream
 from wharf_client.errors import FormatError, UnsupportedOperation
 from wharf_client.manifest import Descriptor, Manifest, image_manifest, index
 from wharf_client.registry import Repository, referrers_tag
@@ -117,14 +118,15 @@ def pull_artifact(repository: Repository, reference: str, output: pathlib.Path,
         target = safe_path(output, title)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
-        with repository.open_blob(layer) as reader, open(partial, "wb") as out:
-            done = 0
-            while chunk := reader.read(1024 * 1024):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done)
-        os.replace(partial, target)
+        try:
+            with repository.open_blob(layer) as reader, open(partial, "wb") as out:
+                copy_stream(reader, out, progress)  # type: ignore[arg-type]
+            os.replace(partial, target)
+        except BaseException:
+            # Unverified bytes (a digest mismatch, a broken download) must not stay behind.
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            raise
         written.append(target)
     return written
 

@@ -8,15 +8,14 @@ Nothing here holds a whole blob in memory.
 
 from __future__ import annotations
 
-import http.client
 import io
 import pathlib
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Protocol
 
 import requests
-import urllib3
 
+from wharf_client.bodies import is_connection_error
 from wharf_client.digest import Verifier
 from wharf_client.errors import TransportError
 from wharf_client.manifest import Descriptor
@@ -149,7 +148,7 @@ class BlobReader(io.RawIOBase):
             try:
                 data = self._response.raw.read(min(size, remaining), decode_content=True)
             except Exception as exc:
-                if not _is_connection_error(exc):
+                if not is_connection_error(exc):
                     raise
                 if self._resumes >= DOWNLOAD_RESUMES:
                     raise TransportError(f"download of {self.descriptor.digest} broke at byte {self._offset}: "
@@ -186,12 +185,6 @@ class BlobReader(io.RawIOBase):
             self._response.close()
             self._response = None
         super().close()
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
-                            http.client.IncompleteRead, ConnectionError, TimeoutError))
 
 
 class RegistrySource:

@@ -31,6 +31,10 @@ from wharf_client.upload import Outcome
 MAX_DEPTH = 4
 # A registry that keeps listing referrers (or a chain that never ends) cannot keep a copy going forever.
 MAX_REFERRERS = 10_000
+# One image's tree: indexes may repeat an entry, which is fetched once, but the entries read are
+# counted, so an index listing itself thousands of times over several levels ends in an error.
+MAX_MANIFESTS = 10_000
+MAX_DESCRIPTORS = 100_000
 
 
 class CopyProgress(Protocol):
@@ -82,23 +86,36 @@ def _plan(source: ImageSource, root: Manifest, platforms: Sequence[Platform] | N
     blobs: dict[str, Descriptor] = {}
     chosen: list[str] = []
     rewritten = False
+    visited: set[str] = set()  # digests of the manifests already walked: each is fetched once
+    entries = 0
     if root.is_index and platforms and len(platforms) == 1:
         picked = root.select(platforms[0])
         chosen.append(str(picked.platform))
         root = source.manifest(picked)
 
+    def count(descriptors: Sequence[Descriptor], digest: str) -> None:
+        nonlocal entries
+        entries += len(descriptors)
+        if entries > MAX_DESCRIPTORS or len(visited) > MAX_MANIFESTS:
+            raise FormatError(f"{root.digest} lists more than {MAX_MANIFESTS} manifests or {MAX_DESCRIPTORS} "
+                              f"descriptors (at {digest}): refusing to walk it")
+
     def visit(manifest: Manifest, depth: int, is_root: bool) -> Manifest:
         nonlocal rewritten
         if depth > MAX_DEPTH:
             raise FormatError(f"index nesting deeper than {MAX_DEPTH} at {manifest.digest}")
+        visited.add(manifest.digest)
         if manifest.is_index:
             kept: list[Descriptor] = []
-            for child in manifest.children:
+            children = manifest.children
+            count(children, manifest.digest)
+            for child in children:
                 if platforms and child.platform and not any(p.matches(child.platform) for p in platforms):
                     continue
                 if not child.is_manifest:
                     continue
-                visit(source.manifest(child), depth + 1, False)
+                if child.digest not in visited:
+                    visit(source.manifest(child), depth + 1, False)
                 kept.append(child)
                 if child.platform:
                     chosen.append(str(child.platform))
@@ -110,7 +127,9 @@ def _plan(source: ImageSource, root: Manifest, platforms: Sequence[Platform] | N
                 manifest = index(kept, media_type=manifest.media_type, annotations=manifest.annotations)
                 rewritten = True
         else:
-            for blob in manifest.blobs:
+            found = manifest.blobs
+            count(found, manifest.digest)
+            for blob in found:
                 if blob.distributable:
                     blobs.setdefault(blob.digest, blob)
         ordered.append(manifest)

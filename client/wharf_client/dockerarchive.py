@@ -25,12 +25,14 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import IO, Any, cast
 
+from wharf_client import digest as digests
 from wharf_client import mediatypes
 from wharf_client import reference as references
 from wharf_client.blobio import IO_CHUNK, BlobSource, BytesSource, FileSource
 from wharf_client.digest import Verifier
 from wharf_client.errors import AmbiguousImage, FormatError, ImageNotFound, InvalidReference
 from wharf_client.manifest import Descriptor, Manifest, image_manifest
+from wharf_client.untrusted import parse_json, printable
 from wharf_client.upload import Outcome
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -126,7 +128,7 @@ class DockerArchiveSource:
 
     def _select(self, name: str | None) -> dict[str, Any]:
         try:
-            entries = json.loads(self._read("manifest.json", 16 * 1024 * 1024))
+            entries = parse_json(self._read("manifest.json", 16 * 1024 * 1024))
         except ValueError as exc:
             raise FormatError(f"{self.path}: manifest.json is not JSON: {exc}") from None
         if not isinstance(entries, list) or not entries:
@@ -257,19 +259,18 @@ class DockerArchiveTarget:
         if config_desc is None or config_desc.digest not in self._files:
             raise FormatError(f"manifest {manifest.digest} has no config blob to write")
         config_path = self._files[config_desc.digest][0]
-        config = json.loads(config_path.read_bytes())
-        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+        diff_ids = _diff_ids(config_path.read_bytes())
         layers = manifest.layers
         if len(diff_ids) != len(layers):
             raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(layers)} layers")
-        entries: list[tuple[str, pathlib.Path]] = [(f"{config_desc.digest.split(':', 1)[1]}.json", config_path)]
+        entries: list[tuple[str, pathlib.Path]] = [(f"{digests.encoded(config_desc.digest)}.json", config_path)]
         layer_names = []
         for layer, diff_id in zip(layers, diff_ids, strict=True):
             path, unpacked = self._files[layer.digest]
             compressed = "zstd" in layer.media_type
             if not compressed and unpacked != diff_id:
                 raise FormatError(f"layer {layer.digest} unpacks to {unpacked}, but the config says {diff_id}")
-            name = f"{str(diff_id).split(':', 1)[1]}/layer.tar"
+            name = f"{digests.encoded(diff_id)}/layer.tar"
             layer_names.append(name)
             entries.append((name, path))
         index = [{"Config": entries[0][0], "RepoTags": self.repo_tags, "Layers": layer_names}]
@@ -298,6 +299,24 @@ class DockerArchiveTarget:
 
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _diff_ids(config: bytes) -> list[str]:
+    """The config's ``rootfs.diff_ids``, each checked to be a digest: they become member names of the tarball,
+    so ``sha256:../../x`` would otherwise write outside the layer directories (zstd layers included, whose
+    diff_id cannot be compared with what they unpack to)."""
+    try:
+        payload = parse_json(config)
+        found = (payload.get("rootfs") or {}).get("diff_ids") or []
+    except (ValueError, AttributeError):
+        raise FormatError("the image config is not JSON with rootfs.diff_ids") from None
+    if not isinstance(found, list):
+        raise FormatError("rootfs.diff_ids in the image config is not a list")
+    for diff_id in found:
+        if not isinstance(diff_id, str) or not digests.is_digest(diff_id):
+            raise FormatError(f"rootfs.diff_ids in the image config holds {printable(repr(diff_id)[:150])}, "
+                              "not a digest")
+    return found
 
 
 def _repositories(repo_tags: Sequence[str], layer_names: list[str]) -> bytes:

@@ -9,8 +9,9 @@ registry's own code and message) instead of a bare status number.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
+
+from wharf_client.untrusted import parse_json, printable
 
 
 class WharfError(Exception):
@@ -36,6 +37,11 @@ class DigestMismatch(WharfError):
 
 class TransportError(WharfError):
     """The registry could not be reached, or the connection broke and retries ran out."""
+
+
+class ProtocolError(WharfError):
+    """The registry answered outside the protocol: a Location or Link on another host, a missing
+    header, an upload offset that does not add up. Nothing more is sent to it for that operation."""
 
 
 class PlatformNotFound(WharfError):
@@ -85,12 +91,13 @@ class RegistryError(WharfError):
         return self.errors[0].code if self.errors else ""
 
     def _describe(self) -> str:
-        where = f"{self.method} {self.url}: HTTP {self.status}"
+        """One line; the registry's words are escaped, so they cannot drive the terminal they are shown on."""
+        where = f"{self.method} {printable(self.url)}: HTTP {self.status}"
         if self.errors:
             reasons = "; ".join(f"{e.code}: {e.message}" if e.message else e.code for e in self.errors)
-            return f"{where}: {reasons}"
+            return f"{where}: {printable(reasons)}"
         snippet = " ".join(self.body_text.split())[:200]
-        return f"{where}" + (f": {snippet}" if snippet else "")
+        return f"{where}" + (f": {printable(snippet)}" if snippet else "")
 
 
 class AuthenticationError(RegistryError):
@@ -104,7 +111,7 @@ class NotFoundError(RegistryError):
 def parse_error_body(text: str) -> list[ErrorEntry]:
     """The ``errors`` array of a registry error body; [] for anything else (HTML, empty, garbage)."""
     try:
-        payload = json.loads(text) if text else None
+        payload = parse_json(text) if text else None
     except ValueError:
         return []
     entries = payload.get("errors") if isinstance(payload, dict) else None

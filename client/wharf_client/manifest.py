@@ -16,6 +16,7 @@ from wharf_client import digest as digests
 from wharf_client import mediatypes
 from wharf_client import platform as platforms
 from wharf_client.errors import DigestMismatch, FormatError, PlatformNotFound
+from wharf_client.untrusted import parse_json
 
 # Manifests are small; anything larger is refused before it is parsed (Distribution's limit is 4 MiB).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -99,7 +100,7 @@ class Manifest:
         if len(content) > MAX_MANIFEST_BYTES:
             raise FormatError(f"manifest of {len(content)} bytes is over the {MAX_MANIFEST_BYTES} byte limit")
         try:
-            payload = json.loads(content)
+            payload = parse_json(content)  # deep nesting included: a FormatError, not a RecursionError
         except ValueError as exc:
             raise FormatError(f"manifest is not JSON: {exc}") from None
         if not isinstance(payload, dict):

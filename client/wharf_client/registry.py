@@ -14,8 +14,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from wharf_client import bodies, mediatypes
 from wharf_client import digest as digests
-from wharf_client import mediatypes
 from wharf_client.auth.credentials import CredentialStore, DockerConfig
 from wharf_client.auth.tokens import TokenClient
 from wharf_client.blobio import BlobReader
@@ -24,6 +24,7 @@ from wharf_client.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from wharf_client.options import ClientOptions
 from wharf_client.reference import Reference, parse, validate_repository
 from wharf_client.transport import Transport
+from wharf_client.untrusted import parse_json
 
 _LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 # Bounds on listings: a registry that keeps answering "next" cannot keep a client forever.
@@ -42,6 +43,9 @@ class Client:
         adapter = HTTPAdapter(pool_connections=pool, pool_maxsize=pool, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        if bodies.cap_redirect_body not in self.session.hooks["response"]:
+            # requests reads each redirect's body whole; this caps it first (see bodies).
+            self.session.hooks["response"].append(bodies.cap_redirect_body)
         self.tokens = TokenClient(self.session, timeout=(self.options.timeout[0], 60.0))
         self._transports: dict[str, Transport] = {}
         self._lock = threading.Lock()
@@ -76,7 +80,7 @@ class Client:
 def _next_link(response: requests.Response, transport: Transport) -> str | None:
     header = response.headers.get("Link", "")
     found = _LINK_RE.search(header)
-    return transport.resolve(response, found.group(1)) if found else None
+    return transport.resolve(response, found.group(1), "Link") if found else None
 
 
 def _paged(transport: Transport, path: str, key: str, scopes: list[str], page_size: int | None) -> Iterator[str]:
@@ -87,11 +91,13 @@ def _paged(transport: Transport, path: str, key: str, scopes: list[str], page_si
         if url is None or url in seen_urls:
             return
         seen_urls.add(url)
-        response = transport.request("GET", url, scopes=scopes, params=params)
+        response = transport.request("GET", url, scopes=scopes, params=params)  # its body read, bounded
         try:
-            names = response.json().get(key) or []
+            names = parse_json(response.content).get(key) or []
         except (ValueError, AttributeError):
             raise FormatError(f"{response.url}: the listing is not JSON with {key!r}") from None
+        if not isinstance(names, list):
+            raise FormatError(f"{response.url}: {key!r} in the listing is not a list")
         yield from (str(n) for n in names)
         url, params = _next_link(response, transport), None
         if not names:
@@ -128,10 +134,10 @@ class Repository:
 
     def get_manifest(self, reference: str, accept: str = mediatypes.MANIFEST_ACCEPT) -> Manifest:
         """The manifest's exact bytes; verified against the digest when ``reference`` is one."""
+        # Read (bounded) by the transport, which sends the GET again if the body breaks off.
         response = self.transport.request("GET", f"/v2/{self.name}/manifests/{reference}", scopes=self.pull,
-                                          headers={"Accept": accept}, stream=True)
-        with response:
-            content = _read_limited(response, MAX_MANIFEST_BYTES, f"manifest {self.name}:{reference}")
+                                          headers={"Accept": accept}, body_limit=MAX_MANIFEST_BYTES)
+        content = response.content
         expected = reference if digests.is_digest(reference) else None
         served = response.headers.get("Docker-Content-Digest", "")
         manifest = Manifest.parse(content, response.headers.get("Content-Type", ""), expected)
@@ -236,10 +242,9 @@ class Repository:
         digests.validate(digest)
         params = {"artifactType": artifact_type} if artifact_type else None
         response = self.transport.request("GET", f"/v2/{self.name}/referrers/{digest}", scopes=self.pull,
-                                          params=params, expect=(200, 404, 400, 405), stream=True)
-        with response:
-            content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
-            body = _read_limited(response, MAX_MANIFEST_BYTES, "referrers") if response.status_code == 200 else b""
+                                          params=params, expect=(200, 404, 400, 405), body_limit=MAX_MANIFEST_BYTES)
+        content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        body = response.content if response.status_code == 200 else b""
         if response.status_code == 200 and content_type == mediatypes.OCI_INDEX:
             found = Manifest.parse(body, mediatypes.OCI_INDEX).children
             if artifact_type and not response.headers.get("OCI-Filters-Applied"):
@@ -274,13 +279,3 @@ def referrers_tag(digest: str) -> str:
     algorithm, _, hex_part = digests.validate(digest).partition(":")
     return f"{algorithm[:32]}-{hex_part[:64]}"
 
-
-def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
-    parts: list[bytes] = []
-    total = 0
-    for chunk in response.iter_content(64 * 1024):
-        total += len(chunk)
-        if total > limit:
-            raise FormatError(f"{what} is larger than {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)

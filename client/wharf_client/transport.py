@@ -17,22 +17,33 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from wharf_client import bodies
 from wharf_client.auth import challenge as challenges
 from wharf_client.auth.credentials import Credential, CredentialStore
 from wharf_client.auth.tokens import TokenClient, merge_scopes
-from wharf_client.errors import AuthenticationError, RegistryError, TransportError, registry_error
+from wharf_client.bodies import MAX_JSON_BODY
+from wharf_client.errors import (
+    AuthenticationError,
+    FormatError,
+    ProtocolError,
+    RegistryError,
+    TransportError,
+    registry_error,
+)
 from wharf_client.options import ClientOptions, RegistryOptions
 from wharf_client.reference import api_host
+from wharf_client.untrusted import printable
 
 log = logging.getLogger("wharf_client")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Error bodies are read for their message only; a huge HTML page is cut here.
-MAX_ERROR_BODY = 16 * 1024
+# Methods whose request may be sent again when the answer's body broke off: they change nothing.
+IDEMPOTENT_READS = frozenset({"GET", "HEAD"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
@@ -51,6 +62,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port filled in; what decides whether credentials may go there."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: matches nothing
+        return ("", "", None)
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -134,7 +156,8 @@ class Transport:
                 url = f"{scheme}://{self.host}/v2/"
                 for attempt in range(self.options.retries + 1):
                     try:
-                        response = self.session.get(url, timeout=self.options.timeout, verify=self.verify)
+                        response = self.session.get(url, timeout=self.options.timeout, verify=self.verify,
+                                                    stream=True)
                     except requests.exceptions.SSLError as exc:
                         failure = exc
                         break
@@ -144,24 +167,44 @@ class Transport:
                             break
                         self._sleep(backoff_delay(attempt, self.options))
                         continue
-                    if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
-                        self._sleep(backoff_delay(attempt, self.options,
-                                                  retry_after_seconds(response.headers.get("Retry-After"))))
-                        continue
-                    return self._learn(url, response)
+                    except requests.RequestException as exc:  # a malformed answer (conflicting headers, say)
+                        raise TransportError(f"GET {url}: {_short(exc)}") from None
+                    with response:
+                        if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
+                            self._sleep(backoff_delay(attempt, self.options,
+                                                      retry_after_seconds(response.headers.get("Retry-After"))))
+                            continue
+                        return self._learn(url, response)
             raise TransportError(f"cannot reach registry {self.registry} ({', '.join(self._schemes())}): "
                                  f"{_short(failure)}")
 
     def _learn(self, url: str, response: requests.Response) -> challenges.Challenge | None:
+        if response.status_code == 401 and origin(response.url) != origin(url):
+            raise _foreign_401(response, self.registry)
         if response.status_code == 401:
             self._challenge = challenges.preferred(response.headers.get("WWW-Authenticate", ""))
         elif response.status_code != 200:
-            raise registry_error("GET", url, response.status_code, response.text[:MAX_ERROR_BODY])
+            raise registry_error("GET", url, response.status_code, bodies.bounded_text(response))
         self._base_url = url.removesuffix("/v2/")
         return self._challenge
 
+    @property
+    def https_only(self) -> bool:
+        """Whether this registry is reached over verified HTTPS, so nothing of it may travel in clear text."""
+        return self.base_url().startswith("https://") and self.verify
+
+    def on_registry(self, url: str) -> bool:
+        """Whether ``url`` is on the registry's origin (scheme, host and port): the only place credentials go."""
+        return origin(url) == origin(self.base_url())
+
     def url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else self.base_url() + path
+        """The absolute URL of an API path; an absolute URL only when it is on the registry's origin."""
+        if not path.startswith(("http://", "https://")):
+            return self.base_url() + path
+        if not self.on_registry(path):
+            raise ProtocolError(f"refusing to send a request for {self.registry} to {printable(path)}: "
+                                f"it is not on {self.base_url()}")
+        return path
 
     # -- authentication --------------------------------------------------------------------------
 
@@ -176,14 +219,16 @@ class Transport:
             raw = f"{credential.username}:{credential.password}".encode()
             return "Basic " + base64.b64encode(raw).decode()
         if found.scheme == "bearer":
-            return "Bearer " + self._tokens.token(found, scopes, credential, self.verify)
+            return "Bearer " + self._tokens.token(found, scopes, credential, self.verify,
+                                                  https_only=self.https_only)
         return None
 
     def _reauthenticate(self, response: requests.Response, scopes: list[str]) -> list[str]:
         """After a 401: adopt the new challenge, drop the rejected token; returns the scopes to ask for."""
         fresh = challenges.preferred(response.headers.get("WWW-Authenticate", ""))
         if fresh is None:
-            raise registry_error(response.request.method or "", response.url, 401, response.text[:MAX_ERROR_BODY])
+            raise registry_error(response.request.method or "", response.url.split("?", 1)[0], 401,
+                                 bodies.bounded_text(response))
         self._challenge = fresh
         raw = response.request.headers.get("Authorization", "")
         sent = raw.decode("latin-1") if isinstance(raw, bytes) else raw
@@ -200,11 +245,15 @@ class Transport:
 
     def request(self, method: str, path: str, *, scopes: Iterable[str] = (), expect: Iterable[int] = (200,),
                 headers: Mapping[str, str] | None = None, params: Any = None, body: Body = None,
-                stream: bool = False, allow_redirects: bool = True, retries: int | None = None) -> requests.Response:
+                stream: bool = False, allow_redirects: bool = True, retries: int | None = None,
+                body_limit: int = MAX_JSON_BODY) -> requests.Response:
         """Sends with auth and retries; returns the response when its status is in ``expect``, else raises.
 
         Connection errors and 429/5xx are retried with backoff when the body can be sent again
-        (bytes or a factory). With ``stream=True`` the caller must close the response.
+        (bytes or a factory). With ``stream=True`` the caller must close the response; without,
+        the body is read here, at most ``body_limit`` bytes (FormatError beyond), and a GET
+        whose answer breaks off is sent again. A 401 from another host (a redirect's target)
+        is an error: its challenge is never adopted, so no credential follows it there.
         """
         wanted = merge_scopes(scopes)
         allowed = set(expect)
@@ -221,7 +270,7 @@ class Transport:
             data = body() if callable(body) else body
             try:
                 response = self.session.request(method, url, headers=send_headers, params=params, data=data,
-                                                stream=stream, allow_redirects=allow_redirects,
+                                                stream=True, allow_redirects=allow_redirects,
                                                 timeout=self.options.timeout, verify=self.verify)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
@@ -232,7 +281,12 @@ class Transport:
                 self._sleep(backoff_delay(attempt, self.options))
                 attempt += 1
                 continue
+            except requests.RequestException as exc:  # a malformed answer (two Content-Lengths, say): no retry
+                _close(data)
+                raise TransportError(f"{method} {url}: {_short(exc)}") from None
             _close(data)
+            if response.status_code == 401 and not self.on_registry(response.url):
+                raise _foreign_401(response, self.registry)
             if response.status_code == 401 and auth_rounds < 2:
                 auth_rounds += 1
                 try:
@@ -249,13 +303,28 @@ class Transport:
                 continue
             if response.status_code not in allowed:
                 raise self.error(response)
+            if stream:
+                return response
+            try:
+                bodies.preload(response, body_limit, "the answer")
+            except TransportError as exc:
+                response.close()
+                if method not in IDEMPOTENT_READS or attempt >= limit:
+                    raise
+                log.debug("retrying %s %s after %s", method, url, exc)
+                self._sleep(backoff_delay(attempt, self.options))
+                attempt += 1
+                continue
+            except FormatError:
+                response.close()
+                raise
             return response
 
     def error(self, response: requests.Response) -> RegistryError:
         """The registry's error for a response, its body read (bounded) and the connection released."""
         method = response.request.method or ""
         try:
-            text = "" if method == "HEAD" else _bounded_text(response)
+            text = "" if method == "HEAD" else bodies.bounded_text(response)
         finally:
             response.close()
         if method == "HEAD" and response.status_code != 404:
@@ -272,27 +341,39 @@ class Transport:
 
     def _explain_head(self, response: requests.Response) -> str:
         """A HEAD answer has no body, so no reason: the same request as a GET brings the registry's message."""
-        headers = {k: v for k, v in response.request.headers.items() if k in ("Accept", "Authorization")}
+        # The Authorization header goes back only where it came from: the HEAD may have been redirected.
+        passed = ("Accept", "Authorization") if self.on_registry(response.url) else ("Accept",)
+        headers = {k: v for k, v in response.request.headers.items() if k in passed}
         try:
             again = self.session.get(response.url, headers=headers, stream=True, timeout=self.options.timeout,
-                                     verify=self.verify)
+                                     verify=self.verify, allow_redirects=False)
         except requests.RequestException:
             return ""
         with again:
-            return _bounded_text(again) if again.status_code == response.status_code else ""
+            return bodies.bounded_text(again) if again.status_code == response.status_code else ""
 
-    def resolve(self, response: requests.Response, location: str) -> str:
-        """A Location header made absolute against the URL of the request it answered."""
-        return urljoin(response.url, location)
+    def resolve(self, response: requests.Response, location: str, header: str = "Location") -> str:
+        """A ``Location`` (or ``Link``) header made absolute against the URL of the request it answered.
+
+        It must stay on the registry's origin: the next request carries the registry's
+        credentials, so a registry (or a proxy) naming another host, port or scheme (an
+        https to http downgrade included) is refused rather than followed.
+        """
+        resolved = urljoin(response.url, location)
+        if not self.on_registry(resolved):
+            raise ProtocolError(f"{bodies.where(response)}: the {header} header points at {printable(resolved)}, "
+                                f"not at {self.base_url()}: refusing to follow it with the credentials "
+                                f"for {self.registry}")
+        return resolved
 
 
-def _bounded_text(response: requests.Response) -> str:
-    raw = b""
-    for chunk in response.iter_content(4096):
-        raw += chunk
-        if len(raw) >= MAX_ERROR_BODY:
-            break
-    return raw[:MAX_ERROR_BODY].decode(errors="replace")
+def _foreign_401(response: requests.Response, registry: str) -> AuthenticationError:
+    """A 401 from another host that a redirect led to: an error, never a challenge to answer."""
+    response.close()
+    url = response.url.split("?", 1)[0]
+    return AuthenticationError(response.request.method or "", url, 401, [],
+                               f"{url} (reached by a redirect from {registry}) asks for authentication; "
+                               f"the credentials for {registry} are not sent to another host")
 
 
 def _needs_login(response: requests.Response, registry: str, text: str = "") -> AuthenticationError:

@@ -17,14 +17,24 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
+import requests
+
 from wharf_client.blobio import BlobSource, LimitedReader
-from wharf_client.errors import RegistryError, TransportError
+from wharf_client.bodies import where
+from wharf_client.errors import ProtocolError, RegistryError, TransportError
 from wharf_client.registry import Repository
 from wharf_client.transport import backoff_delay
 
 log = logging.getLogger("wharf_client.upload")
 _RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
 OCTET = {"Content-Type": "application/octet-stream"}
+# How often one chunked upload may continue from the registry's offset, whatever the reason: a
+# registry whose offset never advances (or goes back each time) ends in an error, not a loop.
+MAX_RESUMES = 32
+
+
+class RangeMismatch(ProtocolError):
+    """After a PATCH, the registry reports an offset other than the end of the bytes just sent."""
 
 
 class Outcome(enum.Enum):
@@ -88,17 +98,22 @@ class Uploader:
         response.close()
         if response.status_code == 201:
             return None
-        return self.transport.resolve(response, response.headers["Location"])
+        return self._location(response)
 
     def _start_session(self) -> tuple[str, int]:
         response = self.transport.request("POST", self._uploads, scopes=self.repository.push, expect=(202,),
                                           headers={"Content-Length": "0"})
         response.close()
+        minimum = response.headers.get("OCI-Chunk-Min-Length", "")
+        return self._location(response), int(minimum) if minimum.isdigit() else 0
+
+    def _location(self, response: requests.Response) -> str:
+        """The upload session a 202 names: its Location, which must be there and on the registry."""
         location = response.headers.get("Location")
         if not location:
-            raise TransportError(f"{self.repository.registry}: upload session answer has no Location header")
-        minimum = response.headers.get("OCI-Chunk-Min-Length", "")
-        return self.transport.resolve(response, location), int(minimum) if minimum.isdigit() else 0
+            raise ProtocolError(f"{where(response)}: HTTP {response.status_code} without the Location header "
+                                "of the upload session")
+        return self.transport.resolve(response, location)
 
     def _body(self, offset: int = 0) -> Callable[[], LimitedReader]:
         size = self.descriptor.size
@@ -123,7 +138,7 @@ class Uploader:
                         self.transport.monolithic_post = True
                         return
                     self.transport.monolithic_post = False  # the body was ignored; remember, and PUT it
-                    session = self.transport.resolve(response, response.headers["Location"])
+                    session = self._location(response)
                 if session is None:
                     session = self._start_session()[0]
                 response = self.transport.request("PUT", session, scopes=self.repository.push,
@@ -157,10 +172,11 @@ class Uploader:
                 try:
                     session, offset = self._patch(session, stream, offset, length)
                     failures = 0
-                except (TransportError, RegistryError) as exc:
+                except (TransportError, RegistryError, RangeMismatch) as exc:
                     failures += 1
-                    if not _retryable(exc) or failures > self.options.retries:
+                    if not _retryable(exc) or failures > self.options.retries or self.resumes >= MAX_RESUMES:
                         raise
+                    # The stream is positioned after the bytes sent; the registry decides where to go on.
                     stream.close()
                     stream = None
                     self._sleep(backoff_delay(failures - 1, self.options))
@@ -189,7 +205,11 @@ class Uploader:
         response.close()
         location = self.transport.resolve(response, response.headers.get("Location") or session)
         have = received_bytes(response.headers.get("Range"))
-        return location, offset + length if have is None else have
+        if have is not None and have != offset + length:
+            # Going on would send the next bytes labelled with an offset the registry does not hold.
+            raise RangeMismatch(f"{where(response)}: the registry holds {have} bytes after receiving bytes "
+                                f"{offset}-{offset + length - 1} of {self.descriptor.digest}")
+        return location, offset + length
 
     def _resume_point(self, session: str) -> tuple[str, int]:
         """Where the registry's copy of the session ends; a new session from 0 if it lost it."""
@@ -201,9 +221,12 @@ class Uploader:
             log.info("upload session lost (%s); starting again from 0", err.code or err.status)
             return self._start_session()[0], 0
         response.close()
-        have = received_bytes(response.headers.get("Range"))
+        have = received_bytes(response.headers.get("Range")) or 0
+        if have > self.descriptor.size:
+            raise ProtocolError(f"{where(response)}: the registry claims {have} bytes of a "
+                                f"{self.descriptor.size} byte blob")
         location = self.transport.resolve(response, response.headers.get("Location") or session)
-        return location, have or 0
+        return location, have
 
     def _commit(self, session: str) -> None:
         digest = self.descriptor.digest
@@ -238,7 +261,7 @@ class _OwningReader(LimitedReader):
 
 
 def _retryable(exc: Exception) -> bool:
-    if isinstance(exc, TransportError):
+    if isinstance(exc, TransportError | RangeMismatch):
         return True
     return isinstance(exc, RegistryError) and (exc.status in (408, 416, 429) or exc.status >= 500)
 

@@ -95,7 +95,8 @@ class Admin:
 
 def _new_password(from_stdin: bool) -> str:
     if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
+        # The same rule as `wharf login --password-stdin`: a Windows line ending is not part of the password.
+        return sys.stdin.readline().rstrip("\r\n")
     return str(click.prompt("New password", hide_input=True, confirmation_prompt=True))
 
 

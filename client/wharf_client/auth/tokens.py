@@ -18,9 +18,11 @@ from typing import Any
 
 import requests
 
+from wharf_client import bodies
 from wharf_client.auth.challenge import Challenge
 from wharf_client.auth.credentials import Credential
 from wharf_client.errors import AuthenticationError, TransportError, registry_error
+from wharf_client.untrusted import parse_json, printable
 
 CLIENT_ID = "wharf"
 # The spec: a token without expires_in lasts 60 seconds, and none shorter should be assumed.
@@ -114,7 +116,8 @@ class TokenClient:
         account = credential.username or ("identity" if credential.identity_token else "")
         return (challenge.realm, challenge.service, account)
 
-    def token(self, challenge: Challenge, scopes: Iterable[str], credential: Credential, verify: bool = True) -> str:
+    def token(self, challenge: Challenge, scopes: Iterable[str], credential: Credential, verify: bool = True, *,
+              https_only: bool = False) -> str:
         wanted = merge_scopes([*scopes])
         if credential.registry_token:
             return credential.registry_token
@@ -122,20 +125,24 @@ class TokenClient:
         cached = self.cache.find(key, wanted)
         if cached:
             return cached.value
-        token = self.fetch(challenge, wanted, credential, verify)
+        token = self.fetch(challenge, wanted, credential, verify, https_only=https_only)
         self.cache.add(key, token)
         return token.value
 
-    def fetch(self, challenge: Challenge, scopes: list[str], credential: Credential, verify: bool = True) -> Token:
-        """A new token from the realm: POST for refresh tokens (falling back to GET where POST is absent)."""
-        if not challenge.realm.startswith(("https://", "http://")):
-            raise AuthenticationError("GET", challenge.realm or "(no realm)", 401, [],
-                                      "the registry's Bearer challenge has no usable realm")
+    def fetch(self, challenge: Challenge, scopes: list[str], credential: Credential, verify: bool = True, *,
+              https_only: bool = False) -> Token:
+        """A new token from the realm: POST for refresh tokens (falling back to GET where POST is absent).
+
+        ``https_only`` (the registry is verified HTTPS) refuses a plain-HTTP realm: the
+        password would cross the network in clear text that the registry itself protects.
+        """
+        _check_realm(challenge, https_only)
         if credential.identity_token:
             response = self._post(challenge, scopes, {"grant_type": "refresh_token",
                                                       "refresh_token": credential.identity_token}, verify)
             if response.status_code not in (404, 405):
                 return self._parse(response, scopes, "POST")
+            response.close()
         params: dict[str, Any] = {"scope": scopes} if scopes else {}
         if challenge.service:
             params["service"] = challenge.service
@@ -145,19 +152,22 @@ class TokenClient:
             auth = (credential.username, credential.password)
         try:
             response = self._session.get(challenge.realm, params=params, auth=auth, timeout=self._timeout,
-                                         verify=verify)
+                                         verify=verify, stream=True)
         except requests.RequestException as exc:
-            raise TransportError(f"token request to {challenge.realm} failed: {exc}") from None
+            raise TransportError(f"token request to {printable(challenge.realm)} failed: {exc}") from None
         return self._parse(response, scopes, "GET")
 
-    def password_grant(self, challenge: Challenge, credential: Credential, verify: bool = True) -> Token | None:
+    def password_grant(self, challenge: Challenge, credential: Credential, verify: bool = True, *,
+                       https_only: bool = False) -> Token | None:
         """The OAuth2 password grant with ``access_type=offline``: what login uses to get a refresh token.
 
         None when the realm has no POST form (404/405), so the caller falls back to GET.
         """
+        _check_realm(challenge, https_only)
         response = self._post(challenge, [], {"grant_type": "password", "username": credential.username,
                                               "password": credential.password, "access_type": "offline"}, verify)
         if response.status_code in (404, 405):
+            response.close()
             return None
         return self._parse(response, [], "POST")
 
@@ -166,18 +176,23 @@ class TokenClient:
         if challenge.service:
             body["service"] = challenge.service
         try:
-            return self._session.post(challenge.realm, data=body, timeout=self._timeout, verify=verify)
+            return self._session.post(challenge.realm, data=body, timeout=self._timeout, verify=verify,
+                                      stream=True)
         except requests.RequestException as exc:
-            raise TransportError(f"token request to {challenge.realm} failed: {exc}") from None
+            raise TransportError(f"token request to {printable(challenge.realm)} failed: {exc}") from None
 
     def _parse(self, response: requests.Response, scopes: list[str], method: str) -> Token:
-        if response.status_code != 200:
-            error = registry_error(method, response.url.split("?", 1)[0], response.status_code, response.text[:4096])
-            if response.status_code in (400, 401, 403) and not isinstance(error, AuthenticationError):
-                error = AuthenticationError(error.method, error.url, error.status, error.errors, error.body_text)
-            raise error
+        """The token in a realm's answer, its body read streamed and bounded (the realm is the registry's choice)."""
+        with response:
+            if response.status_code != 200:
+                error = registry_error(method, response.url.split("?", 1)[0], response.status_code,
+                                       bodies.bounded_text(response))
+                if response.status_code in (400, 401, 403) and not isinstance(error, AuthenticationError):
+                    error = AuthenticationError(error.method, error.url, error.status, error.errors, error.body_text)
+                raise error
+            content = bodies.read_limited(response, bodies.MAX_JSON_BODY, "the token answer")
         try:
-            payload = response.json()
+            payload = parse_json(content)
             value = str(payload.get("token") or payload.get("access_token") or "")
             lifetime = max(int(payload.get("expires_in") or DEFAULT_LIFETIME), DEFAULT_LIFETIME)
         except (ValueError, TypeError, AttributeError):
@@ -195,3 +210,15 @@ class RefreshableToken(Token):
     """A token response that may carry a refresh token (offline access)."""
 
     refresh_token: str = ""
+
+
+def _check_realm(challenge: Challenge, https_only: bool) -> None:
+    """A realm that can be asked at all; over HTTPS when the registry is (``https_only``)."""
+    realm = challenge.realm
+    if not realm.lower().startswith(("https://", "http://")):
+        raise AuthenticationError("GET", printable(realm) or "(no realm)", 401, [],
+                                  "the registry's Bearer challenge has no usable realm")
+    if https_only and realm.lower().startswith("http://"):
+        raise AuthenticationError("GET", printable(realm.split("?", 1)[0]), 401, [],
+                                  "the HTTPS registry names a plain-HTTP token realm; refusing to send credentials "
+                                  "there in clear text (--insecure-registry allows it)")

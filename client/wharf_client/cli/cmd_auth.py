@@ -48,11 +48,11 @@ def verify_login(ctx: Context, registry: str, credential: Credential) -> Credent
         response.close()
         return credential
     tokens = ctx.client.tokens
-    issued = tokens.password_grant(challenge, credential, transport.verify)
+    issued = tokens.password_grant(challenge, credential, transport.verify, https_only=transport.https_only)
     if issued is not None:
         refresh = getattr(issued, "refresh_token", "")
         return Credential(username=credential.username, identity_token=refresh) if refresh else credential
-    tokens.fetch(challenge, [], credential, transport.verify)
+    tokens.fetch(challenge, [], credential, transport.verify, https_only=transport.https_only)
     return credential
 
 

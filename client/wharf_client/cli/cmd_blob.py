@@ -24,9 +24,15 @@ from wharf_client.upload import push_blob
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     blob = commands.add_parser("blob", help="get or put one blob")
     actions = blob.add_subparsers(dest="blob_command", metavar="ACTION", required=True)
-    get = actions.add_parser("get", parents=[common], help="download a blob (verified against its digest)")
+    get = actions.add_parser(
+        "get", parents=[common], help="download a blob (verified against its digest)",
+        description="Downloads a blob and checks it against its digest. With -o, the file appears only once "
+                    "the bytes are verified. To standard output the bytes are streamed as they arrive, before "
+                    "the check: on a mismatch the command exits 6 after the output, so a pipeline must check "
+                    "the exit status (or use -o) before trusting what it read.")
     get.add_argument("reference", help="repository@digest, e.g. localhost:5000/app@sha256:...")
-    get.add_argument("-o", "--output", type=pathlib.Path, help="file to write (default: standard output)")
+    get.add_argument("-o", "--output", type=pathlib.Path,
+                     help="file to write, only once verified (default: standard output, streamed unverified)")
     get.set_defaults(run=run_get)
     put = actions.add_parser("put", parents=[common], help="upload a file as a blob; prints its digest")
     put.add_argument("repository", help="REGISTRY/REPO the blob goes into")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import sys
 from typing import Any
 
@@ -15,6 +14,7 @@ from wharf_client.errors import NotFoundError, PlatformNotFound, RegistryError, 
 from wharf_client.manifest import Manifest
 from wharf_client.reference import parse, parse_registry, validate_tag
 from wharf_client.registry import Repository
+from wharf_client.untrusted import parse_json, printable
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -125,7 +125,7 @@ def run_inspect(ctx: Context) -> int:
 
 def _json_or_none(data: bytes) -> Any:
     try:
-        return json.loads(data) if data else None
+        return parse_json(data) if data else None
     except ValueError:
         return None
 
@@ -236,7 +236,7 @@ def _confirmed(question: str) -> bool:
     """Asks on the terminal; without one (a script), the answer is no."""
     if not sys.stdin.isatty():
         return False
-    sys.stderr.write(question)
+    sys.stderr.write(printable(question))  # it names the registry's tags
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 

@@ -24,6 +24,7 @@ from wharf_client.errors import (
     InvalidReference,
     NotFoundError,
     PlatformNotFound,
+    ProtocolError,
     RegistryError,
     TransportError,
     UnsupportedOperation,
@@ -32,6 +33,7 @@ from wharf_client.errors import (
 from wharf_client.options import GIB, KIB, ClientOptions, RegistryOptions, parse_size
 from wharf_client.reference import parse_registry
 from wharf_client.registry import Client
+from wharf_client.untrusted import printable
 
 # Exit codes (docs/client.md lists them): stable, so scripts can rely on them.
 EXIT_OK = 0
@@ -65,7 +67,7 @@ def exit_code(error: BaseException) -> int:
         return EXIT_AUTH  # a login lockout
     if isinstance(error, RegistryError) and error.code in ("MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"):
         return EXIT_NOT_FOUND
-    if isinstance(error, TransportError):
+    if isinstance(error, TransportError | ProtocolError):
         return EXIT_UNREACHABLE
     if isinstance(error, DigestMismatch | FormatError):
         return EXIT_INTEGRITY
@@ -153,22 +155,33 @@ class Context:
         return BlobBars(enabled, verb)
 
     def emit(self, payload: Any, text: str | None = None) -> None:
-        """The command's result: JSON when asked, else ``text`` (skipped with --quiet)."""
+        """The command's result: JSON when asked, else ``text`` (skipped with --quiet).
+
+        Text holds what the registry sent (tags, names, annotations, titles), so each line
+        is escaped for the terminal; JSON escapes control characters itself.
+        """
         if self.json:
             print(json.dumps(payload, indent=2))
         elif text is not None and not self.args.quiet:
-            print(text)
+            print(terminal_lines(text))
 
     def info(self, text: str) -> None:
         """A status line for a person (stderr): never mixed into stdout output."""
         if not self.args.quiet and not self.json:
-            print(text, file=sys.stderr)
+            print(terminal_lines(text), file=sys.stderr)
+
+
+def terminal_lines(text: str) -> str:
+    """``text`` safe for a terminal: its lines kept, every control character in them escaped."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def report_error(error: BaseException, as_json: bool) -> int:
     code = exit_code(error)
-    message = str(error) or type(error).__name__
-    if isinstance(error, TransportError):
+    message = printable(str(error) or type(error).__name__)  # it may quote the registry: keep it one inert line
+    if isinstance(error, ProtocolError):
+        message = f"registry protocol error: {message}"
+    elif isinstance(error, TransportError):
         message = f"registry unreachable: {message}"
     print(f"wharf: error: {message}", file=sys.stderr)
     if as_json:

@@ -4,10 +4,14 @@ It speaks enough of the distribution API for the client's upload, manifest,
 listing, referrers and auth paths, and can misbehave on request (ignore monolithic POST
 bodies like Distribution 2.8, drop a PATCH midway, answer 429 with Retry-After,
 demand bearer tokens), so each client branch is exercised deterministically.
+:meth:`FakeRegistry.override` turns any route hostile (endless bodies, foreign
+``Location`` headers, a ``Range`` that never advances), and :class:`OtherHost`
+stands for a host the registry points at, recording what reached it.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import io
@@ -15,13 +19,18 @@ import json
 import re
 import urllib.parse
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import requests
 import urllib3
 from requests.adapters import BaseAdapter
 
 HOST = "fake.test"
+OTHER = "other.test"
+
+# What an override answers: status, headers, and the body as bytes or a stream (endless, or breaking off).
+Answer = tuple[int, dict[str, str], bytes | IO[bytes]]
 
 
 @dataclasses.dataclass
@@ -31,6 +40,8 @@ class Behaviour:
     throttle_first: int = 0                  # answer this many requests with 429 first
     retry_after: str = "0"
     bearer: bool = False                     # demand tokens from /token
+    basic: bool = False                      # demand HTTP Basic with the password
+    truncate_patch_once: int | None = None   # after the next PATCH, the session keeps only this many bytes
     password: str = "secret"
     referrers_api: bool = False              # serve /referrers/ and answer OCI-Subject (else: tag schema only)
 
@@ -45,6 +56,11 @@ class FakeRegistry(BaseAdapter):
         self.log: list[tuple[str, str]] = []
         self.body_bytes = 0  # every request body byte received, to prove what a resume re-sent
         self.token_requests: list[dict[str, Any]] = []
+        self._overrides: list[tuple[str, re.Pattern[str], Callable[[requests.PreparedRequest], Answer]]] = []
+
+    def override(self, method: str, path: str, answer: Callable[[requests.PreparedRequest], Answer]) -> None:
+        """Answers ``method`` requests whose path matches the regex ``path`` with ``answer(request)``."""
+        self._overrides.append((method, re.compile(path), answer))
 
     # -- adapter -------------------------------------------------------------------------------
 
@@ -62,6 +78,11 @@ class FakeRegistry(BaseAdapter):
         if self.behaviour.bearer and not (request.headers.get("Authorization") or "").startswith("Bearer tok-"):
             challenge = f'Bearer realm="http://{HOST}/token",service="fake"'
             return self._respond(request, 401, {"WWW-Authenticate": challenge}, _errors("UNAUTHORIZED", "token"))
+        if self.behaviour.basic and request.headers.get("Authorization") != _basic("alice", self.behaviour.password):
+            return self._respond(request, 401, {"WWW-Authenticate": 'Basic realm="fake"'}, b"")
+        for wanted, pattern, answer in self._overrides:
+            if wanted == method and pattern.search(url.path):
+                return self._respond(request, *answer(request))
         status, headers, body = self._route(request, method, url.path, query)
         return self._respond(request, status, headers, body)
 
@@ -69,17 +90,8 @@ class FakeRegistry(BaseAdapter):
         pass
 
     def _respond(self, request: requests.PreparedRequest, status: int, headers: dict[str, str],
-                 body: bytes) -> requests.Response:
-        response = requests.Response()
-        response.status_code = status
-        response.headers.update(headers)
-        response.headers.setdefault("Content-Length", str(len(body)))
-        response.raw = urllib3.HTTPResponse(body=io.BytesIO(body), headers=response.headers, status=status,
-                                            preload_content=False, request_method=request.method)
-        response.url = request.url or ""
-        response.request = request
-        response.reason = "fake"
-        return response
+                 body: bytes | IO[bytes]) -> requests.Response:
+        return respond(request, status, headers, body)
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -145,7 +157,10 @@ class FakeRegistry(BaseAdapter):
                 self.body_bytes += limit
                 raise requests.exceptions.ConnectionError("connection reset by fake registry")
             data.extend(_read(request.body, counter=self))
-            return 202, {**location, "Range": f"0-{len(data) - 1}"}, b""
+            if self.behaviour.truncate_patch_once is not None:
+                del data[self.behaviour.truncate_patch_once:]
+                self.behaviour.truncate_patch_once = None
+            return 202, {**location, "Range": f"0-{max(len(data) - 1, 0)}"}, b""
         if method == "PUT":
             data.extend(_read(request.body, counter=self))
             del self.uploads[upload_id]
@@ -193,6 +208,43 @@ class FakeRegistry(BaseAdapter):
             found.append(entry)
         return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                            "manifests": found}).encode()
+
+
+class OtherHost(BaseAdapter):
+    """Another host the registry names (storage, a thief): records each request, answers ``answer``."""
+
+    def __init__(self, status: int = 200, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+        super().__init__()
+        self.answer: Answer = (status, headers or {}, body)
+        self.requests: list[tuple[str, str, str]] = []  # method, url, Authorization header
+
+    def send(self, request: requests.PreparedRequest, **_: Any) -> requests.Response:  # type: ignore[override]
+        self.requests.append((request.method or "", request.url or "", request.headers.get("Authorization", "")))
+        return respond(request, *self.answer)
+
+    def close(self) -> None:
+        pass
+
+
+def respond(request: requests.PreparedRequest, status: int, headers: dict[str, str],
+            body: bytes | IO[bytes]) -> requests.Response:
+    """A response as requests' own adapter builds it: the body streams from ``body`` as from a socket."""
+    response = requests.Response()
+    response.status_code = status
+    response.headers.update(headers)
+    if isinstance(body, bytes):
+        response.headers.setdefault("Content-Length", str(len(body)))
+    stream = io.BytesIO(body) if isinstance(body, bytes) else body
+    response.raw = urllib3.HTTPResponse(body=stream, headers=response.headers, status=status,
+                                        preload_content=False, request_method=request.method)
+    response.url = request.url or ""
+    response.request = request
+    response.reason = "fake"
+    return response
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _errors(code: str, message: str) -> bytes:
