@@ -9,10 +9,11 @@ parsing itself. The gateway's worker (worker.py) hands each parsed GET and HEAD 
 views send (it builds them with the views' own functions), the same route table (with its
 access rule per method) and the same authorizer.
 
-It never answers anything else, and never an error: a miss, a body, an encoded character in
-the path, a missing or insufficient token, an Accept header that refuses the manifest's type
-— all of those fall through to the Flask application unchanged, which answers as always. A hit
-implies the name and reference were valid, because only what the full path fetched is cached.
+It never answers anything else, and never an error: a miss, a body, a conditional request, an
+encoded character in the path, a missing or insufficient token, an Accept header that refuses
+the manifest's type — all of those fall through to the Flask application unchanged, which
+answers as always. A hit implies the name and reference were valid, because only what the full
+path fetched is cached.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ class HotReads:
         return route, headers, body
 
     def _answer(self, environ: dict[str, Any], method: str) -> tuple[str, list[tuple[str, str]], bytes] | None:
-        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ:
-            return None
+        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ \
+                or "HTTP_IF_NONE_MATCH" in environ:
+            return None  # a body, or a conditional request (the views answer 304)
         raw = str(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "")
         if "%" in raw.split("?", 1)[0]:
             return None  # the full path decides what an encoded character means

@@ -10,6 +10,8 @@ from typing import Any
 
 from flask import Response
 
+from services.api.request_input import not_modified
+
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -31,6 +33,18 @@ def empty(status: int, headers: dict[str, str] | None = None) -> Response:
     response.headers["Content-Length"] = "0"
     if not headers or "Content-Type" not in headers:
         del response.headers["Content-Type"]  # an empty body has no type (not Flask's text/html)
+    return response
+
+
+def unchanged(digest: str, headers: dict[str, str]) -> Response | None:
+    """304 when the client holds this content already (its If-None-Match names the ETag, the
+    quoted digest), with the validators and caching headers of ``headers``; no body, and no
+    length (a 304's length would have to be the content's)."""
+    if not not_modified(f'"{digest}"'):
+        return None
+    response = Response(b"", status=304, headers={key: value for key, value in headers.items()
+                                                   if key in ("Docker-Content-Digest", "ETag", "Cache-Control")})
+    del response.headers["Content-Type"]
     return response
 
 

@@ -26,7 +26,7 @@ from services.common import logs, redisconn
 from services.common.errors import RegistryError
 from services.common.internal_auth import read_token
 from services.common.settings import SettingsError, load_or_exit
-from services.gc.collector import CollectionBusy, Collector, LockLost
+from services.gc.collector import CollectionBusy, Collector, LockLost, ReadOnly
 from services.gc.settings import GcSettings
 from services.maintenance import targets
 from services.maintenance.clients import RegistryCalls
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                           args.delete_untagged, size_limits=limits)
     try:
         report = collector.run()
-    except (CollectionBusy, LockLost) as exc:
+    except (CollectionBusy, LockLost, ReadOnly) as exc:
         print(f"wharf-gc: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, CollectionBusy) else 3
+        return 3 if isinstance(exc, LockLost) else 2
     except redis.ConnectionError as exc:
         print(f"wharf-gc: cannot reach Redis at {redis_url}: {exc}", file=sys.stderr)
         return 1

@@ -65,6 +65,10 @@ class CollectionBusy(RuntimeError):
     """Another collection holds the lock."""
 
 
+class ReadOnly(RuntimeError):
+    """An operator holds the registry read-only for maintenance: nothing may be deleted."""
+
+
 class LockLost(RuntimeError):
     """The lock expired or changed hands mid-run: another run may be going on; stop."""
 
@@ -102,6 +106,10 @@ class Collector:
         self._renewed = 0.0
 
     def run(self) -> Report:
+        if not self._dry_run and self._r.exists(keys.MAINTENANCE):
+            # Every delete script refuses too (a mark set mid-run stops the run there).
+            raise ReadOnly("the registry is read-only for maintenance (wharf:maintenance is set); a --dry-run "
+                           "still reports what a collection would remove")
         self._held = json.dumps({"gc": uuid.uuid4().hex, "since": int(time.time())})
         if not self._r.set(keys.GC_LOCK, self._held, nx=True, px=int(self._ttl * 1000)):
             raise CollectionBusy("another garbage collection is running")
@@ -109,7 +117,9 @@ class Collector:
         try:
             # Before the first fence: an upload linked without a pin since then is refused (its
             # gateway pins and links again: services/metadata/README.md, "Uploads without a pin").
-            self._r.incr(keys.GC_STARTED)
+            # A dry run removes nothing and takes no fence: uploads need not notice it.
+            if not self._dry_run:
+                self._r.incr(keys.GC_STARTED)
             report = self._collect()
         except BaseException:
             if not self._dry_run:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 import redis.asyncio as aredis
 
 from services.common import governance
-from services.common.errors import DENIED, RegistryError
+from services.common.errors import BLOB_UNKNOWN, DENIED, MANIFEST_UNKNOWN, NAME_UNKNOWN, RegistryError
 from services.common.names import validate_name
 from services.common.redisconn import text
 from services.gen.wharf.governance.v1 import governance_pb2 as gpb
@@ -38,6 +38,17 @@ def admin_record(actor: gpb.Actor, action: str, detail: str, result: str = "ok",
                            else "user", address=actor.address, action=action, repository=repository,
                            result=result, detail=detail[:1000], via=actor.via or "wharf-admin")
 
+
+
+@contextlib.contextmanager
+def _gone_meanwhile() -> Iterator[None]:
+    """A delete of something another request removed first is as good as done; any other
+    refusal stops the repository's deletion."""
+    try:
+        yield
+    except RegistryError as err:
+        if err.error not in (MANIFEST_UNKNOWN, BLOB_UNKNOWN, NAME_UNKNOWN):
+            raise
 
 class GovernanceServicer(gpb_grpc.GovernanceServicer):
     def __init__(self, client: aredis.Redis, store: MetadataStore, policy: PolicyStore, change: Change,
@@ -127,15 +138,24 @@ class GovernanceServicer(gpb_grpc.GovernanceServicer):
 
         async def delete_all() -> None:
             for digest in sorted(text(d) for d in await self._r.smembers(keys.manifests(name))):
-                with contextlib.suppress(RegistryError):  # gone meanwhile: as good
+                with _gone_meanwhile():
                     await self._store.delete_manifest(name, digest, origin)
                     done.manifests += 1
             for digest in sorted(text(d) for d in await self._r.hkeys(keys.blobs(name))):
-                with contextlib.suppress(RegistryError):
+                with _gone_meanwhile():
                     await self._store.unlink_blob(name, digest, origin)
                     done.blobs += 1
 
-        await self._change(name, delete_all())
+        try:
+            await self._change(name, delete_all())
+        except RegistryError as err:
+            # Read-only for maintenance, a tag made immutable meanwhile, tags that kept changing:
+            # the operator is told, and so is the audit log, with what went before it stopped.
+            await self._audit.record([admin_record(
+                request.actor, "repository delete",
+                f"stopped after {done.manifests} manifests, {done.blobs} blob links: {err.message}"[:500],
+                err.error.code, name)])
+            raise
         await self._audit.record([admin_record(request.actor, "repository delete",
                                                f"{done.manifests} manifests, {done.blobs} blob links", "ok", name)])
         return done

@@ -94,6 +94,11 @@ READ_ONLY = "WHARF_READ_ONLY"
 _GUARD = f"""
 if redis.call('EXISTS', '{MAINTENANCE}') == 1 then return redis.error_reply('{READ_ONLY}') end
 """
+# The collector's and retention's deletes: refused alike, except in a dry run (ARGV[7] "1"),
+# which writes nothing.
+_GUARD_UNLESS_DRY = f"""
+if ARGV[7] ~= '1' and redis.call('EXISTS', '{MAINTENANCE}') == 1 then return redis.error_reply('{READ_ONLY}') end
+"""
 
 
 # The outbox's shard count. Fixed: a repository's events stay in one shard's stream, which is what
@@ -401,6 +406,10 @@ if fresh then
   end
   redis.call('HSET', key, 'created', now, 'blobs', table.concat(blobs, ' '), 'children', table.concat(kids, ' '),
              'type', ARGV[5], 'body', ARGV[6], 'subject', ARGV[7])
+else
+  -- Pushed again: young again for garbage collection, as a blob pushed again is (an index
+  -- pushed next names it); `created` keeps the first arrival, which retention reads.
+  redis.call('HSET', key, 'pushed', now)
 end
 -- The same bytes pushed again keep the media type of their first push: a manifest without a
 -- mediaType field takes its type from the request's Content-Type, and a later push of those
@@ -642,7 +651,7 @@ return unlink(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 # ARGV: prefix, catalog, name, digest, blob_repos key, grace (ms), dry ("1"/"0"), origin.
 # Unlinks a blob no manifest of the repository names, linked longer ago than the grace.
 # Returns 1 when it (dry: would have) unlinked.
-GC_UNLINK_BLOB = _NOW + _USAGE + _OUTBOX + _UNLINK_BLOB + """
+GC_UNLINK_BLOB = _GUARD_UNLESS_DRY + _NOW + _USAGE + _OUTBOX + _UNLINK_BLOB + """
 local p = ARGV[1]
 if redis.call('HEXISTS', p .. 'blobs', ARGV[4]) == 0 then return 0 end
 if redis.call('HEXISTS', p .. 'refs', ARGV[4]) == 1 then return 0 end
@@ -654,13 +663,13 @@ return unlink(p, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 
 # ARGV: prefix, catalog, name, digest, grace (ms), untagged ("1": any untagged manifest may go;
 # "0": only referrers whose subject is gone), dry ("1"/"0"), origin.
-# Deletes a manifest no tag points at and no index of the repository names, that arrived longer
-# ago than the grace, and is not a referrer of a manifest still stored. Returns 1 when it (dry:
+# Deletes a manifest no tag points at and no index of the repository names, that arrived (or was
+# last pushed) longer ago than the grace, and is not a referrer of a manifest still stored. Returns 1 when it (dry:
 # would have) deleted.
-GC_DELETE_MANIFEST = _NOW + _USAGE + _OUTBOX + _REMOVE_MANIFEST + """
+GC_DELETE_MANIFEST = _GUARD_UNLESS_DRY + _NOW + _USAGE + _OUTBOX + _REMOVE_MANIFEST + """
 local p = ARGV[1]
 local key = p .. 'manifest:' .. ARGV[4]
-local v = redis.call('HMGET', key, 'type', 'subject', 'created')
+local v = redis.call('HMGET', key, 'type', 'subject', 'created', 'pushed')
 if not v[1] then return 0 end
 if redis.call('SCARD', p .. 'tagsof:' .. ARGV[4]) > 0 then return 0 end
 if redis.call('HEXISTS', p .. 'children', ARGV[4]) == 1 then return 0 end
@@ -670,7 +679,7 @@ if subject ~= '' then
 elseif ARGV[6] ~= '1' then
   return 0
 end
-if now_ms() - tonumber(v[3] or '0') < tonumber(ARGV[5]) then return 0 end
+if now_ms() - math.max(tonumber(v[3] or '0'), tonumber(v[4] or '0')) < tonumber(ARGV[5]) then return 0 end
 if ARGV[7] == '1' then return 1 end
 remove_manifest(p, ARGV[2], ARGV[3], ARGV[4])
 return 1
@@ -680,8 +689,9 @@ return 1
 # The fence under which the collector deletes a blob's bytes: set only when no repository links
 # the blob and no upload holds a pin on it; while it stands, no pin can be taken (so no commit
 # can find the bytes) and no link can be made (a mount needs a link, an upload a pin).
-# Returns "ok", or why not: "linked", "pinned", "busy".
-BEGIN_BLOB_DELETE = _NOW + """
+# Returns "ok", or why not: "read-only" (maintenance), "linked", "pinned", "busy".
+BEGIN_BLOB_DELETE = _NOW + f"""
+if redis.call('EXISTS', '{MAINTENANCE}') == 1 then return 'read-only' end
 if redis.call('EXISTS', ARGV[1]) == 1 then return 'linked' end
 redis.call('ZREMRANGEBYSCORE', ARGV[2], '-inf', now_ms())
 if redis.call('ZCARD', ARGV[2]) > 0 then return 'pinned' end

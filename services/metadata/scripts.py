@@ -11,12 +11,14 @@ import redis.asyncio as aredis
 from redis.commands.core import AsyncScript
 
 from services.common import metrics, tracing
+from services.common.errors import UNAVAILABLE, RegistryError
 from services.metadata import redis_keys as keys
 
 
 class TimedScript:
     """A registered Lua script, timed and counted by name (``wharf_redis_script_*``) and traced.
-    A refusal the script itself raises (the registry is read-only) is an answer, not an error."""
+    A refusal the script itself raises (the registry is read-only for maintenance) is an answer,
+    not an error: UNAVAILABLE with a Retry-After, whoever ran the script."""
 
     def __init__(self, client: aredis.Redis, name: str, source: str) -> None:
         self._script: AsyncScript = client.register_script(source)
@@ -31,8 +33,10 @@ class TimedScript:
                               attributes={"db.system": "redis", "db.operation": "EVALSHA"}):
                 return await self._script(keys=script_keys, args=args)
         except redis.ResponseError as exc:
-            if not str(exc).startswith(keys.READ_ONLY):
-                self._errors.inc()
+            if str(exc).startswith(keys.READ_ONLY):
+                raise RegistryError(UNAVAILABLE, "the registry is read-only for maintenance; retry later",
+                                    detail={"retry_after": 30}) from None
+            self._errors.inc()
             raise
         except redis.RedisError:
             self._errors.inc()

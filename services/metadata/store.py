@@ -130,13 +130,10 @@ class MetadataStore:
 
     async def _write(self, script: TimedScript, args: Sequence[str | bytes | int], name: str, origin: Any) -> Any:
         """Runs a write script of repository ``name`` with its event outbox and the write's origin
-        (the last argument); while an operator holds the registry read-only, a 503."""
+        (the last argument); while an operator holds the registry read-only, a 503 (TimedScript)."""
         try:
             return await script([*args, origin_json(origin)], self._outbox.keys_for(name, origin))
         except redis.ResponseError as exc:
-            if str(exc).startswith(keys.READ_ONLY):
-                raise RegistryError(UNAVAILABLE, "the registry is read-only for maintenance; retry later",
-                                    detail={"retry_after": 30}) from None
             raise_if_stale(exc)
             raise
 

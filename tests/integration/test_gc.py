@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -111,10 +112,21 @@ def test_collects_what_deleted_manifests_left(start_stack: Callable[..., Running
     assert f"wharf_gc_links_removed_total {float(report['links_removed'])}" in figures
 
 
+def _gc_refused(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "WHARF_REDIS_URL"}
+    env.update(stack.extra_env, WHARF_DATA_DIR=str(stack.data_dir))
+    return subprocess.run([sys.executable, "-m", "services.gc", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
 def test_writes_get_503_while_an_operator_holds_maintenance(start_stack: Callable[..., RunningStack]) -> None:
-    """The read-only switch stays for operators (a restore, say); garbage collection no longer uses it."""
+    """The read-only switch stays for operators (a restore, say): pushes and deletes get 503, the
+    collector refuses to start (a dry run still reports), a whole-repository delete fails
+    (it said it deleted what it had not), and a mark set while a collection runs stops its deletes."""
     stack = start_stack()
     push_image([stack.url], "gc/ro", "v1", random_layers(1, 1024))
+    untagged = push_image([stack.url], "gc/ro", "gone", random_layers(1, 1024))
+    assert requests.delete(f"{stack.url}/v2/gc/ro/manifests/gone", timeout=30).status_code == 202
     client = redis.Redis.from_url(_redis_url(stack))
     client.set("wharf:maintenance", json.dumps({"by": "test"}), px=60_000)
     try:
@@ -124,9 +136,46 @@ def test_writes_get_503_while_an_operator_holds_maintenance(start_stack: Callabl
         assert _status(f"{stack.url}/v2/gc/ro/manifests/v1") == 200  # reads go on
         deleted = requests.delete(f"{stack.url}/v2/gc/ro/manifests/v1", timeout=30)
         assert deleted.status_code == 503 and deleted.headers.get("Retry-After")
+        before = _blob_files(stack)  # with what the refused push stored (its links were refused)
+        gc = _gc_refused(stack, "--grace", "0", "--delete-untagged")
+        assert gc.returncode == 2 and "read-only for maintenance" in gc.stderr
+        assert _gc(stack, "--grace", "0", "--delete-untagged", "--dry-run")["manifests_removed"]
+        assert _status(f"{stack.url}/v2/gc/ro/manifests/{untagged}") == 200 and _blob_files(stack) == before
+        repo_delete = stack.maintenance("repo", "delete", "gc/ro", "--yes")
+        assert repo_delete.returncode != 0 and "read-only" in repo_delete.stderr
+        assert _status(f"{stack.url}/v2/gc/ro/manifests/v1") == 200
+        # The scripts refuse on their own (a mark set after a collection started).
+        lifecycle = redis.Redis.from_url(_redis_url(stack))
+        script = lifecycle.register_script(keys.GC_DELETE_MANIFEST)
+        with pytest.raises(redis.ResponseError, match=keys.READ_ONLY):
+            script(args=[keys.repo_prefix("gc/ro"), keys.CATALOG, "gc/ro", untagged, 0, "1", "0", "{}"])
     finally:
         client.delete("wharf:maintenance")
     push_image([stack.url], "gc/ro", "v2", random_layers(1, 1024))
+    assert _gc(stack, "--grace", "0", "--delete-untagged")["manifests_removed"]
+    assert _status(f"{stack.url}/v2/gc/ro/manifests/{untagged}") == 404
+
+
+def test_a_manifest_pushed_again_is_young_again(start_stack: Callable[..., RunningStack]) -> None:
+    """A client pushes its platform manifests by digest, then the index naming them: a manifest
+    stored untagged long ago and pushed again just now must survive a collection in between, as
+    a blob pushed again does (its first arrival, `created`, stays what retention reads)."""
+    stack = start_stack()
+    old = push_image([stack.url], "gc/again", "t", random_layers(1, 1024))
+    never_again = push_image([stack.url], "gc/again", "u", random_layers(1, 1024))
+    for tag in ("t", "u"):
+        assert requests.delete(f"{stack.url}/v2/gc/again/manifests/{tag}", timeout=30).status_code == 202
+    client = redis.Redis.from_url(_redis_url(stack))
+    for digest_ in (old, never_again):  # both arrived an hour ago
+        client.hset(keys.manifest("gc/again", digest_), "created", int((time.time() - 3600) * 1000))
+    body = requests.get(f"{stack.url}/v2/gc/again/manifests/{old}", headers={"Accept": OCI_MANIFEST}, timeout=30)
+    pushed = requests.put(f"{stack.url}/v2/gc/again/manifests/{old}", data=body.content, timeout=30,
+                          headers={"Content-Type": OCI_MANIFEST})
+    assert pushed.status_code == 201
+    report = _gc(stack, "--grace", "600", "--delete-untagged")
+    assert report["manifests_removed"] == 1
+    assert _status(f"{stack.url}/v2/gc/again/manifests/{old}") == 200
+    assert _status(f"{stack.url}/v2/gc/again/manifests/{never_again}") == 404
 
 
 def test_one_collection_at_a_time(start_stack: Callable[..., RunningStack]) -> None:

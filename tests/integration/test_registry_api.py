@@ -114,6 +114,38 @@ def test_accept_negotiation_and_headers(stack: RunningStack) -> None:
     assert head.headers["Content-Length"] == str(len(body)) and head.content == b""
 
 
+def test_conditional_requests_follow_rfc_9110(stack: RunningStack) -> None:
+    """If-None-Match naming the content's ETag is a 304 for blobs and manifests, GET and HEAD
+    (cached or not: the hot-read path hands conditional requests to the views); If-Range other
+    than the ETag (another tag, a date) asks for the whole blob, not the range."""
+    data = bytes(range(256)) * 4
+    blob = _push_blob(stack.url, "cond/a", data)
+    body = _manifest(_push_blob(stack.url, "cond/a", b"{}"), [])
+    assert requests.put(f"{stack.url}/v2/cond/a/manifests/v1", data=body, headers={"Content-Type": OCI},
+                        timeout=10).status_code == 201
+    etags = {f"/v2/cond/a/blobs/{blob}": f'"{blob}"', "/v2/cond/a/manifests/v1": f'"{digests.of(body)}"'}
+    with requests.Session() as session:
+        for path, etag in etags.items():
+            for _ in range(3):  # the first GETs fill the read cache: later ones would be hits
+                assert session.get(stack.url + path, headers={"Accept": OCI}, timeout=10).status_code == 200
+            for method in ("GET", "HEAD"):
+                for header in (etag, f'W/{etag}', f'"other", {etag}', "*"):
+                    answer = session.request(method, stack.url + path, timeout=10,
+                                             headers={"Accept": OCI, "If-None-Match": header})
+                    assert answer.status_code == 304 and answer.content == b"", (method, path, header)
+                    assert answer.headers["ETag"] == etag and "Content-Type" not in answer.headers
+                other = session.request(method, stack.url + path, headers={"Accept": OCI, "If-None-Match": '"x"'},
+                                        timeout=10)
+                assert other.status_code == 200
+        ranged = {"Range": "bytes=0-9"}
+        url = f"{stack.url}/v2/cond/a/blobs/{blob}"
+        assert session.get(url, headers={**ranged, "If-Range": etags[f"/v2/cond/a/blobs/{blob}"]},
+                           timeout=10).content == data[:10]
+        for validator in ('"another"', "Wed, 21 Oct 2015 07:28:00 GMT"):
+            whole = session.get(url, headers={**ranged, "If-Range": validator}, timeout=10)
+            assert whole.status_code == 200 and whole.content == data
+
+
 def test_tag_pages_carry_a_link(stack: RunningStack) -> None:
     config = _push_blob(stack.url, "pages/a", b"{}")
     body = _manifest(config, [])

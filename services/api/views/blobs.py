@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from flask import Response, request, stream_with_context
 
-from services.api.request_input import IO_CHUNK
-from services.api.responses import empty
+from services.api.request_input import IO_CHUNK, bounded_int, range_applies
+from services.api.responses import empty, unchanged
 from services.common import digests
 from services.common.errors import BLOB_UNKNOWN, RANGE_INVALID, RegistryError
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from services.api.context import Context
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
+_LARGEST = 2**63  # past any blob's size
 
 
 def blob_headers(digest: str, size: int) -> dict[str, str]:
@@ -38,12 +39,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first_s, last_s = found.groups()
     if first_s:
-        first = int(first_s)
-        last = min(int(last_s), size - 1) if last_s else size - 1
-        if first >= size or (last_s and int(last_s) < first):
+        first = bounded_int(first_s, _LARGEST)
+        last = min(bounded_int(last_s, _LARGEST), size - 1) if last_s else size - 1
+        if first >= size or (last_s and bounded_int(last_s, _LARGEST) < first):
             raise _unsatisfiable(size)
     else:
-        suffix = int(last_s)
+        suffix = bounded_int(last_s, _LARGEST)
         if suffix == 0 or size == 0:
             raise _unsatisfiable(size)
         first, last = max(size - suffix, 0), size - 1
@@ -83,6 +84,9 @@ def head(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
     _, size = _resolve(ctx, name, digest, fill=True)
     assert size is not None
+    cached = unchanged(digest, blob_headers(digest, size))
+    if cached is not None:
+        return cached
     response = empty(200, blob_headers(digest, size))
     response.headers["Content-Length"] = str(size)
     return response
@@ -210,9 +214,17 @@ def _stream_fill(ctx: Context, name: str, digest: str) -> Response | None:
     headers = blob_headers(digest, total)
     if not total:
         del headers["Content-Length"]
-    ctx.pull_events.note_request(target[0], digest, "", total, blob=True)
+
+    def pulled() -> Iterator[bytes]:
+        # The pull's event once the whole blob went out verified, with its real size (the
+        # upstream's Content-Length may be missing or wrong; a failed fill is no pull).
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+            yield chunk
+        ctx.pull_events.note_request(target[0], digest, "", size, blob=True)
     # In the request's context: the link made once the last chunk went out is a call with its id.
-    return Response(stream_with_context(chunks), status=200, headers=headers, direct_passthrough=True)
+    return Response(stream_with_context(pulled()), status=200, headers=headers, direct_passthrough=True)
 
 
 def get(ctx: Context, name: str, digest: str) -> Response:
@@ -223,7 +235,10 @@ def get(ctx: Context, name: str, digest: str) -> Response:
         if streamed is not None:
             return streamed
         name, size = kept, ctx.clients.cache.blob_size(kept, digest)
-    span = parse_range(request.headers.get("Range"), size)
+    cached = unchanged(digest, blob_headers(digest, size))
+    if cached is not None:
+        return cached
+    span = parse_range(request.headers.get("Range"), size) if range_applies(f'"{digest}"') else None
     first, last = span if span else (0, size - 1)
     length = max(last - first + 1, 0)
     headers = blob_headers(digest, length)

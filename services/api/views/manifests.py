@@ -10,7 +10,7 @@ from services.api import manifest_rules
 from services.api.admission import Candidate
 from services.api.mounts import mountable_size
 from services.api.request_input import read_body
-from services.api.responses import empty
+from services.api.responses import empty, unchanged
 from services.common import digests, mediatypes
 from services.common.errors import (
     DENIED,
@@ -93,6 +93,9 @@ def get(ctx: Context, name: str, reference: str) -> Response:
     headers = manifest_headers(manifest)
     if warning:
         headers["Warning"] = warning
+    cached = unchanged(manifest.digest, headers)
+    if cached is not None:
+        return cached
     if request.method == "HEAD":
         response = Response(b"", status=200, headers=headers)
         response.headers["Content-Length"] = str(len(manifest.content))

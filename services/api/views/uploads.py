@@ -16,7 +16,7 @@ from flask import Response, request
 from services.api import quotas
 from services.api.mounts import mountable_size
 from services.api.quotas import Held
-from services.api.request_input import digest_arg, request_body, small_body
+from services.api.request_input import bounded_int, digest_arg, request_body, small_body
 from services.api.responses import empty
 from services.common import digests
 from services.common.errors import (
@@ -70,8 +70,11 @@ def _committed(ctx: Context, name: str, digest: str, commit: Callable[[], bpb.Bl
     blob = commit()
     if metadata.link_unpinned(name, digest, blob.size, seen, upload_id):
         return _created(name, digest)
-    # A collection runs or started since: it may have taken the bytes the commit found.
-    if whole is not None:
+    # A collection runs or started since: it may have taken the bytes the commit found. A body
+    # held whole is stored again only when it is the whole blob: the closing PUT of a chunked
+    # upload carries only its last chunk (stored as such, it would fail its digest check and lose
+    # the upload).
+    if whole is not None and digests.of(whole, digests.parse(digest)[0]) == digest:
         data: bytes = whole
         return _pinned(ctx, name, digest, lambda: ctx.clients.blobs.put_whole(digest, data), upload_id)
 
@@ -147,7 +150,7 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> tuple
     found = _CONTENT_RANGE_RE.match(header.strip())
     if not found:
         raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {header[:100]!r}")
-    first, last = int(found.group(1)), int(found.group(2))
+    first, last = bounded_int(found.group(1), _MAX_OFFSET + 1), bounded_int(found.group(2), _MAX_OFFSET + 1)
     length = request.content_length
     if last < first or last > _MAX_OFFSET or (length is not None and length != last - first + 1):
         status = ctx.clients.blobs.get_upload(name, upload_id)
