@@ -190,18 +190,21 @@ class BlobStoreClient:
                                                            chunk_size=chunk_size), b"")
         return first, call, call.cancel
 
-    def fill(self, upstream: str, repository: str,
-             digest: str) -> tuple[int, bool, bytes, Iterator[bytes], Callable[[], None]]:
+    def fill(self, upstream: str, repository: str, digest: str,
+             verify: bool = False) -> tuple[int, bool, bytes, Iterator[bytes], Callable[[], None]]:
         """A mirrored blob (services/blobstore/fills.py): its size (0 when the upstream did not say),
         whether it is stored already (then nothing is streamed), the first chunk (so errors surface
         before any header is sent), the rest, and a cancel. An error after the first chunk (a digest
         mismatch) ends the iterator with an exception."""
         first, call = self._opened("Fill", bpb.FillRequest(upstream=upstream, repository=repository,
-                                                           digest=digest), bpb.Chunk())
+                                                           digest=digest, verify=verify), bpb.Chunk())
 
         def rest() -> Iterator[bytes]:  # a generator, not an expression: the call is iterated only once asked
-            for chunk in call:
-                yield chunk.data
+            try:
+                for chunk in call:
+                    yield chunk.data
+            except grpc.RpcError as err:  # a mismatch after the first chunk: the service's error, not a 500
+                raise from_rpc_error(err) from None
         return first.total, first.stored, first.data, rest(), call.cancel
 
     def fetch_manifest(self, upstream: str, repository: str, reference: str, head: bool) -> bpb.FetchedManifest:

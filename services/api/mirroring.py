@@ -215,9 +215,10 @@ class Mirror:
         it until the link. Iterate the chunks within the request's context
         (flask.stream_with_context): the link is a call."""
         metadata = self._clients.metadata
+        verify = not self._delivered_before(upstream, digest)
         pin = metadata.pin_blob(digest)
         try:
-            total, stored, first, rest, cancel = self._clients.blobs.fill(upstream.prefix, remote, digest)
+            total, stored, first, rest, cancel = self._clients.blobs.fill(upstream.prefix, remote, digest, verify)
         except BaseException:
             _unpin(metadata, digest, pin)
             raise
@@ -246,6 +247,15 @@ class Mirror:
                     cancel()
                     _unpin(metadata, digest, pin)
         return total, chunks()
+
+    def _delivered_before(self, upstream: Upstream, digest: str) -> bool:
+        """Whether a repository of this upstream links the blob: only fills link blobs there (pushes
+        and mounts into mirrored repositories are refused), so the upstream delivered it once. A
+        blob stored for any other reason is fetched from the upstream and checked before it is
+        linked: its digest alone is no proof the caller may read it (a private repository's)."""
+        within = upstream.prefix + "/"
+        holders = self._clients.metadata.blob_repositories(digest)
+        return any(name.startswith(within) for name in holders.repositories)
 
     def fill_and_link(self, name: str, digest: str, upstream: Upstream, remote: str) -> None:
         """The whole fill, for a request that is then answered from storage (a HEAD, a Range)."""

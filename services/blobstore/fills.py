@@ -24,6 +24,7 @@ worker is asked.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -52,6 +53,8 @@ log = logging.getLogger("wharf.blobstore.fills")
 # leader's writer lease is renewed while it writes, so a dead leader is noticed sooner.
 FOLLOW_TIMEOUT = 1800.0
 POLL = 0.1
+# (upstream, digest) pairs this process filled lately, for the followers of those fills.
+_VERIFIED_MAX = 4096
 
 
 _KINDS = ((UpstreamNotFound, "not_found"), (UpstreamUnavailable, "unavailable"), (UpstreamDenied, "denied"),
@@ -84,6 +87,7 @@ class Fills:
         self._upstreams = {u.prefix: u for u in mirrors.upstreams}
         self._clients: dict[str, UpstreamClient] = {}
         self._lock = threading.Lock()
+        self._verified: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
 
     def _client(self, prefix: str) -> UpstreamClient:
         upstream = self._upstreams.get(prefix)
@@ -109,15 +113,21 @@ class Fills:
         except UpstreamError as err:
             raise upstream_error(err, digest, manifest=True, prefix=prefix) from None
 
-    def fill(self, prefix: str, repository: str, digest: str) -> tuple[int, Iterator[bytes] | None] | None:
+    def fill(self, prefix: str, repository: str, digest: str,
+             verify: bool = False) -> tuple[int, Iterator[bytes] | None] | None:
         """(size, chunks) of a blob fetched now, (size, None) when it is stored (the caller then
         reads it the usual way), or None while another fetcher fills it: one short look, never a
         wait, so that a follower holds no storage thread (the caller waits on its event loop and
-        asks again)."""
+        asks again).
+
+        With ``verify``, a stored blob counts only once this upstream delivered it (this process
+        filled it from there lately): the caller has no other proof that the upstream has it, and
+        a digest is no proof of access. Without it, a mirror linked any blob stored anywhere in
+        the registry (a private one's, by its digest) into the mirrored repository."""
         digests.validate(digest)
         client = self._client(prefix)
         stored = self._driver.stat(layout.blob_key(digest))
-        if stored is not None:
+        if stored is not None and (not verify or self._delivered(prefix, digest)):
             return stored.size, None
         writer = self._claim(digest)
         if writer is None:
@@ -126,6 +136,8 @@ class Fills:
             # Looked at again now that the fill is ours: a leader may have stored the blob and let
             # go between the look above and the claim (a thread preempted on a busy machine).
             stored = self._driver.stat(layout.blob_key(digest))
+            if stored is not None and verify and not self._delivered(prefix, digest):
+                stored = None  # stored, but not shown to come from this upstream: fetched and checked
             stream = None if stored is not None or writer.size else client.blob(repository, digest)
         except UpstreamError as err:
             self._drop(writer, digest)
@@ -138,6 +150,19 @@ class Fills:
             self._drop(writer, digest)  # nothing half-done left behind, nor what a dead leader wrote
             return (stored.size, None) if stored is not None else None  # None: the next ask leads
         return stream.size or 0, self._lead(prefix, client, stream, writer, digest)
+
+    def _delivered(self, prefix: str, digest: str) -> bool:
+        with self._lock:
+            return (prefix, digest) in self._verified
+
+    def _note_delivered(self, prefix: str, digest: str) -> None:
+        """Remembers that ``prefix`` delivered ``digest`` verified: the followers of a fill, asking
+        with ``verify``, take the stored blob instead of fetching it again (bounded, oldest out)."""
+        with self._lock:
+            self._verified[(prefix, digest)] = None
+            self._verified.move_to_end((prefix, digest))
+            while len(self._verified) > _VERIFIED_MAX:
+                self._verified.popitem(last=False)
 
     def _claim(self, digest: str) -> FileWriter | None:
         """The fill's writer, held; None when another fetcher holds it or it changed under the claim.
@@ -205,6 +230,7 @@ class Fills:
                 self._driver.move(layout.fill_data_key(digest), layout.blob_key(digest))
             done = True
             result = "stored"
+            self._note_delivered(prefix, digest)
             log.info("filled", extra={"fields": {"digest": digest, "upstream": client.host, "size": writer.size}})
         except UpstreamError as err:
             raise upstream_error(err, digest, prefix=prefix) from None

@@ -128,21 +128,31 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
     write, a read, a stat) runs in a bounded thread pool and returns at once."""
 
     def __init__(self, blobs: BlobService, chunk_size: int, pool: concurrent.futures.ThreadPoolExecutor,
-                 fills: Fills) -> None:
+                 fills: Fills, upstream_pool: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
         self._blobs = blobs
         self._fills = fills
         self._chunk_size = chunk_size
         self._pool = pool
+        # Mirror fills and fetches wait on upstream registries, which may be slow or hostile (an
+        # upstream trickling a blob held a storage thread per fill: 32 such fills stopped every
+        # push and pull of the registry). They run in a pool of their own, so storage steps
+        # always find a thread; past its size, more fills wait on the event loop.
+        self._upstream_pool = upstream_pool or pool
         self._reading = 0  # streamed reads in progress
         self._held = 0  # bytes of their chunks waiting to be sent
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._submit(fn, *args))
 
-    def _submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+    async def _run_upstream(self, fn: Callable[..., T], *args: Any) -> T:
+        """``_run`` for a step that waits on an upstream registry (its own pool)."""
+        return await asyncio.wrap_future(self._submit(fn, *args, pool=self._upstream_pool))
+
+    def _submit(self, fn: Callable[..., T], *args: Any,
+                pool: concurrent.futures.ThreadPoolExecutor | None = None) -> concurrent.futures.Future[T]:
         """A storage step started in the pool without waiting for it. In the call's context, so
         the step's storage span and log lines belong to the call."""
-        return self._pool.submit(contextvars.copy_context().run, fn, *args)
+        return (pool or self._pool).submit(contextvars.copy_context().run, fn, *args)
 
     async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext) -> pb.BlobInfo:
         return _blob(await self._run(self._blobs.stat, request.digest, request.want_location))
@@ -176,8 +186,9 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         loop = asyncio.get_running_loop()
         started, waited = loop.time(), False
         # A follower of another fetcher's fill waits here, on the event loop, holding no thread.
-        while (found := await self._run(self._fills.fill, request.upstream, request.repository,
-                                        request.digest)) is None:
+        verify = request.verify
+        while (found := await self._run_upstream(self._fills.fill, request.upstream, request.repository,
+                                                 request.digest, verify)) is None:
             if not waited:
                 metrics.MIRROR_FILL_WAITS.labels(request.upstream).inc()
                 waited = True
@@ -191,7 +202,7 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             return
         first = True
         try:
-            while (data := await self._run(next, chunks, b"")) or first:
+            while (data := await self._run_upstream(next, chunks, b"")) or first:
                 yield pb.Chunk(data=data, total=total if first else 0)
                 first = False
                 if not data:
@@ -199,19 +210,20 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
-                await grpcserver.shielded(self._run(close))
+                await grpcserver.shielded(self._run_upstream(close))
 
     async def FetchManifest(self, request: pb.FetchManifestRequest,
                             context: grpc.aio.ServicerContext) -> pb.FetchedManifest:
-        answer = await self._run(self._fills.manifest, request.upstream, request.repository, request.reference,
-                                 request.head)
+        answer = await self._run_upstream(self._fills.manifest, request.upstream, request.repository,
+                                          request.reference, request.head)
         return pb.FetchedManifest(digest=answer.digest, media_type=answer.media_type, size=answer.size,
                                   content=answer.body or b"")
 
     async def FetchReferrers(self, request: pb.FetchReferrersRequest,
                              context: grpc.aio.ServicerContext) -> pb.FetchedReferrers:
-        return pb.FetchedReferrers(index=await self._run(self._fills.referrers, request.upstream, request.repository,
-                                                         request.digest, request.artifact_type))
+        return pb.FetchedReferrers(index=await self._run_upstream(self._fills.referrers, request.upstream,
+                                                                  request.repository, request.digest,
+                                                                  request.artifact_type))
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         return pb.DeleteResponse(deleted=await self._run(self._blobs.delete, request.digest))
@@ -341,9 +353,11 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
     fills = Fills(blobs, driver, mirrors or Mirrors())
     blobs.expire_uploads()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="storage")
+    upstream_pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.upstream_workers,
+                                                          thread_name_prefix="upstream")
 
     def register(server: grpc.aio.Server) -> list[str]:
-        add_servicer(BlobStoreServicer(blobs, settings.chunk_size, pool, fills), server)
+        add_servicer(BlobStoreServicer(blobs, settings.chunk_size, pool, fills, upstream_pool), server)
         return [pb.DESCRIPTOR.services_by_name["BlobStore"].full_name]
 
     stop = threading.Event()
@@ -358,6 +372,7 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
     finally:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
+        upstream_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run(settings: BlobStoreSettings, on_port: Callable[[int], None] | None = None,

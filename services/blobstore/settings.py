@@ -38,6 +38,9 @@ class BlobStoreSettings:
     workers: int = env("WHARF_BLOBSTORE_WORKERS", 32,
                        "threads that run storage steps (the gRPC server is asyncio: a transfer holds a thread "
                        "only while a step runs)")
+    upstream_workers: int = env("WHARF_BLOBSTORE_UPSTREAM_WORKERS", 32,
+                                "threads that wait on mirror upstreams (fills, manifest fetches): a pool apart "
+                                "from the storage threads, so slow upstreams cannot hold those", minimum=1)
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")

@@ -1,8 +1,9 @@
 """The one error catalogue: every registry error code with its HTTP and gRPC status.
 
-Services raise :class:`RegistryError`; the gRPC interceptor carries the code in
-trailing metadata; the gateway turns it back into a :class:`RegistryError` and
-renders the OCI ``{"errors": [...]}`` body. Nothing else maps codes to statuses.
+Services raise :class:`RegistryError`; the gRPC interceptor carries the code (and an HTTP
+status other than the code's own) in trailing metadata; the gateway turns it back into a
+:class:`RegistryError` and renders the OCI ``{"errors": [...]}`` body. Nothing else maps codes
+to statuses.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import grpc
 # Trailing-metadata keys that carry an error across a gRPC hop.
 ERROR_CODE_KEY = "wharf-error-code"
 ERROR_DETAIL_KEY = "wharf-error-detail"
+# Sent only when the error's HTTP status is not its code's (the blob store's 502 for an upstream's
+# wrong answer, an UNAVAILABLE whose default is 503): without it the gateway would answer the default.
+ERROR_STATUS_KEY = "wharf-error-status"
 # The most missing references a MANIFEST_BLOB_UNKNOWN lists in its detail: the detail travels in
 # gRPC trailing metadata (16 KiB at most), where 50 sha512 digests fit easily.
 MISSING_LISTED = 50
@@ -117,6 +121,8 @@ class RegistryError(Exception):
         meta: list[tuple[str, str]] = [(ERROR_CODE_KEY, self.error.code)]
         if self.detail is not None:
             meta.append((ERROR_DETAIL_KEY, json.dumps(self.detail)))
+        if self.http_status != self.error.http_status:
+            meta.append((ERROR_STATUS_KEY, str(self.http_status)))
         return tuple(meta)
 
 
@@ -155,8 +161,18 @@ def from_rpc_error(err: grpc.RpcError) -> RegistryError:
         headers = {}
         if isinstance(detail, dict) and isinstance(detail.get("retry_after"), int):
             headers["Retry-After"] = str(detail["retry_after"])
-        return RegistryError(entry, message or None, detail, headers=headers)
+        return RegistryError(entry, message or None, detail, headers=headers, http_status=_carried_status(meta))
     entry = _BY_GRPC_STATUS.get(status, INTERNAL)
     if entry is UNAVAILABLE:
         return RegistryError(UNAVAILABLE, "a backend service is unavailable, retry later")
     return RegistryError(entry)
+
+
+def _carried_status(meta: dict[str, Any]) -> int | None:
+    """The HTTP status a service sent with its error, or None (the code's own): metadata crosses a
+    process boundary, so anything but an error status (400..599) is ignored, not trusted."""
+    raw = meta.get(ERROR_STATUS_KEY)
+    if not isinstance(raw, str) or not raw.isascii() or not raw.isdigit() or len(raw) != 3:
+        return None
+    status = int(raw)
+    return status if 400 <= status <= 599 else None

@@ -23,7 +23,7 @@ import abc
 import urllib3
 
 from services.common import plugins
-from services.events import envelope
+from services.events import deadline, envelope
 from services.events.config import Endpoint
 from services.events.envelope import Event, Source
 
@@ -71,13 +71,25 @@ class WebhookSink(EventSink):
     def from_endpoint(cls, endpoint: Endpoint, source: Source) -> WebhookSink:
         if not endpoint.url:
             raise ValueError(f"endpoint {endpoint.name}: the webhook sink needs a url")
-        return cls(endpoint, source, urllib3.PoolManager(num_pools=4, maxsize=4))
+        return cls(endpoint, source, deadline.pool_manager(num_pools=4, maxsize=4))
 
     def close(self) -> None:
         self._pool.clear()
 
     def send(self, events: list[Event]) -> str:
-        """"" when the endpoint took the batch, else why not (for the status and the logs)."""
+        """"" when the endpoint took the batch, else why not (for the status and the logs). The
+        whole exchange (connect, request, status line, headers, body) runs under the endpoint's
+        ``timeout`` (deadline.py): urllib3's own timeout bounds each socket read, and a receiver
+        that trickles its answer would otherwise hold the endpoint for ever."""
+        payload, headers = self._request(events)
+        with deadline.Deadline(self._endpoint.timeout) as limit:
+            reason = self._post(payload, headers, limit)
+        if limit.expired:
+            return f"no complete answer within the endpoint's timeout ({self._endpoint.timeout:g}s)"
+        return reason
+
+    def _request(self, events: list[Event]) -> tuple[bytes, urllib3.HTTPHeaderDict]:
+        """The batch's body and headers (signed when the endpoint has a secret)."""
         e = self._endpoint
         payload, content_type = envelope.body(events, self._source, e.format)
         headers = urllib3.HTTPHeaderDict()
@@ -88,6 +100,11 @@ class WebhookSink(EventSink):
         headers[envelope.DELIVERY_HEADER] = f"{events[0].id} {events[-1].id}"
         if e.secret:
             headers[envelope.SIGNATURE_HEADER] = envelope.signature(e.secret, payload)
+        return payload, headers
+
+    def _post(self, payload: bytes, headers: urllib3.HTTPHeaderDict, limit: deadline.Deadline) -> str:
+        """One POST and as much of its answer as is wanted; "" or why it failed."""
+        e = self._endpoint
         try:
             response = self._pool.request("POST", e.url, body=payload, headers=headers, retries=False, redirect=False,
                                           timeout=urllib3.Timeout(total=e.timeout), preload_content=False)
@@ -96,7 +113,8 @@ class WebhookSink(EventSink):
         whole = False
         try:
             text = response.read(_RESPONSE_READ + 1, decode_content=False)
-            whole = len(text) <= _RESPONSE_READ  # read to its end: the connection may serve the next one
+            # Read to its end (and not cut short by the deadline): the connection may serve the next one.
+            whole = len(text) <= _RESPONSE_READ and not limit.expired
             if response.status < 400:
                 return ""
             return f"HTTP {response.status}: {text[:200].decode('utf-8', 'replace')}"[:_LAST_ERROR_MAX]
@@ -107,5 +125,3 @@ class WebhookSink(EventSink):
                 response.release_conn()
             else:
                 response.close()
-
-

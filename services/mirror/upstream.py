@@ -29,6 +29,10 @@ from services.common import digests, mediatypes, names
 from services.common.errors import RegistryError
 
 CHUNK_SIZE = 1024 * 1024
+# The slowest an upstream may send a blob: each CHUNK_SIZE of it within this many seconds (about
+# 17 KB/s). Each read also has the client's timeout, but an upstream sending a byte every few
+# seconds never trips that, and held a fill (and its thread) for as long as it liked.
+CHUNK_SECONDS = 60.0
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 5
 MAX_TOKEN_ANSWER_BYTES = 1024 * 1024
@@ -148,15 +152,36 @@ class BlobStream:
         length = response.headers.get("Content-Length", "")
         self.size: int | None = int(length) if length.isdigit() else None
         self._response = response
+        self._ended = False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._response.stream(CHUNK_SIZE, decode_content=False)
+            while chunk := self._chunk():
+                yield chunk
+            self._ended = True
         except (HTTPError, OSError) as exc:
             raise _unavailable(self.host, exc) from exc
 
+    def _chunk(self) -> bytes:
+        """The next CHUNK_SIZE bytes (fewer at the end), read as they come, so that an upstream
+        too slow for CHUNK_SECONDS is noticed while it trickles."""
+        parts: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + CHUNK_SECONDS
+        while size < CHUNK_SIZE and (data := self._response.read1(CHUNK_SIZE - size, decode_content=False)):
+            parts.append(data)
+            size += len(data)
+            if size < CHUNK_SIZE and time.monotonic() > deadline:
+                raise UpstreamUnavailable(self.host, f"too slow: less than {CHUNK_SIZE} bytes in "
+                                                     f"{CHUNK_SECONDS:.0f} s")
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def close(self) -> None:
-        _finish(self._response)
+        if self._ended:
+            _finish(self._response)
+        else:  # cut short (too slow, a mismatch, the caller gone): never drained at the upstream's pace
+            self._response.close()
+            self._response.release_conn()
 
     def __enter__(self) -> BlobStream:
         return self

@@ -4,10 +4,12 @@ is stored is served with the upstream gone; an upstream manifest is fetched by t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pathlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urljoin
 
@@ -30,10 +32,11 @@ from services.mirror.config import Mirrors, Upstream
 from services.mirror.upstream import BlobStream
 from services.stack import records
 from tests.support.distribution import running_distribution
-from tests.support.pusher import OCI_MANIFEST
+from tests.support.pusher import OCI_MANIFEST, push_blob
 from tests.support.s3 import S3Server
 from tests.support.stack import RunningStack
 from tests.support.tools import require_tool
+from tests.support.trickle import TrickleServer
 
 LAYER = 3 * 1024 * 1024 + 17
 
@@ -164,6 +167,60 @@ def test_an_unreachable_upstream_is_unavailable_but_stored_blobs_still_serve(
     with pytest.raises(grpc.RpcError) as down:
         _fill_from(stub, "down.example", "sha256:" + "1" * 64)
     assert down.value.code() == grpc.StatusCode.UNAVAILABLE and "127.0.0.1:9" in (down.value.details() or "")
+
+
+def test_a_mirror_links_only_what_its_upstream_delivered(
+        start_stack: Callable[..., RunningStack], upstream: tuple[str, pathlib.Path, bytes, str],
+        tmp_path: pathlib.Path) -> None:
+    """A digest is no proof of access: a blob stored for another reason (a private repository's)
+    is linked into a mirrored repository only once its upstream delivered it. Before, any blob
+    stored anywhere came back through any mirrored name, and stayed linked there for all."""
+    address, log, layer, _ = upstream
+    mirrors = tmp_path / "mirrors.yaml"
+    mirrors.write_text(f"upstreams:\n  - prefix: up.example\n    url: http://{address}\n    insecure: true\n")
+    stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors)})
+    private = push_blob([stack.url], "team/secret", b"a private blob the upstream does not have")
+    layer_digest = push_blob([stack.url], "team/local", layer)  # stored here before any mirror asks
+    for method in ("HEAD", "GET"):
+        answer = requests.request(method, f"{stack.url}/v2/up.example/team/app/blobs/{private}", timeout=60)
+        assert answer.status_code == 404, answer.text
+    through = requests.get(f"{stack.url}/v2/up.example/team/app/blobs/{layer_digest}", timeout=60)
+    assert through.status_code == 200 and through.content == layer
+    assert _upstream_gets(log, layer_digest) == 1  # stored, yet fetched: the upstream had to show it has it
+    # Delivered by this upstream once: another of its repositories links it without asking again.
+    again = requests.get(f"{stack.url}/v2/up.example/team/other/blobs/{layer_digest}", timeout=60)
+    assert again.status_code == 200 and again.content == layer
+    assert _upstream_gets(log, layer_digest) == 1
+
+
+def test_upstreams_trickling_blobs_leave_the_storage_threads_free(
+        start_stack: Callable[..., RunningStack], tmp_path: pathlib.Path) -> None:
+    """Fills wait on upstreams in a pool of their own: with two storage threads, four fills from an
+    upstream sending a byte at a time (each read within its timeout) stopped every push."""
+    trickle = TrickleServer(size=2 * 1024 * 1024, interval=0.5)
+    mirrors = tmp_path / "mirrors.yaml"
+    mirrors.write_text(f"upstreams:\n  - prefix: slow.example\n    url: {trickle.url}\n    insecure: true\n")
+    stack = start_stack(env={"WHARF_MIRRORS_FILE": str(mirrors), "WHARF_BLOBSTORE_WORKERS": "2"})
+
+    def pull(number: int) -> None:
+        with contextlib.suppress(requests.RequestException):
+            requests.get(f"{stack.url}/v2/slow.example/a/b/blobs/sha256:{number:064x}", timeout=30)
+    pullers = [threading.Thread(target=pull, args=(n + 1,), daemon=True) for n in range(4)]
+    try:
+        for thread in pullers:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while trickle.requests < 4:
+            assert time.monotonic() < deadline, "the fills never reached the upstream"
+            time.sleep(0.1)
+        started = time.monotonic()
+        pushed = push_blob([stack.url], "team/busy", b"pushed while four fills trickle")
+        assert requests.get(f"{stack.url}/v2/team/busy/blobs/{pushed}", timeout=10).status_code == 200
+        assert time.monotonic() - started < 5
+    finally:
+        trickle.close()
+        for thread in pullers:
+            thread.join(35)
 
 
 def _fill_from(stub: bpb_grpc.BlobStoreStub, prefix: str, digest: str) -> bytes:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from services.common import mediatypes
+from services.mirror import upstream as upstream_module
 from services.mirror.upstream import (
     MAX_MANIFEST_BYTES,
     UpstreamClient,
@@ -40,6 +41,7 @@ from services.stack.processes import free_port
 from tests.support.distribution import running_distribution
 from tests.support.stack import RunningStack
 from tests.support.tools import require_tool
+from tests.support.trickle import TrickleServer
 
 Answer = tuple[int, dict[str, str], bytes]
 Handle = Callable[[str, str, dict[str, str]], Answer]
@@ -478,6 +480,23 @@ def test_slow_upstream_times_out(scripted: Callable[..., Scripted]) -> None:
     server = scripted(slow)
     with pytest.raises(UpstreamUnavailable, match="timed out"):
         UpstreamClient(server.url, insecure=True, timeout=0.5).manifest("a/b", "v1")
+
+
+def test_an_upstream_trickling_a_blob_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read of a byte every 0.2 s is within the client's timeout; the rate floor is not (it
+    held a fill, and a blob-store thread, for as long as the upstream liked), and the stream cut
+    short is closed, not drained at the upstream's pace."""
+    monkeypatch.setattr(upstream_module, "CHUNK_SECONDS", 1.0)
+    server = TrickleServer(size=4096, interval=0.2)
+    try:
+        started = time.monotonic()
+        client = UpstreamClient(server.url, insecure=True, timeout=5)
+        with pytest.raises(UpstreamUnavailable, match="too slow"), client.blob("a/b", "sha256:" + "a" * 64) as stream:
+            for _ in stream:
+                pass
+        assert time.monotonic() - started < 5
+    finally:
+        server.close()
 
 
 def _tls(directory: pathlib.Path) -> tuple[ssl.SSLContext, pathlib.Path]:

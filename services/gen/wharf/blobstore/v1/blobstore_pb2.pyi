@@ -24,14 +24,16 @@ class FetchedReferrers(_message.Message):
     def __init__(self, index: _Optional[bytes] = ...) -> None: ...
 
 class FillRequest(_message.Message):
-    __slots__ = ("upstream", "repository", "digest")
+    __slots__ = ("upstream", "repository", "digest", "verify")
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
     upstream: str
     repository: str
     digest: str
-    def __init__(self, upstream: _Optional[str] = ..., repository: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+    verify: bool
+    def __init__(self, upstream: _Optional[str] = ..., repository: _Optional[str] = ..., digest: _Optional[str] = ..., verify: _Optional[bool] = ...) -> None: ...
 
 class FetchManifestRequest(_message.Message):
     __slots__ = ("upstream", "repository", "reference", "head")
