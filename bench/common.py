@@ -174,21 +174,28 @@ def small_pushes(url: str, repository: str, count: int = 200, connections: int =
     """Single-request pushes of ``count`` random blobs of ``size`` bytes over ``connections``
     keep-alive connections (each its share of the blobs), in blobs/s. ``repository`` may hold
     ``{}``, replaced by the connection's number (a repository per connection)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     data = [os.urandom(size) for _ in range(count)]
 
-    def pushes(first: int) -> None:
+    return _rate(url, count, connections,
+                 lambda client, first, index: push_small(client, repository.format(first), data[index]))
+
+
+def _rate(url: str, count: int, connections: int, one: Callable[[Client, int, int], object]) -> float:
+    """``one(client, connection, index)`` for ``count`` indexes spread over ``connections`` keep-alive
+    connections, each its own thread; returns the rate per second."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def share(first: int) -> None:
         client = Client(url)
         try:
             for index in range(first, count, connections):
-                push_small(client, repository.format(first), data[index])
+                one(client, first, index)
         finally:
             client.close()
 
     started = time.perf_counter()
     with ThreadPoolExecutor(connections) as pool:
-        list(pool.map(pushes, range(connections)))
+        list(pool.map(share, range(connections)))
     return count / (time.perf_counter() - started)
 
 def fetch(target: str, payload: Payload, verify: bool = False, statuses: list[int] | None = None) -> float:
@@ -253,8 +260,6 @@ def manifest_puts(url: str, repository: str, count: int = 600, connections: int 
     """``count`` distinct image manifests (one config and one layer, pushed first; each manifest
     told apart by an annotation) PUT under tags of their own over ``connections`` keep-alive
     connections, in manifests/s: the last request of every image push."""
-    from concurrent.futures import ThreadPoolExecutor
-
     client = Client(url)
     try:
         digest = push_image(client, repository, "base")
@@ -265,19 +270,8 @@ def manifest_puts(url: str, repository: str, count: int = 600, connections: int 
     manifests = [json.dumps({**base, "annotations": {"bench.index": str(index), "bench.nonce": os.urandom(8).hex()}})
                  .encode() for index in range(count)]
 
-    def puts(first: int) -> None:
-        client = Client(url)
-        try:
-            for index in range(first, count, connections):
-                client.call("PUT", f"/v2/{repository}/manifests/t{index}", manifests[index],
-                            {"Content-Type": OCI_MANIFEST}, expect=201)
-        finally:
-            client.close()
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(connections) as pool:
-        list(pool.map(puts, range(connections)))
-    return count / (time.perf_counter() - started)
+    return _rate(url, count, connections, lambda client, _, index: client.call(
+        "PUT", f"/v2/{repository}/manifests/t{index}", manifests[index], {"Content-Type": OCI_MANIFEST}, expect=201))
 
 
 def run_wrk(url: str, seconds: int, headers: Mapping[str, str] | None = None, strict: bool = False) -> dict[str, float]:
