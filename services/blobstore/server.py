@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import threading
@@ -38,6 +39,8 @@ MIN_READ_CHUNK = 64 * 1024
 # large chunks; a thousand stalled ones hold a thousand small chunks, not a thousand of the size
 # the first of them read in before the rest arrived.
 READ_BUDGET = 32 * 1024 * 1024
+# The longest a status or an append waits for a cut-off append of the same session to settle.
+SETTLE_SECONDS = 10.0
 
 
 def _blob(blob: Blob) -> pb.BlobInfo:
@@ -140,6 +143,9 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         self._upstream_pool = upstream_pool or pool
         self._reading = 0  # streamed reads in progress
         self._held = 0  # bytes of their chunks waiting to be sent
+        # Sessions whose append was cut off (its caller's body broke, the call was cancelled) and
+        # is still writing what it had received: a status or another append waits for it to end.
+        self._settling: dict[str, asyncio.Event] = {}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._submit(fn, *args))
@@ -256,6 +262,7 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
                 concurrent.futures.wait([writing])  # never closes the writer under a write still running
             session.abort(exc)
 
+        await self._settled(upload_id)
         session = await self._run(open_and_write)
         try:
             async for message in rest:
@@ -265,7 +272,16 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             if writing is not None:
                 await asyncio.wrap_future(writing)
         except BaseException as exc:
-            await grpcserver.shielded(self._run(abort, exc))
+            # Marked before the first await: the gateway answers its client once it cancels the
+            # call, and that client's status request may come in while the last piece is still
+            # being written; it must see the offset the session ends at, not one before it.
+            settled = self._settling[upload_id] = asyncio.Event()
+            try:
+                await grpcserver.shielded(self._run(abort, exc))
+            finally:
+                if self._settling.get(upload_id) is settled:
+                    del self._settling[upload_id]
+                settled.set()
             raise
         return await grpcserver.shielded(self._run(finish_and_commit))
 
@@ -314,7 +330,15 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             return pb.AppendResponse(status=_status(upload))
         return pb.AppendResponse(status=_status(upload), blob=_blob(blob))
 
+    async def _settled(self, upload_id: str) -> None:
+        """Waits (bounded) for a cut-off append of this session in this process to end."""
+        settling = self._settling.get(upload_id)
+        if settling is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settling.wait(), SETTLE_SECONDS)
+
     async def GetUpload(self, request: pb.UploadRef, context: grpc.aio.ServicerContext) -> pb.UploadStatus:
+        await self._settled(request.upload_id)
         return _status(await self._run(self._blobs.get_upload, request.upload_id, request.repository))
 
     async def CommitUpload(self, request: pb.CommitUploadRequest, context: grpc.aio.ServicerContext) -> pb.BlobInfo:
