@@ -36,11 +36,11 @@ def empty(status: int, headers: dict[str, str] | None = None) -> Response:
     return response
 
 
-def unchanged(digest: str, headers: dict[str, str]) -> Response | None:
-    """304 when the client holds this content already (its If-None-Match names the ETag, the
-    quoted digest), with the validators and caching headers of ``headers``; no body, and no
+def unchanged(headers: dict[str, str]) -> Response | None:
+    """304 when the client holds this content already (its If-None-Match names the ETag of
+    ``headers``, the quoted digest), with their validators and caching headers; no body, and no
     length (a 304's length would have to be the content's)."""
-    if not not_modified(f'"{digest}"'):
+    if not not_modified(headers["ETag"]):
         return None
     response = Response(b"", status=304, headers={key: value for key, value in headers.items()
                                                    if key in ("Docker-Content-Digest", "ETag", "Cache-Control")})

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 from services.blobstore import layout
 from services.blobstore.blobs import BlobService
-from services.blobstore.storage.base import FileWriter, StorageDriver, UploadBusyError
+from services.blobstore.storage.base import FileInfo, FileWriter, StorageDriver, UploadBusyError
 from services.common import digests, metrics
 from services.common.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
 from services.mirror.config import Mirrors, Upstream
@@ -126,18 +126,17 @@ class Fills:
         the registry (a private one's, by its digest) into the mirrored repository."""
         digests.validate(digest)
         client = self._client(prefix)
-        stored = self._driver.stat(layout.blob_key(digest))
-        if stored is not None and (not verify or self._delivered(prefix, digest)):
+        stored = self._serving(self._driver.stat(layout.blob_key(digest)), prefix, digest, verify)
+        if stored is not None:
             return stored.size, None
         writer = self._claim(digest)
         if writer is None:
             return None  # a leader elsewhere, or one that has just finished: asked again shortly
         try:
             # Looked at again now that the fill is ours: a leader may have stored the blob and let
-            # go between the look above and the claim (a thread preempted on a busy machine).
-            stored = self._driver.stat(layout.blob_key(digest))
-            if stored is not None and verify and not self._delivered(prefix, digest):
-                stored = None  # stored, but not shown to come from this upstream: fetched and checked
+            # go between the look above and the claim (a thread preempted on a busy machine). A
+            # blob stored but not shown to come from this upstream is fetched and checked.
+            stored = self._serving(self._driver.stat(layout.blob_key(digest)), prefix, digest, verify)
             stream = None if stored is not None or writer.size else client.blob(repository, digest)
         except UpstreamError as err:
             self._drop(writer, digest)
@@ -151,9 +150,13 @@ class Fills:
             return (stored.size, None) if stored is not None else None  # None: the next ask leads
         return stream.size or 0, self._lead(prefix, client, stream, writer, digest)
 
-    def _delivered(self, prefix: str, digest: str) -> bool:
+    def _serving(self, stored: FileInfo | None, prefix: str, digest: str, verify: bool) -> FileInfo | None:
+        """The stored blob when it answers the fill: it is there and, with ``verify``, this
+        upstream delivered it lately; else None."""
+        if stored is None or not verify:
+            return stored
         with self._lock:
-            return (prefix, digest) in self._verified
+            return stored if (prefix, digest) in self._verified else None
 
     def _note_delivered(self, prefix: str, digest: str) -> None:
         """Remembers that ``prefix`` delivered ``digest`` verified: the followers of a fill, asking

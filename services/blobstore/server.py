@@ -192,9 +192,8 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
         loop = asyncio.get_running_loop()
         started, waited = loop.time(), False
         # A follower of another fetcher's fill waits here, on the event loop, holding no thread.
-        verify = request.verify
         while (found := await self._run_upstream(self._fills.fill, request.upstream, request.repository,
-                                                 request.digest, verify)) is None:
+                                                 request.digest, request.verify)) is None:
             if not waited:
                 metrics.MIRROR_FILL_WAITS.labels(request.upstream).inc()
                 waited = True

@@ -40,9 +40,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first_s, last_s = found.groups()
     if first_s:
         first = bounded_int(first_s, _LARGEST)
-        last = min(bounded_int(last_s, _LARGEST), size - 1) if last_s else size - 1
-        if first >= size or (last_s and bounded_int(last_s, _LARGEST) < first):
+        asked = bounded_int(last_s, _LARGEST) if last_s else size - 1
+        if first >= size or asked < first:
             raise _unsatisfiable(size)
+        last = min(asked, size - 1)
     else:
         suffix = bounded_int(last_s, _LARGEST)
         if suffix == 0 or size == 0:
@@ -84,10 +85,11 @@ def head(ctx: Context, name: str, digest: str) -> Response:
     digests.validate(digest)
     _, size = _resolve(ctx, name, digest, fill=True)
     assert size is not None
-    cached = unchanged(digest, blob_headers(digest, size))
+    headers = blob_headers(digest, size)
+    cached = unchanged(headers)
     if cached is not None:
         return cached
-    response = empty(200, blob_headers(digest, size))
+    response = empty(200, headers)
     response.headers["Content-Length"] = str(size)
     return response
 
@@ -235,10 +237,11 @@ def get(ctx: Context, name: str, digest: str) -> Response:
         if streamed is not None:
             return streamed
         name, size = kept, ctx.clients.cache.blob_size(kept, digest)
-    cached = unchanged(digest, blob_headers(digest, size))
+    whole = blob_headers(digest, size)
+    cached = unchanged(whole)
     if cached is not None:
         return cached
-    span = parse_range(request.headers.get("Range"), size) if range_applies(f'"{digest}"') else None
+    span = parse_range(request.headers.get("Range"), size) if range_applies(whole["ETag"]) else None
     first, last = span if span else (0, size - 1)
     length = max(last - first + 1, 0)
     headers = blob_headers(digest, length)

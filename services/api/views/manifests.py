@@ -93,7 +93,7 @@ def get(ctx: Context, name: str, reference: str) -> Response:
     headers = manifest_headers(manifest)
     if warning:
         headers["Warning"] = warning
-    cached = unchanged(manifest.digest, headers)
+    cached = unchanged(headers)
     if cached is not None:
         return cached
     if request.method == "HEAD":
