@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import hashlib
+import json
 import multiprocessing
 import os
 import resource
@@ -134,15 +136,29 @@ class PushBody:
         return out
 
 
-async def slow_push(host: str, port: int, name: str, data: PushBody) -> bool:
-    """POST, one streamed PATCH at RATE, PUT ?digest=; True when the registry committed it (201)."""
+def _error_code(body: bytes) -> str:
+    """The first error's code and message in a registry's JSON error body (what a failure was)."""
+    try:
+        first = json.loads(body)["errors"][0]
+        return f"{first.get('code')}: {str(first.get('message'))[:120]}"
+    except (ValueError, KeyError, IndexError, TypeError):
+        return body[:120].decode("latin-1")
+
+
+async def slow_push(host: str, port: int, name: str, data: PushBody) -> bool | str:
+    """POST, one streamed PATCH at RATE, PUT ?digest=; True when the registry committed it (201),
+    else what went wrong (the request and its status)."""
     reader, writer = await _open(host, port)
+    step = "POST"
     try:
         writer.write(f"POST /v2/{name}/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode())
         status, headers = await _head(reader)
         await reader.readexactly(int(headers.get("content-length", "0")))
+        if status != 202:
+            return f"POST {status}"
         location = headers["location"].split("://", 1)[-1]
         location = location[location.index("/"):] if not location.startswith("/") else location
+        step = "PATCH"
         writer.write(f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
                      f"Content-Length: {len(data)}\r\n\r\n".encode())
         started = time.monotonic()
@@ -155,16 +171,22 @@ async def slow_push(host: str, port: int, name: str, data: PushBody) -> bool:
             if ahead > 0:
                 await asyncio.sleep(ahead)
         status, headers = await _head(reader)
-        await reader.readexactly(int(headers.get("content-length", "0")))
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
         if status != 202:
-            return False
+            return f"PATCH {status} {_error_code(body)}"
         location = headers["location"].split("://", 1)[-1]
         location = location[location.index("/"):] if not location.startswith("/") else location
         separator = "&" if "?" in location else "?"
+        step = "PUT"
         writer.write(f"PUT {location}{separator}digest={data.digest} HTTP/1.1\r\nHost: {host}\r\n"
                      "Content-Length: 0\r\n\r\n".encode())
-        status, _ = await _head(reader)
-        return status == 201
+        status, headers = await _head(reader)
+        if status == 201:
+            return True
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return f"PUT {status} {_error_code(body)}"
+    except (OSError, asyncio.IncompleteReadError) as err:
+        return f"{step} {type(err).__name__}"
     finally:
         writer.close()
 
@@ -206,7 +228,7 @@ def _load(kind: str, host: str, port: int, count: int, arg: object, results: mul
           ready: multiprocessing.synchronize.Event, go: multiprocessing.synchronize.Event) -> None:
     """One load process: ``count`` clients of ``kind`` at once, from when ``go`` is set (after
     each process has set ``ready``: its clients' bodies are prepared off the clock); puts (ok,
-    failed) on ``results``."""
+    failed, why each failed) on ``results``."""
     raise_nofile()
     bodies: list[PushBody] = []
     if kind == "push":
@@ -229,7 +251,9 @@ def _load(kind: str, host: str, port: int, count: int, arg: object, results: mul
             jobs = [idle(host, port, float(arg)) for _ in range(count)]  # type: ignore[arg-type]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         ok = sum(1 for o in outcomes if o is True or (o is None and kind == "slowloris"))
-        return ok, len(outcomes) - ok
+        reasons = collections.Counter(o if isinstance(o, str) else type(o).__name__ for o in outcomes
+                                      if not (o is True or (o is None and kind == "slowloris")))
+        return ok, len(outcomes) - ok, dict(reasons)
 
     results.put(asyncio.run(run()))
 
@@ -309,7 +333,10 @@ def scenario(name: str, url: str, root_pid: int | None, count: int, seconds: flo
     latencies.sort()
     ok = sum(o[0] for o in outcomes)
     bad = sum(o[1] for o in outcomes)
-    return {"correct": bad == 0, "ok": ok, "bad": bad, "seconds": elapsed,
+    reasons: collections.Counter[str] = collections.Counter()
+    for outcome in outcomes:
+        reasons.update(outcome[2])
+    return {"correct": bad == 0, "ok": ok, "bad": bad, "reasons": dict(reasons), "seconds": elapsed,
             "p50": statistics.median(latencies) * 1000 if latencies else float("nan"),
             "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else float("nan"),
             "max": latencies[-1] * 1000 if latencies else float("nan"), "probe_failures": failures,
@@ -373,6 +400,14 @@ def main() -> int:
                     rows.append([f"({name}) {title}", registry, str(count), "yes" if result["correct"] else
                                  f"NO ({result['bad']} failed)", cell(result["seconds"]), cell(result["p50"]),
                                  cell(result["p99"]), cell(result["max"]), str(result["probe_failures"])])
+                    if result["reasons"]:
+                        failed = ", ".join(f"{k}: {v}" for k, v in sorted(result["reasons"].items()))
+                        rss_lines.append(f"({name}) {registry} failures: {failed}")
+                        log = workdir / "wharf.log"
+                        if log.exists():  # kept: the scratch directory goes with the run
+                            kept = Path(tempfile.gettempdir()) / f"load-bench-{name}-{os.getpid()}.log"
+                            shutil.copyfile(log, kept)
+                            rss_lines.append(f"({name}) {registry} log: {kept}")
                     if result["rss"]:
                         peaks = ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["rss"].items()))
                         rss_lines.append(f"({name}) peak RSS MB: {peaks}")

@@ -160,7 +160,8 @@ class _Caller:
         return self._invoke(method, request, timeout or self._settings.rpc_timeout)
 
     def streaming(self, method: str, request: Any) -> Any:
-        """A call whose request or response is a stream of data, under the longer transfer deadline."""
+        """A call whose request or response is a stream of data, or whose work is proportional to a
+        blob's size, under the longer transfer deadline."""
         return self._invoke(method, request, self._settings.transfer_timeout)
 
 
@@ -249,8 +250,13 @@ class BlobStoreClient:
         return self._c.unary("GetUpload", bpb.UploadRef(upload_id=upload_id, repository=repository))
 
     def commit(self, repository: str, upload_id: str, digest: str) -> bpb.BlobInfo:
+        """Under the transfer deadline: a commit hashes the whole session again when its running
+        hash is not at hand (a sha512 digest, a session appended to by another blob-store replica
+        or before a restart) and on S3 completes and copies the object, so it takes as long as
+        the blob is large. Under the unary deadline (10 s), a sha512 push of more than ~4 GB
+        failed every time, and its retry found the session ended by the commit that went on."""
         ref = bpb.UploadRef(upload_id=upload_id, repository=repository)
-        return self._c.unary("CommitUpload", bpb.CommitUploadRequest(upload=ref, digest=digest))
+        return self._c.streaming("CommitUpload", bpb.CommitUploadRequest(upload=ref, digest=digest))
 
     def cancel(self, repository: str, upload_id: str) -> None:
         self._c.unary("CancelUpload", bpb.UploadRef(upload_id=upload_id, repository=repository))
