@@ -206,20 +206,21 @@ async def slowloris(host: str, port: int, seconds: float) -> None:
         writer.close()
 
 
-async def idle(host: str, port: int, seconds: float) -> bool:
-    """One request, then an idle keep-alive connection; True when the request was answered."""
+async def idle(host: str, port: int, seconds: float) -> bool | str:
+    """One request, then an idle keep-alive connection; True when the request was answered, else
+    what went wrong."""
     try:
         reader, writer = await _open(host, port)
-    except OSError:
-        return False
+    except OSError as err:
+        return f"connect {type(err).__name__}"
     try:
         writer.write(f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         status, headers = await _head(reader)
         await reader.readexactly(int(headers.get("content-length", "0")))
         await asyncio.sleep(seconds)
-        return status in (200, 401)
-    except (OSError, asyncio.IncompleteReadError):
-        return False
+        return True if status in (200, 401) else f"GET /v2/ {status}"
+    except (OSError, asyncio.IncompleteReadError) as err:
+        return f"GET /v2/ {type(err).__name__}"
     finally:
         writer.close()
 

@@ -59,7 +59,7 @@ def release(kept: Any) -> None:
 
 
 class _Parked:
-    __slots__ = ("expiry", "kept", "readable", "resume", "slot")
+    __slots__ = ("expiry", "kept", "readable", "resume", "served", "slot")
 
     def __init__(self, kept: Any, resume: Callable[[Any], None], slot: Any) -> None:
         self.kept = kept
@@ -67,6 +67,7 @@ class _Parked:
         self.slot = slot
         self.readable: Any = None
         self.expiry: Any = None
+        self.served = True
 
 
 class ParkingLot:
@@ -74,29 +75,35 @@ class ParkingLot:
     keep-alive timeout (or :meth:`close_all`) closes, after it has left the lot."""
 
     def __init__(self, closed: Callable[[], None]) -> None:
-        self._parked: dict[int, _Parked] = {}
+        # By whether the connection has had a request answered (served) or not yet (fresh), each
+        # in the order they were parked.
+        self._served: dict[int, _Parked] = {}
+        self._fresh: dict[int, _Parked] = {}
         self._closed = closed
 
     def __len__(self) -> int:
-        return len(self._parked)
+        return len(self._served) + len(self._fresh)
 
-    def park(self, kept: Any, seconds: float, resume: Callable[[Any], None], slot: Any = None) -> None:
+    def park(self, kept: Any, seconds: float, resume: Callable[[Any], None], slot: Any = None,
+             served: bool = True) -> None:
         """Holds a connection (what :func:`keep` returned) until it is readable, then calls
         ``resume`` with a socket object for it, in the hub (``resume`` must not block); after
         ``seconds`` with nothing to read, closes it. ``slot``: a semaphore the caller acquired for
-        the connection (its server's pool), released when it leaves the lot."""
+        the connection (its server's pool), released when it leaves the lot. ``served``: whether
+        a request was answered on it (else it is parked before its first)."""
         fd = kept if isinstance(kept, int) else kept.fileno()
         loop = gevent.get_hub().loop
         entry = _Parked(kept, resume, slot)
         entry.readable = loop.io(fd, 1)
         entry.expiry = loop.timer(max(0.0, seconds))
-        self._parked[id(entry)] = entry
+        entry.served = served
+        (self._served if served else self._fresh)[id(entry)] = entry
         # libev's io watchers are level-triggered: a byte that arrived before this line wakes it at once.
         entry.readable.start(self._wake, entry)
         entry.expiry.start(self._expire, entry)
 
     def _leave(self, entry: _Parked) -> None:
-        del self._parked[id(entry)]
+        del (self._served if entry.served else self._fresh)[id(entry)]
         for watcher in (entry.readable, entry.expiry):
             watcher.stop()
             watcher.close()
@@ -120,8 +127,22 @@ class ParkingLot:
         release(entry.kept)
         self._closed()
 
+    def close_oldest(self) -> bool:
+        """Closes the connection parked longest (its slot goes back to its server's pool), as
+        nginx reuses idle keep-alive connections when it runs out: whether there was one. Its
+        client sees a keep-alive connection closed while idle, which every HTTP client expects
+        and answers by opening a new one. Connections that have had an answer go first: one
+        parked before its first request may be a client that is only slow to send it (a load
+        generator short of CPU was, 1 s after connecting), which would see its new connection
+        closed with no answer; such connections go only when no other is left."""
+        for parked in (self._served, self._fresh):
+            for entry in parked.values():  # insertion order: the longest parked first
+                self._expire(entry)
+                return True
+        return False
+
     def close_all(self) -> None:
         """Closes every parked connection (the worker is stopping: their clients reconnect to
         another, as after any keep-alive connection's end)."""
-        for entry in list(self._parked.values()):
+        for entry in [*self._served.values(), *self._fresh.values()]:
             self._expire(entry)

@@ -105,6 +105,9 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
     over the number of workers, rounded up), and both are woken for the shared socket."""
 
     workers = 1  # gunicorn's worker count, set by GatewayWorker.patch
+    # This worker's parked connections (set by GatewayWorker.patch): the room a new connection
+    # is given when the pool is full (_full, do_handle).
+    lot: ClassVar[ParkingLot | None] = None
     # This worker's servers by their listening socket's descriptor.
     by_listener: ClassVar[dict[int, _BatchAcceptingServer]] = {}
 
@@ -127,10 +130,34 @@ class _BatchAcceptingServer(StreamServer):  # type: ignore[misc]
 
     def _full(self) -> bool:
         """Whether the pool's semaphore is taken: by its greenlets, and by the connections parked
-        (parking.py), each holding a slot of it. Full is when the semaphore is, so that gevent's
-        accept loop, which waits on the semaphore to accept again, is woken exactly when a slot
-        is given back (by a greenlet's end or a parked connection's)."""
-        return bool(self.pool._semaphore.locked())
+        (parking.py), each holding a slot of it, and no parked connection can give its slot to a
+        new one (do_handle). Full is when the semaphore is, so that gevent's accept loop, which
+        waits on the semaphore to accept again, is woken exactly when a slot is given back (by a
+        greenlet's end or a parked connection's).
+
+        Why parked connections give way: with every slot held (WHARF_WORKER_CONNECTIONS, 10,000
+        per worker), a new connection waited in the kernel's listen queue until an old one
+        closed. Twice load_bench's (d), 20,000 idle keep-alive connections on two workers, kept
+        the manifest probe waiting up to 26 s; anyone able to open that many connections and
+        leave them idle could keep new clients out for the keep-alive timeout, again and again."""
+        return bool(self.pool._semaphore.locked()) and not self.lot
+
+    def do_handle(self, *args: Any) -> None:
+        """A new connection: when every slot is held, the connection parked longest is closed to
+        give it one (``_full`` let it be accepted only if there was one to close; a parked
+        connection's slot is given back at once, so the pool's spawn finds it free)."""
+        lot = self.lot
+        if self.pool is None or not self.pool._semaphore.locked():
+            super().do_handle(*args)
+            return
+        if lot and lot.close_oldest():
+            metrics.HTTP_IDLE_CLOSED.inc(())
+        if self.pool._semaphore.locked():
+            # Not reached (``_full``); a spawn would block the hub, so the connection is closed,
+            # as a client of a full worker whose listen queue overflows would see.
+            self.do_close(*args)
+            return
+        super().do_handle(*args)
 
     @property  # type: ignore[override]
     def max_accept(self) -> int:
@@ -399,6 +426,9 @@ class _RequestHeadDeadline:
         # The connection, as parking.keep took it, once it is parked: gunicorn's loop has ended,
         # the connection has not (GatewayWorker._serve hands it to the parking lot).
         self.parked: Any = None
+        # Request heads begun on the connection (in this greenlet): none, when it is parked before
+        # its first request.
+        self.heads = 0
 
     def _buffered(self) -> bool:
         buffer = getattr(self.unreader, "buf", None)
@@ -416,6 +446,7 @@ class _RequestHeadDeadline:
             # Parked: ends gunicorn's loop for the connection quietly, without closing it.
             self.parked = keep(self._client)
             raise StopIteration("idle: parked")
+        self.heads += 1
         self._timeout.start()
 
     def _wait_for_input(self) -> bool:
@@ -512,6 +543,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         SocketUnreader.chunk = continue_before_waiting(SocketUnreader.chunk)
         gunicorn.workers.ggevent.StreamServer = _BatchAcceptingServer  # what GeventWorker.run builds
         _BatchAcceptingServer.workers = self.cfg.workers
+        _BatchAcceptingServer.lot = self._lot
 
     def run(self) -> None:
         """After the fork: this worker's traces, and its figures for the master (metrics_hub.py)."""
@@ -627,19 +659,23 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
             if deadline.parked is None:
                 self._figures.connections -= 1
             else:
-                self._park(deadline.parked, addr, server)
+                self._park(deadline.parked, addr, server, served=deadline.heads > 0)
 
     def _may_park(self, server: _BatchAcceptingServer) -> bool:
         """Parking takes a slot of the server's pool (parking.py holds it): only while one is free."""
         return bool(self.alive) and not server.pool._semaphore.locked()
 
-    def _park(self, kept: Any, addr: Any, server: _BatchAcceptingServer | None) -> None:
+    def _park(self, kept: Any, addr: Any, server: _BatchAcceptingServer | None, served: bool) -> None:
         if server is None or not server.pool._semaphore.acquire(blocking=False):
             release(kept)  # not reached: _may_park said a slot was free, and nothing ran since
             self._figures.connections -= 1
             return
         self._lot.park(kept, self.cfg.keepalive - PARK_AFTER,
-                       functools.partial(self._resume, server.named_listener, addr, server), server.pool._semaphore)
+                       functools.partial(self._resume, server.named_listener, addr, server), server.pool._semaphore,
+                       served)
+        # gevent's accept loop stops when the pool is full and waits for a slot to be given back;
+        # a parked connection can give its slot to a new one: accept again (no-op when accepting).
+        server._start_accepting_if_started()
 
     def _resume(self, listener: Any, addr: Any, server: _BatchAcceptingServer, client: Any) -> None:
         """A parked connection's first byte arrived (in the hub): serve it in a greenlet of its

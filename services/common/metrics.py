@@ -108,6 +108,8 @@ HTTP_TRANSFERS = _gauge("wharf_http_transfers_in_flight",
                         "Blob transfers under way now: uploads (a body being received) and downloads",
                         ("direction",))
 HTTP_CONNECTIONS = _gauge("wharf_http_connections_open", "Client connections open now (idle keep-alive ones too)")
+HTTP_IDLE_CLOSED = Tally("wharf_http_idle_connections_closed", "Idle keep-alive connections closed to make room "
+                         "for new ones (a worker held WHARF_WORKER_CONNECTIONS)", ())
 
 # -- the gateway: read cache (services/api/read_cache.py) ------------------------------------
 CACHE_LOOKUPS = Tally("wharf_read_cache_lookups", "Read-cache lookups, by kind (manifest, blob, tags) and "
@@ -307,7 +309,8 @@ EVENTS_BACKLOG = _gauge("wharf_events_backlog", "Events waiting for an endpoint 
 EVENTS_LATENCY = _histogram("wharf_events_delivery_latency_seconds", "From a change to its event's delivery, "
                             "by endpoint", ("endpoint",), WAIT_BUCKETS)
 EVENTS_SHARDS = _gauge("wharf_events_shards_owned", "Outbox shards this delivery replica owns")
-HTTP = (HTTP_REQUESTS, HTTP_DURATION, HTTP_RECEIVED, HTTP_SENT, HTTP_IN_FLIGHT, HTTP_TRANSFERS, HTTP_CONNECTIONS)
+HTTP = (HTTP_REQUESTS, HTTP_DURATION, HTTP_RECEIVED, HTTP_SENT, HTTP_IN_FLIGHT, HTTP_TRANSFERS, HTTP_CONNECTIONS,
+        HTTP_IDLE_CLOSED)
 READ_CACHE = (CACHE_LOOKUPS, CACHE_INVALIDATIONS, CACHE_LEASE, CACHE_BYTES)
 GRPC_SERVER = (GRPC_SERVER_CALLS, GRPC_SERVER_DURATION)
 GRPC_CLIENT = (GRPC_CLIENT_CALLS, GRPC_CLIENT_DURATION)
