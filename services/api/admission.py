@@ -32,6 +32,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import gevent
+
 from services.common import config_file, plugins
 from services.common.patterns import matches_any, pattern_problem
 
@@ -55,6 +57,16 @@ class Candidate:
     referenced_bytes: int
     subject: str
     account: str
+
+
+# How long a policy may take to answer before the push is refused (fail closed). A policy runs on
+# the gateway's request path; one that waits on a peer through gevent's sockets is cut off here
+# (one that blocks without yielding holds its worker, which no timer can interrupt).
+ADMIT_SECONDS = 10.0
+
+
+class _TooSlow(Exception):
+    """A policy's answer did not come within ADMIT_SECONDS."""
 
 
 class AdmissionPolicy(abc.ABC):
@@ -93,12 +105,23 @@ class Admission:
             if not rule.applies(candidate.repository):
                 continue
             try:
-                message = rule.policy.admit(candidate)
+                with gevent.Timeout(ADMIT_SECONDS, _TooSlow):
+                    message = rule.policy.admit(candidate)
+            except _TooSlow:
+                log.error("an admission policy took too long", extra={"fields": {"policy": rule.name}})
+                return f"admission policy {rule.name} did not answer within {ADMIT_SECONDS:g} s; the push was refused"
             except Exception:  # fail closed: a broken policy must not wave pushes through
                 log.exception("an admission policy failed", extra={"fields": {"policy": rule.name}})
                 return f"admission policy {rule.name} failed; the push was refused"
-            if message:
-                return f"{rule.name}: {str(message)[:500]}"
+            if message is None:
+                continue
+            if not isinstance(message, str) or not message:
+                # Fail closed here too: False, 0 or "" read as "no objection" let pushes through.
+                log.error("an admission policy answered neither None nor a message",
+                          extra={"fields": {"policy": rule.name, "answer": type(message).__name__}})
+                return (f"admission policy {rule.name} answered {type(message).__name__}, not None or a message; "
+                        "the push was refused")
+            return f"{rule.name}: {message[:500]}"
         return None
 
 
@@ -148,7 +171,7 @@ def _strings(options: Mapping[str, Any], key: str) -> frozenset[str]:
 
 class MediaTypes(AdmissionPolicy):
     """``allow``: manifest media types pushed here; ``artifact_types``: allowed artifact types
-    (a manifest with none passes unless ``require_artifact_type``)."""
+    (a manifest with none passes: an OCI image manifest without one has its config's media type)."""
 
     wharf_interface = INTERFACE
 

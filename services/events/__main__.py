@@ -16,8 +16,8 @@ def main() -> None:
     settings = load_or_exit(EventsSettings, os.environ, "wharf-events")
     try:
         events = config.load(os.environ)
-        for endpoint in events.active:  # before anything starts: a missing or broken sink stops it here
-            sinks.sink_class(endpoint.sink)
+        for endpoint in events.active:  # before anything starts: a missing or broken sink, or a sink
+            sinks.check(endpoint)       # that refuses its options, stops it here, in one line
     except (config.EventsError, plugins.PluginError) as exc:
         raise SystemExit(f"wharf-events: {exc}") from None
     logs.configure(settings.log_level)
@@ -25,6 +25,10 @@ def main() -> None:
     if not events.enabled:
         log.warning("no event endpoint is configured (WHARF_EVENTS_FILE or events: in WHARF_CONFIG): "
                     "nothing will be delivered")
+    elif not settings.public_url:
+        log.warning("WHARF_PUBLIC_URL is not set: each event's target.url and source.addr are built from "
+                    "the Host header of the request that caused it, which the client chooses; set it to "
+                    "the registry's external URL")
     run(settings, events, on_port=lambda port: log.info("listening", extra={"fields": {"port": port}}))
 
 

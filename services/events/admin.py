@@ -19,7 +19,7 @@ import redis
 
 from services.common import redisconn
 from services.events import config
-from services.events.delivery import backlog
+from services.events.delivery import backlog, printable_reason
 from services.maintenance.targets import locate
 from services.metadata import redis_keys as keys
 
@@ -63,7 +63,10 @@ def summary(client: redis.Redis, configured: config.Events) -> list[dict[str, An
             "backlog": backlog(client, name), "delivered": int(status.get("delivered", 0)),
             "failed_attempts": int(status.get("failed", 0)), "dead_letters": int(client.xlen(keys.dead_letters(name))),
             "dead_lettered_total": int(status.get("dead", 0)), "overflow_total": int(status.get("overflow", 0)),
-            "last_error": status.get("last_error", ""), "last_error_at": _when(status.get("last_error_at")),
+            # A receiver's answer, kept printable by the delivery service; cleaned again here for
+            # what an older one kept (a raw CR, LF or ESC would forge lines in a terminal).
+            "last_error": printable_reason(status.get("last_error", "")),
+            "last_error_at": _when(status.get("last_error_at")),
             "last_success_at": _when(status.get("last_success_at"))})
     return found
 

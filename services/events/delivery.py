@@ -3,7 +3,7 @@
 Each endpoint has its own delivery loop and its own cursor per shard (the last stream entry
 delivered or dead-lettered), so a dead endpoint holds only its own loop. A loop reads a batch after
 its cursors in every shard this replica owns, sends the events its endpoint wants in one request,
-and moves the cursors only once the endpoint answered below 400 (redis_keys.ADVANCE_CURSORS,
+and moves the cursors only once the endpoint took it (a 2xx answer; redis_keys.ADVANCE_CURSORS,
 fenced by the shards' leases: a replica that lost a shard cannot move its cursor). A crash between
 the answer and the cursors' move delivers that batch again: at least once, never lost.
 
@@ -17,6 +17,7 @@ older than ``max_age``) the oldest are dead-lettered without a try, so the outbo
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import zlib
@@ -36,6 +37,39 @@ log = logging.getLogger("wharf.events")
 _BLOCK_MS = 500
 # How long a read that found less than a batch waits for more before sending (seconds).
 _LINGER = 0.02
+# A delivery failure's reason, as kept in the endpoint's status and shown by `wharf-admin events`:
+# at most this long, printable ASCII only (it quotes a receiver's answer or a third party's sink).
+_REASON_MAX = 300
+# How long past its endpoint's timeout a sink's send may take before the try counts as failed (the
+# webhook sink ends its own exchange at the timeout; this bounds a third party's that does not).
+SEND_GRACE = 1.0
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def printable_reason(reason: str) -> str:
+    """A failure's reason made safe for a terminal, a log line and Redis: cut to ``_REASON_MAX``
+    characters, every character outside printable ASCII (CR, LF, ESC, BEL, ...) replaced by "?"."""
+    return _UNPRINTABLE.sub("?", reason[:_REASON_MAX])
+
+
+class _SinkCall:
+    """One ``sink.send`` in a daemon thread of its own: a sink that never returns holds that thread,
+    not the endpoint's loop (nor the process's exit)."""
+
+    def __init__(self, sink: EventSink, events: list[Event], endpoint: str) -> None:
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.answer: object = None
+        self.error: Exception | None = None
+        threading.Thread(target=self._run, args=(sink, events), daemon=True, name=f"events-{endpoint}-send").start()
+
+    def _run(self, sink: EventSink, events: list[Event]) -> None:
+        try:
+            self.answer = sink.send(events)
+        except Exception as exc:  # a third party's sink may fail in any way: a failed try, not a dead loop
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 class EndpointHealth:
@@ -100,10 +134,15 @@ class Delivery(threading.Thread):
         self._cursors: dict[int, tuple[str, int]] = {}
         self._advance = client.register_script(keys.ADVANCE_CURSORS)
         self._init = client.register_script(keys.INIT_CURSOR)
+        self._busy: _SinkCall | None = None  # a send that did not return in time (none called until it does)
         self.stop_flag = threading.Event()
         # Bumped at the start of each round: the replica hands a shard back only once every loop
-        # began a round after it stopped delivering it (no batch of it is in flight then).
+        # began a round after it stopped delivering it (no batch of it is in flight then), or is
+        # handling a batch of other shards (``handling``: this round reads nothing more, and the
+        # next one leaves the shard out). Without the latter, a loop retrying a batch for minutes
+        # (an endpoint down, backing off) held the shards being handed back, delivered by no one.
         self.rounds = 0
+        self.handling: frozenset[int] | None = None  # the shards of the batch being delivered
         self._delivered = metrics.EVENTS_DELIVERED.labels(endpoint.name)
         self._latency = metrics.EVENTS_LATENCY.labels(endpoint.name)
 
@@ -116,6 +155,10 @@ class Delivery(threading.Thread):
             except redis.RedisError as exc:
                 log.warning("outbox unreachable", extra={"fields": {"endpoint": self._e.name, "error": str(exc)[:200]}})
                 self._cursors.clear()  # read again: a script may have moved them before the error
+                self.stop_flag.wait(1.0)
+            except Exception:  # a defect must not end this endpoint's deliveries for good, unseen
+                log.exception("delivery round failed", extra={"fields": {"endpoint": self._e.name}})
+                self._cursors.clear()
                 self.stop_flag.wait(1.0)
 
     def _round(self) -> None:
@@ -159,6 +202,14 @@ class Delivery(threading.Thread):
         for shard, entry, seq, _ in batch:
             after[shard] = (entry, seq)
         moved = {shard: cursor for shard, cursor in after.items() if cursor != self._cursors.get(shard)}
+        self.handling = frozenset(moved)
+        try:
+            self._deliver(batch, moved)
+        finally:
+            self.handling = None
+
+    def _deliver(self, batch: list[tuple[int, str, int, Event]], moved: dict[int, tuple[str, int]]) -> None:
+        """``_handle``'s work: ``moved`` holds the cursors past the batch, by shard."""
         wanted = [event for _, _, _, event in batch if self._wants(event)]
         if wanted and self._health.backing_off and backlog(self._r, self._e.name) > self._e.backlog:
             # The endpoint is down and too much waits for it: the oldest go without a try (an
@@ -178,7 +229,7 @@ class Delivery(threading.Thread):
             return
         attempts = 0
         while self._health.wait(self.stop_flag):
-            error = self._sink.send(wanted)
+            error = self._send(wanted)
             attempts += 1
             if not error:
                 metrics.EVENTS_ATTEMPTS.labels(self._e.name, "ok").inc()
@@ -201,6 +252,32 @@ class Delivery(threading.Thread):
             if any(shard not in self._shards() for shard in moved):
                 self._cursors.clear()  # a shard was lost or is handed back: read afresh next round
                 return
+
+    def _send(self, events: list[Event]) -> str:
+        """"" when the sink took the batch, else why not. The sink may be a third party's extension:
+        one that raises, or answers anything but text, has not delivered (fail closed: a sink that
+        returns None or False for "not taken" must not have its events counted as delivered and
+        dropped); one that does not return within the endpoint's ``timeout`` (and ``SEND_GRACE``)
+        has failed this try and is not called again until it returns. Either way this loop goes on,
+        retrying and dead-lettering as for any failure, and keeps starting rounds, so the replica can
+        still hand shards back (a loop stuck in a send once held them, undelivered, for every endpoint)."""
+        sink, wait = self._e.sink, self._e.timeout + SEND_GRACE
+        if self._busy is not None:
+            if not self._busy.done.wait(wait):
+                return (f"the {sink} sink has not returned from a send of "
+                        f"{time.monotonic() - self._busy.started:.0f}s ago; it is not called again until it does")
+            self._busy = None
+        call = _SinkCall(self._sink, events, self._e.name)
+        if not call.done.wait(wait):
+            self._busy = call
+            return f"the {sink} sink did not return within the endpoint's timeout ({self._e.timeout:g}s)"
+        if call.error is not None:
+            log.warning("the sink raised", exc_info=call.error, extra={"fields": {"endpoint": self._e.name}})
+            return f"the {sink} sink raised {type(call.error).__name__}: {call.error}"
+        if not isinstance(call.answer, str):
+            return (f"the {sink} sink's send answered {type(call.answer).__name__}, not text "
+                    "(\"\" when the batch was taken, else why not)")
+        return call.answer
 
     # -- what to send -----------------------------------------------------------------------------
 
@@ -256,6 +333,7 @@ class Delivery(threading.Thread):
         return True
 
     def _note_error(self, error: str) -> None:
+        error = printable_reason(error)
         log.warning("delivery failed", extra={"fields": {"endpoint": self._e.name, "error": error}})
         status = keys.event_status(self._e.name)
         with self._r.pipeline(transaction=False) as pipe:

@@ -27,6 +27,8 @@ import hmac
 import json
 from typing import Any
 
+from services.common.client_address import valid_host
+
 DISTRIBUTION_TYPE = "application/vnd.docker.distribution.events.v1+json"
 CLOUDEVENTS_TYPE = "application/cloudevents-batch+json"
 SIGNATURE_HEADER = "X-Wharf-Signature-256"
@@ -85,10 +87,18 @@ def _timestamp(at_ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _host(event: Event) -> str:
+    """The Host the event's request named, when it is a well-formed ``host[:port]`` (else ""): without
+    WHARF_PUBLIC_URL it becomes the target's url and the source's addr for every consumer, and a
+    Host such as ``evil.example/x?`` must not make that any URL the client likes."""
+    host = event.origin.get("host", "")
+    return host if valid_host(host) else ""
+
+
 def _base_url(event: Event, source: Source) -> str:
     if source.public_url:
         return source.public_url.rstrip("/")
-    host = event.origin.get("host", "")
+    host = _host(event)
     return f"http://{host}" if host else ""
 
 
@@ -127,7 +137,7 @@ def _actor(event: Event) -> dict[str, str]:
 def distribution_event(event: Event, source: Source) -> dict[str, Any]:
     return {"id": event.id, "timestamp": _timestamp(event.at_ms), "action": event.action,
             "target": _target(event, source), "request": _request(event), "actor": _actor(event),
-            "source": {"addr": source.public_url.split("://", 1)[-1].rstrip("/") or event.origin.get("host", ""),
+            "source": {"addr": source.public_url.split("://", 1)[-1].rstrip("/") or _host(event),
                        "instanceID": source.instance}}
 
 

@@ -27,7 +27,7 @@ import redis
 from services.common import metrics
 from services.events import sinks
 from services.events.config import Events
-from services.events.delivery import Delivery
+from services.events.delivery import SEND_GRACE, Delivery
 from services.events.envelope import Source
 from services.metadata import redis_keys as keys
 
@@ -79,7 +79,7 @@ class Replica:
         self._thread.join(timeout=self._tick_every * 2)
         for delivery in self._deliveries:
             delivery.stop_flag.set()
-        wait = max((e.timeout for e in self._events.active), default=0) + 1
+        wait = max((e.timeout for e in self._events.active), default=0) + SEND_GRACE + 1
         for delivery in self._deliveries:
             delivery.join(timeout=wait)
         if not any(delivery.is_alive() for delivery in self._deliveries):
@@ -129,7 +129,7 @@ class Replica:
                 if shard not in self._releasing:
                     self._releasing[shard] = [delivery.rounds for delivery in self._deliveries]
             ready = [shard for shard, rounds in self._releasing.items()
-                     if all(d.rounds > r or not d.is_alive() for d, r in zip(self._deliveries, rounds, strict=True))]
+                     if all(_without(d, r, shard) for d, r in zip(self._deliveries, rounds, strict=True))]
         for shard in ready:
             self._drop(shard)
 
@@ -180,6 +180,19 @@ class Replica:
                 backlog[endpoint.name] += max(0, last - cursor[1]) if cursor else 0
         for name, waiting in backlog.items():
             metrics.EVENTS_BACKLOG.labels(name).set(waiting)
+
+
+def _without(delivery: Delivery, marked: int, shard: int) -> bool:
+    """Whether ``delivery`` holds no batch of ``shard``, which stopped being delivered in its round
+    ``marked``: it began a later round (which left the shard out), it is handling a batch of other
+    shards in that round (read before the shard's hand-back, and nothing more is read in it), or
+    it is gone. (``handling`` is read first: were that round over by the time ``rounds`` is read,
+    ``rounds`` shows it.)"""
+    handling = delivery.handling
+    rounds = delivery.rounds
+    if rounds > marked or not delivery.is_alive():
+        return True
+    return handling is not None and shard not in handling
 
 
 def _cursor(raw: Any) -> tuple[str, int]:

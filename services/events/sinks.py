@@ -6,7 +6,7 @@ A sink implements interface version 1 (``wharf_interface = 1`` in its class):
 
 - ``from_endpoint(endpoint, source)`` builds it from the endpoint's configuration (its ``options:``
   mapping holds the sink's own settings) and where events come from; raise ValueError for a bad
-  option (start-up stops with the message).
+  option (start-up stops with the message). Reach nothing here: a settings check builds it too.
 - ``send(events)`` delivers a batch, in order, and returns "" once the batch is safely taken, or a
   short reason it was not (the loop retries with backoff, then dead-letters). It must not raise
   for a delivery failure, must return within the endpoint's ``timeout``, and may be called again
@@ -54,7 +54,19 @@ def sink_class(name: str) -> type[EventSink]:
 
 
 def create(endpoint: Endpoint, source: Source) -> EventSink:
-    return sink_class(endpoint.sink).from_endpoint(endpoint, source)
+    """The endpoint's sink; PluginError naming the endpoint, the sink and the option's problem when
+    ``from_endpoint`` refuses its options (a ValueError: one line, not a traceback at start-up)."""
+    found = sink_class(endpoint.sink)
+    try:
+        return found.from_endpoint(endpoint, source)
+    except ValueError as exc:
+        raise plugins.PluginError(f"{GROUP} {endpoint.sink!r} (endpoint {endpoint.name}): {exc}") from None
+
+
+def check(endpoint: Endpoint) -> None:
+    """Builds the endpoint's sink and closes it (what a settings check does: ``from_endpoint`` must
+    reach nothing); PluginError as ``create``."""
+    create(endpoint, Source("", "check")).close()
 
 
 class WebhookSink(EventSink):
@@ -77,8 +89,9 @@ class WebhookSink(EventSink):
         self._pool.clear()
 
     def send(self, events: list[Event]) -> str:
-        """"" when the endpoint took the batch, else why not (for the status and the logs). The
-        whole exchange (connect, request, status line, headers, body) runs under the endpoint's
+        """"" when the endpoint took the batch (a 2xx answer), else why not (for the status and the
+        logs). A redirect (3xx) is not followed, so it is no delivery: a failure like any other.
+        The whole exchange (connect, request, status line, headers, body) runs under the endpoint's
         ``timeout`` (deadline.py): urllib3's own timeout bounds each socket read, and a receiver
         that trickles its answer would otherwise hold the endpoint for ever."""
         payload, headers = self._request(events)
@@ -115,8 +128,14 @@ class WebhookSink(EventSink):
             text = response.read(_RESPONSE_READ + 1, decode_content=False)
             # Read to its end (and not cut short by the deadline): the connection may serve the next one.
             whole = len(text) <= _RESPONSE_READ and not limit.expired
-            if response.status < 400:
+            if response.status < 300:
                 return ""
+            if response.status < 400:
+                # Not followed (a receiver must not send the registry's events, signed, to a host of
+                # its choosing) and not taken either: the events were not received where they went.
+                location = response.headers.get("Location", "")[:200]
+                return (f"HTTP {response.status}: redirected{f' to {location}' if location else ''}; "
+                        "redirects are not followed (set the endpoint's url to where it leads)")[:_LAST_ERROR_MAX]
             return f"HTTP {response.status}: {text[:200].decode('utf-8', 'replace')}"[:_LAST_ERROR_MAX]
         except urllib3.exceptions.HTTPError as exc:
             return f"{type(exc).__name__} reading the answer"

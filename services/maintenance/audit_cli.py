@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +30,12 @@ from services.maintenance.targets import locate
 # Records per QueryAudit call (the service's maximum).
 PAGE = 1000
 DEFAULT_LIMIT = 100
+# What a name-like field (account, address, repository, reference) shows as it is in a text line;
+# anything else (spaces, parentheses, quotes: a failed login's account is whatever was typed) is
+# shown quoted, so that it cannot pass for the line's other columns. A detail is free text, quoted
+# only when it holds what could close its brackets or fake a column break.
+_PLAIN = re.compile(r"[A-Za-z0-9._@:/*+$%-]+")
+_PLAIN_DETAIL = re.compile(r"(?:[^\[\]\"\s]| (?! ))+")
 
 
 def parse_time(value: str, now: float | None = None) -> int:
@@ -66,16 +73,24 @@ def record_json(record: gpb.AuditRecord) -> dict[str, Any]:
             "request_id": record.request_id, "via": record.via}
 
 
+def _shown(value: str, plain: re.Pattern[str] = _PLAIN) -> str:
+    """A field as a text line shows it: as it is when plain, else quoted (JSON's escapes)."""
+    return value if plain.fullmatch(value) else json.dumps(value)
+
+
 def record_text(record: gpb.AuditRecord) -> str:
-    """One line: when, who (from where), what, on what, result. The service stored printable text only."""
-    who = record.account or "anonymous"
-    what = record.repository + (("@" if ":" in record.reference else ":") + record.reference
-                                if record.repository and record.reference else record.reference)
-    result = record.result + (f" {record.status}" if record.status else "")
-    line = f"{_when(record.at_ms)}  {who} ({record.address or '-'})  {record.action}  {what or '-'}  {result}"
+    """One line: when, who (from where), what, on what, result. The service stored printable text
+    only; fields that are not plain names are quoted (``_shown``), so none can fake another column."""
+    who = _shown(record.account) if record.account else "anonymous"
+    repository, reference = (_shown(v) if v else "" for v in (record.repository, record.reference))
+    what = repository + (("@" if ":" in record.reference else ":") + reference
+                         if repository and reference else reference)
+    result = _shown(record.result) + (f" {record.status}" if record.status else "")
+    address = _shown(record.address) if record.address else "-"
+    line = f"{_when(record.at_ms)}  {who} ({address})  {_shown(record.action)}  {what or '-'}  {result}"
     if record.detail:
-        line += f"  [{record.detail}]"
-    return line + f"  via {record.via or '-'}"
+        line += f"  [{_shown(record.detail, _PLAIN_DETAIL)}]"
+    return line + f"  via {_shown(record.via) if record.via else '-'}"
 
 
 def records(calls: RegistryCalls, request: gpb.QueryAuditRequest, limit: int | None) -> Iterator[gpb.AuditRecord]:

@@ -66,6 +66,7 @@ _TEXT_FIELDS = {
     "request": ("request_id", 64), "via": ("via", 32),
 }
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_LAST_ID = 2**64 - 1  # each part of a stream entry id
 
 
 def _now_ms() -> int:
@@ -165,8 +166,13 @@ class AuditLog:
 
     async def query(self, request: gpb.QueryAuditRequest) -> gpb.QueryAuditResponse:
         found = _Filter(request)
-        if request.after and not _ENTRY_ID_RE.fullmatch(request.after):
+        if request.after and not (_ENTRY_ID_RE.fullmatch(request.after)
+                                  and all(int(part) <= _LAST_ID for part in request.after.split("-"))):
+            # (Redis refuses parts past 64 bits: that was an UNAVAILABLE, "retry later", for a bad cursor.)
             raise RegistryError(REQUEST_INVALID, "after is an entry id from a previous answer's next")
+        edge = f"{_LAST_ID}-{_LAST_ID}" if request.oldest_first else "0-0"
+        if request.after and tuple(map(int, request.after.split("-"))) == tuple(map(int, edge.split("-"))):
+            return gpb.QueryAuditResponse()  # nothing lies past this end (Redis refuses such a range)
         limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
         low = f"{max(found.since_ms - ACCEPT_FUTURE_MS, 0)}" if found.since_ms else "-"
         high = f"{found.until_ms + ACCEPT_PAST_MS}" if found.until_ms else "+"

@@ -214,7 +214,7 @@ def extension_problems(environ: Mapping[str, str]) -> list[str]:
         return [f"WHARF_STORAGE: {exc}"]
     try:
         for endpoint in events_config.load(environ, secrets=False).active:
-            sinks.sink_class(endpoint.sink)
+            sinks.check(endpoint)  # built and closed: a sink refusing its options fails the check
     except (plugins.PluginError, config_file.ConfigFileError) as exc:
         return [f"events: {exc}"]
     try:
