@@ -11,10 +11,11 @@ back in the same step as it counts the blob (the metadata service, services/meta
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from flask import g, request
+from flask import request
 
 from services.common.errors import DENIED, RegistryError
 
@@ -29,8 +30,10 @@ def applies(ctx: Context, name: str) -> bool:
 
 
 def one_request_id() -> str:
-    """The hold's id for a one-request (monolithic) upload, which has no session id."""
-    return f"m-{g.get('request_id', '')}"[:64]
+    """The hold's id for a one-request (monolithic) upload, which has no session id: random, not
+    the request id, which a client may choose (X-Request-Id): one with a '.' made every such
+    upload 400, and two uploads sending the same one shared a hold the first to end gave back."""
+    return f"m-{secrets.token_hex(16)}"
 
 
 class Held:

@@ -47,8 +47,13 @@ KINDS = ("immutable", "quota", "retention", "ratelimit")
 SECTIONS = {"immutable": "immutable", "quotas": "quota", "retention": "retention", "ratelimits": "ratelimit"}
 _TAG_GLOB_RE = re.compile(r"[A-Za-z0-9_.*?-]{1,128}")
 _MAX_WILDCARDS = 4
+_DIGITS_RE = re.compile(r"[0-9]+")
 _NAMESPACE_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 MAX_RULES = 1000  # per kind: every write consults the immutable rules
+# Sizes travel as int64 (gRPC answers carry a quota's limit), durations become milliseconds: larger
+# values were accepted and then failed every upload to the namespace, or every retention run.
+MAX_SIZE = 2**63 - 1
+MAX_DURATION = 100 * 365 * 86400.0  # seconds: a century
 
 
 class PolicyError(ValueError):
@@ -68,12 +73,26 @@ def tag_glob_problem(glob: str) -> str | None:
     return None
 
 
-def _tag_regex(glob: str) -> re.Pattern[str]:
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob))
-
-
 def tag_matches(glob: str, tag: str) -> bool:
-    return _tag_regex(glob).fullmatch(tag) is not None
+    """Whether ``tag`` matches ``glob`` (``*`` any run, ``?`` one character), in at most
+    len(glob) * len(tag) steps: a regular expression backtracked, and a rule such as ``*1*1*1*1``
+    against 28 tags of one push held the metadata service's event loop (every request) for 2 s.
+    On a mismatch after a ``*``, only the last ``*`` takes one more character."""
+    g = t = 0
+    star, resume = -1, 0
+    while t < len(tag):
+        if g < len(glob) and glob[g] == "*":
+            star, resume = g, t
+            g += 1
+        elif g < len(glob) and (glob[g] == "?" or glob[g] == tag[t]):
+            g += 1
+            t += 1
+        elif star >= 0:
+            resume += 1
+            g, t = star + 1, resume
+        else:
+            return False
+    return all(c == "*" for c in glob[g:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +169,16 @@ class Policy:
         return by_kind[kind]
 
     def then(self, other: Policy) -> Policy:
-        """These rules followed by ``other``'s (a quota named in both: the first wins)."""
-        namespaces = {q.namespace for q in self.quotas}
-        return Policy(self.immutable + other.immutable,
-                      self.quotas + tuple(q for q in other.quotas if q.namespace not in namespaces),
-                      self.retention + other.retention, self.ratelimits + other.ratelimits)
+        """These rules followed by ``other``'s; a rule key in both (a quota's namespace, a retention
+        rule's pattern...): the first wins. A stored rule later written into the policy file is
+        thus shadowed by it, rather than making the effective policy one with a key twice, which
+        no reader accepts (the gateways kept no rules at all: no rate limit, no quota hold)."""
+        def after(mine: tuple[Any, ...], theirs: tuple[Any, ...]) -> tuple[Any, ...]:
+            keys = {rule.key for rule in mine}
+            return mine + tuple(rule for rule in theirs if rule.key not in keys)
+
+        return Policy(after(self.immutable, other.immutable), after(self.quotas, other.quotas),
+                      after(self.retention, other.retention), after(self.ratelimits, other.ratelimits))
 
     # -- what the rules say ------------------------------------------------------------------------
 
@@ -179,7 +203,9 @@ class Policy:
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
-        return parse_document(json.loads(text) if text else {}, "policy")
+        """A policy as ``to_json`` wrote it: an effective one holds the file's rules and the stored
+        ones, up to MAX_RULES of each per kind."""
+        return parse_document(json.loads(text) if text else {}, "policy", max_rules=2 * MAX_RULES)
 
 
 def rule_json(rule: Rule) -> dict[str, Any]:
@@ -212,32 +238,38 @@ def _pattern(value: Any, where: str) -> str:
 
 
 def _positive(value: Any, where: str, kind: type = int) -> Any:
-    if type(value) not in ((int,) if kind is int else (int, float)) or value <= 0 or value > 2**53:
-        raise PolicyError(f"{where}: a number above 0")
+    # Written so that NaN (JSON's NaN, YAML's .nan) fails it too.
+    if type(value) not in ((int,) if kind is int else (int, float)) or not 0 < value <= 2**53:
+        raise PolicyError(f"{where}: a number above 0, at most 2^53")
     return value
 
 
 def _size(value: Any, where: str) -> int:
-    if type(value) is int and value > 0:
-        return value
-    try:
-        size = parse_size(value) if isinstance(value, str) else 0
-    except ValueError:
-        size = 0
-    if size <= 0:
-        raise PolicyError(f"{where}: a size like 500MB, 10GiB or a number of bytes, above 0")
-    return size
+    size: int | float = 0
+    if type(value) is int:
+        size = value
+    elif isinstance(value, str):
+        try:
+            # A plain number of bytes exactly (parse_size goes through a float, which rounds).
+            size = int(value) if _DIGITS_RE.fullmatch(value.strip()) else parse_size(value)
+        except (ValueError, OverflowError):  # OverflowError: more digits than a float holds
+            size = 0
+    if not 0 < size <= MAX_SIZE:
+        raise PolicyError(f"{where}: a size like 500MB, 10GiB or a number of bytes, above 0 and below 8 EiB")
+    return int(size)
 
 
 def _duration(value: Any, where: str) -> float:
-    if type(value) in (int, float) and value > 0:
-        return float(value)
+    seconds: float = 0.0
     try:
-        seconds = parse_duration(value) if isinstance(value, str) else 0.0
-    except ValueError:
+        if type(value) in (int, float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            seconds = parse_duration(value)
+    except (ValueError, OverflowError):  # OverflowError: an int or a text too large for a float
         seconds = 0.0
-    if seconds <= 0:
-        raise PolicyError(f"{where}: a duration like 12h or 7d, above 0")
+    if not 0 < seconds <= MAX_DURATION:  # NaN and infinity fail it too
+        raise PolicyError(f"{where}: a duration like 12h or 7d, above 0 and at most 100 years")
     return seconds
 
 
@@ -295,7 +327,7 @@ def parse_rule(kind: str, value: Any, where: str = "") -> Rule:
     raise PolicyError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
 
 
-def parse_document(document: Any, where: str = "policy") -> Policy:
+def parse_document(document: Any, where: str = "policy", max_rules: int = MAX_RULES) -> Policy:
     """A whole policy (the file's section, or stored JSON); PolicyError naming the place."""
     if document is None:
         return Policy()
@@ -309,8 +341,8 @@ def parse_document(document: Any, where: str = "policy") -> Policy:
         entries = document.get(section) or []
         if not isinstance(entries, list):
             raise PolicyError(f"{where}.{section}: expected a list")
-        if len(entries) > MAX_RULES:
-            raise PolicyError(f"{where}.{section}: at most {MAX_RULES} rules")
+        if len(entries) > max_rules:
+            raise PolicyError(f"{where}.{section}: at most {max_rules} rules")
         keys = set()
         for index, entry in enumerate(entries):
             rule = parse_rule(kind, entry, f"{where}.{section}[{index}]")

@@ -29,8 +29,9 @@ import gzip
 import json
 import os
 import pathlib
+import zlib
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from services.common import digests
 from services.common.errors import RegistryError
@@ -38,6 +39,11 @@ from services.common.names import validate_name, validate_tag
 
 FORMAT = "wharf-metadata"
 VERSION = 1
+# The longest line a reader takes: a manifest (16 MiB at most, 4/3 of that in base64) with its
+# tags fits many times over.
+MAX_LINE = 64 * 1024 * 1024
+# Blob sizes are int64 on the wire (the metadata service's LinkBlob).
+MAX_BLOB_SIZE = 2**63 - 1
 
 
 class FormatError(ValueError):
@@ -123,12 +129,16 @@ class Record:
 
 
 def read(path: pathlib.Path) -> Iterator[Record]:
-    """The file's records after its header, each checked; raises FormatError on the first bad line."""
-    with _open(path, "r", compressed=path.name.endswith(".gz")) as file:
-        first = file.readline()
+    """The file's records after its header, each checked; raises FormatError on the first bad line
+    (a line longer than MAX_LINE included: a gzip bomb of one endless line is refused, not read
+    into memory)."""
+    opened = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+    with opened as file:
+        lines = _lines(path, file)
+        first = next(lines, (1, ""))[1]
         try:
             head = json.loads(first)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FormatError(f"{path}: line 1 is not JSON: not a Wharf export") from None
         if not isinstance(head, dict) or head.get("format") != FORMAT:
             raise FormatError(f"{path}: not a Wharf export (line 1 has no \"format\": \"{FORMAT}\")")
@@ -138,11 +148,36 @@ def read(path: pathlib.Path) -> Iterator[Record]:
         if version > VERSION:
             raise FormatError(f"{path}: format version {version} (written by Wharf {head.get('wharf_version')}); "
                               f"this Wharf reads up to version {VERSION}: import with a newer wharf-admin")
-        for number, text in enumerate(file, start=2):
+        for number, text in lines:
             try:
                 yield _record(number, json.loads(text))
-            except (ValueError, TypeError, KeyError, RegistryError) as exc:
+            except (ValueError, TypeError, KeyError, RegistryError, RecursionError) as exc:
                 raise FormatError(f"{path}: line {number}: {_why(exc)}") from None
+
+
+class _Readable(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def _lines(path: pathlib.Path, file: _Readable) -> Iterator[tuple[int, str]]:
+    """(line number, text), each at most MAX_LINE bytes of UTF-8; a line that is not UTF-8, or a
+    gzip stream cut short or damaged, is a FormatError naming the line."""
+    number = 0
+    while True:
+        number += 1
+        try:
+            raw = file.readline(MAX_LINE + 1)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise FormatError(f"{path}: line {number} cannot be read ({type(exc).__name__}: {str(exc)[:100]}): "
+                              "the file is damaged or cut short") from None
+        if not raw:
+            return
+        if len(raw) > MAX_LINE:
+            raise FormatError(f"{path}: line {number} is longer than {MAX_LINE} bytes: not a Wharf export")
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"{path}: line {number} is not UTF-8") from None
 
 
 def _why(exc: Exception) -> str:
@@ -174,8 +209,8 @@ def _record(line: int, data: Any) -> Record:
     digest = digests.validate(_str(data["digest"], "digest"))
     if kind == "blob":
         size = data["size"]
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ValueError("size must be a non-negative integer")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BLOB_SIZE:
+            raise ValueError("size must be an integer from 0 to 2^63-1")
         return Record(line, kind, name, digest, size=size)
     if kind == "manifest":
         try:

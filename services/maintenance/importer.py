@@ -8,7 +8,8 @@ Two passes over the file, each streamed:
    ``end`` record is there and its counts match; each blob is looked up in the target's
    storage (the blob store's Stat) and each tag in the target's metadata. A blob the storage
    does not hold (unless ``allow_missing``), a stored blob of another size, or a tag that
-   already points at another manifest stops the import here, with the list.
+   already points at another manifest stops the import here, with the list; so does a tag the
+   file gives to two manifests, or a subject other than the one the manifest's bytes name.
 2. **Write**, in the file's order (blob links, then manifests, children before parents): each
    blob is pinned, looked up and linked with its stored size, as an upload is (so garbage
    collection cannot take the bytes in between); each manifest is put with its tags and the
@@ -99,6 +100,7 @@ class Importer:
         report = ImportReport(file=str(self._path))
         problems = _Problems()
         current = ""
+        tagged: dict[str, str] = {}  # the current repository's tags in the file -> their manifest
         ended = False
         for record in fileformat.read(self._path):
             if ended:
@@ -115,6 +117,7 @@ class Importer:
                     raise ImportRefused(f"{self._path}: line {record.line}: repository {record.repository} out of "
                                         "order (each comes once, in lexical order)")
                 current = record.repository
+                tagged = {}
                 report.repositories += 1
             elif record.repository != current:
                 raise ImportRefused(f"{self._path}: line {record.line}: a record of {record.repository} outside "
@@ -125,7 +128,7 @@ class Importer:
             else:
                 report.manifests += 1
                 report.tags += len(record.tags)
-                self._look_at_manifest(record, problems)
+                self._look_at_manifest(record, problems, tagged)
         if not ended:
             raise ImportRefused(f"{self._path}: no end record: the file is truncated")
         self._refuse_if(problems)
@@ -146,13 +149,26 @@ class Importer:
             problems.add_other(f"line {record.line}: {record.digest}: the file says {record.size} "
                                          f"bytes, the storage holds {stored}")
 
-    def _look_at_manifest(self, record: fileformat.Record, problems: _Problems) -> None:
+    def _look_at_manifest(self, record: fileformat.Record, problems: _Problems, tagged: dict[str, str]) -> None:
         try:
-            manifest_rules.parse(record.content, record.media_type)
+            parsed = manifest_rules.parse(record.content, record.media_type)
         except RegistryError as err:
             raise ImportRefused(f"{self._path}: line {record.line}: manifest {record.digest} is not one Wharf "
                                 f"accepts: {err.message}") from None
+        # The subject is the content's, as a push stores it: a file naming another one would list
+        # the manifest among the referrers (and serve it with OCI-Subject) of a manifest it does
+        # not refer to, and retention and the collector would delete it with that one.
+        if record.subject and record.subject != parsed.subject:
+            raise ImportRefused(f"{self._path}: line {record.line}: manifest {record.digest} names subject "
+                                f"{parsed.subject or 'none'}; the file says {record.subject}")
         for tag in record.tags:
+            # A tag twice in the file would move during the import (or stop it part-way at an
+            # immutable tag): refused here, before anything is written.
+            # (Memory: the tags of one repository, as the export's.)
+            first = tagged.setdefault(tag, record.digest)
+            if first != record.digest:
+                raise ImportRefused(f"{self._path}: line {record.line}: {record.repository}:{tag} is given to "
+                                    f"{first} and to {record.digest}")
             target = self._calls.manifest_digest(record.repository, tag)
             if target is not None and target != record.digest:
                 problems.add_other(f"line {record.line}: {record.repository}:{tag} already points at "
@@ -213,7 +229,7 @@ class Importer:
         request = mpb.PutManifestRequest(
             repository=record.repository, digest=record.digest, media_type=parsed.media_type,
             content=record.content, tags=list(record.tags), blob_references=parsed.blob_refs,
-            manifest_references=parsed.manifest_refs, subject=record.subject or parsed.subject,
+            manifest_references=parsed.manifest_refs, subject=parsed.subject,
             descriptor=descriptor, blob_reference_sizes=parsed.blob_sizes,
             manifest_reference_sizes=parsed.manifest_sizes)
         try:

@@ -40,7 +40,7 @@ def report_json(report: gpb.RetentionReport, dry_run: bool) -> dict[str, Any]:
 
 def _line(item: gpb.RetentionItem, now_ms: int) -> str:
     what = f"{item.repository}:{item.tag}" if item.tag else f"{item.repository}@{item.digest}"
-    when = f" ({'pushed' if item.tag else 'arrived'} {human(max(0, now_ms - item.at_ms) / 1000)} ago)" \
+    when = f" (pushed {human(max(0, now_ms - item.at_ms) / 1000)} ago)" \
         if item.at_ms else ""
     return f"  {what}{when}\n      {item.reason}"
 

@@ -194,15 +194,15 @@ class RetentionRunner:
             batch = digests[start:start + MANIFEST_BATCH]
             async with self._r.pipeline(transaction=False) as pipe:
                 for digest in batch:
-                    pipe.hmget(keys.manifest(name, digest), "created", "subject", "children")
+                    pipe.hmget(keys.manifest(name, digest), "created", "subject", "children", "pushed")
                     pipe.scard(keys.tags_of(name, digest))
                 answers = await pipe.execute()
             for i, digest in enumerate(batch):
-                (created, subject, children), tag_count = answers[2 * i], answers[2 * i + 1]
+                (created, subject, children, pushed), tag_count = answers[2 * i], answers[2 * i + 1]
                 if created is None and subject is None:
                     continue  # deleted since the listing
                 found.append(Manifest(digest, int(created or 0), text(subject or b""),
-                                      tuple(text(children or b"").split()), int(tag_count)))
+                                      tuple(text(children or b"").split()), int(tag_count), int(pushed or 0)))
         return found
 
     # -- deleting ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ Tags (``keep_last``, ``keep_tags``, ``older_than``; immutable rules of the same 
 Untagged manifests (``untagged_older_than``): the garbage collector's rule
 (redis_keys.GC_DELETE_MANIFEST, which the real run executes and which re-checks each one
 atomically): a manifest goes when no tag points at it, no index of the repository names it,
-it arrived (first push) longer ago than the duration, and it is not a referrer (a signature,
+it arrived (first push, or its last push again) longer ago than the duration, and it is not a referrer (a signature,
 an SBOM) of a manifest still stored; a referrer whose subject is gone goes too. The tags this
 run deletes count as gone, so the manifest of a deleted tag goes in the same run when it
 arrived long enough ago, and so do the children of an index that goes (computed to a fixed
@@ -52,6 +52,7 @@ class Manifest:
     subject: str                   # "" unless it is a referrer
     children: tuple[str, ...]      # the manifests it names (an index's)
     tags: int                      # how many tags point at it now
+    pushed_ms: int = 0             # its last push again, when it was pushed again (0: never)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,16 +136,21 @@ def untagged_to_delete(rule: Retention, manifests: Iterable[Manifest], untagging
                 continue
             if m.subject and m.subject in remaining:
                 continue  # a signature or SBOM of a manifest that stays
-            age_ms = now_ms - m.created_ms
+            # The collector's script (which the real run executes) counts from the later of the
+            # first arrival and the last push: so does the plan, or a dry run listed a manifest
+            # pushed again lately that the real run then kept.
+            last_ms = max(m.created_ms, m.pushed_ms)
+            age_ms = now_ms - last_ms
             if m.created_ms <= 0 or age_ms < grace_ms:
                 continue
             remaining.discard(digest)
             for child in set(m.children):
                 named[child] -= 1
-            why = (f"untagged, arrived {human(age_ms / 1000)} ago "
+            how = "pushed again" if m.pushed_ms > m.created_ms else "arrived"
+            why = (f"untagged, {how} {human(age_ms / 1000)} ago "
                    f"(untagged_older_than {human(rule.untagged_older_than)})")
             if m.subject:
                 why += "; a referrer whose subject is gone"
-            out.append(Verdict(digest, "", m.created_ms, why))
+            out.append(Verdict(digest, "", last_ms, why))
             progress = True
     return out
