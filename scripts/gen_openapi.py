@@ -102,7 +102,7 @@ def _link(op_id: str, depth: int, description: str, **values: str) -> dict[str, 
 def root_paths() -> dict[str, Any]:
     ping = _answer("This is an OCI registry (and the token, if any, is valid).", content=_json("Empty"))
     token_answer = _answer("A token (with `Cache-Control: no-store`).", content=_json("Token"))
-    token_errors = ("400", "401", "403", "404", "429", "500", "503")
+    token_errors = ("400", "401", "403", "404", "413", "429", "500", "503")
     token_note = ("The token endpoint exists only with WHARF_AUTH=token; otherwise every method answers "
                   "`404 UNSUPPORTED`. Requested scopes are reduced to what the account may have, never refused.")
     get_token_params = [
@@ -173,6 +173,9 @@ def name_paths(depth: int) -> dict[str, Any]:
     n = f"_{depth}"
     digest, reference, upload = ref("parameters", "digest"), ref("parameters", "reference"), \
         ref("parameters", "upload_id")
+    not_modified = _answer("If-None-Match named its ETag: not modified, no body.",
+                           {"ETag": ref("headers", "ETag"),
+                            "Docker-Content-Digest": ref("headers", "DockerContentDigest")})
     blob_headers = {"Docker-Content-Digest": ref("headers", "DockerContentDigest"), "ETag": ref("headers", "ETag"),
                     "Accept-Ranges": ref("headers", "AcceptRanges"), "Content-Length": ref("headers", "ContentLength")}
     octets = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
@@ -266,12 +269,14 @@ def name_paths(depth: int) -> dict[str, Any]:
                 "307": _answer("The blob store serves it: fetch the presigned URL (S3 with WHARF_S3_REDIRECT), "
                                "repeating Range.", {"Location": ref("headers", "Location"),
                                                     "Docker-Content-Digest": ref("headers", "DockerContentDigest")}),
+                "304": not_modified,
                 "416": _answer("The range cannot be satisfied (no body).",
                                {"Content-Range": ref("headers", "UnsatisfiedRange")})},
                 ("404", *NAMED_ERRORS), parameters=[ref("parameters", "Range")],
                 description="404 BLOB_UNKNOWN when the repository does not link the blob."),
             "head": _op("blob", f"getBlobHead{n}", "blobs", "A blob's size and digest",
-                        {"200": _answer("The blob exists; Content-Length is its size.", blob_headers)},
+                        {"200": _answer("The blob exists; Content-Length is its size.", blob_headers),
+                         "304": not_modified},
                         ("404", *NAMED_ERRORS), head=True),
             "delete": _op("blob", f"deleteBlob{n}", "blobs", "Unlink a blob from the repository",
                           {"202": _answer("Unlinked (garbage collection removes unreferenced bytes later).",
@@ -282,11 +287,13 @@ def name_paths(depth: int) -> dict[str, Any]:
             "parameters": [*names, reference],
             "get": _op("manifest", f"getManifest{n}", "manifests", "Fetch a manifest by tag or digest",
                        {"200": _answer("The exact bytes pushed, with their media type.", manifest_headers,
-                                       manifest_content)}, ("404", *NAMED_ERRORS), parameters=[accept],
+                                       manifest_content), "304": not_modified}, ("404", *NAMED_ERRORS),
+                       parameters=[accept],
                        description="404 MANIFEST_UNKNOWN for an unknown tag or digest, or a type the Accept "
                                    "header names manifest types without this one."),
             "head": _op("manifest", f"getManifestHead{n}", "manifests", "A manifest's digest, type and size",
-                        {"200": _answer("The manifest exists.", manifest_headers)}, ("404", *NAMED_ERRORS),
+                        {"200": _answer("The manifest exists.", manifest_headers), "304": not_modified},
+                        ("404", *NAMED_ERRORS),
                         head=True, parameters=[accept]),
             "put": _op("manifest", f"putManifest{n}", "manifests", "Push a manifest by tag or digest", {
                 "201": _answer("Stored, with every tag applied.", {

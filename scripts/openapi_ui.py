@@ -36,7 +36,10 @@ def _op(route: str, op_id: str, summary: str, answers: dict[str, Any], descripti
             "type": "object", "required": form, "properties": {field: {"type": "string"} for field in form}}}}}
     errors = {"400": "A malformed name or reference.", "403": "Not allowed (or a failed CSRF check).",
               "404": "No such repository or manifest.", "500": "An unexpected error.",
-              "503": "A backend service is unavailable."}
+              "503": "A backend service is unavailable.",
+              "429": "A rate limit, or too many failed sign-ins (with Retry-After)."}
+    if form:
+        errors["413"] = "The form is over 64 KiB."
     operation["responses"] = {**answers, **{status: _page(text + " (an HTML error page)")
                                             for status, text in errors.items() if status not in answers}}
     operation["x-wharf-route"] = route

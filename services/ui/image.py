@@ -4,8 +4,10 @@ trusted: every value is pushed content, shown as text (the templates escape it).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import threading
 from typing import TYPE_CHECKING, Any
 
 from services.common import mediatypes
@@ -13,6 +15,7 @@ from services.common.errors import RegistryError
 
 if TYPE_CHECKING:
     from services.api.context import Context
+    from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 
 INDEX_TYPES = {mediatypes.OCI_INDEX, mediatypes.DOCKER_MANIFEST_LIST}
 # The largest config read to be shown (a config is a few kilobytes; refuse to hold more).
@@ -21,6 +24,15 @@ _CONFIG_MAX = 1 << 20
 _MAX_PLATFORMS = 64
 _REFERRER_DEPTH = 3
 _REFERRERS_MAX = 100
+# What the tree shows of a referrer's annotations (its own page shows them all): 66 referrers
+# carrying 3.5 MB of annotations each made one view of their subject ~1.6 GB of a worker's memory.
+_ANNOTATIONS_SHOWN = 16
+_ANNOTATION_TEXT = 256
+# Tag rows summarized per worker (a few hundred bytes each), and the manifest bytes one
+# repository page may read to summarize rows it has not seen before: 100 tags of a 4 MiB manifest
+# cost ~5.5 s of a gateway worker's CPU (and 400 MB over gRPC) per view before.
+_SUMMARIES_MAX = 4096
+ROWS_READ_BUDGET = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +49,17 @@ class Referrer:
     artifact_type: str
     media_type: str
     size: int
-    annotations: list[tuple[str, str]]
+    annotations: list[tuple[str, str]]  # the first _ANNOTATIONS_SHOWN, each cut to _ANNOTATION_TEXT
     children: list[Referrer]
+    more_annotations: int = 0  # not shown
 
 
 def parse(content: bytes) -> dict[str, Any]:
+    # RecursionError: a config blob is any bytes its pusher chose (only manifests are checked at
+    # push), and JSON nested a thousand deep made its page a 500 with a traceback per view.
     try:
         value = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -52,8 +67,17 @@ def parse(content: bytes) -> dict[str, Any]:
 def pretty(content: bytes) -> str:
     try:
         return json.dumps(json.loads(content), indent=2, sort_keys=False, ensure_ascii=False)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return content.decode("utf-8", errors="replace")
+
+
+def text(value: Any) -> str:
+    """A pushed value as text; one nested too deeply to print (a list in a list ... in an
+    ``Entrypoint``, which ``json.loads`` took from a shallower stack) is said to be so."""
+    try:
+        return str(value)
+    except RecursionError:
+        return "(nested too deeply to show)"
 
 
 def _list(value: Any) -> list[Any]:
@@ -70,9 +94,9 @@ def _int(value: Any) -> int:
 
 def platform_text(platform: Any) -> str:
     p = _dict(platform)
-    parts = [str(p.get("os", "")), str(p.get("architecture", ""))]
+    parts = [text(p.get("os", "")), text(p.get("architecture", ""))]
     if p.get("variant"):
-        parts.append(str(p["variant"]))
+        parts.append(text(p["variant"]))
     return "/".join(x for x in parts if x) or "unknown"
 
 
@@ -94,6 +118,52 @@ def layers(manifest: dict[str, Any]) -> list[Layer]:
 def image_size(manifest: dict[str, Any]) -> int:
     config = _dict(manifest.get("config"))
     return _int(config.get("size")) + sum(layer.size for layer in layers(manifest))
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What a repository page's row shows of a manifest: its size (an index: its entries') and platforms."""
+
+    digest: str
+    media_type: str
+    size: int
+    platforms: tuple[str, ...]
+
+
+def summarize(manifest: mpb.Manifest) -> Summary:
+    parsed = parse(manifest.content)
+    if manifest.media_type in INDEX_TYPES or "manifests" in parsed:
+        entries = platforms(parsed)
+        return Summary(manifest.digest, manifest.media_type, sum(e["size"] for e in entries),
+                       tuple(e["platform"] for e in entries if e["platform"] != "unknown/unknown"))
+    return Summary(manifest.digest, manifest.media_type, image_size(parsed), ())
+
+
+class Summaries:
+    """Row summaries by (repository, digest), least recently used out first. A digest names its
+    bytes for good, so a summary never goes stale; one worker-wide memo is always right."""
+
+    def __init__(self, limit: int = _SUMMARIES_MAX) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._found: collections.OrderedDict[tuple[str, str], Summary] = collections.OrderedDict()
+
+    def get(self, repository: str, digest: str) -> Summary | None:
+        with self._lock:
+            found = self._found.get((repository, digest))
+            if found is not None:
+                self._found.move_to_end((repository, digest))
+            return found
+
+    def put(self, repository: str, summary: Summary) -> None:
+        with self._lock:
+            self._found[(repository, summary.digest)] = summary
+            self._found.move_to_end((repository, summary.digest))
+            while len(self._found) > self._limit:
+                self._found.popitem(last=False)
+
+
+SUMMARIES = Summaries()
 
 
 def read_config(ctx: Context, name: str, manifest: dict[str, Any]) -> bytes:
@@ -122,21 +192,25 @@ def read_config(ctx: Context, name: str, manifest: dict[str, Any]) -> bytes:
 def config_summary(config: dict[str, Any]) -> dict[str, Any]:
     """Entrypoint, command, env, labels, exposed ports, working directory, user; and the history."""
     inner = _dict(config.get("config"))
-    history = [{"created": str(h.get("created", "")), "created_by": str(h.get("created_by", "")),
-                "comment": str(h.get("comment", "")), "empty_layer": bool(h.get("empty_layer"))}
+    history = [{"created": text(h.get("created", "")), "created_by": text(h.get("created_by", "")),
+                "comment": text(h.get("comment", "")), "empty_layer": bool(h.get("empty_layer"))}
                for h in (_dict(x) for x in _list(config.get("history"))[:1000])]
     return {
         "platform": platform_text(config),
-        "created": str(config.get("created", "")),
-        "entrypoint": [str(x) for x in _list(inner.get("Entrypoint"))],
-        "cmd": [str(x) for x in _list(inner.get("Cmd"))],
-        "env": [str(x) for x in _list(inner.get("Env"))],
-        "labels": sorted((str(k), str(v)) for k, v in _dict(inner.get("Labels")).items()),
+        "created": text(config.get("created", "")),
+        "entrypoint": [text(x) for x in _list(inner.get("Entrypoint"))],
+        "cmd": [text(x) for x in _list(inner.get("Cmd"))],
+        "env": [text(x) for x in _list(inner.get("Env"))],
+        "labels": sorted((str(k), text(v)) for k, v in _dict(inner.get("Labels")).items()),
         "ports": sorted(str(k) for k in _dict(inner.get("ExposedPorts"))),
-        "workdir": str(inner.get("WorkingDir", "")),
-        "user": str(inner.get("User", "")),
+        "workdir": text(inner.get("WorkingDir", "")),
+        "user": text(inner.get("User", "")),
         "history": history,
     }
+
+
+def _cut(value: str) -> str:
+    return value if len(value) <= _ANNOTATION_TEXT else value[:_ANNOTATION_TEXT] + "…"
 
 
 def referrers(ctx: Context, name: str, digest: str, depth: int = 0, budget: list[int] | None = None) -> list[Referrer]:
@@ -149,6 +223,9 @@ def referrers(ctx: Context, name: str, digest: str, depth: int = 0, budget: list
         if budget[0] <= 0:
             break
         budget[0] -= 1
-        found.append(Referrer(d.digest, d.artifact_type, d.media_type, d.size, sorted(dict(d.annotations).items()),
-                              referrers(ctx, name, d.digest, depth + 1, budget)))
+        keys = sorted(d.annotations)
+        shown = [(_cut(k), _cut(d.annotations[k])) for k in keys[:_ANNOTATIONS_SHOWN]]
+        found.append(Referrer(d.digest, d.artifact_type, d.media_type, d.size, shown,
+                              referrers(ctx, name, d.digest, depth + 1, budget),
+                              max(0, len(keys) - _ANNOTATIONS_SHOWN)))
     return found

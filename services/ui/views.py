@@ -20,9 +20,12 @@ from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from flask import Response, g, request
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from services.api.request_input import FORM_MAX, read_form
+from services.api.wire import UNREADABLE, why_unreadable
 from services.common import digests, scopes
-from services.common.errors import DENIED, NAME_INVALID, UNAUTHORIZED, RegistryError
+from services.common.errors import DENIED, NAME_INVALID, SIZE_INVALID, UNAUTHORIZED, UNSUPPORTED, RegistryError
 from services.common.names import is_valid_name, is_valid_tag, validate_tag
 from services.common.scopes import Scope
 from services.common.yaml_section import human_size
@@ -58,6 +61,9 @@ class Visitor:
     session: Session
     subject: str = ""
     save_cookie: bool = False
+    # The session came with the request (its CSRF token can match), renewed or not: a form loaded
+    # before the access token expired was refused once (403) when the post renewed it.
+    from_cookie: bool = False
 
     @property
     def signed_in(self) -> bool:
@@ -77,7 +83,7 @@ def issue(ctx: Context, **fields: Any) -> apb.IssueTokenResponse:
 
 def _visitor(ctx: Context) -> Visitor:
     found = sessions.read_session(request)
-    visitor = Visitor(found or sessions.new_session(), save_cookie=found is None)
+    visitor = Visitor(found or sessions.new_session(), save_cookie=found is None, from_cookie=found is not None)
     if not ctx.authorizer.issues_tokens or not visitor.session.token:
         return visitor
     if not ctx.authorizer.adopt(visitor.session.token):
@@ -123,7 +129,7 @@ def _error(ctx: Context, visitor: Visitor, status: int, title: str, message: str
 
 
 _TITLES = {400: "Bad request", 401: "Sign in needed", 403: "Not allowed", 404: "Not found",
-           429: "Too many requests", 503: "The registry is unavailable"}
+           413: "Too large", 429: "Too many requests", 503: "The registry is unavailable"}
 
 
 def page(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -133,8 +139,16 @@ def page(view: Callable[..., Response]) -> Callable[..., Response]:
     def wrapper(ctx: Context, **params: str) -> Response:
         visitor = Visitor(sessions.new_session(), save_cookie=True)
         try:
+            if request.method == "POST":
+                read_form()
             visitor = _visitor(ctx)
             return view(ctx, visitor, **params)
+        except RequestEntityTooLarge:
+            g.error_code = SIZE_INVALID.code
+            return _error(ctx, visitor, 413, _TITLES[413], f"a form of these pages is at most {FORM_MAX} bytes")
+        except (*UNREADABLE, ClientDisconnected) as exc:  # malformed framing, a body cut short
+            g.error_code = UNSUPPORTED.code  # as the API's forms (/token) say it
+            return _error(ctx, visitor, 400, _TITLES[400], why_unreadable(exc))
         except RegistryError as err:
             g.error_code = err.error.code  # for the audit record of a form post (services/api/audit.py)
             status = err.http_status if err.http_status in _TITLES else 500
@@ -203,21 +217,24 @@ def repository_list(ctx: Context, visitor: Visitor) -> Response:
 
 # -- a repository ------------------------------------------------------------------------------
 
-def _tag_row(ctx: Context, name: str, tag: str, digest: str, pushed: int) -> dict[str, Any]:
+def _tag_row(ctx: Context, name: str, tag: str, digest: str, pushed: int, budget: list[int]) -> dict[str, Any]:
+    """A tag's row. Its manifest is read (and summarized once per worker) only while the page's
+    budget of manifest bytes lasts: past it, a row not seen before shows no size or platforms."""
     row: dict[str, Any] = {"tag": tag, "digest": digest, "pushed": pushed, "size": 0, "platforms": [],
-                           "media_type": ""}
-    try:
-        manifest = ctx.clients.cache.get(name, digest or tag)
-    except RegistryError:
-        return row
-    parsed = image.parse(manifest.content)
-    row["digest"], row["media_type"] = manifest.digest, manifest.media_type
-    if manifest.media_type in image.INDEX_TYPES or "manifests" in parsed:
-        entries = image.platforms(parsed)
-        row["platforms"] = [e["platform"] for e in entries if e["platform"] != "unknown/unknown"]
-        row["size"] = sum(e["size"] for e in entries)
-    else:
-        row["size"] = image.image_size(parsed)
+                           "media_type": "", "known": False}
+    found = image.SUMMARIES.get(name, digest) if digest else None
+    if found is None:
+        if budget[0] <= 0:
+            return row
+        try:
+            manifest = ctx.clients.cache.get(name, digest or tag)
+        except RegistryError:
+            return row
+        budget[0] -= len(manifest.content)
+        found = image.summarize(manifest)
+        image.SUMMARIES.put(name, found)
+    row.update(digest=found.digest, media_type=found.media_type, size=found.size, platforms=list(found.platforms),
+               known=True)
     return row
 
 
@@ -228,7 +245,8 @@ def repository(ctx: Context, visitor: Visitor) -> Response:
     _needs(rights, "pull", name)
     after, wanted, order = argument("after"), argument("filter").lower(), argument("sort", "name")
     listed = ctx.clients.metadata.list_tags(name, after, _TAGS_PAGE, with_details=True)
-    rows = [_tag_row(ctx, name, tag, digest, pushed)
+    budget = [image.ROWS_READ_BUDGET]
+    rows = [_tag_row(ctx, name, tag, digest, pushed, budget)
             for tag, digest, pushed in zip(listed.names, listed.digests, listed.pushed_at_ms, strict=False)
             if wanted in tag.lower()]
     if order == "pushed":
@@ -303,7 +321,10 @@ def delete(ctx: Context, visitor: Visitor) -> Response:
     ctx.ui_catalog.forget()  # the repository may have left the catalog
     log.info("deleted through the web UI", extra={"fields": {"repository": name, "reference": reference,
                                                              "account": visitor.subject}})
-    return _redirect("/ui/repository?" + urlencode({"name": name, "deleted": reference}))
+    response = _redirect("/ui/repository?" + urlencode({"name": name, "deleted": reference}))
+    if visitor.save_cookie:  # a token renewed on the way: kept, so the next page need not renew it again
+        sessions.set_cookie(response, visitor.session, _secure(ctx))
+    return response
 
 
 # -- signing in and out ------------------------------------------------------------------------
@@ -311,7 +332,7 @@ def delete(ctx: Context, visitor: Visitor) -> Response:
 def _check_post(ctx: Context, visitor: Visitor) -> None:
     """A state-changing request must come from this origin and carry the session's CSRF token."""
     if not sessions.same_origin(request, ctx.settings.public_url) or \
-            not sessions.csrf_ok(None if visitor.save_cookie else visitor.session, request.form.get("csrf", "")):
+            not sessions.csrf_ok(visitor.session if visitor.from_cookie else None, request.form.get("csrf", "")):
         raise RegistryError(DENIED, "this form did not come from this registry's pages (CSRF check failed); "
                                     "reload the page and try again", http_status=403)
 
@@ -358,21 +379,26 @@ _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; cha
                  ".svg": "image/svg+xml"}
 
 
+def _suffix(file: str) -> str:
+    return file[file.rfind("."):] if "." in file else ""
+
+
 @functools.cache
-def _static_file(file: str) -> bytes | None:
-    suffix = file[file.rfind("."):] if "." in file else ""
-    if suffix not in _STATIC_TYPES or file.startswith("."):
-        return None
-    found = resources.files("services.ui").joinpath("static", file)
-    return found.read_bytes() if found.is_file() else None
+def _static_files() -> dict[str, bytes]:
+    """The files shipped in static/, read once. A request's file name is only looked up here: it
+    reached the filesystem before (a name over 255 bytes was a 500 with a traceback logged per
+    request) and every name asked for stayed in a cache that nothing bounded."""
+    folder = resources.files("services.ui").joinpath("static")
+    return {entry.name: entry.read_bytes() for entry in folder.iterdir()
+            if entry.is_file() and not entry.name.startswith(".") and _suffix(entry.name) in _STATIC_TYPES}
 
 
 def static(ctx: Context, file: str) -> Response:
     """The UI's own CSS and script, shipped in the package (nothing is fetched from elsewhere)."""
-    content = _static_file(file)
+    content = _static_files().get(file)
     if content is None:
         return sessions.secure_headers(Response(b"not found", status=404, content_type="text/plain"))
-    response = Response(content, content_type=_STATIC_TYPES[file[file.rfind("."):]],
+    response = Response(content, content_type=_STATIC_TYPES[_suffix(file)],
                         headers={"Cache-Control": "public, max-age=300"})
     sessions.secure_headers(response)
     response.headers["Cache-Control"] = "public, max-age=300"

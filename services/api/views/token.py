@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from flask import Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from services.api.request_input import FORM_MAX, read_form
 from services.api.responses import json_response
-from services.common.errors import REQUEST_INVALID, UNAUTHORIZED, RegistryError
+from services.common.errors import REQUEST_INVALID, SIZE_INVALID, UNAUTHORIZED, RegistryError
 from services.gen.wharf.auth.v1 import auth_pb2 as apb
 
 if TYPE_CHECKING:
@@ -70,6 +72,11 @@ def get_token(ctx: Context) -> Response:
 
 
 def post_token(ctx: Context) -> Response:
+    try:
+        read_form()
+    except RequestEntityTooLarge:
+        raise RegistryError(SIZE_INVALID, f"a token request's form is at most {FORM_MAX} bytes",
+                            http_status=413) from None
     form = request.form
     grant_type = form.get("grant_type", "")
     message = apb.IssueTokenRequest(service=form.get("service", ""), scopes=form.get("scope", "").split(),
