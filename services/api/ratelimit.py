@@ -35,6 +35,7 @@ the gateway's policy cache (services/api/policy.py), refreshed in the background
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 import re
@@ -51,14 +52,20 @@ from services.api.leases import MAX_LOCAL_BUCKETS, Leases, Want
 from services.common.client_address import Network, client_address
 from services.common.errors import TOOMANYREQUESTS, RegistryError
 from services.common.governance import Policy, RateLimit
-from services.common.names import is_valid_name
+from services.common.names import MAX_NAME_LENGTH, is_valid_name
 from services.gen.wharf.governance.v1 import governance_pb2 as gpb
 
 log = logging.getLogger("wharf.gateway.ratelimit")
 _MAX_RULE_MEMO = 4096
+# A hot-read memo key longer than this (path, peer, X-Forwarded-For and Authorization together) is
+# remembered by its digest: each may be a client's 8 KiB, and 4,096 of them held ~80 MB per worker.
+_MAX_MEMO_KEY = 2048
 _IDENTITY_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 # Bodies that are pushes: an upload's chunks and a manifest.
 _PUSH_ENDPOINTS = frozenset({"uploads", "upload", "manifest"})
+# Web UI pages that read or delete one repository, named by their ``name`` parameter (services/ui/views.py):
+# counted under that repository's rule, as the registry API's requests for it are (they escaped it).
+_UI_NAMED = frozenset({"ui_repository", "ui_manifest", "ui_delete"})
 
 
 class RuleFinder:
@@ -81,6 +88,8 @@ class RuleFinder:
         if known is not policy:
             memo = {}
             self._state = (policy, memo)
+        if len(repository) > MAX_NAME_LENGTH:
+            repository = ""  # invalid (the view says so): not remembered, a client's 4 KiB at a time
         try:
             return memo[repository]
         except KeyError:
@@ -98,8 +107,24 @@ def _identity(value: str) -> str:
     return "h" + hashlib.blake2b(value.encode(errors="replace"), digest_size=12).hexdigest()
 
 
+def _address_bucket(address: str) -> str:
+    """Who an address's bucket counts: an IPv4 address, or an IPv6 /64 (one host is given a whole /64
+    to pick source addresses from, so counting per IPv6 address let one client escape every limit
+    by changing address per request: the login throttle counts per /64 too, services/auth/peers.py).
+    An IPv4-mapped IPv6 address counts as its IPv4 address; anything else is kept as it is."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}-64"  # "-": "/" is not a key character
+    return str(ip)
+
+
 def _identities(address: str, account: str) -> list[str]:
-    return [f"addr:{_identity(address)}"] + ([f"acct:{_identity(account)}"] if account else [])
+    return [f"addr:{_identity(_address_bucket(address))}"] + ([f"acct:{_identity(account)}"] if account else [])
 
 
 def _rule_id(rule: RateLimit) -> str:
@@ -151,7 +176,7 @@ class RateLimiter:
                              headers={"Retry-After": retry_after(seconds)})
 
     def address_key(self, rule: RateLimit, address: str) -> str:
-        return f"{_rule_id(rule)}:req:addr:{_identity(address)}"
+        return f"{_rule_id(rule)}:req:addr:{_identity(_address_bucket(address))}"
 
     def before_request(self) -> None:
         """Flask's hook: counts the request, or raises the 429."""
@@ -159,6 +184,8 @@ class RateLimiter:
             return
         found = routes.match(request.path)
         endpoint, name = (found[0].endpoint, found[1].get("name", "")) if found else ("", "")
+        if endpoint in _UI_NAMED:
+            name = request.values.get("name", "")
         rule = self.watch.rule_for(name)
         if rule is None:
             return
@@ -210,25 +237,29 @@ class LimitedHotReads:
         # again (most of this path's traffic) costs one lookup. A token's subject never changes
         # (authorization is still the inner path's own check, every time).
         self._policy: Policy | None = None
-        self._known: dict[tuple[str, str, str, str], list[Want] | None] = {}
+        self._known: dict[tuple[str, ...], list[Want] | None] = {}
 
     def _wants(self, environ: dict[str, Any], policy: Policy) -> list[Want] | None:
-        key = (environ.get("PATH_INFO", ""), environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR", ""),
-               environ.get("HTTP_AUTHORIZATION", ""))
+        path, peer, forwarded, authorization = parts = (
+            environ.get("PATH_INFO", ""), environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR", ""),
+            environ.get("HTTP_AUTHORIZATION", ""))
+        key: tuple[str, ...] = parts
+        if len(path) + len(peer) + len(forwarded) + len(authorization) > _MAX_MEMO_KEY:
+            key = (hashlib.blake2b("\0".join(parts).encode(errors="replace"), digest_size=16).hexdigest(),)
         if policy is not self._policy:
             self._policy, self._known = policy, {}
         try:
             return self._known[key]
         except KeyError:
             pass
-        found = routes.match(key[0])
+        found = routes.match(path)
         # The rule the application would count the request under (before_request): a route without
         # a repository (the /v2/ check) under the rule for the name "".
         rule = self._limiter.watch.rule_for(found[1].get("name", "")) if found else None
         wants = None
         if rule is not None:
-            wants = self._limiter.wants(rule, client_address(key[1], key[2], self._trusted),
-                                        self._authorizer.subject(key[3]))
+            wants = self._limiter.wants(rule, client_address(peer, forwarded, self._trusted),
+                                        self._authorizer.subject(authorization))
         if len(self._known) >= _MAX_RULE_MEMO:
             self._known.clear()
         self._known[key] = wants

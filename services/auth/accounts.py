@@ -30,6 +30,15 @@ MIN_PASSWORD = 8
 # bcrypt looks at 72 bytes at most; longer passwords are refused rather than silently cut.
 MAX_PASSWORD = 72
 REFRESH_REFUSED = "refresh token is invalid, expired or revoked"
+# KEYS: the account, the hash to write; ARGV: field, value. Writes only while the account exists (its
+# "kind"), in one step: a grant or a password set that read the account just before a delete no longer
+# writes after it (a grant left so was inherited by the next account of that name, and a password hash
+# made the name one that could be neither created nor deleted).
+_SET_IF_ACCOUNT = """
+if not redis.call('HGET', KEYS[1], 'kind') then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
 
 
 def validate_account_name(name: str) -> str:
@@ -53,6 +62,11 @@ class AccountStore:
         self._failure_limit = failure_limit
         self._throttle = LoginThrottle(client, failure_window)
         self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(bcrypt_rounds))
+        self._set_if_account = client.register_script(_SET_IF_ACCOUNT)
+
+    def _set_while_exists(self, name: str, key: str, field: str, value: str | bytes) -> None:
+        if not self._set_if_account(keys=[keys.account(name), key], args=[field, value]):
+            raise RegistryError(ACCOUNT_UNKNOWN, f"account {name} does not exist")
 
     @property
     def client(self) -> redis.Redis:
@@ -71,7 +85,11 @@ class AccountStore:
         # HSETNX on the hash field makes creation race-free; the rest follows in one transaction.
         if not self._r.hsetnx(keys.account(name), "hash", hashed):
             raise RegistryError(ACCOUNT_EXISTS, f"account {name} already exists")
+        # Nothing of an earlier account of this name carries over: grants or refresh tokens written
+        # by calls that raced its delete (or by versions before the writes checked the account).
+        self.revoke_refresh_tokens(name)
         with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.grants(name))
             pipe.hset(keys.account(name), mapping=fields)
             pipe.zadd(keys.ACCOUNTS, {name: 0})
             pipe.execute()
@@ -104,7 +122,7 @@ class AccountStore:
     def set_password(self, name: str, password: str) -> Principal:
         principal = self.get(name)
         hashed = bcrypt.hashpw(_check_password(password), bcrypt.gensalt(self._rounds))
-        self._r.hset(keys.account(name), "hash", hashed)
+        self._set_while_exists(name, keys.account(name), "hash", hashed)
         self.revoke_refresh_tokens(name)
         return principal
 
@@ -126,7 +144,7 @@ class AccountStore:
         except ValueError as exc:
             raise RegistryError(REQUEST_INVALID, str(exc)) from None
         patterns.validate_pattern(pattern)
-        self._r.hset(keys.grants(name), pattern, ",".join(sorted(wanted)))
+        self._set_while_exists(name, keys.grants(name), pattern, ",".join(sorted(wanted)))
         return self.get(name)
 
     def revoke(self, name: str, pattern: str) -> Principal:
@@ -201,13 +219,17 @@ class AccountStore:
 
     # -- refresh tokens ----------------------------------------------------
 
-    def new_refresh_token(self, name: str, lifetime: int, backend: str = "") -> str:
+    def new_refresh_token(self, name: str, lifetime: int, backend: str = "", bound: str = "") -> str:
         """A refresh token for ``name``; ``backend`` names the identity backend that vouched for
-        it when that is not the built-in accounts (its redemption asks that backend again)."""
+        it when that is not the built-in accounts (its redemption asks that backend again);
+        ``bound``, the digest of the credential stamp the login checked (redemption refuses the
+        token once the stamp is another: services/auth/identity.py, ``Identities.redeem``)."""
         token = secrets.token_urlsafe(32)
         token_id = hashlib.sha256(token.encode()).hexdigest()
         fields: dict[str | bytes, bytes | float | int | str] = {"account": name, "backend": backend,
                                                                 "expires_at": int(time.time()) + lifetime}
+        if bound:
+            fields["stamp"] = bound
         with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(keys.refresh(token_id), mapping=fields)
             pipe.expire(keys.refresh(token_id), lifetime)
@@ -215,14 +237,14 @@ class AccountStore:
             pipe.execute()
         return token
 
-    def redeem_refresh_token(self, token: str) -> tuple[str, str]:
-        """(account, backend) of a valid refresh token (backend "" for the built-in accounts);
-        UNAUTHORIZED otherwise."""
+    def redeem_refresh_token(self, token: str) -> tuple[str, str, str]:
+        """(account, backend, bound stamp digest) of a valid refresh token (backend "" for the
+        built-in accounts; the digest "" when the token is bound to none); UNAUTHORIZED otherwise."""
         token_id = hashlib.sha256(token.encode()).hexdigest()
-        account, backend = self._r.hmget(keys.refresh(token_id), "account", "backend")
+        account, backend, bound = self._r.hmget(keys.refresh(token_id), "account", "backend", "stamp")
         if account is None:
             raise RegistryError(UNAUTHORIZED, REFRESH_REFUSED)
-        return text(account), text(backend)
+        return text(account), text(backend), text(bound)
 
     def revoke_refresh_token(self, token: str) -> int:
         """Ends one refresh token (1; 0 when it was not valid): the web UI's sign-out."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -144,6 +145,21 @@ class Accounts(IdentityBackend):
         return Identity(principal.name, principal.kind, principal.admin, principal.grants)
 
 
+@dataclasses.dataclass(frozen=True)
+class Login:
+    """A login let in: who, by which backend, and the backend's credential stamp as it was before
+    the password was checked (None when the backend gives none)."""
+
+    principal: Principal
+    backend: str
+    stamp: str | None = None
+
+
+def stamp_digest(stamp: str) -> str:
+    """What a refresh token keeps of a credential stamp (the stamp itself may be a password hash)."""
+    return hashlib.sha256(stamp.encode()).hexdigest()
+
+
 def _snapshot_key(name: str) -> str:
     return f"wharf-auth:identity:{name}"
 
@@ -176,6 +192,12 @@ class Identities:
         UNAVAILABLE otherwise. Every backend's check runs under the same login throttle; identical
         logins share one check, and a right password is remembered briefly where the backend
         allows it (services/auth/verified.py)."""
+        login = self.login(name, password, address, account_limit)
+        return login.principal, login.backend
+
+    def login(self, name: str, password: str, address: str, account_limit: int | None = None) -> Login:
+        """:meth:`authenticate`, with the credential stamp the password was checked against (what a
+        refresh token issued for this login is bound to: see :meth:`redeem`)."""
         if not self._rememberable(name):
             return self._checked(name, password, None, address, account_limit)
         mac = self._verified.mac(name, password)
@@ -193,8 +215,7 @@ class Identities:
         except Exception:  # a backend's failure here only means "not remembered"; its login reports it
             return False
 
-    def _remembered(self, name: str, mac: bytes, address: str,
-                    account_limit: int | None) -> tuple[Principal, str] | None:
+    def _remembered(self, name: str, mac: bytes, address: str, account_limit: int | None) -> Login | None:
         """A login remembered with this password whose backend stamp is unchanged, the account not
         locked: its principal as it is now; None to check the password."""
         entry = self._verified.find(name, mac)
@@ -212,19 +233,22 @@ class Identities:
             self._verified.forget(name)
             return None
         self._store.admit_verified(name, address, account_limit)
-        return self._principal(entry.backend, identity), entry.backend
+        return Login(self._principal(entry.backend, identity), entry.backend, entry.stamp)
 
     def _checked(self, name: str, password: str, mac: bytes | None, address: str,
-                 account_limit: int | None) -> tuple[Principal, str]:
-        found: list[tuple[str, Identity]] = []
+                 account_limit: int | None) -> Login:
+        found: list[tuple[str, Identity, str | None]] = []
 
         def verify() -> bool:
             if not password:  # an empty password is an anonymous bind to LDAP, and never anyone's
                 return False
             for backend_name, backend in self._backends:
                 try:
-                    # Before the check: what it checks against.
-                    stamp = backend.credential_stamp(name) if mac is not None else None
+                    # Before the check: what it checks against (remembered logins and refresh tokens are
+                    # bound to it; the built-in accounts always give one, another backend when asked to
+                    # remember, as before).
+                    stamp = backend.credential_stamp(name) if mac is not None or isinstance(backend, Accounts) \
+                        else None
                     identity = backend.authenticate(name, password)
                 except InvalidCredentials:
                     return False
@@ -238,7 +262,7 @@ class Identities:
                         log.error("an identity backend answered for another name; refused",
                                   extra={"fields": {"backend": backend_name}})
                         return False
-                    found.append((backend_name, identity))
+                    found.append((backend_name, identity, stamp))
                     if mac is not None and stamp is not None and stamp == backend.credential_stamp(name):
                         # Unchanged across the check, so it is the password's: remembered (a password
                         # set meanwhile leaves nothing remembered).
@@ -249,13 +273,16 @@ class Identities:
         if not self._store.throttled(name, address, verify, account_limit=account_limit) \
                 or not found:
             raise RegistryError(UNAUTHORIZED, "invalid username or password")
-        backend_name, identity = found[0]
-        return self._principal(backend_name, identity), backend_name
+        backend_name, identity, stamp = found[0]
+        return Login(self._principal(backend_name, identity), backend_name, stamp)
 
     def redeem(self, token: str) -> tuple[Principal, str]:
         """(principal, backend name) of a refresh token, asking its backend whether the identity
-        still exists (and for its groups now); UNAUTHORIZED when it does not."""
-        account, backend_name = self._store.redeem_refresh_token(token)
+        still exists (and for its groups now); UNAUTHORIZED when it does not, or when the token was
+        issued for a login checked against another credential stamp than the backend's now: a login
+        that checked the old password while the password changed (or the account was deleted, and
+        made again under its name) got its refresh token after the change had revoked the others."""
+        account, backend_name, bound = self._store.redeem_refresh_token(token)
         backend_name = backend_name or BUILTIN
         backend = dict(self._backends).get(backend_name)
         if backend is None and backend_name == BUILTIN:
@@ -266,6 +293,13 @@ class Identities:
             raise self._unavailable(backend_name, exc) from None
         if identity is None or identity.name != account:
             raise RegistryError(UNAUTHORIZED, REFRESH_REFUSED)
+        if bound:
+            try:
+                stamp = backend.credential_stamp(account) if backend is not None else None
+            except IdentityUnavailable as exc:
+                raise self._unavailable(backend_name, exc) from None
+            if stamp is None or not hmac.compare_digest(stamp_digest(stamp), bound):
+                raise RegistryError(UNAUTHORIZED, REFRESH_REFUSED)
         return self._principal(backend_name, identity), backend_name
 
     def find(self, name: str) -> Principal | None:

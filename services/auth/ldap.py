@@ -8,8 +8,9 @@ before it reaches the directory, and escaped in the filter anyway; an empty pass
 reaches it (LDAP treats a bind with a DN and no password as anonymous, not as a failure).
 
 Every operation is bounded by ``timeout``, and at most ``max_concurrent`` logins talk to the
-directory at once, so a slow or dead directory holds a few of the auth service's workers, not
-all of them (the rest keep issuing tokens to built-in accounts and robots). Connections are
+directory at once (as many more may wait for a turn, up to ``timeout``; any beyond are refused at
+once), so a slow or dead directory holds a few of the auth service's workers, not all of them (the
+rest keep issuing tokens to built-in accounts and robots). Connections are
 opened per login; URLs are tried in order, so a second server is a failover.
 
 Options (the entry's ``options`` in the ``identity`` section)::
@@ -157,6 +158,8 @@ class LdapBackend(IdentityBackend):
     def __init__(self, options: LdapOptions) -> None:
         self._o = options
         self._slots = threading.BoundedSemaphore(options.max_concurrent)
+        self._waiting = 0  # logins waiting for a slot: at most max_concurrent (see _slot)
+        self._waiting_lock = threading.Lock()
         self._tls = ldap3.Tls(ca_certs_file=options.ca_file or None,
                               validate=ssl.CERT_REQUIRED if options.tls_verify else ssl.CERT_NONE)
 
@@ -191,8 +194,23 @@ class LdapBackend(IdentityBackend):
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
-        if not self._slots.acquire(timeout=self._o.timeout):
-            raise IdentityUnavailable(f"{self._o.max_concurrent} LDAP logins already in flight")
+        """A turn to talk to the directory. At most ``max_concurrent`` logins wait for one (each up to
+        ``timeout``), and a login beyond them is refused at once: every waiter holds one of the auth
+        service's login threads, and unbounded waiters let a flood of logins for names the built-in
+        accounts do not know (each a directory login) hold all of them while the directory hung, so
+        that built-in accounts' logins queued behind them for seconds."""
+        if not self._slots.acquire(blocking=False):
+            with self._waiting_lock:
+                if self._waiting >= self._o.max_concurrent:
+                    raise IdentityUnavailable(f"{self._o.max_concurrent} LDAP logins in flight and as many waiting")
+                self._waiting += 1
+            try:
+                turn = self._slots.acquire(timeout=self._o.timeout)
+            finally:
+                with self._waiting_lock:
+                    self._waiting -= 1
+            if not turn:
+                raise IdentityUnavailable(f"{self._o.max_concurrent} LDAP logins already in flight")
         try:
             yield
         finally:

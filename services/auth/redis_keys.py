@@ -7,7 +7,11 @@
     wharf-auth:grants:<name>               HASH  repository pattern -> "pull,push,delete"
     wharf-auth:public                      SET   repository patterns anyone may pull
     wharf-auth:refresh:<id>                HASH  account, expires_at, backend ("" built-in; else the identity
-                                                  backend asked again at redemption)   (TTL = refresh token lifetime)
+                                                  backend asked again at redemption), stamp (sha256 of the
+                                                  credential stamp the login checked: the password hash
+                                                  for built-in accounts; redemption refuses the token
+                                                  once it differs; absent on older tokens)
+                                                  (TTL = refresh token lifetime)
     wharf-auth:refresh-of:<name>           SET   refresh token ids of an account (for revocation)
     wharf-auth:failures:<name>:<address>   STRING failed logins in the window   (TTL = window)
     wharf-auth:checking:<name>:<address>   ZSET  password checks in flight: token -> start (ms)

@@ -69,12 +69,11 @@ class AuthServicer(pb_grpc.AuthServicer):
         self._mirrored = mirrored
 
     def _authenticate(self, name: str, password: str, address: str, via: str,
-                      account_limit: int | None = None) -> tuple[Principal, str]:
-        """(principal, identity backend) from the identity chain, logging every refusal with the
-        (sanitised) account name and client address, never the password, so that guessing shows
-        up in the logs."""
+                      account_limit: int | None = None) -> identity.Login:
+        """The login from the identity chain, logging every refusal with the (sanitised) account
+        name and client address, never the password, so that guessing shows up in the logs."""
         try:
-            return self._identities.authenticate(name, password, address, account_limit=account_limit)
+            return self._identities.login(name, password, address, account_limit=account_limit)
         except RegistryError as err:
             if err.error in (UNAUTHORIZED, TOOMANYREQUESTS):
                 fields: dict[str, object] = {"account": peers.printable(name), "address": peers.printable(address),
@@ -93,8 +92,8 @@ class AuthServicer(pb_grpc.AuthServicer):
         name = ""
         try:
             name, password = self._admin_credentials(context, address)
-            principal, _ = self._authenticate(name, password, address, "admin",
-                                              self._settings.login_failures * ADMIN_ACCOUNT_FAILURE_FACTOR)
+            principal = self._authenticate(name, password, address, "admin",
+                                           self._settings.login_failures * ADMIN_ACCOUNT_FAILURE_FACTOR).principal
             if not principal.admin:
                 log.warning("administrative call by a non-admin account",
                             extra={"fields": {"account": principal.name, "address": address}})
@@ -153,12 +152,12 @@ class AuthServicer(pb_grpc.AuthServicer):
         if service != self._settings.token_service:
             raise RegistryError(DENIED, f"tokens are issued for service {self._settings.token_service!r} only")
         requested = scopes.parse_many(request.scopes, limit=_MAX_SCOPES)
-        backend = ""
+        backend, stamp = "", None
         if request.refresh_token:
             principal, backend = self._identities.redeem(request.refresh_token)
         elif request.username:
-            principal, backend = self._authenticate(request.username, request.password, request.client_address,
-                                                    "token")
+            login = self._authenticate(request.username, request.password, request.client_address, "token")
+            principal, backend, stamp = login.principal, login.backend, login.stamp
         else:
             principal = ANONYMOUS
         access = grant(principal, self._store.public_patterns(), requested, self._mirrored)
@@ -166,7 +165,7 @@ class AuthServicer(pb_grpc.AuthServicer):
                               self._settings.token_ttl, refused(requested, access))
         refresh = ""
         if request.offline and not principal.anonymous:
-            refresh = request.refresh_token or self._new_refresh_token(principal.name, backend)
+            refresh = request.refresh_token or self._new_refresh_token(principal.name, backend, stamp)
         log.info("token issued", extra={"fields": {"subject": principal.name or "<anonymous>",
                                                    "client_id": peers.printable(request.client_id),
                                                    "access": [str(s) for s in access]}})
@@ -175,12 +174,15 @@ class AuthServicer(pb_grpc.AuthServicer):
                                        scopes=[str(s) for s in access if s.actions])
         return answer, "anonymous" if principal.anonymous else principal.kind
 
-    def _new_refresh_token(self, account: str, backend: str) -> str:
-        """A refresh token; none ("") while Redis refuses writes: the access token is still issued, and
-        a client given no refresh token keeps logging in with its password (docker stores that instead)."""
+    def _new_refresh_token(self, account: str, backend: str, stamp: str | None = None) -> str:
+        """A refresh token, bound to the credential stamp the login was checked against (a login that
+        raced a password change or a delete gets one that is refused at once); none ("") while Redis
+        refuses writes: the access token is still issued, and a client given no refresh token keeps
+        logging in with its password (docker stores that instead)."""
         try:
             return self._store.new_refresh_token(account, self._settings.refresh_ttl,
-                                                 "" if backend == identity.BUILTIN else backend)
+                                                 "" if backend == identity.BUILTIN else backend,
+                                                 identity.stamp_digest(stamp) if stamp is not None else "")
         except redis.RedisError as exc:
             reason = redis_refusals.refusal(exc)
             if reason is None:

@@ -74,9 +74,12 @@ for i = 1, #KEYS do
   if granted > 0 then
     tokens = math.max(tokens - granted, -rate * max_debt_s)
     redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'at', now)
-    redis.call('PEXPIRE', KEYS[i], math.ceil((burst - tokens) * 1000 / rate) + 1000)
+    -- Until it would be full again, at most ~31 years (a slower refill overflowed PEXPIRE and the
+    -- script failed, so the gateways let requests through); as an integer, not Lua's 1e+17.
+    local ttl = math.min(math.ceil((burst - tokens) * 1000 / rate) + 1000, 1e12)
+    redis.call('PEXPIRE', KEYS[i], string.format('%d', ttl))
   end
-  out[i] = {tostring(granted), wait}
+  out[i] = {tostring(granted), math.min(wait, 1e12)}  -- a slow refill's wait, bounded as its expiry
 end
 return out
 """

@@ -101,6 +101,17 @@ def test_idle_buckets_expire_when_they_would_be_full(shared: Shared, redis_clien
     assert redis_client.pttl(keys.ratelimit_bucket("refused")) <= 2000
 
 
+def test_a_rate_too_slow_to_refill_within_years_still_limits(shared: Shared) -> None:
+    """A bucket whose refill takes longer than Redis's expiry can say (a rate of 1e-300 per second,
+    which governance accepts) made its expiry overflow: the script failed and the gateways let
+    every request through (they fail open when the buckets cannot be reached)."""
+    for rate in (1e-300, 1e-13, 1e-6):
+        key = f"slow-{rate}"
+        assert taken(shared, bucket(key, rate, 5, 5)) == [(5, 0)]
+        [(granted, wait)] = taken(shared, bucket(key, rate, 5, 1))
+        assert granted == 0 and wait > 0
+
+
 @pytest.mark.parametrize("bad", [
     bucket("", 1, 1, 1), bucket("a b", 1, 1, 1), bucket("k" * 201, 1, 1, 1), bucket("k", 0, 1, 1),
     bucket("k", float("nan"), 1, 1), bucket("k", 1, 0.5, 1), bucket("k", 1, 1, 0), bucket("k", 1, 1, float("inf")),

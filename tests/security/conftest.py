@@ -17,7 +17,8 @@ from services.common import digests, mediatypes
 from tests.support.stack import RunningStack
 
 ADMIN_PASSWORD = "attack-admin-secret"
-PASSWORDS = {"a": "a-password-123", "b": "b-password-123"}
+USERS = {"a": "a-password-123", "b": "b-password-123"}
+PASSWORDS = dict(USERS)  # and the robot's, once the target made it
 LOGIN_FAILURES = 5
 
 
@@ -30,7 +31,7 @@ def target(start_stack: Callable[..., RunningStack]) -> Iterator[RunningStack]:
     stack = start_stack(keep=True, env={"WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": ADMIN_PASSWORD,
                              "WHARF_BCRYPT_ROUNDS": "4", "WHARF_LOGIN_FAILURES": str(LOGIN_FAILURES),
                              "WHARF_ACCESS_LOG": "true"})
-    for user, password in PASSWORDS.items():
+    for user, password in USERS.items():  # not PASSWORDS: a second set-up (another package's) found "bot" there
         admin(stack, "user", "add", user, "--password-stdin", stdin=password + "\n")
     robot = admin(stack, "robot", "add", "bot")
     PASSWORDS["bot"] = robot.rsplit(": ", 1)[1].strip()
