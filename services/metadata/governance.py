@@ -142,9 +142,11 @@ class GovernanceServicer(gpb_grpc.GovernanceServicer):
                     await self._store.delete_manifest(name, digest, origin)
                     done.manifests += 1
             for digest in sorted(text(d) for d in await self._r.hkeys(keys.blobs(name))):
+                # Only the blobs no manifest names: a manifest pushed while the repository was being
+                # deleted (after the list above) kept its manifest and lost its blob links before.
                 with _gone_meanwhile():
-                    await self._store.unlink_blob(name, digest, origin)
-                    done.blobs += 1
+                    if await self._store.unlink_blob(name, digest, origin, unnamed_only=True):
+                        done.blobs += 1
 
         try:
             await self._change(name, delete_all())

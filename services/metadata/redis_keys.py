@@ -646,6 +646,14 @@ UNLINK_BLOB = _GUARD + _NOW + _USAGE + _OUTBOX + _UNLINK_BLOB + """
 return unlink(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
+# UNLINK_BLOB's ARGV. Unlinks the blob only while no manifest of the repository names it (what
+# deleting a whole repository unlinks after its manifests: one pushed meanwhile keeps its blobs).
+# Returns 0 when the link did not exist, -1 when a manifest names the blob.
+UNLINK_UNNAMED_BLOB = _GUARD + _NOW + _USAGE + _OUTBOX + _UNLINK_BLOB + """
+if redis.call('HEXISTS', ARGV[1] .. 'refs', ARGV[4]) == 1 then return -1 end
+return unlink(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"""
+
 # -- garbage collection (lifecycle.py): each candidate is re-checked inside its script ----------
 
 # ARGV: prefix, catalog, name, digest, blob_repos key, grace (ms), dry ("1"/"0"), origin.

@@ -57,7 +57,7 @@ class MetadataServicer(pb_grpc.MetadataServicer):
         self._lifecycle = Lifecycle(client, outbox)
         self._pulls = PullEvents(client, outbox or Outbox(enabled=False))
 
-    async def _change(self, repository: str, write: Awaitable[None]) -> None:
+    async def _change(self, repository: str, write: Awaitable[object]) -> None:
         """Runs a write that changes or removes a repository's manifests, tags or blob links, then
         invalidates the gateways' caches (which hold only what exists: a new link needs no announcing).
 

@@ -124,6 +124,7 @@ class MetadataStore:
         self._delete_manifest = TimedScript(client, "delete_manifest", keys.DELETE_MANIFEST)
         self._delete_tag = TimedScript(client, "delete_tag", keys.DELETE_TAG)
         self._unlink_blob = TimedScript(client, "unlink_blob", keys.UNLINK_BLOB)
+        self._unlink_unnamed_blob = TimedScript(client, "unlink_unnamed_blob", keys.UNLINK_UNNAMED_BLOB)
         self._link_blob = TimedScript(client, "link_blob", keys.LINK_BLOB)
         self._pin_blob = TimedScript(client, "pin_blob", keys.PIN_BLOB)
         self._unpin_blob = TimedScript(client, "unpin_blob", keys.UNPIN_BLOB)
@@ -204,12 +205,16 @@ class MetadataStore:
             raise RegistryError(BLOB_UPLOAD_INVALID, "malformed pin")
         await self._unpin_blob([keys.blob_pins(digest), pin])
 
-    async def unlink_blob(self, name: str, digest: str, origin: Any = None) -> None:
+    async def unlink_blob(self, name: str, digest: str, origin: Any = None, unnamed_only: bool = False) -> bool:
+        """Unlinks the blob (BLOB_UNKNOWN when the repository does not link it). ``unnamed_only``: only
+        while no manifest of the repository names it; False when one does (and nothing changed)."""
         validate_name(name)
         digests.validate(digest)
         args = [keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)]
-        if not await self._write(self._unlink_blob, args, name, origin):
+        done = await self._write(self._unlink_unnamed_blob if unnamed_only else self._unlink_blob, args, name, origin)
+        if not done:
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
+        return int(done) > 0
 
     async def blob_repositories(self, digest: str, limit: int) -> tuple[list[str], int]:
         """Up to ``limit`` repositories linking the blob, and its size (0 when none)."""

@@ -169,6 +169,21 @@ def test_blob_links_are_per_repository(store: SyncStore) -> None:
     assert store.list_repositories("", 10) == ([], False)
 
 
+def test_deleting_a_repository_unlinks_only_the_blobs_no_manifest_names(store: SyncStore) -> None:
+    """What a repository's deletion unlinks after its manifests: a manifest pushed meanwhile (after
+    the deletion listed the manifests) keeps the blobs it names (it lost them before, and its layers
+    answered 404)."""
+    _link(store)
+    digest = _put(store, b'{"pushed": "meanwhile"}', ["v1"])
+    assert store.unlink_blob("repo", CONFIG, unnamed_only=True) is False
+    assert store.blob_size("repo", CONFIG) == 6
+    store.delete_manifest("repo", digest)
+    assert store.unlink_blob("repo", CONFIG, unnamed_only=True) is True
+    with pytest.raises(RegistryError) as info:
+        store.blob_size("repo", CONFIG)
+    assert info.value.code == "BLOB_UNKNOWN"
+
+
 def test_invalid_input_never_reaches_redis(store: SyncStore) -> None:
     with pytest.raises(RegistryError) as info:
         store.link_blob("Bad/Name", CONFIG, 1)
