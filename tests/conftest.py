@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -94,3 +95,13 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture()
+def silent_directory() -> Iterator[str]:
+    """A port that accepts TCP connections (the kernel's backlog) and never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    yield f"ldap://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()

@@ -61,13 +61,13 @@ def release(kept: Any) -> None:
 class _Parked:
     __slots__ = ("expiry", "kept", "readable", "resume", "served", "slot")
 
-    def __init__(self, kept: Any, resume: Callable[[Any], None], slot: Any) -> None:
+    def __init__(self, kept: Any, resume: Callable[[Any], None], slot: Any, served: bool) -> None:
         self.kept = kept
         self.resume = resume
         self.slot = slot
         self.readable: Any = None
         self.expiry: Any = None
-        self.served = True
+        self.served = served
 
 
 class ParkingLot:
@@ -93,10 +93,9 @@ class ParkingLot:
         a request was answered on it (else it is parked before its first)."""
         fd = kept if isinstance(kept, int) else kept.fileno()
         loop = gevent.get_hub().loop
-        entry = _Parked(kept, resume, slot)
+        entry = _Parked(kept, resume, slot, served)
         entry.readable = loop.io(fd, 1)
         entry.expiry = loop.timer(max(0.0, seconds))
-        entry.served = served
         (self._served if served else self._fresh)[id(entry)] = entry
         # libev's io watchers are level-triggered: a byte that arrived before this line wakes it at once.
         entry.readable.start(self._wake, entry)

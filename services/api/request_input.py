@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.api.wire import SocketBody, body_unreader, why_unreadable
 from services.common import digests
@@ -269,9 +270,6 @@ def request_body() -> Iterator[BodyPieces]:
         body.close()
 
 
-# Bodies up to SMALL_BODY with a Content-Length are read whole and sent to the blob store in
-# one unary call, which costs a fraction of a stream (measured: a 64 KiB PUT 10 -> 6 ms). What
-# such bodies hold at once in a worker is bounded by SMALL_BODY_BUDGET; past it they stream.
 # The largest urlencoded form taken (/token's OAuth2 form, the web UI's posts): a few fields.
 FORM_MAX = 64 * 1024
 
@@ -284,11 +282,12 @@ def read_form(limit: int = FORM_MAX) -> None:
     took a gateway worker to 3.6 GB."""
     request.max_content_length = limit + 1
     if len(request.get_data(cache=True)) > limit:
-        from werkzeug.exceptions import RequestEntityTooLarge
-
         raise RequestEntityTooLarge()
 
 
+# Bodies up to SMALL_BODY with a Content-Length are read whole and sent to the blob store in
+# one unary call, which costs a fraction of a stream (measured: a 64 KiB PUT 10 -> 6 ms). What
+# such bodies hold at once in a worker is bounded by SMALL_BODY_BUDGET; past it they stream.
 SMALL_BODY = 1024 * 1024
 SMALL_BODY_BUDGET = 16 * 1024 * 1024
 _small_bytes = 0

@@ -5,10 +5,9 @@ keep logging in meanwhile, and a broken third-party backend fails closed."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent import futures
 from typing import Any
 
@@ -26,16 +25,6 @@ from services.auth.identity import (
 )
 from services.auth.ldap import LdapBackend, parse_options
 from services.common.errors import RegistryError
-
-
-@pytest.fixture()
-def silent_directory() -> Iterator[str]:
-    """A port that accepts TCP connections (the kernel's backlog) and never says a word."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    yield f"ldap://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
 
 
 def _ldap(url: str, **extra: Any) -> LdapBackend:

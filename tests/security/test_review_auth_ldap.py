@@ -6,13 +6,10 @@ clients logging in with made-up names) a built-in account's login took 7.5 s ins
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent import futures
 
-import pytest
 import redis
 
 from services.auth.accounts import AccountStore
@@ -21,15 +18,6 @@ from services.auth.ldap import LdapBackend, parse_options
 from services.common.errors import RegistryError
 
 THREADS = 16  # the auth service's login pool (WHARF_AUTH_WORKERS' default)
-
-
-@pytest.fixture()
-def silent_directory() -> Iterator[str]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    yield f"ldap://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
 
 
 def test_a_flood_of_directory_logins_leaves_login_threads_for_built_in_accounts(
