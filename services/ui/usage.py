@@ -9,14 +9,18 @@ Who sees what:
   accounts get: services/auth/policy.py): everything, as without authentication.
 - Anyone else: only repositories ``Authorizer.pullable`` lets through (the catalog's rule). A
   namespace is shown when at least one of its repositories is; its own figures (bytes, bytes held
-  by uploads, quota) only when every repository in it is visible (their own namespace, say), and
-  otherwise only the sum of the visible repositories, so no figure counts what the visitor may
-  not see. No activity: that section is not on the page and ``/ui/activity`` answers 403.
+  by uploads, quota) only when the visitor may pull *any* name in it (their own namespace, a
+  grant or a public pattern covering it), and otherwise only the sum of the visible repositories,
+  so no figure counts what the visitor may not see. Whether the namespace is whole is asked of
+  the policy with a made-up name (``_probe``), never decided by comparing the visible repositories
+  with those stored: that comparison told a visitor whether a namespace held repositories hidden
+  from them. No activity: that section is not on the page and ``/ui/activity`` answers 403.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from flask import Response
@@ -87,8 +91,14 @@ def _scaled(rows: list[Row]) -> list[Row]:
     return [dataclasses.replace(r, percent=100.0 * r.bytes / largest if largest else 0.0) for r in rows]
 
 
-def _namespace_row(found: gpb.NamespaceUsage, visible: list[gpb.RepositoryUsage], everything: bool) -> Row:
-    if everything or (visible and len(visible) == len(found.repositories)):
+def _probe(namespace: str) -> str:
+    """A name in ``namespace`` that nobody chose (random each time): the policy lets the visitor
+    pull it only when a rule covers the whole namespace, whatever it holds."""
+    return f"{namespace}/p{secrets.token_hex(8)}"
+
+
+def _namespace_row(found: gpb.NamespaceUsage, visible: list[gpb.RepositoryUsage], whole: bool) -> Row:
+    if whole:
         return Row(found.namespace, found.bytes, 0.0, True, found.reserved, found.limit, len(visible))
     return Row(found.namespace, sum(r.bytes for r in visible), 0.0, False, repositories=len(visible))
 
@@ -98,12 +108,13 @@ def namespaces(ctx: Context, everything: bool) -> list[Row]:
     if everything:
         return _scaled([_namespace_row(n, [], True) for n in ctx.clients.governance.usage().namespaces])
     found = list(ctx.clients.governance.usage(repositories=True).namespaces)
-    visible = _pullable(ctx, [r.name for n in found for r in n.repositories])
+    probes = {n.namespace: _probe(n.namespace) for n in found}
+    visible = _pullable(ctx, [r.name for n in found for r in n.repositories] + list(probes.values()))
     rows = []
     for namespace in found:
         shown = [r for r in namespace.repositories if r.name in visible]
         if shown:
-            rows.append(_namespace_row(namespace, shown, False))
+            rows.append(_namespace_row(namespace, shown, probes[namespace.namespace] in visible))
     return _scaled(rows)
 
 
@@ -113,13 +124,16 @@ def namespace(ctx: Context, name: str, everything: bool) -> tuple[Row, list[Row]
     answer = ctx.clients.governance.usage(namespace=name, repositories=True).namespaces
     found = answer[0] if answer else None
     repositories = list(found.repositories) if found is not None else []
+    whole = everything
     if not everything:
-        visible = _pullable(ctx, [r.name for r in repositories])
+        probe = _probe(name)
+        visible = _pullable(ctx, [r.name for r in repositories] + [probe])
         repositories = [r for r in repositories if r.name in visible]
+        whole = probe in visible
     if found is None or not (everything or repositories):
         raise RegistryError(NAME_UNKNOWN, f"no repository you may see is in namespace {name}", http_status=404)
-    return _namespace_row(found, repositories, everything), _scaled([Row(r.name, r.bytes, 0.0)
-                                                                    for r in repositories])
+    return _namespace_row(found, repositories, whole), _scaled([Row(r.name, r.bytes, 0.0)
+                                                               for r in repositories])
 
 
 def _activity(ctx: Context, limit: int, after: str = "") -> tuple[list[gpb.AuditRecord], str]:

@@ -211,3 +211,47 @@ def test_the_token_endpoints_form_is_bounded_and_refused_unread(stack: RunningSt
     answer = requests.post(f"{stack.url}/token", data={"grant_type": "password", "service": "wharf",
                                                         "username": USER, "password": PASSWORD}, timeout=10)
     assert answer.status_code == 200 and answer.json()["access_token"]
+
+
+def _admin_push(stack: RunningStack, repository: str, config: bytes) -> None:
+    scope = f"repository:{repository}:pull,push"
+    token = requests.get(f"{stack.url}/token", params={"service": "wharf", "scope": scope}, auth=("admin", ADMIN),
+                         timeout=10).json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    answer = requests.post(f"{stack.url}/v2/{repository}/blobs/uploads/", params={"digest": digest(config)},
+                           data=config, headers=headers, timeout=30)
+    assert answer.status_code == 201, answer.text
+
+
+def _usage_row(page: str, namespace: str) -> str:
+    found = re.search(r'<tr><td><a class="usage-namespace"[^>]*>' + namespace + r"</a>.*?</tr>", page, re.S)
+    assert found, page[-2000:]
+    return found.group(0)
+
+
+def test_the_usage_page_does_not_tell_whether_a_namespace_holds_hidden_repositories(stack: RunningStack) -> None:
+    """The usage page gave a namespace's own figures and quota when the repositories a user could
+    see were all the namespace held, and "(N visible)" otherwise: the difference told the user
+    that a namespace held repositories hidden from them. Now whether a row is the namespace's own
+    is the policy's answer for a made-up name, the same whatever the namespace holds."""
+    _admin_push(stack, "mixed/shown", b"shown config")
+    _admin_push(stack, "mixed/hidden-secret", b"hidden config")
+    _admin_push(stack, "alone/shown", b"alone config")
+    for namespace in ("mixed", "alone", "whole"):
+        stack.admin(ADMIN, "quota", "set", namespace, "10MiB")
+    for repository in ("mixed/shown", "alone/shown"):
+        stack.admin(ADMIN, "grant", USER, repository, "pull")
+    _admin_push(stack, "whole/one", b"whole config")
+    stack.admin(ADMIN, "grant", USER, "whole/*", "pull")
+    browser = _signed_in(stack)
+    page = browser.get(f"{stack.url}/ui/usage", timeout=10).text
+    assert "hidden-secret" not in page
+    mixed, alone = (_usage_row(page, n).replace(n, "NS") for n in ("mixed", "alone"))
+    strip = re.compile(r'data-bytes="\d+"|>[\d.]+ (?:B|KiB)<')
+    assert strip.sub("", mixed) == strip.sub("", alone)
+    assert "you may see)" in mixed and "of 10.0 MiB" not in mixed
+    assert "of 10.0 MiB" in _usage_row(page, "whole")  # a grant for the whole namespace: its own figures
+    for namespace, whole in (("mixed", False), ("alone", False), ("whole", True)):
+        one = browser.get(f"{stack.url}/ui/usage", params={"namespace": namespace}, timeout=10).text
+        assert ("Quota</dt>" in one) is whole, (namespace, one[-1500:])
+        assert "hidden-secret" not in one
