@@ -54,6 +54,7 @@ from services.common.errors import TOOMANYREQUESTS, RegistryError
 from services.common.governance import Policy, RateLimit
 from services.common.names import MAX_NAME_LENGTH, is_valid_name
 from services.gen.wharf.governance.v1 import governance_pb2 as gpb
+from services.ui.session import read_session
 
 log = logging.getLogger("wharf.gateway.ratelimit")
 _MAX_RULE_MEMO = 4096
@@ -66,6 +67,17 @@ _PUSH_ENDPOINTS = frozenset({"uploads", "upload", "manifest"})
 # Web UI pages that read or delete one repository, named by their ``name`` parameter (services/ui/views.py):
 # counted under that repository's rule, as the registry API's requests for it are (they escaped it).
 _UI_NAMED = frozenset({"ui_repository", "ui_manifest", "ui_delete"})
+
+
+def _authorization(endpoint: str) -> str:
+    """Whom the request speaks for: its ``Authorization`` header, or on a web UI page the token
+    its session cookie holds (a UI session was counted by its address only, so a signed-in account
+    escaped its own bucket by browsing from many addresses)."""
+    header = request.headers.get("Authorization", "")
+    if header or not endpoint.startswith("ui_"):
+        return header
+    session = read_session(request)
+    return f"Bearer {session.token}" if session is not None and session.token else ""
 
 
 class RuleFinder:
@@ -193,7 +205,7 @@ class RateLimiter:
         refused = self.leases.refused(self.address_key(rule, address))
         if refused > 0:  # before the token is looked at: a refused flood costs nothing more
             raise self.refusal(rule, refused)
-        account = self._authorizer.subject(request.headers.get("Authorization", ""))
+        account = self._authorizer.subject(_authorization(endpoint))
         body = 0
         if request.method in ("PUT", "PATCH", "POST") and endpoint in _PUSH_ENDPOINTS:
             if request.content_length:

@@ -66,3 +66,31 @@ def test_the_web_uis_pages_of_a_repository_count_under_its_rule(limited: Running
         # Another repository's page, under "**", is another bucket.
         assert session.get(f"{limited.url}/ui/repository?name=other/app", headers=client,
                            timeout=10).status_code != 429
+
+
+def test_a_signed_in_ui_session_counts_under_its_account_from_any_address(
+        start_stack: Callable[..., RunningStack], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Before: a UI page's token travels in the session cookie, not in ``Authorization``, so the
+    limiter saw no account and counted a signed-in session by its address only: one session browsing
+    from 15 addresses was served 15 times under a burst of 5. Now the cookie's token names the account."""
+    policy = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    policy.write_text(POLICY)
+    admin, user, password = "ratelimit-ui-admin-1", "uirate", "uirate-password-1"
+    stack = start_stack(env={"WHARF_POLICY_FILE": str(policy), "WHARF_TRUSTED_PROXIES": "127.0.0.1",
+                             "WHARF_GATEWAY_WORKERS": "1", "WHARF_AUTH": "token", "WHARF_ADMIN_PASSWORD": admin,
+                             "WHARF_BCRYPT_ROUNDS": "4"})
+    stack.admin(admin, "user", "add", user, "--password-stdin", stdin=password + "\n")
+    with requests.Session() as browser:
+        login = {"X-Forwarded-For": "192.0.2.90"}
+        form = browser.get(f"{stack.url}/ui/login", headers=login, timeout=10)
+        csrf = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        answer = browser.post(f"{stack.url}/ui/login", data={"csrf": csrf, "username": user, "password": password},
+                              headers={**login, "Origin": stack.url}, allow_redirects=False, timeout=10)
+        assert answer.status_code == 303, answer.text
+        statuses = collections.Counter(
+            browser.get(f"{stack.url}/ui/usage", headers={"X-Forwarded-For": f"198.51.100.{i + 1}"},
+                        timeout=10).status_code for i in range(15))
+    assert statuses[429] >= 8, statuses
+    # Signed out (no cookie), each of those addresses is a client of its own.
+    assert requests.get(f"{stack.url}/ui/usage", headers={"X-Forwarded-For": "198.51.100.200"},
+                        timeout=10).status_code != 429
