@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wharf.ui")
 _TAGS_PAGE = 100
+# Tags a filtered repository page examines at most (pages of _TAGS_PAGE) before it offers "More
+# tags" with fewer matches than a page: the filter searched only the first 100 tags before.
+_FILTER_SCAN = 5000
 _QUERY_MAX = 256
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("services.ui", "templates"), autoescape=True,
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -244,16 +247,25 @@ def repository(ctx: Context, visitor: Visitor) -> Response:
     rights = _rights(ctx, visitor, name)
     _needs(rights, "pull", name)
     after, wanted, order = argument("after"), argument("filter").lower(), argument("sort", "name")
-    listed = ctx.clients.metadata.list_tags(name, after, _TAGS_PAGE, with_details=True)
     budget = [image.ROWS_READ_BUDGET]
-    rows = [_tag_row(ctx, name, tag, digest, pushed, budget)
-            for tag, digest, pushed in zip(listed.names, listed.digests, listed.pushed_at_ms, strict=False)
-            if wanted in tag.lower()]
+    rows: list[dict[str, Any]] = []
+    examined, more = 0, True
+    while more and len(rows) < _TAGS_PAGE and examined < _FILTER_SCAN and (wanted or not examined):
+        listed = ctx.clients.metadata.list_tags(name, after, _TAGS_PAGE, with_details=True)
+        more = listed.more and bool(listed.names)
+        for tag, digest, pushed in zip(listed.names, listed.digests, listed.pushed_at_ms, strict=False):
+            if len(rows) == _TAGS_PAGE:
+                more = True
+                break
+            after = tag
+            if wanted in tag.lower():
+                rows.append(_tag_row(ctx, name, tag, digest, pushed, budget))
+        examined += len(listed.names)
     if order == "pushed":
         rows.sort(key=lambda r: (-r["pushed"], r["tag"]))
     elif order == "size":
         rows.sort(key=lambda r: (-r["size"], r["tag"]))
-    next_after = listed.names[-1] if listed.more and listed.names else ""
+    next_after = after if more else ""
     return render(ctx, visitor, "repository.html", name=name, rows=rows, rights=rights, order=order,
                    filter=argument("filter"), next_after=next_after, host=_registry_host(ctx),
                    deleted=_deleted_reference())

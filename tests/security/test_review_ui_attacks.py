@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import time
+import urllib.parse
 from collections.abc import Callable
 
 import pytest
@@ -255,3 +256,39 @@ def test_the_usage_page_does_not_tell_whether_a_namespace_holds_hidden_repositor
         one = browser.get(f"{stack.url}/ui/usage", params={"namespace": namespace}, timeout=10).text
         assert ("Quota</dt>" in one) is whole, (namespace, one[-1500:])
         assert "hidden-secret" not in one
+
+
+def test_the_tag_filter_searches_past_the_first_page_of_tags(stack: RunningStack) -> None:
+    """The repository page filtered only the 100 tags of its current page: with 250 tags, a filter
+    for the last ones showed "No tags match" (and "More tags"). Now a filtered page reads on until a
+    page of matches (at most _FILTER_SCAN tags a view), and its "More tags" resumes after the last
+    tag it examined."""
+    repository = f"{USER}/manytags"
+    headers = {**_auth(stack, repository), "Content-Type": OCI_MANIFEST}
+    config = b'{"os":"linux"}'
+    _blob(stack, repository, config)
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": digest(config), "size": len(config)}}).encode()
+    tags = [f"t{i:03d}" for i in range(230)] + [f"zz-match-{i:03d}" for i in range(120)]
+    with requests.Session() as session:
+        for tag in tags:
+            answer = session.put(f"{stack.url}/v2/{repository}/manifests/{tag}", data=body, headers=headers,
+                                 timeout=30)
+            assert answer.status_code == 201, answer.text
+    browser = _signed_in(stack)
+
+    def shown(**params: str) -> tuple[list[str], str]:
+        page = browser.get(f"{stack.url}/ui/repository", params={"name": repository, **params}, timeout=30)
+        assert page.status_code == 200, page.text[-500:]
+        more = re.search(r'href="/ui/repository\?([^"]+)">More tags', page.text)
+        return re.findall(r'<tr data-text="([^"]+)"', page.text), (more.group(1).replace("&amp;", "&") if more else "")
+
+    first, more = shown(filter="zz-match")
+    assert first == [f"zz-match-{i:03d}" for i in range(100)], first[:5]
+    assert more
+    rest, more = shown(**dict(urllib.parse.parse_qsl(more)))
+    assert rest == [f"zz-match-{i:03d}" for i in range(100, 120)] and not more
+    # Unfiltered: a page of 100, as before.
+    everything, more = shown()
+    assert everything == tags[:100] and more
