@@ -10,6 +10,13 @@ connections sending their request head one line every 2 s, for 30 s; (d) 10,000 
 keep-alive connections, for 30 s. During each, a prober in its own process sends a
 manifest GET by tag on a fresh connection every 100 ms.
 
+A neighbour the issue names in passing ("a node pool pulling the same layer at scale-up"):
+(e) 1,000 clients each pulling one 16 MiB layer the registry does not have yet through its
+pull-through cache, at 256 KiB/s, all at once. The upstream is a Distribution v3.0.0 behind the
+throttling proxy of mirror_bench.py (50 MB/s per connection, 20 ms per request); Wharf mirrors
+it (``WHARF_MIRRORS_FILE``), Distribution runs in proxy mode; the probe asks for the mirrored
+image's manifest. Also printed for (e): how many times the upstream served the layer.
+
 Printed per scenario and registry: whether every transfer was digest-correct, the total
 time, the probe's p50/p99/max and failures, and the peak RSS of every Wharf process. The
 load runs in several processes of asyncio clients (each client's socket has a small
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -33,12 +41,16 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from common import (
+    DISTRIBUTION_CONFIG,
     OCI_MANIFEST,
     REPO,
     Client,
+    Payload,
     cell,
     distribution,
     exit_on_sigterm,
@@ -48,6 +60,7 @@ from common import (
     wharf,
 )
 from proctree import Sampler
+from throttle import since, throttled
 
 RATE = 256 * 1024  # bytes per second, per client
 PIECE = 16 * 1024
@@ -300,7 +313,7 @@ def scenario(name: str, url: str, root_pid: int | None, count: int, seconds: flo
     loads, readies = [], []
     offset = 0
     for part in share:
-        if name == "a":
+        if name in ("a", "e"):
             arg: object = (setup["blob_path"], setup["blob_digest"])
             kind = "pull"
         elif name == "b":
@@ -371,7 +384,45 @@ def prepare(url: str) -> dict[str, object]:
 SCENARIOS = {"a": ("1,000 pulls of 16 MiB at 256 KiB/s", 1000, 0.0),
              "b": ("500 pushes of 4 MiB at 256 KiB/s", 500, 0.0),
              "c": ("2,000 slowloris connections, 30 s", 2000, 30.0),
-             "d": ("10,000 idle keep-alive connections, 30 s", 10000, 30.0)}
+             "d": ("10,000 idle keep-alive connections, 30 s", 10000, 30.0),
+             "e": ("1,000 pulls of one uncached 16 MiB layer through the mirror", 1000, 0.0)}
+MIRROR_PREFIX = "upstream.bench"
+PROXY_CONFIG = DISTRIBUTION_CONFIG + 'proxy: {{remoteurl: "{remote}"}}\n'
+
+
+@contextlib.contextmanager
+def upstream_with_layer(workdir: Path) -> Iterator[tuple[str, str, Any]]:
+    """(e)'s upstream: Distribution v3.0.0 holding ``mirror/layer:v1`` (one 16 MiB layer) behind
+    the throttling proxy; yields the proxy's URL, the layer's digest and the proxy's counters."""
+    from mirror_bench import upload_image  # the same image shape as the mirror bench
+
+    (workdir / "upstream").mkdir()
+    layer = Payload(16 * 1024 * 1024, seed=1603)
+    with distribution(workdir / "upstream", distribution_v3(), name="upstream") as upstream:
+        upload_image(upstream.url, "mirror/layer", layer)
+        with throttled(upstream.url, 50e6, 0.02) as throttle:
+            yield throttle.url, layer.digest, throttle
+
+
+def mirror_server(registry: str, workdir: Path, upstream_url: str) -> Any:
+    if registry == "wharf":
+        mirrors = workdir / "mirrors.yaml"
+        mirrors.write_text(f"upstreams:\n  - prefix: {MIRROR_PREFIX}\n    url: {upstream_url}\n    insecure: true\n"
+                           "    tag_ttl: 1h\n")
+        return wharf(workdir, {"WHARF_MIRRORS_FILE": str(mirrors)})
+    return distribution(workdir, distribution_v3(), config=PROXY_CONFIG.replace("{remote}", upstream_url))
+
+
+def mirror_setup(registry: str, url: str, digest: str) -> dict[str, object]:
+    """The layer's path through the mirror, and the probe's manifest (fetched once, so cached)."""
+    name = f"{MIRROR_PREFIX}/mirror/layer" if registry == "wharf" else "mirror/layer"
+    client = Client(url)
+    try:
+        client.call("GET", f"/v2/{name}/manifests/v1", b"", {"Accept": OCI_MANIFEST}, expect=200)
+    finally:
+        client.close()
+    return {"blob_path": f"/v2/{name}/blobs/{digest}", "blob_digest": digest,
+            "manifest_url": f"{url}/v2/{name}/manifests/v1"}
 
 
 def main() -> int:
@@ -386,34 +437,55 @@ def main() -> int:
     raise_nofile()
     rows: list[list[str]] = []
     rss_lines: list[str] = []
+    wanted = args.scenarios.split(",")
+    if any(name not in SCENARIOS for name in wanted):
+        parser.error(f"--scenarios takes some of {','.join(SCENARIOS)}")
+
+    def run(name: str, registry: str, running: Any, setup: dict[str, object], workdir: Path) -> None:
+        title, clients, seconds = SCENARIOS[name]
+        count = max(1, int(clients * args.scale))
+        result = scenario(name, running.url, running.root_pid if registry == "wharf" else None, count, seconds, setup)
+        rows.append([f"({name}) {title}", registry, str(count), "yes" if result["correct"] else
+                     f"NO ({result['bad']} failed)", cell(result["seconds"]), cell(result["p50"]),
+                     cell(result["p99"]), cell(result["max"]), str(result["probe_failures"])])
+        if result["reasons"]:
+            failed = ", ".join(f"{k}: {v}" for k, v in sorted(result["reasons"].items()))
+            rss_lines.append(f"({name}) {registry} failures: {failed}")
+            log = workdir / "wharf.log"
+            if log.exists():  # kept: the scratch directory goes with the run
+                kept = Path(tempfile.gettempdir()) / f"load-bench-{name}-{os.getpid()}.log"
+                shutil.copyfile(log, kept)
+                rss_lines.append(f"({name}) {registry} log: {kept}")
+        if result["rss"]:
+            peaks = ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["rss"].items()))
+            rss_lines.append(f"({name}) peak RSS MB: {peaks}")
+        print(" | ".join(rows[-1]), flush=True)
+
+    local = [name for name in wanted if name != "e"]
     for registry in args.registries.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"load-{registry}-") as scratch:
-            workdir = Path(scratch)
-            streamed = {"WHARF_LOCAL_BLOB_ROOT": ""} if args.stream_pulls else None
-            server = wharf(workdir, streamed) if registry == "wharf" else distribution(workdir, distribution_v3())
-            with server as running:
-                setup = prepare(running.url)
-                for name in args.scenarios.split(","):
-                    title, clients, seconds = SCENARIOS[name]
-                    count = max(1, int(clients * args.scale))
-                    result = scenario(name, running.url, running.root_pid if registry == "wharf" else None, count,
-                                      seconds, setup)
-                    rows.append([f"({name}) {title}", registry, str(count), "yes" if result["correct"] else
-                                 f"NO ({result['bad']} failed)", cell(result["seconds"]), cell(result["p50"]),
-                                 cell(result["p99"]), cell(result["max"]), str(result["probe_failures"])])
-                    if result["reasons"]:
-                        failed = ", ".join(f"{k}: {v}" for k, v in sorted(result["reasons"].items()))
-                        rss_lines.append(f"({name}) {registry} failures: {failed}")
-                        log = workdir / "wharf.log"
-                        if log.exists():  # kept: the scratch directory goes with the run
-                            kept = Path(tempfile.gettempdir()) / f"load-bench-{name}-{os.getpid()}.log"
-                            shutil.copyfile(log, kept)
-                            rss_lines.append(f"({name}) {registry} log: {kept}")
-                    if result["rss"]:
-                        peaks = ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["rss"].items()))
-                        rss_lines.append(f"({name}) peak RSS MB: {peaks}")
-                    print(" | ".join(rows[-1]), flush=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if local:
+            with tempfile.TemporaryDirectory(prefix=f"load-{registry}-") as scratch:
+                workdir = Path(scratch)
+                streamed = {"WHARF_LOCAL_BLOB_ROOT": ""} if args.stream_pulls else None
+                server = wharf(workdir, streamed) if registry == "wharf" else distribution(workdir, distribution_v3())
+                with server as running:
+                    setup = prepare(running.url)
+                    for name in local:
+                        run(name, registry, running, setup, workdir)
+    if "e" in wanted:
+        with tempfile.TemporaryDirectory(prefix="load-mirror-") as scratch, \
+                upstream_with_layer(Path(scratch)) as (upstream_url, digest, throttle):
+            for registry in args.registries.split(","):
+                workdir = Path(scratch) / registry
+                workdir.mkdir()
+                with mirror_server(registry, workdir, upstream_url) as running:
+                    setup = mirror_setup(registry, running.url, digest)
+                    before = throttle.snapshot()
+                    run("e", registry, running, setup, workdir)
+                    served = since(before, throttle.snapshot())
+                    rss_lines.append(f"(e) {registry}: the upstream served the layer "
+                                     f"{served['bytes_down'] / (16 * 1024 * 1024):.1f} times "
+                                     f"({served['blob_gets']} blob GETs)")
     print()
     print_grid(["scenario", "registry", "clients", "all correct", "total s", "probe p50 ms", "p99 ms", "max ms",
                 "probe failures"], rows)
