@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import json
 import re
@@ -41,6 +42,10 @@ from services.metadata.scripts import TimedScript
 MAX_PAGE = 10000
 # Upper bound on a page of referrers, in bytes of descriptors: well inside a gRPC message.
 REFERRERS_PAGE_BYTES = 4 * 1024 * 1024
+# What one read of a subject's referrers takes at most, in descriptors and in their bytes (one
+# descriptor even when larger).
+REFERRERS_READ_COUNT = 256
+REFERRERS_READ_BYTES = 1024 * 1024
 # How long an upload's pin holds a blob against the collector, from before its commit (whose
 # request may still be streaming the body from a slow client) to its link: far above any single
 # upload request; a dead gateway's pin only delays the collection of that one blob.
@@ -388,25 +393,51 @@ class MetadataStore:
         """A page of ``subject``'s referrers in digest order, after ``after``: descriptors up to
         ``max_bytes`` of their stored JSON (at least one), and whether more remain. Unbounded, a
         subject with many referrers, or a few with large annotations, made an answer larger than
-        a gRPC message may be, and the list could not be read at all."""
+        a gRPC message may be, and the list could not be read at all.
+
+        Only the digests are read whole; the descriptors are read in pieces of at most
+        REFERRERS_READ_BYTES (their lengths asked first), from the cursor on, until the page is
+        full. Reading the whole hash for every page took every descriptor of the subject into
+        this process per request: 24 pulls of a subject with 72 MB of referrers (an empty answer,
+        or one page of 3 MB) held the metadata service at 900 MB."""
         validate_name(name)
         digests.validate(subject)
         if after:
             digests.validate(after)
         max_bytes = min(max_bytes, REFERRERS_PAGE_BYTES) if max_bytes > 0 else REFERRERS_PAGE_BYTES
-        with _command("HGETALL"):
-            raw = await self._r.hgetall(keys.referrers(name, subject))
+        key = keys.referrers(name, subject)
+        with _command("HKEYS"):
+            listed = sorted(text(k) for k in await self._r.hkeys(key))
+        start = bisect.bisect_right(listed, after) if after else 0
         found: list[Descriptor] = []
         taken = 0
-        for key, value in sorted(raw.items()):
-            if after and key.decode() <= after:
-                continue
-            descriptor = Descriptor.from_json(value)
-            if artifact_type and descriptor.artifact_type != artifact_type:
-                continue
-            if found and taken + len(value) > max_bytes:
-                return found, True
-            found.append(descriptor)
-            taken += len(value)
+        while start < len(listed):
+            batch = await self._referrers_batch(key, listed[start:start + REFERRERS_READ_COUNT])
+            start += len(batch)
+            with _command("HMGET"):
+                values = await self._r.hmget(key, batch)
+            for value in values:
+                if value is None:  # deleted since the digests were read
+                    continue
+                descriptor = Descriptor.from_json(value)
+                if artifact_type and descriptor.artifact_type != artifact_type:
+                    continue
+                if found and taken + len(value) > max_bytes:
+                    return found, True
+                found.append(descriptor)
+                taken += len(value)
         return found, False
 
+    async def _referrers_batch(self, key: str, candidates: list[str]) -> list[str]:
+        """The first of ``candidates`` whose descriptors add up to at most REFERRERS_READ_BYTES (at
+        least one), by their stored lengths."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            for digest in candidates:
+                pipe.hstrlen(key, digest)
+            lengths = await pipe.execute()
+        total = 0
+        for count, length in enumerate(lengths):
+            total += int(length)
+            if count and total > REFERRERS_READ_BYTES:
+                return candidates[:count]
+        return candidates
