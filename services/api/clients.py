@@ -323,7 +323,9 @@ class MetadataClient:
         self._c.unary("UnpinBlob", mpb.BlobPinRef(digest=digest, pin=pin))
 
     def unlink_blob(self, repository: str, digest: str) -> None:
-        self._c.unary("UnlinkBlob", mpb.BlobRef(repository=repository, digest=digest, origin=self._origin()))
+        """The registry API's blob DELETE: refused while an immutable tag's manifest names the blob."""
+        self._c.unary("UnlinkBlob", mpb.BlobRef(repository=repository, digest=digest, origin=self._origin(),
+                                                guard_immutable=True))
 
     def blob_size(self, repository: str, digest: str) -> int:
         return int(self._c.unary("GetBlobLink", mpb.BlobRef(repository=repository, digest=digest)).size)

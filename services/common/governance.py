@@ -185,6 +185,10 @@ class Policy:
     def immutable_rule(self, repository: str, tag: str) -> Immutable | None:
         return next((rule for rule in self.immutable if rule.covers(repository, tag)), None)
 
+    def immutable_repository(self, repository: str) -> Immutable | None:
+        """A rule making some tags of ``repository`` immutable: its manifests' parts are held too."""
+        return next((rule for rule in self.immutable if patterns.matches(rule.repositories, repository)), None)
+
     def quota(self, repository: str) -> Quota | None:
         namespace = namespace_of(repository)
         return next((rule for rule in self.quotas if rule.namespace == namespace), None)

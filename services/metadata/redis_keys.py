@@ -481,11 +481,16 @@ end
 """
 
 # ARGV: prefix, catalog, name, digest, rules version, ntags, the tags the caller found pointing at
-# it (and judged deletable)..., origin. Returns 0 when the manifest was not stored, -1 when its
-# tags are not those (a tag came meanwhile: the caller judges again), 1 when deleted.
+# it (and judged deletable)..., "1" when an immutable-tag rule covers the repository, origin.
+# Returns 0 when the manifest was not stored, -1 when its tags are not those (a tag came meanwhile:
+# the caller judges again), -2 when covered and an index of the repository names it (an immutable
+# tag holds its index's children too), 1 when deleted.
 DELETE_MANIFEST = _GUARD + _NOW + _USAGE + _OUTBOX + _REMOVE_MANIFEST + """
 if redis.call('EXISTS', ARGV[1] .. 'manifest:' .. ARGV[4]) == 0 then return 0 end
 if not policy_current(ARGV[5]) then return redis.error_reply(STALE) end
+if ARGV[7 + tonumber(ARGV[6])] == '1' and redis.call('HEXISTS', ARGV[1] .. 'children', ARGV[4]) == 1 then
+  return -2
+end
 local tagsof = ARGV[1] .. 'tagsof:' .. ARGV[4]
 if redis.call('SCARD', tagsof) ~= tonumber(ARGV[6]) then return -1 end
 for k = 7, 6 + tonumber(ARGV[6]) do
@@ -642,7 +647,16 @@ local function unlink(p, catalog, name, digest, holders)
   return 1
 end
 """
+# ARGV: prefix, catalog, name, digest, blob_repos key, rules version ("" unguarded), "1" when an
+# immutable-tag rule covers the repository (by that version), origin. Returns 0 when the link did
+# not exist, -1 (nothing changed) when guarded, covered and a manifest of the repository names the
+# blob: an immutable tag holds its manifest's parts, not only the tag.
 UNLINK_BLOB = _GUARD + _NOW + _USAGE + _OUTBOX + _UNLINK_BLOB + """
+if ARGV[6] ~= '' then
+  if not policy_current(ARGV[6]) then return redis.error_reply(STALE) end
+  if ARGV[7] == '1' and redis.call('HEXISTS', ARGV[1] .. 'blobs', ARGV[4]) == 1
+      and redis.call('HEXISTS', ARGV[1] .. 'refs', ARGV[4]) == 1 then return -1 end
+end
 return unlink(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 

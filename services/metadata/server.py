@@ -97,7 +97,8 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def UnlinkBlob(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.UnlinkBlobResponse:
         await self._change(request.repository, self._store.unlink_blob(request.repository, request.digest,
-                                                                             _origin(request)))
+                                                                             _origin(request),
+                                                                             guard_immutable=request.guard_immutable))
         return pb.UnlinkBlobResponse()
 
     async def GetBlobLink(self, request: pb.BlobRef, context: grpc.aio.ServicerContext) -> pb.BlobLink:

@@ -210,13 +210,29 @@ class MetadataStore:
             raise RegistryError(BLOB_UPLOAD_INVALID, "malformed pin")
         await self._unpin_blob([keys.blob_pins(digest), pin])
 
-    async def unlink_blob(self, name: str, digest: str, origin: Any = None, unnamed_only: bool = False) -> bool:
+    async def unlink_blob(self, name: str, digest: str, origin: Any = None, unnamed_only: bool = False,
+                          guard_immutable: bool = False) -> bool:
         """Unlinks the blob (BLOB_UNKNOWN when the repository does not link it). ``unnamed_only``: only
-        while no manifest of the repository names it; False when one does (and nothing changed)."""
+        while no manifest of the repository names it; False when one does (and nothing changed).
+        ``guard_immutable`` (the registry API's DELETE): DENIED while an immutable-tag rule covers
+        the repository and one of its manifests names the blob, judged inside the script: a DELETE
+        of a layer of an immutably tagged image left the tag serving a manifest whose parts were gone."""
         validate_name(name)
         digests.validate(digest)
         args = [keys.repo_prefix(name), keys.CATALOG, name, digest, keys.blob_repos(digest)]
-        done = await self._write(self._unlink_unnamed_blob if unnamed_only else self._unlink_blob, args, name, origin)
+        if unnamed_only:
+            done = await self._write(self._unlink_unnamed_blob, args, name, origin)
+        elif not guard_immutable:
+            done = await self._write(self._unlink_blob, [*args, "", "0"], name, origin)
+        else:
+            async def run(policy: Policy, version: str) -> Any:
+                held = policy.immutable_repository(name)
+                done = await self._write(self._unlink_blob, [*args, version, "1" if held else "0"], name, origin)
+                if int(done) == -1 and held is not None:
+                    raise RegistryError(DENIED, f"{name} has immutable tags (rule {held.key}): blob {digest} is named "
+                                                "by a manifest of it and cannot be deleted on its own")
+                return done
+            done = await self.policy.guarded(run)
         if not done:
             raise RegistryError(BLOB_UNKNOWN, f"blob {digest} unknown to repository {name}")
         return int(done) > 0
@@ -300,10 +316,16 @@ class MetadataStore:
                 for tag in tags:
                     if policy.immutable_rule(name, tag):
                         raise immutable_refusal(name, tag, policy, f"so manifest {digest} cannot be deleted")
+                held = policy.immutable_repository(name)
                 done = await self._write(self._delete_manifest, [keys.repo_prefix(name), keys.CATALOG, name, digest,
-                                                                 version, len(tags), *tags], name, origin)
+                                                                 version, len(tags), *tags, "1" if held else "0"],
+                                         name, origin)
                 if int(done) == 0:
                     raise RegistryError(MANIFEST_UNKNOWN, f"manifest {digest} unknown to repository {name}")
+                if int(done) == -2:
+                    rule = held.key if held else ""
+                    raise RegistryError(DENIED, f"{name} has immutable tags (rule {rule}): manifest {digest} is named "
+                                                "by an index of it and cannot be deleted on its own")
                 if int(done) == 1:
                     return
                 # -1: its tags changed since they were read; judge them again

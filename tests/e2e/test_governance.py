@@ -88,6 +88,34 @@ def test_immutable_tags_cannot_move_or_go(governed: RunningStack, tmp_path: path
     assert requests.delete(f"{url}/v2/prod/app/manifests/latest", timeout=10).status_code == 202
 
 
+def test_an_immutable_tag_holds_its_images_parts(governed: RunningStack, tmp_path: pathlib.Path) -> None:
+    """An immutable tag held the tag only: a DELETE of a layer blob of its image, or of a child
+    manifest of its index by digest, was accepted, and the tag then served an image whose parts
+    answered 404. In a repository an immutable-tag rule covers, a blob or manifest that one of its
+    manifests names cannot be deleted on its own now; elsewhere, and for parts no manifest names,
+    deletes work as before."""
+    url = governed.url
+    skopeo = Skopeo(require_tool("skopeo"), tmp_path / "skopeo")
+    image = write_oci_index_layout(tmp_path / "layout", "v1")
+    for repository in ("prod/parts", "staging/parts"):
+        skopeo.copy(f"oci:{tmp_path / 'layout'}:v1", f"docker://{governed.host}/{repository}:v1", "--all")
+    layer = next(d for d, b in image.blobs.items() if not b.startswith(b"{"))
+    child = next(iter(image.manifests.values()))
+    status, code, message = error_of(requests.delete(f"{url}/v2/prod/parts/blobs/{layer}", timeout=10))
+    assert (status, code) == (403, "DENIED") and "prod/**" in message and layer in message, message
+    status, code, message = error_of(requests.delete(f"{url}/v2/prod/parts/manifests/{child}", timeout=10))
+    assert (status, code) == (403, "DENIED") and "index" in message, message
+    assert requests.get(f"{url}/v2/prod/parts/blobs/{layer}", timeout=10).status_code == 200
+    assert requests.head(f"{url}/v2/prod/parts/manifests/{child}", headers={"Accept": OCI_MANIFEST},
+                         timeout=10).status_code == 200
+    # A blob no manifest names goes, in the covered repository too.
+    loose = push_blob([url], "prod/parts", b"a loose blob")
+    assert requests.delete(f"{url}/v2/prod/parts/blobs/{loose}", timeout=10).status_code == 202
+    # No rule covers staging/parts: its parts may go, as the API always allowed.
+    assert requests.delete(f"{url}/v2/staging/parts/blobs/{layer}", timeout=10).status_code == 202
+    assert requests.delete(f"{url}/v2/staging/parts/manifests/{child}", timeout=10).status_code == 202
+
+
 def test_immutable_rules_set_by_wharf_admin_apply_at_once(governed: RunningStack) -> None:
     url = governed.url
     push_image([url], "team/app", "rel-1", random_layers(1, 500))

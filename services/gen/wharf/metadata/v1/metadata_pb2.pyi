@@ -163,14 +163,16 @@ class LinkBlobResponse(_message.Message):
     def __init__(self, linked: _Optional[bool] = ..., collections_started: _Optional[int] = ..., collecting: _Optional[bool] = ..., collection_moved: _Optional[bool] = ...) -> None: ...
 
 class BlobRef(_message.Message):
-    __slots__ = ("repository", "digest", "origin")
+    __slots__ = ("repository", "digest", "origin", "guard_immutable")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    GUARD_IMMUTABLE_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
     origin: Origin
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
+    guard_immutable: bool
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., guard_immutable: _Optional[bool] = ...) -> None: ...
 
 class Origin(_message.Message):
     __slots__ = ("account", "address", "user_agent", "request_id", "host", "method", "mirror_fill")
