@@ -207,6 +207,10 @@ def _refusal(claims: Claims, scope: Scope) -> str:
     return f"{who} may not " + _ATTEMPTS.get(attempted, attempted + " {}").format(scope.name)
 
 
+# Names the auth service filters in one ``Pullable`` call at most.
+PULLABLE_BATCH = 10000
+
+
 class Authorizer(abc.ABC):
     """Who may do what: one implementation with token auth and one without, so that nothing
     else asks whether token auth is on (the enabled/disabled pair zot uses for its features)."""
@@ -225,6 +229,13 @@ class Authorizer(abc.ABC):
     @abc.abstractmethod
     def pullable(self, repositories: list[str]) -> list[str]:
         """The repositories the caller of this request may pull (catalog pages, mount sources)."""
+
+    def pullable_set(self, repositories: list[str]) -> set[str]:
+        """``pullable`` of any number of names, asked in batches the auth service takes in one call."""
+        visible: set[str] = set()
+        for start in range(0, len(repositories), PULLABLE_BATCH):
+            visible.update(self.pullable(repositories[start:start + PULLABLE_BATCH]))
+        return visible
 
     def subject(self, authorization: str) -> str:
         """The account an ``Authorization`` header speaks for ("" for none or an invalid one): the

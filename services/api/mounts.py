@@ -30,16 +30,9 @@ def mountable_size(ctx: Context, digest: str, source: str | None = None) -> int 
     return int(holders.size)
 
 
-# Repository names the auth service filters in one call.
-_FILTER_BATCH = 10000
-
-
 def mountable_sizes(ctx: Context, wanted: list[str]) -> list[int | None]:
     """mountable_size of each of ``wanted`` from any repository, the caller's rights asked once for
     all of their holders (a manifest naming thousands of blobs of other repositories)."""
     holders = [ctx.clients.metadata.blob_repositories(digest) for digest in wanted]
-    names = sorted({name for found in holders for name in found.repositories})
-    visible: set[str] = set()
-    for start in range(0, len(names), _FILTER_BATCH):
-        visible.update(ctx.authorizer.pullable(names[start:start + _FILTER_BATCH]))
+    visible = ctx.authorizer.pullable_set(sorted({name for found in holders for name in found.repositories}))
     return [int(found.size) if visible.intersection(found.repositories) else None for found in holders]

@@ -36,9 +36,8 @@ from services.ui.views import Visitor, argument, issue, page, render
 if TYPE_CHECKING:
     from services.api.context import Context
 
-# Rows shown at most (the largest first); the auth service filters at most 10,000 names a call.
+# Rows shown at most (the largest first).
 _ROWS_MAX = 500
-_FILTER_BATCH = 10000
 _ACTIVITY_ON_USAGE = 20
 _ACTIVITY_PAGE = 100
 ADMIN_SCOPE = Scope(scopes.REGISTRY, scopes.ADMIN, ("*",))
@@ -78,13 +77,6 @@ def sees_everything(ctx: Context, visitor: Visitor) -> bool:
     return not ctx.authorizer.issues_tokens or is_admin(ctx, visitor)
 
 
-def _pullable(ctx: Context, names: list[str]) -> set[str]:
-    visible: set[str] = set()
-    for start in range(0, len(names), _FILTER_BATCH):
-        visible.update(ctx.authorizer.pullable(names[start:start + _FILTER_BATCH]))
-    return visible
-
-
 def _scaled(rows: list[Row]) -> list[Row]:
     rows = sorted(rows, key=lambda r: (-r.bytes, r.name))[:_ROWS_MAX]
     largest = max((r.bytes for r in rows), default=0)
@@ -109,7 +101,7 @@ def namespaces(ctx: Context, everything: bool) -> list[Row]:
         return _scaled([_namespace_row(n, [], True) for n in ctx.clients.governance.usage().namespaces])
     found = list(ctx.clients.governance.usage(repositories=True).namespaces)
     probes = {n.namespace: _probe(n.namespace) for n in found}
-    visible = _pullable(ctx, [r.name for n in found for r in n.repositories] + list(probes.values()))
+    visible = ctx.authorizer.pullable_set([r.name for n in found for r in n.repositories] + list(probes.values()))
     rows = []
     for namespace in found:
         shown = [r for r in namespace.repositories if r.name in visible]
@@ -127,7 +119,7 @@ def namespace(ctx: Context, name: str, everything: bool) -> tuple[Row, list[Row]
     whole = everything
     if not everything:
         probe = _probe(name)
-        visible = _pullable(ctx, [r.name for r in repositories] + [probe])
+        visible = ctx.authorizer.pullable_set([r.name for r in repositories] + [probe])
         repositories = [r for r in repositories if r.name in visible]
         whole = probe in visible
     if found is None or not (everything or repositories):
