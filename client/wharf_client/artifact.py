@@ -18,10 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from wharf_client import digest as digests
 from wharf_client import mediatypes
-from wharf_client.blobio import BytesSource, FileSource, copy_stream
+from wharf_client.blobio import BytesSource, FileSource, copy_stream, new_partial
 from wharf_client.errors import FormatError, UnsupportedOperation
 from wharf_client.manifest import Descriptor, Manifest, image_manifest, index
 from wharf_client.registry import Repository, referrers_tag
+from wharf_client.untrusted import printable
 from wharf_client.upload import push_blob
 
 EMPTY_CONFIG = b"{}"
@@ -116,27 +117,41 @@ def pull_artifact(repository: Repository, reference: str, output: pathlib.Path,
     for layer in titled:
         title = layer.annotations[mediatypes.TITLE_ANNOTATION]
         target = safe_path(output, title)
+        inside(output, target, title)  # before mkdir: it would make the directories through the link
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
+        handle, partial = new_partial(target)
         try:
-            with repository.open_blob(layer) as reader, open(partial, "wb") as out:
+            with os.fdopen(handle, "wb") as out, repository.open_blob(layer) as reader:
                 copy_stream(reader, out, progress)  # type: ignore[arg-type]
             os.replace(partial, target)
         except BaseException:
             # Unverified bytes (a digest mismatch, a broken download) must not stay behind.
             with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+                os.unlink(partial)
             raise
         written.append(target)
     return written
 
 
-def safe_path(root: pathlib.Path, title: str) -> pathlib.Path:
-    """``root/title``, refusing titles that climb out of ``root`` (absolute paths, ``..``)."""
+def safe_path(root: pathlib.Path, title: object) -> pathlib.Path:
+    """``root/title``, refusing titles that climb out of ``root`` (absolute paths, ``..``) or name no file."""
+    if not isinstance(title, str) or "\0" in title:
+        raise FormatError(f"refusing to write {printable(repr(title)[:200])}: the title is not a file name")
     relative = pathlib.PurePosixPath(title)
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise FormatError(f"refusing to write {title!r}: the title leaves the output directory")
+        raise FormatError(f"refusing to write {printable(repr(title)[:200])}: the title leaves the output directory")
     return root.joinpath(*relative.parts)
+
+
+def inside(root: pathlib.Path, target: pathlib.Path, title: str) -> None:
+    """Refuses ``target`` when its directory, once symbolic links are followed, is not under ``root``.
+
+    A title such as ``link/file`` is harmless as text, but a ``link`` already in the output
+    directory that points elsewhere would carry the file out of it.
+    """
+    if not target.parent.resolve().is_relative_to(root.resolve()):
+        raise FormatError(f"refusing to write {printable(repr(title)[:200])}: a symbolic link in {root} leads "
+                          "out of the output directory")
 
 
 def _file_digest(path: pathlib.Path) -> str:

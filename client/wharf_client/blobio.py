@@ -9,7 +9,9 @@ Nothing here holds a whole blob in memory.
 from __future__ import annotations
 
 import io
+import os
 import pathlib
+import secrets
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -200,6 +202,22 @@ class RegistrySource:
 
     def open(self, offset: int = 0) -> IO[bytes]:
         return BlobReader(self.repository, self._descriptor, offset)  # type: ignore[return-value]
+
+
+def new_partial(target: pathlib.Path) -> tuple[int, pathlib.Path]:
+    """A new file next to ``target`` to download into before it is verified: (descriptor, path).
+
+    Its name is random and it is created exclusively (``O_EXCL``), so a ``.name.partial``
+    planted beforehand as a symbolic link (in a shared directory, say) is never written
+    through; the mode is a plain file's (0666 less the umask), as ``open`` would give.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        partial = target.with_name(f".{target.name[:200]}.{secrets.token_hex(6)}.partial")
+        try:
+            return os.open(partial, flags, 0o666), partial
+        except FileExistsError:
+            continue
 
 
 def copy_stream(reader: IO[bytes], writer: IO[bytes], progress: Progress | None = None, start: int = 0) -> int:

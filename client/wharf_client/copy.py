@@ -150,13 +150,21 @@ def _referrer_plans(source: ImageSource, lister: ReferrerSource, image: _Plan) -
     planned: set[str] = set()
     plans: list[_Plan] = []
     while subjects:
-        for found in lister.referrers(subjects.popleft()):
+        subject = subjects.popleft()
+        for found in lister.referrers(subject):
             if found.digest in planned:
                 continue
             planned.add(found.digest)
             if len(plans) >= MAX_REFERRERS:
                 raise FormatError(f"more than {MAX_REFERRERS} referrers of {image.root.digest}: not following them")
-            plan = _plan(source, source.manifest(found), None)
+            manifest = source.manifest(found)
+            # The listing is the registry's word, the manifest's subject is in its verified bytes: a
+            # listed manifest naming another subject would be attached to that one in the target.
+            named = manifest.subject
+            if named is None or named.digest != subject:
+                raise FormatError(f"{found.digest} is listed as a referrer of {subject}, but its subject is "
+                                  f"{named.digest if named else 'missing'}: not copying it")
+            plan = _plan(source, manifest, None)
             plans.append(plan)
             # An index among the referrers (an attestation list, say) may have referrers of its children too.
             for manifest in plan.manifests:

@@ -259,6 +259,9 @@ class DockerArchiveTarget:
         if config_desc is None or config_desc.digest not in self._files:
             raise FormatError(f"manifest {manifest.digest} has no config blob to write")
         config_path = self._files[config_desc.digest][0]
+        if config_desc.size > MAX_CONFIG_BYTES:  # it is read whole and parsed: a registry's size must not decide
+            raise FormatError(f"the image config {config_desc.digest} is {config_desc.size} bytes, over the "
+                              f"{MAX_CONFIG_BYTES} byte limit")
         diff_ids = _diff_ids(config_path.read_bytes())
         layers = manifest.layers
         if len(diff_ids) != len(layers):

@@ -122,7 +122,7 @@ class Manifest:
     @property
     def children(self) -> list[Descriptor]:
         """An index's manifests ([] for an image manifest)."""
-        return [Descriptor.from_json(d) for d in self.payload.get("manifests") or []] if self.is_index else []
+        return self._descriptors("manifests") if self.is_index else []
 
     @property
     def config(self) -> Descriptor | None:
@@ -131,7 +131,13 @@ class Manifest:
 
     @property
     def layers(self) -> list[Descriptor]:
-        return [Descriptor.from_json(d) for d in self.payload.get("layers") or []] if not self.is_index else []
+        return self._descriptors("layers") if not self.is_index else []
+
+    def _descriptors(self, key: str) -> list[Descriptor]:
+        value = self.payload.get(key) or []
+        if not isinstance(value, list):  # 5 raised TypeError (a crash), "abc" gave one error per character
+            raise FormatError(f"manifest {self.digest}: {key} is not a list")
+        return [Descriptor.from_json(d) for d in value]
 
     @property
     def blobs(self) -> list[Descriptor]:
@@ -157,7 +163,10 @@ class Manifest:
 
     @property
     def annotations(self) -> dict[str, str]:
-        return dict(self.payload.get("annotations") or {})
+        value = self.payload.get("annotations") or {}
+        if not isinstance(value, Mapping):  # 5 or "ab": dict() raised TypeError/ValueError, a crash
+            raise FormatError(f"manifest {self.digest}: annotations is not an object")
+        return dict(value)
 
     def select(self, wanted: platforms.Platform) -> Descriptor:
         """The index entry for ``wanted``; the first match, as docker picks."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import requests
+import requests.auth
 from requests.adapters import HTTPAdapter
 
 from wharf_client import bodies, mediatypes
@@ -24,9 +25,11 @@ from wharf_client.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from wharf_client.options import ClientOptions
 from wharf_client.reference import Reference, parse, validate_repository
 from wharf_client.transport import Transport
-from wharf_client.untrusted import parse_json
+from wharf_client.untrusted import header_number, parse_json
 
-_LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+# [^<>]: an attempt ends at the next "<", so a header of 6 MB of "<" (100 joined lines) is searched in
+# linear time; with [^>] each "<" scanned to the end, minutes of CPU for one listing page.
+_LINK_RE = re.compile(r'<([^<>]+)>\s*;\s*rel="?next"?')
 # Bounds on listings: a registry that keeps answering "next" cannot keep a client forever.
 MAX_PAGES = 100_000
 
@@ -46,6 +49,7 @@ class Client:
         if bodies.cap_redirect_body not in self.session.hooks["response"]:
             # requests reads each redirect's body whole; this caps it first (see bodies).
             self.session.hooks["response"].append(bodies.cap_redirect_body)
+        _without_netrc(self.session)
         self.tokens = TokenClient(self.session, timeout=(self.options.timeout[0], 60.0))
         self._transports: dict[str, Transport] = {}
         self._lock = threading.Lock()
@@ -75,6 +79,34 @@ class Client:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class _NoCredentials(requests.auth.AuthBase):
+    """A session's ``auth`` that adds nothing: its presence stops requests from looking in ``~/.netrc``."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+def _without_netrc(session: requests.Session) -> None:
+    """Keeps requests from adding ``~/.netrc`` (or ``$NETRC``) credentials to what the client sends.
+
+    requests reads that file for every request without credentials and again on every redirect,
+    and its ``default`` entry matches any host: those credentials went to the registry (replacing
+    its bearer token), to each realm, and to wherever a redirect pointed, past the client's rule
+    that credentials go only to the registry's origin. Proxies and CA bundles from the
+    environment still apply (``trust_env`` stays on).
+    """
+    if session.auth is None:
+        session.auth = _NoCredentials()
+
+    def rebuild_auth(prepared: requests.PreparedRequest, response: requests.Response) -> None:
+        # requests' own, less its netrc lookup: the header is dropped when the redirect leaves the origin.
+        if "Authorization" in prepared.headers and \
+                session.should_strip_auth(response.request.url or "", prepared.url or ""):
+            del prepared.headers["Authorization"]
+
+    session.rebuild_auth = rebuild_auth  # type: ignore[method-assign,assignment]
 
 
 def _next_link(response: requests.Response, transport: Transport) -> str | None:
@@ -154,12 +186,12 @@ class Repository:
             return None
         digest = response.headers.get("Docker-Content-Digest", "")
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
-        size = response.headers.get("Content-Length", "")
-        if not digests.is_digest(digest) or not size.isdigit() or media_type not in mediatypes.MANIFESTS:
+        size = header_number(response.headers.get("Content-Length"))
+        if not digests.is_digest(digest) or size is None or media_type not in mediatypes.MANIFESTS:
             # Not every registry sends the digest on HEAD; the body then tells.
             manifest = self.get_manifest(reference, accept)
             return manifest.descriptor()
-        return Descriptor(media_type, digest, int(size))
+        return Descriptor(media_type, digest, size)
 
     def put_manifest(self, manifest: Manifest, reference: str | None = None) -> PutResult:
         """PUT by tag (or by its digest when ``reference`` is None)."""
@@ -200,8 +232,8 @@ class Repository:
         response.close()
         if response.status_code == 404:
             return None
-        length = response.headers.get("Content-Length", "")
-        return int(length) if length.isdigit() else 0
+        length = header_number(response.headers.get("Content-Length"))
+        return 0 if length is None else length
 
     def get_blob_response(self, digest: str, offset: int = 0) -> requests.Response:
         """A streaming GET from ``offset`` (redirects followed); the caller closes it."""

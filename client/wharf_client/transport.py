@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 
@@ -35,15 +35,15 @@ from wharf_client.errors import (
     registry_error,
 )
 from wharf_client.options import ClientOptions, RegistryOptions
+from wharf_client.origins import origin
 from wharf_client.reference import api_host
-from wharf_client.untrusted import printable
+from wharf_client.untrusted import header_number, printable
 
 log = logging.getLogger("wharf_client")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Methods whose request may be sent again when the answer's body broke off: they change nothing.
 IDEMPOTENT_READS = frozenset({"GET", "HEAD"})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
@@ -64,24 +64,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) of a URL, the port filled in; what decides whether credentials may go there."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:  # a port that is not a number: matches nothing
-        return ("", "", None)
-    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
-
-
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """``Retry-After`` as seconds (a number or an HTTP date); None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = header_number(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -167,8 +157,8 @@ class Transport:
                             break
                         self._sleep(backoff_delay(attempt, self.options))
                         continue
-                    except requests.RequestException as exc:  # a malformed answer (conflicting headers, say)
-                        raise TransportError(f"GET {url}: {_short(exc)}") from None
+                    except (requests.RequestException, ValueError) as exc:  # a malformed answer (two lengths, a
+                        raise TransportError(f"GET {url}: {_short(exc)}") from None  # Location urllib cannot parse)
                     with response:
                         if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
                             self._sleep(backoff_delay(attempt, self.options,
@@ -220,7 +210,7 @@ class Transport:
             return "Basic " + base64.b64encode(raw).decode()
         if found.scheme == "bearer":
             return "Bearer " + self._tokens.token(found, scopes, credential, self.verify,
-                                                  https_only=self.https_only)
+                                                  https_only=self.https_only, registry=self.host)
         return None
 
     def _reauthenticate(self, response: requests.Response, scopes: list[str]) -> list[str]:
@@ -235,7 +225,7 @@ class Transport:
         if fresh.scheme == "bearer":
             credential = self.credential()
             if sent.startswith("Bearer "):
-                self._tokens.cache.discard(self._tokens.cache_key(fresh, credential), sent[7:])
+                self._tokens.cache.discard(self._tokens.cache_key(fresh, credential, self.host), sent[7:])
             return merge_scopes([*scopes, *fresh.scopes])
         if self.credential().anonymous:
             raise _needs_login(response, self.registry)
@@ -281,7 +271,8 @@ class Transport:
                 self._sleep(backoff_delay(attempt, self.options))
                 attempt += 1
                 continue
-            except requests.RequestException as exc:  # a malformed answer (two Content-Lengths, say): no retry
+            except (requests.RequestException, ValueError) as exc:  # a malformed answer: no retry
+                # (two Content-Lengths, a redirect to a Location urllib cannot parse such as "http://[::1")
                 _close(data)
                 raise TransportError(f"{method} {url}: {_short(exc)}") from None
             _close(data)
@@ -347,7 +338,7 @@ class Transport:
         try:
             again = self.session.get(response.url, headers=headers, stream=True, timeout=self.options.timeout,
                                      verify=self.verify, allow_redirects=False)
-        except requests.RequestException:
+        except (requests.RequestException, ValueError):
             return ""
         with again:
             return bodies.bounded_text(again) if again.status_code == response.status_code else ""
@@ -359,7 +350,11 @@ class Transport:
         credentials, so a registry (or a proxy) naming another host, port or scheme (an
         https to http downgrade included) is refused rather than followed.
         """
-        resolved = urljoin(response.url, location)
+        try:
+            resolved = urljoin(response.url, location)
+        except ValueError:  # "http://[::1", say
+            raise ProtocolError(f"{bodies.where(response)}: the {header} header {printable(location[:200])!r} "
+                                "is not a URL") from None
         if not self.on_registry(resolved):
             raise ProtocolError(f"{bodies.where(response)}: the {header} header points at {printable(resolved)}, "
                                 f"not at {self.base_url()}: refusing to follow it with the credentials "

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 # C0 and C1 controls, DEL, and the Unicode bidirectional overrides that reorder what a terminal shows.
+_HEADER_NUMBER_RE = re.compile(r"[0-9]{1,19}")
 _UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -24,6 +25,16 @@ def _escape(found: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """``text`` with every control character written as a repr-style escape (ESC becomes ``\\x1b``)."""
     return _UNPRINTABLE_RE.sub(_escape, text)
+
+
+def header_number(value: str | None) -> int | None:
+    """A header's non-negative integer (Content-Length, Retry-After, OCI-Chunk-Min-Length); None if it is not one.
+
+    Only ASCII digits, at most 19 of them: ``str.isdigit`` also accepts ``²`` (which ``int``
+    refuses) and ``int`` refuses more than 4,300 digits, each a crash for a header a registry chose.
+    """
+    text = (value or "").strip()
+    return int(text) if _HEADER_NUMBER_RE.fullmatch(text) else None
 
 
 def parse_json(data: bytes | str) -> Any:

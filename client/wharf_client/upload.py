@@ -24,9 +24,10 @@ from wharf_client.bodies import where
 from wharf_client.errors import ProtocolError, RegistryError, TransportError
 from wharf_client.registry import Repository
 from wharf_client.transport import backoff_delay
+from wharf_client.untrusted import header_number
 
 log = logging.getLogger("wharf_client.upload")
-_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
+_RANGE_RE = re.compile(r"^(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})$")  # ASCII, int-sized: a registry's header
 OCTET = {"Content-Type": "application/octet-stream"}
 # How often one chunked upload may continue from the registry's offset, whatever the reason: a
 # registry whose offset never advances (or goes back each time) ends in an error, not a loop.
@@ -104,8 +105,7 @@ class Uploader:
         response = self.transport.request("POST", self._uploads, scopes=self.repository.push, expect=(202,),
                                           headers={"Content-Length": "0"})
         response.close()
-        minimum = response.headers.get("OCI-Chunk-Min-Length", "")
-        return self._location(response), int(minimum) if minimum.isdigit() else 0
+        return self._location(response), header_number(response.headers.get("OCI-Chunk-Min-Length")) or 0
 
     def _location(self, response: requests.Response) -> str:
         """The upload session a 202 names: its Location, which must be there and on the registry."""

@@ -11,10 +11,12 @@ repository reuses that token instead of asking again.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
 
@@ -22,14 +24,19 @@ from wharf_client import bodies
 from wharf_client.auth.challenge import Challenge
 from wharf_client.auth.credentials import Credential
 from wharf_client.errors import AuthenticationError, TransportError, registry_error
+from wharf_client.origins import same_or_upgraded
 from wharf_client.untrusted import parse_json, printable
 
 CLIENT_ID = "wharf"
 # The spec: a token without expires_in lasts 60 seconds, and none shorter should be assumed.
 DEFAULT_LIFETIME = 60
+# A cached token is used at most this long, whatever the realm says (a 401 sooner drops it anyway).
+MAX_LIFETIME = 24 * 3600
 # Refresh a little early, so a token does not expire between lookup and use.
 EARLY_REFRESH_SECONDS = 10
 MAX_CACHED_TOKENS = 256
+# A realm moving its form (http to https, another path) is followed this many times, on its own origin.
+MAX_REALM_REDIRECTS = 5
 
 
 def merge_scopes(scopes: Iterable[str]) -> list[str]:
@@ -67,15 +74,23 @@ class Token:
     expires_at: float
 
 
+# What a cached token is filed under: (registry, realm, service, account).
+CacheKey = tuple[str, str, str, str]
+
+
 class TokenCache:
-    """Tokens per (realm, service, account), looked up by the scopes a request needs. Thread-safe."""
+    """Tokens per (registry, realm, service, account), looked up by the scopes a request needs. Thread-safe.
+
+    The registry is part of the key: a token goes back only to the registry that asked for it. A
+    registry naming another one's realm and service must not be handed that one's cached token.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tokens: dict[tuple[str, str, str], list[Token]] = {}
+        self._tokens: dict[CacheKey, list[Token]] = {}
         self._lock = threading.Lock()
 
-    def find(self, key: tuple[str, str, str], scopes: Iterable[str]) -> Token | None:
+    def find(self, key: CacheKey, scopes: Iterable[str]) -> Token | None:
         wanted = list(scopes)
         now = self._clock()
         with self._lock:
@@ -86,13 +101,13 @@ class TokenCache:
                     return token
         return None
 
-    def add(self, key: tuple[str, str, str], token: Token) -> None:
+    def add(self, key: CacheKey, token: Token) -> None:
         with self._lock:
             tokens = self._tokens.setdefault(key, [])
             tokens.append(token)
             del tokens[:-MAX_CACHED_TOKENS]
 
-    def discard(self, key: tuple[str, str, str], value: str) -> None:
+    def discard(self, key: CacheKey, value: str) -> None:
         with self._lock:
             self._tokens[key] = [t for t in self._tokens.get(key, []) if t.value != value]
 
@@ -112,16 +127,17 @@ class TokenClient:
         self.cache = TokenCache(clock)
 
     @staticmethod
-    def cache_key(challenge: Challenge, credential: Credential) -> tuple[str, str, str]:
+    def cache_key(challenge: Challenge, credential: Credential, registry: str) -> CacheKey:
         account = credential.username or ("identity" if credential.identity_token else "")
-        return (challenge.realm, challenge.service, account)
+        return (registry, challenge.realm, challenge.service, account)
 
     def token(self, challenge: Challenge, scopes: Iterable[str], credential: Credential, verify: bool = True, *,
-              https_only: bool = False) -> str:
+              https_only: bool = False, registry: str) -> str:
+        """A token for ``registry`` (the host it will be sent to) granting ``scopes``: cached, else fetched."""
         wanted = merge_scopes([*scopes])
         if credential.registry_token:
             return credential.registry_token
-        key = self.cache_key(challenge, credential)
+        key = self.cache_key(challenge, credential, registry)
         cached = self.cache.find(key, wanted)
         if cached:
             return cached.value
@@ -153,8 +169,9 @@ class TokenClient:
         try:
             response = self._session.get(challenge.realm, params=params, auth=auth, timeout=self._timeout,
                                          verify=verify, stream=True)
-        except requests.RequestException as exc:
-            raise TransportError(f"token request to {printable(challenge.realm)} failed: {exc}") from None
+        except (requests.RequestException, ValueError) as exc:  # ValueError: a realm or redirect urllib cannot parse
+            raise TransportError(f"token request to {printable(challenge.realm)} failed: "
+                                 f"{printable(str(exc)[:300])}") from None
         return self._parse(response, scopes, "GET")
 
     def password_grant(self, challenge: Challenge, credential: Credential, verify: bool = True, *,
@@ -172,14 +189,39 @@ class TokenClient:
         return self._parse(response, [], "POST")
 
     def _post(self, challenge: Challenge, scopes: list[str], form: dict[str, str], verify: bool) -> requests.Response:
+        """The OAuth2 form POSTed to the realm; redirects followed only on the realm's origin (or its https).
+
+        The form carries the password or the refresh token, and requests would send it again to
+        wherever a 307 or 308 points (it strips only the Authorization header): another host, or
+        the plain-HTTP address an HTTPS registry's realm was refused for.
+        """
         body = {**form, "client_id": CLIENT_ID, "scope": " ".join(scopes)}
         if challenge.service:
             body["service"] = challenge.service
-        try:
-            return self._session.post(challenge.realm, data=body, timeout=self._timeout, verify=verify,
-                                      stream=True)
-        except requests.RequestException as exc:
-            raise TransportError(f"token request to {printable(challenge.realm)} failed: {exc}") from None
+        url, status = challenge.realm, 0
+        for _ in range(MAX_REALM_REDIRECTS + 1):
+            try:
+                response = self._session.post(url, data=body, timeout=self._timeout, verify=verify, stream=True,
+                                              allow_redirects=False)
+            except (requests.RequestException, ValueError) as exc:
+                raise TransportError(f"token request to {printable(challenge.realm)} failed: "
+                                     f"{printable(str(exc)[:300])}") from None
+            if not response.is_redirect:
+                return response
+            response.close()
+            location = response.headers.get("Location", "")
+            try:
+                target = urljoin(url, location)
+            except ValueError:  # not a URL ("http://[::1"): matches no origin, so it is refused below
+                target = location
+            status = response.status_code
+            if status not in (307, 308) or not same_or_upgraded(challenge.realm, target):
+                raise AuthenticationError("POST", printable(url.split("?", 1)[0]), status, [],
+                                          f"the token realm redirects to {printable(target.split('?', 1)[0])}; "
+                                          "refusing to send the credentials there")
+            url = target
+        raise AuthenticationError("POST", printable(challenge.realm.split("?", 1)[0]), status, [],
+                                  "the token realm keeps redirecting")
 
     def _parse(self, response: requests.Response, scopes: list[str], method: str) -> Token:
         """The token in a realm's answer, its body read streamed and bounded (the realm is the registry's choice)."""
@@ -194,7 +236,7 @@ class TokenClient:
         try:
             payload = parse_json(content)
             value = str(payload.get("token") or payload.get("access_token") or "")
-            lifetime = max(int(payload.get("expires_in") or DEFAULT_LIFETIME), DEFAULT_LIFETIME)
+            lifetime = _lifetime(payload.get("expires_in"))
         except (ValueError, TypeError, AttributeError):
             value, lifetime, payload = "", DEFAULT_LIFETIME, {}
         if not value:
@@ -210,6 +252,23 @@ class RefreshableToken(Token):
     """A token response that may carry a refresh token (offline access)."""
 
     refresh_token: str = ""
+
+
+def _lifetime(value: Any) -> int:
+    """``expires_in`` as seconds between the spec's 60 and a day; the 60 when it is not a finite number.
+
+    The realm chooses it: ``1e400``, ``Infinity`` or a 400-digit integer overflowed the
+    expiry time (a crash), where a token is usable all the same.
+    """
+    if isinstance(value, bool):
+        return DEFAULT_LIFETIME
+    try:
+        seconds = float(value or DEFAULT_LIFETIME)
+    except (TypeError, ValueError, OverflowError):
+        return DEFAULT_LIFETIME
+    if not math.isfinite(seconds):
+        return DEFAULT_LIFETIME
+    return int(min(max(seconds, DEFAULT_LIFETIME), MAX_LIFETIME))
 
 
 def _check_realm(challenge: Challenge, https_only: bool) -> None:

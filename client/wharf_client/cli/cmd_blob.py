@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 
 from wharf_client import digest as digests
-from wharf_client.blobio import IO_CHUNK, FileSource, copy_stream
+from wharf_client.blobio import IO_CHUNK, FileSource, copy_stream, new_partial
 from wharf_client.cli.context import Context, UsageError, add_upload_options
 from wharf_client.errors import NotFoundError
 from wharf_client.manifest import Descriptor
@@ -57,9 +57,9 @@ def run_get(ctx: Context) -> int:
             copy_stream(reader, sys.stdout.buffer, bar)  # type: ignore[arg-type]
             sys.stdout.buffer.flush()
         else:
-            partial = output.with_name(f".{output.name}.partial")
+            handle, partial = new_partial(output)  # never a planted symbolic link's target
             try:
-                with open(partial, "wb") as out:
+                with os.fdopen(handle, "wb") as out:
                     copy_stream(reader, out, bar)  # type: ignore[arg-type]
                 os.replace(partial, output)
             finally:
