@@ -30,7 +30,9 @@ class BlobStoreSettings:
                             "offer presigned URLs so the gateway answers blob GETs with a 307 redirect")
     s3_redirect_endpoint: str = env("WHARF_S3_REDIRECT_ENDPOINT", "",
                                     "host:port clients reach S3 at, for presigned URLs (default: the endpoint)")
-    s3_redirect_ttl: int = env("WHARF_S3_REDIRECT_TTL", 600, "seconds a presigned blob URL stays valid")
+    # SigV4 presigned URLs live from 1 s to 7 days; outside that every presign (each blob GET) failed.
+    s3_redirect_ttl: int = env("WHARF_S3_REDIRECT_TTL", 600, "seconds a presigned blob URL stays valid",
+                               minimum=1, maximum=7 * 24 * 3600)
     upload_ttl: int = env("WHARF_UPLOAD_TTL", 86400, "seconds an idle upload session lives")
     janitor_interval: int = env("WHARF_UPLOAD_JANITOR_INTERVAL", 600, "seconds between expired-upload sweeps")
     chunk_size: int = env("WHARF_READ_CHUNK", 1024 * 1024, "most bytes per streamed read message (fewer as more "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -33,6 +34,8 @@ from services.maintenance.clients import RegistryCalls
 from services.metadata.settings import MetadataSettings
 from services.mirror import config as mirror_config
 
+MAX_GRACE = 100 * 365 * 24 * 3600
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wharf-gc", description=__doc__.split("\n\n")[0])
@@ -43,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also remove manifests no tag points at and no index names (their referrers go too)")
     parser.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     args = parser.parse_args(argv)
-    if args.grace < 0:
-        parser.error("--grace must be >= 0")
+    # NaN passed the old check (and collected nothing), and a grace past int64 milliseconds or
+    # infinite ended the run with a traceback: both now refused with the usage line.
+    if not math.isfinite(args.grace) or not 0 <= args.grace <= MAX_GRACE:
+        parser.error(f"--grace must be a number of seconds from 0 to {MAX_GRACE} (100 years)")
     logs.configure(os.environ.get("WHARF_LOG_LEVEL", "info"))
     # Every setting checked as the services would read it; where things are: as wharf-admin's
     # maintenance commands find them (variable, else what `make run` recorded, else the default).

@@ -31,8 +31,10 @@ from services.maintenance.inventory import Inventory, StoredManifest
 
 class Checker:
     def __init__(self, inventory: Inventory, calls: RegistryCalls, emit: Callable[[Finding], None],
-                 verify: bool = False, repair: bool = False, cache_entries: int = CACHE_ENTRIES) -> None:
+                 verify: bool = False, repair: bool = False, cache_entries: int = CACHE_ENTRIES,
+                 mirrored: Callable[[str], bool] = lambda name: False) -> None:
         self._inv = inventory
+        self._mirrored = mirrored
         self._calls = calls
         self._emit_to = emit
         self._repair = repair
@@ -45,6 +47,9 @@ class Checker:
     def run(self) -> Summary:
         self.summary.read_only = self._inv.read_only()
         for name in self._inv.repositories():
+            # Every finding names its repository: one repository's are all there is to deduplicate
+            # (kept for the whole run, a storage that lost its blobs held millions in memory).
+            self._reported.clear()
             self.summary.repositories += 1
             self._check_tags(name)
             self._check_manifests(name)
@@ -91,9 +96,9 @@ class Checker:
                 continue
             if link is None:
                 finding = Finding("manifest_blob_unlinked", name, blob, detail=f"named by manifest {digest}")
-                if stored != declared:
-                    finding.reason = (f"the manifest declares {declared} bytes, the storage holds {stored}: a "
-                                      "link would serve a blob of another size; push the image again")
+                refused = self._not_relinkable(name, blob, declared, stored)
+                if refused:
+                    finding.reason = refused
                     self._found(finding)
                 else:
                     self._found(finding, functools.partial(self._relink, name, blob))
@@ -102,6 +107,23 @@ class Checker:
         for child, ok in zip(children, self._inv.manifests_exist(name, children), strict=True):
             if not ok:
                 self._found(Finding("manifest_child_missing", name, child, detail=f"named by index {digest}"))
+
+    def _not_relinkable(self, name: str, blob: str, declared: int, stored: int) -> str:
+        """Why linking the stored blob into the repository is no repair ("" when it is). A link is
+        access: whoever may pull the repository may then read the bytes. Only a manifest whose
+        references were checked at its push had the blob in the repository; a sparse manifest
+        (WHARF_ALLOW_SPARSE_MANIFESTS) or a mirror's names any digest, such as another
+        repository's private layer, without having it."""
+        if stored != declared:
+            return (f"the manifest declares {declared} bytes, the storage holds {stored}: a link would serve a "
+                    "blob of another size; push the image again")
+        if self._mirrored(name):
+            return ("a mirrored repository links a blob only once its upstream delivered it: a pull of it "
+                    "fills it")
+        if not self._inv.counted_references(name, blob):
+            return ("only manifests pushed without their references checked (sparse) name it: the repository "
+                    "may never have held it; push the blob to it")
+        return ""
 
     def _check_links(self, name: str) -> None:
         for page in self._inv.blob_links(name):

@@ -32,6 +32,7 @@ from services.maintenance.findings import Finding
 from services.maintenance.importer import Importer, ImportFailed, ImportRefused
 from services.maintenance.inventory import Inventory
 from services.maintenance.targets import Targets, locate
+from services.mirror import config as mirror_config
 
 
 class CannotRun(click.ClickException):
@@ -119,6 +120,14 @@ class _JsonReport:
         self._out.flush()
 
 
+def _mirrors() -> mirror_config.Mirrors:
+    """The mirrored prefixes, read as wharf-gc reads them (no upstream credentials needed)."""
+    try:
+        return mirror_config.load(os.environ, secrets=False)
+    except mirror_config.MirrorsError as exc:
+        raise CannotRun(str(exc)) from None
+
+
 @click.command("check")
 @click.option("--verify", is_flag=True, help="also stream every linked or referenced blob and hash it")
 @click.option("--repair", is_flag=True, help="fix what can be fixed safely (drop tags of missing manifests, "
@@ -143,7 +152,8 @@ def check(verify: bool, repair: bool, redis_url: str | None, metadata_addr: str 
             raise CannotRun("the registry is read-only for maintenance (wharf:maintenance is set): --repair "
                             "cannot write; check without --repair, or once it is lifted")
         report = _JsonReport(sys.stdout)
-        checker = Checker(inventory, calls, report.finding, verify=verify, repair=repair)
+        checker = Checker(inventory, calls, report.finding, verify=verify, repair=repair,
+                          mirrored=_mirrors().is_mirrored)
         try:
             summary = checker.run()
         except (redis.RedisError, Unreachable, RegistryError) as exc:

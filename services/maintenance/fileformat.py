@@ -25,10 +25,13 @@ import base64
 import binascii
 import dataclasses
 import datetime
+import fcntl
 import gzip
+import io
 import json
 import os
 import pathlib
+import stat
 import zlib
 from collections.abc import Iterator
 from typing import IO, Any, Protocol
@@ -81,36 +84,70 @@ def end(counts: dict[str, int]) -> dict[str, Any]:
     return {"type": "end", **counts}
 
 
-def _open(path: pathlib.Path, mode: str, compressed: bool) -> IO[str]:
-    if compressed:
-        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
-    return open(path, mode, encoding="utf-8")
+def _create_private(path: pathlib.Path) -> IO[bytes]:
+    """Opens ``path`` to write, readable by its owner only: the file holds every private
+    repository's manifests and names. What is at ``path`` already must be a regular file of ours
+    with no other name (a previous run's leftover): a symlink or a hard link planted there (in a
+    shared directory such as /tmp) would otherwise have the export overwrite its target."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            raise FormatError(f"{path} exists and is not a file of this user's own: remove it first")
+        # Two exports to one file (a cron run and a manual one) shared the partial file: the second
+        # emptied it under the first, whose file then had a hole of zeros where its start was.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FormatError(f"another export is writing {path}") from None
+        try:
+            again = os.lstat(path)
+        except FileNotFoundError:
+            again = None
+        if again is None or (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+            raise FormatError(f"another export finished {path} meanwhile: run again")
+        os.fchmod(fd, 0o600)  # a leftover may have been made with other modes
+        os.ftruncate(fd, 0)
+        return open(fd, "wb", closefd=True)  # the Writer closes it
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Writer:
     """Writes to ``<file>.partial`` and renames it into place on :meth:`commit`: a file at the
-    final name is always whole."""
+    final name is always whole. Both are readable by their owner only (mode 0600)."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
         self._partial = path.with_name(path.name + ".partial")
-        self._file = _open(self._partial, "w", compressed=path.name.endswith(".gz"))
+        try:
+            self._raw = _create_private(self._partial)
+        except OSError as exc:  # ELOOP: a symlink at the partial name
+            raise FormatError(f"cannot write {self._partial}: {exc.strerror}") from None
+        self._gzip = gzip.GzipFile(filename=path.name, mode="wb", fileobj=self._raw) \
+            if path.name.endswith(".gz") else None
+        self._file = io.TextIOWrapper(self._gzip or self._raw, encoding="utf-8")
         self.write(header())
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
+    def _close(self) -> None:
+        self._file.close()  # (and the GzipFile under it, which writes its last block on close)
+        self._raw.close()  # (a GzipFile leaves the file it was given open)
+
     def commit(self) -> None:
-        self._file.close()  # (gzip writes its last block on close)
-        fd = os.open(self._partial, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # on disk before it has the final name
-        finally:
-            os.close(fd)
+        self._file.flush()
+        if self._gzip is not None:
+            self._gzip.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())  # on disk before it has the final name
+        self._close()
         self._partial.replace(self.path)
 
     def abort(self) -> None:
-        self._file.close()
+        self._close()
         self._partial.unlink(missing_ok=True)
 
 

@@ -223,6 +223,16 @@ class Importer:
         return 1
 
     def _put(self, record: fileformat.Record) -> None:
+        # The first pass found each tag absent or already the file's; on a live registry a push may
+        # have moved one since (a long first pass), and the put would move it back over the push.
+        # Looked at again right before the put, which narrows that window to one call; closing it
+        # needs a tag write conditional on the tag's target in the metadata service's script.
+        for tag in record.tags:
+            target = self._calls.manifest_digest(record.repository, tag)
+            if target is not None and target != record.digest:
+                raise ImportFailed(f"line {record.line}: {record.repository}:{tag} was pushed to {target} during "
+                                   f"the import; not moved to {record.digest} (what came before is imported; "
+                                   "run the import again to see every conflict)")
         parsed = manifest_rules.parse(record.content, record.media_type)
         descriptor = mpb.Descriptor(media_type=parsed.media_type, digest=record.digest, size=len(record.content),
                                     artifact_type=parsed.artifact_type, annotations=parsed.annotations)

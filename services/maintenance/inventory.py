@@ -100,6 +100,11 @@ class Inventory:
             return []
         return [None if size is None else int(size) for size in self._r.hmget(keys.blobs(name), digests)]
 
+    def counted_references(self, name: str, digest: str) -> int:
+        """How many of the repository's manifests were stored with the blob among their checked (or,
+        for a mirror's, counted) references; 0 for a blob only sparse manifests name."""
+        return int(self._r.hget(keys.refs(name), digest) or 0)
+
     def tag_target(self, name: str, tag: str) -> str | None:
         found = self._r.hget(keys.tags(name), tag)
         return None if found is None else text(found)

@@ -154,7 +154,8 @@ class StorageDriver(abc.ABC):
 
     @abc.abstractmethod
     def move(self, source: str, dest: str) -> None:
-        """Atomically makes ``dest`` hold ``source``'s bytes and removes ``source``."""
+        """Atomically makes ``dest`` hold ``source``'s bytes and removes ``source``; ``dest``'s
+        modification time is the move's (garbage collection's grace counts from it)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> bool:

@@ -341,6 +341,11 @@ class FilesystemDriver(StorageDriver):
     def move(self, source: str, dest: str) -> None:
         src, dst = self._path(source), self._path(dest)
         _ensure_dir(dst.parent)
+        # A rename keeps the file's time, that of the upload's last append (hours ago for a client
+        # that paused before its commit): garbage collection would take the blob for one stored
+        # long ago and delete it before its upload is linked. The time is set on the source, so
+        # the blob never exists under its key with the old one.
+        os.utime(src)
         os.replace(src, dst)
         _fsync_dir(dst.parent)
 
