@@ -190,6 +190,23 @@ class AppendSession:
             self._service._keep_hash(self._upload.upload_id, self._state)
         return Upload(self._upload.upload_id, self._upload.repository, size, self._upload.started_at)
 
+    def finish_and_commit(self, digest: str) -> tuple[Upload, Blob]:
+        """``finish`` and then the commit, under the writer the append holds: let go in between, a
+        second request carrying the same last chunk (a client retrying a PUT still in flight)
+        appended it again there, and both requests failed, the session ended and nothing stored.
+        Now the commit ends the session first, and the other request finds it gone."""
+        try:
+            with _session_races():
+                size = self._writer.size
+                if self._state is not None:
+                    self._state.size = size
+                    self._service._keep_hash(self._upload.upload_id, self._state)  # the commit's digest
+                    self._state = None
+                blob = self._service._commit_held(self._upload.upload_id, self._writer, digest)
+        finally:
+            self._stack.close()
+        return Upload(self._upload.upload_id, self._upload.repository, size, self._upload.started_at), blob
+
     def abort(self, exc: BaseException) -> None:
         """Ends the append after ``exc`` (the client went away, a bad chunk): written bytes stay."""
         with contextlib.suppress(Exception):
@@ -379,34 +396,39 @@ class BlobService:
         return f"{algorithm}:{hasher.hexdigest()}"
 
     def commit(self, upload_id: str, repository: str, digest: str) -> Blob:
-        algorithm, _ = digests.parse(digest)
+        digests.parse(digest)
         upload = self.get_upload(upload_id, repository)
         if not upload.stored:  # nothing was sent: the empty blob, or a mismatch
             return self._commit_whole(upload, b"", digest)[1]
         # The writer is held until the end, so no append can slip in between hashing and moving.
         with self._session_writer(upload_id) as writer:
-            size = writer.size
-            ours, completed = True, False
-            try:
-                writer.commit()  # S3: completes the multipart upload so the bytes can be read back
-                actual = self._stored_digest(upload_id, algorithm, size)
-                # A cancel or expiry may have ended the session under us, and a racing writer's open
-                # recreated an empty object at the key: then what was read at the key is not the
-                # client's upload (its digest says nothing), and it must not be moved into place.
-                if not writer.still_at_key() or self._stored_info(upload_id) is None:
-                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
-                if actual != digest:
-                    raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
-                self._mark_ended(upload_id)
-                self._store(digest, lambda key: self._driver.move(layout.upload_data_key(upload_id), key))
-                completed = True
-            except UploadBusyError:
-                ours = False  # another writer took the session over: theirs to finish, not ours to delete
-                raise
-            finally:
-                # Success or a digest mismatch: the session is over either way, nothing half-done stays.
-                if ours:
-                    self._end(upload_id, completed)
+            return self._commit_held(upload_id, writer, digest)
+
+    def _commit_held(self, upload_id: str, writer: FileWriter, digest: str) -> Blob:
+        """The commit of a stored session whose writer the caller holds (and closes afterwards)."""
+        algorithm, _ = digests.parse(digest)
+        size = writer.size
+        ours, completed = True, False
+        try:
+            writer.commit()  # S3: completes the multipart upload so the bytes can be read back
+            actual = self._stored_digest(upload_id, algorithm, size)
+            # A cancel or expiry may have ended the session under us, and a racing writer's open
+            # recreated an empty object at the key: then what was read at the key is not the
+            # client's upload (its digest says nothing), and it must not be moved into place.
+            if not writer.still_at_key() or self._stored_info(upload_id) is None:
+                raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
+            if actual != digest:
+                raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
+            self._mark_ended(upload_id)
+            self._store(digest, lambda key: self._driver.move(layout.upload_data_key(upload_id), key))
+            completed = True
+        except UploadBusyError:
+            ours = False  # another writer took the session over: theirs to finish, not ours to delete
+            raise
+        finally:
+            # Success or a digest mismatch: the session is over either way, nothing half-done stays.
+            if ours:
+                self._end(upload_id, completed)
         return Blob(digest, size)
 
     def _store(self, digest: str, put: Callable[[str], None]) -> None:

@@ -248,8 +248,9 @@ class BlobStoreServicer(pb_grpc.BlobStoreServicer):
             return session
 
         def finish_and_commit() -> tuple[Upload, Blob | None]:
-            upload = session.finish()
-            return upload, self._blobs.commit(upload_id, repository, commit_digest) if commit_digest else None
+            if commit_digest:
+                return session.finish_and_commit(commit_digest)
+            return session.finish(), None
 
         # One write in flight while the next message is received: the event loop's share of a
         # message (gRPC's) and the writer's (hashing, the direct write; both without the GIL)

@@ -154,3 +154,33 @@ def test_a_writer_never_touches_a_file_moved_away_before_its_lock(root: pathlib.
             driver.writer("uploads/s/data", append=append)
         monkeypatch.setattr(fcntl, "flock", real)
         assert driver.get_content(blob) == b"the session's bytes"
+
+
+def test_no_append_gets_in_between_the_last_append_and_its_commit(root: pathlib.Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closing PUT sent twice at once (a client retrying one still in flight): the append let go
+    of the session's writer before its commit took it again, and the other request's append of the
+    same last chunk got in between; the commit then hashed the chunk twice (DIGEST_INVALID), the
+    session ended, nothing was stored. Here the other append is made at the worst moment, as the
+    commit reads the session's digest: it must find the session held, and the commit must store."""
+    blobs = BlobService(FilesystemDriver(root), upload_ttl=3600)
+    data = os.urandom(200_000)
+    upload = blobs.create_upload("repo")
+    blobs.append(upload.upload_id, "repo", 0, [data[:100_000]])
+    session = blobs.open_append(upload.upload_id, "repo", -1)
+    session.write(data[100_000:])
+    intruder: list[object] = []
+    stored_digest = blobs._stored_digest
+
+    def digest_with_an_intruder(upload_id: str, algorithm: str, size: int) -> str:
+        try:
+            blobs.append(upload_id, "repo", -1, [data[100_000:]])
+            intruder.append("appended")
+        except RegistryError as err:
+            intruder.append(err.code)
+        return stored_digest(upload_id, algorithm, size)
+
+    monkeypatch.setattr(blobs, "_stored_digest", digest_with_an_intruder)
+    upload_after, blob = session.finish_and_commit(digests.of(data))
+    assert intruder == ["BLOB_UPLOAD_INVALID"] and blob.size == len(data) == upload_after.size
+    assert b"".join(blobs.read(digests.of(data), 0, 0, 1 << 20)) == data
