@@ -52,6 +52,11 @@ _Key = tuple[str, str, str]  # (repository, kind, reference): invalidations go b
 T = TypeVar("T")
 
 
+def tag_page_key(limit: int, last: str) -> str:
+    """The cache's reference for a page of tags (the hot-read path looks whole lists up by it)."""
+    return f"{limit}:{last}"
+
+
 class ReadCache:
     def __init__(self, open_stream: Callable[[str, Iterator[Any], float], Any], max_bytes: int,
                  fetch: Callable[[str, str], mpb.Manifest], fetch_link: Callable[[str, str], int],
@@ -90,7 +95,7 @@ class ReadCache:
         def fetch() -> tuple[tuple[str, ...], bool]:
             page = self._fetch_tags(repository, last, limit)
             return tuple(page.names), bool(page.more)
-        return self._read((repository, _TAGS, f"{limit}:{last}"), fetch,
+        return self._read((repository, _TAGS, tag_page_key(limit, last)), fetch,
                           lambda page: _LINK_COST + sum(len(name) + 56 for name in page[0]))
 
     def cached(self, repository: str, kind: str, reference: str) -> Any | None:

@@ -126,3 +126,43 @@ def test_the_version_check_on_the_hot_path_answers_as_the_full_path(target: Runn
     challenge = requests.get(f"{target.url}/v2/", timeout=10)
     assert challenge.headers["WWW-Authenticate"].startswith("Bearer realm=")
     assert challenge.json()["errors"][0]["code"] == "UNAUTHORIZED"
+
+
+def test_a_tag_list_on_the_hot_path_answers_as_the_full_path_and_stays_current(target: RunningStack) -> None:
+    """A repository's whole tag list is answered before Flask once cached: to the same callers, with
+    the same status, headers and body as the full path (reached with a chunked, empty body), and
+    never stale: a tag pushed or deleted shows on every worker's next answer."""
+    name = "a/hot-tags"
+    push_image(target, "a", name, "v1")
+    owner = bearer(token(target, "a", f"repository:{name}:pull,push,delete"))
+    url = f"{target.url}/v2/{name}/tags/list"
+    assert _each_worker("GET", url, owner) == {200}
+    volatile = {"date", "x-request-id", "connection", "transfer-encoding"}
+    base = f"GET /v2/{name}/tags/list HTTP/1.1\r\nHost: x\r\n{'Authorization: ' + owner['Authorization']}\r\n" \
+           "Connection: close\r\n"
+    for _ in range(_WARM):
+        hot = _raw(target, base + "\r\n")
+        full = _raw(target, base + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        assert hot[0] == full[0] == 200 and hot[2] == full[2] == b'{"name": "a/hot-tags", "tags": ["v1"]}'
+        assert {k: v for k, v in hot[1].items() if k not in volatile} == \
+               {k: v for k, v in full[1].items() if k not in volatile}
+    assert _each_worker("GET", url, {}) == {401}
+    assert _each_worker("GET", url, bearer(token(target, "b", f"repository:{name}:pull"))) == {403}
+    assert _each_worker("GET", url, bearer(token(target, "a", "repository:a/other:pull"))) == {401}
+    # Coherent: a new tag, then a deleted one, on every worker at once.
+    push_image(target, "a", name, "v2")
+    for _ in range(_WARM):
+        with requests.Session() as fresh:
+            assert fresh.get(url, headers=owner, timeout=10).json()["tags"] == ["v1", "v2"]
+    assert requests.delete(f"{target.url}/v2/{name}/manifests/v1", headers=owner, timeout=10).status_code == 202
+    for _ in range(_WARM):
+        with requests.Session() as fresh:
+            assert fresh.get(url, headers=owner, timeout=10).json()["tags"] == ["v2"]
+    # A page (n, last) goes the full way, with its Link: the hot path reads no query.
+    push_image(target, "a", name, "v3")
+    for _ in range(_WARM):
+        with requests.Session() as fresh:
+            assert fresh.get(url, headers=owner, timeout=10).json()["tags"] == ["v2", "v3"]
+            assert fresh.get(url, params={"last": "v2"}, headers=owner, timeout=10).json()["tags"] == ["v3"]
+            first = fresh.get(url, params={"n": 1}, headers=owner, timeout=10)
+            assert first.json()["tags"] == ["v2"] and "last=v2" in first.headers["Link"]
