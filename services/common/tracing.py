@@ -13,6 +13,7 @@ gateway: each worker, after the fork) calls :func:`configure` once.
 from __future__ import annotations
 
 import atexit
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,9 @@ __all__ = ["SpanKind", "carrier_of", "configure", "current_trace_id", "enabled",
 _PROPAGATOR = TraceContextTextMapPropagator()
 _PROPAGATED = ("traceparent", "tracestate")
 _tracer: Any = None
+_HTTP_METHOD = "http.request.method"
+# The methods a span may be named after (OpenTelemetry's HTTP semantic conventions); others are _OTHER.
+_HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 
 
 class _NoSpan:
@@ -57,8 +61,15 @@ def configure(service: str, endpoint: str) -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
-    provider = TracerProvider(resource=Resource.create({"service.name": f"wharf-{service}"}))
+    # Every request is traced. A caller's traceparent names the trace to join, but its
+    # "not sampled" flag is not obeyed: an HTTP client sending flags 00 would otherwise keep
+    # its requests, and every call they make behind the gateway, out of the operator's traces.
+    # An operator's own OTEL_TRACES_SAMPLER (a ratio, say) is theirs to choose, and wins.
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(
+        root=ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
+    provider = TracerProvider(resource=Resource.create({"service.name": f"wharf-{service}"}), sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=5)))
     atexit.register(provider.shutdown)  # the last batch leaves before the process does
     _tracer = provider.get_tracer("wharf")
@@ -75,6 +86,12 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, attributes: Mapping[str,
     if _tracer is None:
         return _NO_SPAN
     context = _PROPAGATOR.extract(carrier) if carrier is not None else None
+    method = attributes.get(_HTTP_METHOD) if attributes is not None else None
+    if attributes is not None and method is not None and method not in _HTTP_METHODS:
+        # A client's invented method (any token gunicorn lets through) would name a span, and
+        # every one a new operation in the tracing backend: OpenTelemetry's HTTP conventions.
+        name = "HTTP" if name == method else name
+        attributes = {**attributes, _HTTP_METHOD: "_OTHER"}
     return _tracer.start_as_current_span(name, context=context, kind=kind, attributes=attributes)
 
 

@@ -47,17 +47,24 @@ from services.stack.settings import StackSettings
 
 log = logging.getLogger("wharf.stack")
 
-# Secrets only the named service needs; every other child is started without them, so a
-# crash dump or /proc/<pid>/environ of the gateway does not hold the admin password.
+# Secrets, and the services that need them; every other child is started without them, so a
+# crash dump or /proc/<pid>/environ of the gateway does not hold the admin password, the S3 keys
+# or a Redis URL (which carries Redis's password: with it, every account's hash and every
+# repository's metadata). Only the services that talk to Redis get it.
 _SECRETS: dict[str, tuple[str, ...]] = {
-    "auth": ("WHARF_ADMIN_PASSWORD", "WHARF_ADMIN_PASSWORD_FILE"),
-    "blobstore": ("WHARF_S3_ACCESS_KEY", "WHARF_S3_SECRET_KEY", "WHARF_S3_SECRET_KEY_FILE"),
+    "WHARF_ADMIN_PASSWORD": ("auth",),
+    "WHARF_ADMIN_PASSWORD_FILE": ("auth",),
+    "WHARF_S3_ACCESS_KEY": ("blobstore",),
+    "WHARF_S3_SECRET_KEY": ("blobstore",),
+    "WHARF_S3_SECRET_KEY_FILE": ("blobstore",),
+    "WHARF_REDIS_URL": ("metadata", "events"),
+    "WHARF_AUTH_REDIS_URL": ("auth",),
 }
 
 
 def env_for(service: str, base: dict[str, str], **extra: str) -> dict[str, str]:
     """``base`` plus ``extra``, without the secrets of the other services."""
-    foreign = {var for owner, names in _SECRETS.items() if owner != service for var in names}
+    foreign = {var for var, owners in _SECRETS.items() if service not in owners}
     return {k: v for k, v in {**base, **extra}.items() if k not in foreign}
 
 
