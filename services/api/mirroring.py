@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.api.batching import Batcher
 from services.common import digests, metrics
-from services.common.errors import DENIED, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
+from services.common.errors import DENIED, MANIFEST_INVALID, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
 from services.common.names import is_valid_name
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 from services.mirror.config import Mirrors, Upstream
@@ -175,8 +175,18 @@ class Mirror:
         if fetched.digest != digest:
             raise RegistryError(UNAVAILABLE, f"upstream {upstream.url} answered {fetched.digest} for {digest}",
                                 http_status=502)
-        request = mirrored_put_request(name, fetched.digest, fetched.content, fetched.media_type, tags)
-        self._clients.metadata.put_manifest(request)
+        try:
+            request = mirrored_put_request(name, fetched.digest, fetched.content, fetched.media_type, tags)
+            self._clients.metadata.put_manifest(request)
+        except RegistryError as err:
+            if err.error is not MANIFEST_INVALID:
+                raise
+            # The upstream's fault, not the puller's: a 400 MANIFEST_INVALID (a push's error) told
+            # a client its pull was malformed. A wrong answer from the upstream is 502.
+            host = upstream.url.split("://", 1)[-1]
+            raise RegistryError(UNAVAILABLE, f"upstream {host} sent an invalid manifest for {digest}: "
+                                             f"{err.message[:200]}", detail={"upstream": host},
+                                http_status=502) from None
         return mpb.Manifest(digest=fetched.digest, media_type=request.media_type, content=fetched.content,
                             subject=request.subject)
 

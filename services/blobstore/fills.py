@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from services.common import digests, metrics
 from services.common.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
 from services.mirror.config import Mirrors, Upstream
 from services.mirror.upstream import (
+    CHUNK_SIZE,
     BlobStream,
     ManifestAnswer,
     UpstreamClient,
@@ -55,6 +57,17 @@ FOLLOW_TIMEOUT = 1800.0
 POLL = 0.1
 # (upstream, digest) pairs this process filled lately, for the followers of those fills.
 _VERIFIED_MAX = 4096
+# A fill's first caller must not set its pace for everyone: streamed at that caller's pace, a client
+# reading ~20 KB/s held every other pull of the blob waiting (up to FOLLOW_TIMEOUT, then 503), and
+# one that stopped reading held them until the gateway gave up on it (60 s) and the fill started
+# over. A copier thread stores the blob, handing each chunk to the caller and reading the next once
+# it is taken; a caller that leaves one untaken for LAG seconds (or goes away) is left behind: the
+# copier goes on at the upstream's pace, hands over at most AHEAD_BYTES more, and the caller takes
+# the rest from the stored blob once the fill is done. At most COPIERS fills of a process have a
+# copier (each waits on an upstream, which may trickle); past that they go at their caller's pace.
+LAG = 10.0
+AHEAD_BYTES = 4 * 1024 * 1024
+COPIERS = 16
 
 
 _KINDS = ((UpstreamNotFound, "not_found"), (UpstreamUnavailable, "unavailable"), (UpstreamDenied, "denied"),
@@ -88,6 +101,7 @@ class Fills:
         self._clients: dict[str, UpstreamClient] = {}
         self._lock = threading.Lock()
         self._verified: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._copiers = threading.BoundedSemaphore(COPIERS)
 
     def _client(self, prefix: str) -> UpstreamClient:
         upstream = self._upstreams.get(prefix)
@@ -148,7 +162,50 @@ class Fills:
         if stream is None:
             self._drop(writer, digest)  # nothing half-done left behind, nor what a dead leader wrote
             return (stored.size, None) if stored is not None else None  # None: the next ask leads
-        return stream.size or 0, self._lead(prefix, client, stream, writer, digest)
+        lead = self._lead(prefix, client, stream, writer, digest)
+        if not self._copiers.acquire(blocking=False):
+            return stream.size or 0, lead  # every copier busy: at the caller's pace
+        return stream.size or 0, self._apart(lead, digest)
+
+    def _apart(self, lead: Iterator[bytes], digest: str) -> Iterator[bytes]:
+        """``lead`` run to its end by a copier thread of its own (holding one of ``_copiers``),
+        whatever the caller's pace; the caller gets what the copier hands over, then (had it fallen
+        behind) the rest from the stored blob, verified like the rest. A caller that goes away
+        leaves the fill running for the blob's next askers."""
+        ahead = _Ahead(AHEAD_BYTES)
+
+        def copy() -> None:
+            error: BaseException | None = None
+            try:
+                for chunk in lead:
+                    ahead.offer(chunk)
+                    ahead.wait_taken(LAG)
+            except BaseException as exc:  # handed to the caller, raised there
+                error = exc
+            finally:
+                self._copiers.release()
+                ahead.end(error)
+
+        context = contextvars.copy_context()
+        try:
+            threading.Thread(target=context.run, args=(copy,), name=f"fill-{digest[7:19]}", daemon=True).start()
+        except RuntimeError:  # no thread to be had: at the caller's pace
+            self._copiers.release()
+            return lead
+        return self._follow(ahead, digest)
+
+    def _follow(self, ahead: _Ahead, digest: str) -> Iterator[bytes]:
+        sent = 0
+        try:
+            while (chunk := ahead.take()) is not None:
+                sent += len(chunk)
+                yield chunk
+            if ahead.error is not None:
+                raise ahead.error
+            if sent < ahead.offered:  # fell behind: the rest is stored (the fill ended well)
+                yield from self._blobs.read(digest, sent, ahead.offered - sent, CHUNK_SIZE)
+        finally:
+            ahead.abandon()  # what the copier still hands over is dropped, not held
 
     def _serving(self, stored: FileInfo | None, prefix: str, digest: str, verify: bool) -> FileInfo | None:
         """The stored blob when it answers the fill: it is there and, with ``verify``, this
@@ -252,6 +309,66 @@ class Fills:
                 self._let_go(writer)
         if held:
             yield held
+
+
+class _Ahead:
+    """What a fill's copier has handed over and its caller not taken yet: at most ``limit`` bytes.
+    A chunk that does not fit is not kept (the caller is then ``behind`` for good and reads the
+    rest from the stored blob); ``offered`` counts every byte the copier handed over. The copier
+    keeps to the caller's pace (``wait_taken``) until the caller is ``late``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._changed = threading.Condition()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._held = 0
+        self.offered = 0
+        self.behind = False
+        self.ended = False
+        self.abandoned = False
+        self.late = False
+        self.error: BaseException | None = None
+
+    def offer(self, chunk: bytes) -> None:
+        with self._changed:
+            self.offered += len(chunk)
+            if self.behind or self.abandoned or self._held + len(chunk) > self._limit:
+                self.behind = True
+                return
+            self._chunks.append(chunk)
+            self._held += len(chunk)
+            self._changed.notify_all()
+
+    def wait_taken(self, lag: float) -> None:
+        """Returns once the caller took every chunk handed over, or at once for good after it left
+        one untaken for ``lag`` seconds or went away."""
+        with self._changed:
+            if not self.late and not self._changed.wait_for(lambda: not self._chunks or self.abandoned, lag):
+                self.late = True
+
+    def end(self, error: BaseException | None) -> None:
+        with self._changed:
+            self.ended, self.error = True, error
+            self._changed.notify_all()
+
+    def take(self) -> bytes | None:
+        """The next chunk handed over (waiting for it); None once nothing more will be."""
+        with self._changed:
+            while not self._chunks and not self.ended:
+                self._changed.wait()
+            if not self._chunks:
+                return None
+            chunk = self._chunks.popleft()
+            self._held -= len(chunk)
+            self._changed.notify_all()
+            return chunk
+
+    def abandon(self) -> None:
+        with self._changed:
+            self.abandoned = True
+            self._chunks.clear()
+            self._held = 0
+            self._changed.notify_all()
 
 
 def _connect(upstream: Upstream) -> UpstreamClient:

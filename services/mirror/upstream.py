@@ -36,6 +36,10 @@ CHUNK_SECONDS = 60.0
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 5
 MAX_TOKEN_ANSWER_BYTES = 1024 * 1024
+# The longest token taken from a token service (real ones are a few KB; servers refuse headers past
+# 8-16 KB anyway). Each is cached per scope: an upstream answering ~1 MB tokens for every scope held
+# up to MAX_CACHED_TOKENS of them, a gigabyte of the blob store's memory.
+MAX_TOKEN_BYTES = 16 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_CACHED_TOKENS = 1024
 DEFAULT_TOKEN_SECONDS = 60.0  # the token spec's default when expires_in is missing
@@ -447,8 +451,10 @@ class UpstreamClient:
         if not isinstance(answer, dict):
             answer = {}
         token = answer.get("token") or answer.get("access_token")
-        if not isinstance(token, str) or not _TOKEN_CHARS.fullmatch(token):
-            raise UpstreamInvalid(self.host, f"token service on {realm_parts.hostname} sent no usable token")
+        too_long = isinstance(token, str) and len(token) > MAX_TOKEN_BYTES
+        if not isinstance(token, str) or too_long or not _TOKEN_CHARS.fullmatch(token):
+            raise UpstreamInvalid(self.host, f"token service on {realm_parts.hostname} sent no usable token"
+                                             + (f" (over {MAX_TOKEN_BYTES} bytes)" if too_long else ""))
         expires = answer.get("expires_in")
         if isinstance(expires, int | float) and not isinstance(expires, bool) and expires > 0:
             return token, float(expires)
