@@ -61,9 +61,10 @@ _VERIFIED_MAX = 4096
 # reading ~20 KB/s held every other pull of the blob waiting (up to FOLLOW_TIMEOUT, then 503), and
 # one that stopped reading held them until the gateway gave up on it (60 s) and the fill started
 # over. A copier thread stores the blob, handing each chunk to the caller and reading the next once
-# it is taken; a caller that leaves one untaken for LAG seconds (or goes away) is left behind: the
-# copier goes on at the upstream's pace, hands over at most AHEAD_BYTES more, and the caller takes
-# the rest from the stored blob once the fill is done. At most COPIERS fills of a process have a
+# it is taken; a caller that leaves one untaken for LAG seconds (or goes away), or whose blob
+# another asker waits for (``Fills._hurry``), is left behind: the copier goes on at the upstream's
+# pace, hands over at most AHEAD_BYTES more, and the caller takes the rest from the stored blob
+# once the fill is done. At most COPIERS fills of a process have a
 # copier (each waits on an upstream, which may trickle); past that they go at their caller's pace.
 LAG = 10.0
 AHEAD_BYTES = 4 * 1024 * 1024
@@ -102,6 +103,8 @@ class Fills:
         self._lock = threading.Lock()
         self._verified: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._copiers = threading.BoundedSemaphore(COPIERS)
+        # Digest -> the copier's hand-over of a fill of this process in progress (see _hurry).
+        self._filling: dict[str, _Ahead] = {}
 
     def _client(self, prefix: str) -> UpstreamClient:
         upstream = self._upstreams.get(prefix)
@@ -145,6 +148,7 @@ class Fills:
             return stored.size, None
         writer = self._claim(digest)
         if writer is None:
+            self._hurry(digest)
             return None  # a leader elsewhere, or one that has just finished: asked again shortly
         try:
             # Looked at again now that the fill is ours: a leader may have stored the blob and let
@@ -173,6 +177,8 @@ class Fills:
         behind) the rest from the stored blob, verified like the rest. A caller that goes away
         leaves the fill running for the blob's next askers."""
         ahead = _Ahead(AHEAD_BYTES)
+        with self._lock:
+            self._filling[digest] = ahead
 
         def copy() -> None:
             error: BaseException | None = None
@@ -183,6 +189,9 @@ class Fills:
             except BaseException as exc:  # handed to the caller, raised there
                 error = exc
             finally:
+                with self._lock:
+                    if self._filling.get(digest) is ahead:
+                        del self._filling[digest]
                 self._copiers.release()
                 ahead.end(error)
 
@@ -193,6 +202,18 @@ class Fills:
             self._copiers.release()
             return lead
         return self._follow(ahead, digest)
+
+    def _hurry(self, digest: str) -> None:
+        """Another asker waits for this process's fill of ``digest``: its copier stops keeping to
+        the first caller's pace. A caller reading at 256 KiB/s took each chunk within ``LAG``, so the
+        fill of a 16 MiB layer took 64 s, and 100 clients of a scale-up pulling it through the mirror
+        all waited for it (90 s in all where 64 s is each client's own pace): now the fill goes at
+        the upstream's pace as soon as anyone else wants the blob, and the first caller gets what
+        the buffer holds, then the rest from the stored blob."""
+        with self._lock:
+            ahead = self._filling.get(digest)
+        if ahead is not None:
+            ahead.hurry()
 
     def _follow(self, ahead: _Ahead, digest: str) -> Iterator[bytes]:
         sent = 0
@@ -343,8 +364,15 @@ class _Ahead:
         """Returns once the caller took every chunk handed over, or at once for good after it left
         one untaken for ``lag`` seconds or went away."""
         with self._changed:
-            if not self.late and not self._changed.wait_for(lambda: not self._chunks or self.abandoned, lag):
+            if not self.late and not self._changed.wait_for(
+                    lambda: not self._chunks or self.abandoned or self.late, lag):
                 self.late = True
+
+    def hurry(self) -> None:
+        """Late for good from now on: others wait for the fill (the copier waiting now goes on)."""
+        with self._changed:
+            self.late = True
+            self._changed.notify_all()
 
     def end(self, error: BaseException | None) -> None:
         with self._changed:

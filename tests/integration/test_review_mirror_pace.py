@@ -29,6 +29,8 @@ from tests.support.stack import RunningStack
 
 BLOB = os.urandom(1024 * 1024) * 32  # far more than the sockets and gRPC windows between hold
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+PACED = os.urandom(1024 * 1024) * 32  # another blob, for the client that reads steadily but slowly
+PACED_DIGEST = "sha256:" + hashlib.sha256(PACED).hexdigest()
 
 
 class _Upstream(BaseHTTPRequestHandler):
@@ -39,8 +41,8 @@ class _Upstream(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        found = self.path.endswith(f"/blobs/{DIGEST}")
-        body = BLOB if found else b'{"errors":[{"code":"BLOB_UNKNOWN"}]}'
+        found = self.path.endswith((f"/blobs/{DIGEST}", f"/blobs/{PACED_DIGEST}"))
+        body = (BLOB if DIGEST in self.path else PACED) if found else b'{"errors":[{"code":"BLOB_UNKNOWN"}]}'
         if found:
             self.gets.append(self.path)
         self.send_response(200 if found else 404)
@@ -97,3 +99,49 @@ def test_a_client_that_stops_reading_holds_no_other_pull_of_the_blob(stack: Runn
         assert _read_response(stalled) == BLOB
     finally:
         stalled.close()
+
+
+def test_a_client_reading_slowly_sets_the_pace_of_no_other_pull_of_the_blob(stack: RunningStack) -> None:
+    """A first client reading at 512 KiB/s takes every chunk well within LAG, so the copier kept to
+    its pace: a second client of the same blob (a node pool scaling up behind the mirror) waited for
+    the whole fill at that pace (~60 s for 32 MiB). Once another asker waits, the fill goes at the
+    upstream's pace: the second pull is done in seconds, and the slow client still gets every byte."""
+    slow = socket.create_connection((stack.host.split(":")[0], stack.port))
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    slow.sendall(f"GET /v2/up.example/team/slow/blobs/{PACED_DIGEST} HTTP/1.1\r\nHost: {stack.host}\r\n\r\n"
+                 .encode())
+    received = bytearray()
+    stop = threading.Event()
+
+    def read_slowly() -> None:
+        while not stop.is_set():
+            piece = slow.recv(65536)
+            if not piece:
+                return
+            received.extend(piece)
+            time.sleep(0.125)  # 512 KiB/s at most
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        other = requests.get(f"{stack.url}/v2/up.example/team/crowd/blobs/{PACED_DIGEST}", timeout=120)
+        waited = time.monotonic() - started
+        assert other.status_code == 200 and other.content == PACED
+        assert waited < 20, f"waited {waited:.1f} s for the pace of a slow client"
+        assert len([g for g in _Upstream.gets if PACED_DIGEST in g]) == 1
+    finally:
+        stop.set()
+        reader.join(10)
+    slow.settimeout(60)
+    data = bytes(received)
+    while b"\r\n\r\n" not in data:
+        data += slow.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    while len(body) < len(PACED):
+        more = slow.recv(1024 * 1024)
+        assert more, f"the body ended after {len(body)} bytes"
+        body += more
+    slow.close()
+    assert head.startswith(b"HTTP/1.1 200") and body == PACED

@@ -50,3 +50,17 @@ def test_a_caller_gone_frees_what_was_held_and_the_copier_goes_on() -> None:
     assert time.monotonic() - started < 5
     ahead.end(RuntimeError("upstream gone"))
     assert ahead.take() is None and isinstance(ahead.error, RuntimeError)
+
+
+def test_a_copier_waiting_for_its_caller_goes_on_once_another_asker_waits() -> None:
+    """A caller that takes each chunk within the lag set the fill's pace for everyone waiting for
+    the blob; once another asker waits (Fills._hurry), the copier waits for nobody."""
+    ahead = _Ahead(limit=10)
+    ahead.offer(b"abc")
+    threading.Timer(0.2, ahead.hurry).start()
+    started = time.monotonic()
+    ahead.wait_taken(30)
+    assert time.monotonic() - started < 5 and ahead.late
+    ahead.offer(b"def")
+    ahead.wait_taken(30)  # at once: late for good
+    assert time.monotonic() - started < 5
