@@ -13,6 +13,7 @@ shares with it (the request-id key, message limits) is in :mod:`services.common.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import signal
@@ -195,7 +196,11 @@ class ServiceInterceptor(_CallAccounting, grpc.aio.ServerInterceptor):
                         await self._fail(exc, method, started, context)
                     self._log(method, started, "OK")
             finally:
-                request_id.reset(token)
+                # A stream its caller left (a client gone mid-pull) is closed by asyncio's finalizer,
+                # in another context than the one that set the id: resetting there raised, and
+                # every such disconnect logged "Task exception was never retrieved" at error level.
+                with contextlib.suppress(ValueError):
+                    request_id.reset(token)
         return wrapper
 
 
