@@ -457,6 +457,6 @@ class Clients:
         metadata = caller(settings.metadata_addr, mpb_grpc.MetadataStub, _service_name(mpb, "Metadata"))
         self.metadata = MetadataClient(metadata, origin)
         self.cache = ReadCache(metadata.open_stream, settings.manifest_cache_bytes, self.metadata.get_manifest,
-                               self.metadata.blob_size, self.metadata.list_tags)
+                               self.metadata.blob_size, self.metadata.list_tags, self.metadata.list_repositories)
         self.governance = GovernanceClient(caller(settings.metadata_addr, gpb_grpc.GovernanceStub,
                                                   _service_name(gpb, "Governance")))

@@ -1,12 +1,13 @@
-"""Manifests, blob links and tag-list pages cached in each gateway process, kept coherent by the
-metadata service.
+"""Manifests, blob links, tag-list and catalog pages cached in each gateway process, kept coherent
+by the metadata service.
 
 A manifest GET, a blob HEAD or a page of tags served from here costs the gateway a dictionary
 lookup instead of a gRPC call, which is most of such a request's cost. Only what exists is
 cached (a manifest, the size a repository's link to a blob records, a page of an existing
 repository's tags), so only changes that remove or replace something need announcing: every
-manifest and tag write (which is what changes a tag list), and every blob unlink (the metadata
-service's ``UnlinkBlob`` and the garbage collector's unlinks alike). Entries are served only while this
+manifest and tag write (which is what changes a tag list), every blob unlink (the metadata
+service's ``UnlinkBlob`` and the garbage collector's unlinks alike), and the first link that adds
+a repository to the catalog; any announcement drops every cached catalog page. Entries are served only while this
 process holds a lease from the metadata service (services/metadata/invalidation.py says
 what a lease promises): a background thread keeps a ``WatchManifests`` stream open, pings
 to renew the lease, and drops a repository's entries — then acknowledges — when the
@@ -45,9 +46,11 @@ _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
 
 # What a blob-link entry is charged against the byte budget: its key and the dictionary slot.
 _LINK_COST = 192
-_MANIFEST, _BLOB, _TAGS = "manifest", "blob", "tags"
-_HITS = {kind: (kind, "hit") for kind in (_MANIFEST, _BLOB, _TAGS)}
-_MISSES = {kind: (kind, "miss") for kind in (_MANIFEST, _BLOB, _TAGS)}
+_MANIFEST, _BLOB, _TAGS, _CATALOG = "manifest", "blob", "tags", "catalog"
+_HITS = {kind: (kind, "hit") for kind in (_MANIFEST, _BLOB, _TAGS, _CATALOG)}
+_MISSES = {kind: (kind, "miss") for kind in (_MANIFEST, _BLOB, _TAGS, _CATALOG)}
+# Catalog pages are filed under no repository (no name is empty); any announcement drops them.
+_EVERY_REPOSITORY = ""
 _Key = tuple[str, str, str]  # (repository, kind, reference): invalidations go by repository
 T = TypeVar("T")
 
@@ -60,12 +63,14 @@ def tag_page_key(limit: int, last: str) -> str:
 class ReadCache:
     def __init__(self, open_stream: Callable[[str, Iterator[Any], float], Any], max_bytes: int,
                  fetch: Callable[[str, str], mpb.Manifest], fetch_link: Callable[[str, str], int],
-                 fetch_tags: Callable[[str, str, int], mpb.ListResponse]) -> None:
+                 fetch_tags: Callable[[str, str, int], mpb.ListResponse],
+                 fetch_repositories: Callable[[str, int], mpb.ListResponse] | None = None) -> None:
         self._open_stream = open_stream
         self._max_bytes = max_bytes
         self._fetch = fetch
         self._fetch_link = fetch_link
         self._fetch_tags = fetch_tags
+        self._fetch_repositories = fetch_repositories
         self._lock = threading.Lock()
         # key -> (value, what it costs against max_bytes, when it was stored)
         self._entries: collections.OrderedDict[_Key, tuple[Any, int, float]] = collections.OrderedDict()
@@ -96,6 +101,19 @@ class ReadCache:
             page = self._fetch_tags(repository, last, limit)
             return tuple(page.names), bool(page.more)
         return self._read((repository, _TAGS, tag_page_key(limit, last)), fetch,
+                          lambda page: _LINK_COST + sum(len(name) + 56 for name in page[0]))
+
+    def repositories(self, last: str, limit: int) -> tuple[tuple[str, ...], bool]:
+        """A page of the catalog, unfiltered: (names, more). The metadata service announces a
+        repository when its first link or manifest adds it to the catalog, and with every change
+        that may remove it; any announcement drops every cached page."""
+        assert self._fetch_repositories is not None
+
+        def fetch() -> tuple[tuple[str, ...], bool]:
+            assert self._fetch_repositories is not None
+            page = self._fetch_repositories(last, limit)
+            return tuple(page.names), bool(page.more)
+        return self._read((_EVERY_REPOSITORY, _CATALOG, tag_page_key(limit, last)), fetch,
                           lambda page: _LINK_COST + sum(len(name) + 56 for name in page[0]))
 
     def cached(self, repository: str, kind: str, reference: str) -> Any | None:
@@ -154,7 +172,7 @@ class ReadCache:
                 self._bytes = 0
                 self._lease_until = 0.0
                 return
-            doomed = set(repositories)
+            doomed = {*repositories, _EVERY_REPOSITORY}
             for key in [k for k in self._entries if k[0] in doomed]:
                 self._forget(key)
 

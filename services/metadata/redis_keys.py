@@ -522,7 +522,8 @@ return 1
 # "*" any repository, else a repository's key prefix), pins key, source name (for the event),
 # quota limit ("" none), rules version, upload id whose hold the link gives back ("" none),
 # collections seen by an upload linked without a pin ("" for any other link), origin.
-# Returns {result, collections started, 1 when one runs now}, result being 1 (linked), 0 when
+# Returns {result, collections started, 1 when one runs now[, 1 when the link added the repository
+# to the catalog (which the gateways' catalog pages must hear of)]}, result being 1 (linked), 0 when
 # the source does not link the blob (a mount that must become an upload), -1 when the pin is
 # gone (the upload outlived its pin: the collector may have deleted the bytes its commit found,
 # so nothing is linked and the client uploads again), -2 when an unpinned upload's collections
@@ -558,10 +559,10 @@ redis.call('HSET', p .. 'blobs', ARGV[4], ARGV[5])
 if new_here then account_link(p, ARGV[3], ARGV[4], tonumber(ARGV[5])) end
 redis.call('HSET', p .. 'linked', ARGV[4], now_ms())
 redis.call('HSET', ARGV[6], ARGV[3], ARGV[5])
-redis.call('ZADD', ARGV[2], 0, ARGV[3])
+local added = redis.call('ZADD', ARGV[2], 0, ARGV[3])
 if ARGV[8] == '' then emit('push', ARGV[3], ARGV[4], '""" + BLOB_MEDIA_TYPE + """', ARGV[5], '', '')
 else emit('mount', ARGV[3], ARGV[4], '""" + BLOB_MEDIA_TYPE + """', ARGV[5], '', ARGV[10]) end
-return {1, started, collecting}
+return {1, started, collecting, added}
 """
 
 # ARGV: name, upload id, bytes to add to its hold, quota limit, rules version, ttl (ms).

@@ -74,17 +74,24 @@ class MetadataServicer(pb_grpc.MetadataServicer):
                     with contextlib.suppress(redis.RedisError, OSError):
                         await self._hub.publish([repository])
                 raise
-            try:
-                await self._hub.publish([repository])
-            except (redis.RedisError, OSError):
-                await self._hub.publish_failed()
-                raise
+            await self._announce(repository)
         await grpcserver.shielded(write_then_invalidate())
+
+    async def _announce(self, repository: str) -> None:
+        try:
+            await self._hub.publish([repository])
+        except (redis.RedisError, OSError):
+            await self._hub.publish_failed()
+            raise
 
     async def LinkBlob(self, request: pb.LinkBlobRequest, context: grpc.aio.ServicerContext) -> pb.LinkBlobResponse:
         linked = await self._store.link_blob(request.repository, request.digest, request.size, request.pin,
                                              request.source, _origin(request), request.upload_id,
                                              request.collections_seen if request.unpinned else None)
+        if linked.new_repository:
+            # A new name in the catalog: the gateways' cached catalog pages are dropped with any
+            # announcement (a link adds, so it needs none otherwise).
+            await grpcserver.shielded(self._announce(request.repository))
         return pb.LinkBlobResponse(linked=linked.linked, collections_started=linked.collections_started,
                                    collecting=linked.collecting, collection_moved=linked.collection_moved)
 

@@ -72,6 +72,7 @@ class BlobLinked:
     collections_started: int
     collecting: bool
     collection_moved: bool = False
+    new_repository: bool = False  # the link put the repository in the catalog
 
     def __bool__(self) -> bool:
         return self.linked
@@ -174,11 +175,12 @@ class MetadataStore:
         answer, limit = await self.policy.guarded(run)
         if isinstance(answer[0], (bytes, str)):  # {"quota", usage, held}
             raise quotas.refusal(name, answer, size, int(limit))
-        result, started, collecting = (int(value) for value in answer)
+        result, started, collecting, *added = (int(value) for value in answer)
         if result == -1:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, "the upload took longer than its pin on the blob lasts "
                                                      f"({PIN_TTL_MS // 3_600_000} h); upload the blob again")
-        return BlobLinked(result == 1, started, collecting == 1, collection_moved=result == -2)
+        return BlobLinked(result == 1, started, collecting == 1, collection_moved=result == -2,
+                          new_repository=added == [1])
 
     async def pin_blob(self, digest: str) -> str:
         """Holds the blob's bytes against the collector from before an upload's commit until its

@@ -210,6 +210,36 @@ def test_tag_pages_follow_every_tag_write_through_the_other_replica(cluster: Clu
     assert _tags_seen(reader, "cache/tags") == {("c", "d")}
 
 
+def _catalogs_seen(gateway: str, connections: int = 8) -> set[tuple[str, ...]]:
+    seen = set()
+    for _ in range(connections):
+        with requests.Session() as session:
+            names = session.get(f"{gateway}/v2/_catalog", timeout=30).json()["repositories"]
+            seen.add(tuple(name for name in names if name.startswith("catalog/")))
+    return seen
+
+
+def test_catalog_pages_follow_every_new_and_removed_repository_through_the_other_replica(cluster: Cluster) -> None:
+    """Catalog pages are cached too: a repository's first link (a blob alone, no manifest) and its
+    first manifest announce it, and whatever empties a repository drops it, on every worker of
+    the other gateway as soon as the write returns."""
+    writer, reader = cluster.gateways
+    push_blob([writer], "catalog/one", b"the first repository's blob")
+    for _ in range(3):
+        assert _catalogs_seen(reader) == {("catalog/one",)}
+        time.sleep(0.3)
+    blob = push_blob([writer], "catalog/two", b"a blob alone makes a repository")
+    assert _catalogs_seen(reader) == {("catalog/one", "catalog/two")}
+    digest = push_image([writer], "catalog/three", "v1", _small_layer())
+    assert _catalogs_seen(reader) == {("catalog/one", "catalog/three", "catalog/two")}
+    assert requests.delete(f"{writer}/v2/catalog/two/blobs/{blob}", timeout=30).status_code == 202
+    assert _catalogs_seen(reader) == {("catalog/one", "catalog/three")}
+    assert requests.delete(f"{writer}/v2/catalog/three/manifests/{digest}", timeout=30).status_code == 202
+    for gateway in cluster.gateways:
+        # catalog/three still links its layers (a repository while it links anything).
+        assert _catalogs_seen(gateway) == {("catalog/one", "catalog/three")}
+
+
 def test_a_frozen_gateway_does_not_serve_what_changed_meanwhile(cluster: Cluster) -> None:
     writer, reader = cluster.gateways
     digest = push_image([writer], "cache/frozen", "latest", _small_layer())

@@ -28,10 +28,10 @@ def list_repositories(ctx: Context) -> Response:
     visible: list[str] = []
     cursor, more = last, True
     while more and len(visible) <= limit:
-        result = ctx.clients.metadata.list_repositories(cursor, batch)
-        names = list(result.names)
+        found, more = ctx.clients.cache.repositories(cursor, batch)
+        names = list(found)
         if not names:
             break
         visible.extend(ctx.authorizer.pullable(names))
-        cursor, more = names[-1], bool(result.more)
+        cursor = names[-1]
     return paged("repositories", {}, visible[:limit], len(visible) > limit, limit)
