@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support import otlp
 from tests.support.stack import RunningStack
 
 
@@ -23,3 +24,11 @@ def property_stack(start_stack: Callable[..., RunningStack]) -> RunningStack:
     """A registry of its own for the property tests (test_properties_*.py), whose thousands of
     generated requests then leave no repositories in the catalog other tests list."""
     return start_stack(keep=True)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[otlp.OtlpReceiver]:
+    """An OTLP/HTTP receiver in this process (tests/support/otlp.py), one per test module."""
+    found = otlp.OtlpReceiver()
+    yield found
+    found.stop()

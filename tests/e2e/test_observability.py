@@ -277,13 +277,6 @@ def test_the_auth_service_counts_tokens(token_stack: RunningStack) -> None:
 # -- traces ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[otlp.OtlpReceiver]:
-    found = otlp.OtlpReceiver()
-    yield found
-    found.stop()
-
-
-@pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory: pytest.TempPathFactory, receiver: otlp.OtlpReceiver) -> Iterator[RunningStack]:
     # The SDK's batch processor reads OTEL_BSP_SCHEDULE_DELAY: spans leave in 0.2 s, not 5.
     stack = start(tmp_path_factory, "obs-traced", WHARF_OTLP_ENDPOINT=receiver.endpoint,

@@ -17,13 +17,6 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[otlp.OtlpReceiver]:
-    found = otlp.OtlpReceiver()
-    yield found
-    found.stop()
-
-
-@pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory: pytest.TempPathFactory, receiver: otlp.OtlpReceiver) -> Iterator[RunningStack]:
     stack = RunningStack(tmp_path_factory.mktemp("ops-traced"), {"WHARF_OTLP_ENDPOINT": receiver.endpoint,
                                                                   "OTEL_BSP_SCHEDULE_DELAY": "200"}).start()
