@@ -26,7 +26,7 @@ from typing import Any
 from services.api import routes
 from services.api.context import Context
 from services.api.pagination import DEFAULT_PAGE
-from services.api.read_cache import tag_page_key
+from services.api.read_cache import page_key
 from services.api.responses import access_record, request_id
 from services.api.views.base import PING as _PING
 from services.api.views.blobs import blob_headers
@@ -112,7 +112,7 @@ class HotReads:
         if route.endpoint == "tags" and method == "GET" and "?" not in raw:
             # A repository's whole tag list (one page): what tag-polling clients (CI, bots, `skopeo
             # list-tags`) ask over and over. Through Flask it was ~0.2x Distribution's rate.
-            page = self._cache.cached(params["name"], "tags", tag_page_key(DEFAULT_PAGE, ""))
+            page = self._cache.cached(params["name"], "tags", page_key(DEFAULT_PAGE, ""))
             if page is None or page[1] or not self._allowed(environ, route.handlers[method], params):
                 return None  # a miss, or more than a page (the view writes the Link header)
             body = json.dumps({"name": params["name"], "tags": list(page[0])}).encode()

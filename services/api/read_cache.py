@@ -55,8 +55,9 @@ _Key = tuple[str, str, str]  # (repository, kind, reference): invalidations go b
 T = TypeVar("T")
 
 
-def tag_page_key(limit: int, last: str) -> str:
-    """The cache's reference for a page of tags (the hot-read path looks whole lists up by it)."""
+def page_key(limit: int, last: str) -> str:
+    """The cache's reference for a page of tags or of the catalog (the hot-read path looks whole
+    tag lists up by it)."""
     return f"{limit}:{last}"
 
 
@@ -64,7 +65,7 @@ class ReadCache:
     def __init__(self, open_stream: Callable[[str, Iterator[Any], float], Any], max_bytes: int,
                  fetch: Callable[[str, str], mpb.Manifest], fetch_link: Callable[[str, str], int],
                  fetch_tags: Callable[[str, str, int], mpb.ListResponse],
-                 fetch_repositories: Callable[[str, int], mpb.ListResponse] | None = None) -> None:
+                 fetch_repositories: Callable[[str, int], mpb.ListResponse]) -> None:
         self._open_stream = open_stream
         self._max_bytes = max_bytes
         self._fetch = fetch
@@ -97,24 +98,21 @@ class ReadCache:
 
     def tags(self, repository: str, last: str, limit: int) -> tuple[tuple[str, ...], bool]:
         """A page of the tag list: (names, more). Every tag change announces its repository."""
-        def fetch() -> tuple[tuple[str, ...], bool]:
-            page = self._fetch_tags(repository, last, limit)
-            return tuple(page.names), bool(page.more)
-        return self._read((repository, _TAGS, tag_page_key(limit, last)), fetch,
-                          lambda page: _LINK_COST + sum(len(name) + 56 for name in page[0]))
+        return self._page((repository, _TAGS, page_key(limit, last)),
+                          lambda: self._fetch_tags(repository, last, limit))
 
     def repositories(self, last: str, limit: int) -> tuple[tuple[str, ...], bool]:
         """A page of the catalog, unfiltered: (names, more). The metadata service announces a
         repository when its first link or manifest adds it to the catalog, and with every change
         that may remove it; any announcement drops every cached page."""
-        assert self._fetch_repositories is not None
+        return self._page((_EVERY_REPOSITORY, _CATALOG, page_key(limit, last)),
+                          lambda: self._fetch_repositories(last, limit))
 
-        def fetch() -> tuple[tuple[str, ...], bool]:
-            assert self._fetch_repositories is not None
-            page = self._fetch_repositories(last, limit)
+    def _page(self, key: _Key, fetch: Callable[[], mpb.ListResponse]) -> tuple[tuple[str, ...], bool]:
+        def names() -> tuple[tuple[str, ...], bool]:
+            page = fetch()
             return tuple(page.names), bool(page.more)
-        return self._read((_EVERY_REPOSITORY, _CATALOG, tag_page_key(limit, last)), fetch,
-                          lambda page: _LINK_COST + sum(len(name) + 56 for name in page[0]))
+        return self._read(key, names, lambda page: _LINK_COST + sum(len(name) + 56 for name in page[0]))
 
     def cached(self, repository: str, kind: str, reference: str) -> Any | None:
         """What is served without a call, or None (the caller then goes the usual way)."""

@@ -14,7 +14,8 @@ from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 
 
 def _cache(fetch: Callable[[str, str], mpb.Manifest], max_bytes: int = 1 << 20) -> ReadCache:
-    cache = ReadCache(lambda method, requests, timeout: None, max_bytes, fetch, lambda repository, digest: 7, _no_tags)
+    cache = ReadCache(lambda method, requests, timeout: None, max_bytes, fetch, lambda repository, digest: 7, _no_tags,
+                      _no_repositories)
     cache._pid = os.getpid()  # no watch thread: the tests play the metadata service
     return cache
 
@@ -25,6 +26,10 @@ def _lease(cache: ReadCache, seconds: float = 60.0) -> None:
 
 def _no_tags(repository: str, last: str, limit: int) -> mpb.ListResponse:
     return mpb.ListResponse(names=[f"{repository}-{last}-{limit}"], more=True)
+
+
+def _no_repositories(last: str, limit: int) -> mpb.ListResponse:
+    return mpb.ListResponse(names=[f"{last}-{limit}"], more=True)
 
 
 class Fetcher:
@@ -106,7 +111,8 @@ def test_memory_is_bounded_least_recently_used_first() -> None:
 
 def test_off_when_the_budget_is_zero() -> None:
     fetch = Fetcher()
-    cache = ReadCache(lambda method, requests, timeout: None, 0, fetch, lambda repository, digest: 7, _no_tags)
+    cache = ReadCache(lambda method, requests, timeout: None, 0, fetch, lambda repository, digest: 7, _no_tags,
+                      _no_repositories)
     cache.get("r", "t")
     cache.get("r", "t")
     assert len(fetch.calls) == 2 and cache._pid == -1  # never started watching
@@ -119,7 +125,8 @@ def test_blob_links_share_the_lease_and_the_invalidations() -> None:
         links.append((repository, digest))
         return 0 if digest == "empty" else 42
 
-    cache = ReadCache(lambda method, requests, timeout: None, 1 << 20, Fetcher(), fetch_link, _no_tags)
+    cache = ReadCache(lambda method, requests, timeout: None, 1 << 20, Fetcher(), fetch_link, _no_tags,
+                      _no_repositories)
     cache._pid = os.getpid()
     assert cache.blob_size("a", "d") == 42 and cache.cached("a", "blob", "d") is None  # no lease: not kept
     _lease(cache)
@@ -141,7 +148,8 @@ def test_tag_pages_are_cached_per_cursor_and_dropped_with_their_repository() -> 
         calls.append((repository, last, limit))
         return mpb.ListResponse(names=[f"t{len(calls)}"], more=limit == 1)
 
-    cache = ReadCache(lambda method, requests, timeout: None, 1 << 20, Fetcher(), lambda r, d: 1, fetch_tags)
+    cache = ReadCache(lambda method, requests, timeout: None, 1 << 20, Fetcher(), lambda r, d: 1, fetch_tags,
+                      _no_repositories)
     cache._pid = os.getpid()
     _lease(cache)
     assert cache.tags("r", "", 1) == (("t1",), True)
