@@ -6,6 +6,7 @@ container runs, and which settings object (services/*/settings.py) that program 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import json
@@ -119,6 +120,30 @@ def size_bytes(value: str) -> int:
 def console_scripts() -> dict[str, str]:
     """pyproject's [project.scripts]: program name -> "module:function"."""
     return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def config_loads(program: str, package: str) -> list[bool]:
+    """The ``secrets`` argument of every call of ``<package>.config.load`` (the events' endpoints,
+    the mirrors' upstreams) in ``program``'s entry module, as that program starts: which programs
+    read the secret files is what the deployments mount them for."""
+    module = console_scripts()[program].split(":")[0]
+    tree = ast.parse((ROOT / f"{module.replace('.', '/')}.py").read_text())
+    modules, functions = set(), set()  # the names the loader's module, or the loader, are bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == package:
+            modules |= {a.asname or a.name for a in node.names if a.name == "config"}
+        elif isinstance(node, ast.ImportFrom) and node.module == f"{package}.config":
+            functions |= {a.asname or a.name for a in node.names if a.name == "load"}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (isinstance(func, ast.Attribute) and func.attr == "load" and isinstance(func.value, ast.Name)
+                and func.value.id in modules) or (isinstance(func, ast.Name) and func.id in functions):
+            secrets = [k.value for k in node.keywords if k.arg == "secrets"]
+            found.append(bool(ast.literal_eval(secrets[0])) if secrets else True)
+    return found
 
 
 def program_argv(program: str, *args: str) -> list[str]:

@@ -16,7 +16,6 @@ chart with events on also pass every general check of test_kubernetes.py and tes
 
 from __future__ import annotations
 
-import ast
 import json
 import pathlib
 import re
@@ -37,8 +36,8 @@ from tests.deploy.deployfiles import (
     EVENTS_FILE_VARIABLE,
     K8S,
     OVERLAYS,
-    ROOT,
     compose_model,
+    config_loads,
     console_scripts,
     declared,
     environment,
@@ -124,36 +123,13 @@ def test_the_example_endpoints_load_with_their_secret_files(tmp_path: pathlib.Pa
         [(e.name, e.url, e.pull_share, b"") for e in events.endpoints]
 
 
-def events_loads(program: str) -> list[bool]:
-    """The ``secrets`` argument of every call of the endpoints' loader (services.events.config.load)
-    in ``program``'s entry module, as that program starts."""
-    module = console_scripts()[program].split(":")[0]
-    tree = ast.parse((ROOT / f"{module.replace('.', '/')}.py").read_text())
-    modules, functions = set(), set()  # the names the loader's module, or the loader, are bound to
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "services.events":
-            modules |= {a.asname or a.name for a in node.names if a.name == "config"}
-        elif isinstance(node, ast.ImportFrom) and node.module == "services.events.config":
-            functions |= {a.asname or a.name for a in node.names if a.name == "load"}
-    found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        if (isinstance(func, ast.Attribute) and func.attr == "load" and isinstance(func.value, ast.Name)
-                and func.value.id in modules) or (isinstance(func, ast.Name) and func.id in functions):
-            secrets = [k.value for k in node.keywords if k.arg == "secrets"]
-            found.append(bool(ast.literal_eval(secrets[0])) if secrets else True)
-    return found
-
-
 @pytest.mark.parametrize("program", list(LOADS))
 def test_each_program_loads_the_endpoints_as_these_checks_assume(program: str) -> None:
     """SECRETS is what the programs do: the delivery service reads the secret files, the gateway
     loads the file with secrets=False (so mounting it the file alone is enough), the metadata
     service likewise but only when WHARF_EVENTS_OUTBOX is auto (the deployments set it on), and
     the blob store, auth and wharf-gc do not load it at all."""
-    assert events_loads(f"wharf-{program}") == LOADS[program], program
+    assert config_loads(f"wharf-{program}", "services.events") == LOADS[program], program
     assert all(LOADS[p] == [SECRETS[p]] for p in READERS)
 
 

@@ -18,7 +18,6 @@ and test_helm_chart.py (schemas, settings, hardening, isolation).
 
 from __future__ import annotations
 
-import ast
 import json
 import pathlib
 import re
@@ -36,10 +35,9 @@ from tests.deploy.deployfiles import (
     K8S,
     MIRROR_COMPONENT,
     OVERLAYS,
-    ROOT,
     SETTINGS,
     compose_model,
-    console_scripts,
+    config_loads,
     declared,
     environment,
     gc_variables,
@@ -114,35 +112,13 @@ def test_the_example_upstreams_load_with_their_password_files(tmp_path: pathlib.
         [(u.prefix, u.username, u.anonymous, u.size_limit, None) for u in mirrors.upstreams]
 
 
-def mirrors_loads(program: str) -> list[bool]:
-    """The ``secrets`` argument of every call of the mirrors' loader (services.mirror.config.load)
-    in ``program``'s entry module, as that program starts."""
-    module = console_scripts()[program].split(":")[0]
-    tree = ast.parse((ROOT / f"{module.replace('.', '/')}.py").read_text())
-    modules, functions = set(), set()  # the names the loader's module, or the loader, are bound to
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "services.mirror":
-            modules |= {a.asname or a.name for a in node.names if a.name == "config"}
-        elif isinstance(node, ast.ImportFrom) and node.module == "services.mirror.config":
-            functions |= {a.asname or a.name for a in node.names if a.name == "load"}
-    found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        if (isinstance(func, ast.Attribute) and func.attr == "load" and isinstance(func.value, ast.Name)
-                and func.value.id in modules) or (isinstance(func, ast.Name) and func.id in functions):
-            secrets = [k.value for k in node.keywords if k.arg == "secrets"]
-            found.append(bool(ast.literal_eval(secrets[0])) if secrets else True)
-    return found
-
-
 @pytest.mark.parametrize("service", [*READERS, *OTHERS])
 def test_each_service_loads_the_upstreams_as_these_checks_assume(service: str) -> None:
     """SECRETS is what the programs do: the blob store reads the password files, the gateway, auth
     and wharf-gc (the upstreams' size_limit, for eviction) load the file with secrets=False (so
     mounting them only the file is enough), and the metadata service does not load it at all."""
-    assert mirrors_loads(f"wharf-{service}") == ([SECRETS[service]] if service in READERS else []), service
+    expected = [SECRETS[service]] if service in READERS else []
+    assert config_loads(f"wharf-{service}", "services.mirror") == expected, service
 
 
 def test_every_deployment_ships_the_same_example() -> None:
