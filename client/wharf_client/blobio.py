@@ -12,6 +12,7 @@ import io
 import os
 import pathlib
 import secrets
+import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -110,6 +111,27 @@ class LimitedReader:
         """Nothing to release: the stream belongs to the caller."""
 
 
+class SpeedFloor:
+    """Whether a download has become too slow to go on with on this connection: fewer than
+    ``speed`` bytes per second over ``window`` seconds spent waiting in reads (the caller's own
+    pace, writing to a slow disk say, does not count). ``speed`` 0: never."""
+
+    def __init__(self, speed: int, window: float) -> None:
+        self.speed, self._window = speed, window
+        self._waited, self._got = 0.0, 0
+
+    def too_slow(self, got: int, waited: float) -> bool:
+        if self.speed <= 0:
+            return False
+        self._waited += waited
+        self._got += got
+        if self._waited < self._window:
+            return False
+        slow = self._got < self.speed * self._waited
+        self._waited, self._got = 0.0, 0
+        return slow
+
+
 class BlobReader(io.RawIOBase):
     """A blob download: streams, resumes with Range after a dropped connection, and checks the digest at the end.
 
@@ -126,6 +148,8 @@ class BlobReader(io.RawIOBase):
             if offset == 0 else None
         self._response: requests.Response | None = None
         self._resumes = 0
+        options = repository.transport.options
+        self._floor = SpeedFloor(options.min_speed, options.min_speed_window)
         self._open()
 
     def _open(self) -> None:
@@ -147,8 +171,11 @@ class BlobReader(io.RawIOBase):
             return b""
         while True:
             assert self._response is not None
+            started = time.monotonic()
             try:
-                data = self._response.raw.read(min(size, remaining), decode_content=True)
+                # read1: what has arrived (at least a byte), so that the floor sees a dripping body
+                # byte by byte instead of waiting for a whole chunk of it.
+                data = self._response.raw.read1(min(size, remaining), decode_content=True)
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
@@ -156,6 +183,11 @@ class BlobReader(io.RawIOBase):
                     raise TransportError(f"download of {self.descriptor.digest} broke at byte {self._offset}: "
                                          f"{type(exc).__name__}: {exc}") from None
                 data = b""
+            if data and self._floor.too_slow(len(data), time.monotonic() - started):
+                if self._resumes >= DOWNLOAD_RESUMES:
+                    raise TransportError(f"download of {self.descriptor.digest} stayed slower than "
+                                         f"{self._floor.speed} bytes/s at byte {self._offset}; giving up")
+                data = b""  # dropped, and asked again from the reopened connection
             if data:
                 break
             # A short body or a dropped connection: continue from where the bytes stopped.

@@ -43,6 +43,11 @@ class ClientOptions:
     concurrency: int = 4            # blobs transferred at once
     monolithic_limit: int = 16 * MIB  # blobs up to this size go in one request
     chunk_size: int = 64 * MIB      # PATCH size of a chunked upload: the most a resumed upload resends
+    # A blob download slower than min_speed bytes/s, over min_speed_window seconds of waiting for
+    # bytes, is dropped and resumed with Range (a stuck mirror or CDN node, a registry dripping
+    # bytes just within the read timeout); 0 turns the floor off.
+    min_speed: int = 1024
+    min_speed_window: float = 60.0
     user_agent: str = f"wharf/{_VERSION}"
 
     def for_registry(self, registry: str) -> RegistryOptions:
