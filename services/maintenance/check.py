@@ -194,10 +194,11 @@ class Checker:
         self._emit_to(finding)
 
     def _drop_tag(self, name: str, tag: str, digest: str) -> str:
-        """Deletes the tag if it still points at the missing manifest; "" when done, else why not."""
-        if self._inv.tag_target(name, tag) != digest or self._inv.manifests_exist(name, [digest])[0]:
+        """Deletes the tag if it still points at the missing manifest; "" when done, else why not.
+        The metadata service deletes it only while it is dangling, so a push after this look is kept."""
+        if self._inv.tag_target(name, tag) != digest or self._inv.manifests_exist(name, [digest])[0] \
+                or not self._calls.delete_tag(name, tag, only_dangling=True):
             return "the tag changed since it was read (a push?): nothing to repair now; check again"
-        self._calls.delete_tag(name, tag)
         return ""
 
     def _drop_link(self, name: str, digest: str) -> str:

@@ -156,10 +156,11 @@ class RegistryCalls:
             raise
         return True
 
-    def delete_tag(self, repository: str, tag: str) -> bool:
-        """False when the tag did not exist."""
+    def delete_tag(self, repository: str, tag: str, only_dangling: bool = False) -> bool:
+        """False when the tag did not exist (with ``only_dangling``: or names a stored manifest)."""
         try:
-            self._call("metadata", "DeleteTag", mpb.ManifestRef(repository=repository, reference=tag))
+            self._call("metadata", "DeleteTag", mpb.ManifestRef(repository=repository, reference=tag,
+                                                                only_dangling=only_dangling))
         except RegistryError as err:
             if err.error is MANIFEST_UNKNOWN:
                 return False

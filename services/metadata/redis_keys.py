@@ -501,8 +501,9 @@ return 1
 """
 
 # ARGV: prefix, tag, name, rules version (the caller judged the tag deletable by them), the push
-# time the caller judged it by ("" any: retention deletes only the push it judged), origin.
-# Returns 0 when the tag did not exist (or was pushed again since).
+# time the caller judged it by ("" any: retention deletes only the push it judged), "1" to delete
+# only a dangling tag (its manifest not stored: wharf-admin check's repair), origin.
+# Returns 0 when the tag did not exist (or was pushed again since, or is not dangling).
 DELETE_TAG = _GUARD + _NOW + _USAGE + _OUTBOX + """
 if not policy_current(ARGV[4]) then return redis.error_reply(STALE) end
 local p = ARGV[1]
@@ -510,6 +511,7 @@ local digest = redis.call('HGET', p .. 'tags', ARGV[2])
 if not digest then return 0 end
 if ARGV[5] ~= '' and redis.call('HGET', p .. 'tagtimes', ARGV[2]) ~= ARGV[5] then return 0 end
 local key = p .. 'manifest:' .. digest
+if ARGV[6] == '1' and redis.call('EXISTS', key) == 1 then return 0 end
 emit('delete', ARGV[3], digest, redis.call('HGET', key, 'type') or '', redis.call('HSTRLEN', key, 'body'), ARGV[2], '')
 redis.call('HDEL', p .. 'tags', ARGV[2])
 redis.call('HDEL', p .. 'tagtimes', ARGV[2])

@@ -141,7 +141,8 @@ class MetadataServicer(pb_grpc.MetadataServicer):
 
     async def DeleteTag(self, request: pb.ManifestRef, context: grpc.aio.ServicerContext) -> pb.DeleteTagResponse:
         await self._change(request.repository, self._store.delete_tag(request.repository, request.reference,
-                                                                            _origin(request)))
+                                                                            _origin(request),
+                                                                            only_dangling=request.only_dangling))
         return pb.DeleteTagResponse()
 
     async def ListTags(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:

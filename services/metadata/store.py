@@ -335,9 +335,12 @@ class MetadataStore:
 
         await self.policy.guarded(run)
 
-    async def delete_tag(self, name: str, tag: str, origin: Any = None, pushed_at: int | None = None) -> None:
+    async def delete_tag(self, name: str, tag: str, origin: Any = None, pushed_at: int | None = None,
+                         only_dangling: bool = False) -> None:
         """Deletes the tag (MANIFEST_UNKNOWN when there is none); with ``pushed_at``, only the push
-        made then (a tag pushed again since is left, also as MANIFEST_UNKNOWN)."""
+        made then (a tag pushed again since is left, also as MANIFEST_UNKNOWN); with
+        ``only_dangling``, only while the manifest it names is not stored (judged in the script,
+        so a push between a repair's look and its delete is never undone)."""
         validate_name(name)
         validate_tag(tag)
 
@@ -345,7 +348,8 @@ class MetadataStore:
             if policy.immutable_rule(name, tag):
                 raise immutable_refusal(name, tag, policy, "and cannot be deleted")
             return await self._write(self._delete_tag, [keys.repo_prefix(name), tag, name, version,
-                                                        "" if pushed_at is None else str(pushed_at)], name, origin)
+                                                        "" if pushed_at is None else str(pushed_at),
+                                                        "1" if only_dangling else ""], name, origin)
 
         if not await self.policy.guarded(run):
             raise RegistryError(MANIFEST_UNKNOWN, f"tag {tag} unknown to repository {name}")

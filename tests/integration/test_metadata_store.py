@@ -13,6 +13,7 @@ import redis.asyncio as aredis
 
 from services.common import digests, mediatypes
 from services.common.errors import RegistryError
+from services.metadata import redis_keys as keys
 from services.metadata.store import Descriptor, MetadataStore
 
 CONFIG, LAYER = digests.of(b"config"), digests.of(b"layer")
@@ -191,3 +192,18 @@ def test_invalid_input_never_reaches_redis(store: SyncStore) -> None:
     with pytest.raises(RegistryError) as info:
         store.get_manifest("repo", "sha256:baddigeststring")
     assert info.value.code == "DIGEST_INVALID"
+
+
+def test_a_dangling_only_tag_delete_keeps_a_tag_whose_manifest_is_stored(store: SyncStore,
+                                                                       redis_client: redis.Redis) -> None:
+    """wharf-admin check's repair of a tag naming a missing manifest: the condition is judged in the
+    delete itself, so a push between the repair's look and its delete is never undone."""
+    _link(store)
+    digest = _put(store, b"m1", ["v1"])
+    with pytest.raises(RegistryError) as info:
+        store.delete_tag("repo", "v1", only_dangling=True)
+    assert info.value.code == "MANIFEST_UNKNOWN"
+    assert store.get_manifest("repo", "v1").digest == digest
+    redis_client.delete(keys.manifest("repo", digest))  # the manifest lost: the tag dangles
+    store.delete_tag("repo", "v1", only_dangling=True)
+    assert store.list_tags("repo", "", -1) == ([], False)

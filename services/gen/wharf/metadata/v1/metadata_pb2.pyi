@@ -276,14 +276,16 @@ class PutManifestResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ManifestRef(_message.Message):
-    __slots__ = ("repository", "reference", "origin")
+    __slots__ = ("repository", "reference", "origin", "only_dangling")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    ONLY_DANGLING_FIELD_NUMBER: _ClassVar[int]
     repository: str
     reference: str
     origin: Origin
-    def __init__(self, repository: _Optional[str] = ..., reference: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
+    only_dangling: bool
+    def __init__(self, repository: _Optional[str] = ..., reference: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., only_dangling: _Optional[bool] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("digest", "media_type", "content", "subject")
