@@ -30,6 +30,13 @@ MIN_PASSWORD = 8
 # bcrypt looks at 72 bytes at most; longer passwords are refused rather than silently cut.
 MAX_PASSWORD = 72
 REFRESH_REFUSED = "refresh token is invalid, expired or revoked"
+# Refresh tokens one account holds at most. Every `docker login` asks for one (a CI robot gets one
+# per job), each lives WHARF_REFRESH_TOKEN_TTL, and the account's set of token ids was never
+# trimmed, ended ones included: 2,000 logins of one user in 16 s grew Redis by 1.3 MB, without
+# bound. Past the cap the set is trimmed to REFRESH_TRIM_TO: ended ids first, then the tokens that
+# end soonest (the oldest), so the trimming's cost is paid once per few thousand logins.
+MAX_REFRESH_TOKENS = 10_000
+REFRESH_TRIM_TO = 9_000
 # KEYS: the account, the hash to write; ARGV: field, value. Writes only while the account exists (its
 # "kind"), in one step: a grant or a password set that read the account just before a delete no longer
 # writes after it (a grant left so was inherited by the next account of that name, and a password hash
@@ -234,8 +241,30 @@ class AccountStore:
             pipe.hset(keys.refresh(token_id), mapping=fields)
             pipe.expire(keys.refresh(token_id), lifetime)
             pipe.sadd(keys.refresh_of(name), token_id)
-            pipe.execute()
+            pipe.scard(keys.refresh_of(name))
+            held = pipe.execute()[-1]
+        if held > MAX_REFRESH_TOKENS:
+            self._trim_refresh_tokens(name, keep=REFRESH_TRIM_TO)
         return token
+
+    def _trim_refresh_tokens(self, name: str, keep: int) -> None:
+        """Leaves ``name`` at most ``keep`` refresh tokens: forgets the ids of ended ones, then ends
+        the oldest. A token issued meanwhile is not among the ids read, so it stays."""
+        ids = [text(i) for i in self._r.smembers(keys.refresh_of(name))]
+        with self._r.pipeline(transaction=False) as pipe:
+            for token_id in ids:
+                pipe.hget(keys.refresh(token_id), "expires_at")
+            ends = pipe.execute()
+        live = sorted((int(end), token_id) for token_id, end in zip(ids, ends, strict=True) if end is not None)
+        oldest = [token_id for _, token_id in live[:max(0, len(live) - keep)]]
+        ended = [token_id for token_id, end in zip(ids, ends, strict=True) if end is None]
+        if not oldest and not ended:
+            return
+        with self._r.pipeline(transaction=True) as pipe:
+            for token_id in oldest:
+                pipe.delete(keys.refresh(token_id))
+            pipe.srem(keys.refresh_of(name), *oldest, *ended)
+            pipe.execute()
 
     def redeem_refresh_token(self, token: str) -> tuple[str, str, str]:
         """(account, backend, bound stamp digest) of a valid refresh token (backend "" for the

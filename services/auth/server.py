@@ -16,6 +16,7 @@ import redis
 from services.auth import identity, peers, tokens
 from services.auth.accounts import AccountStore
 from services.auth.audit import AuditTrail, LoggedAudit, audit_for
+from services.auth.fair import FairPool
 from services.auth.identity import Identities, IdentityContext
 from services.auth.policy import (
     ANONYMOUS,
@@ -312,10 +313,14 @@ async def serve(settings: AuthSettings, address: str | None = None,
     # Logins with a password (bcrypt, an LDAP bind) in a pool of their own: 100 logins at once
     # held every thread for seconds, and an anonymous token, a refresh or a catalog filter
     # waited behind them (up to 8.7 s measured; the gateway's deadline then answered 503).
-    logins = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="auth-login")
+    # Taking turns between client addresses (services/auth/fair.py): a flood of logins from one
+    # address queued every other caller's login past the gateway's deadline.
+    logins = FairPool(settings.workers, "auth-login")
 
-    def route(method: str, request: Any) -> concurrent.futures.ThreadPoolExecutor | None:
-        return logins if method == "IssueToken" and request.username else None
+    def route(method: str, request: Any) -> concurrent.futures.Executor | None:
+        if method != "IssueToken" or not request.username:
+            return None
+        return logins.lane(peers.throttle_bucket(request.client_address))
 
     service = pb.DESCRIPTOR.services_by_name["Auth"]
     trail = audit_for(settings.metadata_addr, token)
@@ -332,7 +337,7 @@ async def serve(settings: AuthSettings, address: str | None = None,
                                metrics_address=settings.metrics_addr, otlp_endpoint=settings.otlp_endpoint)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        logins.shutdown(wait=False, cancel_futures=True)
+        logins.shutdown(cancel_futures=True)
         await asyncio.to_thread(trail.close)  # what is queued is sent (briefly bounded)
 
 

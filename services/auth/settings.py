@@ -7,6 +7,15 @@ import pathlib
 
 from services.common.settings import LOG_LEVELS, env, secret
 
+# Bounds that keep a typo from quietly turning a protection off (checked at start, like every
+# setting): a token lives at least the 60 s the token specification promises clients, and at most
+# a day, since an access token keeps its rights until it expires (revocation waits for it); a
+# login window of 0 made Redis drop every failure as it was counted (no lockout at all), a limit
+# of 0 locked every account out, and bcrypt takes costs 4 to 31 only.
+MIN_TOKEN_TTL = 60
+MAX_TOKEN_TTL = 86400
+MAX_REFRESH_TTL = 366 * 86400
+
 
 @dataclasses.dataclass(frozen=True)
 class AuthSettings:
@@ -18,19 +27,24 @@ class AuthSettings:
                                  "directory of the ES256 signing keys (PEM); created with a key when empty")
     token_issuer: str = env("WHARF_AUTH_ISSUER", "wharf-auth", "the iss claim of the tokens")
     token_service: str = env("WHARF_AUTH_SERVICE", "wharf", "the service name tokens are issued for (aud)")
-    token_ttl: int = env("WHARF_TOKEN_TTL", 300, "seconds an access token is valid")
+    token_ttl: int = env("WHARF_TOKEN_TTL", 300, "seconds an access token is valid",
+                         minimum=MIN_TOKEN_TTL, maximum=MAX_TOKEN_TTL)
     key_publish_delay: int = env("WHARF_KEY_PUBLISH_DELAY", 90,
                                  "seconds a rotated key is published before it signs; keep it above the "
-                                 "gateways' WHARF_AUTH_KEY_REFRESH")
-    refresh_ttl: int = env("WHARF_REFRESH_TOKEN_TTL", 30 * 86400, "seconds a refresh token is valid")
-    bcrypt_rounds: int = env("WHARF_BCRYPT_ROUNDS", 12, "bcrypt cost factor for new password hashes")
+                                 "gateways' WHARF_AUTH_KEY_REFRESH", minimum=0)
+    refresh_ttl: int = env("WHARF_REFRESH_TOKEN_TTL", 30 * 86400, "seconds a refresh token is valid",
+                           minimum=MIN_TOKEN_TTL, maximum=MAX_REFRESH_TTL)
+    bcrypt_rounds: int = env("WHARF_BCRYPT_ROUNDS", 12, "bcrypt cost factor for new password hashes",
+                             minimum=4, maximum=31)
     admin_password: str = env("WHARF_ADMIN_PASSWORD", "", "password of the first admin, used at first start only")
     admin_password_file: str = env("WHARF_ADMIN_PASSWORD_FILE", "", "file holding that password")
     login_failures: int = env("WHARF_LOGIN_FAILURES", 5,
-                              "failed logins per account and address before further attempts are refused")
-    login_window: int = env("WHARF_LOGIN_WINDOW", 300, "seconds failed logins are counted over (and locked)")
+                              "failed logins per account and address before further attempts are refused", minimum=1)
+    login_window: int = env("WHARF_LOGIN_WINDOW", 300, "seconds failed logins are counted over (and locked)",
+                            minimum=1)
     workers: int = env("WHARF_AUTH_WORKERS", 16, "threads in each of the service's two pools for blocking calls: "
-                                                 "logins with a password (bcrypt, LDAP), and every other call")
+                                                 "logins with a password (bcrypt, LDAP), and every other call",
+                       minimum=1)
     internal_token_file: str = env("WHARF_INTERNAL_TOKEN_FILE", "",
                                    "file holding the secret every internal gRPC call carries (required; "
                                    "make run generates one)")

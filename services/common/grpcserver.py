@@ -289,7 +289,7 @@ async def serve(service: str, address: str, register: Callable[[grpc.aio.Server]
 
 
 def threaded(servicer: Any, service: Any, pool: futures.ThreadPoolExecutor,
-             route: Callable[[str, Any], futures.ThreadPoolExecutor | None] | None = None) -> Any:
+             route: Callable[[str, Any], futures.Executor | None] | None = None) -> Any:
     """An asyncio servicer whose methods run ``servicer``'s blocking ones in ``pool``: how a service
     written against blocking clients (the auth service: bcrypt, a blocking Redis client) runs on
     the same asyncio server, interceptor and bootstrap as the others. Only unary methods.
