@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from flask import Response, g, request
@@ -29,41 +30,49 @@ from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 if TYPE_CHECKING:
     from services.api.context import Context
 
-# Clients that send no Accept (or a wildcard) get whatever was pushed.
-_WILDCARDS = {"*/*", "application/*"}
 # How many times a manifest PUT mounts the blobs a refusal lists and tries again; the last time, it
 # looks up and mounts every blob still missing.
 MOUNT_ROUNDS = 4
 
 
+# A weight as RFC 9110 (12.4.2) writes it: 0 to 1 with at most three decimals. Anything else
+# ("nan", "-1", "1e-9") is ignored, as an unparseable one always was, rather than read by float().
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+
+
 def offered_types(values: list[str]) -> tuple[set[str], set[str]]:
-    """(types the client accepts, types it explicitly refuses with q=0) from Accept headers."""
+    """(types the client accepts, types it explicitly refuses with q=0) from Accept headers, in
+    lower case: media types are case-insensitive (RFC 9110, 8.3.1), and an ``Accept`` naming one in
+    capitals, q=0 included, was read as naming no manifest type at all (any type served)."""
     accepted: set[str] = set()
     refused: set[str] = set()
     for value in values:
         for part in value.split(","):
             media_type, _, params = part.partition(";")
-            media_type = media_type.strip()
+            media_type = media_type.strip().lower()
             if not media_type:
                 continue
-            quality = 1.0
+            refuses = False
             for param in params.split(";"):
                 key, _, raw = param.partition("=")
-                if key.strip().lower() == "q":
-                    try:
-                        quality = float(raw.strip())
-                    except ValueError:
-                        quality = 1.0
-            (accepted if quality > 0 else refused).add(media_type)
+                if key.strip().lower() == "q" and _QVALUE.fullmatch(raw.strip()):
+                    refuses = float(raw.strip()) == 0
+            (refused if refuses else accepted).add(media_type)
     return accepted, refused
 
 
 def accepts(values: list[str], media_type: str) -> bool:
+    """Whether a manifest of ``media_type`` may be served. Clients that send no Accept (or a
+    wildcard) get whatever was pushed."""
     accepted, refused = offered_types(values)
-    if media_type in refused:
-        return False
-    if not accepted or accepted & _WILDCARDS or media_type in accepted:
-        return True
+    media_type = media_type.lower()
+    # The most specific range naming the type decides (RFC 9110, 12.5.1): "*/*;q=0" refuses it,
+    # unless the type itself (or "application/*") is accepted.
+    for media_range in (media_type, media_type.split("/", 1)[0] + "/*", "*/*"):
+        if media_range in refused:
+            return False
+        if media_range in accepted:
+            return True
     # A client that names no manifest type at all did not mean to negotiate.
     return not (accepted & mediatypes.MANIFESTS)
 
@@ -211,7 +220,8 @@ def put(ctx: Context, name: str, reference: str) -> Response:
     digest = digests.of(content, algorithm)
     if is_digest and digest != reference:
         raise RegistryError(DIGEST_INVALID, f"manifest digest is {digest}, not {reference}")
-    parsed = manifest_rules.parse(content, request.headers.get("Content-Type", ""))
+    # The type's case does not matter (RFC 9110, 8.3.1); the body's mediaType, JSON, must be exact.
+    parsed = manifest_rules.parse(content, request.headers.get("Content-Type", "").lower())
     if ctx.admission.enabled:
         _admit(ctx, name, digest, content, parsed, tags)
     put_request = _put_request(name, digest, content, parsed, tags, ctx.settings.allow_sparse_manifests)

@@ -14,13 +14,22 @@ if TYPE_CHECKING:
     from services.api.context import Context
 
 
+def _artifact_type_filter() -> str:
+    """The one ``artifactType`` the page is filtered by ("" for none). The spec defines a single
+    value; given several different ones, the page is not filtered at all (and says so, by the
+    absence of ``OCI-Filters-Applied``), so that the client filters it itself: filtering by the
+    first alone, under that header, hid the referrers of every other type the client asked for."""
+    asked = {value for value in request.args.getlist("artifactType") if value}
+    return asked.pop() if len(asked) == 1 else ""
+
+
 def list_referrers(ctx: Context, name: str, digest: str) -> Response:
     """The referrers in pages bounded in bytes (services/metadata/store.py, list_referrers): a
     subject with thousands of signatures, or referrers with large annotations, is still listed.
     ``Link`` names the next page by the last digest of this one (as the tag list does), so the
     cursor reveals nothing the caller was not just shown."""
     digests.validate(digest)
-    artifact_type = request.args.get("artifactType", "")
+    artifact_type = _artifact_type_filter()
     after = request.args.get("last", "")
     if after:
         digests.validate(after)

@@ -1,0 +1,87 @@
+"""Hostile review against the OCI distribution spec v1.1, side by side with CNCF Distribution
+v3.0.0 (2026-12-03): edges of the registry API that clients rely on, on a real stack."""
+
+from __future__ import annotations
+
+import json
+
+import requests
+
+from services.common import digests, mediatypes
+from tests.support.stack import RunningStack
+
+OCI, EMPTY = mediatypes.OCI_MANIFEST, mediatypes.OCI_EMPTY
+SIGNATURE, SBOM = "application/vnd.example.signature", "application/spdx+json"
+
+
+def _push_blob(url: str, name: str, data: bytes) -> str:
+    digest = digests.of(data)
+    response = requests.post(f"{url}/v2/{name}/blobs/uploads/", params={"digest": digest}, data=data, timeout=10)
+    assert response.status_code == 201, response.text
+    return digest
+
+
+def _descriptor(media_type: str, data: bytes) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": digests.of(data), "size": len(data)}
+
+
+def _artifact(artifact_type: str, subject: bytes | None = None, with_media_type: bool = True) -> bytes:
+    body: dict[str, object] = {"schemaVersion": 2, "artifactType": artifact_type,
+                               "config": _descriptor(EMPTY, b"{}"), "layers": [_descriptor(EMPTY, b"{}")]}
+    if with_media_type:
+        body["mediaType"] = OCI
+    if subject is not None:
+        body["subject"] = _descriptor(OCI, subject)
+    return json.dumps(body).encode()
+
+
+def _put(url: str, name: str, reference: str, body: bytes, content_type: str = OCI) -> requests.Response:
+    return requests.put(f"{url}/v2/{name}/manifests/{reference}", data=body,
+                        headers={"Content-Type": content_type}, timeout=10)
+
+
+def test_referrers_asked_for_several_artifact_types_are_not_filtered_by_the_first_alone(stack: RunningStack) -> None:
+    """``?artifactType=<signature>&artifactType=<sbom>``: the page held only the signatures, and
+    said ``OCI-Filters-Applied: artifactType``, so a client took the SBOMs for absent. The spec
+    defines one value; for several, the page is unfiltered and says nothing (the client filters)."""
+    name = "spec/referrers"
+    _push_blob(stack.url, name, b"{}")
+    subject = _artifact("application/vnd.example.image")
+    assert _put(stack.url, name, "v1", subject).status_code == 201
+    for kind in (SIGNATURE, SBOM):
+        body = _artifact(kind, subject)
+        assert _put(stack.url, name, digests.of(body), body).status_code == 201
+
+    def listed(query: list[tuple[str, str]]) -> tuple[list[str], str | None]:
+        response = requests.get(f"{stack.url}/v2/{name}/referrers/{digests.of(subject)}", params=query, timeout=10)
+        assert response.status_code == 200
+        kinds = sorted(entry["artifactType"] for entry in response.json()["manifests"])
+        return kinds, response.headers.get("OCI-Filters-Applied")
+
+    assert listed([("artifactType", SIGNATURE), ("artifactType", SBOM)]) == (sorted([SIGNATURE, SBOM]), None)
+    # One type, however often or alongside an empty value, is still a filter, and says so.
+    assert listed([("artifactType", SBOM)]) == ([SBOM], "artifactType")
+    assert listed([("artifactType", SBOM), ("artifactType", SBOM)]) == ([SBOM], "artifactType")
+    assert listed([("artifactType", ""), ("artifactType", SBOM)]) == ([SBOM], "artifactType")
+
+
+def test_media_types_are_case_insensitive_in_accept_and_content_type(stack: RunningStack) -> None:
+    """RFC 9110, 8.3.1. ``Content-Type: APPLICATION/VND.OCI.IMAGE.MANIFEST.V1+JSON`` for a manifest
+    without ``mediaType`` was ``400 MANIFEST_INVALID`` (Distribution takes it); an ``Accept`` naming
+    the OCI type in capitals was read as naming no manifest type, so a Docker list was served to
+    it, and the OCI manifest to one refusing it with ``q=0``. Asked twice, the second answer comes
+    from the hot-read path, which must decide alike."""
+    name = "spec/case"
+    _push_blob(stack.url, name, b"{}")
+    body = _artifact("application/vnd.example.thing", with_media_type=False)
+    response = _put(stack.url, name, "upper", body, content_type=OCI.upper())
+    assert response.status_code == 201, response.text
+    for _ in range(2):
+        assert requests.get(f"{stack.url}/v2/{name}/manifests/upper", headers={"Accept": OCI.upper()},
+                            timeout=10).status_code == 200
+        refused = requests.get(f"{stack.url}/v2/{name}/manifests/upper", headers={"Accept": f"{OCI.upper()};q=0"},
+                               timeout=10)
+        assert refused.status_code == 404 and refused.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        other = requests.get(f"{stack.url}/v2/{name}/manifests/upper",
+                             headers={"Accept": mediatypes.DOCKER_MANIFEST.upper()}, timeout=10)
+        assert other.status_code == 404
