@@ -90,6 +90,9 @@ def _annotations(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+_DOCKER_TYPES = frozenset({mediatypes.DOCKER_MANIFEST, mediatypes.DOCKER_MANIFEST_LIST})
+
+
 def _media_type(content_type: str, body: dict[str, Any]) -> str:
     declared = body.get("mediaType")
     content_type = content_type.split(";", 1)[0].strip()
@@ -98,6 +101,10 @@ def _media_type(content_type: str, body: dict[str, Any]) -> str:
     if content_type in mediatypes.MANIFESTS:
         if declared and declared != content_type:
             raise _invalid(f"mediaType {declared} does not match Content-Type {content_type}")
+        # Docker's formats require the field (OCI's alone may omit it): Docker's own parser, and
+        # every client built on it, refuses such a manifest, so every later pull of it would fail.
+        if not declared and content_type in _DOCKER_TYPES:
+            raise _invalid(f"a manifest of type {content_type} must declare it in mediaType")
         return content_type
     if declared in mediatypes.MANIFESTS:
         return str(declared)

@@ -85,3 +85,29 @@ def test_media_types_are_case_insensitive_in_accept_and_content_type(stack: Runn
         other = requests.get(f"{stack.url}/v2/{name}/manifests/upper",
                              headers={"Accept": mediatypes.DOCKER_MANIFEST.upper()}, timeout=10)
         assert other.status_code == 404
+
+
+def test_a_docker_manifest_must_declare_its_media_type(stack: RunningStack) -> None:
+    """Docker's formats require ``mediaType`` (OCI's may omit it): Docker's own parser (and every
+    client built on it) refuses a Docker manifest without it, so a registry that stored one made
+    every later pull of it fail. Distribution refuses the push; so does Wharf now."""
+    name = "spec/dockertype"
+    config = _push_blob(stack.url, name, b'{"architecture": "amd64", "os": "linux"}')
+    layer = _push_blob(stack.url, name, b"layer bytes")
+    image = {"schemaVersion": 2,
+             "config": {"mediaType": mediatypes.DOCKER_CONFIG, "digest": config, "size": 40},
+             "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer,
+                         "size": 11}]}
+    refused = _put(stack.url, name, "v1", json.dumps(image).encode(), mediatypes.DOCKER_MANIFEST)
+    assert refused.status_code == 400 and refused.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+    image["mediaType"] = mediatypes.DOCKER_MANIFEST
+    body = json.dumps(image).encode()
+    assert _put(stack.url, name, "v1", body, mediatypes.DOCKER_MANIFEST).status_code == 201
+    child = {"mediaType": mediatypes.DOCKER_MANIFEST, "digest": digests.of(body), "size": len(body),
+             "platform": {"os": "linux", "architecture": "amd64"}}
+    listing = {"schemaVersion": 2, "manifests": [child]}
+    refused = _put(stack.url, name, "list", json.dumps(listing).encode(), mediatypes.DOCKER_MANIFEST_LIST)
+    assert refused.status_code == 400 and refused.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+    listing["mediaType"] = mediatypes.DOCKER_MANIFEST_LIST
+    assert _put(stack.url, name, "list", json.dumps(listing).encode(),
+                mediatypes.DOCKER_MANIFEST_LIST).status_code == 201

@@ -62,6 +62,7 @@ def test_data_field_must_match_descriptor() -> None:
     (json.dumps({"schemaVersion": 1}).encode(), mediatypes.DOCKER_SCHEMA1_SIGNED),
     (json.dumps(_image(schemaVersion=3)).encode(), mediatypes.OCI_MANIFEST),
     (json.dumps(_image()).encode(), mediatypes.DOCKER_MANIFEST),  # body says OCI, header says Docker
+    (json.dumps({k: v for k, v in _image().items() if k != "mediaType"}).encode(), mediatypes.DOCKER_MANIFEST),
     (json.dumps(_image(config={"mediaType": "x", "digest": "sha256:nothex", "size": 1})).encode(), ""),
     (json.dumps(_image(layers=[{"mediaType": "x", "digest": digests.of(b""), "size": -1}])).encode(), ""),
     (json.dumps({"schemaVersion": 2, "mediaType": "application/x.unknown"}).encode(), ""),
