@@ -151,8 +151,10 @@ def load(environ: Mapping[str, str]) -> Admission:
         problems = [f"{r!r}: {problem}" for r in repositories if (problem := pattern_problem(r))]
         if problems:
             raise config_file.ConfigFileError(f"{where}: repositories: {'; '.join(problems)}")
+        found = policy_class(entry["name"])
         try:
-            policy = policy_class(entry["name"]).from_options(options)
+            policy = plugins.build(f"{GROUP} {entry['name']!r} ({where})", AdmissionPolicy, found.from_options,
+                                   options)
         except ValueError as exc:
             raise config_file.ConfigFileError(f"{where} ({entry['name']}): {exc}") from None
         rules.append(_Rule(entry["name"], policy, tuple(repositories)))

@@ -417,8 +417,11 @@ def load(environ: Mapping[str, str], context: IdentityContext, remember: int = 6
     found = config(environ)
     backends = []
     for index, entry in enumerate(found.backends):
+        found_class = backend_class(entry.name)
+        what = f"{GROUP} {entry.name!r} (identity.backends[{index}])"
         try:
-            backends.append((entry.name, backend_class(entry.name).from_options(entry.options, context)))
+            backends.append((entry.name, plugins.build(what, IdentityBackend, found_class.from_options,
+                                                       entry.options, context)))
         except ValueError as exc:
             raise config_file.ConfigFileError(f"identity.backends[{index}] ({entry.name}): {exc}") from None
     return Identities(context.accounts, backends, found.groups, found.admin_groups, remember)

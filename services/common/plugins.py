@@ -13,16 +13,20 @@ same way (pyproject.toml), so nothing distinguishes them from a third party's.
     wharf.admission services.api.admission.AdmissionPolicy          rules consulted before a manifest is stored
     wharf.identity  services.auth.identity.IdentityBackend          who a login is (accounts, LDAP)
 
-A name that is not installed, an extension that fails to import, or one that implements another
-version stops the service before it serves, with a message naming the group, the name and the
-package (:class:`PluginError`). ``wharf-admin plugins`` lists what is installed.
+A name that is not installed, an extension that fails to import, one that implements another
+version, or one whose factory fails or builds something else (:func:`build`) stops the service
+before it serves, with a message naming the group, the name and the package (:class:`PluginError`).
+``wharf-admin plugins`` lists what is installed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Group -> the interface versions this release speaks.
 GROUPS: dict[str, tuple[int, ...]] = {
@@ -88,7 +92,7 @@ def load(group: str, name: str) -> Any:
     where = f"{group} {name!r} ({entry.value}, from {package} {version})"
     try:
         loaded = entry.load()
-    except Exception as exc:  # an extension's import may fail in any way; say which and why
+    except (Exception, SystemExit) as exc:  # an import may fail in any way (sys.exit too); say which and why
         raise PluginError(f"{where} cannot be imported: {type(exc).__name__}: {str(exc)[:300]}") from exc
     speaks = GROUPS[group]
     implements = getattr(loaded, "wharf_interface", None)
@@ -103,9 +107,29 @@ def load_class(group: str, name: str, base: type[Any]) -> Any:
     interface ``base`` (every group's loader is this, with its own interface)."""
     found = load(group, name)
     if not (isinstance(found, type) and issubclass(found, base)):
-        article = "an" if base.__name__[0] in "AEIOU" else "a"
-        raise PluginError(f"{group} {name!r} is not {article} {base.__name__} subclass")
+        raise PluginError(f"{group} {name!r} is not {_article(base)} {base.__name__} subclass")
     return found
+
+
+def build(what: str, base: type[Any], factory: Callable[..., T], *args: Any) -> T:
+    """What an extension's factory (``from_endpoint``, ``from_options``) builds from ``args``. A ValueError
+    (a bad option, as the interfaces ask) goes to the caller, which names the option's place; any
+    other exception, or an answer that is not a ``base`` (None, say), is a defect of the extension:
+    PluginError naming ``what``. Before, the first was a traceback at start-up and the second a
+    service that started and failed each call (every push refused, every delivery retried)."""
+    try:
+        made = factory(*args)
+    except ValueError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise PluginError(f"{what} failed to build: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    if not isinstance(made, base):
+        raise PluginError(f"{what} built {type(made).__name__}, not {_article(base)} {base.__name__}")
+    return made
+
+
+def _article(base: type[Any]) -> str:
+    return "an" if base.__name__[0] in "AEIOU" else "a"
 
 
 def command() -> Any:

@@ -211,18 +211,23 @@ class Delivery(threading.Thread):
     def _deliver(self, batch: list[tuple[int, str, int, Event]], moved: dict[int, tuple[str, int]]) -> None:
         """``_handle``'s work: ``moved`` holds the cursors past the batch, by shard."""
         wanted = [event for _, _, _, event in batch if self._wants(event)]
-        if wanted and self._health.backing_off and backlog(self._r, self._e.name) > self._e.backlog:
+        # Overflow never takes a replayed event (``only`` names this endpoint): an operator asked for
+        # it again, and it keeps the time it was first written, so the age rule dead-lettered every
+        # replay of a letter older than ``max_age`` (all those it had made itself) at once, untried.
+        overflowing = [e for e in wanted if not e.only]
+        if overflowing and self._health.backing_off and backlog(self._r, self._e.name) > self._e.backlog:
             # The endpoint is down and too much waits for it: the oldest go without a try (an
-            # endpoint working through a backlog, a replay say, is left to it).
-            self._finish(moved, dead=wanted, reason="backlog")
-            return
-        oldest_allowed = (time.time() - self._e.max_age) * 1000 if self._e.max_age > 0 else 0
-        old = [e for e in wanted if e.at_ms < oldest_allowed]
-        if old:
-            wanted = [e for e in wanted if e.at_ms >= oldest_allowed]
+            # endpoint working through a backlog is left to it).
+            dropped, reason = overflowing, "backlog"
+        else:
+            oldest_allowed = (time.time() - self._e.max_age) * 1000 if self._e.max_age > 0 else 0
+            dropped, reason = [e for e in overflowing if e.at_ms < oldest_allowed], "age"
+        if dropped:
+            gone = {e.id for e in dropped}
+            wanted = [e for e in wanted if e.id not in gone]
             # With events left to send, the cursors stay (checked, not moved) until they are sent.
             hold = {shard: self._cursors[shard] for shard in moved}
-            if not self._finish(hold if wanted else moved, dead=old, reason="age") or not wanted:
+            if not self._finish(hold if wanted else moved, dead=dropped, reason=reason) or not wanted:
                 return
         if not wanted:
             self._finish(moved)

@@ -55,12 +55,14 @@ def sink_class(name: str) -> type[EventSink]:
 
 def create(endpoint: Endpoint, source: Source) -> EventSink:
     """The endpoint's sink; PluginError naming the endpoint, the sink and the option's problem when
-    ``from_endpoint`` refuses its options (a ValueError: one line, not a traceback at start-up)."""
+    ``from_endpoint`` refuses its options (a ValueError: one line, not a traceback at start-up), or
+    the defect when it raises anything else or builds something that is not a sink."""
     found = sink_class(endpoint.sink)
+    what = f"{GROUP} {endpoint.sink!r} (endpoint {endpoint.name})"
     try:
-        return found.from_endpoint(endpoint, source)
+        return plugins.build(what, EventSink, found.from_endpoint, endpoint, source)
     except ValueError as exc:
-        raise plugins.PluginError(f"{GROUP} {endpoint.sink!r} (endpoint {endpoint.name}): {exc}") from None
+        raise plugins.PluginError(f"{what}: {exc}") from None
 
 
 def check(endpoint: Endpoint) -> None:
