@@ -26,7 +26,7 @@ from services.api.worker import (  # noqa: E402
     worker_exiting,
 )
 from services.common import config_file, logs, plugins  # noqa: E402
-from services.common.settings import load_or_exit  # noqa: E402
+from services.common.settings import load_or_exit, service_main  # noqa: E402
 from services.events import config as events_config  # noqa: E402
 from services.mirror import config as mirror_config  # noqa: E402
 
@@ -45,6 +45,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._app
 
 
+@service_main("wharf-gateway")
 def main() -> None:
     settings = load_or_exit(GatewaySettings, os.environ, "wharf-gateway")
     try:

@@ -8,10 +8,11 @@ import os
 from services.auth.server import run
 from services.auth.settings import AuthSettings
 from services.common import logs
-from services.common.settings import load_or_exit
+from services.common.settings import load_or_exit, service_main
 from services.mirror import config as mirror_config
 
 
+@service_main("wharf-auth")
 def main() -> None:
     settings = load_or_exit(AuthSettings, os.environ, "wharf-auth")
     try:

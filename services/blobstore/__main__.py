@@ -10,10 +10,11 @@ from services.blobstore.server import run
 from services.blobstore.settings import BlobStoreSettings
 from services.common import logs, plugins
 from services.common.config_file import ConfigFileError
-from services.common.settings import load_or_exit
+from services.common.settings import load_or_exit, service_main
 from services.mirror import config as mirror_config
 
 
+@service_main("wharf-blobstore")
 def main() -> None:
     settings = load_or_exit(BlobStoreSettings, os.environ, "wharf-blobstore")
     try:

@@ -8,11 +8,12 @@ fast on a malformed value. Nothing reads the environment at import time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from services.common import config_file
@@ -143,11 +144,42 @@ def load_or_exit(cls: type[T], environ: Mapping[str, str], program: str) -> T:
     try:
         return load(cls, environ)
     except SettingsError as exc:
-        sys.stderr.write("".join(f"{program}: {line}\n" for line in str(exc).splitlines()))
-        sys.stderr.flush()
-        # Nothing has started yet, so there is nothing to tear down; a normal exit would also
-        # make gevent's patched locks (the gateway) complain during interpreter shutdown.
-        os._exit(2)
+        _stop(program, exc)
+
+
+def _stop(program: str, exc: SettingsError) -> typing.NoReturn:
+    sys.stderr.write("".join(f"{program}: {line}\n" for line in str(exc).splitlines()))
+    sys.stderr.flush()
+    # Nothing is serving yet, so there is nothing to tear down; a normal exit would also make
+    # gevent's patched locks (the gateway) complain during interpreter shutdown.
+    os._exit(2)
+
+
+def service_main(program: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """A service's ``main``: a SettingsError raised as it builds its parts (the internal secret's
+    file, read by the servers and the gateway's clients) stops it with one line, as a bad
+    variable does in :func:`load_or_exit`, instead of a traceback; so does a ``SystemExit`` with
+    a message (a configuration file's problem), without the gateway's gevent complaining about
+    its locks at interpreter shutdown after the line."""
+
+    def wrap(main: Callable[[], None]) -> Callable[[], None]:
+        @functools.wraps(main)
+        def run() -> None:
+            try:
+                main()
+            except SettingsError as exc:
+                _stop(program, exc)
+            except SystemExit as exc:
+                if not isinstance(exc.code, str):
+                    raise
+                sys.stdout.flush()
+                sys.stderr.write(f"{exc.code}\n")
+                sys.stderr.flush()
+                os._exit(1)
+
+        return run
+
+    return wrap
 
 
 def check_all(environ: Mapping[str, str], *classes: type) -> list[str]:

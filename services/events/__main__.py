@@ -6,12 +6,13 @@ import logging
 import os
 
 from services.common import logs, plugins
-from services.common.settings import load_or_exit
+from services.common.settings import load_or_exit, service_main
 from services.events import config, sinks
 from services.events.server import run
 from services.events.settings import EventsSettings
 
 
+@service_main("wharf-events")
 def main() -> None:
     settings = load_or_exit(EventsSettings, os.environ, "wharf-events")
     try:

@@ -6,12 +6,13 @@ import logging
 import os
 
 from services.common import config_file, governance, logs
-from services.common.settings import load_or_exit
+from services.common.settings import load_or_exit, service_main
 from services.events import config as events_config
 from services.metadata.server import run
 from services.metadata.settings import MetadataSettings
 
 
+@service_main("wharf-metadata")
 def main() -> None:
     settings = load_or_exit(MetadataSettings, os.environ, "wharf-metadata")
     logs.configure(settings.log_level)
