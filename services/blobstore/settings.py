@@ -33,13 +33,14 @@ class BlobStoreSettings:
     # SigV4 presigned URLs live from 1 s to 7 days; outside that every presign (each blob GET) failed.
     s3_redirect_ttl: int = env("WHARF_S3_REDIRECT_TTL", 600, "seconds a presigned blob URL stays valid",
                                minimum=1, maximum=7 * 24 * 3600)
-    upload_ttl: int = env("WHARF_UPLOAD_TTL", 86400, "seconds an idle upload session lives")
-    janitor_interval: int = env("WHARF_UPLOAD_JANITOR_INTERVAL", 600, "seconds between expired-upload sweeps")
+    upload_ttl: int = env("WHARF_UPLOAD_TTL", 86400, "seconds an idle upload session lives", minimum=60)
+    janitor_interval: int = env("WHARF_UPLOAD_JANITOR_INTERVAL", 600, "seconds between expired-upload sweeps",
+                                minimum=1)
     chunk_size: int = env("WHARF_READ_CHUNK", 1024 * 1024, "most bytes per streamed read message (fewer as more "
                           "downloads wait on slow clients)", minimum=64 * 1024, maximum=4 * 1024 * 1024)
     workers: int = env("WHARF_BLOBSTORE_WORKERS", 32,
                        "threads that run storage steps (the gRPC server is asyncio: a transfer holds a thread "
-                       "only while a step runs)")
+                       "only while a step runs)", minimum=1)
     upstream_workers: int = env("WHARF_BLOBSTORE_UPSTREAM_WORKERS", 32,
                                 "threads that wait on mirror upstreams (fills, manifest fetches): a pool apart "
                                 "from the storage threads, so slow upstreams cannot hold those", minimum=1)

