@@ -14,6 +14,8 @@ import datetime
 import email.utils
 import io
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -34,6 +36,10 @@ _MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchUpload", "ResourceNotFound"}
 # A conditional PUT that did not land: 412 from both servers; MinIO (like AWS) answers If-Match
 # on an absent object with 404 NoSuchKey; AWS answers a conditional write racing another with 409.
 _NOT_LANDED = {"PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"}
+# The most one S3 request may take in all, and one that sends or reads a part's worth of bytes
+# (urllib3's timeout bounds each wait for a byte, never a request: see _Watchdog).
+CALL_SECONDS = 60.0
+TRANSFER_SECONDS = 300.0
 
 if TYPE_CHECKING:
     from services.blobstore.settings import BlobStoreSettings
@@ -60,6 +66,109 @@ def _missing(exc: S3Error) -> bool:
     return exc.code in _MISSING
 
 
+@contextlib.contextmanager
+def _upload_gone(key: str) -> Iterator[None]:
+    """A multipart upload that no longer exists (a cancel or an expiry deleted the session under
+    its writer, another writer completed it) is the not-found contract, which the writer turns
+    into the answer a client can act on; as an S3Error it was a 503 the client retried for ever."""
+    try:
+        yield
+    except S3Error as exc:
+        if exc.code == "NoSuchUpload":
+            raise FileNotFoundError(key) from None
+        raise
+
+
+class _Watchdog:
+    """Cuts S3 requests that outlast their deadline by shutting their sockets.
+
+    urllib3's read timeout bounds each wait for a byte, not a request: an S3 server, or a proxy or
+    a half-broken connection in between, that sends a byte now and then held a storage thread for
+    as long as it went on (a HEAD's 300 header bytes at one per 2 s: 10 minutes, three times with
+    the retries). Eight such requests stopped every push and pull of a blob store of eight
+    threads; the gateway's deadlines answered its clients 503, and the blob store stayed stuck
+    for minutes after S3 was healthy again. Now a thread waits at most a request's deadline
+    (the retries included: a retry after the deadline is cut at the next tick), then gets a
+    StorageError (503 to the client, which retries)."""
+
+    TICK = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[int, tuple[float, list[socket.socket]]] = {}
+        self._local = threading.local()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def limit(self, seconds: float | None, sock: socket.socket | None = None) -> Iterator[None]:
+        """The requests this thread sends meanwhile (and ``sock``'s reads) end within ``seconds``
+        (None: no bound). Nested limits keep the outer one."""
+        if seconds is None or getattr(self._local, "entry", None) is not None:
+            yield
+            return
+        entry: tuple[float, list[socket.socket]] = (time.monotonic() + seconds, [] if sock is None else [sock])
+        self._local.entry = entry
+        with self._lock:
+            self._armed[id(entry)] = entry
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="s3-deadlines", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            self._local.entry = None
+            with self._lock:
+                self._armed.pop(id(entry), None)
+
+    def note(self, sock: socket.socket | None) -> None:
+        """A socket the current thread's limited request uses (called by the connections)."""
+        entry = getattr(self._local, "entry", None)
+        if entry is not None and sock is not None and sock not in entry[1]:
+            entry[1].append(sock)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                for deadline, sockets in self._armed.values():
+                    if deadline <= now:
+                        for sock in sockets:
+                            with contextlib.suppress(OSError):
+                                sock.shutdown(socket.SHUT_RDWR)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _WatchedConnection(urllib3.connection.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _WATCHDOG.note(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _WATCHDOG.note(self.sock)  # a pooled connection (a new one is noted as it connects)
+        super().request(*args, **kwargs)
+
+
+class _WatchedTLSConnection(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _WATCHDOG.note(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _WATCHDOG.note(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _WatchedPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _WatchedTLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedTLSConnection
+
+
 class _Reader(io.RawIOBase):
     """A file-like view of a GET response that releases the connection on close."""
 
@@ -70,7 +179,14 @@ class _Reader(io.RawIOBase):
         return True
 
     def read(self, size: int = -1) -> bytes:
-        return bytes(self._response.read(None if size is None or size < 0 else size) or b"")
+        # Each read (a chunk of a download) under the deadline of a request: the GET that opened
+        # the body returned long ago, and another thread may be the one reading now.
+        sock = getattr(getattr(self._response, "connection", None), "sock", None)
+        try:
+            with _WATCHDOG.limit(CALL_SECONDS, sock):
+                return bytes(self._response.read(None if size is None or size < 0 else size) or b"")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"S3 read failed: {type(exc).__name__}") from exc
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -103,6 +219,7 @@ class S3Driver(StorageDriver):
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60), maxsize=32,
                                    retries=urllib3.Retry(total=2, backoff_factor=0.2,
                                                          status_forcelist=[500, 502, 503, 504]))
+        http.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedTLSPool}
         self._client = Minio(config.endpoint, access_key=config.access_key, secret_key=config.secret_key,
                              secure=config.secure, region=config.region, http_client=http)
         self._presigner = Minio(config.redirect_endpoint or config.endpoint, access_key=config.access_key,
@@ -121,8 +238,13 @@ class S3Driver(StorageDriver):
         return f"{self._prefix}/{key}" if self._prefix else key
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn`` (a request) within CALL_SECONDS, with its failures as StorageError."""
+        return self._call_within(CALL_SECONDS, fn, *args, **kwargs)
+
+    def _call_within(self, seconds: float | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _WATCHDOG.limit(seconds):
+                return fn(*args, **kwargs)
         except S3Error:
             raise
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -141,6 +263,10 @@ class S3Driver(StorageDriver):
 
     def _get_with_etag(self, key: str) -> tuple[bytes, str, float] | None:
         """An object's bytes, ETag and Last-Modified time, read in one GET; None when absent."""
+        with _WATCHDOG.limit(CALL_SECONDS):  # the GET and its body: a small object
+            return self._get_small(key)
+
+    def _get_small(self, key: str) -> tuple[bytes, str, float] | None:
         try:
             response = self._call(self._client.get_object, self._bucket, self._name(key))
         except S3Error as exc:
@@ -186,11 +312,15 @@ class S3Driver(StorageDriver):
                               {"Content-Type": "application/octet-stream"}))
 
     def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        return str(self._call(self._client._upload_part, self._bucket, self._name(key), data, None,
-                              upload_id, number))
+        with _upload_gone(key):
+            return str(self._call_within(TRANSFER_SECONDS, self._client._upload_part, self._bucket,
+                                         self._name(key), data, None, upload_id, number))
 
     def _complete(self, key: str, upload_id: str, parts: list[Part]) -> None:
-        self._call(self._client._complete_multipart_upload, self._bucket, self._name(key), upload_id, parts)
+        with _upload_gone(key):
+            # Server-side work that grows with the object (each wait for a byte still bounded).
+            self._call_within(None, self._client._complete_multipart_upload, self._bucket, self._name(key),
+                              upload_id, parts)
 
     def _abort(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(S3Error):
@@ -204,7 +334,8 @@ class S3Driver(StorageDriver):
 
     def put_content(self, key: str, data: bytes) -> None:
         # A single PUT is atomic in S3: readers see the old object or the new one.
-        self._call(self._client.put_object, self._bucket, self._name(key), io.BytesIO(data), len(data))
+        self._call_within(TRANSFER_SECONDS, self._client.put_object, self._bucket, self._name(key),
+                          io.BytesIO(data), len(data))
 
     def reader(self, key: str, offset: int = 0) -> BinaryIO:
         try:
@@ -254,11 +385,12 @@ class S3Driver(StorageDriver):
             raise FileNotFoundError(source)
         src = CopySource(self._bucket, self._name(source))
         try:
+            # Server-side copies take as long as the object is large: no bound but urllib3's.
             if info.size <= MAX_COPY:
-                self._call(self._client.copy_object, self._bucket, self._name(dest), src)
+                self._call_within(None, self._client.copy_object, self._bucket, self._name(dest), src)
             else:
-                self._call(self._client.compose_object, self._bucket, self._name(dest),
-                           [ComposeSource(self._bucket, self._name(source))])
+                self._call_within(None, self._client.compose_object, self._bucket, self._name(dest),
+                                  [ComposeSource(self._bucket, self._name(source))])
         except S3Error as exc:
             if _missing(exc):  # the source went between the look and the copy: the not-found contract
                 raise FileNotFoundError(source) from None
@@ -274,9 +406,10 @@ class S3Driver(StorageDriver):
         if info.size > MAX_COPY:
             return
         try:
-            self._call(self._client.copy_object, self._bucket, self._name(key),
-                       CopySource(self._bucket, self._name(key)),
-                       metadata={"x-amz-meta-wharf-touched": str(int(time.time()))}, metadata_directive=REPLACE)
+            self._call_within(None, self._client.copy_object, self._bucket, self._name(key),
+                              CopySource(self._bucket, self._name(key)),
+                              metadata={"x-amz-meta-wharf-touched": str(int(time.time()))},
+                              metadata_directive=REPLACE)
         except S3Error as exc:
             if _missing(exc):  # gone between the look and the copy (a concurrent overwrite or delete)
                 raise FileNotFoundError(key) from None
@@ -290,11 +423,8 @@ class S3Driver(StorageDriver):
         every object under a prefix. A writer still holding a deleted session fails its next save
         with UploadBusyError; deleting what is already gone returns False."""
         base = self._name(key)
-        names = [self._relative(o.object_name) for o in
-                 self._call(self._client.list_objects, self._bucket, prefix=base + "/", recursive=True)]
-        beside = [self._relative(o.object_name) for o in
-                  self._call(self._client.list_objects, self._bucket, prefix=base + ".", recursive=True)]
-        names += [n for n in beside if n.startswith((key + STATE_SUFFIX, key + TAIL_SUFFIX))]
+        names = [*self._listed(base + "/")]
+        names += [n for n in self._listed(base + ".") if n.startswith((key + STATE_SUFFIX, key + TAIL_SUFFIX))]
         found = bool(names) or self._exists(key)
         for name in names:
             if name.endswith(STATE_SUFFIX):
@@ -306,6 +436,16 @@ class S3Driver(StorageDriver):
                     self._abort(name[: -len(STATE_SUFFIX)], session[0]["upload_id"])
         self._remove(*names, key)
         return found
+
+    def _listed(self, prefix: str) -> tuple[str, ...]:
+        """Every key under ``prefix`` (an object name prefix). A listing is a generator whose
+        requests run as it is iterated, outside ``_call``: here, within a request's deadline."""
+        try:
+            with _WATCHDOG.limit(CALL_SECONDS):
+                return tuple(self._relative(o.object_name) for o in
+                             self._client.list_objects(self._bucket, prefix=prefix, recursive=True))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"S3 unreachable: {type(exc).__name__}") from exc
 
     def _exists(self, key: str) -> bool:
         try:
@@ -327,7 +467,8 @@ class S3Driver(StorageDriver):
                               key_marker=key_marker, upload_id_marker=id_marker, max_uploads=1000)
             for upload in page.uploads:
                 started = upload.initiated_time.timestamp() if upload.initiated_time else 0.0
-                if started < older_than and upload.upload_id:
+                if started < older_than and upload.upload_id and \
+                        not self._in_use(upload.object_name, upload.upload_id, older_than):
                     with contextlib.suppress(S3Error):
                         self._call(self._client._abort_multipart_upload, self._bucket, upload.object_name,
                                    upload.upload_id)
@@ -339,6 +480,19 @@ class S3Driver(StorageDriver):
                                                                                 None)
             key_marker = page.next_key_marker
         return aborted
+
+    def _in_use(self, object_name: str, upload_id: str, idle_since: float) -> bool:
+        """Whether a session saved after ``idle_since`` records the multipart upload: an upload
+        started longer ago than the session lifetime may still be appended to (a large push over
+        a slow link, a session resumed later; only idle sessions expire), and aborting it lost
+        every part stored, every later append and commit of the session failing."""
+        key = self._relative(object_name)
+        try:
+            check_key(key)
+            found = read_state(self, key)
+        except (ValueError, StorageError):  # not one of our keys, or a damaged state: a leftover
+            return False
+        return found is not None and found[0]["upload_id"] == upload_id and found[2] >= idle_since
 
     def redirect_url(self, key: str) -> str | None:
         if not self._config.redirect:

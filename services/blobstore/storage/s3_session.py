@@ -170,6 +170,17 @@ class MultipartWriter(FileWriter):
         except StorageError as exc:  # the lease runs out instead; the failure that got us here propagates
             log.warning("could not release an upload session", extra={"fields": {"key": self._key, "error": str(exc)}})
 
+    def _vanished(self) -> Exception:
+        """What a writer whose multipart upload no longer exists raises: UploadBusyError when
+        another writer took the session over (and may have completed the upload), else the
+        not-found contract (a cancel or an expiry deleted the session under this writer; or the
+        upload was aborted outside Wharf, and the parts are lost with it)."""
+        found = read_state(self._d, self._key)
+        if found is not None and found[0]["writer"] == self._id:
+            return FileNotFoundError(self._key)  # still ours: close() gives the session back
+        self._lost = True  # nothing of the session is this writer's to give back
+        return FileNotFoundError(self._key) if found is None else UploadBusyError(self._key)
+
     @contextlib.contextmanager
     def _failing(self) -> Iterator[None]:
         try:
@@ -239,7 +250,10 @@ class MultipartWriter(FileWriter):
         number = int(self._state["next_part"])
         self._state["next_part"] = number + 1  # taken for good, even if this attempt fails
         data = self._take()
-        etag = self._d._upload_part(self._key, self._state["upload_id"], number, data)
+        try:
+            etag = self._d._upload_part(self._key, self._state["upload_id"], number, data)
+        except FileNotFoundError:
+            raise self._vanished() from None
         old_tail = self._state["tail"]
         self._state["parts"].append({"n": number, "etag": etag, "size": len(data)})
         self._state["size"] += len(data)
@@ -305,8 +319,11 @@ class MultipartWriter(FileWriter):
                     self._send_part()
                 else:
                     self._store(self._state)
-                self._d._complete(self._key, self._state["upload_id"],
-                                  [Part(int(p["n"]), p["etag"]) for p in self._state["parts"]])
+                try:
+                    self._d._complete(self._key, self._state["upload_id"],
+                                      [Part(int(p["n"]), p["etag"]) for p in self._state["parts"]])
+                except FileNotFoundError:
+                    raise self._vanished() from None
             self._state.update(committed=True, tail=None)
             self._store(self._state)  # keeps the lease: the caller verifies and moves before close()
         self._committed = True
