@@ -20,7 +20,7 @@ from services.blobstore.fills import Fills
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
 from services.blobstore.storage.base import StorageError
-from services.common import data_frames, digests, grpcserver, metrics, upload_ids
+from services.common import data_frames, digests, grpcserver, metrics, plugins, upload_ids
 from services.common.errors import BLOB_UPLOAD_INVALID, UNAVAILABLE, RegistryError
 from services.common.internal_auth import read_token
 from services.gen.wharf.blobstore.v1 import blobstore_pb2 as pb
@@ -373,6 +373,8 @@ async def serve(settings: BlobStoreSettings, address: str | None = None,
         driver = create_driver(settings)
     except ValueError as exc:  # a driver's options refused (an extension's, say): name it and stop
         raise SystemExit(f"wharf-blobstore: WHARF_STORAGE={settings.storage}: {exc}") from None
+    except plugins.PluginError as exc:  # a driver that failed otherwise, or built no driver
+        raise SystemExit(f"wharf-blobstore: {exc}") from None
     blobs = BlobService(driver, settings.upload_ttl, id_key=upload_ids.key_from(token))
     fills = Fills(blobs, driver, mirrors or Mirrors())
     blobs.expire_uploads()

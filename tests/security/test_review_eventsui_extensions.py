@@ -23,6 +23,7 @@ import sys
 
 from services.api.admission import AdmissionPolicy
 from services.auth.identity import IdentityBackend
+from services.blobstore.storage.base import StorageDriver
 from services.events.sinks import EventSink
 
 
@@ -76,6 +77,14 @@ class BackendMissingOption(IdentityBackend):
         self.server = server
 
 
+class DriverMissingOption(StorageDriver):
+    wharf_interface = 1
+
+    @classmethod
+    def from_settings(cls, settings, options):
+        return options["bucket"]
+
+
 class PolicyNothing(AdmissionPolicy):
     wharf_interface = 1
 
@@ -99,7 +108,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         "[wharf.events]\nkeyerror = wharf_broken:MissingOption\nnothing = wharf_broken:Nothing\n"
         "exits = wharf_broken_exits:Sink\n"
         "[wharf.admission]\nkeyerror = wharf_broken:PolicyMissingOption\nnothing = wharf_broken:PolicyNothing\n"
-        "[wharf.identity]\nkeyerror = wharf_broken:BackendMissingOption\n")
+        "[wharf.identity]\nkeyerror = wharf_broken:BackendMissingOption\n"
+        "[wharf.storage]\nkeyerror = wharf_broken:DriverMissingOption\n")
     (package / "wharf_broken.py").write_text(_MODULE)
     (package / "wharf_broken_exits.py").write_text("import sys\nsys.exit('the licence server said no')\n")
     (package / "token").write_text("t" * 40)
@@ -167,3 +177,13 @@ def test_an_identity_backend_that_cannot_be_built_stops_the_check_in_one_line(
     assert "wharf.identity 'keyerror' (identity.backends[0]) failed to build: KeyError: 'server'" in \
         checked.stdout + checked.stderr
     assert "Traceback" not in checked.stdout + checked.stderr
+
+
+def test_a_storage_driver_that_cannot_be_built_stops_the_blob_store_in_one_line(site: pathlib.Path,
+                                                                                 tmp_path: pathlib.Path) -> None:
+    done = _run(site, "services.blobstore", WHARF_STORAGE="keyerror", WHARF_BLOBSTORE_LISTEN="127.0.0.1:0",
+                WHARF_STORAGE_ROOT=str(tmp_path))
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == \
+        "wharf-blobstore: wharf.storage 'keyerror' failed to build: KeyError: 'bucket'"

@@ -42,7 +42,9 @@ def driver_class(name: str) -> type[StorageDriver]:
 def create_driver(settings: BlobStoreSettings, environ: Mapping[str, str] | None = None) -> StorageDriver:
     """The driver ``WHARF_STORAGE`` names, behind the wrapper that checks keys and the not-found
     contract (base.CheckedDriver)."""
-    from services.blobstore.storage.base import CheckedDriver
+    from services.blobstore.storage.base import CheckedDriver, StorageDriver
 
     cls = driver_class(settings.storage)
-    return CheckedDriver(cls.from_settings(settings, options(os.environ if environ is None else environ)))
+    built = plugins.build(f"{GROUP} {settings.storage!r}", StorageDriver, cls.from_settings, settings,
+                          options(os.environ if environ is None else environ))
+    return CheckedDriver(built)
