@@ -418,7 +418,9 @@ class BlobService:
             if not writer.still_at_key() or self._stored_info(upload_id) is None:
                 raise RegistryError(BLOB_UPLOAD_UNKNOWN, "upload unknown or expired")
             if actual != digest:
-                raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
+                # The size tells the gateway an empty session (a finished upload's URL used again).
+                raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}",
+                                    {"size": size})
             self._mark_ended(upload_id)
             self._store(digest, lambda key: self._driver.move(layout.upload_data_key(upload_id), key))
             completed = True
@@ -495,7 +497,8 @@ class BlobService:
     def _store_whole(self, digest: str, data: bytes) -> None:
         actual = digests.of(data, digests.parse(digest)[0])
         if actual != digest:
-            raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}")
+            raise RegistryError(DIGEST_INVALID, f"content digest {actual} does not match {digest}",
+                                {"size": len(data)})
         self._store(digest, lambda key: self._driver.put_content(key, data))
         _BYTES_WRITTEN.inc(len(data))
 

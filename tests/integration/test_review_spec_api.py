@@ -111,3 +111,30 @@ def test_a_docker_manifest_must_declare_its_media_type(stack: RunningStack) -> N
     listing["mediaType"] = mediatypes.DOCKER_MANIFEST_LIST
     assert _put(stack.url, name, "list", json.dumps(listing).encode(),
                 mediatypes.DOCKER_MANIFEST_LIST).status_code == 201
+
+
+def test_a_closing_put_sent_again_after_its_answer_was_lost_is_created_again(stack: RunningStack) -> None:
+    """A client whose closing PUT's 201 was lost with the connection sends it again. A finished
+    upload's URL reads as a new, empty session (the blob store keeps nothing per finished id), and
+    the retry got 400 DIGEST_INVALID, which docker and containerd take as the push failing; the
+    blob was stored and linked. Now the same 201 (once: the URL then ends). An empty session closed
+    with the digest of a blob the repository does not link is still DIGEST_INVALID."""
+    name, data = "spec/retried-close", b"chunked upload bytes" * 100
+    digest = digests.of(data)
+    started = requests.post(f"{stack.url}/v2/{name}/blobs/uploads/", timeout=10)
+    location = started.headers["Location"]
+    patched = requests.patch(f"{stack.url}{location}", data=data, timeout=10,
+                             headers={"Content-Type": "application/octet-stream"})
+    assert patched.status_code == 202
+    location = patched.headers["Location"]
+    first = requests.put(f"{stack.url}{location}", params={"digest": digest}, timeout=10)
+    assert first.status_code == 201
+    again = requests.put(f"{stack.url}{location}", params={"digest": digest}, timeout=10)
+    assert again.status_code == 201 and again.headers["Docker-Content-Digest"] == digest
+    assert again.headers["Location"] == first.headers["Location"]
+    # The retry ended that URL's empty session for good.
+    gone = requests.put(f"{stack.url}{location}", params={"digest": digest}, timeout=10)
+    assert gone.status_code == 404 and gone.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+    fresh = requests.post(f"{stack.url}/v2/{name}/blobs/uploads/", timeout=10).headers["Location"]
+    refused = requests.put(f"{stack.url}{fresh}", params={"digest": digests.of(b"never uploaded")}, timeout=10)
+    assert refused.status_code == 400 and refused.json()["errors"][0]["code"] == "DIGEST_INVALID"
