@@ -23,7 +23,7 @@ import redis
 
 from services.blobstore.settings import BlobStoreSettings
 from services.blobstore.storage import create_driver
-from services.common import logs, redisconn
+from services.common import logs, plugins, redisconn
 from services.common.errors import RegistryError
 from services.common.internal_auth import read_token
 from services.common.settings import SettingsError, load_or_exit
@@ -70,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wharf-gc: {exc}", file=sys.stderr)
         return 2
     limits = {u.prefix: u.size_limit for u in mirrors.upstreams if u.size_limit is not None}
+    try:
+        driver = create_driver(storage)
+    except (ValueError, plugins.PluginError) as exc:  # a driver that is missing, broken or refuses its options
+        print(f"wharf-gc: WHARF_STORAGE={storage.storage}: {exc}", file=sys.stderr)
+        return 2
     calls = RegistryCalls(where, token)
-    collector = Collector(client, create_driver(storage), calls, calls.delete_blob, args.grace, args.dry_run,
+    collector = Collector(client, driver, calls, calls.delete_blob, args.grace, args.dry_run,
                           args.delete_untagged, size_limits=limits)
     try:
         report = collector.run()

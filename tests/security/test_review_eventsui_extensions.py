@@ -187,3 +187,9 @@ def test_a_storage_driver_that_cannot_be_built_stops_the_blob_store_in_one_line(
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == \
         "wharf-blobstore: wharf.storage 'keyerror' failed to build: KeyError: 'bucket'"
+    # wharf-gc builds the same driver: the same line, not a traceback.
+    collected = _run(site, "services.gc", "--dry-run", WHARF_STORAGE="keyerror", WHARF_STORAGE_ROOT=str(tmp_path),
+                     WHARF_REDIS_URL="redis://127.0.0.1:1/0")
+    assert collected.returncode == 2 and "Traceback" not in collected.stderr
+    assert collected.stderr.strip().splitlines()[-1] == \
+        "wharf-gc: WHARF_STORAGE=keyerror: wharf.storage 'keyerror' failed to build: KeyError: 'bucket'"
