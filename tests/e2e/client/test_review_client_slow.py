@@ -20,14 +20,12 @@ pytestmark = pytest.mark.e2e
 LISTING = b'{"tags":["' + b"a" * 200 + b'"]}'
 
 
-class Dripping:
-    """/v2/ answers at once; every other GET gets ``status`` with a body sent one byte every 0.2 s."""
+class Server:
+    """A loopback HTTP server of a few lines: each connection served by ``_serve`` in a thread."""
 
-    def __init__(self, status: int) -> None:
-        self.status = status
+    def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.hung_up = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -37,6 +35,21 @@ class Dripping:
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class Dripping(Server):
+    """/v2/ answers at once; every other GET gets ``status`` with a body sent one byte every 0.2 s."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.hung_up = threading.Event()
+        super().__init__()
 
     def _serve(self, connection: socket.socket) -> None:
         with connection, connection.makefile("rb") as reader:
@@ -56,9 +69,6 @@ class Dripping:
                 except OSError:
                     self.hung_up.set()
                     return
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 @pytest.fixture()
@@ -98,25 +108,15 @@ def test_a_dripping_error_body_is_cut_and_still_reported(client: Client) -> None
         server.close()
 
 
-class SlowBlob:
+class SlowBlob(Server):
     """Serves one blob (``Range: bytes=N-`` honoured); the first ``slow`` GETs of it get its body at
     ``rate`` bytes per second, the others at once."""
 
     def __init__(self, data: bytes, slow: int, rate: float = 50.0) -> None:
         self.data, self.slow, self.rate = data, slow, rate
         self.ranges: list[int] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, connection: socket.socket) -> None:
         with connection, connection.makefile("rb") as reader:
@@ -143,9 +143,6 @@ class SlowBlob:
                         time.sleep(5 / self.rate)
                 except OSError:
                     return
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def slow_floor_client() -> Client:
