@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -23,20 +23,12 @@ from services.events.delivery import Delivery
 from services.events.envelope import Source
 from services.events.sinks import WebhookSink
 from services.metadata import redis_keys as keys
+from tests.support.waiting import eventually
 from tests.support.webhook import Receiver
 
 REPLICA = "replica-under-test"
 REPOSITORY = "weekend/app"
 SHARD = keys.outbox_shard(REPOSITORY)
-
-
-def _wait_for(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 @pytest.fixture
@@ -66,13 +58,13 @@ def test_dead_letters_older_than_max_age_are_delivered_when_replayed(
     delivery.start()
     try:
         # The endpoint is down: the batch fails its one attempt and is dead-lettered.
-        assert _wait_for(lambda: redis_client.xlen(keys.dead_letters("weekend")) == len(tags))
+        assert eventually(lambda: redis_client.xlen(keys.dead_letters("weekend")) == len(tags), 15.0)
         first_ids = [json.loads(fields[b"event"])["i"]
                      for _, fields in redis_client.xrange(keys.dead_letters("weekend"))]
         time.sleep(1.2)  # the letters are now older than max_age, as after a weekend with max_age 24h
         receiver.start()
         assert admin.replay(redis_client, "weekend", 100) == len(tags)
-        assert _wait_for(lambda: len(receiver.events()) == len(tags)), \
+        assert eventually(lambda: len(receiver.events()) == len(tags), 15.0), \
             f"replayed letters were not delivered: {redis_client.xlen(keys.dead_letters('weekend'))} dead again"
         got = receiver.events()
         assert [e["target"]["tag"] for e in got] == tags  # in order, once each
@@ -98,7 +90,7 @@ def test_a_fresh_event_older_than_max_age_is_still_dead_lettered_untried(
     delivery = Delivery(redis_client, REPLICA, endpoint, sink, 0.0, lambda: [SHARD])
     delivery.start()
     try:
-        assert _wait_for(lambda: redis_client.xlen(keys.dead_letters("aged")) == 1)
+        assert eventually(lambda: redis_client.xlen(keys.dead_letters("aged")) == 1, 15.0)
         [(_, fields)] = redis_client.xrange(keys.dead_letters("aged"))
         assert fields[b"reason"] == b"age"
         assert receiver.events() == []

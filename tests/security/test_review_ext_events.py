@@ -30,6 +30,7 @@ from services.events.sinks import EventSink, WebhookSink
 from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
 from services.metadata import redis_keys as keys
 from services.metadata.outbox import origin_json
+from tests.support.waiting import eventually
 
 REPLICA = "replica-under-test"
 REPOSITORY = "demo/app"
@@ -45,15 +46,6 @@ def _outbox(client: redis.Redis, count: int) -> None:
                                          "t": f"v{seq}", "f": "", "o": "{}"})
     client.set(keys.outbox_seq(SHARD), count)
     client.set(keys.event_lease(SHARD), REPLICA)
-
-
-def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 @pytest.fixture
@@ -106,7 +98,7 @@ def test_a_sink_that_raises_is_a_failed_try_and_its_endpoint_goes_on(
     sink = _Sink(boom)
     endpoint = Endpoint(name="raising", sink="raising", attempts=2)
     delivery = deliver(endpoint, sink)
-    assert _wait_for(lambda: redis_client.xlen(keys.dead_letters("raising")) == 3), \
+    assert eventually(lambda: redis_client.xlen(keys.dead_letters("raising")) == 3), \
         "the batch that made the sink raise was never dead-lettered"
     assert delivery.is_alive()
     assert sink.calls == 2  # tried `attempts` times, as for any failure
@@ -119,7 +111,7 @@ def test_a_sink_that_raises_is_a_failed_try_and_its_endpoint_goes_on(
     for tag, seq in _outbox_more:
         redis_client.xadd(keys.outbox(SHARD), {"n": seq, "a": "push", "r": REPOSITORY, "d": DIGEST, "m": "x",
                                                "s": 1, "t": tag, "f": "", "o": "{}"})
-    assert _wait_for(lambda: sink.calls >= 3)
+    assert eventually(lambda: sink.calls >= 3)
 
 
 @pytest.mark.parametrize("answer", [None, False, 0, b""], ids=["None", "False", "0", "bytes"])
@@ -130,7 +122,7 @@ def test_a_sink_answering_anything_but_text_has_not_delivered(
     _outbox(redis_client, 2)
     sink = _Sink(lambda events: answer)
     deliver(Endpoint(name="typed", sink="typed", attempts=2), sink)
-    assert _wait_for(lambda: redis_client.xlen(keys.dead_letters("typed")) == 2), \
+    assert eventually(lambda: redis_client.xlen(keys.dead_letters("typed")) == 2), \
         f"a batch the sink answered {answer!r} for was counted as delivered"
     status = _status(redis_client, "typed")
     assert status.get("delivered", "0") == "0"
@@ -216,7 +208,7 @@ def test_a_receivers_answer_cannot_write_control_characters_into_the_status(
     _outbox(redis_client, 1)
     endpoint = Endpoint(name="ansi", url=receiver.url + "/hook", timeout=2.0, attempts=1)
     deliver(endpoint, WebhookSink.from_endpoint(endpoint, Source("", "test")))
-    assert _wait_for(lambda: redis_client.xlen(keys.dead_letters("ansi")) == 1)
+    assert eventually(lambda: redis_client.xlen(keys.dead_letters("ansi")) == 1)
     kept = _status(redis_client, "ansi")["last_error"]
     assert kept.startswith("HTTP 500: ")
     assert "all good" in kept
@@ -282,12 +274,12 @@ def test_a_sink_that_never_returns_fails_its_tries_and_is_not_called_again_meanw
     _outbox(redis_client, 2)
     sink = _Sink(stuck)
     delivery = deliver(Endpoint(name="stuck", sink="stuck", timeout=0.3, attempts=2), sink)
-    assert _wait_for(lambda: redis_client.xlen(keys.dead_letters("stuck")) == 2), "the stuck batch stayed in flight"
+    assert eventually(lambda: redis_client.xlen(keys.dead_letters("stuck")) == 2), "the stuck batch stayed in flight"
     assert sink.calls == 1  # never called again while its first send has not returned
     assert "did not return within the endpoint's timeout (0.3s)" in _status(redis_client, "stuck")["last_error"] \
         or "has not returned from a send" in _status(redis_client, "stuck")["last_error"]
     rounds = delivery.rounds
-    assert _wait_for(lambda: delivery.rounds > rounds)
+    assert eventually(lambda: delivery.rounds > rounds)
 
 
 @pytest.mark.parametrize("failing", ["stuck", "down"])
@@ -312,13 +304,13 @@ def test_a_failing_endpoint_does_not_keep_its_replica_from_handing_shards_over(
     replica = replica_module.Replica(redis_client, events, "", lease_ttl=1.5)
     replica.start()
     try:
-        assert _wait_for(lambda: len(replica.owned) == keys.OUTBOX_SHARDS)
+        assert eventually(lambda: len(replica.owned) == keys.OUTBOX_SHARDS)
         _outbox(redis_client, 1)
         redis_client.set(keys.event_lease(SHARD), replica.id)  # _outbox took it for REPLICA
         assert stuck.entered.wait(10)
         now_s, _ = redis_client.time()
         redis_client.zadd(keys.EVENT_REPLICAS, {"another-replica": (now_s + 600) * 1000})
-        assert _wait_for(lambda: len(replica.owned) == keys.OUTBOX_SHARDS // 2, timeout=15), \
+        assert eventually(lambda: len(replica.owned) == keys.OUTBOX_SHARDS // 2, timeout=15), \
             f"still owns {len(replica.owned)} shards"
     finally:
         stuck.release.set()
