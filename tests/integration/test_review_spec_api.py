@@ -138,3 +138,20 @@ def test_a_closing_put_sent_again_after_its_answer_was_lost_is_created_again(sta
     fresh = requests.post(f"{stack.url}/v2/{name}/blobs/uploads/", timeout=10).headers["Location"]
     refused = requests.put(f"{stack.url}{fresh}", params={"digest": digests.of(b"never uploaded")}, timeout=10)
     assert refused.status_code == 400 and refused.json()["errors"][0]["code"] == "DIGEST_INVALID"
+
+
+def test_a_chunk_whose_range_passes_its_declared_total_is_refused(stack: RunningStack) -> None:
+    """``Content-Range: 0-4/3`` names bytes past the complete length it declares: it was taken as
+    ``0-4`` (the total ignored). Now 416 BLOB_UPLOAD_INVALID with the session's Range, nothing
+    stored; a consistent total, or ``*``, is taken as before."""
+    name = "spec/range-total"
+    location = requests.post(f"{stack.url}/v2/{name}/blobs/uploads/", timeout=10).headers["Location"]
+    refused = requests.patch(f"{stack.url}{location}", data=b"hello", timeout=10,
+                             headers={"Content-Range": "0-4/3", "Content-Type": "application/octet-stream"})
+    assert refused.status_code == 416 and refused.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+    assert refused.headers["Range"] == "0-0"
+    for total in ("5", "*"):
+        location = requests.post(f"{stack.url}/v2/{name}/blobs/uploads/", timeout=10).headers["Location"]
+        taken = requests.patch(f"{stack.url}{location}", data=b"hello", timeout=10,
+                               headers={"Content-Range": f"0-4/{total}", "Content-Type": "application/octet-stream"})
+        assert taken.status_code == 202 and taken.headers["Range"] == "0-4", total

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from services.api.context import Context
     from services.gen.wharf.blobstore.v1 import blobstore_pb2 as bpb
 
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\Z")
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(\d+|\*))?\Z")
 # Offsets are int64 on the wire to the blob store; no session can reach a larger one.
 _MAX_OFFSET = 2**63 - 1
 
@@ -152,8 +152,12 @@ def _offset_from_content_range(ctx: Context, name: str, upload_id: str) -> tuple
     if not found:
         raise RegistryError(BLOB_UPLOAD_INVALID, f"malformed Content-Range {header[:100]!r}")
     first, last = bounded_int(found.group(1), _MAX_OFFSET + 1), bounded_int(found.group(2), _MAX_OFFSET + 1)
+    # A complete length, when given (RFC 9110's form; the spec's PATCH has none), must hold the
+    # range: "0-4/3" names bytes past the end it declares.
+    total = found.group(3)
+    beyond = total not in (None, "*") and last >= bounded_int(total, _MAX_OFFSET + 1)
     length = request.content_length
-    if last < first or last > _MAX_OFFSET or (length is not None and length != last - first + 1):
+    if last < first or last > _MAX_OFFSET or beyond or (length is not None and length != last - first + 1):
         status = ctx.clients.blobs.get_upload(name, upload_id)
         raise RegistryError(BLOB_UPLOAD_INVALID, "Content-Range does not match the body",
                             headers=_session_headers(name, status), http_status=416)
