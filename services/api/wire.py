@@ -9,8 +9,9 @@
   client was given (services/api/server_log.py keeps gunicorn's own line, which quotes the
   client's bytes, to debug level).
 - **Chunk sizes.** gunicorn accepts any chunk size (2^64 included) and then waits for the
-  bytes; a chunk larger than the largest body the gateway accepts is refused as soon as
-  its size line is read, and so is a size line ended by a bare LF (which gunicorn waited on).
+  bytes; a chunk that takes the body past the largest body the gateway accepts (alone, or
+  with the chunks before it) is refused as soon as its size line is read, and so is a size
+  line ended by a bare LF (which gunicorn waited on).
 - **100 Continue** is sent when the application first waits for the body (``defer_continue``),
   not by gunicorn before the application has looked at the request: a refused upload (a bad
   name, no permission, no room in the quota) is answered before the client sends its body.
@@ -63,6 +64,7 @@ _EXPLAINED = (
     ("Invalid HTTP Version", "the HTTP version is not supported"),
     ("Unsupported transfer coding", "the transfer coding is not supported: send the body chunked or with a "
                                     "Content-Length"),
+    ("Chunked body over the limit", "the chunks add up to more than the largest body accepted"),
     ("Invalid chunk size", "a chunk size is malformed"),
     ("Invalid chunk terminator", "a chunk does not end with CRLF"),
     ("Invalid chunk extension", "a chunk extension is malformed"),
@@ -71,6 +73,17 @@ _EXPLAINED = (
     ("Contradictory scheme headers", "the forwarded-scheme headers contradict each other"),
     ("Unable to comply with expectation", "only Expect: 100-continue is supported"),
 )
+
+
+class ChunkedBodyTooLarge(InvalidChunkSize):  # type: ignore[misc]
+    """A chunked body whose chunks, the one just announced included, add up to more than
+    ``WHARF_MAX_BODY_BYTES`` (a Content-Length that large is refused before the body)."""
+
+    def __init__(self, total: int, limit: int) -> None:
+        super().__init__(f"{total} bytes, over the limit of {limit}".encode())
+
+    def __str__(self) -> str:
+        return f"Chunked body over the limit: {self.data.decode()}"
 
 
 def _explain(mesg: str, reason: str) -> str:
@@ -330,8 +343,12 @@ def install(max_body_bytes: int, access_log: bool = True) -> None:
         if lf == 0 or (lf > 0 and line[lf - 1] != 0x0D):  # the line's first LF, without its CR
             raise InvalidChunkSize(b"bare LF ending a chunk size line")
         size, rest = parse(self, unreader, line)  # an overlong line: gunicorn's own refusal
-        if size > max_body_bytes:
-            raise InvalidChunkSize(f"chunk of {size} bytes, over the limit of {max_body_bytes}".encode())
+        # The body so far, counted on its reader (one per request): checked per chunk alone, a
+        # chunked body of any length passed the limit that refuses such a Content-Length.
+        total = getattr(self, "wharf_total", 0) + size
+        if total > max_body_bytes:
+            raise ChunkedBodyTooLarge(total, max_body_bytes)
+        self.wharf_total = total
         return size, rest
     parse_chunk_size.wharf_limit = max_body_bytes  # type: ignore[attr-defined]
     reader.parse_chunk_size = parse_chunk_size
