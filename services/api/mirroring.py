@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from services.api.batching import Batcher
+from services.api.read_cache import Manifest
 from services.common import digests, metrics
 from services.common.errors import DENIED, MANIFEST_INVALID, MANIFEST_UNKNOWN, UNAVAILABLE, RegistryError
 from services.common.names import is_valid_name
@@ -121,14 +122,14 @@ class Mirror:
 
     # -- manifests ---------------------------------------------------------------------------
 
-    def manifest(self, name: str, reference: str, upstream: Upstream, remote: str) -> tuple[mpb.Manifest, str]:
+    def manifest(self, name: str, reference: str, upstream: Upstream, remote: str) -> tuple[Manifest, str]:
         """(manifest, Warning header or "") for a mirrored repository."""
         manifest, warning, answer = self._manifest(name, reference, upstream, remote)
         metrics.MIRROR_READS.labels(upstream.prefix, "manifest", answer).inc()
         self.note_pull(name, manifest.digest)
         return manifest, warning
 
-    def _stored(self, name: str, reference: str) -> mpb.Manifest | None:
+    def _stored(self, name: str, reference: str) -> Manifest | None:
         """What is stored here under the reference; None when nothing is."""
         try:
             return self._clients.cache.get(name, reference)
@@ -138,7 +139,7 @@ class Mirror:
             return None
 
     def _manifest(self, name: str, reference: str, upstream: Upstream,
-                  remote: str) -> tuple[mpb.Manifest, str, str]:
+                  remote: str) -> tuple[Manifest, str, str]:
         if digests.looks_like_digest(reference):
             stored = self._stored(name, reference)
             if stored is not None:
@@ -168,7 +169,7 @@ class Mirror:
         self._mark(name, reference)
         return manifest, "", "fetched"
 
-    def _fetch(self, name: str, digest: str, upstream: Upstream, remote: str, tags: list[str]) -> mpb.Manifest:
+    def _fetch(self, name: str, digest: str, upstream: Upstream, remote: str, tags: list[str]) -> Manifest:
         from services.api.views.manifests import mirrored_put_request
 
         fetched = self._clients.blobs.fetch_manifest(upstream.prefix, remote, digest, head=False)
@@ -187,8 +188,7 @@ class Mirror:
             raise RegistryError(UNAVAILABLE, f"upstream {host} sent an invalid manifest for {digest}: "
                                              f"{err.message[:200]}", detail={"upstream": host},
                                 http_status=502) from None
-        return mpb.Manifest(digest=fetched.digest, media_type=request.media_type, content=fetched.content,
-                            subject=request.subject)
+        return Manifest(fetched.digest, request.media_type, fetched.content, request.subject)
 
     def referrers(self, digest: str, artifact_type: str, upstream: Upstream,
                   remote: str) -> tuple[list[dict[str, Any]], str]:

@@ -271,7 +271,9 @@ def _environ_of(req: Any, addr: Any) -> dict[str, Any]:
 
 def _send(sock: Any, data: bytes) -> None:
     """``sendall`` for a small answer: one send on the plain socket underneath when it takes it
-    all (as it nearly always does), without gevent's per-call socket-option lookup."""
+    all (as it nearly always does), without gevent's per-call socket-option lookup. What is left
+    after a partial send is a view, not a copy: a slow reader of a large answer then holds no
+    bytes of its own while it reads."""
     if type(sock) is _GeventSocket:
         try:
             sent = sock._sock.send(data)
@@ -279,7 +281,8 @@ def _send(sock: Any, data: bytes) -> None:
             sent = 0
         if sent == len(data):
             return
-        data = data[sent:]
+        sock.sendall(memoryview(data)[sent:])
+        return
     sock.sendall(data)
 
 
@@ -594,7 +597,14 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         close = req.should_close() or not self.alive or not self.cfg.keepalive
         head = [f"HTTP/{req.version[0]}.{req.version[1]} 200 OK", "Server: gunicorn", f"Date: {_http_date()}",
                 f"Connection: {'close' if close else 'keep-alive'}", *(f"{k}: {v}" for k, v in headers)]
-        _send(sock, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if len(body) > COALESCED_BODY:
+            # A large body (a cached manifest) leaves as the cache holds it: joined to the head,
+            # it was a copy per answer, held by a slow reader until it had read it all.
+            _send(sock, head_bytes)
+            _send(sock, body)
+        else:
+            _send(sock, head_bytes + body)
         self._figures.record(route, req.method, 200, time.perf_counter() - started, 0, len(body))
         if tracing.enabled():
             tracing.name_request(f"{req.method} {route}", {"http.route": route})

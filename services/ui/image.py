@@ -15,7 +15,7 @@ from services.common.errors import RegistryError
 
 if TYPE_CHECKING:
     from services.api.context import Context
-    from services.gen.wharf.metadata.v1 import metadata_pb2 as mpb
+    from services.api.read_cache import Manifest
 
 INDEX_TYPES = {mediatypes.OCI_INDEX, mediatypes.DOCKER_MANIFEST_LIST}
 # The largest config read to be shown (a config is a few kilobytes; refuse to hold more).
@@ -130,7 +130,7 @@ class Summary:
     platforms: tuple[str, ...]
 
 
-def summarize(manifest: mpb.Manifest) -> Summary:
+def summarize(manifest: Manifest) -> Summary:
     parsed = parse(manifest.content)
     if manifest.media_type in INDEX_TYPES or "manifests" in parsed:
         entries = platforms(parsed)

@@ -103,7 +103,7 @@ def test_memory_is_bounded_least_recently_used_first() -> None:
     cache.get("r", "new")
     assert cache._bytes <= 1000
     assert ("r", "manifest", "0") in cache._entries and ("r", "manifest", "1") not in cache._entries
-    big = _cache(Fetcher(size=200), max_bytes=1000)  # larger than an eighth of the budget: not kept
+    big = _cache(Fetcher(size=300), max_bytes=1000)  # larger than a quarter of the budget: not kept
     _lease(big)
     big.get("r", "t")
     assert not big._entries

@@ -10,6 +10,7 @@ from flask import Response, g, request
 from services.api import manifest_rules
 from services.api.admission import Candidate
 from services.api.mounts import mountable_sizes
+from services.api.read_cache import Manifest
 from services.api.request_input import read_body
 from services.api.responses import empty, unchanged
 from services.common import digests, mediatypes
@@ -77,7 +78,7 @@ def accepts(values: list[str], media_type: str) -> bool:
     return not (accepted & mediatypes.MANIFESTS)
 
 
-def manifest_headers(manifest: mpb.Manifest) -> dict[str, str]:
+def manifest_headers(manifest: Manifest) -> dict[str, str]:
     """What a manifest GET or HEAD carries besides its length (the view and the hot-read path share it)."""
     headers = {"Docker-Content-Digest": manifest.digest, "ETag": f'"{manifest.digest}"',
                "Content-Type": manifest.media_type}
