@@ -151,14 +151,8 @@ class _WatchedConnection(urllib3.connection.HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _WatchedTLSConnection(urllib3.connection.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _WATCHDOG.note(self.sock)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _WATCHDOG.note(self.sock)
-        super().request(*args, **kwargs)
+class _WatchedTLSConnection(_WatchedConnection, urllib3.connection.HTTPSConnection):
+    """The same, over TLS (the methods above reach HTTPSConnection's through the MRO)."""
 
 
 class _WatchedPool(urllib3.HTTPConnectionPool):
